@@ -1,0 +1,26 @@
+"""mosaic: hardware-aware post-training architecture search for transformer LLMs and VLMs."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# Stage entry points load lazily so that `import mosaic_search` (and `mosaic --help`) never imports torch.
+_LAZY = {
+    "profile": ("profiler", "profile"),
+    "score": ("scorer", "score"),
+    "solve": ("solver", "solve"),
+    "build": ("builder", "build"),
+    "bench": ("builder", "bench"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

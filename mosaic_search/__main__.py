@@ -1,0 +1,7 @@
+"""`python -m mosaic_search` (also the torchrun entry point)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""Softmax attention: the teacher's own full GQA, and sliding-window attention over its weights."""
+
+from __future__ import annotations
+
+from . import OperatorSpec, register
+
+
+def _build(dims, layer_idx, window=None):
+    from ..modeling.attention import Attention
+
+    return Attention(dims, layer_idx, window=window)
+
+
+def _init(new, teacher_attention):
+    """Copy q/k/v/o projections (and Qwen3's q_norm/k_norm) unchanged: the math is the teacher's."""
+    new.load_teacher(teacher_attention)
+
+
+def _kv_bytes(dims, tokens, dtype_bytes):
+    return 2 * dims.kv_dim * tokens * dtype_bytes
+
+
+register(OperatorSpec(
+    name="gqa", symbol="G", layer_type="full_attention",
+    summary="the teacher's full grouped-query attention",
+    build=_build, init_from_teacher=_init,
+    cache_bytes=lambda dims, context, dtype_bytes=2: _kv_bytes(dims, context, dtype_bytes),
+))
+
+register(OperatorSpec(
+    name="swa", symbol="S", layer_type="sliding_attention",
+    summary="sliding-window attention: each token sees the last `window` tokens (itself included)",
+    build=_build, init_from_teacher=_init, params=("window",),
+    cache_bytes=lambda dims, context, dtype_bytes=2, window=1: _kv_bytes(dims, min(window, context), dtype_bytes),
+    default_params=lambda dims: [{"window": w} for w in (512, 2048, 8192)],
+))

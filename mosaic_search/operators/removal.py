@@ -1,0 +1,37 @@
+"""Removal: attention dropped (the MLP stays), or the whole decoder layer skipped."""
+
+from __future__ import annotations
+
+from . import OperatorSpec, register
+
+
+def _build_none(dims, layer_idx):
+    from ..modeling.removal import NoAttention
+
+    return NoAttention(layer_idx)
+
+
+def _build_drop(dims, layer_idx):
+    from ..modeling.removal import SkipLayer
+
+    return SkipLayer(layer_idx)
+
+
+def _nothing(new, teacher_attention):
+    """Nothing to copy: the replacement has no weights."""
+
+
+# "linear_attention" gives these layers a cache slot that transformers leaves empty and that
+# `get_seq_length` skips, so positions are still counted by an attention layer's slot.
+register(OperatorSpec(
+    name="none", symbol="N", layer_type="linear_attention",
+    summary="attention removed; the layer keeps its MLP",
+    build=_build_none, init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
+))
+
+register(OperatorSpec(
+    name="drop", symbol="X", layer_type="linear_attention",
+    summary="the whole decoder layer skipped, attention and MLP (ShortGPT-style pruning)",
+    build=_build_drop, init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
+    replaces="layer",
+))

@@ -1,0 +1,391 @@
+"""The versioned JSON artifacts that chain the stages: frozen records, atomic save, validating load."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StaleInputError, UsageError
+from .operators import Candidate
+
+SCHEMA_VERSION = 1
+PROFILE_KIND = "mosaic/latency-profile"
+SENSITIVITY_KIND = "mosaic/sensitivity"
+PLAN_KIND = "mosaic/layer-plan"
+PHASES = ("prefill", "decode")
+STATUSES = ("ok", "oom", "unsupported")
+
+
+def package_version() -> str:
+    """The installed mosaic version (falls back to the source tree's)."""
+    from . import __version__
+
+    return __version__
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex sha256 of a JSON value in canonical form (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model an artifact describes: its id, a fingerprint of its config, and its depth."""
+
+    id: str
+    config_sha256: str
+    num_hidden_layers: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """Provenance every artifact carries."""
+
+    model: ModelRef
+    env: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    command: tuple = ()
+    created_by: str = ""
+    created_at: str = ""
+
+    @classmethod
+    def new(cls, model: ModelRef, env: dict | None = None, inputs: dict | None = None) -> "Header":
+        """A header stamped with this package's version, the time and the command line."""
+        return cls(model=model, env=dict(env or {}), inputs=dict(inputs or {}), command=tuple(sys.argv),
+                   created_by=package_version(), created_at=utc_now())
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One operating point: prefill (TTFT) of `seq_len` tokens, or one decode step (TPOT) at context `seq_len`."""
+
+    name: str
+    phase: str
+    batch_size: int
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """Latency of one whole decoder layer with one candidate mixer, for one workload."""
+
+    layer: int
+    candidate: Candidate
+    workload: str
+    latency_ms: float | None
+    p20_ms: float | None
+    p80_ms: float | None
+    status: str
+    cache_bytes: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Stage 1 output: per-layer, per-candidate latency on one device for each workload."""
+
+    header: Header
+    workloads: tuple[Workload, ...]
+    baseline_ms: dict
+    fixed_ms: dict
+    entries: tuple[ProfileEntry, ...]
+    kind = PROFILE_KIND
+
+
+@dataclass(frozen=True)
+class SensitivityEntry:
+    """Quality cost of replacing one layer's mixer with one candidate."""
+
+    layer: int
+    candidate: Candidate
+    kl: float
+    delta_loss: float
+    align_steps: int
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """Stage 2 output: every (layer, candidate) swap scored against the teacher."""
+
+    header: Header
+    metric: str
+    data: dict
+    entries: tuple[SensitivityEntry, ...]
+    kind = SENSITIVITY_KIND
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Stage 3 output: one candidate per decoder layer, with what it is predicted to cost and save."""
+
+    header: Header
+    layers: tuple[Candidate, ...]
+    predicted: dict
+    objective: float
+    constraints: dict
+    solver: dict
+    kind = PLAN_KIND
+
+    @property
+    def pattern(self) -> str:
+        """The compact one-symbol-per-layer string, e.g. 'GGSDGK'."""
+        from .operators import pattern_string
+
+        return pattern_string(self.layers)
+
+
+# ---- serialisation -------------------------------------------------------------------------------
+
+def _header_json(h: Header) -> dict:
+    return {"created_by": h.created_by, "created_at": h.created_at, "model": dataclasses.asdict(h.model),
+            "env": h.env, "inputs": h.inputs, "command": list(h.command)}
+
+
+def to_json(artifact) -> dict:
+    """The artifact as the JSON object DESIGN.md §3 describes."""
+    out = {"kind": artifact.kind, "schema_version": SCHEMA_VERSION, **_header_json(artifact.header)}
+    if isinstance(artifact, LatencyProfile):
+        out["workloads"] = [dataclasses.asdict(w) for w in artifact.workloads]
+        out["baseline_ms"] = dict(artifact.baseline_ms)
+        out["fixed_ms"] = dict(artifact.fixed_ms)
+        out["entries"] = [{"layer": e.layer, **e.candidate.to_json(), "workload": e.workload,
+                           "latency_ms": e.latency_ms, "p20_ms": e.p20_ms, "p80_ms": e.p80_ms,
+                           "status": e.status, "cache_bytes": e.cache_bytes,
+                           **({"reason": e.reason} if e.reason else {})} for e in artifact.entries]
+    elif isinstance(artifact, SensitivityTable):
+        out["metric"] = artifact.metric
+        out["data"] = dict(artifact.data)
+        out["entries"] = [{"layer": e.layer, **e.candidate.to_json(), "kl": e.kl, "delta_loss": e.delta_loss,
+                           "align_steps": e.align_steps, **e.extra} for e in artifact.entries]
+    elif isinstance(artifact, LayerPlan):
+        out["layers"] = [c.to_json() for c in artifact.layers]
+        out["predicted"] = artifact.predicted
+        out["objective"] = artifact.objective
+        out["constraints"] = artifact.constraints
+        out["solver"] = artifact.solver
+        out["pattern"] = artifact.pattern
+    else:
+        raise TypeError(f"not an artifact: {type(artifact).__name__}")
+    return out
+
+
+def save(artifact, path: str | os.PathLike) -> Path:
+    """Write an artifact atomically (temp file in the same folder, then os.replace); return the path."""
+    return write_json_atomic(path, to_json(artifact))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON (indent=2, sorted keys) so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---- validating load -----------------------------------------------------------------------------
+
+class _Reader:
+    """Pulls typed fields out of a JSON object, naming the file and field in every complaint."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, what: str):
+        raise UsageError(f"{self.source}: {where}: {what}")
+
+    def get(self, obj: dict, key: str, types, where: str = "", optional: bool = False, default=None):
+        name = f"{where}.{key}" if where else key
+        if not isinstance(obj, dict):
+            self.fail(where or "top level", "expected a JSON object")
+        if key not in obj:
+            if optional:
+                return default
+            self.fail(name, "missing field")
+        value = obj[key]
+        if types is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, bool) and types in (int, float):
+            self.fail(name, f"expected a number, got {value!r}")
+        if not isinstance(value, types):
+            want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            self.fail(name, f"expected {want}, got {type(value).__name__}")
+        return value
+
+    def candidate(self, obj: dict, where: str) -> Candidate:
+        op = self.get(obj, "op", str, where)
+        params = self.get(obj, "params", dict, where, optional=True, default={})
+        try:
+            return Candidate.of(op, params)
+        except UsageError as e:
+            self.fail(where, str(e))
+
+
+def _read_json(path: str | os.PathLike) -> tuple[dict, str]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                         "the file may be truncated") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: expected a JSON object at the top level")
+    return obj, str(path)
+
+
+def _header(r: _Reader, obj: dict, kind: str) -> Header:
+    got_kind = r.get(obj, "kind", str)
+    if got_kind != kind:
+        r.fail("kind", f'expected "{kind}", got "{got_kind}"')
+    version = r.get(obj, "schema_version", int)
+    if version > SCHEMA_VERSION:
+        r.fail("schema_version", f"{kind} version {version} is newer than this mosaic reads ({SCHEMA_VERSION}); "
+                                 "upgrade mosaic")
+    m = r.get(obj, "model", dict)
+    model = ModelRef(id=r.get(m, "id", str, "model"), config_sha256=r.get(m, "config_sha256", str, "model"),
+                     num_hidden_layers=r.get(m, "num_hidden_layers", int, "model"))
+    if model.num_hidden_layers <= 0:
+        r.fail("model.num_hidden_layers", f"must be positive, got {model.num_hidden_layers}")
+    return Header(model=model, env=r.get(obj, "env", dict, optional=True, default={}),
+                  inputs=r.get(obj, "inputs", dict, optional=True, default={}),
+                  command=tuple(r.get(obj, "command", list, optional=True, default=[])),
+                  created_by=r.get(obj, "created_by", str, optional=True, default=""),
+                  created_at=r.get(obj, "created_at", str, optional=True, default=""))
+
+
+def _layer_index(r: _Reader, e: dict, where: str, num_layers: int) -> int:
+    layer = r.get(e, "layer", int, where)
+    if not 0 <= layer < num_layers:
+        r.fail(f"{where}.layer", f"{layer} is outside 0..{num_layers - 1}")
+    return layer
+
+
+def _opt_float(r: _Reader, e: dict, key: str, where: str):
+    value = r.get(e, key, (int, float, type(None)), where)
+    return None if value is None else float(value)
+
+
+def load_profile(path: str | os.PathLike) -> LatencyProfile:
+    """Load and validate a `mosaic/latency-profile`."""
+    obj, src = _read_json(path)
+    r = _Reader(src)
+    header = _header(r, obj, PROFILE_KIND)
+    workloads = []
+    for i, w in enumerate(r.get(obj, "workloads", list)):
+        where = f"workloads[{i}]"
+        phase = r.get(w, "phase", str, where)
+        if phase not in PHASES:
+            r.fail(f"{where}.phase", f'"{phase}" is not one of {", ".join(PHASES)}')
+        wl = Workload(name=r.get(w, "name", str, where), phase=phase,
+                      batch_size=r.get(w, "batch_size", int, where), seq_len=r.get(w, "seq_len", int, where))
+        if wl.batch_size <= 0 or wl.seq_len <= 0:
+            r.fail(where, "batch_size and seq_len must be positive")
+        workloads.append(wl)
+    names = {w.name for w in workloads}
+    baseline = r.get(obj, "baseline_ms", dict)
+    fixed = r.get(obj, "fixed_ms", dict)
+    for table, label in ((baseline, "baseline_ms"), (fixed, "fixed_ms")):
+        for name in names:
+            _opt_float(r, table, name, label)
+    entries = []
+    for i, e in enumerate(r.get(obj, "entries", list)):
+        where = f"entries[{i}]"
+        workload = r.get(e, "workload", str, where)
+        if workload not in names:
+            r.fail(f"{where}.workload", f'"{workload}" is not a declared workload')
+        status = r.get(e, "status", str, where)
+        if status not in STATUSES:
+            r.fail(f"{where}.status", f'"{status}" is not one of {", ".join(STATUSES)}')
+        latency = _opt_float(r, e, "latency_ms", where)
+        if status == "ok" and (latency is None or latency < 0):
+            r.fail(f"{where}.latency_ms", "an ok entry needs a non-negative latency")
+        entries.append(ProfileEntry(
+            layer=_layer_index(r, e, where, header.model.num_hidden_layers), candidate=r.candidate(e, where),
+            workload=workload, latency_ms=latency, p20_ms=_opt_float(r, e, "p20_ms", where),
+            p80_ms=_opt_float(r, e, "p80_ms", where), status=status,
+            cache_bytes=r.get(e, "cache_bytes", int, where), reason=r.get(e, "reason", str, where, True, "")))
+    return LatencyProfile(header=header, workloads=tuple(workloads),
+                          baseline_ms={k: float(v) for k, v in baseline.items()},
+                          fixed_ms={k: float(v) for k, v in fixed.items()}, entries=tuple(entries))
+
+
+def load_sensitivity(path: str | os.PathLike) -> SensitivityTable:
+    """Load and validate a `mosaic/sensitivity` table."""
+    obj, src = _read_json(path)
+    r = _Reader(src)
+    header = _header(r, obj, SENSITIVITY_KIND)
+    known = {"layer", "op", "params", "kl", "delta_loss", "align_steps"}
+    entries = []
+    for i, e in enumerate(r.get(obj, "entries", list)):
+        where = f"entries[{i}]"
+        kl = r.get(e, "kl", float, where)
+        if kl != kl or kl < -1e-6:
+            r.fail(f"{where}.kl", f"must be a non-negative number, got {kl}")
+        entries.append(SensitivityEntry(
+            layer=_layer_index(r, e, where, header.model.num_hidden_layers), candidate=r.candidate(e, where),
+            kl=kl, delta_loss=r.get(e, "delta_loss", float, where),
+            align_steps=r.get(e, "align_steps", int, where),
+            extra={k: v for k, v in e.items() if k not in known}))
+    return SensitivityTable(header=header, metric=r.get(obj, "metric", str),
+                            data=r.get(obj, "data", dict, optional=True, default={}), entries=tuple(entries))
+
+
+def load_plan(path: str | os.PathLike, num_layers: int | None = None) -> LayerPlan:
+    """Load and validate a `mosaic/layer-plan`; with `num_layers`, also check it fits that model."""
+    obj, src = _read_json(path)
+    r = _Reader(src)
+    header = _header(r, obj, PLAN_KIND)
+    raw = r.get(obj, "layers", list)
+    layers = tuple(r.candidate(c, f"layers[{i}]") for i, c in enumerate(raw))
+    if len(layers) != header.model.num_hidden_layers:
+        r.fail("layers", f"has {len(layers)} entries but the model has {header.model.num_hidden_layers} layers")
+    if num_layers is not None and len(layers) != num_layers:
+        r.fail("layers", f"has {len(layers)} entries but the target model has {num_layers} layers")
+    return LayerPlan(header=header, layers=layers, predicted=r.get(obj, "predicted", dict, optional=True, default={}),
+                     objective=r.get(obj, "objective", float, optional=True, default=0.0),
+                     constraints=r.get(obj, "constraints", dict, optional=True, default={}),
+                     solver=r.get(obj, "solver", dict, optional=True, default={}))
+
+
+def check_same_model(a: ModelRef, b: ModelRef, what: str, allow_stale: bool = False) -> None:
+    """Refuse (exit 4) to combine artifacts made for different models, unless `allow_stale`."""
+    if allow_stale:
+        return
+    if a.num_hidden_layers != b.num_hidden_layers or a.config_sha256 != b.config_sha256:
+        raise StaleInputError(
+            f"{what}: made for {b.id} ({b.num_hidden_layers} layers, config {b.config_sha256[:12]}) but this is "
+            f"{a.id} ({a.num_hidden_layers} layers, config {a.config_sha256[:12]}); pass --allow-stale to use it anyway")
