@@ -1,0 +1,136 @@
+"""Linear-attention mixers on the gated delta rule: Gated DeltaNet and Kimi Delta Attention.
+
+Shared layout: per query head a key and a value head (the teacher's KV heads repeated), a depthwise causal
+short convolution on q, k and v, L2-normalised q and k, a sigmoid write strength beta, a log-decay gate,
+and a sigmoid output gate before the teacher's o_proj. The two differ only in the decay: one scalar per
+head (GDN) or one per key channel (KDA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import advance, get_state, set_state
+from .delta_rule import delta_rule
+from .dims import ModelDims
+from .norm import RMSNorm
+
+CONV_KERNEL = 4
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv over time, initialised to the identity (the last tap is 1)."""
+
+    def __init__(self, channels: int, kernel: int = CONV_KERNEL):
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.zeros(channels, kernel))
+        with torch.no_grad():
+            self.weight[:, -1] = 1.0
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor | None):
+        """x: [B, T, C]; tail: the previous kernel-1 inputs [B, kernel-1, C] or None; returns (y, new tail)."""
+        if tail is None:
+            tail = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[-1])
+        full = torch.cat([tail.to(x.dtype), x], dim=1)
+        y = F.conv1d(full.transpose(1, 2), self.weight.unsqueeze(1).to(x.dtype), groups=x.shape[-1])
+        return y.transpose(1, 2), full[:, -(self.kernel - 1):]
+
+
+class DeltaMixer(nn.Module):
+    """Common body of GDN and KDA; subclasses define `decay_logits` and the decay shape."""
+
+    per_channel = False
+
+    def __init__(self, dims: ModelDims, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim = dims.num_heads, dims.head_dim
+        self.group = dims.num_heads // dims.num_kv_heads
+        width = dims.num_heads * dims.head_dim
+        bias = dims.attention_bias
+        self.q_proj = nn.Linear(dims.hidden_size, width, bias=bias)
+        self.k_proj = nn.Linear(dims.hidden_size, width, bias=bias)
+        self.v_proj = nn.Linear(dims.hidden_size, width, bias=bias)
+        self.o_proj = nn.Linear(width, dims.hidden_size, bias=bias)
+        self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
+        self.q_conv, self.k_conv, self.v_conv = ShortConv(width), ShortConv(width), ShortConv(width)
+        self.b_proj = nn.Linear(dims.hidden_size, dims.num_heads, bias=True)
+        # Output gate starts almost open (sigmoid(4) = 0.98) so the initial layer is the delta rule alone.
+        self.g_proj = nn.Linear(dims.hidden_size, width, bias=True)
+        nn.init.zeros_(self.g_proj.weight)
+        nn.init.constant_(self.g_proj.bias, 4.0)
+        nn.init.normal_(self.b_proj.weight, std=0.02)
+        nn.init.zeros_(self.b_proj.bias)
+        decay_width = width if self.per_channel else dims.num_heads
+        self.a_proj = nn.Linear(dims.hidden_size, decay_width, bias=False)
+        nn.init.normal_(self.a_proj.weight, std=0.02)
+        # Mamba-style decay init: rates exp(A_log) in [1, 16], time steps dt in [1e-3, 1e-1].
+        self.A_log = nn.Parameter(torch.log(torch.empty(dims.num_heads).uniform_(1, 16)))
+        dt = torch.exp(torch.empty(decay_width).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    @torch.no_grad()
+    def load_teacher(self, teacher: nn.Module) -> None:
+        """q/o copied; k/v copied with every KV head repeated for the `group` query heads it serves."""
+        def expand(w):
+            return w.view(-1, self.head_dim, *w.shape[1:]).repeat_interleave(self.group, 0).reshape(-1, *w.shape[1:])
+
+        self.q_proj.load_state_dict(teacher.q_proj.state_dict())
+        self.o_proj.load_state_dict(teacher.o_proj.state_dict())
+        for name in ("k_proj", "v_proj"):
+            src, dst = getattr(teacher, name), getattr(self, name)
+            dst.weight.copy_(expand(src.weight))
+            if src.bias is not None:
+                dst.bias.copy_(expand(src.bias))
+        for name in ("q_norm", "k_norm"):
+            if not isinstance(getattr(self, name), nn.Identity):
+                getattr(self, name).load_state_dict(getattr(teacher, name).state_dict())
+
+    def decay(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-decay g <= 0: [B, T, H] (GDN) or [B, T, H, K] (KDA)."""
+        b, t, _ = x.shape
+        raw = F.softplus(self.a_proj(x).float() + self.dt_bias)
+        if self.per_channel:
+            return -self.A_log.exp()[:, None] * raw.view(b, t, self.num_heads, self.head_dim)
+        return -self.A_log.exp() * raw
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        x = hidden_states
+        b, t, _ = x.shape
+        state = get_state(past_key_values, self.layer_idx) if past_key_values is not None else None
+        tails = state["conv"] if state else (None, None, None)
+        q, q_tail = self.q_conv(self.q_proj(x), tails[0])
+        k, k_tail = self.k_conv(self.k_proj(x), tails[1])
+        v, v_tail = self.v_conv(self.v_proj(x), tails[2])
+        shape = (b, t, self.num_heads, self.head_dim)
+        # q and k go through SiLU before their L2 norm; v stays linear so the identity conv keeps the teacher's V
+        q = F.normalize(self.q_norm(F.silu(q).view(shape)).float(), dim=-1).to(x.dtype)
+        k = F.normalize(self.k_norm(F.silu(k).view(shape)).float(), dim=-1).to(x.dtype)
+        v = v.view(shape)
+        beta = torch.sigmoid(self.b_proj(x).float())
+        # scale 1: q and k are unit vectors, so q.k is already in [-1, 1]
+        o, final = delta_rule(q, k, v, self.decay(x), beta, 1.0, state["recurrent"] if state else None)
+        if past_key_values is not None:
+            set_state(past_key_values, self.layer_idx,
+                      {"conv": (q_tail, k_tail, v_tail), "recurrent": final})
+            advance(past_key_values, self.layer_idx, x)
+        o = o.reshape(b, t, -1).to(x.dtype) * torch.sigmoid(self.g_proj(x))
+        return self.o_proj(o), None
+
+
+class GatedDeltaNet(DeltaMixer):
+    """Gated DeltaNet: one scalar decay per head and token."""
+
+    per_channel = False
+
+
+class KimiDeltaAttention(DeltaMixer):
+    """Kimi Delta Attention: one decay per key channel, head and token."""
+
+    per_channel = True

@@ -1,0 +1,40 @@
+"""Removal mixers: attention that outputs nothing, and a decoder layer that passes its input through."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cache import advance
+
+
+class NoAttention(nn.Module):
+    """Attention removed: the residual stream only goes through the layer's MLP."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def load_teacher(self, teacher: nn.Module) -> None:
+        """Nothing to copy."""
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            advance(past_key_values, self.layer_idx, hidden_states)
+        return torch.zeros_like(hidden_states), None
+
+
+class SkipLayer(nn.Module):
+    """The whole decoder layer skipped (replaces the decoder layer, not its attention)."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def load_teacher(self, teacher: nn.Module) -> None:
+        """Nothing to copy."""
+
+    def forward(self, hidden_states, *args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            advance(past_key_values, self.layer_idx, hidden_states)
+        return hidden_states
