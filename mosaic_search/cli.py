@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_RUNTIME, EXIT_USAGE, MosaicError
+from .errors import EXIT_RUNTIME, MosaicError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Hardware-aware architecture search: profile -> score -> solve -> build.")
 out = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
-err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)  # progress bars
 
 # Option types, declared once and shared by every command.
 ModelOpt = Annotated[str, typer.Option("--model", "--teacher", "-m",
@@ -83,34 +83,32 @@ def check(model: ModelOpt = "tiny", layer: Annotated[int, typer.Option(help="Lay
         raise MosaicError("generation with cache differs from generation without cache")
 
 
+def _fail(message: str, code: int) -> int:
+    # plain write, not rich: a known error must stay on one line whatever the terminal width
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
 def main(argv=None) -> int:
     """Run the CLI; known errors print one line (MOSAIC_DEBUG=1 prints the traceback)."""
+    debug = bool(os.environ.get("MOSAIC_DEBUG"))
     try:
         app(args=argv, prog_name="mosaic", standalone_mode=False)
         return 0
     except MosaicError as e:
-        if os.environ.get("MOSAIC_DEBUG"):
+        if debug:
             traceback.print_exc()
-        err.print(f"error: {e}", markup=False)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        err.print("aborted")
-        return EXIT_RUNTIME
-    except Exception as e:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.UsageError):
-            err.print(f"error: {e.format_message()}", markup=False)
-            return EXIT_USAGE
-        if isinstance(e, click.ClickException):
-            err.print(f"error: {e.format_message()}", markup=False)
-            return e.exit_code
-        if os.environ.get("MOSAIC_DEBUG"):
+        return _fail("aborted", EXIT_RUNTIME)
+    except Exception as e:
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click's (typer's vendored) usage errors
+            return _fail(" ".join(e.format_message().split()), e.exit_code)
+        if debug:
             raise
-        err.print(f"error: {type(e).__name__}: {e} (MOSAIC_DEBUG=1 for the traceback)", markup=False)
-        return EXIT_RUNTIME
+        return _fail(f"{type(e).__name__}: {e} (MOSAIC_DEBUG=1 for the traceback)".replace("\n", " "), EXIT_RUNTIME)
 
 
 if __name__ == "__main__":

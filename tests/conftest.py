@@ -1,0 +1,56 @@
+"""Tiny random teachers of every supported architecture, built from configs (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaic_search.operators import REGISTRY, Candidate
+
+
+def tiny_config(kind: str):
+    """A small config of one supported architecture."""
+    from transformers import LlamaConfig, Qwen3Config, Qwen3VLConfig
+
+    text = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if kind == "qwen3":
+        return Qwen3Config(**text, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    if kind == "llama":
+        return LlamaConfig(**text, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    if kind == "qwen3_vl":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                                   "mrope_section": [4, 2, 2]}
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0])
+        return Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=90, video_token_id=91,
+                             vision_start_token_id=92, vision_end_token_id=93)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str, seed: int = 0):
+    """A float32 random model of `tiny_config(kind)`, in eval mode."""
+    from mosaic_search.models import model_from_config
+
+    return model_from_config(tiny_config(kind), seed=seed)
+
+
+ARCHS = ("qwen3", "llama", "qwen3_vl")
+
+
+def every_operator(window: int = 4) -> list[Candidate]:
+    """One candidate per registered operator (small params), so new operators are tested automatically."""
+    params = {"window": window, "rank": 24}
+    return [Candidate.of(name, {p: params[p] for p in spec.params}) for name, spec in REGISTRY.items()]
+
+
+@pytest.fixture(scope="session")
+def qwen3():
+    return tiny_model("qwen3")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

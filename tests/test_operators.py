@@ -1,0 +1,160 @@
+"""Correctness of every registered operator on CPU (parametrized over the registry)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import every_operator
+from mosaic_search import surgery
+from mosaic_search.modeling.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from mosaic_search.operators import Candidate
+
+OPS = every_operator()
+
+
+def _rotary(model, positions):
+    text = model.model
+    x = torch.zeros(1, positions.shape[-1], model.config.hidden_size)
+    return text.rotary_emb(x, positions)
+
+
+def _run(model, mixer, x, start=0, cache=None):
+    """Run one mixer on hidden states x at absolute positions start..start+T-1."""
+    pos = torch.arange(start, start + x.shape[1])[None]
+    out = mixer(x, position_embeddings=_rotary(model, pos), past_key_values=cache)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _mixer(model, cand, layer=1):
+    torch.manual_seed(1)
+    module = surgery.build_mixer(model, layer, cand)
+    if cand.op in ("gdn", "kda"):
+        with torch.no_grad():  # exercise the gates and convolutions, not just their identity init
+            module.q_conv.weight.normal_(0, 0.5)
+            module.v_conv.weight.normal_(0, 0.5)
+            module.g_proj.weight.normal_(0, 0.1)
+            module.a_proj.weight.normal_(0, 0.5)
+            module.b_proj.weight.normal_(0, 0.5)
+    return module
+
+
+@pytest.mark.parametrize("cand", OPS, ids=str)
+def test_causal(qwen3, cand):
+    mixer = _mixer(qwen3, cand)
+    x = torch.randn(2, 20, qwen3.config.hidden_size)
+    y = x.clone()
+    y[:, 11:] = torch.randn_like(y[:, 11:])
+    with torch.no_grad():
+        a, b = _run(qwen3, mixer, x), _run(qwen3, mixer, y)
+    torch.testing.assert_close(a[:, :11], b[:, :11], rtol=1e-6, atol=1e-6)
+    if cand.op not in ("none", "drop"):
+        assert not torch.allclose(a[:, 11:], b[:, 11:]), "later inputs should change later outputs"
+
+
+@pytest.mark.parametrize("cand", OPS, ids=str)
+def test_prefill_then_decode_equals_longer_prefill(qwen3, cand):
+    mixer = _mixer(qwen3, cand)
+    t, k = 37, 6  # 37 is not a multiple of the chunk size; 6 steps run past the window of 4
+    x = torch.randn(2, t + k, qwen3.config.hidden_size)
+    with torch.no_grad():
+        full = _run(qwen3, mixer, x, cache=DynamicCache(config=qwen3.config))
+        cache = DynamicCache(config=qwen3.config)
+        steps = [_run(qwen3, mixer, x[:, :t], cache=cache)]
+        for i in range(t, t + k):
+            steps.append(_run(qwen3, mixer, x[:, i:i + 1], start=i, cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cand", OPS, ids=str)
+def test_chunked_prefill_continues_from_cache(qwen3, cand):
+    """Two prefills of 20 and 13 tokens equal one of 33 (the cache carries every kind of state)."""
+    mixer = _mixer(qwen3, cand)
+    x = torch.randn(1, 33, qwen3.config.hidden_size)
+    with torch.no_grad():
+        full = _run(qwen3, mixer, x)
+        cache = DynamicCache(config=qwen3.config)
+        parts = [_run(qwen3, mixer, x[:, :20], cache=cache), _run(qwen3, mixer, x[:, 20:], start=20, cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["gdn", "kda"])
+@pytest.mark.parametrize("strength", [0.1, 8.0], ids=["weak-decay", "strong-decay"])
+def test_chunked_equals_recurrent(per_channel, strength):
+    b, t, h, d = 2, 75, 3, 8
+    q, k = (torch.nn.functional.normalize(torch.randn(b, t, h, d), dim=-1) for _ in range(2))
+    v = torch.randn(b, t, h, d)
+    g = -strength * torch.rand(b, t, h, d) if per_channel else -strength * torch.rand(b, t, h)
+    beta = torch.rand(b, t, h)
+    s0 = torch.randn(b, h, d, d)
+    o_rec, s_rec = recurrent_delta_rule(q, k, v, g, beta, 0.7, s0)
+    o_chk, s_chk = chunked_delta_rule(q, k, v, g, beta, 0.7, s0, chunk_size=16)
+    torch.testing.assert_close(o_chk, o_rec, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s_chk, s_rec, rtol=1e-4, atol=1e-5)
+
+
+def test_swa_with_window_covering_the_sequence_equals_gqa_exactly(qwen3):
+    x = torch.randn(2, 30, qwen3.config.hidden_size)
+    with torch.no_grad():
+        gqa = _run(qwen3, _mixer(qwen3, Candidate.of("gqa")), x)
+        swa = _run(qwen3, _mixer(qwen3, Candidate.of("swa", {"window": 30})), x)
+        narrow = _run(qwen3, _mixer(qwen3, Candidate.of("swa", {"window": 8})), x)
+    assert torch.equal(gqa, swa)
+    assert torch.equal(gqa[:, :8], narrow[:, :8])
+    assert not torch.allclose(gqa[:, 8:], narrow[:, 8:])
+
+
+def test_swa_sees_exactly_window_tokens(qwen3):
+    """Changing the token `window` steps back changes nothing; changing `window - 1` back does."""
+    mixer = _mixer(qwen3, Candidate.of("swa", {"window": 5}))
+    x = torch.randn(1, 12, qwen3.config.hidden_size)
+    with torch.no_grad():
+        base = _run(qwen3, mixer, x)[:, -1]
+        far, near = x.clone(), x.clone()
+        far[:, -6] += 1.0
+        near[:, -5] += 1.0
+        assert torch.equal(_run(qwen3, mixer, far)[:, -1], base)
+        assert not torch.allclose(_run(qwen3, mixer, near)[:, -1], base)
+
+
+def test_mla_full_rank_equals_gqa_and_low_rank_does_not(qwen3):
+    dims = surgery.dims_of(qwen3.config)
+    x = torch.randn(2, 25, qwen3.config.hidden_size)
+    with torch.no_grad():
+        gqa = _run(qwen3, _mixer(qwen3, Candidate.of("gqa")), x)
+        full = _run(qwen3, _mixer(qwen3, Candidate.of("mla", {"rank": 2 * dims.kv_dim})), x)
+        low = _run(qwen3, _mixer(qwen3, Candidate.of("mla", {"rank": 4})), x)
+    torch.testing.assert_close(full, gqa, rtol=1e-4, atol=1e-5)
+    assert (low - gqa).abs().max() > 1e-3
+
+
+def test_linear_mixers_start_from_the_teacher_projections(qwen3):
+    """gdn/kda copy q/o and expand each KV head across its query group."""
+    teacher = qwen3.model.layers[1].self_attn
+    for op in ("gdn", "kda"):
+        mixer = surgery.build_mixer(qwen3, 1, Candidate.of(op))
+        d, group = mixer.head_dim, mixer.group
+        assert torch.equal(mixer.q_proj.weight, teacher.q_proj.weight)
+        assert torch.equal(mixer.o_proj.weight, teacher.o_proj.weight)
+        for head in range(mixer.num_heads):
+            kv = head // group
+            assert torch.equal(mixer.k_proj.weight[head * d:(head + 1) * d], teacher.k_proj.weight[kv * d:(kv + 1) * d])
+            assert torch.equal(mixer.v_proj.weight[head * d:(head + 1) * d], teacher.v_proj.weight[kv * d:(kv + 1) * d])
+
+
+def test_cache_bytes_follow_the_operator():
+    from mosaic_search.modeling.dims import ModelDims
+
+    dims = ModelDims(hidden_size=2560, num_heads=32, num_kv_heads=8, head_dim=128, num_layers=36,
+                     intermediate_size=9728, vocab_size=151936, qk_norm=True, attention_bias=False, rms_norm_eps=1e-6)
+    bytes_at = {str(c): c.spec.cache_bytes(dims, 98304, 2, **c.kwargs)
+                for c in (Candidate.of("gqa"), Candidate.of("swa", {"window": 4096}), Candidate.of("mla", {"rank": 512}),
+                          Candidate.of("gdn"), Candidate.of("none"), Candidate.of("drop"))}
+    assert bytes_at["gqa"] == 2 * 1024 * 98304 * 2
+    assert bytes_at["swa:window=4096"] == 2 * 1024 * 4096 * 2
+    assert bytes_at["mla:rank=512"] == (512 + 256) * 98304 * 2
+    assert bytes_at["gdn"] < bytes_at["swa:window=4096"]
+    assert bytes_at["none"] == bytes_at["drop"] == 0
+    # the linear state does not grow with context
+    assert Candidate.of("kda").spec.cache_bytes(dims, 1024, 2) == Candidate.of("kda").spec.cache_bytes(dims, 10**6, 2)

@@ -1,0 +1,94 @@
+"""Swapping mixers into tiny random Qwen3, Llama and Qwen3-VL teachers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ARCHS, every_operator, tiny_config, tiny_model
+from mosaic_search import surgery
+from mosaic_search.errors import UsageError
+from mosaic_search.operators import Candidate
+
+
+def _ids(model, n=14, seed=0):
+    vocab = surgery.dims_of(model.config).vocab_size
+    return torch.randint(3, vocab - 10, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dims_and_layers(arch):
+    model = tiny_model(arch)
+    dims = surgery.dims_of(model.config)
+    assert (dims.num_layers, dims.num_heads, dims.num_kv_heads, dims.head_dim) == (3, 4, 2, 16)
+    assert len(surgery.decoder_layers(model)) == 3
+    assert dims.qk_norm == (arch != "llama")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_swap_to_gqa_leaves_logits_unchanged(arch):
+    model = tiny_model(arch)
+    ids = _ids(model)
+    with torch.no_grad():
+        before = model(ids).logits
+        for layer in range(3):
+            surgery.swap(model, layer, Candidate.of("gqa"))
+        after = model(ids).logits
+    assert type(surgery.decoder_layers(model)[0].self_attn).__name__ == "Attention"
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cand", every_operator(), ids=str)
+def test_every_operator_generates_same_with_and_without_cache(arch, cand):
+    model = tiny_model(arch)
+    surgery.swap(model, 0, cand)
+    ids = _ids(model, n=6)[:1]
+    with torch.no_grad():
+        kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+        cached = model.generate(ids, use_cache=True, **kwargs)
+        uncached = model.generate(ids, use_cache=False, **kwargs)
+        assert torch.equal(cached, uncached)
+        # the logits of the cached forward equal the full forward, token by token
+        full = model(cached).logits
+        from transformers import DynamicCache
+
+        text_cfg = model.config.get_text_config()
+        cache = DynamicCache(config=text_cfg)
+        steps = [model(cached[:, :6], past_key_values=cache, use_cache=True).logits]
+        for i in range(6, cached.shape[1]):
+            steps.append(model(cached[:, i:i + 1], past_key_values=cache, use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_swapped_layer_changes_logits_and_restore_brings_them_back(qwen3):
+    ids = _ids(qwen3)
+    with torch.no_grad():
+        before = qwen3(ids).logits
+        surgery.swap(qwen3, 1, Candidate.of("drop"))
+        dropped = qwen3(ids).logits
+        surgery.swap(qwen3, 1, Candidate.of("none"))  # a second swap still starts from the teacher
+        surgery.restore(qwen3, 1)
+        after = qwen3(ids).logits
+    assert not torch.allclose(dropped, before)
+    assert torch.equal(after, before)
+
+
+def test_swap_rejects_out_of_range_layer(qwen3):
+    with pytest.raises(UsageError, match="out of range"):
+        surgery.swap(qwen3, 3, Candidate.of("gqa"))
+
+
+def test_unsupported_architecture_lists_supported():
+    from transformers import GPT2Config
+
+    with pytest.raises(UsageError, match="supports: llama, qwen3, qwen3_vl"):
+        surgery.dims_of(GPT2Config())
+
+
+def test_vl_swap_keeps_vision_tower():
+    model = tiny_model("qwen3_vl")
+    vision = {k: v.clone() for k, v in model.model.visual.state_dict().items()}
+    surgery.swap(model, 0, Candidate.of("gdn"))
+    assert all(torch.equal(v, model.model.visual.state_dict()[k]) for k, v in vision.items())
+    assert tiny_config("qwen3_vl").model_type == "qwen3_vl"
