@@ -449,7 +449,7 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     from . import baselines
 
     if strategy == "greedy":
-        return baselines.greedy(p, time_limit_s)
+        return baselines.greedy(p)
     if strategy.startswith("pattern:"):
         return baselines.pattern(p, strategy.partition(":")[2])
     raise UsageError(f'unknown strategy "{strategy}"{did_you_mean(strategy, ("mip", "greedy"))}; known: {STRATEGIES}')

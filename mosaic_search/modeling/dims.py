@@ -19,6 +19,7 @@ class ModelDims:
     qk_norm: bool
     attention_bias: bool
     rms_norm_eps: float
+    max_position: int = 4096
 
     @property
     def kv_dim(self) -> int:
@@ -33,4 +34,5 @@ class ModelDims:
                    num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
                    head_dim=head_dim, num_layers=cfg.num_hidden_layers, intermediate_size=cfg.intermediate_size,
                    vocab_size=cfg.vocab_size, qk_norm=qk_norm,
-                   attention_bias=bool(getattr(cfg, "attention_bias", False)), rms_norm_eps=cfg.rms_norm_eps)
+                   attention_bias=bool(getattr(cfg, "attention_bias", False)), rms_norm_eps=cfg.rms_norm_eps,
+                   max_position=getattr(cfg, "max_position_embeddings", 4096))

@@ -11,7 +11,7 @@ from .cache import advance
 class NoAttention(nn.Module):
     """Attention removed: the residual stream only goes through the layer's MLP."""
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
 
@@ -27,7 +27,7 @@ class NoAttention(nn.Module):
 class SkipLayer(nn.Module):
     """The whole decoder layer skipped (replaces the decoder layer, not its attention)."""
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
 

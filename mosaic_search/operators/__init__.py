@@ -17,8 +17,10 @@ from ..errors import UsageError, did_you_mean
 class OperatorSpec:
     """Everything the stages need to know about one operator.
 
-    `build(dims, layer_idx, **params)` returns the mixer module (the attention replacement, or for
-    `replaces == "layer"` the whole-layer replacement); `init_from_teacher(new, teacher_attention)` copies
+    `mixer` names the module class in `mosaic_search.modeling` ("file:Class", constructed as
+    `Class(dims, layer_idx, **params)`): the attention replacement, or for `replaces == "layer"` the
+    whole-layer replacement. Built models record it per layer, so their remote code needs no operator
+    list of its own. `init_from_teacher(new, teacher_attention)` copies
     or derives weights from the teacher's attention; `cache_bytes(dims, context, dtype_bytes, **params)` is
     the generation cache one sequence needs at `context` tokens; `default_params(dims)` lists the params
     tried when the user names no candidates.
@@ -28,7 +30,7 @@ class OperatorSpec:
     symbol: str
     layer_type: str
     summary: str
-    build: Callable[..., Any]
+    mixer: str
     init_from_teacher: Callable[..., None]
     cache_bytes: Callable[..., int]
     params: tuple[str, ...] = ()
@@ -36,6 +38,12 @@ class OperatorSpec:
     requires: tuple[str, ...] = ()
     replaces: str = "attention"
     aligned: bool = False
+
+    def build(self, dims, layer_idx: int, **params):
+        """A fresh (randomly initialised) mixer module for one layer."""
+        from ..modeling.mixers import mixer_class
+
+        return mixer_class(self.mixer)(dims, layer_idx, **params)
 
     def fast_path(self) -> tuple[bool, str]:
         """Whether this operator's CUDA fast path can run here, and why not."""

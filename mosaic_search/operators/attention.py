@@ -5,12 +5,6 @@ from __future__ import annotations
 from . import OperatorSpec, register
 
 
-def _build(dims, layer_idx, window=None):
-    from ..modeling.attention import Attention
-
-    return Attention(dims, layer_idx, window=window)
-
-
 def _init(new, teacher_attention):
     """Copy q/k/v/o projections (and Qwen3's q_norm/k_norm) unchanged: the math is the teacher's."""
     new.load_teacher(teacher_attention)
@@ -23,14 +17,15 @@ def _kv_bytes(dims, tokens, dtype_bytes):
 register(OperatorSpec(
     name="gqa", symbol="G", layer_type="full_attention",
     summary="the teacher's full grouped-query attention",
-    build=_build, init_from_teacher=_init,
+    mixer="attention:Attention", init_from_teacher=_init,
     cache_bytes=lambda dims, context, dtype_bytes=2: _kv_bytes(dims, context, dtype_bytes),
 ))
 
 register(OperatorSpec(
     name="swa", symbol="S", layer_type="sliding_attention",
     summary="sliding-window attention: each token sees the last `window` tokens (itself included)",
-    build=_build, init_from_teacher=_init, params=("window",),
+    mixer="attention:Attention", init_from_teacher=_init, params=("window",),
     cache_bytes=lambda dims, context, dtype_bytes=2, window=1: _kv_bytes(dims, min(window, context), dtype_bytes),
-    default_params=lambda dims: [{"window": w} for w in (512, 2048, 8192)],
+    # up to three windows, each at most an eighth of the model's context (128..8192)
+    default_params=lambda dims: [{"window": w} for w in (128, 512, 2048, 8192) if w <= dims.max_position // 8][-3:],
 ))

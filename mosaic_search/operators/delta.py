@@ -7,18 +7,6 @@ from . import OperatorSpec, register
 CONV_KERNEL = 4
 
 
-def _build_gdn(dims, layer_idx):
-    from ..modeling.linear_attention import GatedDeltaNet
-
-    return GatedDeltaNet(dims, layer_idx)
-
-
-def _build_kda(dims, layer_idx):
-    from ..modeling.linear_attention import KimiDeltaAttention
-
-    return KimiDeltaAttention(dims, layer_idx)
-
-
 def _init(new, teacher_attention):
     """q_proj and o_proj copied; k_proj and v_proj copied with each KV head repeated for the query heads it
     serves (GQA heads expanded), so every query head owns a key/value head; Qwen3's q_norm/k_norm copied
@@ -37,11 +25,13 @@ def _state_bytes(dims, context, dtype_bytes=2):
 register(OperatorSpec(
     name="gdn", symbol="D", layer_type="linear_attention",
     summary="Gated DeltaNet: linear attention with a per-head scalar decay",
-    build=_build_gdn, init_from_teacher=_init, cache_bytes=_state_bytes, requires=("fla",), aligned=True,
+    mixer="linear_attention:GatedDeltaNet", init_from_teacher=_init, cache_bytes=_state_bytes,
+    requires=("fla",), aligned=True,
 ))
 
 register(OperatorSpec(
     name="kda", symbol="K", layer_type="linear_attention",
     summary="Kimi Delta Attention: linear attention with a per-channel decay",
-    build=_build_kda, init_from_teacher=_init, cache_bytes=_state_bytes, requires=("fla",), aligned=True,
+    mixer="linear_attention:KimiDeltaAttention", init_from_teacher=_init, cache_bytes=_state_bytes,
+    requires=("fla",), aligned=True,
 ))

@@ -5,18 +5,6 @@ from __future__ import annotations
 from . import OperatorSpec, register
 
 
-def _build_none(dims, layer_idx):
-    from ..modeling.removal import NoAttention
-
-    return NoAttention(layer_idx)
-
-
-def _build_drop(dims, layer_idx):
-    from ..modeling.removal import SkipLayer
-
-    return SkipLayer(layer_idx)
-
-
 def _nothing(new, teacher_attention):
     """Nothing to copy: the replacement has no weights."""
 
@@ -26,12 +14,12 @@ def _nothing(new, teacher_attention):
 register(OperatorSpec(
     name="none", symbol="N", layer_type="linear_attention",
     summary="attention removed; the layer keeps its MLP",
-    build=_build_none, init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
+    mixer="removal:NoAttention", init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
 ))
 
 register(OperatorSpec(
     name="drop", symbol="X", layer_type="linear_attention",
     summary="the whole decoder layer skipped, attention and MLP (ShortGPT-style pruning)",
-    build=_build_drop, init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
+    mixer="removal:SkipLayer", init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
     replaces="layer",
 ))

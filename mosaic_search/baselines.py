@@ -1,0 +1,119 @@
+"""Baselines on the solver's own tables, for honest comparison: greedy, and fixed interleaved patterns."""
+
+from __future__ import annotations
+
+import time
+
+from .errors import InfeasibleError, UsageError
+from .operators import REGISTRY, from_symbol
+from .solver import Problem, matches, reachability
+
+_EPS = 1e-9  # stricter than the solver's re-check (1e-6), so a plan a baseline calls "met" always verifies
+
+
+def _resources(p: Problem) -> list:
+    """(usage of one (layer, candidate), limit, scale) for every budget; scale makes them commensurable."""
+    out = [(lambda k, w=w: p.lat[k][w], p.budget(w), p.profile.baseline_ms[w] / p.targets[w]) for w in p.targets]
+    if p.cache_limit is not None:
+        out.append((lambda k: p.cache[k], p.cache_limit, p.cache_limit))
+    out += [(lambda k, s=spec: float(matches(s, k[1])), float(n), 1.0) for spec, n in p.max_count]
+    return out
+
+
+def _excess(usage, resources) -> float:
+    return sum(max(0.0, u - lim - _EPS * max(1.0, abs(lim))) / max(sc, 1e-12)
+               for u, (_, lim, sc) in zip(usage, resources))
+
+
+def greedy(p: Problem):
+    """Cheapest loss per saved millisecond first: from the least-loss plan, swap until every budget holds.
+
+    Each step takes the single-layer swap with the smallest (loss added) / (budget excess removed), where
+    the excess of each budget is measured as a fraction of it, so several workloads share one currency.
+    """
+    if p.min_count:
+        raise UsageError("the greedy strategy does not support min counts; use the mip strategy")
+    start = time.perf_counter()
+    res = _resources(p)
+    cur = [min(cs, key=lambda c, l=l: (p.loss[l, c], sum(p.lat[l, c].values()), c)) for l, cs in enumerate(p.allowed)]
+    usage = [sum(f((l, c)) for l, c in enumerate(cur)) for f, _, _ in res]
+    steps = 0
+    while (excess := _excess(usage, res)) > 0:
+        best = None
+        for l, cs in enumerate(p.allowed):
+            was = (l, cur[l])
+            for c in cs:
+                if c == cur[l]:
+                    continue
+                moved = [u + f((l, c)) - f(was) for u, (f, _, _) in zip(usage, res)]
+                gain = excess - _excess(moved, res)
+                if gain <= 1e-15:
+                    continue  # every step must shrink the excess, so the loop ends
+                key = ((p.loss[l, c] - p.loss[was]) / gain, l, c)
+                if best is None or key < best[0]:
+                    best = (key, l, c, moved)
+        if best is None:
+            raise InfeasibleError(f"greedy stalled before meeting every budget; {reachability(p)}")
+        _, l, c, usage = best
+        cur[l] = c
+        steps += 1
+    info = {"name": "greedy", "status": "budgets met", "seconds": round(time.perf_counter() - start, 6),
+            "mip_gap": None, "steps": steps, "objective": float(sum(p.loss[l, c] for l, c in enumerate(cur)))}
+    return [[c] for c in cur], info
+
+
+def _shortfalls(p: Problem, layers) -> list[str]:
+    out = []
+    for w, target in p.targets.items():
+        ms = p.profile.fixed_ms[w] + sum(p.lat[l, c][w] for l, c in enumerate(layers))
+        got = p.profile.baseline_ms[w] / ms if ms > 0 else float("inf")
+        if ms > p.profile.baseline_ms[w] / target * (1 + _EPS):
+            out.append(f"{w} reaches {got:.3f}x (target {target:.3f}x)")
+    if p.cache_limit is not None:
+        cache = sum(p.cache[l, c] for l, c in enumerate(layers))
+        if cache > p.cache_limit:
+            out.append(f"cache {cache} bytes (bound {p.cache_limit:.0f})")
+    for specs, sense in ((p.min_count, 1), (p.max_count, -1)):
+        for spec, n in specs:
+            count = sum(matches(spec, c) for c in layers)
+            if (count - n) * sense < 0:
+                out.append(f"{count} layers of {spec} ({'min' if sense > 0 else 'max'} {n})")
+    return out
+
+
+def pattern(p: Problem, symbols: str):
+    """A fixed interleave such as 'DDDG' (3 GDN : 1 GQA) tiled over the layers; pins override its layers.
+
+    An op with params (swa, mla) takes ONE param choice for all its layers, as the hand-designed hybrids
+    do: the candidate allowed at every such layer with the lowest total loss there (then lowest latency).
+    Fails with exit 3 if the result misses a given target; with no target it just reports its cost.
+    """
+    start = time.perf_counter()
+    symbols = symbols.strip()
+    if not symbols:
+        known = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values())
+        raise UsageError(f"pattern: give one symbol per layer to tile, e.g. pattern:DDDG (known: {known})")
+    ops = [from_symbol(symbols[l % len(symbols)]).name for l in range(p.num_layers)]
+    pinned = {int(k) for k in (p.given.get("pins") or {})}
+    layers = [None] * p.num_layers
+    for l in pinned:
+        layers[l] = min(p.allowed[l], key=lambda c, l=l: (p.loss[l, c], c))
+    for op in dict.fromkeys(ops):
+        at = [l for l in range(p.num_layers) if ops[l] == op and l not in pinned]
+        if not at:
+            continue
+        common = set.intersection(*({c for c in p.allowed[l] if c.op == op} for l in at))
+        if not common:
+            bad = next((l for l in at if not any(c.op == op for c in p.allowed[l])), at[0])
+            raise UsageError(f"pattern {symbols}: no single {op} candidate is allowed at every layer it takes "
+                             f"(e.g. layer {bad}: profiled ok on every workload, scored, and in ops)")
+        pick = min(common, key=lambda c: (sum(p.loss[l, c] for l in at), sum(sum(p.lat[l, c].values()) for l in at), c))
+        for l in at:
+            layers[l] = pick
+    missed = _shortfalls(p, layers)
+    if missed:
+        raise InfeasibleError(f"pattern {symbols} misses the constraints: {', '.join(missed)}")
+    info = {"name": "pattern", "status": "evaluated", "pattern": symbols, "mip_gap": None,
+            "seconds": round(time.perf_counter() - start, 6),
+            "objective": float(sum(p.loss[l, c] for l, c in enumerate(layers)))}
+    return [[c] for c in layers], info
