@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from .errors import EXIT_RUNTIME, MosaicError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Hardware-aware architecture search: profile -> score -> solve -> build.")
-out = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+console = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)  # progress bars
 
 # Option types, declared once and shared by every command.
@@ -25,11 +26,12 @@ ModelOpt = Annotated[str, typer.Option("--model", "--teacher", "-m",
                                        help="Hub id, local directory, or 'tiny' (the embedded teacher).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in outputs).")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output path (default: under profiles/ or layer_plans/).")]
 
 
 def _version(value: bool):
     if value:
-        out.print(f"mosaic {__version__}")
+        console.print(f"mosaic {__version__}")
         raise typer.Exit()
 
 
@@ -41,6 +43,25 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
 
 def _emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@contextlib.contextmanager
+def _progress(label: str):
+    """A progress bar on stderr; yields the library's `progress(done, total, what)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def tick(done, total, what):
+            bar.update(task, completed=done, total=total, description=what)
+
+        yield tick
 
 
 @app.command()
@@ -61,7 +82,7 @@ def ops(as_json: JsonOpt = False):
     for r in rows:
         fast = "yes" if r["fast_path"] else f"no: {r['fast_path_note']}"
         table.add_row(r["op"], r["symbol"], r["layer_type"], ",".join(r["params"]) or "-", fast, r["summary"])
-    out.print(table)
+    console.print(table)
 
 
 @app.command()
@@ -78,9 +99,57 @@ def check(model: ModelOpt = "tiny", layer: Annotated[int, typer.Option(help="Lay
         table.add_column(col)
     for r in results:
         table.add_row(r["candidate"], "yes" if r["match"] else "NO", " ".join(map(str, r["tokens"])))
-    out.print(table)
+    console.print(table)
     if not all(r["match"] for r in results):
         raise MosaicError("generation with cache differs from generation without cache")
+
+
+@app.command()
+def profile(model: ModelOpt = "tiny",
+            device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+            ops: Annotated[Optional[str], typer.Option(help="Candidates, e.g. gqa,swa:window=1024,gdn.")] = None,
+            workload: Annotated[Optional[list[str]], typer.Option(
+                help="phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (repeatable).")] = None,
+            out: OutOpt = None, validate: Annotated[bool, typer.Option(
+                help="Also time whole models and report predicted vs measured latency.")] = False,
+            seed: SeedOpt = 0, as_json: JsonOpt = False):
+    """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
+    from . import profiler
+
+    with _progress("profiling") as tick:
+        prof = profiler.profile(model=model, device=device, ops=ops, workloads=workload, out=out, seed=seed,
+                                progress=tick)
+    rows = profiler.validate(prof, model=model, device=device, seed=seed) if validate else []
+    if as_json:
+        return _emit_json({"profile": str(profiler.profile_path(model, prof.header.env, out)), "validation": rows})
+    out_table = Table(title=f"latency per decoder layer, ms (speedup vs gqa): {prof.header.env.get('device_name')}")
+    out_table.add_column("candidate")
+    for w in prof.workloads:
+        out_table.add_column(w.name, justify="right")
+    layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
+    gqa = {w: layer0.get((profiler.Candidate.of("gqa"), w)) for w in (w.name for w in prof.workloads)}
+    for cand in dict.fromkeys(c for c, _ in layer0):
+        cells = []
+        for w in prof.workloads:
+            e, ref = layer0[(cand, w.name)], gqa[w.name]
+            if e.status != "ok":
+                cells.append(e.status)
+            else:
+                ratio = f" ({ref.latency_ms / e.latency_ms:.2f}x)" if ref and ref.status == "ok" and e.latency_ms else ""
+                cells.append(f"{e.latency_ms:.3f}{ratio}")
+        out_table.add_row(str(cand), *cells)
+    out_table.add_row("fixed part", *(_ms(prof.fixed_ms.get(w.name)) for w in prof.workloads))
+    out_table.add_row("whole teacher", *(_ms(prof.baseline_ms.get(w.name)) for w in prof.workloads))
+    console.print(out_table)
+    console.print(f"wrote {profiler.profile_path(model, prof.header.env, out)}")
+    if rows:
+        v = Table(title="additivity: fixed + sum of layers vs whole model")
+        for col in ("assignment", "workload", "predicted ms", "measured ms", "error %"):
+            v.add_column(col)
+        for r in rows:
+            v.add_row(r["assignment"], r["workload"], f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
+                      f"{r['error_pct']:+.1f}")
+        console.print(v)
 
 
 def _fail(message: str, code: int) -> int:

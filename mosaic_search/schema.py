@@ -339,8 +339,9 @@ def load_profile(path: str | os.PathLike) -> LatencyProfile:
             p80_ms=_opt_float(r, e, "p80_ms", where), status=status,
             cache_bytes=r.get(e, "cache_bytes", int, where), reason=r.get(e, "reason", str, where, True, "")))
     return LatencyProfile(header=header, workloads=tuple(workloads),
-                          baseline_ms={k: float(v) for k, v in baseline.items()},
-                          fixed_ms={k: float(v) for k, v in fixed.items()}, entries=tuple(entries))
+                          baseline_ms={k: None if v is None else float(v) for k, v in baseline.items()},
+                          fixed_ms={k: None if v is None else float(v) for k, v in fixed.items()},
+                          entries=tuple(entries))
 
 
 def load_sensitivity(path: str | os.PathLike) -> SensitivityTable:

@@ -53,8 +53,14 @@ def _originals(model) -> dict:
 
 
 def teacher_layer(model, layer: int):
-    """The teacher's own decoder layer `layer`, even after swaps."""
+    """The teacher's own decoder layer `layer`, even after swaps (its `self_attn` may be a mixer now)."""
     return _originals(model).get(layer) or decoder_layers(model)[layer]
+
+
+def teacher_attention(model, layer: int):
+    """The teacher's own attention module of `layer`, even after swaps."""
+    original = teacher_layer(model, layer)
+    return original.__dict__.get("_mosaic_teacher_attn", original.self_attn)
 
 
 def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = None):
@@ -62,8 +68,8 @@ def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = 
     device and dtype."""
     spec = candidate.spec
     dims = dims_of(model.config)
-    original = teacher_layer(model, layer)
-    param = next(original.parameters())
+    teacher = teacher_attention(model, layer)
+    param = next(teacher.parameters())
     module = spec.build(dims, layer, **candidate.kwargs)
     if weights is not None:
         missing, unexpected = module.load_state_dict(weights, strict=False)
@@ -71,7 +77,7 @@ def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = 
             raise UsageError(f"weights for layer {layer} {candidate}: missing {sorted(missing)[:3]}, "
                              f"unexpected {sorted(unexpected)[:3]}")
     else:
-        spec.init_from_teacher(module, original.self_attn)
+        spec.init_from_teacher(module, teacher)
     return module.to(device=param.device, dtype=param.dtype)
 
 
@@ -138,3 +144,49 @@ def check_swaps(model_id: str, layer: int = 0, new_tokens: int = 8, candidates=N
         results.append({"candidate": str(cand), "match": cached == uncached, "tokens": cached})
         restore(model, layer)
     return results
+
+
+@dataclass(frozen=True)
+class TextStack:
+    """The pieces of a loaded model's text path, so stages can run and time it layer by layer."""
+
+    embed: object
+    rotary: object
+    layers: object
+    norm: object
+    lm_head: object
+    mrope: bool
+
+    def position_embeddings(self, hidden, start: int):
+        """Rotary cos/sin for tokens start..start+T-1 (Qwen3-VL's mRoPE takes t/h/w positions; text uses t=h=w)."""
+        import torch
+
+        b, t = hidden.shape[:2]
+        pos = torch.arange(start, start + t, device=hidden.device)[None].expand(b, t)
+        return self.rotary(hidden, pos[None].expand(3, b, t) if self.mrope else pos)
+
+    def run_layer(self, layer, hidden, position_embeddings, cache=None):
+        """One decoder layer (whatever mixer it holds) on hidden states."""
+        return layer(hidden, attention_mask=None, position_embeddings=position_embeddings,
+                     past_key_values=cache, use_cache=cache is not None)
+
+    def head(self, hidden):
+        """Final norm and LM head on the last position only (what generation computes)."""
+        return self.lm_head(self.norm(hidden[:, -1:]))
+
+    def forward(self, ids, cache=None, start: int = 0):
+        """Embeddings -> every layer -> norm -> last-token logits, with masks done by the mixers."""
+        hidden = self.embed(ids)
+        pe = self.position_embeddings(hidden, start)
+        for layer in self.layers:
+            hidden = self.run_layer(layer, hidden, pe, cache)
+        return self.head(hidden)
+
+
+def text_stack(model) -> TextStack:
+    """The text path of a supported model (the language model inside a VLM)."""
+    record = architecture(model.config).record
+    layers = decoder_layers(model)
+    text_model = model.model.language_model if record.vision else model.model
+    return TextStack(embed=text_model.embed_tokens, rotary=text_model.rotary_emb, layers=layers,
+                     norm=text_model.norm, lm_head=model.lm_head, mrope=record.vision)

@@ -54,3 +54,13 @@ def qwen3():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA; elsewhere they are skipped, and say why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -92,3 +92,26 @@ def test_vl_swap_keeps_vision_tower():
     surgery.swap(model, 0, Candidate.of("gdn"))
     assert all(torch.equal(v, model.model.visual.state_dict()[k]) for k, v in vision.items())
     assert tiny_config("qwen3_vl").model_type == "qwen3_vl"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_text_stack_reproduces_the_models_last_logits(arch):
+    model = tiny_model(arch)
+    for layer in range(3):  # the stack leaves masking to the mixers, as in every built model
+        surgery.swap(model, layer, Candidate.of("gqa"))
+    ids = _ids(model)
+    with torch.no_grad():
+        torch.testing.assert_close(surgery.text_stack(model).forward(ids), model(ids).logits[:, -1:],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_swaps_of_one_layer_always_start_from_the_teacher():
+    model = tiny_model("qwen3")
+    ids = _ids(model)
+    with torch.no_grad():
+        before = model(ids).logits
+        for cand in every_operator():
+            surgery.swap(model, 1, cand)
+        surgery.swap(model, 1, Candidate.of("gqa"))
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,349 @@
+"""Stage 1: what each candidate mixer costs, as one whole decoder layer, on the device the model will use.
+
+Every decoder layer of a homogeneous teacher has the same dimensions, so each (candidate, workload) is
+timed once, in layer 0 of a randomly initialised model with the real dimensions, and that measurement is
+recorded for every layer. Also timed: the fixed part (embeddings, final norm, LM head on the last token)
+and the whole-model baseline, both through the same `TextStack` the layers run in. The baseline is the
+teacher's math with mosaic's own `gqa` mixer in every layer (numerically the teacher's attention; see
+tests), so baseline, layers and validation share one harness.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .operators import Candidate, default_candidates, parse_candidates
+from .schema import Header, LatencyProfile, ProfileEntry, Workload, save
+
+KIB = 1024
+CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
+CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",
+                  "decode:1k", "decode:16k", "decode:96k", "decode:1k:b8", "decode:16k:b8")
+_SPEC = re.compile(r"^(prefill|decode):(\d+)(k?)(?::b(\d+))?$")
+
+
+def parse_workload(text: str) -> Workload:
+    """Parse 'prefill:32k', 'decode:96k' or 'decode:16k:b8' (phase:tokens[k][:b<batch>])."""
+    m = _SPEC.match(text.strip().lower())
+    if not m:
+        raise UsageError(f'cannot parse workload "{text}": expected phase:tokens[:bN], e.g. prefill:32k or '
+                         "decode:16k:b8")
+    phase, n, k, b = m.groups()
+    seq = int(n) * (KIB if k else 1)
+    batch = int(b or 1)
+    if seq <= 0 or batch <= 0:
+        raise UsageError(f'workload "{text}": tokens and batch must be positive')
+    return Workload(name=workload_name(phase, batch, seq), phase=phase, batch_size=batch, seq_len=seq)
+
+
+def workload_name(phase: str, batch: int, seq: int) -> str:
+    """Canonical workload name, e.g. decode-b1-c96k / prefill-b8-p4k."""
+    size = f"{seq // KIB}k" if seq % KIB == 0 else str(seq)
+    return f"{phase}-b{batch}-{'p' if phase == 'prefill' else 'c'}{size}"
+
+
+def environment(device: str) -> dict:
+    """The device and library fingerprint recorded in profiles (a profile is only valid for these)."""
+    import importlib.metadata as md
+
+    import torch
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    env = {"device": device, "torch": torch.__version__, "transformers": version("transformers"),
+           "fla": version("flash-linear-attention") or version("fla-core"), "triton": version("triton")}
+    if device.startswith("cuda"):
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["driver"] = _driver_version()
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+def _driver_version():
+    try:
+        import subprocess
+
+        r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def check_device(device: str) -> str:
+    """Validate the device string against this machine (exit 2 for a device that is not present)."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device} is not available on this machine (no CUDA device); use --device cpu")
+        return device
+    raise UsageError(f'unknown device "{device}": use cpu or cuda')
+
+
+class StaticSlot:
+    """A cache slot of fixed length for timing one decode step at a given context: the new token is
+    written into the last position in place, so the step has static shapes and can be graph-captured."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.keys = self.values = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        import torch
+
+        if self.keys is None:
+            # random, not zeros: values never matter for latency, but zeros can run faster than real data
+            shape = lambda x: (*x.shape[:2], self.length, x.shape[-1])  # noqa: E731
+            self.keys = torch.randn(shape(key_states), dtype=key_states.dtype, device=key_states.device)
+            self.values = torch.randn(shape(value_states), dtype=value_states.dtype, device=value_states.device)
+        self.keys[:, :, -1:].copy_(key_states)
+        self.values[:, :, -1:].copy_(value_states)
+        return self.keys, self.values
+
+
+def static_cache(layers, context: int):
+    """A cache whose slot i holds `context` past tokens for layers[i] (a window's worth for SWA)."""
+    from transformers.cache_utils import Cache
+
+    slots = []
+    for layer in layers:
+        mixer = getattr(layer, "self_attn", layer)
+        window = getattr(mixer, "window", None)
+        slots.append(StaticSlot(min(window, context + 1) if window else context + 1))
+    return Cache(layers=slots)
+
+
+@dataclass
+class _Bench:
+    """The model under measurement and how to run its parts for one workload."""
+
+    model: object
+    stack: object
+    device: str
+    dtype: object
+
+    def inputs(self, w: Workload):
+        import torch
+
+        t = w.seq_len if w.phase == "prefill" else 1
+        start = 0 if w.phase == "prefill" else w.seq_len
+        hidden = torch.randn(w.batch_size, t, self.stack.embed.embedding_dim, device=self.device, dtype=self.dtype)
+        ids = torch.randint(0, self.stack.embed.num_embeddings, (w.batch_size, t), device=self.device)
+        return hidden, ids, start
+
+    def layer_fn(self, idx: int, w: Workload):
+        """A closure running decoder layer `idx` once for workload `w`."""
+        import torch
+        from transformers import DynamicCache
+
+        layer = self.stack.layers[idx]
+        hidden, _, start = self.inputs(w)
+        pe = self.stack.position_embeddings(hidden, start)
+        if w.phase == "prefill":
+            return lambda: self.stack.run_layer(layer, hidden, pe, DynamicCache())
+        cache = static_cache(self.stack.layers, w.seq_len)
+        with torch.inference_mode():
+            self.stack.run_layer(layer, hidden, pe, cache)  # allocates the static slot / creates the state
+        return lambda: self.stack.run_layer(layer, hidden, pe, cache)
+
+    def fixed_fn(self, w: Workload):
+        """Embeddings, rotary tables, final norm and the LM head on the last token."""
+        _, ids, start = self.inputs(w)
+
+        def run():
+            h = self.stack.embed(ids)
+            self.stack.position_embeddings(h, start)
+            return self.stack.head(h)
+
+        return run
+
+    def model_fn(self, w: Workload):
+        """The whole text model once: a prefill, or one decode step against a cache at the context."""
+        import torch
+        from transformers import DynamicCache
+
+        _, ids, start = self.inputs(w)
+        if w.phase == "prefill":
+            return lambda: self.stack.forward(ids, DynamicCache(), start)
+        cache = static_cache(self.stack.layers, w.seq_len)
+        with torch.inference_mode():
+            self.stack.forward(ids, cache, start)
+        return lambda: self.stack.forward(ids, cache, start)
+
+
+def _measure(timer, fn_factory, w: Workload):
+    """(Stats, status, reason) for one measurement; OOM is recorded, not raised."""
+    import torch
+
+    from .timing import Stats, is_oom
+
+    try:
+        return Stats.of(timer(fn_factory(), w.phase)), "ok", ""
+    except Exception as e:  # noqa: BLE001 - only OOM is tolerated, everything else re-raised
+        if not is_oom(e):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None, "oom", " ".join(str(e).split())[:200]
+
+
+def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0):
+    """The teacher with random weights and mosaic's gqa mixer in every layer, on `device`."""
+    import torch
+
+    from . import surgery
+    from .models import load_config, model_from_config
+
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    config = load_config(model, shipped_ok=True)
+    with torch.device(device):
+        net = model_from_config(config, dtype=dtype, seed=seed)
+    for i in range(len(surgery.decoder_layers(net))):
+        surgery.swap(net, i, Candidate.of("gqa"))
+    return config, _Bench(net, surgery.text_stack(net), device, getattr(torch, dtype))
+
+
+def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, out=None, timer=None,
+            dtype: str | None = None, seed: int = 0, progress=None) -> LatencyProfile:
+    """Time every candidate as a whole decoder layer for every workload and write a latency profile.
+
+    `ops`: candidates (a list or 'gqa,swa:window=1024,...'); `workloads`: Workloads or specs such as
+    'decode:96k:b8'; `timer`: a callable `timer(fn, phase) -> [ms]` (default: CUDA events / perf_counter);
+    `progress(done, total, label)`: called after each measurement.
+    """
+    from . import surgery
+    from .models import model_ref
+    from .timing import default_timer
+
+    device = check_device(device)
+    cands = _candidates(ops)
+    wls = _workloads(workloads, device)
+    config, bench = load_bench(model, device, dtype, seed)
+    dims = surgery.dims_of(config)
+    cands = cands or default_candidates(dims)
+    timer = timer or default_timer(device)
+    dtype_bytes = bench.stack.embed.weight.element_size()
+    total = len(wls) * (len(cands) + 2)
+    done = 0
+
+    def tick(label):
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total, label)
+
+    baseline, fixed, entries = {}, {}, []
+    for w in wls:
+        stats, status, _ = _measure(timer, lambda: bench.model_fn(w), w)
+        baseline[w.name] = stats.median_ms if stats else None
+        tick(f"{w.name} baseline")
+        stats, _, _ = _measure(timer, lambda: bench.fixed_fn(w), w)
+        fixed[w.name] = stats.median_ms if stats else None
+        tick(f"{w.name} fixed")
+    for c in cands:
+        ok, why = c.spec.fast_path()
+        unsupported = device.startswith("cuda") and not ok
+        if not unsupported:
+            surgery.swap(bench.model, 0, c)
+        for w in wls:
+            cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
+            if unsupported:
+                stats, status, reason = None, "unsupported", why
+            else:
+                stats, status, reason = _measure(timer, lambda: bench.layer_fn(0, w), w)
+            for layer in range(dims.num_layers):
+                entries.append(ProfileEntry(
+                    layer=layer, candidate=c, workload=w.name, latency_ms=stats and stats.median_ms,
+                    p20_ms=stats and stats.p20_ms, p80_ms=stats and stats.p80_ms, status=status,
+                    cache_bytes=cache_bytes, reason=reason))
+            tick(f"{c} {w.name}")
+        surgery.swap(bench.model, 0, Candidate.of("gqa"))
+    header = Header.new(model_ref(model, config), env={**environment(device), "timer": type(timer).__name__,
+                                                          "cuda_graphs": bool(getattr(timer, "graphs", False))})
+    result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
+                            entries=tuple(entries))
+    save(result, profile_path(model, header.env, out))
+    return result
+
+
+def profile_path(model: str, env: dict, out=None) -> Path:
+    """Where a profile goes: `out`, or profiles/<model>--<device>.json."""
+    from .models import slug
+
+    return Path(out) if out else Path("profiles") / f"{slug(model)}--{_device_slug(env)}.json"
+
+
+def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cpu", assignments=None,
+             timer=None, dtype: str | None = None, seed: int = 0) -> list[dict]:
+    """Time whole models (the teacher and mixed assignments) and compare with fixed + sum of layers."""
+    from . import surgery
+    from .timing import Stats, default_timer
+
+    device = check_device(device)
+    config, bench = load_bench(model, device, dtype, seed)
+    n = surgery.dims_of(config).num_layers
+    table = layer_table(profile_obj)
+    assignments = assignments or default_assignments(profile_obj, n)
+    timer = timer or default_timer(device)
+    rows = []
+    for name, assignment in assignments.items():
+        for i, c in enumerate(assignment):
+            surgery.swap(bench.model, i, c)
+        for w in profile_obj.workloads:
+            parts = [table.get((i, c, w.name)) for i, c in enumerate(assignment)]
+            if None in parts or profile_obj.fixed_ms.get(w.name) is None:
+                continue
+            predicted = profile_obj.fixed_ms[w.name] + sum(parts)
+            measured = Stats.of(timer(bench.model_fn(w), w.phase)).median_ms
+            rows.append({"assignment": name, "workload": w.name, "predicted_ms": predicted,
+                         "measured_ms": measured, "error_pct": 100 * (predicted - measured) / measured})
+    return rows
+
+
+def layer_table(profile_obj: LatencyProfile) -> dict:
+    """{(layer, candidate, workload): latency_ms} for the ok entries."""
+    return {(e.layer, e.candidate, e.workload): e.latency_ms for e in profile_obj.entries if e.status == "ok"}
+
+
+def default_assignments(profile_obj: LatencyProfile, num_layers: int) -> dict:
+    """The homogeneous teacher and two mixes of the profiled candidates (interleaved, and reversed)."""
+    ok = sorted({e.candidate for e in profile_obj.entries if e.status == "ok"})
+    gqa = Candidate.of("gqa")
+    others = [c for c in ok if c != gqa] or [gqa]
+    mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]
+    return {"teacher (all gqa)": [gqa] * num_layers, "mix A": mix,
+            "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
+
+
+def _candidates(ops):
+    if ops is None:
+        return None
+    return parse_candidates(ops) if isinstance(ops, str) else [c if isinstance(c, Candidate) else Candidate.parse(c)
+                                                                for c in ops]
+
+
+def _workloads(workloads, device: str) -> list[Workload]:
+    specs = workloads or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    wls = [w if isinstance(w, Workload) else parse_workload(w) for w in specs]
+    names = [w.name for w in wls]
+    if len(set(names)) != len(names):
+        raise UsageError(f"duplicate workloads: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return wls
+
+
+def _device_slug(env: dict) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(env.get("device_name") or env.get("device"))).strip("-").lower() or "device"

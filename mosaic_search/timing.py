@@ -1,0 +1,130 @@
+"""The timing harness shared by `profile` and `bench`: warm-up, repeated samples, median and p20/p80.
+
+On CUDA: CUDA events, the L2 cache flushed before each prefill sample, and decode steps replayed from a
+CUDA graph (several replays per sample) so launch overhead does not dominate. On CPU: a monotonic clock.
+A timer is any callable `timer(fn, kind) -> list[float]` of per-call milliseconds, so tests inject their own.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median and spread of a list of samples, in milliseconds."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Stats":
+        """Summarise samples (nearest-rank percentiles)."""
+        s = sorted(samples)
+
+        def pct(p):
+            return s[min(len(s) - 1, max(0, round(p * (len(s) - 1))))]
+
+        return cls(statistics.median(s), pct(0.2), pct(0.8))
+
+
+class CpuTimer:
+    """Wall-clock timing with time.perf_counter, each sample starting from cold L1/L2 caches.
+
+    A layer timed alone would otherwise keep its weights in L2, which inside a whole model the other
+    layers evict; the last-level cache is left warm, as it is for a small model run layer after layer.
+    """
+
+    def __init__(self, warmup: int = 2, repeats: int = 7, flush_bytes: int = 4 << 20):
+        import torch
+
+        self.warmup, self.repeats = warmup, repeats
+        self.graphs = False
+        self._flush = torch.empty(flush_bytes // 4, dtype=torch.float32)
+
+    def __call__(self, fn, kind: str = "prefill") -> list[float]:
+        import torch
+
+        with torch.inference_mode():
+            for _ in range(self.warmup):
+                fn()
+            out = []
+            for _ in range(self.repeats):
+                self._flush.fill_(1.0)
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+
+class CudaTimer:
+    """CUDA-event timing; prefill samples start from a cold L2, decode samples replay a CUDA graph."""
+
+    def __init__(self, warmup: int = 3, repeats: int = 15, replays: int = 20, graphs: bool = True):
+        import torch
+
+        self.warmup, self.repeats, self.replays, self.graphs = warmup, repeats, replays, graphs
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        self._flush = torch.empty(2 * l2 // 4 + 1, dtype=torch.float32, device="cuda")
+
+    def _graph(self, fn):
+        import torch
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph.replay
+
+    def __call__(self, fn, kind: str = "prefill") -> list[float]:
+        import torch
+
+        with torch.inference_mode():
+            if kind == "decode":
+                step = fn
+                if self.graphs:
+                    try:
+                        step = self._graph(fn)
+                    except Exception:  # a kernel that cannot be captured: time it eagerly instead
+                        torch.cuda.synchronize()
+                        step = fn
+                return self._time(step, self.replays, flush=False)
+            return self._time(fn, 1, flush=True)
+
+    def _time(self, fn, inner: int, flush: bool) -> list[float]:
+        import torch
+
+        for _ in range(self.warmup):
+            fn()
+        out = []
+        for _ in range(self.repeats):
+            if flush:
+                self._flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / inner)
+        return out
+
+
+def default_timer(device: str):
+    """The timer for a device: CUDA events on cuda, perf_counter on cpu."""
+    return CudaTimer() if device.startswith("cuda") else CpuTimer()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is an out-of-memory failure (CUDA or host)."""
+    import torch
+
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
