@@ -152,6 +152,26 @@ def profile(model: ModelOpt = "tiny",
         console.print(v)
 
 
+@app.command()
+def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON file.")],
+          teacher: ModelOpt = None,
+          library: Annotated[Optional[str], typer.Option(help="Aligned weights from score (.safetensors).")] = None,
+          out: Annotated[Optional[str], typer.Option("--out", "-o",
+                                                     help="Model directory (default build/<model>-<pattern>).")] = None,
+          dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+          overwrite: Annotated[bool, typer.Option(help="Replace an existing build at --out.")] = False,
+          allow_stale: Annotated[bool, typer.Option(help="Use a plan made for another model.")] = False,
+          seed: SeedOpt = 0, as_json: JsonOpt = False):
+    """Stage 4: apply a plan to its teacher and write a Hugging Face model directory (trust_remote_code)."""
+    from . import builder
+
+    path = builder.build(plan, teacher=teacher, library=library, out=out, dtype=dtype, overwrite=overwrite,
+                         allow_stale=allow_stale, seed=seed)
+    if as_json:
+        return _emit_json({"model_dir": str(path)})
+    console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
+
+
 def _fail(message: str, code: int) -> int:
     # plain write, not rich: a known error must stay on one line whatever the terminal width
     sys.stderr.write(f"error: {message}\n")

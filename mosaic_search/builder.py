@@ -1,0 +1,285 @@
+"""Stage 4: apply a layer plan to its teacher and write a Hugging Face model directory (DESIGN.md §4).
+
+The plan is applied layer by layer through `surgery.swap`, the same call the scorer makes, so what is
+scored is what is shipped. The directory is written into a temporary folder beside `out` and renamed at
+the end: a failure leaves nothing behind, and `overwrite` replaces an old build only once the new one is whole.
+
+Candidate library (aligned weights, written by the scorer): a safetensors file whose tensor keys are
+`layer{L}/{candidate}/{param}`, with `L` the 0-based decoder layer, `candidate` the candidate's string
+(`str(Candidate)`: `mla:rank=256`, `gdn`, `swa:window=1024`) and `param` a key of that mixer's own state dict
+(`kv_down.weight`, `o_proj.weight`, ...), e.g. `layer3/mla:rank=256/kv_down.weight`. Beside it, a JSON
+sidecar of the same stem (`library.safetensors` -> `library.json`) holds `kind: "mosaic/candidate-library"`,
+`schema_version`, the `model` block of DESIGN.md §3 (checked against the teacher like any artifact) and
+`entries: [{layer, op, params, align_steps, ...}]`. An entry present for a layer replaces the teacher
+initialisation of that layer's mixer; with a library given, every layer whose operator is `aligned` must
+have one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import schema, surgery
+from .errors import MosaicError, UsageError
+from .models import TINY, load_config, load_model, model_ref, slug
+from .operators import Candidate
+from .schema import LayerPlan, ModelRef
+
+LIBRARY_KIND = "mosaic/candidate-library"
+PLAN_FILE = "mosaic_plan.json"
+DTYPES = ("float32", "bfloat16", "float16")
+# what is copied from the teacher besides weights and config: tokenizer, processor, chat template, generation config
+TEACHER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                 "chat_template*", "*preprocessor_config.json", "processor_config.json", "*.tiktoken", "spiece.model",
+                 "generation_config.json")
+# layer types whose cache slot counts tokens (transformers' get_seq_length needs at least one)
+COUNTING_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def library_key(layer: int, candidate: Candidate, param: str) -> str:
+    """The tensor key of one parameter of one candidate's aligned weights in a candidate library."""
+    return f"layer{layer}/{candidate}/{param}"
+
+
+def load_library_entry(path: str | os.PathLike, layer: int, candidate: Candidate) -> dict | None:
+    """The aligned state dict of `candidate` at `layer` in a candidate library, or None if it has none."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such candidate library")
+    prefix = library_key(layer, candidate, "")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = [k for k in f.keys() if k.startswith(prefix)]
+            return {k[len(prefix):]: f.get_tensor(k) for k in keys} or None
+    except (SafetensorError, OSError) as e:
+        raise UsageError(f"{path}: not a readable safetensors library ({str(e).splitlines()[0][:120]})") from None
+
+
+def build(plan, teacher: str | None = None, library=None, out=None, dtype: str = "float32", overwrite: bool = False,
+          allow_stale: bool = False, *, seed: int = 0, max_shard_size: int | str = "5GB") -> Path:
+    """Build the model directory of a plan (a path or a LayerPlan) and return its path.
+
+    `teacher` defaults to the plan's model id, `out` to build/<model>-<pattern>. Without `library` the aligned
+    operators start from the teacher initialisation (with a warning on stderr); `seed` fixes the parts of that
+    initialisation that are fresh (gates, decays), so a build is reproducible.
+    """
+    import torch
+
+    plan, plan_bytes, plan_name = _read_plan(plan)
+    teacher = teacher or plan.header.model.id
+    if dtype not in DTYPES:
+        raise UsageError(f'unknown dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
+    config = load_config(teacher)
+    if getattr(config, "model_type", "").startswith("mosaic_"):
+        raise UsageError(f"{teacher} is already a model built by mosaic; build from its teacher")
+    ref = model_ref(teacher, config)
+    if len(plan.layers) != ref.num_hidden_layers:
+        raise UsageError(f"{plan_name}: the plan has {len(plan.layers)} layers but {teacher} has "
+                         f"{ref.num_hidden_layers}")
+    schema.check_same_model(ref, plan.header.model, f"plan {plan_name}", allow_stale)
+    _check_generates(plan.layers)
+    out = Path(out) if out else _default_out(teacher, plan, plan_name)
+    _check_out(out, overwrite)
+    weights = _library_weights(library, plan.layers, ref, allow_stale)
+
+    model = load_model(teacher, dtype=dtype)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
+        torch.manual_seed(seed)
+        for layer, candidate in enumerate(plan.layers):
+            surgery.swap(model, layer, candidate, weights=weights.get(layer))
+    config = mosaic_config(model.config, plan.layers, hashlib.sha256(plan_bytes).hexdigest(), seed)
+    return _write(model, config, teacher, plan_bytes, out, max_shard_size)
+
+
+def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
+    """The built model's config: the teacher's, as `mosaic_<base>`, with `layer_types`, `sliding_window`,
+    `auto_map` and the `mosaic` block of per-layer mixers."""
+    from . import __version__
+    from .modeling.configuration_mosaic import CONFIGS
+    from .modeling.modeling_mosaic import MODELS
+
+    record = surgery.architecture(teacher_config).record
+    config_cls, auto = CONFIGS[record.model_type]
+    obj = teacher_config.to_dict()
+    for key in ("architectures", "auto_map", "_name_or_path", "transformers_version", "model_type"):
+        obj.pop(key, None)
+    text = obj[record.text_config] if record.text_config else obj
+    text["layer_types"] = [c.spec.layer_type for c in layers]
+    # one sliding cache for every swa layer: the largest window; a smaller-window mixer slices its own window
+    windows = [c.kwargs["window"] for c in layers if c.spec.layer_type == "sliding_attention"]
+    text["sliding_window"] = max(windows) if windows else None
+    if "use_sliding_window" in text:  # Qwen3 drops sliding_window unless this is set
+        text["use_sliding_window"] = bool(windows)
+    obj["mosaic"] = {
+        "layers": [{**c.to_json(), "mixer": c.spec.mixer, "replaces": c.spec.replaces} for c in layers],
+        "plan_sha256": plan_sha256, "base_model_type": record.model_type, "mosaic_version": __version__,
+        "seed": seed,
+    }
+    obj["auto_map"] = {"AutoConfig": f"configuration_mosaic.{config_cls.__name__}",
+                       auto: f"modeling_mosaic.{MODELS[record.model_type].__name__}"}
+    return config_cls.from_dict(obj)
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+def _read_plan(plan) -> tuple[LayerPlan, bytes, str]:
+    if isinstance(plan, LayerPlan):
+        text = json.dumps(schema.to_json(plan), indent=2, sort_keys=True) + "\n"
+        return plan, text.encode(), f"<{plan.pattern}>"
+    path = Path(plan)
+    loaded = schema.load_plan(path)
+    return loaded, path.read_bytes(), str(path)
+
+
+def _check_generates(layers) -> None:
+    if not any(c.spec.layer_type in COUNTING_LAYER_TYPES for c in layers):
+        ops = sorted({c.op for c in layers})
+        raise UsageError(f"the plan has only {', '.join(ops)} layers: a model needs at least one attention layer "
+                         f"({', '.join(COUNTING_LAYER_TYPES)}) for transformers' cache to count tokens in generate()")
+
+
+def _default_out(teacher: str, plan: LayerPlan, plan_name: str) -> Path:
+    stem = "plan" if plan_name.startswith("<") else Path(plan_name).stem
+    name = plan.pattern if len(plan.pattern) <= 64 else stem
+    return Path("build") / f"{slug(teacher)}-{name}"
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it, or --out elsewhere")
+    if not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory; refusing to replace it")
+    if any(out.iterdir()) and not (out / PLAN_FILE).is_file():
+        raise UsageError(f"{out} is not empty and is not a mosaic build (no {PLAN_FILE}); refusing to replace it")
+
+
+def _library_weights(library, layers, ref: ModelRef, allow_stale: bool) -> dict:
+    aligned = [i for i, c in enumerate(layers) if c.spec.aligned]
+    if library is None:
+        if aligned:
+            ops = sorted({layers[i].op for i in aligned})
+            print(f"warning: no --library: {', '.join(ops)} layers start from the teacher initialisation, "
+                  "without aligned weights", file=sys.stderr)
+        return {}
+    path = Path(library)
+    _check_library_sidecar(path, ref, allow_stale)
+    weights = {i: w for i, c in enumerate(layers) if (w := load_library_entry(path, i, c)) is not None}
+    missing = [f"layer {i} {layers[i]}" for i in aligned if i not in weights]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UsageError(f"{path}: no aligned weights for {', '.join(missing[:3])}{more}; re-run score for these "
+                         "candidates or build without --library")
+    return weights
+
+
+def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> None:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return
+    try:
+        obj = json.loads(sidecar.read_text())
+        if obj.get("kind") != LIBRARY_KIND:
+            raise UsageError(f'{sidecar}: kind: expected "{LIBRARY_KIND}", got "{obj.get("kind")}"')
+        m = obj["model"]
+        lib = ModelRef(id=str(m["id"]), config_sha256=str(m["config_sha256"]),
+                       num_hidden_layers=int(m["num_hidden_layers"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"{sidecar}: not a valid candidate-library sidecar ({type(e).__name__}: {e})") from None
+    schema.check_same_model(ref, lib, f"library {path}", allow_stale)
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_size) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished build private
+        built = _as_mosaic_model(model, config)
+        built.save_pretrained(tmp, max_shard_size=max_shard_size)
+        here = Path(__file__).parent / "modeling"
+        for source in sorted(here.glob("*.py")):
+            shutil.copyfile(source, tmp / source.name)
+        _copy_teacher_files(teacher, tmp)
+        (tmp / PLAN_FILE).write_bytes(plan_bytes)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _as_mosaic_model(model, config):
+    """The swapped teacher's tensors (not copies) inside the built model class, so save_pretrained writes the
+    built class's config and names; a key mismatch here would mean the remote code builds another model."""
+    import torch
+
+    from .modeling.modeling_mosaic import MODELS
+
+    config.dtype = next(model.parameters()).dtype
+    with torch.device("meta"):
+        built = MODELS[config.mosaic["base_model_type"]](config)
+    missing, unexpected = built.load_state_dict(model.state_dict(), strict=False, assign=True)
+    if missing or unexpected:
+        raise MosaicError(f"the built model class does not match the swapped teacher: missing {sorted(missing)[:3]}, "
+                          f"unexpected {sorted(unexpected)[:3]}")
+    built.generation_config = copy.deepcopy(model.generation_config)
+    return built.eval()
+
+
+def _teacher_dir(teacher: str) -> Path | None:
+    if teacher == TINY:
+        return None
+    if Path(teacher).is_dir():
+        return Path(teacher)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(teacher, allow_patterns=list(TEACHER_FILES)))
+    except Exception as e:  # offline and not cached, gated, ...: the model still builds
+        print(f"warning: cannot fetch the tokenizer of {teacher} ({type(e).__name__}); the built model has none",
+              file=sys.stderr)
+        return None
+
+
+def _copy_teacher_files(teacher: str, dest: Path) -> None:
+    source = _teacher_dir(teacher)
+    if source is None:
+        return
+    copied = set()
+    for pattern in TEACHER_FILES:
+        for f in source.glob(pattern):
+            if f.is_file() and f.name not in copied:
+                shutil.copyfile(f, dest / f.name)
+                copied.add(f.name)
+    if not any(n.startswith("tokenizer") for n in copied):
+        print(f"note: {teacher} has no tokenizer files; the built model has none", file=sys.stderr)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename the finished build to `out`; an old `out` is moved aside first and removed only after."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.replace(out, old / "previous")
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old / "previous", out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
