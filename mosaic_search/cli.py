@@ -172,6 +172,76 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 
+@app.command()
+def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")] = None,
+          profile: Annotated[Optional[str], typer.Option(help="Latency profile (default: newest).")] = None,
+          scores: Annotated[Optional[str], typer.Option(help="Sensitivity table (default: newest matching).")] = None,
+          workload: Annotated[Optional[list[str]], typer.Option(help="Only this workload (repeatable).")] = None,
+          ttft_speedup: Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")] = None,
+          tpot_speedup: Annotated[Optional[float], typer.Option(help="Target for decode workloads.")] = None,
+          max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")] = None,
+          cache_batch: Annotated[int, typer.Option(help="Sequences the cache bound holds.")] = 1,
+          cache_context: Annotated[Optional[int], typer.Option(help="Context of the cache bound.")] = None,
+          ops: Annotated[Optional[str], typer.Option(help="Allowed candidates, e.g. gqa,swa,gdn.")] = None,
+          pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = None,
+          min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")] = None,
+          max_count: Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")] = None,
+          strategy: Annotated[str, typer.Option(help="mip, greedy or pattern:SYMBOLS (e.g. pattern:DDDG).")] = "mip",
+          sweep: Annotated[Optional[str], typer.Option(help="START:STOP:STEP: the Pareto frontier.")] = None,
+          plot: Annotated[bool, typer.Option(help="With --sweep, also draw it to PNG.")] = False,
+          solutions: Annotated[int, typer.Option(help="K diverse plans.")] = 1,
+          min_distance: Annotated[int, typer.Option(help="Layers in which the K plans differ.")] = 1,
+          time_limit: Annotated[float, typer.Option(help="MIP time limit, seconds.")] = 60.0,
+          metric: Annotated[str, typer.Option(help="Score to minimise: kl or delta_loss.")] = "kl",
+          device: Annotated[Optional[str], typer.Option(help="Refuse a profile from another device.")] = None,
+          allow_stale: Annotated[bool, typer.Option(help="Use a profile/table for another model or device.")] = False,
+          out: OutOpt = None, as_json: JsonOpt = False):
+    """Stage 3: the least predicted loss per layer assignment that meets the speedup targets (MIP)."""
+    from . import solver
+    from .errors import UsageError
+    from .schema import to_json
+
+    kw = dict(profile=profile, scores=scores, workloads=workload, ttft_speedup=ttft_speedup, tpot_speedup=tpot_speedup,
+              max_cache_bytes=max_cache_bytes, cache_batch=cache_batch, cache_context=cache_context, ops=ops,
+              pins=pin, min_count=min_count, max_count=max_count, metric=metric, device=device,
+              allow_stale=allow_stale, time_limit_s=time_limit, out=out)
+    if (plot and not sweep) or (solutions > 1 and (sweep or strategy != "mip")):
+        raise UsageError("--plot needs --sweep; --solutions needs the mip strategy and no --sweep")
+    if sweep:
+        res = solver.sweep(sweep, plot=plot, speedup=speedup, **kw)
+        if as_json:
+            return _emit_json(res)
+        table = Table(title=f"Pareto frontier: {res['model']['id']} (predicted loss vs target speedup)")
+        for col in ("target", "loss", "pattern", *res["constraints"]["workloads"]):
+            table.add_column(col)
+        for pt in res["points"]:
+            sp = [f"{pt['predicted'][w]['speedup']:.2f}x" if pt["feasible"] else "-"
+                  for w in res["constraints"]["workloads"]]
+            table.add_row(f"{pt['target_speedup']:.2f}x", f"{pt['objective']:.4g}" if pt["feasible"] else "infeasible",
+                          pt.get("pattern", ""), *sp)
+        console.print(table)
+        return console.print("wrote " + ", ".join(res["files"]))
+    plans = (solver.solve_many(solutions, min_distance, speedup=speedup, **kw) if solutions > 1 else
+             [solver.solve(speedup=speedup, strategy=strategy, **kw)])
+    paths = [str(solver.plan_path(p.header.model.id, out, rank)) for rank, p in enumerate(plans, 1)]
+    if as_json:
+        return _emit_json([{**to_json(p), "path": path} for p, path in zip(plans, paths)] if solutions > 1 else
+                          {**to_json(plans[0]), "path": paths[0]})
+    for plan, path in zip(plans, paths):
+        s, pred = plan.solver, plan.predicted
+        gap = "-" if s.get("mip_gap") is None else f"{s['mip_gap']:.2g}"
+        table = Table(title=f"{plan.pattern}  loss {plan.objective:.4g}  ({s['name']}: {s['status']}, "
+                            f"{s['seconds'] * 1000:.0f} ms, gap {gap})")
+        for col in ("layer", "operator", "loss added", *(f"saved ms {w}" for w in pred)):
+            table.add_column(col, justify="right")
+        for row in s["per_layer"]:
+            table.add_row(str(row["layer"]), row["candidate"], f"{row['loss']:.4g}",
+                          *(_ms(v) for v in row["saved_ms"].values()))
+        table.add_row("", "predicted", "", *(f"{v['latency_ms']:.3f} ms ({v['speedup']:.2f}x)" for v in pred.values()))
+        console.print(table)
+        console.print(f"wrote {path}")
+
+
 def _fail(message: str, code: int) -> int:
     # plain write, not rich: a known error must stay on one line whatever the terminal width
     sys.stderr.write(f"error: {message}\n")
