@@ -38,10 +38,10 @@ class CpuTimer:
     layers evict; the last-level cache is left warm, as it is for a small model run layer after layer.
     """
 
-    def __init__(self, warmup: int = 2, repeats: int = 7, flush_bytes: int = 4 << 20):
+    def __init__(self, warmup: int = 2, repeats: int = 7, flush_bytes: int = 4 << 20, budget_ms: float = 2000.0):
         import torch
 
-        self.warmup, self.repeats = warmup, repeats
+        self.warmup, self.repeats, self.budget_ms = warmup, repeats, budget_ms
         self.graphs = False
         self._flush = torch.empty(flush_bytes // 4, dtype=torch.float32)
 
@@ -49,10 +49,13 @@ class CpuTimer:
         import torch
 
         with torch.inference_mode():
-            for _ in range(self.warmup):
+            t0 = time.perf_counter()
+            fn()
+            first = (time.perf_counter() - t0) * 1e3
+            for _ in range(self.warmup - 1):
                 fn()
             out = []
-            for _ in range(self.repeats):
+            for _ in range(sample_count(first, self.repeats, self.budget_ms)):
                 self._flush.fill_(1.0)
                 t0 = time.perf_counter()
                 fn()
@@ -63,10 +66,12 @@ class CpuTimer:
 class CudaTimer:
     """CUDA-event timing; prefill samples start from a cold L2, decode samples replay a CUDA graph."""
 
-    def __init__(self, warmup: int = 3, repeats: int = 15, replays: int = 20, graphs: bool = True):
+    def __init__(self, warmup: int = 3, repeats: int = 15, replays: int = 20, graphs: bool = True,
+                 budget_ms: float = 4000.0):
         import torch
 
         self.warmup, self.repeats, self.replays, self.graphs = warmup, repeats, replays, graphs
+        self.budget_ms = budget_ms
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
         self._flush = torch.empty(2 * l2 // 4 + 1, dtype=torch.float32, device="cuda")
 
@@ -102,10 +107,11 @@ class CudaTimer:
     def _time(self, fn, inner: int, flush: bool) -> list[float]:
         import torch
 
-        for _ in range(self.warmup):
+        first = _elapsed_ms(fn, torch)
+        for _ in range(self.warmup - 1):
             fn()
         out = []
-        for _ in range(self.repeats):
+        for _ in range(sample_count(first * inner, self.repeats, self.budget_ms)):
             if flush:
                 self._flush.zero_()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -116,6 +122,20 @@ class CudaTimer:
             end.synchronize()
             out.append(start.elapsed_time(end) / inner)
         return out
+
+
+def sample_count(first_ms: float, repeats: int, budget_ms: float) -> int:
+    """How many samples to take: `repeats`, fewer (at least 3) when one call would blow the time budget."""
+    return max(3, min(repeats, int(budget_ms / max(first_ms, 1e-3))))
+
+
+def _elapsed_ms(fn, torch) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def default_timer(device: str):

@@ -99,6 +99,7 @@ def test_timing_harness_captures_decode_in_a_cuda_graph():
     w = parse_workload("decode:1k")
     timer = CudaTimer(warmup=2, repeats=5)
     fn = bench.model_fn(w)
-    graph_step = timer._graph(fn)  # raises if any kernel in the decode step cannot be captured
-    graph_step()
+    with torch.inference_mode():
+        graph_step = timer._graph(fn)  # raises if any kernel in the decode step cannot be captured
+        graph_step()
     assert all(t > 0 for t in timer(fn, "decode"))
