@@ -10,7 +10,7 @@ _LAZY = {
     "score": ("scorer", "score"),
     "solve": ("solver", "solve"),
     "build": ("builder", "build"),
-    "bench": ("builder", "bench"),
+    "bench": ("bench", "bench"),
 }
 
 

@@ -242,6 +242,30 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
         console.print(f"wrote {path}")
 
 
+@app.command()
+def bench(target: Annotated[str, typer.Argument(help="A built model directory, or a plan JSON (timed with random weights).")],
+          vs: Annotated[Optional[str], typer.Option("--vs", help="Teacher to compare with (default: the plan's).")] = None,
+          workload: Annotated[Optional[list[str]], typer.Option(
+              help="Workload spec or name (default: those the plan predicts); repeatable.")] = None,
+          device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu", seed: SeedOpt = 0,
+          as_json: JsonOpt = False):
+    """Measure TTFT / TPOT speedup over the teacher and compare it with the plan's prediction."""
+    from .bench import bench as run_bench
+
+    with _progress("benchmarking") as tick:
+        rows = run_bench(target, vs=vs, workloads=workload, device=device, seed=seed, progress=tick)
+    if as_json:
+        return _emit_json(rows)
+    table = Table(title=f"{target} vs teacher on {device}")
+    for col in ("workload", "teacher ms", "model ms", "measured", "predicted", "error %"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        pred = "-" if r["predicted_speedup"] is None else f"{r['predicted_speedup']:.2f}x"
+        err_ = "-" if r["error_pct"] is None else f"{r['error_pct']:+.1f}"
+        table.add_row(r["workload"], _ms(r["teacher_ms"]), _ms(r["model_ms"]), f"{r['measured_speedup']:.2f}x", pred, err_)
+    console.print(table)
+
+
 def _fail(message: str, code: int) -> int:
     # plain write, not rich: a known error must stay on one line whatever the terminal width
     sys.stderr.write(f"error: {message}\n")

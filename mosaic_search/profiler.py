@@ -40,6 +40,15 @@ def parse_workload(text: str) -> Workload:
     return Workload(name=workload_name(phase, batch, seq), phase=phase, batch_size=batch, seq_len=seq)
 
 
+def workload_from_name(name: str) -> Workload:
+    """Invert `workload_name`: 'decode-b1-c96k' -> Workload(decode, batch 1, 98304)."""
+    m = re.match(r"^(prefill|decode)-b(\d+)-[pc](\d+)(k?)$", name)
+    if not m:
+        raise UsageError(f'"{name}" is not a workload name like decode-b1-c96k or prefill-b8-p4k')
+    phase, b, n, k = m.groups()
+    return parse_workload(f"{phase}:{n}{k}:b{b}")
+
+
 def workload_name(phase: str, batch: int, seq: int) -> str:
     """Canonical workload name, e.g. decode-b1-c96k / prefill-b8-p4k."""
     size = f"{seq // KIB}k" if seq % KIB == 0 else str(seq)
@@ -156,7 +165,7 @@ class _Bench:
         if w.phase == "prefill":
             return lambda: self.stack.run_layer(layer, hidden, pe, DynamicCache())
         cache = static_cache(self.stack.layers, w.seq_len)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference mode: timers may run the step outside it
             self.stack.run_layer(layer, hidden, pe, cache)  # allocates the static slot / creates the state
         return lambda: self.stack.run_layer(layer, hidden, pe, cache)
 
@@ -180,7 +189,7 @@ class _Bench:
         if w.phase == "prefill":
             return lambda: self.stack.forward(ids, DynamicCache(), start)
         cache = static_cache(self.stack.layers, w.seq_len)
-        with torch.inference_mode():
+        with torch.no_grad():
             self.stack.forward(ids, cache, start)
         return lambda: self.stack.forward(ids, cache, start)
 
