@@ -1,0 +1,131 @@
+"""The profiler: workloads, entries for every layer, OOM handling, validation and bad input (injected timers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mosaic_search import profiler, schema
+from mosaic_search.cli import main
+from mosaic_search.errors import UsageError
+from mosaic_search.operators import Candidate
+
+
+class ParamTimer:
+    """Deterministic: runs the closure once, then reports a time proportional to the parameters it touched.
+
+    Which module ran is recovered from the closure's cell contents, so costs differ by candidate."""
+
+    def __init__(self, oom_for=None):
+        self.oom_for = oom_for
+        self.calls = []
+
+    def __call__(self, fn, phase):
+        with torch.no_grad():
+            fn()
+        cells = [c.cell_contents for c in (fn.__closure__ or ())]
+        layer = next((c for c in cells if isinstance(c, torch.nn.Module)), None)
+        self.calls.append((type(getattr(layer, "self_attn", layer)).__name__, phase))
+        if self.oom_for and self.calls[-1][0] == self.oom_for:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        size = sum(p.numel() for p in layer.parameters()) if layer is not None else 1000
+        return [size / 1e5, size / 1e5 * 1.02, size / 1e5 * 0.99]
+
+
+OPS = "gqa,swa:window=16,gdn,none,drop"
+
+
+def test_parse_workloads():
+    w = profiler.parse_workload("decode:96k:b8")
+    assert (w.name, w.phase, w.batch_size, w.seq_len) == ("decode-b8-c96k", "decode", 8, 98304)
+    assert profiler.parse_workload("prefill:300").name == "prefill-b1-p300"
+    assert profiler.workload_from_name("prefill-b8-p4k") == profiler.parse_workload("prefill:4k:b8")
+    for bad in ("prefil:4k", "decode:4k:8", "decode:", "decode:0"):
+        with pytest.raises(UsageError):
+            profiler.parse_workload(bad)
+
+
+def test_profile_records_every_layer_candidate_and_workload(tmp_path):
+    out = tmp_path / "p.json"
+    prof = profiler.profile("tiny", ops=OPS, workloads=["prefill:32", "decode:64"], out=out, timer=ParamTimer())
+    n = prof.header.model.num_hidden_layers
+    assert len(prof.entries) == n * 5 * 2
+    assert {(e.layer, str(e.candidate), e.workload) for e in prof.entries} == {
+        (layer, c, w) for layer in range(n) for c in OPS.split(",") for w in ("prefill-b1-p32", "decode-b1-c64")}
+    assert schema.load_profile(out) == prof
+    lat = {(str(e.candidate), e.workload): e.latency_ms for e in prof.entries if e.layer == 3}
+    # the timer's cost is the layer's parameter count: a skipped layer costs nothing, no attention is cheaper
+    assert lat[("drop", "decode-b1-c64")] == 0 < lat[("none", "decode-b1-c64")] < lat[("gqa", "decode-b1-c64")]
+    assert set(prof.baseline_ms) == set(prof.fixed_ms) == {"prefill-b1-p32", "decode-b1-c64"}
+    cache = {str(e.candidate): e.cache_bytes for e in prof.entries if e.layer == 0 and e.workload == "decode-b1-c64"}
+    assert cache["gqa"] > cache["swa:window=16"] > 0 == cache["none"] == cache["drop"]
+    assert prof.header.env["device"] == "cpu" and prof.header.env["torch"] == torch.__version__
+
+
+def test_out_of_memory_is_recorded_and_profiling_goes_on(tmp_path):
+    prof = profiler.profile("tiny", ops="gqa,gdn,none", workloads=["decode:64"], out=tmp_path / "p.json",
+                            timer=ParamTimer(oom_for="GatedDeltaNet"))
+    status = {str(e.candidate): (e.status, e.latency_ms, e.reason) for e in prof.entries if e.layer == 0}
+    assert status["gdn"][0] == "oom" and status["gdn"][1] is None and "out of memory" in status["gdn"][2]
+    assert status["gqa"][0] == status["none"][0] == "ok"
+
+
+def test_default_candidates_and_cpu_workloads(tmp_path):
+    timer = ParamTimer()
+    prof = profiler.profile("tiny", out=tmp_path / "p.json", timer=timer)
+    ops = {e.candidate.op for e in prof.entries}
+    assert ops == {"gqa", "swa", "mla", "gdn", "kda", "none", "drop"}
+    assert [w.name for w in prof.workloads] == [profiler.parse_workload(s).name for s in profiler.CPU_WORKLOADS]
+
+
+def test_static_cache_step_keeps_shapes(qwen3):
+    """The decode-timing cache writes the new token in place: repeated steps never grow it."""
+    from mosaic_search import surgery
+
+    surgery.swap(qwen3, 0, Candidate.of("swa", {"window": 8}))
+    stack = surgery.text_stack(qwen3)
+    cache = profiler.static_cache(stack.layers, 100)
+    ids = torch.tensor([[5]])
+    with torch.no_grad():
+        a = stack.forward(ids, cache, 100)
+        shapes = [s.keys.shape for s in cache.layers]
+        b = stack.forward(ids, cache, 100)
+    assert [s.keys.shape for s in cache.layers] == shapes
+    assert shapes[0][-2] == 8 and shapes[1][-2] == 101
+    torch.testing.assert_close(a, b)
+    surgery.restore(qwen3, 0)
+
+
+def test_validation_compares_prediction_with_whole_model(tmp_path):
+    timer = ParamTimer()
+    prof = profiler.profile("tiny", ops="gqa,none", workloads=["decode:32"], out=tmp_path / "p.json", timer=timer)
+    rows = profiler.validate(prof, "tiny", timer=timer)
+    assert {r["assignment"] for r in rows} == {"teacher (all gqa)", "mix A", "mix B"}
+    for r in rows:
+        assert r["error_pct"] == pytest.approx(100 * (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ops", "gqa,swq"], 'unknown operator "swq" (did you mean "swa"?)'),
+    (["--ops", "swa:window=0"], "window must be a positive integer"),
+    (["--ops", "mla:rnk=4"], 'unknown param "rnk"'),
+    (["--workload", "decode:lots"], 'cannot parse workload "decode:lots"'),
+    (["--device", "cuda"], "device cuda is not available"),
+    (["--device", "tpu"], 'unknown device "tpu"'),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "p.json"
+    assert main(["profile", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_profile_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mosaic_search.timing.default_timer", lambda device: ParamTimer())
+    out = tmp_path / "p.json"
+    assert main(["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["profile"] == str(out)
+    assert schema.load_profile(out).entries
