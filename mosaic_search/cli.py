@@ -266,6 +266,63 @@ def bench(target: Annotated[str, typer.Argument(help="A built model directory, o
     console.print(table)
 
 
+@app.command()
+def score(teacher: ModelOpt = "tiny",
+          data: Annotated[Optional[str], typer.Option(
+              help="A .txt, .jsonl or .parquet file, or 'self' (default: tiny's held-out text, else self).")] = None,
+          ops: Annotated[Optional[str], typer.Option(help="Candidates, e.g. gqa,swa:window=128,gdn (default: all).")]
+          = None,
+          tokens: Annotated[Optional[int], typer.Option(help="Calibration tokens scored (default 8192).")] = None,
+          seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per window (default 512).")] = None,
+          align_steps: Annotated[Optional[int], typer.Option(
+              "--align-steps", help="Local alignment steps of gdn/kda/mla (default 40; 0: the raw init).")] = None,
+          out: OutOpt = None,
+          resume: Annotated[bool, typer.Option(help="Keep finished items that still match.")] = False,
+          device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+          device_map: Annotated[Optional[str], typer.Option(help="e.g. auto: spread a large teacher over GPUs.")]
+          = None,
+          seed: SeedOpt = 0, as_json: JsonOpt = False):
+    """Stage 2: KL to the teacher of every (layer, operator) swap, after local alignment (torchrun splits items)."""
+    import time
+
+    from rich import box
+    from rich.text import Text
+
+    from . import scorer
+    from .schema import to_json
+
+    rank0, start = int(os.environ.get("RANK", "0")) == 0, time.perf_counter()
+    with _progress("scoring") if rank0 else contextlib.nullcontext() as tick:
+        table = scorer.score(teacher, data=data, ops=ops, tokens=tokens, seq_len=seq_len, align_steps=align_steps,
+                             out=out, resume=resume, seed=seed, device=device, device_map=device_map, progress=tick)
+    if not rank0:
+        return None
+    path, c, seconds = scorer.table_path(teacher, out), table.data["cost"], time.perf_counter() - start
+    library = scorer.library_path(path)
+    if as_json:
+        return _emit_json({**to_json(table), "path": str(path), "seconds": seconds, "library": str(library)
+                           if library.is_file() else None, "block_influence_vs_drop": scorer.proxy_agreement(table)})
+    cands = list(dict.fromkeys(e.candidate for e in table.entries))
+    cell = {(e.layer, e.candidate): e.kl for e in table.entries}
+    top = max(cell.values()) or 1.0
+    rho = scorer.proxy_agreement(table)
+    heat = Table(title=f"KL(teacher || swapped), 1e-3 nats/token: {table.header.model.id}, {table.data['tokens']} "
+                       f"tokens of {table.data['source']}", caption=f"work {c['done_full_forwards']:.1f} full-forward "
+                       f"equivalents vs {c['naive_full_forwards']:.1f} naive ({c['ratio']:.0%}); {seconds:.0f} s"
+                       + ("" if rho is None else f"\nBI (block influence) vs drop KL, rank correlation {rho:.2f}"),
+                 box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("layer", *(str(k).replace("window=", "").replace("rank=", "") for k in cands), "BI"):
+        heat.add_column(col, justify="right")
+    bi = scorer.block_influence(table)
+    for layer in sorted({e.layer for e in table.entries}):
+        shade = [f"on color({232 + round(12 * (cell[layer, k] / top) ** 0.5)})" for k in cands]
+        milli = [1e3 * cell[layer, k] for k in cands]
+        heat.add_row(str(layer), *(Text(f"{m:.3g}" if m < 1e3 else f"{m:.0f}", style=s) for m, s in zip(milli, shade)),
+                     f"{bi.get(layer, float('nan')):.2f}")
+    console.print(heat)
+    console.print(f"wrote {path}" + (f" and {library}" if library.is_file() else ""))
+
+
 def _fail(message: str, code: int) -> int:
     # plain write, not rich: a known error must stay on one line whatever the terminal width
     sys.stderr.write(f"error: {message}\n")

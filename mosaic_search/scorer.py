@@ -1,0 +1,676 @@
+"""Stage 2: what every (layer, candidate) swap costs in quality, measured against the teacher (DESIGN.md §3).
+
+One teacher pass per calibration batch keeps the hidden state entering every layer; a swap at layer i restarts
+from that state and recomputes only layers i..L-1 and the head. The teacher's logits are never kept: with the head
+z = W g + b, the teacher's distribution p and u = W^T p (one hidden-sized vector per token),
+    KL(p || q) = lse(z_swapped) - lse(z_teacher) - u . (g_swapped - g_teacher)
+exactly, so the teacher side costs O(hidden) memory per token instead of O(vocabulary), and an unchanged model
+scores exactly 0. Operators that cannot reuse the teacher's weights as they are (`spec.aligned`) are first
+distilled locally (align.py); their weights go into a candidate library that `mosaic build` loads, and the module
+scored is rebuilt from exactly those tensors by `surgery.swap`, as the builder does.
+
+Durability: each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per rank), its aligned
+weights written to `<table>.library.d/` before that line; `resume` reuses items whose fingerprint (teacher weights,
+data, candidate, alignment settings, seed) matches. The table and library are written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import align as align_mod
+from . import schema
+from .errors import MosaicError, UsageError
+from .operators import Candidate, default_candidates, parse_candidates
+from .schema import Header, SensitivityEntry, SensitivityTable
+
+SCORER_VERSION = 1
+DEFAULT_TOKENS = 8192
+DEFAULT_SEQ_LEN = 512
+DEFAULT_ALIGN_STEPS = 40
+ALIGN_WINDOWS = 8  # calibration windows (disjoint from the scored ones when the data allows) that alignment trains on
+HELD_OUT_ROWS = 2  # scored windows on which alignment reports its normalised MSE
+TEACHER_OP = "gqa"
+LIBRARY_KIND = "mosaic/candidate-library"
+
+
+def table_path(teacher: str, out=None) -> Path:
+    """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
+    from .models import slug
+
+    path = Path(out) if out else Path("layer_plans") / slug(teacher) / "sensitivity.json"
+    if path.suffix != ".json":
+        raise UsageError(f"--out {path}: expected a .json file path")
+    return path
+
+
+def library_path(table: str | os.PathLike) -> Path:
+    """The candidate library written beside a table (its JSON sidecar has the same stem)."""
+    return Path(table).with_suffix(".library.safetensors")
+
+
+def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int | None = None,
+          seq_len: int | None = None, align_steps: int | None = None, out=None, resume: bool = False, seed: int = 0,
+          device: str = "cpu", device_map: str | None = None, progress=None, dtype: str | None = None
+          ) -> SensitivityTable:
+    """Score every (layer, candidate) swap of `teacher` on calibration `data` and write the sensitivity table.
+
+    `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's held-out text, else self);
+    `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: DEFAULT_TOKENS
+    tokens in windows of DEFAULT_SEQ_LEN, DEFAULT_ALIGN_STEPS alignment steps. Under torchrun the items are split
+    across ranks and rank 0 writes the table. `progress(done, total, what)` is called as items finish.
+    """
+    from . import data as data_mod
+    from . import surgery
+    from .models import load_config, model_ref
+    from .profiler import check_device, environment
+
+    tokens = _count("--tokens", DEFAULT_TOKENS if tokens is None else tokens, 1)
+    seq_len = _count("--seq-len", DEFAULT_SEQ_LEN if seq_len is None else seq_len, 2)
+    align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
+    if tokens < seq_len:
+        raise UsageError(f"--tokens {tokens} is less than one --seq-len window ({seq_len})")
+    source = data_mod.check_source(data or data_mod.default_source(teacher))
+    path = table_path(teacher, out)
+    config = load_config(teacher)
+    ref = model_ref(teacher, config)
+    dims = surgery.dims_of(config)
+    cands = _candidates(ops, dims)
+    if seq_len > dims.max_position:
+        raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {dims.max_position} positions")
+    n_score = tokens // seq_len
+    ids = align_ids = None
+    notes: dict = {}
+    if source != data_mod.SELF:
+        tok = data_mod.tokenizer_of(teacher)
+        vision = getattr(config, "vision_config", None) is not None
+        ids, align_ids, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
+    check_device(device)
+
+    with _distributed(device) as (rank, world, device):
+        model = _load_teacher(teacher, device, device_map, dtype or ("float32" if device == "cpu" else "bfloat16"))
+        if ids is None:
+            sampled = data_mod.sample_from_teacher(model, n_score + ALIGN_WINDOWS, seq_len, seed) if rank == 0 else None
+            sampled = _broadcast(sampled, world)
+            ids, align_ids = sampled[:n_score], sampled[n_score:]
+        info = {"source": source, "tokens": int(ids.numel()), "seq_len": seq_len, "seed": seed,
+                "sha256": _sha_ids(ids, align_ids), "align_windows": int(len(align_ids)), **notes}
+        ctx = _teacher_pass(model, ids, align_ids, device, progress if rank == 0 else None)
+        tfp = _weights_fingerprint(model, ref)
+        fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
+               for layer in range(ctx.num_layers) for c in cands if c.op != TEACHER_OP}
+        files = _Files(path)
+        if rank == 0:
+            if not resume:
+                files.clear_progress(note=True)
+            finished = _finished(files, fps) if resume else {}
+            pending = [key for key in fps if key not in finished]
+        pending = _broadcast(pending if rank == 0 else None, world)
+        mine = [key for k, key in enumerate(pending) if (k + key[0]) % world == rank]
+        for done, (layer, cand) in enumerate(mine):
+            if progress and rank == 0:
+                progress(done, len(mine), f"layer {layer} {cand}")
+            _append(files.log(rank), _run_item(ctx, layer, cand, align_steps, seed, fps[layer, cand], files))
+        if progress and rank == 0:
+            progress(len(mine), len(mine), "writing")
+        _barrier(world)
+        if rank == 0:
+            env = environment(device)
+            table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps)
+        _barrier(world)
+    return table if rank == 0 else schema.load_sensitivity(path)
+
+
+def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int) -> SensitivityTable:
+    """Merge every rank's finished items into the table and the library, write both, drop the progress files."""
+    from .data import SELF
+
+    finished = _finished(files, fps)
+    missing = [f"layer {layer} {c}" for layer, c in fps if (layer, c) not in finished]
+    if missing:
+        raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with --resume")
+    header = Header.new(ref, env=env, inputs={} if source == SELF else {"data": schema.sha256_file(source)})
+    entries = []
+    for layer in range(ctx.num_layers):
+        for c in cands:
+            if c.op == TEACHER_OP:
+                extra = {"reference": True, "block_influence": ctx.block_influence[layer]}
+                entries.append(SensitivityEntry(layer, c, 0.0, 0.0, 0, extra))
+                continue
+            row = finished[layer, c]
+            entries.append(SensitivityEntry(layer, c, row["kl"], row["delta_loss"], row["align_steps"],
+                                            {**row["extra"], "fingerprint": row["fingerprint"]}))
+    work = cost(ctx.dims, cands, info["tokens"], info["seq_len"], steps)
+    table = SensitivityTable(header=header, metric="kl", data={**info, "cost": work}, entries=tuple(entries))
+    if any(c.spec.aligned for c in cands):
+        _write_library(files, header, [(key, finished[key]) for key in fps if key[1].spec.aligned])
+    schema.save(table, files.table)
+    files.clear_progress()
+    return table
+
+
+def cost(dims, candidates, tokens: int, seq_len: int, align_steps: int) -> dict:
+    """Work of a whole scoring run in full-forward equivalents over the scored tokens, next to the naive cost.
+
+    Per-token matmul FLOPs from parameter counts (attention's quadratic term left out). Ours: the teacher pass
+    (plus a second head for u = W^T p), then per item layers i..L-1 and the head; alignment (teacher forward on
+    its windows, targets, forward + backward per step at ~3x an attention) is common to both methods. Naive: a
+    whole forward of the swapped model for every scored item.
+    """
+    L, h = dims.num_layers, dims.hidden_size
+    attn = 2 * h * dims.num_heads * dims.head_dim + 2 * h * dims.kv_dim
+    layer = attn + 3 * h * dims.intermediate_size
+    head = dims.vocab_size * h
+    full = L * layer + head
+    scored = [c for c in candidates if c.op != TEACHER_OP]
+    n_aligned = sum(c.spec.aligned for c in scored)
+    teacher = (full + head) / full
+    items = len(scored) * sum((L - i) * layer + head for i in range(L)) / full
+    pool, step = ALIGN_WINDOWS * seq_len, align_mod.BATCH_ROWS * seq_len
+    align = (pool * L * layer + L * n_aligned * (pool + 3 * align_steps * step) * attn) / (tokens * full)
+    done, naive = teacher + items + align, L * len(scored) + align
+    return {"teacher_full_forwards": teacher, "items_full_forwards": items, "align_full_forwards": align,
+            "done_full_forwards": done, "naive_full_forwards": naive, "ratio": done / naive}
+
+
+def block_influence(table: SensitivityTable) -> dict:
+    """ShortGPT's block influence (1 - cos(layer input, layer output)) per layer, as recorded in the table."""
+    return {e.layer: e.extra["block_influence"] for e in table.entries if "block_influence" in e.extra}
+
+
+def proxy_agreement(table: SensitivityTable) -> float | None:
+    """Spearman rank correlation over layers between block influence and the measured `drop` KL (1: the proxy
+    ranks layers as the measurement does), or None without both."""
+    bi = block_influence(table)
+    drop = {e.layer: e.kl for e in table.entries if e.candidate.op == "drop"}
+    layers = sorted(set(bi) & set(drop))
+    if len(layers) < 3:
+        return None
+
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        for r, i in enumerate(order):
+            out[i] = float(r)
+        return out
+
+    a, b = ranks([bi[i] for i in layers]), ranks([drop[i] for i in layers])
+    n = len(layers)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(a, b)) / (n * (n * n - 1))
+
+
+# ---- the teacher pass ----------------------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    """One calibration batch: inputs, rotary cos/sin, hidden states entering each layer, and the teacher's side
+    of the KL (normed final hidden g, u = W^T p, log-partition lse, next-token loss) at every scored position."""
+
+    pe: tuple
+    hidden: list
+    targets: object = None
+    g: object = None
+    u: object = None
+    lse: object = None
+    nll: object = None
+
+
+@dataclass
+class _Context:
+    model: object
+    stack: object
+    batches: list
+    align: list
+    block_influence: list
+    device: str
+    head: tuple  # the LM head's weight and bias in float32
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.stack.layers)
+
+    @property
+    def dims(self):
+        from . import surgery
+
+        return surgery.dims_of(self.model.config)
+
+
+def _rows_per_batch(seq_len: int, device: str) -> int:
+    return max(1, (16384 if device.startswith("cuda") else 4096) // seq_len)
+
+
+def _teacher_pass(model, ids, align_ids, device: str, progress) -> _Context:
+    import torch
+    import torch.nn.functional as F
+
+    from . import surgery
+
+    stack = surgery.text_stack(model)
+    L = len(stack.layers)
+    rows = _rows_per_batch(ids.shape[1], device)
+    store = _store_device(device, (len(ids) + len(align_ids)) * ids.shape[1] * L * stack.norm.weight.shape[0] * 4)
+    lm = stack.lm_head
+    head = (lm.weight.detach().float(), None if lm.bias is None else lm.bias.detach().float())
+    influence, batches, aligned = [0.0] * L, [], []
+    groups = [(ids[s:s + rows], True) for s in range(0, len(ids), rows)]
+    groups += [(align_ids[s:s + rows], False) for s in range(0, len(align_ids), rows)]
+    with torch.no_grad():
+        for k, (chunk, scored) in enumerate(groups):
+            if progress:
+                progress(k, len(groups), "teacher pass")
+            x = chunk.to(device)
+            h = stack.embed(x)
+            pe = stack.position_embeddings(h, 0)
+            batch = _Batch(pe=pe, hidden=[])
+            for i, layer in enumerate(stack.layers):
+                batch.hidden.append(h.to(store))
+                nxt = stack.run_layer(layer, h, pe)
+                if scored:
+                    cos = F.cosine_similarity(h.float(), nxt.float().to(h.device), dim=-1)
+                    influence[i] += float((1 - cos).double().sum())
+                h = nxt
+            if scored:
+                batch.g = _final(stack, h)
+                batch.targets = x[:, 1:].reshape(-1).to(batch.g.device)
+                batch.lse, z_target, batch.u = _head(head, batch.g, batch.targets, want_u=True)
+                batch.nll = batch.lse - z_target
+                batches.append(batch)
+            else:
+                aligned.append(batch)
+    return _Context(model=model, stack=stack, batches=batches, align=aligned, device=device, head=head,
+                    block_influence=[b / ids.numel() for b in influence])
+
+
+def _store_device(device: str, nbytes: int) -> str:
+    import torch
+
+    if device.startswith("cuda") and nbytes > 0.25 * torch.cuda.mem_get_info(torch.device(device))[0]:
+        return "cpu"
+    return device
+
+
+def _final(stack, h):
+    """Normed final hidden states at every position that has a next token, flattened, in float32."""
+    g = stack.norm(h)[:, :-1]
+    return g.reshape(-1, g.shape[-1]).float().to(stack.lm_head.weight.device)
+
+
+def _head(head, g, targets, want_u: bool = False):
+    """(log-partition, target logit, u = W^T softmax(z) if asked) of z = W g + b, some tokens at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    w, b = head
+    rows = max(1, (1 << 26) // w.shape[0])  # 256 MB of float32 logits at a time
+    lse, zt, us = [], [], []
+    for s in range(0, g.shape[0], rows):
+        z = F.linear(g[s:s + rows], w, b)
+        lse.append(torch.logsumexp(z, dim=-1))
+        zt.append(z.gather(1, targets[s:s + rows, None])[:, 0])
+        if want_u:
+            us.append(torch.softmax(z, dim=-1) @ w)
+    return torch.cat(lse), torch.cat(zt), torch.cat(us) if want_u else None
+
+
+# ---- one item ------------------------------------------------------------------------------------
+
+def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int, fp: str, files) -> dict:
+    """Align (if the operator needs it), swap in, score; the log line of the item."""
+    import torch
+
+    from . import surgery
+
+    steps = steps if cand.spec.aligned else 0
+    extra, weights, part = {}, None, None
+    if cand.spec.aligned:
+        item_seed = int(hashlib.sha256(f"{seed}/{layer}/{cand}".encode()).hexdigest()[:8], 16)
+        with _seeded(item_seed, ctx.device):
+            mixer = surgery.build_mixer(ctx.model, layer, cand)
+        norm = surgery.teacher_layer(ctx.model, layer).input_layernorm
+        attention = surgery.teacher_attention(ctx.model, layer)
+        pool = ctx.align or ctx.batches
+        hidden = torch.cat([b.hidden[layer] for b in pool])
+        train = align_mod.teacher_pairs(norm, attention, hidden, pool[0].pe)
+        first = ctx.batches[0]
+        held = align_mod.teacher_pairs(norm, attention, first.hidden[layer][:HELD_OUT_ROWS], first.pe)
+        extra.update(align_mod.align(mixer, train, held, steps, item_seed))
+        weights = {k: v.detach().cpu().contiguous() for k, v in mixer.state_dict().items()}
+        del mixer, train, held
+        part = files.save_part(layer, cand, weights, fp)
+    surgery.swap(ctx.model, layer, cand, weights=weights)
+    try:
+        kl, delta_loss = _evaluate(ctx, layer)
+    finally:
+        surgery.restore(ctx.model, layer)
+    return {"layer": layer, **cand.to_json(), "kl": kl, "delta_loss": delta_loss, "align_steps": steps,
+            "fingerprint": fp, "extra": extra, "weights": part}
+
+
+def _evaluate(ctx: _Context, start: int) -> tuple[float, float]:
+    """Mean KL(teacher || model) and mean next-token loss change, running layers start..L-1 of the current model."""
+    import torch
+
+    kl = dloss = 0.0
+    n = 0
+    with torch.no_grad():
+        for b in ctx.batches:
+            h = b.hidden[start].to(ctx.device)
+            for j in range(start, ctx.num_layers):
+                h = ctx.stack.run_layer(ctx.stack.layers[j], h, b.pe)
+            g = _final(ctx.stack, h)
+            lse, z_target, _ = _head(ctx.head, g, b.targets)
+            kl += float(((lse - b.lse) - ((g - b.g) * b.u).sum(-1)).double().sum())
+            dloss += float(((lse - z_target) - b.nll).double().sum())
+            n += g.shape[0]
+    return max(0.0, kl / n), dloss / n
+
+
+@contextmanager
+def _seeded(seed: int, device: str):
+    import torch
+
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# ---- the table and the library -------------------------------------------------------------------
+
+def _write_library(files, header, items) -> None:
+    """Stream every aligned item's weights into one safetensors file keyed `layer{L}/{candidate}/{param}`, then
+    its sidecar (builder.py documents the format)."""
+    from .builder import library_key
+
+    tensors = []
+    for (layer, cand), row in items:
+        source = files.weights_source(layer, cand, row)
+        for param in source.params():
+            tensors.append((library_key(layer, cand, param), source, param))
+    tmp = files.library.with_name(f".{files.library.name}.tmp")
+    try:
+        _stream_safetensors(tmp, tensors)
+        os.replace(tmp, files.library)
+    finally:
+        tmp.unlink(missing_ok=True)
+    entries = [{"layer": layer, **cand.to_json(), "align_steps": row["align_steps"], "fingerprint": row["fingerprint"],
+                **row["extra"]} for (layer, cand), row in items]
+    obj = {"kind": LIBRARY_KIND, "schema_version": schema.SCHEMA_VERSION, **schema._header_json(header),
+           "entries": entries}
+    schema.write_json_atomic(files.library.with_suffix(".json"), obj)
+
+
+_ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _stream_safetensors(path: Path, tensors) -> None:
+    """Write a safetensors file one tensor at a time, so a library larger than memory can be merged."""
+    import torch
+
+    header, offset = {}, 0
+    for key, source, param in tensors:
+        dtype, shape, nbytes = source.meta(param)
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for key, source, param in tensors:
+            t = source.tensor(param).contiguous()
+            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _Weights:
+    """Aligned weights of one item, read lazily from a per-item file or a previous library."""
+
+    def __init__(self, path: Path, prefix: str = ""):
+        self.path, self.prefix = path, prefix
+
+    def params(self) -> list[str]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return sorted(k[len(self.prefix):] for k in f.keys() if k.startswith(self.prefix))
+
+    def meta(self, param: str):
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            view = f.get_slice(self.prefix + param)
+            dtype, shape = view.get_dtype(), list(view.get_shape())
+        return dtype, shape, _ST_BYTES[dtype] * math.prod(shape)
+
+    def tensor(self, param: str):
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor(self.prefix + param)
+
+
+class _Files:
+    """The table's companions: per-rank item logs, per-item weights, the merged library and its sidecar."""
+
+    def __init__(self, table: Path):
+        self.table = table
+        self.library = library_path(table)
+        self.parts = table.with_suffix(".library.d")
+
+    def log(self, rank: int) -> Path:
+        return self.table.with_suffix(".items.jsonl" if rank == 0 else f".items-rank{rank}.jsonl")
+
+    def logs(self) -> list[Path]:
+        return sorted(self.table.parent.glob(f"{self.table.stem}.items*.jsonl"))
+
+    def clear_progress(self, note: bool = False) -> None:
+        """Forget unfinished runs: their item logs and per-item weights."""
+        logs = self.logs()
+        if note and logs:
+            print(f"note: starting afresh; {self.table}'s unfinished earlier run is discarded (--resume keeps it)",
+                  file=sys.stderr)
+        for log in logs:
+            log.unlink(missing_ok=True)
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+    def save_part(self, layer: int, cand: Candidate, weights: dict, fp: str) -> str:
+        from safetensors.torch import save_file
+
+        self.parts.mkdir(parents=True, exist_ok=True)
+        name = f"layer{layer}-{str(cand).replace(':', '-').replace('=', '')}-{fp}.safetensors"
+        tmp = self.parts / f".{name}.tmp"
+        save_file(weights, str(tmp), metadata={"fingerprint": fp})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.parts / name)
+        return name
+
+    def weights_source(self, layer: int, cand: Candidate, row: dict):
+        """Where a finished item's weights are: its own file, else the previous library; None if neither."""
+        from .builder import library_key
+
+        if row.get("weights") and (self.parts / row["weights"]).is_file():
+            return _Weights(self.parts / row["weights"])
+        if row.get("in_library") and self.library.is_file():
+            return _Weights(self.library, library_key(layer, cand, ""))
+        return None
+
+
+def _finished(files: _Files, fps: dict) -> dict:
+    """Finished items whose fingerprint matches, from a previous table and library and from every rank's log (the
+    last matching record wins); an aligned item counts only while its weights can still be read."""
+    rows: dict = {}
+    try:
+        old = schema.load_sensitivity(files.table) if files.table.is_file() else None
+    except UsageError:
+        old = None
+    library = set()
+    sidecar = files.library.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            library = {(e["layer"], str(Candidate.of(e["op"], e.get("params"))), e["fingerprint"])
+                       for e in json.loads(sidecar.read_text()).get("entries", [])}
+        except (ValueError, KeyError, TypeError, AttributeError, UsageError):
+            library = set()
+    for e in old.entries if old else ():
+        fp = e.extra.get("fingerprint")
+        extra = {k: v for k, v in e.extra.items() if k != "fingerprint"}
+        rows.setdefault((e.layer, e.candidate), []).append({
+            "kl": e.kl, "delta_loss": e.delta_loss, "align_steps": e.align_steps, "fingerprint": fp, "extra": extra,
+            "in_library": (e.layer, str(e.candidate), fp) in library})
+    for log in files.logs():
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                rows.setdefault((row["layer"], Candidate.of(row["op"], row.get("params"))), []).append(row)
+            except (ValueError, KeyError, TypeError, UsageError):
+                continue  # a line cut short by a kill
+    done = {}
+    for key, fp in fps.items():
+        for row in reversed(rows.get(key, [])):
+            if row.get("fingerprint") == fp and (not key[1].spec.aligned or files.weights_source(*key, row)):
+                done[key] = row
+                break
+    return done
+
+
+def _append(path: Path, row: dict) -> None:
+    """One durable line: a single write() to an O_APPEND file, then fsync; a line left unfinished by a kill is
+    closed first so that it spoils only itself."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- inputs, fingerprints, ranks ------------------------------------------------------------------
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _candidates(ops, dims) -> list[Candidate]:
+    if ops is None:
+        cands = default_candidates(dims)
+    elif isinstance(ops, str):
+        cands = parse_candidates(ops)
+    else:
+        cands = [c if isinstance(c, Candidate) else Candidate.parse(str(c)) for c in ops]
+    cands = list(dict.fromkeys(cands))
+    if not any(c.op == TEACHER_OP for c in cands):
+        cands.insert(0, Candidate.of(TEACHER_OP))  # the reference row every table carries
+    return cands
+
+
+def _load_teacher(teacher: str, device: str, device_map, dtype: str):
+    import torch
+
+    from .models import TINY, load_config, load_model
+
+    if device_map is None or teacher == TINY:
+        model = load_model(teacher, dtype=dtype, device=device)
+    else:
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+        config = load_config(teacher)
+        vision = getattr(config, "vision_config", None) is not None
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        try:
+            model = auto.from_pretrained(teacher, dtype=getattr(torch, dtype), device_map=device_map).eval()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot load {teacher} with device_map={device_map}: {str(e).splitlines()[0][:160]}"
+                             ) from None
+    if getattr(model.config, "_attn_implementation", None) == "eager":
+        model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is
+    return model
+
+
+def _weights_fingerprint(model, ref) -> str:
+    """The config's fingerprint plus 64 evenly spaced values of every parameter (exact, device independent)."""
+    import torch
+
+    h = hashlib.sha256(ref.config_sha256.encode())
+    for name, p in model.named_parameters():
+        if p.device.type == "meta":
+            continue
+        flat = p.detach().reshape(-1)
+        k = min(64, flat.numel())
+        idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(1, k - 1)  # exact integer steps
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(flat[idx].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _item_fingerprint(teacher_fp: str, data_sha: str, layer: int, cand: Candidate, steps: int, seed: int) -> str:
+    aligned = cand.spec.aligned
+    obj = {"version": SCORER_VERSION, "teacher": teacher_fp, "data": data_sha, "layer": layer, "candidate": str(cand),
+           "seed": seed,
+           "align": {"steps": steps, "lr": align_mod.LR, "rows": align_mod.BATCH_ROWS} if aligned else None}
+    return schema.sha256_json(obj)[:16]
+
+
+def _sha_ids(ids, align_ids) -> str:
+    h = hashlib.sha256(f"{tuple(ids.shape)}/{tuple(align_ids.shape)}".encode())
+    h.update(ids.numpy().tobytes())
+    h.update(align_ids.numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def _distributed(device: str):
+    """(rank, world size, this rank's device) under torchrun (gloo on CPU, nccl on GPU), else (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield 0, 1, device
+        return
+    import torch
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _broadcast(obj, world: int):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
