@@ -267,6 +267,17 @@ def bench(target: Annotated[str, typer.Argument(help="A built model directory, o
 
 
 @app.command()
+def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (replaced if it holds an earlier demo).")]
+         = "demo_report", seed: SeedOpt = 0):
+    """The whole pipeline on the embedded teacher on CPU: profile, score, solve, build, bench, report."""
+    from .demo import demo as run_demo
+
+    with _progress("mosaic demo") as tick:
+        path = run_demo(out=out, seed=seed, progress=tick)
+    console.print(f"wrote {path / 'report.md'} (plots: sensitivity.png, pareto.png, plans.png)")
+
+
+@app.command()
 def score(teacher: ModelOpt = "tiny",
           data: Annotated[Optional[str], typer.Option(
               help="A .txt, .jsonl or .parquet file, or 'self' (default: tiny's held-out text, else self).")] = None,

@@ -1,0 +1,159 @@
+"""`mosaic demo`: the whole pipeline on the embedded teacher on CPU, written up as a report folder.
+
+profile -> score -> solve (two TPOT targets, and the Pareto frontier) -> build -> bench, then `report.md`
+with the tables and three plots: the sensitivity heat map, the frontier, and each plan per layer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+
+MARKER = ".mosaic-demo"
+WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")
+TARGETS = (1.25, 1.5)  # TPOT speedups over the teacher, every decode workload
+SWEEP = "1.05:2.0:0.05"
+
+
+def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
+    """Run every stage on `tiny` and write the report folder `out` (replacing an earlier demo report there)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise UsageError(f"{out} exists and is not a mosaic demo report; choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _run(tmp, seed, progress or (lambda *a: None))
+        (tmp / MARKER).write_text("written by mosaic demo\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _run(d: Path, seed: int, progress) -> None:
+    import time
+
+    from . import builder, scorer, solver
+    from .bench import bench
+    from .profiler import profile
+
+    steps = ["profile", "score", "solve", "build", "bench", "report"]
+    clock = {}
+
+    def stage(i, name):
+        progress(i, len(steps), name)
+        clock[name] = time.perf_counter()
+
+    stage(0, "profile")
+    prof = profile("tiny", device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed)
+    stage(1, "score")
+    table = scorer.score("tiny", out=d / "sensitivity.json", seed=seed)
+    library = scorer.library_path(d / "sensitivity.json")
+    stage(2, "solve")
+    decode = [w.name for w in prof.workloads if w.phase == "decode"]
+    inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
+    plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
+             for t in TARGETS}
+    frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
+                            **inputs)
+    stage(3, "build")
+    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library if library.exists() else None,
+                              out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
+    stage(4, "bench")
+    measured = {t: bench(str(built[t])) for t in TARGETS}
+    stage(5, "report")
+    _plots(d, table, prof, plans)
+    seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
+    (d / "report.md").write_text(_report(prof, table, plans, frontier, built, measured, seconds, d))
+    progress(len(steps), len(steps), "done")
+
+
+def _plots(d: Path, table, prof, plans) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cands = list(dict.fromkeys(e.candidate for e in table.entries))
+    n = table.header.model.num_hidden_layers
+    kl = np.full((n, len(cands)), np.nan)
+    for e in table.entries:
+        kl[e.layer, cands.index(e.candidate)] = e.kl
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cands), 1.0 + 0.45 * n))
+    im = ax.imshow(np.log10(np.maximum(kl, 1e-6)), aspect="auto", cmap="magma_r")
+    ax.set_xticks(range(len(cands)), [str(c) for c in cands], rotation=45, ha="right")
+    ax.set_yticks(range(n), [f"layer {i}" for i in range(n)])
+    ax.set_title("sensitivity: log10 KL(teacher || swapped)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(d / "sensitivity.png", dpi=110)
+    plt.close(fig)
+
+    w = next(w.name for w in prof.workloads if w.phase == "decode")
+    fig, axes = plt.subplots(len(plans), 1, figsize=(8, 2.4 * len(plans)), squeeze=False)
+    for ax, (target, plan) in zip(axes[:, 0], plans.items()):
+        saved = [row["saved_ms"].get(w, 0.0) for row in plan.solver["per_layer"]]
+        ops = [c.op for c in plan.layers]
+        colors = {op: plt.cm.tab10(i) for i, op in enumerate(sorted(set(ops)))}
+        ax.bar(range(n), saved, color=[colors[o] for o in ops])
+        ax.set_title(f"{target}x TPOT plan {plan.pattern}: latency saved per layer on {w} (ms)")
+        ax.set_xticks(range(n))
+        for op, color in colors.items():
+            ax.bar(0, 0, color=color, label=op)
+        ax.legend(fontsize=7, ncol=len(colors))
+    fig.tight_layout()
+    fig.savefig(d / "plans.png", dpi=110)
+    plt.close(fig)
+
+
+def _report(prof, table, plans, frontier, built, measured, seconds, d: Path) -> str:
+    env = prof.header.env
+    lines = ["# mosaic demo report", "",
+             f"Teacher: embedded `tiny` ({table.header.model.num_hidden_layers} layers); device: CPU "
+             f"({env.get('device_name')}, torch {env.get('torch')}); mosaic {prof.header.created_by}.", "",
+             "Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()), "",
+             "## Latency per decoder layer (ms, median)", ""]
+    names = [w.name for w in prof.workloads]
+    lines += ["| candidate | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
+    for c in dict.fromkeys(c for c, _ in layer0):
+        lines.append(f"| {c} | " + " | ".join(
+            f"{layer0[(c, w)].latency_ms:.3f}" if layer0[(c, w)].status == "ok" else layer0[(c, w)].status
+            for w in names) + " |")
+    lines += ["| whole teacher | " + " | ".join(f"{prof.baseline_ms[w]:.3f}" for w in names) + " |", "",
+              "## Sensitivity (KL to the teacher when one layer is swapped)", "",
+              f"Data: {table.data}.", "", "![sensitivity](sensitivity.png)", ""]
+    cands = list(dict.fromkeys(e.candidate for e in table.entries))
+    by = {(e.layer, e.candidate): e.kl for e in table.entries}
+    lines += ["| layer | " + " | ".join(map(str, cands)) + " |", "|---" * (len(cands) + 1) + "|"]
+    for layer in range(table.header.model.num_hidden_layers):
+        lines.append(f"| {layer} | " + " | ".join(f"{by.get((layer, c), float('nan')):.4f}" for c in cands) + " |")
+    lines += ["", "## Plans", ""]
+    for t, plan in plans.items():
+        lines += [f"### {t}x TPOT: `{plan.pattern}`", "",
+                  f"Predicted loss (sum of single-swap KL): {plan.objective:.4f}. Model: `{built[t].relative_to(d)}`.",
+                  "", "| workload | predicted speedup | measured speedup | error |", "|---|---|---|---|"]
+        for r in measured[t]:
+            lines.append(f"| {r['workload']} | {r['predicted_speedup']:.3f}x | {r['measured_speedup']:.3f}x | "
+                         f"{r['error_pct']:+.1f}% |")
+        lines.append("")
+    lines += ["![plans](plans.png)", "", "## Pareto frontier (predicted loss vs TPOT target)", "",
+              "![frontier](pareto.png)", "", "| target | predicted loss | pattern |", "|---|---|---|"]
+    for pt in frontier["points"]:
+        loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"
+        lines.append(f"| {pt['target_speedup']:.2f}x | {loss} | `{pt.get('pattern', '')}` |")
+    return "\n".join(lines) + "\n"
