@@ -196,8 +196,10 @@ def test_two_torchrun_ranks_equal_one_process(teacher, reference, tmp_path):
     if not Path(torchrun).exists():
         pytest.skip("torchrun is not installed")
     out = tmp_path / "s.json"
-    r = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "mosaic_search", *CLI_ARGS, "--teacher", teacher,
-                        "--out", str(out), "--json"], env=ENV, capture_output=True, text=True, timeout=300)
+    # --standalone: a free rendezvous port, so concurrent runs on one machine do not collide
+    r = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "mosaic_search", *CLI_ARGS,
+                        "--teacher", teacher, "--out", str(out), "--json"], env=ENV, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["path"] == str(out)  # rank 0 alone printed
     assert _rows(schema.load_sensitivity(out)) == _rows(reference[0])
