@@ -39,7 +39,6 @@ DEFAULT_ALIGN_STEPS = 40
 ALIGN_WINDOWS = 8  # calibration windows (disjoint from the scored ones when the data allows) that alignment trains on
 HELD_OUT_ROWS = 2  # scored windows on which alignment reports its normalised MSE
 TEACHER_OP = "gqa"
-LIBRARY_KIND = "mosaic/candidate-library"
 
 
 def table_path(teacher: str, out=None) -> Path:
@@ -389,7 +388,7 @@ def _seeded(seed: int, device: str):
 def _write_library(files, header, items) -> None:
     """Stream every aligned item's weights into one safetensors file keyed `layer{L}/{candidate}/{param}`, then
     its sidecar (builder.py documents the format)."""
-    from .builder import library_key
+    from .builder import LIBRARY_KIND, library_key
 
     tensors = []
     for (layer, cand), row in items:
