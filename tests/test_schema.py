@@ -46,6 +46,7 @@ def test_round_trip(tmp_path, make, load):
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     assert load(path) == artifact
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp files left behind
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by others, like any file the user writes
 
 
 def test_plan_json_has_pattern_and_structured_candidates(tmp_path):
