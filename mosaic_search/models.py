@@ -7,11 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from .assets import CONFIGS, shipped_config_path, shipped_ids
-from .errors import UsageError
+from .assets import ASSETS, shipped_config_path, shipped_ids
+from .errors import MosaicError, UsageError
 from .schema import ModelRef, sha256_json
 
 TINY = "tiny"
+TINY_DIR = ASSETS / "tiny"
 # Config keys that say how a file was written, not what the model is.
 _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "auto_map",
              "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "use_cache"}
@@ -27,7 +28,7 @@ def load_config(model_id: str, shipped_ok: bool = False):
     from transformers import AutoConfig
 
     if model_id == TINY:
-        return _config_from_file(CONFIGS / "tiny.json")
+        return AutoConfig.from_pretrained(_tiny_dir())
     try:
         return AutoConfig.from_pretrained(model_id, trust_remote_code=_is_mosaic_dir(model_id))
     except (OSError, ValueError) as e:
@@ -40,14 +41,13 @@ def load_config(model_id: str, shipped_ok: bool = False):
 
 
 def load_model(model_id: str, dtype: str = "float32", device: str = "cpu", seed: int = 0):
-    """Load a teacher with weights; `tiny` is built from its shipped config and seed until trained weights ship."""
+    """Load a teacher with its weights (`seed` is unused: kept so callers may pass it)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     torch_dtype = getattr(torch, dtype)
     if model_id == TINY:
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(load_config(TINY), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(_tiny_dir(), dtype=torch_dtype)
         model.name_or_path = TINY
         return model.eval().to(device)
     config = load_config(model_id)
@@ -97,6 +97,14 @@ def _config_from_file(path: Path):
     obj = json.loads(path.read_text())
     model_type = obj.pop("model_type")
     return AutoConfig.for_model(model_type, **obj)
+
+
+def _tiny_dir() -> str:
+    """The embedded teacher's directory, or a one-line error saying how to recreate it."""
+    if not (TINY_DIR / "config.json").is_file() or not (TINY_DIR / "model.safetensors").is_file():
+        raise MosaicError(f"the embedded teacher is missing from {TINY_DIR} (a broken install?); recreate it with "
+                          f"`python -m mosaic_search.assets.train_tiny --out {TINY_DIR}`")
+    return str(TINY_DIR)
 
 
 def _is_mosaic_dir(model_id: str) -> bool:

@@ -1,0 +1,86 @@
+"""The shipped embedded teacher: its files, its shape, its tokenizer, and that it really learned text and recall."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mosaic_search import models
+from mosaic_search.errors import MosaicError
+from mosaic_search.models import TINY_DIR, load_config, load_model
+
+FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         "heldout.txt", "recall_eval.jsonl", "README.md")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TINY_DIR))
+
+
+def test_shipped_files_exist_and_fit_in_20_mb():
+    for name in FILES:
+        assert (TINY_DIR / name).is_file(), name
+    assert sum(f.stat().st_size for f in TINY_DIR.iterdir()) <= 20 * 2**20
+
+
+def test_config_is_a_qwen3_with_at_least_8_layers_and_gqa():
+    config = load_config("tiny")
+    assert config.model_type == "qwen3" and config.architectures == ["Qwen3ForCausalLM"]
+    assert config.num_hidden_layers >= 8 and config.num_key_value_heads < config.num_attention_heads
+    assert set(config.layer_types) == {"full_attention"}
+
+
+def test_missing_folder_is_one_line_naming_the_training_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "TINY_DIR", tmp_path / "tiny")
+    for load in (load_config, load_model):
+        with pytest.raises(MosaicError, match="python -m mosaic_search.assets.train_tiny") as e:
+            load("tiny")
+        assert "\n" not in str(e.value)
+
+
+def test_auto_classes_load_the_folder_directly():
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(TINY_DIR))
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+
+
+@pytest.mark.parametrize("text", ["def f(x):\n    return x\n", "héllo wörld ✓ 🐍 — 中文", "\x00\x01\t\r\n \x7f"])
+def test_tokenizer_round_trips_utf8_one_id_per_byte(tokenizer, text):
+    ids = tokenizer(text)["input_ids"]
+    assert ids == [b + 3 for b in text.encode()]
+    assert tokenizer.decode(ids) == text
+
+
+def test_heldout_loss_is_well_below_uniform(teacher, tokenizer):
+    text = (TINY_DIR / "heldout.txt").read_text(encoding="utf-8")
+    ids = torch.tensor(tokenizer(text[:4 * 256 + 1])["input_ids"][: 4 * 256 + 1])
+    with torch.no_grad():
+        logits = teacher(input_ids=ids[:-1].view(4, 256)).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[1:]).item()
+    assert loss < 0.6 * math.log(256), loss
+
+
+def test_long_distance_recall_probes_beat_chance(teacher, tokenizer):
+    rows = [json.loads(line) for line in (TINY_DIR / "recall_eval.jsonl").read_text().splitlines()]
+    assert {"prompt", "answer", "distance"} <= set(rows[0])
+    far = [r for r in rows if r["distance"] >= 128][::5][:12]
+    hits = 0
+    with torch.no_grad():
+        for r in far:
+            ids = torch.tensor([tokenizer(r["prompt"])["input_ids"]])
+            out = teacher.generate(ids, max_new_tokens=len(r["answer"]), do_sample=False)
+            hits += tokenizer.decode(out[0, ids.shape[1]:]) == r["answer"]
+    # chance: any two digits 1%; a value that appears in the prompt 1 / (pairs per prompt)
+    assert hits / len(far) > 0.25, f"{hits}/{len(far)}"
