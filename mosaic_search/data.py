@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from .assets import ASSETS
+from .assets import TINY_DIR
 from .errors import UsageError
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
-TINY_HELDOUT = ASSETS / "tiny" / "heldout.txt"
+TINY_HELDOUT = TINY_DIR / "heldout.txt"
 
 
 def default_source(teacher: str) -> str:
@@ -46,7 +46,7 @@ def tokenizer_of(teacher: str):
 
     from .models import TINY
 
-    where = ASSETS / "tiny" if teacher == TINY else teacher
+    where = TINY_DIR if teacher == TINY else teacher
     if teacher == TINY and not (Path(where) / "tokenizer_config.json").is_file():
         return None
     try:

@@ -7,12 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from .assets import ASSETS, shipped_config_path, shipped_ids
+from .assets import TINY_DIR, shipped_config_path, shipped_ids
 from .errors import MosaicError, UsageError
 from .schema import ModelRef, sha256_json
 
 TINY = "tiny"
-TINY_DIR = ASSETS / "tiny"
 # Config keys that say how a file was written, not what the model is.
 _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "auto_map",
              "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "use_cache"}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent
 CONFIGS = ASSETS / "configs"
+TINY_DIR = ASSETS / "tiny"  # the embedded teacher (alias `tiny`)
 
 
 def shipped_config_path(model_id: str) -> Path | None:
