@@ -3,6 +3,8 @@ the teacher's decode step against its bandwidth floor, and predicted-vs-measured
 
     python benchmarks/bench_gpu.py profile  --model Qwen/Qwen3-VL-4B-Instruct --out DIR
     python benchmarks/bench_gpu.py validate --model Qwen/Qwen3-VL-4B-Instruct --profile DIR/profile.json --out DIR
+    python benchmarks/bench_gpu.py floor    --model Qwen/Qwen3-VL-4B-Instruct --out DIR
+    python benchmarks/bench_gpu.py plans    --profile DIR/profile.json --out DIR   (solve, then `mosaic bench`)
 """
 
 from __future__ import annotations
@@ -96,16 +98,78 @@ def cmd_validate(args):
               f"measured {r['measured_ms']:9.3f} error {r['error_pct']:+6.2f}%")
 
 
+def cmd_floor(args):
+    """The teacher's batch-1 decode step, eager and compiled (both replayed from CUDA graphs), against the
+    bandwidth floor; plus a kernel-level breakdown of one compiled step at the shortest context."""
+    import torch
+
+    from mosaic_search.profiler import load_bench, parse_workload
+    from mosaic_search.timing import CudaTimer, Stats
+
+    bw = copy_bandwidth_gbs()
+    timer = CudaTimer()
+    rows = []
+    contexts = args.context or ["1k", "16k", "96k"]
+    for compiled in (False, True):
+        _, bench = load_bench(args.model, "cuda", compile_decode=compiled)
+        for c in contexts:
+            w = parse_workload(f"decode:{c}")
+            t0 = time.time()
+            stats = Stats.of(timer(bench.model_fn(w), "decode"))
+            floor_ms = decode_bytes(args.model, w.seq_len) / (bw * 1e9) * 1e3
+            rows.append({"workload": w.name, "compiled": compiled, "measured_ms": stats.median_ms,
+                         "p20_ms": stats.p20_ms, "p80_ms": stats.p80_ms, "floor_ms": floor_ms,
+                         "ratio": stats.median_ms / floor_ms, "seconds": time.time() - t0,
+                         "fallbacks": list(bench.fallbacks)})
+            print(json.dumps(rows[-1]), flush=True)
+        if compiled:
+            step = bench.model_fn(parse_workload(f"decode:{contexts[0]}"))
+            with torch.inference_mode():
+                step()
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    step()
+                    torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+            Path(args.out, "floor_kernels.txt").write_text(table)
+            print(table)
+        del bench
+        torch.cuda.empty_cache()
+    summary = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+               "torch": torch.__version__, "copy_bandwidth_gbs": bw, "batch": 1, "dtype": "bfloat16",
+               "cuda_graphs": True, "rows": rows}
+    Path(args.out, "floor.json").write_text(json.dumps(summary, indent=2))
+
+
+def cmd_plans(args):
+    """Solve the 1.5x/2.5x TPOT-at-96k and 1.5x TTFT-at-32k plans on the profile (synthetic scores, see
+    gpu_plans.py) and measure each with `mosaic bench` (random weights; one process, so compiled layers
+    are shared between plans)."""
+    from gpu_plans import solve_plans
+
+    from mosaic_search.bench import bench
+
+    workloads = args.workload or ["decode-b1-c96k", "decode-b1-c16k", "prefill-b1-p32k"]
+    for name, plan in solve_plans(args.profile, Path(args.out)).items():
+        t0 = time.time()
+        rows = bench(str(plan), workloads=workloads, device="cuda")
+        Path(args.out, f"bench-{name}.json").write_text(json.dumps(rows, indent=2))
+        for r in rows:
+            print(f"{name:16s} {r['workload']:16s} teacher {r['teacher_ms']:9.3f} plan {r['model_ms']:9.3f} "
+                  f"measured {r['measured_speedup']:.3f}x predicted {r['predicted_speedup'] or 0:.3f}x "
+                  f"error {r['error_pct'] or 0:+.1f}%  ({time.time() - t0:.0f}s)", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["profile", "validate"])
+    p.add_argument("step", choices=["profile", "validate", "floor", "plans"])
     p.add_argument("--model", default="Qwen/Qwen3-VL-4B-Instruct")
     p.add_argument("--out", required=True)
     p.add_argument("--profile")
     p.add_argument("--workload", action="append")
+    p.add_argument("--context", action="append", help="floor: decode contexts such as 1k (default 1k, 16k, 96k)")
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"profile": cmd_profile, "validate": cmd_validate}[args.step](args)
+    {"profile": cmd_profile, "validate": cmd_validate, "floor": cmd_floor, "plans": cmd_plans}[args.step](args)
 
 
 if __name__ == "__main__":

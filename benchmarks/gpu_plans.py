@@ -5,7 +5,7 @@ the solver has something to minimise; the check these plans serve is latency (me
 speedup with random weights), not quality. Per candidate a fixed loss ordering (drop > none > gdn/kda/mla >
 swa, wider windows cheaper) scaled by a seeded per-layer factor; gqa scores 0.
 
-    python benchmarks/gpu_plans.py --out benchmarks/results/h100_plans
+    python benchmarks/gpu_plans.py [--profile PROFILE] --out benchmarks/results/h100_plans
 """
 
 from __future__ import annotations
@@ -44,19 +44,27 @@ def synthetic_scores(profile, seed: int = 0):
                                    entries=tuple(entries))
 
 
-def main():
+def solve_plans(profile_path: str, out: Path) -> dict:
+    """{target name: plan path}, each plan solved on the profile with the synthetic scores."""
     from mosaic_search import schema, solver
 
+    profile = schema.load_profile(profile_path)
+    scores = schema.save(synthetic_scores(profile), out / "synthetic_scores.json")
+    paths = {}
+    for name, target in TARGETS.items():
+        paths[name] = out / f"{name}.json"
+        plan = solver.solve(profile=profile_path, scores=str(scores), out=str(paths[name]), **target)
+        w = target["workloads"][0]
+        print(f"{name}: {plan.pattern}  predicted {plan.predicted[w]['speedup']:.3f}x on {w}", flush=True)
+    return paths
+
+
+def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default=PROFILE)
     p.add_argument("--out", default="benchmarks/results/h100_plans")
     args = p.parse_args()
-    out = Path(args.out)
-    profile = schema.load_profile(PROFILE)
-    scores = schema.save(synthetic_scores(profile), out / "synthetic_scores.json")
-    for name, target in TARGETS.items():
-        plan = solver.solve(profile=PROFILE, scores=str(scores), out=str(out / f"{name}.json"), **target)
-        w = target["workloads"][0]
-        print(f"{name}: {plan.pattern}  predicted {plan.predicted[w]['speedup']:.3f}x on {w}")
+    solve_plans(args.profile, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
@@ -136,14 +136,24 @@ def static_cache(layers, context: int):
     return Cache(layers=slots)
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: its bound methods key compiled wrappers
 class _Bench:
-    """The model under measurement and how to run its parts for one workload."""
+    """The model under measurement and how to run its parts for one workload.
+
+    With `compile_decode`, decode steps run through `torch.compile`d pieces (each decoder layer, the
+    embedding + rotary prologue, the head): a step is otherwise ~25 tiny kernels per layer (norms in fp32,
+    rotary, cache write) whose fixed cost, even replayed from a CUDA graph, is several times the weight
+    reads at batch 1. Layers are compiled one by one, not the whole stack, so every layer of the same mixer
+    shares one compiled graph and a profile needs one compilation per (candidate, shape), not per model.
+    Prefill stays eager: it is dominated by large matmuls and attention, and SWA's block loop would unroll.
+    """
 
     model: object
     stack: object
     device: str
     dtype: object
+    compile_decode: bool = False
+    fallbacks: list = field(default_factory=list)
 
     def inputs(self, w: Workload):
         import torch
@@ -167,18 +177,18 @@ class _Bench:
         cache = static_cache(self.stack.layers, w.seq_len)
         with torch.no_grad():  # not inference mode: timers may run the step outside it
             self.stack.run_layer(layer, hidden, pe, cache)  # allocates the static slot / creates the state
-        return lambda: self.stack.run_layer(layer, hidden, pe, cache)
+        return self._decode_step(lambda compiled: self.stack.run_layer(compiled(layer), hidden, pe, cache),
+                                 f"layer {idx} {w.name}")
 
     def fixed_fn(self, w: Workload):
         """Embeddings, rotary tables, final norm and the LM head on the last token."""
         _, ids, start = self.inputs(w)
 
-        def run():
-            h = self.stack.embed(ids)
-            self.stack.position_embeddings(h, start)
-            return self.stack.head(h)
+        def run(compiled):
+            h, _ = compiled(self._prologue)(ids, start)
+            return compiled(self.stack.head)(h)
 
-        return run
+        return (lambda: run(_eager)) if w.phase == "prefill" else self._decode_step(run, f"fixed {w.name}")
 
     def model_fn(self, w: Workload):
         """The whole text model once: a prefill, or one decode step against a cache at the context."""
@@ -191,7 +201,59 @@ class _Bench:
         cache = static_cache(self.stack.layers, w.seq_len)
         with torch.no_grad():
             self.stack.forward(ids, cache, start)
-        return lambda: self.stack.forward(ids, cache, start)
+
+        def run(compiled):
+            h, pe = compiled(self._prologue)(ids, start)
+            for layer in self.stack.layers:
+                h = self.stack.run_layer(compiled(layer), h, pe, cache)
+            return compiled(self.stack.head)(h)
+
+        return self._decode_step(run, f"model {w.name}")
+
+    def _prologue(self, ids, start: int):
+        h = self.stack.embed(ids)
+        return h, self.stack.position_embeddings(h, start)
+
+    def _decode_step(self, run, label: str):
+        """A no-argument step calling `run(compiled)`, where `compiled(fn)` gives the compiled `fn` with
+        `compile_decode` (the same wrapper on every call) and `fn` itself otherwise. If compilation fails the
+        step falls back for good to eager, and the failure is recorded in `fallbacks`."""
+        if not self.compile_decode:
+            return lambda: run(_eager)
+        import torch
+
+        # every (layer index, candidate, shape) is one more variant of the same decoder-layer code (the index
+        # picks the cache slot); dynamo's FX-graph cache makes the repeats cheap, its default limit of 8 too low
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 1024)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 8192)
+        wrappers = {}  # keyed by the module or bound method itself (equal bound methods hash alike)
+
+        def compiled(fn):
+            if fn not in wrappers:
+                wrappers[fn] = torch.compile(fn, dynamic=True)  # one graph for every context length
+            return wrappers[fn]
+
+        state = {"compiled": True}
+
+        def step():
+            if state["compiled"]:
+                try:
+                    return run(compiled)
+                except Exception as e:  # noqa: BLE001 - a compiler failure; OOM is the caller's business
+                    from .timing import is_oom
+
+                    if is_oom(e):
+                        raise
+                    self.fallbacks.append(f"{label}: {' '.join(str(e).split())[:160]}")
+                    state["compiled"] = False
+            return run(_eager)
+
+        return step
+
+
+def _eager(fn):
+    return fn
 
 
 def _measure(timer, fn_factory, w: Workload):
@@ -210,8 +272,10 @@ def _measure(timer, fn_factory, w: Workload):
         return None, "oom", " ".join(str(e).split())[:200]
 
 
-def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0):
-    """The teacher with random weights and mosaic's gqa mixer in every layer, on `device`."""
+def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None):
+    """The teacher with random weights and mosaic's gqa mixer in every layer, on `device`.
+
+    `compile_decode` (default: on CUDA) runs decode steps through torch.compile (see `_Bench`)."""
     import torch
 
     from . import surgery
@@ -223,16 +287,23 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0)
         net = model_from_config(config, dtype=dtype, seed=seed)
     for i in range(len(surgery.decoder_layers(net))):
         surgery.swap(net, i, Candidate.of("gqa"))
-    return config, _Bench(net, surgery.text_stack(net), device, getattr(torch, dtype))
+    return config, _Bench(net, surgery.text_stack(net), device, getattr(torch, dtype),
+                          compile_decode=default_compile(device, compile_decode))
+
+
+def default_compile(device: str, compile_decode: bool | None) -> bool:
+    """Decode steps are compiled on CUDA unless asked otherwise (CPU: compile time would dwarf the profile)."""
+    return device.startswith("cuda") if compile_decode is None else compile_decode
 
 
 def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, out=None, timer=None,
-            dtype: str | None = None, seed: int = 0, progress=None) -> LatencyProfile:
+            dtype: str | None = None, seed: int = 0, progress=None, compile_decode: bool | None = None
+            ) -> LatencyProfile:
     """Time every candidate as a whole decoder layer for every workload and write a latency profile.
 
     `ops`: candidates (a list or 'gqa,swa:window=1024,...'); `workloads`: Workloads or specs such as
     'decode:96k:b8'; `timer`: a callable `timer(fn, phase) -> [ms]` (default: CUDA events / perf_counter);
-    `progress(done, total, label)`: called after each measurement.
+    `progress(done, total, label)`: called after each measurement; `compile_decode`: see `load_bench`.
     """
     from . import surgery
     from .models import model_ref
@@ -241,7 +312,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     device = check_device(device)
     cands = _candidates(ops)
     wls = _workloads(workloads, device)
-    config, bench = load_bench(model, device, dtype, seed)
+    config, bench = load_bench(model, device, dtype, seed, compile_decode)
     dims = surgery.dims_of(config)
     cands = cands or default_candidates(dims)
     timer = timer or default_timer(device)
@@ -281,8 +352,9 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
                     cache_bytes=cache_bytes, reason=reason))
             tick(f"{c} {w.name}")
         surgery.swap(bench.model, 0, Candidate.of("gqa"))
-    header = Header.new(model_ref(model, config), env={**environment(device), "timer": type(timer).__name__,
-                                                          "cuda_graphs": bool(getattr(timer, "graphs", False))})
+    header = Header.new(model_ref(model, config), env={
+        **environment(device), "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
+        "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
                             entries=tuple(entries))
     save(result, profile_path(model, header.env, out))
@@ -298,12 +370,14 @@ def profile_path(model: str, env: dict, out=None) -> Path:
 
 def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cpu", assignments=None,
              timer=None, dtype: str | None = None, seed: int = 0) -> list[dict]:
-    """Time whole models (the teacher and mixed assignments) and compare with fixed + sum of layers."""
+    """Time whole models (the teacher and mixed assignments) and compare with fixed + sum of layers.
+
+    Decode steps are compiled exactly when the profile's were, so both sides share one harness."""
     from . import surgery
     from .timing import Stats, default_timer
 
     device = check_device(device)
-    config, bench = load_bench(model, device, dtype, seed)
+    config, bench = load_bench(model, device, dtype, seed, profile_obj.header.env.get("compiled_decode", False))
     n = surgery.dims_of(config).num_layers
     table = layer_table(profile_obj)
     assignments = assignments or default_assignments(profile_obj, n)

@@ -67,11 +67,11 @@ class CudaTimer:
     """CUDA-event timing; prefill samples start from a cold L2, decode samples replay a CUDA graph."""
 
     def __init__(self, warmup: int = 3, repeats: int = 15, replays: int = 20, graphs: bool = True,
-                 budget_ms: float = 4000.0):
+                 budget_ms: float = 4000.0, spin_up_ms: float = 200.0):
         import torch
 
         self.warmup, self.repeats, self.replays, self.graphs = warmup, repeats, replays, graphs
-        self.budget_ms = budget_ms
+        self.budget_ms, self.spin_up_ms = budget_ms, spin_up_ms
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
         self._flush = torch.empty(2 * l2 // 4 + 1, dtype=torch.float32, device="cuda")
 
@@ -108,7 +108,9 @@ class CudaTimer:
         import torch
 
         first = _elapsed_ms(fn, torch)
-        for _ in range(self.warmup - 1):
+        # keep the GPU busy for spin_up_ms first: after seconds of CPU-only work (compiling a step) its clocks
+        # are down, and a sub-millisecond step's samples would all fall inside the ramp back up
+        for _ in range(max(self.warmup - 1, min(int(self.spin_up_ms / max(first, 1e-3)), 20_000))):
             fn()
         out = []
         for _ in range(sample_count(first * inner, self.repeats, self.budget_ms)):

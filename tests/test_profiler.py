@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from mosaic_search import profiler, schema
+from conftest import every_operator
+from mosaic_search import profiler, schema, surgery
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.operators import Candidate
@@ -129,3 +130,51 @@ def test_cli_profile_json(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["profile"] == str(out)
     assert schema.load_profile(out).entries
+
+
+def _mixed_bench(compile_decode):
+    from mosaic_search.profiler import load_bench
+
+    _, bench = load_bench("tiny", "cpu", compile_decode=compile_decode)
+    for i, cand in enumerate(c for c in every_operator(window=16) if c.spec.fast_path()[0]):
+        surgery.swap(bench.model, i, cand)
+    return bench
+
+
+def _first_step(bench, make):
+    torch.manual_seed(5)  # same inputs and same random cache contents for both benches
+    fn = make(bench)
+    with torch.inference_mode():
+        return fn()
+
+
+@pytest.mark.parametrize("part", ["model", "layer", "fixed"])
+def test_compiled_decode_step_computes_what_the_eager_step_does(monkeypatch, part):
+    """Dynamo's tracing of every part of a decode step (inductor's code generation is the GPU test's)."""
+    import functools
+
+    from mosaic_search.profiler import parse_workload
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    w = parse_workload("decode:40")
+    make = {"model": lambda b: b.model_fn(w), "layer": lambda b: b.layer_fn(2, w), "fixed": lambda b: b.fixed_fn(w)}
+    compiled = _mixed_bench(True)
+    got = _first_step(compiled, make[part])
+    assert compiled.fallbacks == []
+    torch.testing.assert_close(got, _first_step(_mixed_bench(False), make[part]), rtol=0, atol=0)
+
+
+def test_a_decode_step_that_fails_to_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    from mosaic_search.profiler import parse_workload
+
+    def broken(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("inductor exploded")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    w = parse_workload("decode:40")
+    bench = _mixed_bench(True)
+    got = _first_step(bench, lambda b: b.model_fn(w))
+    assert bench.fallbacks == ["model decode-b1-c40: inductor exploded"]
+    torch.testing.assert_close(got, _first_step(_mixed_bench(False), lambda b: b.model_fn(w)), rtol=0, atol=0)
