@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from mosaic_search.operators import REGISTRY, Candidate
+# the suite never reaches a hub: without this, every hub id tried waits through huggingface_hub's retries
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mosaic_search.operators import REGISTRY, Candidate  # noqa: E402
 
 
 def tiny_config(kind: str):

@@ -26,13 +26,25 @@ class ParamTimer:
     def __call__(self, fn, phase):
         with torch.no_grad():
             fn()
-        cells = [c.cell_contents for c in (fn.__closure__ or ())]
-        layer = next((c for c in cells if isinstance(c, torch.nn.Module)), None)
+        layer = _module_in_closure(fn)
         self.calls.append((type(getattr(layer, "self_attn", layer)).__name__, phase))
         if self.oom_for and self.calls[-1][0] == self.oom_for:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         size = sum(p.numel() for p in layer.parameters()) if layer is not None else 1000
         return [size / 1e5, size / 1e5 * 1.02, size / 1e5 * 0.99]
+
+
+def _module_in_closure(fn, depth=3):
+    """The first nn.Module among fn's closure cells, looking through closures of closed-over functions."""
+    for cell in fn.__closure__ or ():
+        value = cell.cell_contents
+        if isinstance(value, torch.nn.Module):
+            return value
+        if callable(value) and getattr(value, "__closure__", None) and depth:
+            found = _module_in_closure(value, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 OPS = "gqa,swa:window=16,gdn,none,drop"
