@@ -146,7 +146,7 @@ def cmd_plans(args):
     are shared between plans)."""
     from gpu_plans import solve_plans
 
-    from mosaic_search.bench import bench
+    from mosaic_search.speedup import bench
 
     workloads = args.workload or ["decode-b1-c96k", "decode-b1-c16k", "prefill-b1-p32k"]
     for name, plan in solve_plans(args.profile, Path(args.out)).items():

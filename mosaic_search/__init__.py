@@ -10,7 +10,7 @@ _LAZY = {
     "score": ("scorer", "score"),
     "solve": ("solver", "solve"),
     "build": ("builder", "build"),
-    "bench": ("bench", "bench"),
+    "bench": ("speedup", "bench"),
 }
 
 

@@ -13,7 +13,7 @@ _EPS = 1e-9  # stricter than the solver's re-check (1e-6), so a plan a baseline 
 
 def _resources(p: Problem) -> list:
     """(usage of one (layer, candidate), limit, scale) for every budget; scale makes them commensurable."""
-    out = [(lambda k, w=w: p.lat[k][w], p.budget(w), p.profile.baseline_ms[w] / p.targets[w]) for w in p.targets]
+    out = [(lambda k, w=w: p.lat[k][w], p.budget(w), p.profile.teacher_ms(w) / p.targets[w]) for w in p.targets]
     if p.cache_limit is not None:
         out.append((lambda k: p.cache[k], p.cache_limit, p.cache_limit))
     out += [(lambda k, s=spec: float(matches(s, k[1])), float(n), 1.0) for spec, n in p.max_count]
@@ -66,8 +66,8 @@ def _shortfalls(p: Problem, layers) -> list[str]:
     out = []
     for w, target in p.targets.items():
         ms = p.profile.fixed_ms[w] + sum(p.lat[l, c][w] for l, c in enumerate(layers))
-        got = p.profile.baseline_ms[w] / ms if ms > 0 else float("inf")
-        if ms > p.profile.baseline_ms[w] / target * (1 + _EPS):
+        got = p.profile.teacher_ms(w) / ms if ms > 0 else float("inf")
+        if ms > p.profile.teacher_ms(w) / target * (1 + _EPS):
             out.append(f"{w} reaches {got:.3f}x (target {target:.3f}x)")
     if p.cache_limit is not None:
         cache = sum(p.cache[l, c] for l, c in enumerate(layers))

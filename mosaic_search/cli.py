@@ -250,7 +250,7 @@ def bench(target: Annotated[str, typer.Argument(help="A built model directory, o
           device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu", seed: SeedOpt = 0,
           as_json: JsonOpt = False):
     """Measure TTFT / TPOT speedup over the teacher and compare it with the plan's prediction."""
-    from .bench import bench as run_bench
+    from .speedup import bench as run_bench
 
     with _progress("benchmarking") as tick:
         rows = run_bench(target, vs=vs, workloads=workload, device=device, seed=seed, progress=tick)

@@ -47,7 +47,7 @@ def _run(d: Path, seed: int, progress) -> None:
     import time
 
     from . import builder, scorer, solver
-    from .bench import bench
+    from .speedup import bench
     from .profiler import profile
 
     steps = ["profile", "score", "solve", "build", "bench", "report"]

@@ -257,13 +257,13 @@ def _eager(fn):
 
 
 def _measure(timer, fn_factory, w: Workload):
-    """(Stats, status, reason) for one measurement; OOM is recorded, not raised."""
+    """(samples, status, reason) for one measurement; OOM is recorded (samples None), not raised."""
     import torch
 
-    from .timing import Stats, is_oom
+    from .timing import is_oom
 
     try:
-        return Stats.of(timer(fn_factory(), w.phase)), "ok", ""
+        return timer(fn_factory(), w.phase), "ok", ""
     except Exception as e:  # noqa: BLE001 - only OOM is tolerated, everything else re-raised
         if not is_oom(e):
             raise
@@ -296,18 +296,25 @@ def default_compile(device: str, compile_decode: bool | None) -> bool:
     return device.startswith("cuda") if compile_decode is None else compile_decode
 
 
+def default_rounds(device: str) -> int:
+    """Passes over every measurement, samples pooled: on a shared CPU slow phases last longer than one
+    measurement (hundreds of ms), so one pass can catch a phase whole; three passes outvote it."""
+    return 1 if device.startswith("cuda") else 3
+
+
 def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, out=None, timer=None,
-            dtype: str | None = None, seed: int = 0, progress=None, compile_decode: bool | None = None
-            ) -> LatencyProfile:
+            dtype: str | None = None, seed: int = 0, progress=None, compile_decode: bool | None = None,
+            rounds: int | None = None) -> LatencyProfile:
     """Time every candidate as a whole decoder layer for every workload and write a latency profile.
 
     `ops`: candidates (a list or 'gqa,swa:window=1024,...'); `workloads`: Workloads or specs such as
     'decode:96k:b8'; `timer`: a callable `timer(fn, phase) -> [ms]` (default: CUDA events / perf_counter);
-    `progress(done, total, label)`: called after each measurement; `compile_decode`: see `load_bench`.
+    `progress(done, total, label)`: called after each measurement; `compile_decode`: see `load_bench`;
+    `rounds`: passes over everything, samples pooled per entry (default: `default_rounds`).
     """
     from . import surgery
     from .models import model_ref
-    from .timing import default_timer
+    from .timing import Stats, default_timer
 
     device = check_device(device)
     cands = _candidates(ops)
@@ -316,8 +323,9 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     dims = surgery.dims_of(config)
     cands = cands or default_candidates(dims)
     timer = timer or default_timer(device)
+    rounds = rounds or default_rounds(device)
     dtype_bytes = bench.stack.embed.weight.element_size()
-    total = len(wls) * (len(cands) + 2)
+    total = rounds * len(wls) * (len(cands) + 2)
     done = 0
 
     def tick(label):
@@ -326,35 +334,49 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
         if progress:
             progress(done, total, label)
 
-    baseline, fixed, entries = {}, {}, []
-    for w in wls:
-        stats, status, _ = _measure(timer, lambda: bench.model_fn(w), w)
-        baseline[w.name] = stats.median_ms if stats else None
-        tick(f"{w.name} baseline")
-        stats, _, _ = _measure(timer, lambda: bench.fixed_fn(w), w)
-        fixed[w.name] = stats.median_ms if stats else None
-        tick(f"{w.name} fixed")
-    for c in cands:
-        ok, why = c.spec.fast_path()
-        unsupported = device.startswith("cuda") and not ok
-        if not unsupported:
-            surgery.swap(bench.model, 0, c)
+    samples, failed = {}, {}  # key -> pooled samples; key -> (status, reason) once it could not be timed
+
+    def measure(key, make, w):
+        if key in failed:
+            return
+        got, status, reason = _measure(timer, make, w)
+        if got is None:
+            failed[key] = (status, reason)
+        else:
+            samples.setdefault(key, []).extend(got)
+
+    for r in range(rounds):
         for w in wls:
-            cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
-            if unsupported:
-                stats, status, reason = None, "unsupported", why
+            measure(("baseline", w.name), lambda: bench.model_fn(w), w)
+            tick(f"{w.name} baseline")
+            measure(("fixed", w.name), lambda: bench.fixed_fn(w), w)
+            tick(f"{w.name} fixed")
+        for c in cands:
+            ok, why = c.spec.fast_path()
+            if device.startswith("cuda") and not ok:
+                failed.update({(c, w.name): ("unsupported", why) for w in wls})
             else:
-                stats, status, reason = _measure(timer, lambda: bench.layer_fn(0, w), w)
-            for layer in range(dims.num_layers):
-                entries.append(ProfileEntry(
-                    layer=layer, candidate=c, workload=w.name, latency_ms=stats and stats.median_ms,
-                    p20_ms=stats and stats.p20_ms, p80_ms=stats and stats.p80_ms, status=status,
-                    cache_bytes=cache_bytes, reason=reason))
-            tick(f"{c} {w.name}")
-        surgery.swap(bench.model, 0, Candidate.of("gqa"))
+                surgery.swap(bench.model, 0, c)
+            for w in wls:
+                measure((c, w.name), lambda: bench.layer_fn(0, w), w)
+                tick(f"{c} {w.name}" + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+            surgery.swap(bench.model, 0, Candidate.of("gqa"))
+
+    stats = {key: Stats.of(v) for key, v in samples.items()}
+    baseline = {w.name: stats[("baseline", w.name)].median_ms if ("baseline", w.name) in stats else None for w in wls}
+    fixed = {w.name: stats[("fixed", w.name)].median_ms if ("fixed", w.name) in stats else None for w in wls}
+    entries = []
+    for c in cands:
+        for w in wls:
+            st = stats.get((c, w.name))
+            status, reason = failed.get((c, w.name), ("ok", ""))
+            cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
+            entries += [ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
+                                     p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
+                                     cache_bytes=cache_bytes, reason=reason) for layer in range(dims.num_layers)]
     header = Header.new(model_ref(model, config), env={
         **environment(device), "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
-        "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks})
+        "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
                             entries=tuple(entries))
     save(result, profile_path(model, header.env, out))
@@ -382,18 +404,22 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
     table = layer_table(profile_obj)
     assignments = assignments or default_assignments(profile_obj, n)
     timer = timer or default_timer(device)
+    samples, predicted = {}, {}
+    for _ in range(profile_obj.header.env.get("rounds") or default_rounds(device)):  # as the profile was taken
+        for name, assignment in assignments.items():
+            for i, c in enumerate(assignment):
+                surgery.swap(bench.model, i, c)
+            for w in profile_obj.workloads:
+                parts = [table.get((i, c, w.name)) for i, c in enumerate(assignment)]
+                if None in parts or profile_obj.fixed_ms.get(w.name) is None:
+                    continue
+                predicted[name, w.name] = profile_obj.fixed_ms[w.name] + sum(parts)
+                samples.setdefault((name, w.name), []).extend(timer(bench.model_fn(w), w.phase))
     rows = []
-    for name, assignment in assignments.items():
-        for i, c in enumerate(assignment):
-            surgery.swap(bench.model, i, c)
-        for w in profile_obj.workloads:
-            parts = [table.get((i, c, w.name)) for i, c in enumerate(assignment)]
-            if None in parts or profile_obj.fixed_ms.get(w.name) is None:
-                continue
-            predicted = profile_obj.fixed_ms[w.name] + sum(parts)
-            measured = Stats.of(timer(bench.model_fn(w), w.phase)).median_ms
-            rows.append({"assignment": name, "workload": w.name, "predicted_ms": predicted,
-                         "measured_ms": measured, "error_pct": 100 * (predicted - measured) / measured})
+    for (name, w), pred in predicted.items():
+        measured = Stats.of(samples[name, w]).median_ms
+        rows.append({"assignment": name, "workload": w, "predicted_ms": pred, "measured_ms": measured,
+                     "error_pct": 100 * (pred - measured) / measured})
     return rows
 
 

@@ -50,7 +50,7 @@ class Problem:
 
     def budget(self, w: str) -> float:
         """What the layers of workload `w` may take: the whole-model budget minus the fixed part."""
-        return self.profile.baseline_ms[w] / self.targets[w] - self.profile.fixed_ms[w]
+        return self.profile.teacher_ms(w) / self.targets[w] - self.profile.fixed_ms[w]
 
 
 def matches(spec, c: Candidate) -> bool:
@@ -223,7 +223,7 @@ def set_targets(p: Problem, speedup=None, ttft_speedup=None, tpot_speedup=None) 
         s = by_phase[w.phase] if by_phase[w.phase] is not None else speedup
         if s is None:
             continue
-        base, fixed = p.profile.baseline_ms.get(w.name), p.profile.fixed_ms.get(w.name)
+        base, fixed = p.profile.teacher_ms(w.name), p.profile.fixed_ms.get(w.name)
         if base is None or base <= 0 or fixed is None:
             raise UsageError(f"workload {w.name}: the profile has no baseline_ms/fixed_ms for it")
         targets[w.name] = s
@@ -434,7 +434,7 @@ def reachability(p: Problem, time_limit_s=60) -> str:
         if chosen is None:
             break
         ms = p.profile.fixed_ms[w] + sum(p.lat[l, cs[0]][w] for l, cs in enumerate(chosen))
-        best = p.profile.baseline_ms[w] / ms if ms > 0 else math.inf
+        best = p.profile.teacher_ms(w) / ms if ms > 0 else math.inf
         reach_all &= best >= target
         parts.append(f"{w} {best:.3f}x (target {target:.3f}x)")
     if not parts:
@@ -464,7 +464,7 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
     scored = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
     predicted = {}
     for w in (w.name for w in p.workloads):
-        if w not in p.profile.fixed_ms or not p.profile.baseline_ms.get(w):
+        if w not in p.profile.fixed_ms or not p.profile.teacher_ms(w):
             continue
         ms = p.profile.fixed_ms[w]
         for l, c in enumerate(layers):
@@ -472,8 +472,9 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
             if e is None or e.status != "ok" or e.latency_ms is None:
                 fail(f"layer {l}: {c} has no ok latency for {w}")
             ms += e.latency_ms
-        base = p.profile.baseline_ms[w]
-        predicted[w] = {"latency_ms": ms, "baseline_ms": base, "speedup": base / ms if ms > 0 else None}
+        base = p.profile.teacher_ms(w)  # the same additive model as `ms` (see LatencyProfile.teacher_ms)
+        predicted[w] = {"latency_ms": ms, "baseline_ms": base, "measured_baseline_ms": p.profile.baseline_ms.get(w),
+                        "speedup": base / ms if ms > 0 else None}
         if w in p.targets:
             limit = base / p.targets[w]
             if ms > limit + _TOL * max(1.0, limit):

@@ -38,10 +38,11 @@ class CpuTimer:
     layers evict; the last-level cache is left warm, as it is for a small model run layer after layer.
     """
 
-    def __init__(self, warmup: int = 2, repeats: int = 7, flush_bytes: int = 4 << 20, budget_ms: float = 2000.0):
+    def __init__(self, warmup: int = 2, repeats: int = 9, flush_bytes: int = 4 << 20, budget_ms: float = 2000.0,
+                 warm_ms: float = 50.0):
         import torch
 
-        self.warmup, self.repeats, self.budget_ms = warmup, repeats, budget_ms
+        self.warmup, self.repeats, self.budget_ms, self.warm_ms = warmup, repeats, budget_ms, warm_ms
         self.graphs = False
         self._flush = torch.empty(flush_bytes // 4, dtype=torch.float32)
 
@@ -52,7 +53,9 @@ class CpuTimer:
             t0 = time.perf_counter()
             fn()
             first = (time.perf_counter() - t0) * 1e3
-            for _ in range(self.warmup - 1):
+            # at least warm_ms of warm-up: a millisecond step's first calls in a fresh process (allocator
+            # growth, first-touch pages, lazy init) run well over its steady state
+            for _ in range(max(self.warmup - 1, min(int(self.warm_ms / max(first, 1e-3)), 1000))):
                 fn()
             out = []
             for _ in range(sample_count(first, self.repeats, self.budget_ms)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mosaic_search import schema
-from mosaic_search.bench import bench
+from mosaic_search.speedup import bench
 from mosaic_search.errors import UsageError
 from mosaic_search.models import load_config, model_ref
 from mosaic_search.operators import Candidate
@@ -38,13 +38,14 @@ def _layers(n):
     return [ops[i % len(ops)] for i in range(n)]
 
 
-def test_plan_is_timed_against_the_teacher_and_compared_with_prediction(tmp_path):
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_plan_is_timed_against_the_teacher_and_compared_with_prediction(tmp_path, rounds):
     n = load_config("tiny").num_hidden_layers
     path = _plan(tmp_path, _layers(n), {"decode-b1-c64": {"speedup": 2.5, "latency_ms": 1, "baseline_ms": 2.5},
                                         "prefill-b1-p32": {"speedup": 1.6, "latency_ms": 1, "baseline_ms": 1.6}})
     timer = AlternatingTimer()
-    rows = bench(path, timer=timer)
-    assert timer.calls == 4
+    rows = bench(path, timer=timer, rounds=rounds)
+    assert timer.calls == 4 * rounds  # teacher and model alternate in every round
     by = {r["workload"]: r for r in rows}
     assert set(by) == {"decode-b1-c64", "prefill-b1-p32"}
     assert by["decode-b1-c64"]["measured_speedup"] == 2.0

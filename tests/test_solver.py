@@ -148,6 +148,26 @@ def test_plan_artifact_round_trips_and_records_the_inputs(tmp_path):
     assert [r["layer"] for r in back.solver["per_layer"]] == list(range(6))
 
 
+def test_speedups_are_predicted_against_the_teacher_under_the_same_additive_model(tmp_path):
+    """A measured whole teacher 25% slower than fixed + its layers (the glue that layers timed alone miss)
+    must not turn into 25% of promised speedup: targets and predictions use fixed + the gqa layers."""
+    import dataclasses
+
+    prof, sens = make(6, seed=4)
+    additive = dict(prof.baseline_ms)
+    prof = dataclasses.replace(prof, baseline_ms={w: 1.25 * ms for w, ms in additive.items()})
+    assert all(prof.teacher_ms(w) == pytest.approx(ms) for w, ms in additive.items())
+    p, s = save_pair(tmp_path, prof, sens)
+    plan = solver.solve(p, s, speedup=1.6, out=tmp_path / "plan.json")
+    for w, pred in plan.predicted.items():
+        assert pred["speedup"] == pytest.approx(additive[w] / pred["latency_ms"])
+        assert pred["measured_baseline_ms"] == pytest.approx(1.25 * additive[w])
+    assert min(pred["speedup"] for pred in plan.predicted.values()) >= 1.6 - 1e-6
+    # without a gqa entry in every layer there is no additive teacher: the measured whole model is the reference
+    partial = dataclasses.replace(prof, entries=tuple(e for e in prof.entries if (e.layer, e.candidate) != (0, G)))
+    assert partial.teacher_ms("decode_4k") == prof.baseline_ms["decode_4k"]
+
+
 # ---- constraints ---------------------------------------------------------------------------------
 
 def test_workload_narrowing_and_phase_targets():
