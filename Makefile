@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mosaic ops
-	$(VENV)/bin/mosaic check --model tiny
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mosaic demo --out demo_report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import schema, surgery
 from .errors import MosaicError, UsageError
+from .assets import TINY_DIR
 from .models import TINY, load_config, load_model, model_ref, slug
 from .operators import Candidate
 from .schema import LayerPlan, ModelRef
@@ -242,7 +243,7 @@ def _as_mosaic_model(model, config):
 
 def _teacher_dir(teacher: str) -> Path | None:
     if teacher == TINY:
-        return None
+        return TINY_DIR  # its byte-level tokenizer ships beside the weights
     if Path(teacher).is_dir():
         return Path(teacher)
     try:

@@ -56,6 +56,13 @@ def library_path(table: str | os.PathLike) -> Path:
     return Path(table).with_suffix(".library.safetensors")
 
 
+def default_seq_len(cands, dims) -> int:
+    """DEFAULT_SEQ_LEN, or twice the largest SWA window scored: a window as long as the calibration sequences
+    is exactly full attention on them and would score 0 however much it loses on longer contexts."""
+    windows = [c.kwargs["window"] for c in cands if "window" in c.kwargs]
+    return min(dims.max_position, max([DEFAULT_SEQ_LEN] + [2 * w for w in windows]))
+
+
 def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int | None = None,
           seq_len: int | None = None, align_steps: int | None = None, out=None, resume: bool = False, seed: int = 0,
           device: str = "cpu", device_map: str | None = None, progress=None, dtype: str | None = None
@@ -63,8 +70,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     """Score every (layer, candidate) swap of `teacher` on calibration `data` and write the sensitivity table.
 
     `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's held-out text, else self);
-    `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: DEFAULT_TOKENS
-    tokens in windows of DEFAULT_SEQ_LEN, DEFAULT_ALIGN_STEPS alignment steps. Under torchrun the items are split
+    `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: windows of
+    `default_seq_len` tokens, DEFAULT_TOKENS tokens (at least two windows), DEFAULT_ALIGN_STEPS alignment steps. Under torchrun the items are split
     across ranks and rank 0 writes the table. `progress(done, total, what)` is called as items finish.
     """
     from . import data as data_mod
@@ -72,17 +79,17 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     from .models import load_config, model_ref
     from .profiler import check_device, environment
 
-    tokens = _count("--tokens", DEFAULT_TOKENS if tokens is None else tokens, 1)
-    seq_len = _count("--seq-len", DEFAULT_SEQ_LEN if seq_len is None else seq_len, 2)
     align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
-    if tokens < seq_len:
-        raise UsageError(f"--tokens {tokens} is less than one --seq-len window ({seq_len})")
     source = data_mod.check_source(data or data_mod.default_source(teacher))
     path = table_path(teacher, out)
     config = load_config(teacher)
     ref = model_ref(teacher, config)
     dims = surgery.dims_of(config)
     cands = _candidates(ops, dims)
+    seq_len = _count("--seq-len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
+    tokens = _count("--tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
+    if tokens < seq_len:
+        raise UsageError(f"--tokens {tokens} is less than one --seq-len window ({seq_len})")
     if seq_len > dims.max_position:
         raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {dims.max_position} positions")
     n_score = tokens // seq_len

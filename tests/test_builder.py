@@ -323,6 +323,14 @@ def test_tiny_alias_with_tied_embeddings_builds_and_loads(tmp_path, capsys):
     ids = _ids(10)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, swapped(ids).logits)
+    # the embedded teacher's byte-level tokenizer ships with the built model
+    from transformers import AutoTokenizer
+
+    from mosaic_search.assets import TINY_DIR
+
+    assert (out / "tokenizer.json").read_bytes() == (TINY_DIR / "tokenizer.json").read_bytes()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.decode(tok("def f(x): return x")["input_ids"]) == "def f(x): return x"
 
 
 # ---- candidate library ----------------------------------------------------------------------------

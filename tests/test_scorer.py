@@ -276,3 +276,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(teacher, bare_teacher, 
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], (name, err)
         assert not out.parent.exists(), name
+
+
+def test_default_windows_are_longer_than_every_scored_window():
+    """A window as long as the calibration sequence is full attention there and would score 0."""
+    from mosaic_search import surgery
+    from mosaic_search.models import load_config
+    from mosaic_search.operators import parse_candidates
+
+    dims = surgery.dims_of(load_config("tiny"))
+    assert scorer.default_seq_len(parse_candidates("gqa,gdn"), dims) == scorer.DEFAULT_SEQ_LEN
+    assert scorer.default_seq_len(parse_candidates("swa:window=128,swa:window=512"), dims) == 1024
+    assert scorer.default_seq_len(parse_candidates("swa:window=8192"), dims) == dims.max_position

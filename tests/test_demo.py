@@ -1,0 +1,79 @@
+"""`mosaic demo`: the whole pipeline on the embedded teacher, written up as a report folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mosaic_search import scorer
+from mosaic_search.cli import main
+from mosaic_search.demo import MARKER
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One real demo run, with a lighter scoring pass (fewer tokens, 2 alignment steps) to keep the suite fast."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(scorer, "DEFAULT_TOKENS", 2048)
+    mp.setattr(scorer, "DEFAULT_ALIGN_STEPS", 2)
+    out = tmp_path_factory.mktemp("demo") / "report"
+    try:
+        assert main(["demo", "--out", str(out)]) == 0
+    finally:
+        mp.undo()
+    return out
+
+
+def test_report_has_every_stage_and_plot(report):
+    text = (report / "report.md").read_text()
+    for section in ("## Latency per decoder layer", "## Sensitivity", "## Plans", "### 1.25x TPOT",
+                    "### 1.5x TPOT", "## Pareto frontier"):
+        assert section in text
+    for png in ("sensitivity.png", "plans.png", "pareto.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (report / MARKER).is_file()
+    for target in ("1.25x", "1.5x"):
+        plan = json.loads((report / f"plan-tpot-{target}.json").read_text())
+        assert plan["kind"] == "mosaic/layer-plan"
+        model = report / "models" / f"tiny-tpot-{target}"
+        assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
+        assert f"`{plan['pattern']}`" in text
+
+
+def test_rerun_replaces_an_earlier_report(report):
+    (report / "stale.txt").write_text("from an earlier run")
+    mp = pytest.MonkeyPatch()
+    mp.setattr("mosaic_search.demo._run", lambda d, seed, progress: (d / "report.md").write_text("again\n"))
+    try:
+        assert main(["demo", "--out", str(report)]) == 0
+    finally:
+        mp.undo()
+    assert (report / "report.md").read_text() == "again\n" and not (report / "stale.txt").exists()
+
+
+def test_refuses_a_folder_that_is_not_a_demo_report(tmp_path, capsys):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("precious")
+    assert main(["demo", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a mosaic demo report" in err
+    assert [p.name for p in mine.iterdir()] == ["chapter1.tex"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "thesis"]  # no temporary folder left behind
+
+
+def test_a_failing_stage_leaves_the_earlier_report_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / MARKER).write_text("written by mosaic demo\n")
+    (out / "report.md").write_text("the earlier report\n")
+
+    def broken(d, seed, progress):
+        (d / "half.md").write_text("half")
+        raise RuntimeError("scoring exploded")
+
+    monkeypatch.setattr("mosaic_search.demo._run", broken)
+    assert main(["demo", "--out", str(out)]) == 1
+    assert (out / "report.md").read_text() == "the earlier report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
