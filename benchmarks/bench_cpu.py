@@ -49,6 +49,14 @@ def main():
               f"{r['error_pct']:+.1f}% |")
     worst = max(abs(r["error_pct"]) for r in rows)
     print(f"\nworst additivity error: {worst:.1f}%")
+    # the same whole teacher, measured by the profile and again by the validation minutes later: the
+    # machine's own repeatability, the floor under any additivity figure taken across the two
+    print("\n| workload | teacher in the profile ms | teacher in the validation ms | difference |\n|---|---|---|---|")
+    for r in rows:
+        if r["assignment"].startswith("teacher"):
+            first = prof.baseline_ms[r["workload"]]
+            print(f"| {r['workload']} | {first:.3f} | {r['measured_ms']:.3f} | "
+                  f"{100 * (r['measured_ms'] - first) / first:+.1f}% |")
 
     scores = args.scores
     if scores is None:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = (1.2, 1.4, 1.6)
 PATTERNS = {"3 GDN : 1 GQA": "DDDG", "3 KDA : 1 MLA": "KKKM", "5 SWA : 1 GQA": "SSSSSG", "all SWA": "S"}
-EVAL_WINDOWS, SEQ_LEN = 8, 512
+EVAL_WINDOWS, SEQ_LEN = 8, 1024  # longer than every default SWA window of tiny (128, 512)
 
 
 def eval_data(tokenizer):
