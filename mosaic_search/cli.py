@@ -27,6 +27,8 @@ ModelOpt = Annotated[str, typer.Option("--model", "--teacher", "-m",
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in outputs).")]
 OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output path (default: under profiles/ or layer_plans/).")]
+ImageTokensOpt = Annotated[int, typer.Option(
+    "--image-tokens", help="VLM only: TTFT also encodes one image of this many tokens per sequence (as profiled).")]
 
 
 def _version(value: bool):
@@ -112,13 +114,13 @@ def profile(model: ModelOpt = "tiny",
                 help="phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (repeatable).")] = None,
             out: OutOpt = None, validate: Annotated[bool, typer.Option(
                 help="Also time whole models and report predicted vs measured latency.")] = False,
-            seed: SeedOpt = 0, as_json: JsonOpt = False):
+            image_tokens: ImageTokensOpt = 0, seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
     from . import profiler
 
     with _progress("profiling") as tick:
         prof = profiler.profile(model=model, device=device, ops=ops, workloads=workload, out=out, seed=seed,
-                                progress=tick)
+                                progress=tick, image_tokens=image_tokens)
     rows = profiler.validate(prof, model=model, device=device, seed=seed) if validate else []
     if as_json:
         return _emit_json({"profile": str(profiler.profile_path(model, prof.header.env, out)), "validation": rows})
@@ -247,13 +249,14 @@ def bench(target: Annotated[str, typer.Argument(help="A built model directory, o
           vs: Annotated[Optional[str], typer.Option("--vs", help="Teacher to compare with (default: the plan's).")] = None,
           workload: Annotated[Optional[list[str]], typer.Option(
               help="Workload spec or name (default: those the plan predicts); repeatable.")] = None,
-          device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu", seed: SeedOpt = 0,
-          as_json: JsonOpt = False):
+          device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu", image_tokens: ImageTokensOpt = 0,
+          seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Measure TTFT / TPOT speedup over the teacher and compare it with the plan's prediction."""
     from .speedup import bench as run_bench
 
     with _progress("benchmarking") as tick:
-        rows = run_bench(target, vs=vs, workloads=workload, device=device, seed=seed, progress=tick)
+        rows = run_bench(target, vs=vs, workloads=workload, device=device, seed=seed, progress=tick,
+                         image_tokens=image_tokens)
     if as_json:
         return _emit_json(rows)
     table = Table(title=f"{target} vs teacher on {device}")

@@ -154,6 +154,7 @@ class _Bench:
     dtype: object
     compile_decode: bool = False
     fallbacks: list = field(default_factory=list)
+    image_tokens: int = 0  # a VLM's prefill also encodes one image of this many (merged) tokens per sequence
 
     def inputs(self, w: Workload):
         import torch
@@ -163,6 +164,26 @@ class _Bench:
         hidden = torch.randn(w.batch_size, t, self.stack.embed.embedding_dim, device=self.device, dtype=self.dtype)
         ids = torch.randint(0, self.stack.embed.num_embeddings, (w.batch_size, t), device=self.device)
         return hidden, ids, start
+
+    def vision_fn(self, w: Workload):
+        """The vision tower on one image of `image_tokens` tokens per sequence (None: nothing to encode).
+
+        Part of TTFT, so it belongs to the fixed part and to the whole model's prefill; the text stack is
+        timed on `w.seq_len` tokens either way (the image's tokens are not added to the prompt)."""
+        import torch
+
+        if w.phase != "prefill" or not self.image_tokens:
+            return None
+        inner = getattr(self.model, "model", None)
+        if not hasattr(inner, "get_image_features"):
+            raise UsageError(f"--image-tokens {self.image_tokens}: the model has no vision tower")
+        vc = self.model.config.vision_config
+        m = vc.spatial_merge_size
+        rows = next(d for d in range(int(self.image_tokens ** 0.5), 0, -1) if self.image_tokens % d == 0)
+        grid = torch.tensor([[1, rows * m, self.image_tokens // rows * m]] * w.batch_size, device=self.device)
+        patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+        pixels = torch.randn(int(grid.prod(-1).sum()), patch, device=self.device, dtype=self.dtype)
+        return lambda: inner.get_image_features(pixels, grid)
 
     def layer_fn(self, idx: int, w: Workload):
         """A closure running decoder layer `idx` once for workload `w`."""
@@ -188,6 +209,9 @@ class _Bench:
             h, _ = compiled(self._prologue)(ids, start)
             return compiled(self.stack.head)(h)
 
+        vision = self.vision_fn(w)
+        if vision is not None:
+            return lambda: (vision(), run(_eager))
         return (lambda: run(_eager)) if w.phase == "prefill" else self._decode_step(run, f"fixed {w.name}")
 
     def model_fn(self, w: Workload):
@@ -196,6 +220,9 @@ class _Bench:
         from transformers import DynamicCache
 
         _, ids, start = self.inputs(w)
+        vision = self.vision_fn(w)
+        if vision is not None:
+            return lambda: (vision(), self.stack.forward(ids, DynamicCache(), start))
         if w.phase == "prefill":
             return lambda: self.stack.forward(ids, DynamicCache(), start)
         cache = static_cache(self.stack.layers, w.seq_len)
@@ -272,10 +299,12 @@ def _measure(timer, fn_factory, w: Workload):
         return None, "oom", " ".join(str(e).split())[:200]
 
 
-def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None):
+def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None,
+               image_tokens: int = 0):
     """The teacher with random weights and mosaic's gqa mixer in every layer, on `device`.
 
-    `compile_decode` (default: on CUDA) runs decode steps through torch.compile (see `_Bench`)."""
+    `compile_decode` (default: on CUDA) runs decode steps through torch.compile (see `_Bench`); a VLM's
+    prefill also encodes an image of `image_tokens` tokens (`_Bench.vision_fn`)."""
     import torch
 
     from . import surgery
@@ -283,12 +312,16 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
 
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     config = load_config(model, shipped_ok=True)
+    if image_tokens < 0:
+        raise UsageError(f"--image-tokens must be 0 or more, got {image_tokens}")
+    if image_tokens and getattr(config, "vision_config", None) is None:
+        raise UsageError(f"--image-tokens {image_tokens}: {model} is a text-only model")
     with torch.device(device):
         net = model_from_config(config, dtype=dtype, seed=seed)
     for i in range(len(surgery.decoder_layers(net))):
         surgery.swap(net, i, Candidate.of("gqa"))
     return config, _Bench(net, surgery.text_stack(net), device, getattr(torch, dtype),
-                          compile_decode=default_compile(device, compile_decode))
+                          compile_decode=default_compile(device, compile_decode), image_tokens=image_tokens)
 
 
 def default_compile(device: str, compile_decode: bool | None) -> bool:
@@ -304,13 +337,14 @@ def default_rounds(device: str) -> int:
 
 def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, out=None, timer=None,
             dtype: str | None = None, seed: int = 0, progress=None, compile_decode: bool | None = None,
-            rounds: int | None = None) -> LatencyProfile:
+            rounds: int | None = None, image_tokens: int = 0) -> LatencyProfile:
     """Time every candidate as a whole decoder layer for every workload and write a latency profile.
 
     `ops`: candidates (a list or 'gqa,swa:window=1024,...'); `workloads`: Workloads or specs such as
     'decode:96k:b8'; `timer`: a callable `timer(fn, phase) -> [ms]` (default: CUDA events / perf_counter);
     `progress(done, total, label)`: called after each measurement; `compile_decode`: see `load_bench`;
-    `rounds`: passes over everything, samples pooled per entry (default: `default_rounds`).
+    `rounds`: passes over everything, samples pooled per entry (default: `default_rounds`); `image_tokens`:
+    for a VLM, prefill (fixed part and whole model) also encodes one image of that many tokens per sequence.
     """
     from . import surgery
     from .models import model_ref
@@ -319,7 +353,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     device = check_device(device)
     cands = _candidates(ops)
     wls = _workloads(workloads, device)
-    config, bench = load_bench(model, device, dtype, seed, compile_decode)
+    config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
     dims = surgery.dims_of(config)
     cands = cands or default_candidates(dims)
     timer = timer or default_timer(device)
@@ -376,7 +410,8 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
                                      cache_bytes=cache_bytes, reason=reason) for layer in range(dims.num_layers)]
     header = Header.new(model_ref(model, config), env={
         **environment(device), "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
-        "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds})
+        "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
+        "image_tokens": image_tokens})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
                             entries=tuple(entries))
     save(result, profile_path(model, header.env, out))
@@ -394,12 +429,13 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
              timer=None, dtype: str | None = None, seed: int = 0) -> list[dict]:
     """Time whole models (the teacher and mixed assignments) and compare with fixed + sum of layers.
 
-    Decode steps are compiled exactly when the profile's were, so both sides share one harness."""
+    Decode steps are compiled, and images encoded, exactly as in the profile, so both sides share one harness."""
     from . import surgery
     from .timing import Stats, default_timer
 
     device = check_device(device)
-    config, bench = load_bench(model, device, dtype, seed, profile_obj.header.env.get("compiled_decode", False))
+    env = profile_obj.header.env
+    config, bench = load_bench(model, device, dtype, seed, env.get("compiled_decode", False), env.get("image_tokens", 0))
     n = surgery.dims_of(config).num_layers
     table = layer_table(profile_obj)
     assignments = assignments or default_assignments(profile_obj, n)

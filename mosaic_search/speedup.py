@@ -13,14 +13,15 @@ from .schema import LayerPlan, load_plan
 
 def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dtype: str | None = None,
           timer=None, seed: int = 0, progress=None, compile_decode: bool | None = None,
-          rounds: int | None = None) -> list[dict]:
+          rounds: int | None = None, image_tokens: int = 0) -> list[dict]:
     """Measure speedup of `target` over the teacher `vs` for each workload.
 
     `target` is a built model directory (loaded with trust_remote_code, as a user would) or a plan JSON,
     which is applied with `surgery.swap` to the teacher's architecture with random weights (latency does
     not depend on values, so real-size plans can be timed without the teacher's weights).
     Workloads default to those the plan predicted; decode steps are compiled as in `profiler.load_bench`;
-    `rounds` passes alternate teacher and model with samples pooled (`profiler.default_rounds`).
+    `rounds` passes alternate teacher and model with samples pooled (`profiler.default_rounds`);
+    `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
     Returns one row per workload.
     """
     from . import profiler, surgery
@@ -35,13 +36,13 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     wls = [w if not isinstance(w, str) else (profiler.parse_workload(w) if ":" in w else profiler.workload_from_name(w))
            for w in names]
     timer = timer or default_timer(device)
-    _, base = profiler.load_bench(teacher, device, dtype, seed, compile_decode)
+    _, base = profiler.load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
     if model_dir is None:
-        _, mine = profiler.load_bench(teacher, device, dtype, seed, compile_decode)
+        _, mine = profiler.load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
         for i, c in enumerate(plan.layers):
             surgery.swap(mine.model, i, c)
     else:
-        mine = _load_built(model_dir, device, dtype or base.stack.embed.weight.dtype, base.compile_decode)
+        mine = _load_built(model_dir, device, dtype or base.stack.embed.weight.dtype, base.compile_decode, image_tokens)
     rounds = rounds or profiler.default_rounds(device)
     samples = {}
     for r in range(rounds):  # teacher and model alternate, so a slow phase of the machine hits both
@@ -75,7 +76,7 @@ def _resolve(target) -> tuple[LayerPlan, Path | None]:
     raise UsageError(f"{target}: expected a built model directory or a plan .json")
 
 
-def _load_built(model_dir: Path, device: str, dtype, compile_decode: bool):
+def _load_built(model_dir: Path, device: str, dtype, compile_decode: bool, image_tokens: int):
     """A built model loaded as users load it, wrapped for the harness."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -87,4 +88,4 @@ def _load_built(model_dir: Path, device: str, dtype, compile_decode: bool):
     auto = AutoModelForImageTextToText if "vision_config" in config else AutoModelForCausalLM
     model = auto.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval().to(device)
     return _Bench(model, surgery.text_stack(model), device, dtype if isinstance(dtype, torch.dtype) else
-                  getattr(torch, dtype), compile_decode=compile_decode)
+                  getattr(torch, dtype), compile_decode=compile_decode, image_tokens=image_tokens)

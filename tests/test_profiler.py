@@ -206,3 +206,37 @@ def test_rounds_pool_samples_so_one_slow_pass_does_not_decide(tmp_path):
     assert len(calls) == 3 * per_round and prof.header.env["rounds"] == 3
     assert {e.latency_ms for e in prof.entries} == {1.0} and set(prof.baseline_ms.values()) == {1.0}
     assert {e.p80_ms for e in prof.entries} == {50.0}  # the slow pass still shows in the spread
+
+
+def test_a_vlm_prefill_includes_encoding_the_stated_image(tmp_path):
+    """Qwen3-VL: the fixed part and the whole model of a prefill also run the vision tower, on exactly the
+    stated number of image tokens per sequence; decode and the layers do not."""
+    from conftest import tiny_config
+    from mosaic_search.models import model_from_config
+
+    teacher = tmp_path / "vl"
+    model_from_config(tiny_config("qwen3_vl")).save_pretrained(teacher)
+    _, bench = profiler.load_bench(str(teacher), "cpu", image_tokens=6)
+    seen = []
+    inner = bench.model.model
+    real = inner.get_image_features
+    inner.get_image_features = lambda pixels, grid: seen.append(grid.tolist()) or real(pixels, grid)
+    w = profiler.parse_workload("prefill:16:b2")
+    with torch.no_grad():
+        bench.fixed_fn(w)()
+        bench.model_fn(w)()
+        bench.layer_fn(0, w)()
+        bench.model_fn(profiler.parse_workload("decode:16"))()
+    merge = bench.model.config.vision_config.spatial_merge_size
+    assert len(seen) == 2  # fixed part and whole-model prefill only
+    for grids in seen:
+        assert len(grids) == 2 and all(t * h * w_ // merge ** 2 == 6 for t, h, w_ in grids)
+    prof = profiler.profile(str(teacher), ops="gqa", workloads=["prefill:16"], out=tmp_path / "p.json",
+                            timer=ParamTimer(), image_tokens=6)
+    assert prof.header.env["image_tokens"] == 6
+
+
+def test_image_tokens_for_a_text_only_model_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["profile", "--image-tokens", "64", "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "text-only" in err and not (tmp_path / "p.json").exists()
