@@ -17,13 +17,14 @@ from .errors import UsageError
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 TINY_HELDOUT = TINY_DIR / "heldout.txt"
+TINY_CALIBRATION = TINY_DIR / "calibration.txt"  # held-out text with recall sequences (see the model card)
 
 
 def default_source(teacher: str) -> str:
-    """The embedded teacher's held-out text when it ships, else `self`."""
+    """The embedded teacher's calibration file (held-out text and recall) when it ships, else `self`."""
     from .models import TINY
 
-    return str(TINY_HELDOUT) if teacher == TINY and TINY_HELDOUT.is_file() else SELF
+    return str(TINY_CALIBRATION) if teacher == TINY and TINY_CALIBRATION.is_file() else SELF
 
 
 def check_source(source: str) -> str:

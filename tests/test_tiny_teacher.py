@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from mosaic_search.errors import MosaicError
 from mosaic_search.models import TINY_DIR, load_config, load_model
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-         "heldout.txt", "recall_eval.jsonl", "README.md")
+         "heldout.txt", "recall_eval.jsonl", "calibration.txt", "README.md")
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,25 @@ def test_long_distance_recall_probes_beat_chance(teacher, tokenizer):
             hits += tokenizer.decode(out[0, ids.shape[1]:]) == r["answer"]
     # chance: any two digits 1%; a value that appears in the prompt 1 / (pairs per prompt)
     assert hits / len(far) > 0.25, f"{hits}/{len(far)}"
+
+
+def test_default_calibration_holds_recall_the_teacher_solves(teacher, tokenizer):
+    """mosaic score's default data for tiny: 1024-byte records, recall sequence then text, and the teacher
+    answers the recall queries in them (so a swap that breaks recall shows in the KL)."""
+    import re
+
+    from mosaic_search.data import default_source
+
+    path = Path(default_source("tiny"))
+    data = path.read_bytes()
+    assert path.name == "calibration.txt" and data.isascii() and len(data) % 1024 == 0
+    record = data[:1024].decode()
+    head = record.split("\n", 1)[0]
+    defs = dict(re.findall(r"([A-Z])(\d\d);", head))
+    queries = [(m.start(), m.group(1)) for m in re.finditer(r"\?([A-Z])", record[:512])]
+    assert len(defs) == 16 and queries
+    ids = torch.tensor(tokenizer(record)["input_ids"])[None]
+    with torch.no_grad():
+        pred = teacher(ids).logits[0].argmax(-1)
+    right = [tokenizer.decode(pred[at + 1:at + 3]) == defs[key] for at, key in queries]
+    assert sum(right) >= 0.8 * len(right)

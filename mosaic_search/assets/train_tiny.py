@@ -145,6 +145,22 @@ def write_probes(path: Path, rng: random.Random, filler: bytes, seq_len: int, pa
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def write_calibration(path: Path, rng: random.Random, held: bytes, records: int = 32, half: int = 512) -> None:
+    """The scorer's default data: records of 2 * `half` bytes, a fresh recall sequence then plain text, both from
+    the first half of the held-out text (quality evaluations read its end). Without recall in the calibration
+    data a swap that breaks long-range recall costs almost nothing in KL on text alone. ASCII only, so a record
+    is exactly 2 * `half` tokens and `--seq-len 1024` windows line up with records."""
+    pool = held[: len(held) // 2]
+    out = bytearray()
+    while len(out) < records * 2 * half:
+        data, _ = recall_sequence(rng, pool, half, 16)
+        start = rng.randrange(len(pool) - half)
+        text = pool[start:start + half]
+        if data.isascii() and text.isascii():
+            out += data + text
+    path.write_bytes(bytes(out))
+
+
 def main(argv=None) -> None:
     """Build the data, train, evaluate, and write the model directory with its model card."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -210,6 +226,7 @@ def main(argv=None) -> None:
     tokenizer.save_pretrained(out)
     (out / "heldout.txt").write_bytes(held_text)
     write_probes(out / "recall_eval.jsonl", random.Random(args.seed + 2), held_text, T, 16, per_bucket=50)
+    write_calibration(out / "calibration.txt", random.Random(args.seed + 3), held_text, half=T)
     metrics = dict(params=sum(p.numel() for p in model.parameters()), steps=args.steps, log=log, args=vars(args),
                    train_seconds=log[-1]["seconds"], heldout_loss=round(held, 4), final_train_loss=log[-1]["text_loss"],
                    recall=recall)
@@ -243,6 +260,8 @@ key letters, two-digit values) on the first line, then training text with one qu
 line starts; the loss skips the random definitions and asked keys and weighs answer digits {a['answer_weight']:g}x.
 `recall_eval.jsonl`: 150 fixed probes on held-out text (`prompt` ending in `?Q`, `answer`, `distance` in tokens from
 the asked key back to its definition), 50 per distance bucket.
+`calibration.txt` (`mosaic score`'s default data for `tiny`): 32 records of {2 * STAGES[-1][0]} bytes, each a fresh {STAGES[-1][0]}-byte
+recall sequence then {STAGES[-1][0]} bytes of text, from the first half of `heldout.txt` (seed + 3).
 
 **Training.** Sequence length by stage (share of steps): {", ".join(f"{n} ({f:.0%})" for n, f in STAGES)},
 {a['batch_tokens']} tokens per step; short sequences first, because at 512 tokens from the start recall stayed at chance
