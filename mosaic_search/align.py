@@ -18,7 +18,7 @@ WARMUP = 5
 
 @dataclass
 class Pairs:
-    """Layer inputs and the teacher attention's outputs on them, with their rotary cos/sin."""
+    """Layer inputs and the teacher attention's outputs on them, with their rotary cos/sin (one row each)."""
 
     x: object  # [rows, T, hidden] float32
     y: object
@@ -26,17 +26,16 @@ class Pairs:
 
 
 def teacher_pairs(norm, attention, hidden, pe) -> Pairs:
-    """Pairs for one layer from the hidden states entering it ([rows, T, hidden]), on the attention's device."""
+    """Pairs for one layer from the hidden states entering it ([rows, T, hidden]) and their cos/sin ([rows, T, d]:
+    an image window has positions of its own), on the attention's device."""
     import torch
 
     with torch.no_grad():
         param = next(attention.parameters())
         h = hidden.to(device=param.device, dtype=param.dtype)
-        cos, sin = (t[:1].to(param.device) for t in pe)
+        cos, sin = (t.to(param.device) for t in pe)
         x = norm(h)  # the input layernorm lives beside the attention, in the same decoder layer
-        rows = x.shape[0]
-        y = attention(hidden_states=x, position_embeddings=(cos.expand(rows, -1, -1), sin.expand(rows, -1, -1)),
-                      attention_mask=None)[0]
+        y = attention(hidden_states=x, position_embeddings=(cos, sin), attention_mask=None)[0]
     return Pairs(x=x.float(), y=y.float(), pe=(cos.float(), sin.float()))
 
 
@@ -46,12 +45,12 @@ def nmse(mixer, pairs: Pairs, rows: int | None = None) -> float:
 
     with torch.no_grad():
         x, y = pairs.x[:rows], pairs.y[:rows]
-        return float(_loss(mixer, x, y, pairs.pe))
+        return float(_loss(mixer, x, y, tuple(t[:rows] for t in pairs.pe)))
 
 
 def _loss(mixer, x, y, pe):
-    n, dtype = x.shape[0], next(mixer.parameters()).dtype
-    cos, sin = (t.expand(n, -1, -1).to(dtype) for t in pe)
+    dtype = next(mixer.parameters()).dtype
+    cos, sin = (t.to(dtype) for t in pe)
     out = mixer(x.to(dtype), (cos, sin))[0].float()
     return (out - y).pow(2).sum() / y.pow(2).sum().clamp_min(1e-12)
 
@@ -85,7 +84,7 @@ def align(mixer, train: Pairs, held_out: Pairs, steps: int, seed: int, lr: float
             scale = (step + 1) / WARMUP if step < WARMUP else 0.1 + 0.45 * (1 + math.cos(math.pi * step / steps))
             for group in opt.param_groups:
                 group["lr"] = lr * scale
-            loss = _loss(work, train.x[idx], train.y[idx], train.pe)
+            loss = _loss(work, train.x[idx], train.y[idx], tuple(t[idx] for t in train.pe))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -3,12 +3,19 @@
 Files are tokenized with the teacher's own tokenizer, documents joined by its end-of-sequence token, and cut into
 `seq_len` windows: the first windows are scored, the next ones (disjoint) feed local alignment. `self` samples
 sequences from the teacher with a fixed seed, so any teacher can be scored with no data set at all.
+
+For a VLM teacher, a chat row with images is one window of its own, made as Qwen3-VL's processor makes it: the chat
+template places one image token per image, the teacher's image processor (preprocessor_config.json) turns each
+image into patches, and each image token is repeated once per merged patch. A shorter sample is padded to `seq_len`
+(padding is never scored: it comes after every real token, so causal attention keeps it out of them); a longer one
+loses the text after its last image, and a sample whose images do not fit in `seq_len` is skipped with a note.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .assets import TINY_DIR
@@ -58,12 +65,62 @@ def tokenizer_of(teacher: str):
     return tokenizer if len(tokenizer) > 1 else None
 
 
-def documents(path: str | Path, tokenizer, vision: bool = False):
-    """The documents of a data file as strings, lazily: text in blocks of whole lines, chat messages through the
-    tokenizer's chat template.
+@dataclass
+class Windows:
+    """Calibration windows: token ids [n, seq_len], each window's real length (the rest is padding, only after an
+    image sample) and its images (None, or the image processor's {"pixel_values", "image_grid_thw"})."""
 
-    A .jsonl line (or .parquet row) is {"text": ...} or {"messages": [...]}. Image parts are checked (a readable
-    file) and then refused: scoring through the vision tower is not implemented yet.
+    ids: object
+    lengths: list
+    images: list
+
+    @classmethod
+    def of(cls, ids) -> "Windows":
+        """Text windows, every token real."""
+        return cls(ids, [ids.shape[1]] * len(ids), [None] * len(ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> "Windows":
+        return Windows(self.ids[rows], self.lengths[rows], self.images[rows])
+
+
+@dataclass
+class Vision:
+    """A VLM teacher's side of reading image rows: where its image processor is saved, and its image token."""
+
+    where: str
+    image_token_id: int
+    _processor: object = field(default=None, repr=False)
+
+    def processor(self):
+        """The teacher's Qwen2-VL image processor, loaded once. The PIL implementation is used on every machine:
+        transformers' auto classes (and the full processor, which also wants a video processor) need torchvision."""
+        if self._processor is None:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+            try:
+                self._processor = Qwen2VLImageProcessorPil.from_pretrained(self.where)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
+        return self._processor
+
+
+@dataclass
+class _ImageSample:
+    where: str
+    text: str  # the chat template's text: one image token per image
+    images: list  # PIL images, in order
+
+
+def documents(path: str | Path, tokenizer, vision: Vision | None = None):
+    """The documents of a data file, lazily: text in blocks of whole lines, chat messages through the tokenizer's
+    chat template (a row with images, for a VLM teacher: an `_ImageSample`).
+
+    A .jsonl line (or .parquet row) is {"text": ...} or {"messages": [...]}; an image part is {"type": "image",
+    "image": path} (relative to the data file). Every image must be a readable file; a text-only teacher refuses
+    rows with images.
     """
     path = Path(path)
     if path.suffix.lower() == ".txt":
@@ -111,7 +168,7 @@ def _parquet_rows(path: Path):
         yield f"{path}: row {n}", row
 
 
-def _document(row, where: str, tokenizer, vision: bool, base: Path) -> str:
+def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
     if not isinstance(row, dict) or not ({"text", "messages"} & set(row)):
         raise UsageError(f'{where}: expected an object with "text" or "messages"')
     if "text" in row:
@@ -121,27 +178,35 @@ def _document(row, where: str, tokenizer, vision: bool, base: Path) -> str:
     messages = row["messages"]
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
         raise UsageError(f'{where}: "messages" must be a list of {{"role", "content"}} objects')
-    flat = []
+    flat, images = [], []
     for m in messages:
         content = m["content"]
         if isinstance(content, list):
             parts = []
             for part in content:
                 if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-                    _check_image(part.get("image") or part.get("image_url") or part.get("path"), where, base)
-                    if not vision:
+                    images.append(_load_image(part.get("image") or part.get("image_url") or part.get("path"), where,
+                                              base))
+                    if vision is None:
                         raise UsageError(f"{where}: has an image but the teacher is a text-only model")
-                    raise UsageError(f"{where}: scoring image inputs is not supported yet; use text-only data")
+                    parts.append({"type": "image"})
                 elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                    parts.append(part["text"])
-            content = "".join(parts)
-        flat.append({"role": str(m.get("role", "user")), "content": str(content)})
+                    parts.append({"type": "text", "text": part["text"]})
+            # without images, the parts are joined into one string, which every chat template accepts
+            content = parts if any(p["type"] == "image" for p in parts) else "".join(p["text"] for p in parts)
+        else:
+            content = str(content)
+        flat.append({"role": str(m.get("role", "user")), "content": content})
+    if images:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UsageError(f"{where}: has an image but the teacher's tokenizer has no chat template to place it")
+        return _ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False), images)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(flat, tokenize=False)
     return "\n".join(m["content"] for m in flat)
 
 
-def _check_image(ref, where: str, base: Path) -> None:
+def _load_image(ref, where: str, base: Path):
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(ref, str) or not ref:
@@ -149,42 +214,89 @@ def _check_image(ref, where: str, base: Path) -> None:
     path = Path(ref) if Path(ref).is_absolute() else base / ref
     try:
         with Image.open(path) as im:
-            im.load()
+            return im.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UsageError(f"{where}: cannot read image {ref} ({type(e).__name__})") from None
 
 
-def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: bool = False):
-    """(score windows, align windows, notes) cut from a data file; alignment reuses the scored windows only when
-    the file is too short for both."""
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+
+
+def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None):
+    """(score windows, align windows, notes) cut from a data file, in file order; alignment reuses the scored
+    windows only when the file is too short for both."""
     import torch
 
     if tokenizer is None:
         raise UsageError(f"--data {source}: the teacher has no tokenizer to read text with; use --data self")
     eos = getattr(tokenizer, "eos_token_id", None)
-    need = (n_score + n_align) * seq_len
-    stream: list[int] = []
+    pad = next((t for t in (getattr(tokenizer, "pad_token_id", None), eos) if t is not None), 0)
+    need = n_score + n_align
+    rows, lengths, images, stream, read = [], [], [], [], 0
+    notes: dict = {}
     text = Path(source).suffix.lower() == ".txt"
     for doc in documents(source, tokenizer, vision):
-        if len(stream) >= need:
+        if len(rows) >= need:
             break
-        stream += tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
+        if isinstance(doc, _ImageSample):
+            window = _image_window(doc, tokenizer, vision, seq_len, eos, notes)
+            if window is not None:
+                rows.append(window[0] + [pad] * (seq_len - len(window[0])))
+                lengths.append(len(window[0]))
+                images.append(window[1])
+            continue
+        piece = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
         if eos is not None and not text:  # a .txt file is one document, read in blocks
-            stream.append(eos)
-    if not stream:
-        raise UsageError(f"--data {source}: no text in the file")
-    windows = len(stream) // seq_len
-    if windows == 0:
-        raise UsageError(f"--data {source}: {len(stream)} tokens, fewer than one --seq-len window of {seq_len}")
-    ids = torch.tensor(stream[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
-    notes = {}
-    if windows < n_score:
-        print(f"note: {source} has {windows * seq_len} tokens; scoring on all of them", file=sys.stderr)
-    score = ids[:n_score]
-    align = ids[len(score): len(score) + n_align]
+            piece.append(eos)
+        read += len(piece)
+        stream += piece
+        while len(stream) >= seq_len:
+            rows.append(stream[:seq_len])
+            lengths.append(seq_len)
+            images.append(None)
+            stream = stream[seq_len:]
+    if not rows:
+        if notes.get("image_rows_skipped"):
+            raise UsageError(f"--data {source}: no window: the images of every sample run past --seq-len {seq_len}")
+        if not read:
+            raise UsageError(f"--data {source}: no text in the file")
+        raise UsageError(f"--data {source}: {read} tokens, fewer than one --seq-len window of {seq_len}")
+    windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
+    if len(windows) < n_score:
+        print(f"note: {source} has {sum(windows.lengths)} tokens; scoring on all of them", file=sys.stderr)
+    score = windows[:n_score]
+    align = windows[len(score): len(score) + n_align]
     if len(align) == 0:
         align, notes["align_data"] = score[:n_align], "shared with the scored windows (the file is too short)"
+    if any(im is not None for im in score.images):
+        notes["image_windows"] = sum(im is not None for im in score.images)
     return score, align, notes
+
+
+def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
+    """(token ids, image inputs) of one image sample, its text after the last image cut to `seq_len`; None (and a
+    note) when its images themselves do not fit."""
+    processor = vision.processor()
+    inputs = processor(images=sample.images, return_tensors="pt")
+    per_image = (inputs["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist()
+    ids = tokenizer(sample.text, add_special_tokens=False, verbose=False)["input_ids"]
+    if ids.count(vision.image_token_id) != len(per_image):
+        raise UsageError(f"{sample.where}: the chat template placed {ids.count(vision.image_token_id)} image tokens "
+                         f"for {len(per_image)} images")
+    counts, expanded = iter(per_image), []
+    for tok in ids:
+        expanded += [tok] * next(counts) if tok == vision.image_token_id else [tok]
+    ids = expanded + ([] if eos is None else [eos])
+    last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
+    if last >= seq_len:
+        notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
+        print(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len {seq_len}",
+              file=sys.stderr)
+        return None
+    if len(ids) > seq_len:
+        notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
+    return ids[:seq_len], {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
 
 
 def sample_from_teacher(model, n: int, seq_len: int, seed: int, batch: int = 32):

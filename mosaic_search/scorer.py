@@ -5,9 +5,12 @@ from that state and recomputes only layers i..L-1 and the head. The teacher's lo
 z = W g + b, the teacher's distribution p and u = W^T p (one hidden-sized vector per token),
     KL(p || q) = lse(z_swapped) - lse(z_teacher) - u . (g_swapped - g_teacher)
 exactly, so the teacher side costs O(hidden) memory per token instead of O(vocabulary), and an unchanged model
-scores exactly 0. Operators that cannot reuse the teacher's weights as they are (`spec.aligned`) are first
-distilled locally (align.py); their weights go into a candidate library that `mosaic build` loads, and the module
-scored is rebuilt from exactly those tensors by `surgery.swap`, as the builder does.
+scores exactly 0. An image window of a VLM teacher (data.py) enters layer 0 as Qwen3-VL's merged text and vision
+embeddings with its 3-D mRoPE cos/sin, and every recompute adds DeepStack's visual features after the layers that
+take them, as the model itself does, swapped or not; its padding is never scored. Operators that cannot reuse the
+teacher's weights as they are (`spec.aligned`) are first distilled locally (align.py); their weights go into a
+candidate library that `mosaic build` loads, and the module scored is rebuilt from exactly those tensors by
+`surgery.swap`, as the builder does.
 
 Durability: each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per rank), its aligned
 weights written to `<table>.library.d/` before that line; `resume` reuses items whose fingerprint (teacher weights,
@@ -69,7 +72,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
           ) -> SensitivityTable:
     """Score every (layer, candidate) swap of `teacher` on calibration `data` and write the sensitivity table.
 
-    `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's held-out text, else self);
+    `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's held-out text, else self); for
+    a VLM teacher, chat rows may hold images (data.py: one window each, through the vision tower, never swapped);
     `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: windows of
     `default_seq_len` tokens, DEFAULT_TOKENS tokens (at least two windows), DEFAULT_ALIGN_STEPS alignment steps. Under torchrun the items are split
     across ranks and rank 0 writes the table. `progress(done, total, what)` is called as items finish.
@@ -93,23 +97,25 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     if seq_len > dims.max_position:
         raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {dims.max_position} positions")
     n_score = tokens // seq_len
-    ids = align_ids = None
+    windows = align_windows = None
     notes: dict = {}
     if source != data_mod.SELF:
         tok = data_mod.tokenizer_of(teacher)
-        vision = getattr(config, "vision_config", None) is not None
-        ids, align_ids, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
+        vision = None
+        if getattr(config, "vision_config", None) is not None:
+            vision = data_mod.Vision(str(teacher), config.image_token_id)
+        windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
 
     with _distributed(device) as (rank, world, device):
         model = _load_teacher(teacher, device, device_map, dtype or ("float32" if device == "cpu" else "bfloat16"))
-        if ids is None:
+        if windows is None:
             sampled = data_mod.sample_from_teacher(model, n_score + ALIGN_WINDOWS, seq_len, seed) if rank == 0 else None
             sampled = _broadcast(sampled, world)
-            ids, align_ids = sampled[:n_score], sampled[n_score:]
-        info = {"source": source, "tokens": int(ids.numel()), "seq_len": seq_len, "seed": seed,
-                "sha256": _sha_ids(ids, align_ids), "align_windows": int(len(align_ids)), **notes}
-        ctx = _teacher_pass(model, ids, align_ids, device, progress if rank == 0 else None)
+            windows, align_windows = data_mod.Windows.of(sampled[:n_score]), data_mod.Windows.of(sampled[n_score:])
+        info = {"source": source, "tokens": sum(windows.lengths), "seq_len": seq_len, "seed": seed,
+                "sha256": _sha_windows(windows, align_windows), "align_windows": len(align_windows), **notes}
+        ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None)
         tfp = _weights_fingerprint(model, ref)
         fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
                for layer in range(ctx.num_layers) for c in cands if c.op != TEACHER_OP}
@@ -217,11 +223,14 @@ def proxy_agreement(table: SensitivityTable) -> float | None:
 
 @dataclass
 class _Batch:
-    """One calibration batch: inputs, rotary cos/sin, hidden states entering each layer, and the teacher's side
-    of the KL (normed final hidden g, u = W^T p, log-partition lse, next-token loss) at every scored position."""
+    """One calibration batch: rotary cos/sin (per row), hidden states entering each layer, DeepStack injections
+    (image windows), which tokens are real (None: all; padding is never scored), and the teacher's side of the KL
+    (normed final hidden g, u = W^T p, log-partition lse, next-token loss) at every scored position."""
 
     pe: tuple
     hidden: list
+    deepstack: object = None
+    keep: object = None
     targets: object = None
     g: object = None
     u: object = None
@@ -254,7 +263,7 @@ def _rows_per_batch(seq_len: int, device: str) -> int:
     return max(1, (16384 if device.startswith("cuda") else 4096) // seq_len)
 
 
-def _teacher_pass(model, ids, align_ids, device: str, progress) -> _Context:
+def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Context:
     import torch
     import torch.nn.functional as F
 
@@ -262,38 +271,42 @@ def _teacher_pass(model, ids, align_ids, device: str, progress) -> _Context:
 
     stack = surgery.text_stack(model)
     L = len(stack.layers)
-    rows = _rows_per_batch(ids.shape[1], device)
-    store = _store_device(device, (len(ids) + len(align_ids)) * ids.shape[1] * L * stack.norm.weight.shape[0] * 4)
+    T = windows.ids.shape[1]
+    rows = _rows_per_batch(T, device)
+    store = _store_device(device, (len(windows) + len(align_windows)) * T * L * stack.norm.weight.shape[0] * 4)
     lm = stack.lm_head
     head = (lm.weight.detach().float(), None if lm.bias is None else lm.bias.detach().float())
     influence, batches, aligned = [0.0] * L, [], []
-    groups = [(ids[s:s + rows], True) for s in range(0, len(ids), rows)]
-    groups += [(align_ids[s:s + rows], False) for s in range(0, len(align_ids), rows)]
+    groups = [(windows[s:s + rows], True) for s in range(0, len(windows), rows)]
+    groups += [(align_windows[s:s + rows], False) for s in range(0, len(align_windows), rows)]
     with torch.no_grad():
         for k, (chunk, scored) in enumerate(groups):
             if progress:
                 progress(k, len(groups), "teacher pass")
-            x = chunk.to(device)
-            h = stack.embed(x)
-            pe = stack.position_embeddings(h, 0)
-            batch = _Batch(pe=pe, hidden=[])
+            x = chunk.ids.to(device)
+            h, pe, deepstack = stack.inputs(x, chunk.images)
+            keep = None
+            if min(chunk.lengths) < T:
+                keep = torch.arange(T, device=device)[None] < torch.tensor(chunk.lengths, device=device)[:, None]
+            batch = _Batch(pe=pe, hidden=[], deepstack=deepstack, keep=keep)
             for i, layer in enumerate(stack.layers):
                 batch.hidden.append(h.to(store))
                 nxt = stack.run_layer(layer, h, pe)
                 if scored:
-                    cos = F.cosine_similarity(h.float(), nxt.float().to(h.device), dim=-1)
-                    influence[i] += float((1 - cos).double().sum())
-                h = nxt
+                    lost = 1 - F.cosine_similarity(h.float(), nxt.float().to(h.device), dim=-1)
+                    influence[i] += float((lost if keep is None else lost[keep]).double().sum())
+                h = nxt if deepstack is None else deepstack.after(i, nxt)
             if scored:
-                batch.g = _final(stack, h)
-                batch.targets = x[:, 1:].reshape(-1).to(batch.g.device)
+                batch.g = _final(stack, h, keep)
+                targets = x[:, 1:] if keep is None else x[:, 1:][keep[:, 1:]]
+                batch.targets = targets.reshape(-1).to(batch.g.device)
                 batch.lse, z_target, batch.u = _head(head, batch.g, batch.targets, want_u=True)
                 batch.nll = batch.lse - z_target
                 batches.append(batch)
             else:
                 aligned.append(batch)
     return _Context(model=model, stack=stack, batches=batches, align=aligned, device=device, head=head,
-                    block_influence=[b / ids.numel() for b in influence])
+                    block_influence=[b / sum(windows.lengths) for b in influence])
 
 
 def _store_device(device: str, nbytes: int) -> str:
@@ -304,10 +317,12 @@ def _store_device(device: str, nbytes: int) -> str:
     return device
 
 
-def _final(stack, h):
-    """Normed final hidden states at every position that has a next token, flattened, in float32."""
+def _final(stack, h, keep=None):
+    """Normed final hidden states at every position whose next token is real (`keep`, [b, T]; None: all),
+    flattened, in float32."""
     g = stack.norm(h)[:, :-1]
-    return g.reshape(-1, g.shape[-1]).float().to(stack.lm_head.weight.device)
+    g = g.reshape(-1, g.shape[-1]) if keep is None else g[keep[:, 1:]]
+    return g.float().to(stack.lm_head.weight.device)
 
 
 def _head(head, g, targets, want_u: bool = False):
@@ -345,9 +360,11 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
         attention = surgery.teacher_attention(ctx.model, layer)
         pool = ctx.align or ctx.batches
         hidden = torch.cat([b.hidden[layer] for b in pool])
-        train = align_mod.teacher_pairs(norm, attention, hidden, pool[0].pe)
+        pe = tuple(torch.cat([b.pe[k] for b in pool]) for k in range(2))
+        train = align_mod.teacher_pairs(norm, attention, hidden, pe)
         first = ctx.batches[0]
-        held = align_mod.teacher_pairs(norm, attention, first.hidden[layer][:HELD_OUT_ROWS], first.pe)
+        held = align_mod.teacher_pairs(norm, attention, first.hidden[layer][:HELD_OUT_ROWS],
+                                       tuple(t[:HELD_OUT_ROWS] for t in first.pe))
         extra.update(align_mod.align(mixer, train, held, steps, item_seed))
         weights = {k: v.detach().cpu().contiguous() for k, v in mixer.state_dict().items()}
         del mixer, train, held
@@ -372,7 +389,9 @@ def _evaluate(ctx: _Context, start: int) -> tuple[float, float]:
             h = b.hidden[start].to(ctx.device)
             for j in range(start, ctx.num_layers):
                 h = ctx.stack.run_layer(ctx.stack.layers[j], h, b.pe)
-            g = _final(ctx.stack, h)
+                if b.deepstack is not None:  # as the model does after every layer, swapped or not
+                    h = b.deepstack.after(j, h)
+            g = _final(ctx.stack, h, b.keep)
             lse, z_target, _ = _head(ctx.head, g, b.targets)
             kl += float(((lse - b.lse) - ((g - b.g) * b.u).sum(-1)).double().sum())
             dloss += float(((lse - z_target) - b.nll).double().sum())
@@ -634,10 +653,16 @@ def _item_fingerprint(teacher_fp: str, data_sha: str, layer: int, cand: Candidat
     return schema.sha256_json(obj)[:16]
 
 
-def _sha_ids(ids, align_ids) -> str:
-    h = hashlib.sha256(f"{tuple(ids.shape)}/{tuple(align_ids.shape)}".encode())
-    h.update(ids.numpy().tobytes())
-    h.update(align_ids.numpy().tobytes())
+def _sha_windows(windows, align_windows) -> str:
+    """The calibration data's fingerprint: token ids, and for image windows their lengths and image inputs."""
+    h = hashlib.sha256(f"{tuple(windows.ids.shape)}/{tuple(align_windows.ids.shape)}".encode())
+    h.update(windows.ids.numpy().tobytes())
+    h.update(align_windows.ids.numpy().tobytes())
+    for w in (windows, align_windows):
+        for length, images in zip(w.lengths, w.images):
+            if images is not None:
+                h.update(f"{length}/{images['image_grid_thw'].tolist()}".encode())
+                h.update(images["pixel_values"].float().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -147,6 +147,24 @@ def check_swaps(model_id: str, layer: int = 0, new_tokens: int = 8, candidates=N
 
 
 @dataclass(frozen=True)
+class DeepStack:
+    """Qwen3-VL's DeepStack injection for a batch: after decoder layer k < len(features), features[k] (one row per
+    image token, in row-major order) is added to the hidden states of the image tokens (`mask`, [b, T])."""
+
+    mask: object
+    features: list
+
+    def after(self, layer: int, hidden):
+        """The hidden states leaving decoder layer `layer`, with its visual features added if it has any."""
+        if layer >= len(self.features):
+            return hidden
+        mask = self.mask.to(hidden.device)
+        hidden = hidden.clone()
+        hidden[mask] = hidden[mask] + self.features[layer].to(hidden.device, hidden.dtype)
+        return hidden
+
+
+@dataclass(frozen=True)
 class TextStack:
     """The pieces of a loaded model's text path, so stages can run and time it layer by layer."""
 
@@ -156,6 +174,7 @@ class TextStack:
     norm: object
     lm_head: object
     mrope: bool
+    vlm: object = None  # Qwen3-VL's inner model (vision tower, mRoPE index) when the model has one
 
     def position_embeddings(self, hidden, start: int):
         """Rotary cos/sin for tokens start..start+T-1 (Qwen3-VL's mRoPE takes t/h/w positions; text uses t=h=w)."""
@@ -164,6 +183,25 @@ class TextStack:
         b, t = hidden.shape[:2]
         pos = torch.arange(start, start + t, device=hidden.device)[None].expand(b, t)
         return self.rotary(hidden, pos[None].expand(3, b, t) if self.mrope else pos)
+
+    def inputs(self, ids, images=None):
+        """(hidden states entering layer 0, rotary cos/sin, DeepStack or None) for token ids [b, T] and, per row,
+        None or the image processor's {"pixel_values", "image_grid_thw"} of the images in it. With images this is
+        Qwen3-VL's own forward up to the decoder: the vision tower's features replace the image tokens'
+        embeddings and positions are its 3-D mRoPE index; the vision tower is never swapped."""
+        import torch
+
+        hidden = self.embed(ids)
+        rows = [im for im in images or () if im is not None]
+        if not rows:
+            return hidden, self.position_embeddings(hidden, 0), None
+        pixels = torch.cat([im["pixel_values"] for im in rows]).to(hidden.device)
+        grid = torch.cat([im["image_grid_thw"] for im in rows]).to(hidden.device)
+        out = self.vlm.get_image_features(pixels, grid, return_dict=True)
+        mask = ids == self.vlm.config.image_token_id
+        hidden = hidden.masked_scatter(mask[..., None], torch.cat(out.pooler_output).to(hidden.dtype))
+        positions, _ = self.vlm.get_rope_index(ids, mm_token_type_ids=mask.int(), image_grid_thw=grid)
+        return hidden, self.rotary(hidden, positions), DeepStack(mask, list(out.deepstack_features))
 
     def run_layer(self, layer, hidden, position_embeddings, cache=None):
         """One decoder layer (whatever mixer it holds) on hidden states."""
@@ -189,4 +227,5 @@ def text_stack(model) -> TextStack:
     layers = decoder_layers(model)
     text_model = model.model.language_model if record.vision else model.model
     return TextStack(embed=text_model.embed_tokens, rotary=text_model.rotary_emb, layers=layers,
-                     norm=text_model.norm, lm_head=model.lm_head, mrope=record.vision)
+                     norm=text_model.norm, lm_head=model.lm_head, mrope=record.vision,
+                     vlm=model.model if record.vision else None)
