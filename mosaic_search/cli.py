@@ -284,7 +284,7 @@ def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (re
 def score(teacher: ModelOpt = "tiny",
           data: Annotated[Optional[str], typer.Option(
               help="A .txt, .jsonl or .parquet file (chat rows may hold images for a VLM teacher), or 'self' "
-                   "(default: tiny's held-out text, else self).")] = None,
+                   "(default: tiny's calibration.txt, held-out text with recall; else self).")] = None,
           ops: Annotated[Optional[str], typer.Option(help="Candidates, e.g. gqa,swa:window=128,gdn (default: all).")]
           = None,
           tokens: Annotated[Optional[int], typer.Option(help="Calibration tokens scored (default 8192, at least two windows).")] = None,

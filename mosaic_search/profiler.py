@@ -435,7 +435,8 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
 
     device = check_device(device)
     env = profile_obj.header.env
-    config, bench = load_bench(model, device, dtype, seed, env.get("compiled_decode", False), env.get("image_tokens", 0))
+    config, bench = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
+                               env.get("image_tokens", 0))
     n = surgery.dims_of(config).num_layers
     table = layer_table(profile_obj)
     assignments = assignments or default_assignments(profile_obj, n)

@@ -72,7 +72,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
           ) -> SensitivityTable:
     """Score every (layer, candidate) swap of `teacher` on calibration `data` and write the sensitivity table.
 
-    `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's held-out text, else self); for
+    `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's calibration.txt, else self); for
     a VLM teacher, chat rows may hold images (data.py: one window each, through the vision tower, never swapped);
     `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: windows of
     `default_seq_len` tokens, DEFAULT_TOKENS tokens (at least two windows), DEFAULT_ALIGN_STEPS alignment steps. Under torchrun the items are split
