@@ -287,8 +287,10 @@ def score(teacher: ModelOpt = "tiny",
                    "(default: tiny's calibration.txt, held-out text with recall; else self).")] = None,
           ops: Annotated[Optional[str], typer.Option(help="Candidates, e.g. gqa,swa:window=128,gdn (default: all).")]
           = None,
-          tokens: Annotated[Optional[int], typer.Option(help="Calibration tokens scored (default 8192, at least two windows).")] = None,
-          seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per window (default 512, or twice the largest SWA window).")] = None,
+          tokens: Annotated[Optional[int], typer.Option(
+              help="Calibration tokens scored (default 8192, at least two windows).")] = None,
+          seq_len: Annotated[Optional[int], typer.Option(
+              "--seq-len", help="Tokens per window (default 512, or twice the largest SWA window).")] = None,
           align_steps: Annotated[Optional[int], typer.Option(
               "--align-steps", help="Local alignment steps of gdn/kda/mla (default 40; 0: the raw init).")] = None,
           out: OutOpt = None,
