@@ -66,8 +66,9 @@ def _shortfalls(p: Problem, layers) -> list[str]:
     out = []
     for w, target in p.targets.items():
         ms = p.profile.fixed_ms[w] + sum(p.lat[l, c][w] for l, c in enumerate(layers))
-        got = p.profile.teacher_ms(w) / ms if ms > 0 else float("inf")
-        if ms > p.profile.teacher_ms(w) / target * (1 + _EPS):
+        teacher = p.profile.teacher_ms(w)
+        got = teacher / ms if ms > 0 else float("inf")
+        if ms > teacher / target * (1 + _EPS):
             out.append(f"{w} reaches {got:.3f}x (target {target:.3f}x)")
     if p.cache_limit is not None:
         cache = sum(p.cache[l, c] for l, c in enumerate(layers))

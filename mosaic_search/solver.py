@@ -464,7 +464,8 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
     scored = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
     predicted = {}
     for w in (w.name for w in p.workloads):
-        if w not in p.profile.fixed_ms or not p.profile.teacher_ms(w):
+        base = p.profile.teacher_ms(w)  # the same additive model as `ms` (see LatencyProfile.teacher_ms)
+        if w not in p.profile.fixed_ms or not base:
             continue
         ms = p.profile.fixed_ms[w]
         for l, c in enumerate(layers):
@@ -472,7 +473,6 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
             if e is None or e.status != "ok" or e.latency_ms is None:
                 fail(f"layer {l}: {c} has no ok latency for {w}")
             ms += e.latency_ms
-        base = p.profile.teacher_ms(w)  # the same additive model as `ms` (see LatencyProfile.teacher_ms)
         predicted[w] = {"latency_ms": ms, "baseline_ms": base, "measured_baseline_ms": p.profile.baseline_ms.get(w),
                         "speedup": base / ms if ms > 0 else None}
         if w in p.targets:

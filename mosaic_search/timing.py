@@ -55,7 +55,7 @@ class CpuTimer:
             first = (time.perf_counter() - t0) * 1e3
             # at least warm_ms of warm-up: a millisecond step's first calls in a fresh process (allocator
             # growth, first-touch pages, lazy init) run well over its steady state
-            for _ in range(max(self.warmup - 1, min(int(self.warm_ms / max(first, 1e-3)), 1000))):
+            for _ in range(warm_count(first, self.warmup - 1, self.warm_ms, cap=1000)):
                 fn()
             out = []
             for _ in range(sample_count(first, self.repeats, self.budget_ms)):
@@ -113,7 +113,7 @@ class CudaTimer:
         first = _elapsed_ms(fn, torch)
         # keep the GPU busy for spin_up_ms first: after seconds of CPU-only work (compiling a step) its clocks
         # are down, and a sub-millisecond step's samples would all fall inside the ramp back up
-        for _ in range(max(self.warmup - 1, min(int(self.spin_up_ms / max(first, 1e-3)), 20_000))):
+        for _ in range(warm_count(first, self.warmup - 1, self.spin_up_ms, cap=20_000)):
             fn()
         out = []
         for _ in range(sample_count(first * inner, self.repeats, self.budget_ms)):
@@ -127,6 +127,11 @@ class CudaTimer:
             end.synchronize()
             out.append(start.elapsed_time(end) / inner)
         return out
+
+
+def warm_count(first_ms: float, at_least: int, warm_ms: float, cap: int) -> int:
+    """How many more warm-up calls: enough to fill `warm_ms` (at most `cap`), and never fewer than `at_least`."""
+    return max(at_least, min(int(warm_ms / max(first_ms, 1e-3)), cap))
 
 
 def sample_count(first_ms: float, repeats: int, budget_ms: float) -> int:

@@ -56,6 +56,16 @@ def qwen3():
     return tiny_model("qwen3")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: its models are tiny, and a second thread only waits on a core
+    another process may hold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -21,12 +21,7 @@ IMAGE, PAD, V_START, V_END = 90, 0, 92, 93
 OPS = "gqa,swa:window=4,none,drop,gdn"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokenizer():
