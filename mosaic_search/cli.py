@@ -113,17 +113,23 @@ def profile(model: ModelOpt = "tiny",
             workload: Annotated[Optional[list[str]], typer.Option(
                 help="phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (repeatable).")] = None,
             out: OutOpt = None, validate: Annotated[bool, typer.Option(
-                help="Also time whole models and report predicted vs measured latency.")] = False,
+                help="Also time whole models (teacher and two mixes) in the same passes and report predicted "
+                     "vs measured latency.")] = False,
+            layers_per_sample: Annotated[Optional[int], typer.Option(
+                help="Layers holding the candidate, run in sequence per sample (default: all on cpu, 1 on cuda).")
+            ] = None,
             image_tokens: ImageTokensOpt = 0, seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
     from . import profiler
 
     with _progress("profiling") as tick:
         prof = profiler.profile(model=model, device=device, ops=ops, workloads=workload, out=out, seed=seed,
-                                progress=tick, image_tokens=image_tokens)
-    rows = profiler.validate(prof, model=model, device=device, seed=seed) if validate else []
+                                progress=tick, image_tokens=image_tokens, layers_per_sample=layers_per_sample,
+                                validate=validate)
+    rows = prof.validation
     if as_json:
-        return _emit_json({"profile": str(profiler.profile_path(model, prof.header.env, out)), "validation": rows})
+        return _emit_json({"profile": str(profiler.profile_path(model, prof.header.env, out)),
+                           "validation": list(rows)})
     out_table = Table(title=f"latency per decoder layer, ms (speedup vs gqa): {prof.header.env.get('device_name')}")
     out_table.add_column("candidate")
     for w in prof.workloads:

@@ -185,21 +185,27 @@ class _Bench:
         pixels = torch.randn(int(grid.prod(-1).sum()), patch, device=self.device, dtype=self.dtype)
         return lambda: inner.get_image_features(pixels, grid)
 
-    def layer_fn(self, idx: int, w: Workload):
-        """A closure running decoder layer `idx` once for workload `w`."""
+    def layers_fn(self, count: int, w: Workload):
+        """A closure running decoder layers 0..count-1 once, in sequence, for workload `w`."""
         import torch
         from transformers import DynamicCache
 
-        layer = self.stack.layers[idx]
+        layers = self.stack.layers[:count]
         hidden, _, start = self.inputs(w)
         pe = self.stack.position_embeddings(hidden, start)
+
+        def chain(compiled, cache):
+            h = hidden
+            for layer in layers:
+                h = self.stack.run_layer(compiled(layer), h, pe, cache)
+            return h
+
         if w.phase == "prefill":
-            return lambda: self.stack.run_layer(layer, hidden, pe, DynamicCache())
+            return lambda: chain(_eager, DynamicCache())
         cache = static_cache(self.stack.layers, w.seq_len)
         with torch.no_grad():  # not inference mode: timers may run the step outside it
-            self.stack.run_layer(layer, hidden, pe, cache)  # allocates the static slot / creates the state
-        return self._decode_step(lambda compiled: self.stack.run_layer(compiled(layer), hidden, pe, cache),
-                                 f"layer {idx} {w.name}")
+            chain(_eager, cache)  # allocates the static slots / creates the states
+        return self._decode_step(lambda compiled: chain(compiled, cache), f"layers 0-{count - 1} {w.name}")
 
     def fixed_fn(self, w: Workload):
         """Embeddings, rotary tables, final norm and the LM head on the last token."""
@@ -283,22 +289,6 @@ def _eager(fn):
     return fn
 
 
-def _measure(timer, fn_factory, w: Workload):
-    """(samples, status, reason) for one measurement; OOM is recorded (samples None), not raised."""
-    import torch
-
-    from .timing import is_oom
-
-    try:
-        return timer(fn_factory(), w.phase), "ok", ""
-    except Exception as e:  # noqa: BLE001 - only OOM is tolerated, everything else re-raised
-        if not is_oom(e):
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return None, "oom", " ".join(str(e).split())[:200]
-
-
 def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None,
                image_tokens: int = 0):
     """The teacher with random weights and mosaic's gqa mixer in every layer, on `device`.
@@ -329,26 +319,39 @@ def default_compile(device: str, compile_decode: bool | None) -> bool:
     return device.startswith("cuda") if compile_decode is None else compile_decode
 
 
+def default_layers_per_sample(device: str, num_layers: int) -> int:
+    """How many consecutive layers hold the candidate and run in each sample (the entry is the sample over
+    that many): every layer on CPU, where a layer timed alone keeps its weights, state and tensor metadata in
+    caches and TLBs that the other layers of a whole model share (on `tiny`, one gqa layer alone times 15-20%
+    under its share of the whole decode step, and the shortfall grows with the layers around it); one on
+    CUDA, where a step is bound by HBM reads and a layer alone added up to the whole model within 1.4%."""
+    return 1 if device.startswith("cuda") else num_layers
+
+
 def default_rounds(device: str) -> int:
-    """Passes over every measurement, samples pooled: on a shared CPU slow phases last longer than one
-    measurement (hundreds of ms), so one pass can catch a phase whole; three passes outvote it."""
-    return 1 if device.startswith("cuda") else 3
+    """Passes over every measurement, samples pooled: two on CPU, so each entry is taken at two moments
+    tens of seconds apart (the paired timer already cancels the machine's drift within a measurement)."""
+    return 1 if device.startswith("cuda") else 2
 
 
 def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, out=None, timer=None,
             dtype: str | None = None, seed: int = 0, progress=None, compile_decode: bool | None = None,
-            rounds: int | None = None, image_tokens: int = 0) -> LatencyProfile:
+            rounds: int | None = None, image_tokens: int = 0, layers_per_sample: int | None = None,
+            validate: bool = False) -> LatencyProfile:
     """Time every candidate as a whole decoder layer for every workload and write a latency profile.
 
     `ops`: candidates (a list or 'gqa,swa:window=1024,...'); `workloads`: Workloads or specs such as
     'decode:96k:b8'; `timer`: a callable `timer(fn, phase) -> [ms]` (default: CUDA events / perf_counter);
     `progress(done, total, label)`: called after each measurement; `compile_decode`: see `load_bench`;
     `rounds`: passes over everything, samples pooled per entry (default: `default_rounds`); `image_tokens`:
-    for a VLM, prefill (fixed part and whole model) also encodes one image of that many tokens per sequence.
+    for a VLM, prefill (fixed part and whole model) also encodes one image of that many tokens per sequence;
+    `layers_per_sample`: the candidate goes into that many consecutive layers, run in sequence by each sample
+    (default: `default_layers_per_sample`); `validate`: also time the whole models of `default_assignments`
+    in every pass and record predicted vs measured in the profile's `validation`.
     """
     from . import surgery
     from .models import model_ref
-    from .timing import Stats, default_timer
+    from .timing import Pool, default_timer, is_paired
 
     device = check_device(device)
     cands = _candidates(ops)
@@ -358,64 +361,106 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     cands = cands or default_candidates(dims)
     timer = timer or default_timer(device)
     rounds = rounds or default_rounds(device)
-    dtype_bytes = bench.stack.embed.weight.element_size()
-    total = rounds * len(wls) * (len(cands) + 2)
-    done = 0
-
-    def tick(label):
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, total, label)
-
-    samples, failed = {}, {}  # key -> pooled samples; key -> (status, reason) once it could not be timed
-
-    def measure(key, make, w):
-        if key in failed:
-            return
-        got, status, reason = _measure(timer, make, w)
-        if got is None:
-            failed[key] = (status, reason)
-        else:
-            samples.setdefault(key, []).extend(got)
-
-    for r in range(rounds):
-        for w in wls:
-            measure(("baseline", w.name), lambda: bench.model_fn(w), w)
-            tick(f"{w.name} baseline")
-            measure(("fixed", w.name), lambda: bench.fixed_fn(w), w)
-            tick(f"{w.name} fixed")
+    depth = default_layers_per_sample(device, dims.num_layers) if layers_per_sample is None else layers_per_sample
+    if not 1 <= depth <= dims.num_layers:
+        raise UsageError(f"--layers-per-sample must be 1..{dims.num_layers} (the model's layers), got {depth}")
+    # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
+    reference = load_bench(model, device, dtype, seed, compile_decode, image_tokens)[1] if is_paired(timer) else None
+    pool = Pool(timer)
+    if device.startswith("cuda"):
         for c in cands:
             ok, why = c.spec.fast_path()
-            if device.startswith("cuda") and not ok:
-                failed.update({(c, w.name): ("unsupported", why) for w in wls})
-            else:
-                surgery.swap(bench.model, 0, c)
-            for w in wls:
-                measure((c, w.name), lambda: bench.layer_fn(0, w), w)
-                tick(f"{c} {w.name}" + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
-            surgery.swap(bench.model, 0, Candidate.of("gqa"))
+            pool.failed.update({} if ok else {(c, w.name): ("unsupported", why) for w in wls})
+    checks = default_assignments(sorted(c for c in cands if (c, wls[0].name) not in pool.failed),
+                                 dims.num_layers) if validate else {}
+    put = _assigner(bench, dims.num_layers)
+    gqa = Candidate.of("gqa")
+    total = rounds * len(wls) * (len(cands) + (1 if reference else 2) + len(checks))
+    done = 0
 
-    stats = {key: Stats.of(v) for key, v in samples.items()}
-    baseline = {w.name: stats[("baseline", w.name)].median_ms if ("baseline", w.name) in stats else None for w in wls}
-    fixed = {w.name: stats[("fixed", w.name)].median_ms if ("fixed", w.name) in stats else None for w in wls}
+    def measure(key, make, w, label, per: int = 1):
+        nonlocal done
+        pool.measure(key, make, w, per)
+        done += 1
+        if progress:
+            progress(done, total, label + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+
+    for r in range(rounds):
+        # everything of one workload back to back, so that the validation's whole models see the machine
+        # the layers they are predicted from saw
+        for w in wls:
+            put([gqa] * dims.num_layers)
+            if reference:
+                pool.reference = reference.model_fn(w)  # doubles as the whole-teacher baseline
+            else:
+                measure(("baseline", w.name), lambda: bench.model_fn(w), w, f"{w.name} baseline")
+            measure(("fixed", w.name), lambda: bench.fixed_fn(w), w, f"{w.name} fixed")
+            for c in cands:
+                if (c, w.name) not in pool.failed:
+                    put([c] * depth)
+                measure((c, w.name), lambda: bench.layers_fn(depth, w), w, f"{c} {w.name}", per=depth)
+            for name, layers in checks.items():
+                put(layers)
+                measure(("whole", name, w.name), lambda: bench.model_fn(w), w, f"{name} {w.name}")
+    put([gqa] * dims.num_layers)
+
+    stats = pool.stats()
+    median = lambda key: stats[key].median_ms if key in stats else None  # noqa: E731
+    baseline = {w.name: median(("baseline", w.name)) for w in wls}
+    fixed = {w.name: median(("fixed", w.name)) for w in wls}
+    dtype_bytes = bench.stack.embed.weight.element_size()
     entries = []
     for c in cands:
         for w in wls:
             st = stats.get((c, w.name))
-            status, reason = failed.get((c, w.name), ("ok", ""))
+            status, reason = pool.failed.get((c, w.name), ("ok", ""))
             cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
             entries += [ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
                                      p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
                                      cache_bytes=cache_bytes, reason=reason) for layer in range(dims.num_layers)]
+    rows = additivity(checks, wls, fixed, layer_table(entries),
+                      {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls})
     header = Header.new(model_ref(model, config), env={
         **environment(device), "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
-        "image_tokens": image_tokens})
+        "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
-                            entries=tuple(entries))
+                            entries=tuple(entries), validation=tuple(rows))
     save(result, profile_path(model, header.env, out))
     return result
+
+
+def _assigner(bench: _Bench, num_layers: int):
+    """`put(candidates)`: layer i of the bench model gets candidates[i], swapping only the layers that change."""
+    from . import surgery
+
+    current = [Candidate.of("gqa")] * num_layers  # what load_bench installed
+
+    def put(candidates):
+        for i, c in enumerate(candidates):
+            if current[i] != c:
+                surgery.swap(bench.model, i, c)
+                current[i] = c
+
+    return put
+
+
+def additivity(assignments: dict, workloads, fixed: dict, layer_ms: dict, measured: dict) -> list[dict]:
+    """Rows of predicted (fixed + sum of layers) vs measured whole-model latency, one per (assignment, workload)
+    with every part timed. `layer_ms`: `layer_table`; `measured`: {(assignment name, workload): ms}."""
+    from .operators import pattern_string
+
+    rows = []
+    for name, layers in assignments.items():
+        for w in workloads:
+            parts = [layer_ms.get((i, c, w.name)) for i, c in enumerate(layers)]
+            got = measured.get((name, w.name))
+            if None in parts or fixed.get(w.name) is None or got is None:
+                continue
+            pred = fixed[w.name] + sum(parts)
+            rows.append({"assignment": name, "pattern": pattern_string(layers), "workload": w.name,
+                         "predicted_ms": pred, "measured_ms": got, "error_pct": 100 * (pred - got) / got})
+    return rows
 
 
 def profile_path(model: str, env: dict, out=None) -> Path:
@@ -427,49 +472,49 @@ def profile_path(model: str, env: dict, out=None) -> Path:
 
 def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cpu", assignments=None,
              timer=None, dtype: str | None = None, seed: int = 0) -> list[dict]:
-    """Time whole models (the teacher and mixed assignments) and compare with fixed + sum of layers.
+    """Time whole models (the teacher and mixed assignments) now and compare with an existing profile's
+    fixed + sum of layers (rows as in `additivity`).
 
-    Decode steps are compiled, and images encoded, exactly as in the profile, so both sides share one harness."""
+    Decode steps are compiled, and images encoded, exactly as in the profile, so both sides share one harness.
+    A paired timer times each whole model against a teacher run just before it and puts the ratio on the
+    profile's scale (its `baseline_ms`); otherwise the two sides are timed apart, and a machine whose speed
+    drifts puts its drift into the error. On a GPU this lets a long profile and its check run as separate jobs;
+    `profile(validate=True)` times both in the same passes."""
     from . import surgery
-    from .timing import Stats, default_timer
+    from .timing import Pool, default_timer, is_paired
 
     device = check_device(device)
     env = profile_obj.header.env
     config, bench = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
                                env.get("image_tokens", 0))
     n = surgery.dims_of(config).num_layers
-    table = layer_table(profile_obj)
-    assignments = assignments or default_assignments(profile_obj, n)
+    table = layer_table(profile_obj.entries)
+    assignments = assignments or default_assignments(sorted({c for _, c, _ in table}), n)
     timer = timer or default_timer(device)
-    samples, predicted = {}, {}
-    for _ in range(profile_obj.header.env.get("rounds") or default_rounds(device)):  # as the profile was taken
-        for name, assignment in assignments.items():
-            for i, c in enumerate(assignment):
-                surgery.swap(bench.model, i, c)
-            for w in profile_obj.workloads:
-                parts = [table.get((i, c, w.name)) for i, c in enumerate(assignment)]
-                if None in parts or profile_obj.fixed_ms.get(w.name) is None:
-                    continue
-                predicted[name, w.name] = profile_obj.fixed_ms[w.name] + sum(parts)
-                samples.setdefault((name, w.name), []).extend(timer(bench.model_fn(w), w.phase))
-    rows = []
-    for (name, w), pred in predicted.items():
-        measured = Stats.of(samples[name, w]).median_ms
-        rows.append({"assignment": name, "workload": w, "predicted_ms": pred, "measured_ms": measured,
-                     "error_pct": 100 * (pred - measured) / measured})
-    return rows
+    reference = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
+                           env.get("image_tokens", 0))[1] if is_paired(timer) else None
+    pool, put = Pool(timer), _assigner(bench, n)
+    for _ in range(env.get("rounds") or default_rounds(device)):  # as the profile was taken
+        for w in profile_obj.workloads:
+            if reference:
+                pool.reference = reference.model_fn(w)
+            for name, layers in assignments.items():
+                put(layers)
+                pool.measure(("whole", name, w.name), lambda: bench.model_fn(w), w)
+    stats = pool.stats(reference_ms=profile_obj.baseline_ms if reference else None)
+    measured = {key[1:]: st.median_ms for key, st in stats.items() if key[0] == "whole"}  # (name, workload)
+    return additivity(assignments, profile_obj.workloads, profile_obj.fixed_ms, table, measured)
 
 
-def layer_table(profile_obj: LatencyProfile) -> dict:
-    """{(layer, candidate, workload): latency_ms} for the ok entries."""
-    return {(e.layer, e.candidate, e.workload): e.latency_ms for e in profile_obj.entries if e.status == "ok"}
+def layer_table(entries) -> dict:
+    """{(layer, candidate, workload): latency_ms} of the ok profile entries."""
+    return {(e.layer, e.candidate, e.workload): e.latency_ms for e in entries if e.status == "ok"}
 
 
-def default_assignments(profile_obj: LatencyProfile, num_layers: int) -> dict:
-    """The homogeneous teacher and two mixes of the profiled candidates (interleaved, and reversed)."""
-    ok = sorted({e.candidate for e in profile_obj.entries if e.status == "ok"})
+def default_assignments(candidates, num_layers: int) -> dict:
+    """The homogeneous teacher and two mixes of the given candidates (interleaved, and reversed)."""
     gqa = Candidate.of("gqa")
-    others = [c for c in ok if c != gqa] or [gqa]
+    others = [c for c in candidates if c != gqa] or [gqa]
     mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]
     return {"teacher (all gqa)": [gqa] * num_layers, "mix A": mix,
             "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}

@@ -107,6 +107,9 @@ class LatencyProfile:
     baseline_ms: dict
     fixed_ms: dict
     entries: tuple[ProfileEntry, ...]
+    # additivity measured in the same passes (`profile(validate=True)`): [{assignment, pattern, workload,
+    # predicted_ms, measured_ms, error_pct}], predicted = fixed + sum of layers, measured = whole model
+    validation: tuple[dict, ...] = ()
     kind = PROFILE_KIND
 
     def teacher_ms(self, workload: str) -> float | None:
@@ -185,6 +188,7 @@ def to_json(artifact) -> dict:
                            "latency_ms": e.latency_ms, "p20_ms": e.p20_ms, "p80_ms": e.p80_ms,
                            "status": e.status, "cache_bytes": e.cache_bytes,
                            **({"reason": e.reason} if e.reason else {})} for e in artifact.entries]
+        out["validation"] = [dict(v) for v in artifact.validation]
     elif isinstance(artifact, SensitivityTable):
         out["metric"] = artifact.metric
         out["data"] = dict(artifact.data)
@@ -359,10 +363,18 @@ def load_profile(path: str | os.PathLike) -> LatencyProfile:
             workload=workload, latency_ms=latency, p20_ms=_opt_float(r, e, "p20_ms", where),
             p80_ms=_opt_float(r, e, "p80_ms", where), status=status,
             cache_bytes=r.get(e, "cache_bytes", int, where), reason=r.get(e, "reason", str, where, True, "")))
+    validation = []
+    for i, v in enumerate(r.get(obj, "validation", list, optional=True, default=[])):
+        where = f"validation[{i}]"
+        row = {k: r.get(v, k, str, where) for k in ("assignment", "pattern", "workload")}
+        if row["workload"] not in names:
+            r.fail(f"{where}.workload", f'"{row["workload"]}" is not a declared workload')
+        validation.append({**row, **{k: r.get(v, k, float, where)
+                                     for k in ("predicted_ms", "measured_ms", "error_pct")}})
     return LatencyProfile(header=header, workloads=tuple(workloads),
                           baseline_ms={k: None if v is None else float(v) for k, v in baseline.items()},
                           fixed_ms={k: None if v is None else float(v) for k, v in fixed.items()},
-                          entries=tuple(entries))
+                          entries=tuple(entries), validation=tuple(validation))
 
 
 def load_sensitivity(path: str | os.PathLike) -> SensitivityTable:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import MosaicError, UsageError
 from .schema import LayerPlan, load_plan
 
 
@@ -20,12 +20,13 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     which is applied with `surgery.swap` to the teacher's architecture with random weights (latency does
     not depend on values, so real-size plans can be timed without the teacher's weights).
     Workloads default to those the plan predicted; decode steps are compiled as in `profiler.load_bench`;
-    `rounds` passes alternate teacher and model with samples pooled (`profiler.default_rounds`);
+    `rounds` passes alternate teacher and model with samples pooled (`profiler.default_rounds`), and a
+    paired timer (CPU) times each model step right after a teacher step and reports their typical ratio;
     `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
     Returns one row per workload.
     """
     from . import profiler, surgery
-    from .timing import Stats, default_timer
+    from .timing import Pool, default_timer
 
     device = profiler.check_device(device)
     plan, model_dir = _resolve(target)
@@ -44,17 +45,24 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     else:
         mine = _load_built(model_dir, device, dtype or base.stack.embed.weight.dtype, base.compile_decode, image_tokens)
     rounds = rounds or profiler.default_rounds(device)
-    samples = {}
+    pool = Pool(timer)
     for r in range(rounds):  # teacher and model alternate, so a slow phase of the machine hits both
         for i, w in enumerate(wls):
-            samples.setdefault(("teacher", w.name), []).extend(timer(base.model_fn(w), w.phase))
-            samples.setdefault(("model", w.name), []).extend(timer(mine.model_fn(w), w.phase))
+            if pool.paired:
+                pool.reference = base.model_fn(w)
+            else:
+                pool.measure(("baseline", w.name), lambda: base.model_fn(w), w)
+            pool.measure(("model", w.name), lambda: mine.model_fn(w), w)
             if progress:
                 progress(r * len(wls) + i + 1, rounds * len(wls), w.name)
+    if pool.failed:
+        (_, w), (status, reason) = next(iter(pool.failed.items()))
+        raise MosaicError(f"{w}: {status}: {reason}")
+    stats = pool.stats()
     rows = []
     for w in wls:
-        teacher_ms = Stats.of(samples["teacher", w.name]).median_ms
-        model_ms = Stats.of(samples["model", w.name]).median_ms
+        teacher_ms = stats["baseline", w.name].median_ms
+        model_ms = stats["model", w.name].median_ms
         measured = teacher_ms / model_ms
         pred = plan.predicted.get(w.name, {}).get("speedup")
         rows.append({"workload": w.name, "phase": w.phase, "batch_size": w.batch_size, "seq_len": w.seq_len,

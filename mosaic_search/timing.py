@@ -3,6 +3,8 @@
 On CUDA: CUDA events, the L2 cache flushed before each prefill sample, and decode steps replayed from a
 CUDA graph (several replays per sample) so launch overhead does not dominate. On CPU: a monotonic clock.
 A timer is any callable `timer(fn, kind) -> list[float]` of per-call milliseconds, so tests inject their own.
+A timer with a `pairs(reference, fn, kind) -> [(reference ms, fn ms)]` method is paired: callers time
+everything against a reference run a moment before each sample (see `CpuTimer.pairs`, `scaled`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class CpuTimer:
     layers evict; the last-level cache is left warm, as it is for a small model run layer after layer.
     """
 
-    def __init__(self, warmup: int = 2, repeats: int = 9, flush_bytes: int = 4 << 20, budget_ms: float = 2000.0,
+    def __init__(self, warmup: int = 1, repeats: int = 9, flush_bytes: int = 4 << 20, budget_ms: float = 500.0,
                  warm_ms: float = 50.0):
         import torch
 
@@ -47,23 +49,34 @@ class CpuTimer:
         self._flush = torch.empty(flush_bytes // 4, dtype=torch.float32)
 
     def __call__(self, fn, kind: str = "prefill") -> list[float]:
+        return [ms for _, ms in self._run([fn])]
+
+    def pairs(self, reference, fn, kind: str = "prefill") -> list[tuple[float, float]]:
+        """(reference ms, fn ms) per sample, the two run back to back.
+
+        A shared VM's speed drifts by 10-20% over seconds (other tenants; Python-bound steps the most), so
+        two measurements taken seconds apart disagree by that much; the ratio of two runs a millisecond
+        apart does not. Callers express fn at the reference's typical speed (`scaled`)."""
+        return self._run([reference, fn])
+
+    def _run(self, fns) -> list[tuple[float, ...]]:
         import torch
 
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            fn()
-            first = (time.perf_counter() - t0) * 1e3
+            first = sum(self._sample(fn) for fn in fns)
             # at least warm_ms of warm-up: a millisecond step's first calls in a fresh process (allocator
             # growth, first-touch pages, lazy init) run well over its steady state
             for _ in range(warm_count(first, self.warmup - 1, self.warm_ms, cap=1000)):
-                fn()
-            out = []
-            for _ in range(sample_count(first, self.repeats, self.budget_ms)):
-                self._flush.fill_(1.0)
-                t0 = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t0) * 1e3)
-        return out
+                for fn in fns:
+                    fn()
+            return [tuple(self._sample(fn) for fn in fns)
+                    for _ in range(sample_count(first, self.repeats, self.budget_ms))]
+
+    def _sample(self, fn) -> float:
+        self._flush.fill_(1.0)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
 
 
 class CudaTimer:
@@ -129,6 +142,54 @@ class CudaTimer:
         return out
 
 
+class Pool:
+    """Samples pooled per key over every pass, and the keys that could not be timed (out of memory).
+
+    With a paired timer, each sample comes with one of `reference`, the closure the caller sets for the
+    current workload (mosaic's callers: the whole teacher's step), taken just before it; `stats` expresses
+    every sample as its ratio to that reference times the reference's median over the whole run."""
+
+    def __init__(self, timer):
+        self.timer, self.paired, self.reference = timer, is_paired(timer), None
+        self.raw, self.failed = {}, {}  # key -> [(reference ms or None, ms per call)]; key -> (status, reason)
+        self.refs = {}  # workload -> reference samples
+
+    def measure(self, key, make, w, per: int = 1):
+        """Time the closure `make()` returns for workload `w` (a `schema.Workload`), as `per` calls of what
+        the key counts; out-of-memory is recorded in `failed`, anything else raised."""
+        import torch
+
+        if key in self.failed:
+            return
+        try:
+            fn = make()
+            got = self.timer.pairs(self.reference, fn, w.phase) if self.paired else \
+                [(None, ms) for ms in self.timer(fn, w.phase)]
+        except Exception as e:  # noqa: BLE001 - only OOM is tolerated, everything else re-raised
+            if not is_oom(e):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.failed[key] = ("oom", " ".join(str(e).split())[:200])
+            return
+        self.raw.setdefault(key, []).extend((ref, ms / per) for ref, ms in got)
+        if self.paired:
+            self.refs.setdefault(w.name, []).extend(ref for ref, _ in got)
+
+    def stats(self, reference_ms: dict | None = None) -> dict:
+        """{key: Stats} in milliseconds (every key ends with its workload's name); with pairing also
+        {("baseline", workload): the reference's Stats}, and samples are scaled to the reference's median,
+        or to `reference_ms[workload]` when given (an earlier profile's baseline)."""
+        if not self.paired:
+            return {key: Stats.of([ms for _, ms in v]) for key, v in self.raw.items()}
+        out = {("baseline", w): Stats.of(v) for w, v in self.refs.items()}
+        scale = reference_ms or {w: st.median_ms for (_, w), st in out.items()}
+        for key, v in self.raw.items():
+            if scale.get(key[-1]) is not None:  # None: the teacher itself did not fit at that workload
+                out[key] = Stats.of(scaled(v, scale[key[-1]]))
+        return out
+
+
 def warm_count(first_ms: float, at_least: int, warm_ms: float, cap: int) -> int:
     """How many more warm-up calls: enough to fill `warm_ms` (at most `cap`), and never fewer than `at_least`."""
     return max(at_least, min(int(warm_ms / max(first_ms, 1e-3)), cap))
@@ -146,6 +207,17 @@ def _elapsed_ms(fn, torch) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end)
+
+
+def is_paired(timer) -> bool:
+    """Whether a timer times against a reference (has `pairs`)."""
+    return callable(getattr(timer, "pairs", None))
+
+
+def scaled(pairs, reference_ms: float) -> list[float]:
+    """Paired samples as milliseconds at the reference's typical speed: each fn/reference ratio times
+    `reference_ms` (typically the median of all the reference's samples)."""
+    return [ms / ref * reference_ms for ref, ms in pairs]
 
 
 def default_timer(device: str):

@@ -26,8 +26,9 @@ class ParamTimer:
     def __call__(self, fn, phase):
         with torch.no_grad():
             fn()
-        layer = _module_in_closure(fn)
-        self.calls.append((type(getattr(layer, "self_attn", layer)).__name__, phase))
+        layer = _module_in_closure(fn)  # a decoder layer, or the run of layers a sample holds
+        first = layer[0] if isinstance(layer, torch.nn.ModuleList) else layer
+        self.calls.append((type(getattr(first, "self_attn", first)).__name__, phase))
         if self.oom_for and self.calls[-1][0] == self.oom_for:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         size = sum(p.numel() for p in layer.parameters()) if layer is not None else 1000
@@ -160,7 +161,7 @@ def _first_step(bench, make):
         return fn()
 
 
-@pytest.mark.parametrize("part", ["model", "layer", "fixed"])
+@pytest.mark.parametrize("part", ["model", "layers", "fixed"])
 def test_compiled_decode_step_computes_what_the_eager_step_does(monkeypatch, part):
     """Dynamo's tracing of every part of a decode step (inductor's code generation is the GPU test's)."""
     import functools
@@ -169,7 +170,7 @@ def test_compiled_decode_step_computes_what_the_eager_step_does(monkeypatch, par
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     w = parse_workload("decode:40")
-    make = {"model": lambda b: b.model_fn(w), "layer": lambda b: b.layer_fn(2, w), "fixed": lambda b: b.fixed_fn(w)}
+    make = {"model": lambda b: b.model_fn(w), "layers": lambda b: b.layers_fn(3, w), "fixed": lambda b: b.fixed_fn(w)}
     compiled = _mixed_bench(True)
     got = _first_step(compiled, make[part])
     assert compiled.fallbacks == []
@@ -202,7 +203,7 @@ def test_rounds_pool_samples_so_one_slow_pass_does_not_decide(tmp_path):
         return [50.0] if len(calls) <= per_round else [1.0]
 
     prof = profiler.profile("tiny", ops="gqa,none", workloads=["prefill:32", "decode:64"], out=tmp_path / "p.json",
-                            timer=timer, rounds=3)
+                            timer=timer, rounds=3, layers_per_sample=1)
     assert len(calls) == 3 * per_round and prof.header.env["rounds"] == 3
     assert {e.latency_ms for e in prof.entries} == {1.0} and set(prof.baseline_ms.values()) == {1.0}
     assert {e.p80_ms for e in prof.entries} == {50.0}  # the slow pass still shows in the spread
@@ -225,7 +226,7 @@ def test_a_vlm_prefill_includes_encoding_the_stated_image(tmp_path):
     with torch.no_grad():
         bench.fixed_fn(w)()
         bench.model_fn(w)()
-        bench.layer_fn(0, w)()
+        bench.layers_fn(1, w)()
         bench.model_fn(profiler.parse_workload("decode:16"))()
     merge = bench.model.config.vision_config.spatial_merge_size
     assert len(seen) == 2  # fixed part and whole-model prefill only
