@@ -116,8 +116,8 @@ class LatencyProfile:
         """The teacher's latency under the same additive model as a plan's: fixed part + its gqa layers.
 
         Speedups are predicted as this over the plan's fixed + sum of layers, so a bias the additive model
-        has (layers timed alone run a little faster than inside the model, most of all on CPU) cancels in
-        the ratio. Falls back to the measured whole-model `baseline_ms` when gqa was not profiled everywhere.
+        has (a few percent on the profiles in BENCHMARKS.md) cancels in the ratio. Falls back to the measured
+        whole-model `baseline_ms` when gqa was not profiled everywhere.
         """
         fixed = self.fixed_ms.get(workload)
         gqa = [e.latency_ms for e in self.entries if e.workload == workload and e.candidate.op == "gqa"

@@ -79,3 +79,48 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class WorkTimer:
+    """A machine on which time is exactly additive and drifts: a call costs the parameters of every module
+    it runs (counted by a global forward hook) times the machine's speed during that measurement, which
+    cycles through `speeds` like a shared VM's. Paired (the default), it has `pairs`, and the reference and
+    the timed closure of one sample see the same speed, as two runs a millisecond apart do."""
+
+    def __init__(self, paired=True, speeds=(1.0, 3.0, 1.7)):
+        self.speeds, self.measurements = speeds, 0
+        self.seen = []  # per measured closure: Counter of module class names it ran
+        if paired:
+            self.pairs = self._pairs
+
+    def _cost(self, fn):
+        from collections import Counter
+
+        work, names = 0, Counter()
+
+        def hook(module, args, out):
+            nonlocal work
+            work += sum(p.numel() for p in module.parameters(recurse=False))
+            names[type(module).__name__] += 1
+
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                fn()
+        finally:
+            handle.remove()
+        return work / 1e4, names
+
+    def _speed(self):
+        self.measurements += 1
+        return self.speeds[self.measurements % len(self.speeds)]
+
+    def __call__(self, fn, phase):
+        speed, (work, names) = self._speed(), self._cost(fn)
+        self.seen.append(names)
+        return [work * speed] * 3
+
+    def _pairs(self, reference, fn, phase):
+        speed, (ref, _), (work, names) = self._speed(), self._cost(reference), self._cost(fn)
+        self.seen.append(names)
+        return [(ref * speed, work * speed)] * 3

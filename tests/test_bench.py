@@ -53,6 +53,20 @@ def test_plan_is_timed_against_the_teacher_and_compared_with_prediction(tmp_path
     assert by["prefill-b1-p32"]["error_pct"] == pytest.approx(-20.0)
 
 
+def test_a_paired_timer_measures_the_speedup_through_a_drifting_machine(tmp_path):
+    """Each model step timed right after a teacher step: the machine's speed changing 3x between
+    measurements leaves the measured speedup at the true work ratio."""
+    from conftest import WorkTimer
+
+    n = load_config("tiny").num_hidden_layers
+    path = _plan(tmp_path, [Candidate.of("drop")] * (n // 2) + [Candidate.of("gqa")] * (n - n // 2), {})
+    steady = bench(path, workloads=["decode:32"], timer=WorkTimer(paired=False, speeds=(1.0,)), rounds=1)
+    drifting = bench(path, workloads=["decode:32"], timer=WorkTimer(speeds=(1.0, 3.0, 0.5)), rounds=3)
+    assert steady[0]["measured_speedup"] > 1.5
+    assert drifting[0]["measured_speedup"] == pytest.approx(steady[0]["measured_speedup"])
+    assert drifting[0]["teacher_ms"] / drifting[0]["model_ms"] == pytest.approx(drifting[0]["measured_speedup"])
+
+
 def test_explicit_workloads_without_prediction(tmp_path):
     n = load_config("tiny").num_hidden_layers
     rows = bench(_plan(tmp_path, _layers(n), {}), workloads=["decode:32:b2"], timer=AlternatingTimer())

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import every_operator
+from conftest import WorkTimer, every_operator
 from mosaic_search import profiler, schema, surgery
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
@@ -121,6 +121,60 @@ def test_validation_compares_prediction_with_whole_model(tmp_path):
         assert r["error_pct"] == pytest.approx(100 * (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
 
 
+@pytest.mark.parametrize("paired", [True, False])
+def test_paired_timing_cancels_a_drifting_machine(tmp_path, paired):
+    """Speed changing 3x between measurements: timed against the teacher a moment earlier, fixed + sum of
+    layers predicts every whole model exactly; timed apart, the prediction is off by the drift."""
+    prof = profiler.profile("tiny", ops="gqa,none,swa:window=16", workloads=["prefill:32", "decode:64"],
+                            out=tmp_path / "p.json", timer=WorkTimer(paired=paired), rounds=2, validate=True)
+    assert prof.header.env["paired"] is paired
+    assert {r["assignment"] for r in prof.validation} == {"teacher (all gqa)", "mix A", "mix B"}
+    assert len(prof.validation) == 3 * 2 and schema.load_profile(tmp_path / "p.json") == prof
+    worst = max(abs(r["error_pct"]) for r in prof.validation)
+    if paired:
+        assert worst < 1e-6
+        for w in prof.workloads:  # the teacher is its fixed part plus its layers, at the reference's scale
+            assert prof.teacher_ms(w.name) == pytest.approx(prof.baseline_ms[w.name])
+    else:
+        assert worst > 10  # the CPU target
+
+
+def test_validating_a_profile_later_uses_its_scale(tmp_path):
+    """`validate` of an existing profile: the whole models, timed against a teacher a moment earlier, come
+    out on the profile's scale however fast the machine is now."""
+    prof = profiler.profile("tiny", ops="gqa,none", workloads=["decode:32"], out=tmp_path / "p.json",
+                            timer=WorkTimer())
+    rows = profiler.validate(prof, "tiny", timer=WorkTimer(speeds=(5.0, 0.5)))
+    assert {r["assignment"] for r in rows} == {"teacher (all gqa)", "mix A", "mix B"}
+    for r in rows:
+        assert r["error_pct"] == pytest.approx(100 * (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
+        assert abs(r["error_pct"]) < 1e-6
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_each_sample_runs_the_candidate_in_that_many_layers(tmp_path, depth):
+    timer = WorkTimer(paired=False, speeds=(1.0,))
+    prof = profiler.profile("tiny", ops="gqa,gdn", workloads=["decode:32"], out=tmp_path / "p.json", timer=timer,
+                            rounds=1, layers_per_sample=depth)
+    assert prof.header.env["layers_per_sample"] == depth
+    assert sorted(seen["GatedDeltaNet"] for seen in timer.seen) == [0, 0, 0, depth]  # baseline, fixed, gqa, gdn
+    lat = {str(e.candidate): e.latency_ms for e in prof.entries if e.layer == 0}
+    one = WorkTimer(paired=False, speeds=(1.0,))
+    profiler.profile("tiny", ops="gqa,gdn", workloads=["decode:32"], out=tmp_path / "one.json", timer=one,
+                     rounds=1, layers_per_sample=1)
+    assert lat == pytest.approx({str(e.candidate): e.latency_ms for e in schema.load_profile(tmp_path / "one.json")
+                                 .entries if e.layer == 0})  # an entry is one layer's cost whatever the depth
+
+
+def test_cpu_timer_pairs_alternate_reference_and_step():
+    from mosaic_search.timing import CpuTimer
+
+    calls = []
+    pairs = CpuTimer(repeats=4, warm_ms=0).pairs(lambda: calls.append("ref"), lambda: calls.append("fn"))
+    assert len(pairs) == 4 and all(ref > 0 and ms > 0 for ref, ms in pairs)
+    assert calls == ["ref", "fn"] * 5  # the first pair, then the samples
+
+
 @pytest.mark.parametrize("args,message", [
     (["--ops", "gqa,swq"], 'unknown operator "swq" (did you mean "swa"?)'),
     (["--ops", "swa:window=0"], "window must be a positive integer"),
@@ -128,6 +182,7 @@ def test_validation_compares_prediction_with_whole_model(tmp_path):
     (["--workload", "decode:lots"], 'cannot parse workload "decode:lots"'),
     (["--device", "cuda"], "device cuda is not available"),
     (["--device", "tpu"], 'unknown device "tpu"'),
+    (["--layers-per-sample", "9"], "--layers-per-sample must be 1..8 (the model's layers), got 9"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "p.json"

@@ -26,8 +26,11 @@ def _profile():
                             p20_ms=0.4, p80_ms=0.6, status="ok", cache_bytes=100)
     oom = schema.ProfileEntry(layer=1, candidate=Candidate.of("gqa"), workload=w.name, latency_ms=None, p20_ms=None,
                               p80_ms=None, status="oom", cache_bytes=100, reason="CUDA out of memory")
+    check = {"assignment": "mix A", "pattern": "SG", "workload": w.name, "predicted_ms": 2.9, "measured_ms": 3.1,
+             "error_pct": -6.45}
     return schema.LatencyProfile(header=schema.Header.new(MODEL, env={"device": "cpu"}), workloads=(w,),
-                                 baseline_ms={w.name: 3.0}, fixed_ms={w.name: 0.5}, entries=(e, oom))
+                                 baseline_ms={w.name: 3.0}, fixed_ms={w.name: 0.5}, entries=(e, oom),
+                                 validation=(check,))
 
 
 def _table():
@@ -103,6 +106,19 @@ def test_profile_entry_for_undeclared_workload(tmp_path):
     obj["entries"][0]["workload"] = "prefill-32k"
     with pytest.raises(UsageError, match='entries\\[0\\].workload: "prefill-32k" is not a declared workload'):
         schema.load_profile(_write(tmp_path, obj))
+
+
+def test_profile_validation_row_for_undeclared_workload(tmp_path):
+    obj = json.loads(schema.save(_profile(), tmp_path / "p.json").read_text())
+    obj["validation"][0]["workload"] = "prefill-32k"
+    with pytest.raises(UsageError, match='validation\\[0\\].workload: "prefill-32k" is not a declared workload'):
+        schema.load_profile(_write(tmp_path, obj))
+
+
+def test_a_profile_without_validation_loads(tmp_path):
+    obj = json.loads(schema.save(_profile(), tmp_path / "p.json").read_text())
+    del obj["validation"]  # written before profiles carried their additivity check
+    assert schema.load_profile(_write(tmp_path, obj)).validation == ()
 
 
 def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
