@@ -434,15 +434,21 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
 
 
 def _assigner(bench: _Bench, num_layers: int):
-    """`put(candidates)`: layer i of the bench model gets candidates[i], swapping only the layers that change."""
+    """`put(candidates)`: layer i of the bench model gets candidates[i], swapping only the layers that change.
+
+    Each (layer, candidate) mixer is built once and reinstalled later: a profile revisits every candidate once
+    per workload, and building one copies (MLA: factorises) the teacher's weights."""
     from . import surgery
 
     current = [Candidate.of("gqa")] * num_layers  # what load_bench installed
+    built = {}
 
     def put(candidates):
         for i, c in enumerate(candidates):
             if current[i] != c:
-                surgery.swap(bench.model, i, c)
+                if (i, c) not in built:
+                    built[i, c] = surgery.build_mixer(bench.model, i, c)
+                surgery.install(bench.model, i, c, built[i, c])
                 current[i] = c
 
     return put

@@ -49,7 +49,7 @@ class CpuTimer:
         self._flush = torch.empty(flush_bytes // 4, dtype=torch.float32)
 
     def __call__(self, fn, kind: str = "prefill") -> list[float]:
-        return [ms for _, ms in self._run([fn])]
+        return [ms for (ms,) in self._run([fn])]
 
     def pairs(self, reference, fn, kind: str = "prefill") -> list[tuple[float, float]]:
         """(reference ms, fn ms) per sample, the two run back to back.

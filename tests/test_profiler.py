@@ -173,6 +173,9 @@ def test_cpu_timer_pairs_alternate_reference_and_step():
     pairs = CpuTimer(repeats=4, warm_ms=0).pairs(lambda: calls.append("ref"), lambda: calls.append("fn"))
     assert len(pairs) == 4 and all(ref > 0 and ms > 0 for ref, ms in pairs)
     assert calls == ["ref", "fn"] * 5  # the first pair, then the samples
+    calls.clear()
+    alone = CpuTimer(repeats=4, warm_ms=0)(lambda: calls.append("fn"))
+    assert len(alone) == 4 and all(ms > 0 for ms in alone) and calls == ["fn"] * 5
 
 
 @pytest.mark.parametrize("args,message", [
