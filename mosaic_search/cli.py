@@ -152,11 +152,11 @@ def profile(model: ModelOpt = "tiny",
     console.print(f"wrote {profiler.profile_path(model, prof.header.env, out)}")
     if rows:
         v = Table(title="additivity: fixed + sum of layers vs whole model")
-        for col in ("assignment", "workload", "predicted ms", "measured ms", "error %"):
+        for col in ("assignment", "pattern", "workload", "predicted ms", "measured ms", "error %"):
             v.add_column(col)
         for r in rows:
-            v.add_row(r["assignment"], r["workload"], f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
-                      f"{r['error_pct']:+.1f}")
+            v.add_row(r["assignment"], r["pattern"], r["workload"], f"{r['predicted_ms']:.3f}",
+                      f"{r['measured_ms']:.3f}", f"{r['error_pct']:+.1f}")
         console.print(v)
 
 

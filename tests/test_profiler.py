@@ -203,6 +203,19 @@ def test_cli_profile_json(tmp_path, capsys, monkeypatch):
     assert schema.load_profile(out).entries
 
 
+def test_cli_profile_validate_reports_and_stores_the_check(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mosaic_search.timing.default_timer", lambda device: WorkTimer())
+    out = tmp_path / "p.json"
+    args = ["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out), "--validate"]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["validation"]
+    assert [r["assignment"] for r in rows] == ["teacher (all gqa)", "mix A", "mix B"]
+    assert [r["pattern"] for r in rows][0] == "GGGGGGGG" and list(schema.load_profile(out).validation) == rows
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "additivity: fixed + sum of layers vs whole model" in text and "GGGGGGGG" in text
+
+
 def _mixed_bench(compile_decode):
     from mosaic_search.profiler import load_bench
 
