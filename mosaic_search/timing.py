@@ -66,7 +66,7 @@ class CpuTimer:
             first = sum(self._sample(fn) for fn in fns)
             # at least warm_ms of warm-up: a millisecond step's first calls in a fresh process (allocator
             # growth, first-touch pages, lazy init) run well over its steady state
-            for _ in range(warm_count(first, self.warmup - 1, self.warm_ms, cap=1000)):
+            for _ in range(calls_to_fill(first, self.warmup - 1, self.warm_ms, cap=1000)):
                 for fn in fns:
                     fn()
             return [tuple(self._sample(fn) for fn in fns)
@@ -83,11 +83,11 @@ class CudaTimer:
     """CUDA-event timing; prefill samples start from a cold L2, decode samples replay a CUDA graph."""
 
     def __init__(self, warmup: int = 3, repeats: int = 15, replays: int = 20, graphs: bool = True,
-                 budget_ms: float = 4000.0, spin_up_ms: float = 200.0):
+                 budget_ms: float = 4000.0, spin_up_ms: float = 200.0, min_sample_ms: float = 1.0):
         import torch
 
         self.warmup, self.repeats, self.replays, self.graphs = warmup, repeats, replays, graphs
-        self.budget_ms, self.spin_up_ms = budget_ms, spin_up_ms
+        self.budget_ms, self.spin_up_ms, self.min_sample_ms = budget_ms, spin_up_ms, min_sample_ms
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
         self._flush = torch.empty(2 * l2 // 4 + 1, dtype=torch.float32, device="cuda")
 
@@ -126,8 +126,10 @@ class CudaTimer:
         first = _elapsed_ms(fn, torch)
         # keep the GPU busy for spin_up_ms first: after seconds of CPU-only work (compiling a step) its clocks
         # are down, and a sub-millisecond step's samples would all fall inside the ramp back up
-        for _ in range(warm_count(first, self.warmup - 1, self.spin_up_ms, cap=20_000)):
+        for _ in range(calls_to_fill(first, self.warmup - 1, self.spin_up_ms, cap=20_000)):
             fn()
+        if inner > 1:  # replays: each sample spans min_sample_ms, so a step of microseconds (a dropped layer)
+            inner = calls_to_fill(first, inner, self.min_sample_ms, cap=1000)  # is not timed at event resolution
         out = []
         for _ in range(sample_count(first * inner, self.repeats, self.budget_ms)):
             if flush:
@@ -190,9 +192,9 @@ class Pool:
         return out
 
 
-def warm_count(first_ms: float, at_least: int, warm_ms: float, cap: int) -> int:
-    """How many more warm-up calls: enough to fill `warm_ms` (at most `cap`), and never fewer than `at_least`."""
-    return max(at_least, min(int(warm_ms / max(first_ms, 1e-3)), cap))
+def calls_to_fill(first_ms: float, at_least: int, fill_ms: float, cap: int) -> int:
+    """How many calls of about `first_ms` fill `fill_ms` (at most `cap`), and never fewer than `at_least`."""
+    return max(at_least, min(int(fill_ms / max(first_ms, 1e-4)), cap))
 
 
 def sample_count(first_ms: float, repeats: int, budget_ms: float) -> int:

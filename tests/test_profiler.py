@@ -166,6 +166,16 @@ def test_each_sample_runs_the_candidate_in_that_many_layers(tmp_path, depth):
                                  .entries if e.layer == 0})  # an entry is one layer's cost whatever the depth
 
 
+def test_call_counts_fill_their_time_within_bounds():
+    from mosaic_search.timing import calls_to_fill, sample_count
+
+    assert calls_to_fill(0.003, 20, 1.0, cap=1000) == 333  # a CUDA-graph replay of a dropped layer
+    assert calls_to_fill(0.1, 20, 1.0, cap=1000) == 20  # a real layer already spans the minimum
+    assert calls_to_fill(0.0, 20, 1.0, cap=1000) == 1000
+    assert calls_to_fill(80.0, 0, 50.0, cap=1000) == 0  # a long first call is warm-up enough
+    assert sample_count(100.0, 9, 500.0) == 5 and sample_count(1000.0, 9, 500.0) == 3 and sample_count(1.0, 9, 500.0) == 9
+
+
 def test_cpu_timer_pairs_alternate_reference_and_step():
     from mosaic_search.timing import CpuTimer
 
