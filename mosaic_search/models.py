@@ -39,8 +39,8 @@ def load_config(model_id: str, shipped_ok: bool = False):
         raise _unresolvable(model_id, e) from None
 
 
-def load_model(model_id: str, dtype: str = "float32", device: str = "cpu", seed: int = 0):
-    """Load a teacher with its weights (`seed` is unused: kept so callers may pass it)."""
+def load_model(model_id: str, dtype: str = "float32", device: str = "cpu"):
+    """Load a teacher with its weights."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 

@@ -392,10 +392,10 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
         # everything of one workload back to back, so that the validation's whole models see the machine
         # the layers they are predicted from saw
         for w in wls:
-            put([gqa] * dims.num_layers)
             if reference:
                 pool.reference = reference.model_fn(w)  # doubles as the whole-teacher baseline
             else:
+                put([gqa] * dims.num_layers)
                 measure(("baseline", w.name), lambda: bench.model_fn(w), w, f"{w.name} baseline")
             measure(("fixed", w.name), lambda: bench.fixed_fn(w), w, f"{w.name} fixed")
             for c in cands:

@@ -75,8 +75,9 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's calibration.txt, else self); for
     a VLM teacher, chat rows may hold images (data.py: one window each, through the vision tower, never swapped);
     `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: windows of
-    `default_seq_len` tokens, DEFAULT_TOKENS tokens (at least two windows), DEFAULT_ALIGN_STEPS alignment steps. Under torchrun the items are split
-    across ranks and rank 0 writes the table. `progress(done, total, what)` is called as items finish.
+    `default_seq_len` tokens, DEFAULT_TOKENS tokens (at least two windows), DEFAULT_ALIGN_STEPS alignment steps.
+    Under torchrun the items are split across ranks and rank 0 writes the table. `progress(done, total, what)` is
+    called as items finish.
     """
     from . import data as data_mod
     from . import surgery

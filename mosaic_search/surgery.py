@@ -125,7 +125,7 @@ def check_swaps(model_id: str, layer: int = 0, new_tokens: int = 8, candidates=N
     from .models import load_model
     from .operators import default_candidates
 
-    model = load_model(model_id, seed=seed)
+    model = load_model(model_id)
     dims = dims_of(model.config)
     if candidates is None:
         # a window shorter than prompt + generation, so decoding runs past it
