@@ -36,10 +36,10 @@ from .schema import LayerPlan, ModelRef
 LIBRARY_KIND = "mosaic/candidate-library"
 PLAN_FILE = "mosaic_plan.json"
 DTYPES = ("float32", "bfloat16", "float16")
-# what is copied from the teacher besides weights and config: tokenizer, processor, chat template, generation config
+# what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
+# config is the loaded teacher's, saved with the model)
 TEACHER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-                 "chat_template*", "*preprocessor_config.json", "processor_config.json", "*.tiktoken", "spiece.model",
-                 "generation_config.json")
+                 "chat_template*", "*preprocessor_config.json", "processor_config.json", "*.tiktoken", "spiece.model")
 # layer types whose cache slot counts tokens (transformers' get_seq_length needs at least one)
 COUNTING_LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -101,6 +101,12 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     return _write(model, config, teacher, plan_bytes, out, max_shard_size)
 
 
+def as_built(model, layers, seed: int = 0):
+    """A teacher with `layers` swapped in (by `surgery.swap`) as the built model class, in memory and sharing its
+    tensors: what `build` would write and a user would load, without the round trip through a directory."""
+    return _as_mosaic_model(model, mosaic_config(model.config, layers, "", seed))
+
+
 def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     """The built model's config: the teacher's, as `mosaic_<base>`, with `layer_types`, `sliding_window`,
     `auto_map` and the `mosaic` block of per-layer mixers."""
@@ -128,6 +134,41 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     obj["auto_map"] = {"AutoConfig": f"configuration_mosaic.{config_cls.__name__}",
                        auto: f"modeling_mosaic.{MODELS[record.model_type].__name__}"}
     return config_cls.from_dict(obj)
+
+
+def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candidates=None, prompt_len: int = 12,
+                     seed: int = 0) -> list[dict]:
+    """Build, in memory, the teacher with each candidate in `layer` (the built model class, as `build` writes it) and
+    compare its greedy `generate` with the static cache (the default), the dynamic cache and no cache."""
+    import torch
+
+    from .operators import default_candidates
+
+    model = load_model(model_id)
+    dims = surgery.dims_of(model.config)
+    if not 0 <= layer < dims.num_layers:
+        raise UsageError(f"layer {layer} is out of range: the model has {dims.num_layers} layers "
+                         f"(0..{dims.num_layers - 1})")
+    if candidates is None:
+        # a window shorter than prompt + generation, so decoding runs past it
+        candidates = list(dict.fromkeys(c if c.op != "swa" else Candidate.of("swa", {"window": 4})
+                                        for c in default_candidates(dims)))
+    prompt = torch.randint(3, dims.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                  attention_mask=torch.ones_like(prompt))
+    results = []
+    for cand in candidates:
+        layers = [Candidate.of("gqa")] * dims.num_layers
+        layers[layer] = cand
+        surgery.swap(model, layer, cand)
+        built = as_built(model, layers, seed)
+        with torch.no_grad():
+            runs = {mode: built.generate(prompt, **kwargs, **extra)[0, prompt_len:].tolist() for mode, extra in
+                    (("static", {}), ("dynamic", {"cache_implementation": "dynamic"}), ("none", {"use_cache": False}))}
+        results.append({"candidate": str(cand), "match": runs["static"] == runs["dynamic"] == runs["none"],
+                        "tokens": runs["none"]})
+        surgery.restore(model, layer)
+    return results
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -237,7 +278,13 @@ def _as_mosaic_model(model, config):
     if missing or unexpected:
         raise MosaicError(f"the built model class does not match the swapped teacher: missing {sorted(missing)[:3]}, "
                           f"unexpected {sorted(unexpected)[:3]}")
+    for name, buffer in model.named_buffers():  # buffers outside the state dict (rotary tables) stayed on meta
+        owner, _, attr = name.rpartition(".")
+        if getattr(built.get_submodule(owner), attr).is_meta:
+            setattr(built.get_submodule(owner), attr, buffer)
     built.generation_config = copy.deepcopy(model.generation_config)
+    # fast by default: transformers compiles a static cache's decode step and replays it from a CUDA graph
+    built.generation_config.cache_implementation = "static"
     return built.eval()
 
 

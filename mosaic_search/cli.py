@@ -90,10 +90,10 @@ def ops(as_json: JsonOpt = False):
 @app.command()
 def check(model: ModelOpt = "tiny", layer: Annotated[int, typer.Option(help="Layer to swap.")] = 0,
           tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 8, as_json: JsonOpt = False):
-    """Swap every operator into one layer and check generate() with cache equals without cache."""
-    from .surgery import check_swaps
+    """Swap every operator into one layer and check generate() with the static and dynamic caches equals no cache."""
+    from .builder import check_generation
 
-    results = check_swaps(model, layer=layer, new_tokens=tokens)
+    results = check_generation(model, layer=layer, new_tokens=tokens)
     if as_json:
         return _emit_json(results)
     table = Table(title=f"swap check: {model}, layer {layer}, {tokens} new tokens")

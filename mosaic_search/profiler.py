@@ -106,36 +106,59 @@ def check_device(device: str) -> str:
     raise UsageError(f'unknown device "{device}": use cpu or cuda')
 
 
-class StaticSlot:
-    """A cache slot of fixed length for timing one decode step at a given context: the new token is
-    written into the last position in place, so the step has static shapes and can be graph-captured."""
+def _static_slot_class():
+    from transformers.cache_utils import CacheLayerMixin
 
-    def __init__(self, length: int):
-        self.length = length
-        self.keys = self.values = None
+    class StaticSlot(CacheLayerMixin):
+        """An attention cache slot of fixed length, filled as if `seen` tokens came before, for timing one decode step
+        at a given context: the new token is written into the last position in place, so the step has static shapes
+        and can be graph-captured."""
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        import torch
+        def __init__(self, length: int, seen: int):
+            super().__init__()
+            self.length, self.seen = length, seen
 
-        if self.keys is None:
+        def lazy_initialization(self, key_states, value_states):
+            import torch
+
             # random, not zeros: values never matter for latency, but zeros can run faster than real data
             shape = lambda x: (*x.shape[:2], self.length, x.shape[-1])  # noqa: E731
             self.keys = torch.randn(shape(key_states), dtype=key_states.dtype, device=key_states.device)
             self.values = torch.randn(shape(value_states), dtype=value_states.dtype, device=value_states.device)
-        self.keys[:, :, -1:].copy_(key_states)
-        self.values[:, :, -1:].copy_(value_states)
-        return self.keys, self.values
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys[:, :, -1:].copy_(key_states)
+            self.values[:, :, -1:].copy_(value_states)
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.seen
+
+        def get_mask_sizes(self, query_length: int):
+            return self.length, 0
+
+        def get_max_length(self) -> int:
+            return self.length
+
+    return StaticSlot
 
 
-def static_cache(layers, context: int):
-    """A cache whose slot i holds `context` past tokens for layers[i] (a window's worth for SWA)."""
-    from transformers.cache_utils import Cache
+def static_cache(layers, layer_types, context: int):
+    """A decode cache at `context` past tokens: for attention layers[i] a slot of `context` + 1 positions (a window's
+    worth for SWA), for linear-attention types transformers' own fixed-state slot."""
+    from transformers.cache_utils import Cache, LinearAttentionLayer
 
+    slot = _static_slot_class()
     slots = []
-    for layer in layers:
-        mixer = getattr(layer, "self_attn", layer)
-        window = getattr(mixer, "window", None)
-        slots.append(StaticSlot(min(window, context + 1) if window else context + 1))
+    for layer, kind in zip(layers, layer_types):
+        if kind == "linear_attention":
+            slots.append(LinearAttentionLayer())
+            continue
+        window = getattr(getattr(layer, "self_attn", layer), "window", None)
+        slots.append(slot(min(window, context + 1) if window else context + 1, context))
     return Cache(layers=slots)
 
 
@@ -158,6 +181,25 @@ class _Bench:
     compile_decode: bool = False
     fallbacks: list = field(default_factory=list)
     image_tokens: int = 0  # a VLM's prefill also encodes one image of this many (merged) tokens per sequence
+    layer_types: list = field(default_factory=list)  # the cache slot type of each layer's current mixer
+
+    def prefill_cache(self):
+        """An empty dynamic cache for the current mixers, built by transformers from `layer_types` as generate does."""
+        import copy
+
+        from transformers import DynamicCache
+
+        from . import surgery
+
+        config = copy.copy(surgery.architecture(self.model.config).text(self.model.config))
+        config.layer_types = list(self.layer_types)
+        windows = [getattr(getattr(layer, "self_attn", layer), "window", None) for layer in self.stack.layers]
+        config.sliding_window = max((w for w in windows if w), default=None)
+        return DynamicCache(config=config)
+
+    def decode_cache(self, context: int):
+        """A cache at `context` past tokens for one decode step of the current mixers (`static_cache`)."""
+        return static_cache(self.stack.layers, self.layer_types, context)
 
     def inputs(self, w: Workload):
         import torch
@@ -191,7 +233,6 @@ class _Bench:
     def layers_fn(self, count: int, w: Workload):
         """A closure running decoder layers 0..count-1 once, in sequence, for workload `w`."""
         import torch
-        from transformers import DynamicCache
 
         layers = self.stack.layers[:count]
         hidden, _, start = self.inputs(w)
@@ -204,8 +245,8 @@ class _Bench:
             return h
 
         if w.phase == "prefill":
-            return lambda: chain(_eager, DynamicCache())
-        cache = static_cache(self.stack.layers, w.seq_len)
+            return lambda: chain(_eager, self.prefill_cache())
+        cache = self.decode_cache(w.seq_len)
         with torch.no_grad():  # not inference mode: timers may run the step outside it
             chain(_eager, cache)  # allocates the static slots / creates the states
         return self._decode_step(lambda compiled: chain(compiled, cache), f"layers 0-{count - 1} {w.name}")
@@ -226,15 +267,14 @@ class _Bench:
     def model_fn(self, w: Workload):
         """The whole text model once: a prefill, or one decode step against a cache at the context."""
         import torch
-        from transformers import DynamicCache
 
         _, ids, start = self.inputs(w)
         vision = self.vision_fn(w)
         if vision is not None:
-            return lambda: (vision(), self.stack.forward(ids, DynamicCache(), start))
+            return lambda: (vision(), self.stack.forward(ids, self.prefill_cache(), start))
         if w.phase == "prefill":
-            return lambda: self.stack.forward(ids, DynamicCache(), start)
-        cache = static_cache(self.stack.layers, w.seq_len)
+            return lambda: self.stack.forward(ids, self.prefill_cache(), start)
+        cache = self.decode_cache(w.seq_len)
         with torch.no_grad():
             self.stack.forward(ids, cache, start)
 
@@ -311,10 +351,12 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
         raise UsageError(f"--image-tokens {image_tokens}: {model} is a text-only model")
     with torch.device(device):
         net = model_from_config(config, dtype=dtype, seed=seed)
-    for i in range(len(surgery.decoder_layers(net))):
+    n = len(surgery.decoder_layers(net))
+    for i in range(n):
         surgery.swap(net, i, Candidate.of("gqa"))
     return config, _Bench(net, surgery.text_stack(net), device, getattr(torch, dtype),
-                          compile_decode=default_compile(device, compile_decode), image_tokens=image_tokens)
+                          compile_decode=default_compile(device, compile_decode), image_tokens=image_tokens,
+                          layer_types=[Candidate.of("gqa").spec.layer_type] * n)
 
 
 def default_compile(device: str, compile_decode: bool | None) -> bool:
@@ -449,6 +491,7 @@ def _assigner(bench: _Bench, num_layers: int):
                 if (i, c) not in built:
                     built[i, c] = surgery.build_mixer(bench.model, i, c)
                 surgery.install(bench.model, i, c, built[i, c])
+                bench.layer_types[i] = c.spec.layer_type
                 current[i] = c
 
     return put

@@ -5,9 +5,11 @@ next to the plan's predicted speedup. (Named speedup, not bench, so the module n
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .errors import MosaicError, UsageError
+from .operators import Candidate
 from .schema import LayerPlan, load_plan
 
 
@@ -40,8 +42,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     _, base = profiler.load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
     if model_dir is None:
         _, mine = profiler.load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
-        for i, c in enumerate(plan.layers):
-            surgery.swap(mine.model, i, c)
+        profiler._assigner(mine, len(plan.layers))(plan.layers)
     else:
         mine = _load_built(model_dir, device, dtype or base.stack.embed.weight.dtype, base.compile_decode, image_tokens)
     rounds = rounds or profiler.default_rounds(device)
@@ -87,13 +88,118 @@ def _resolve(target) -> tuple[LayerPlan, Path | None]:
 def _load_built(model_dir: Path, device: str, dtype, compile_decode: bool, image_tokens: int):
     """A built model loaded as users load it, wrapped for the harness."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from . import surgery
     from .profiler import _Bench
 
+    model = _load_user_model(model_dir, device, dtype)
+    text = surgery.architecture(model.config).text(model.config)
+    return _Bench(model, surgery.text_stack(model), device, dtype if isinstance(dtype, torch.dtype) else
+                  getattr(torch, dtype), compile_decode=compile_decode, image_tokens=image_tokens,
+                  layer_types=list(text.layer_types))
+
+
+GENERATE_MODELS = ("model", "all-gqa", "stock")
+
+
+def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: int = 1, device: str = "cpu",
+                   dtype: str | None = None, rounds: int = 3, seed: int = 0, progress=None) -> list[dict]:
+    """Time `model.generate` end to end, as a user calls it, for a built model directory and two references.
+
+    The references, both on the same teacher dimensions with random weights: `all-gqa`, the teacher built by mosaic
+    with every layer `gqa` (same remote code, same generation path: the apples-to-apples baseline), and `stock`, the
+    teacher's own transformers class in its best mode (the static cache, which transformers compiles and replays
+    from a CUDA graph, on CUDA; the dynamic cache on CPU). Per context (prompt tokens, e.g. '16k'): TTFT is a
+    one-token generate, TPOT is (N-token generate - TTFT) / (N - 1), both medians over `rounds` passes in which the
+    three models alternate, after one untimed warm-up each (compilation, autotuning). Returns one row per context
+    with `{name}_ttft_ms`, `{name}_tpot_ms`, `{name}_tokens_per_s` for each model, the measured TPOT and TTFT
+    speedups over `all-gqa` and `stock`, and the plan's predicted TPOT speedup for the matching decode workload.
+    """
+    import statistics
+
+    import torch
+
+    from . import builder, profiler, surgery
+    from .models import load_config, model_from_config
+
+    device = profiler.check_device(device)
+    plan, path = _resolve(model_dir)
+    if path is None:
+        raise UsageError(f"{model_dir}: generate is timed on a built model directory, not a plan")
+    if new_tokens < 2:
+        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    lengths = [profiler.parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
+               for c in (contexts or [w.seq_len for w in _decode_workloads(plan)] or [256])]
+    config = load_config(plan.header.model.id, shipped_ok=True)
+    models = {"model": _load_user_model(path, device, dtype)}
+    with torch.device(device):
+        teacher = model_from_config(config, dtype=dtype, seed=seed)
+        models["stock"] = model_from_config(config, dtype=dtype, seed=seed)
+    gqa = [Candidate.of("gqa")] * len(surgery.decoder_layers(teacher))
+    for i, c in enumerate(gqa):
+        surgery.swap(teacher, i, c)
+    models["all-gqa"] = builder.as_built(teacher, gqa, seed).to(device)
+    stock_mode = {"cache_implementation": "static"} if device.startswith("cuda") else {}
+    vocab = surgery.dims_of(config).vocab_size
+    rows = []
+    for n, context in enumerate(lengths):
+        ids = torch.randint(3, vocab, (batch_size, context), generator=torch.Generator().manual_seed(seed + n))
+        ids = ids.to(device)
+
+        def generate(name, tokens):
+            kwargs = dict(stock_mode) if name == "stock" else {}
+            with torch.no_grad():
+                _sync(device)
+                start = time.perf_counter()
+                models[name].generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                      min_new_tokens=tokens, do_sample=False, pad_token_id=0, **kwargs)
+                _sync(device)
+            return 1000 * (time.perf_counter() - start)
+
+        for name in GENERATE_MODELS:  # untimed: compilation, autotuning, allocator warm-up
+            generate(name, new_tokens)
+        samples = {name: {"ttft": [], "total": []} for name in GENERATE_MODELS}
+        for r in range(rounds):
+            for name in GENERATE_MODELS:
+                samples[name]["ttft"].append(generate(name, 1))
+                samples[name]["total"].append(generate(name, new_tokens))
+            if progress:
+                progress(n * rounds + r + 1, len(lengths) * rounds, f"generate c{context}")
+        row = {"context": context, "batch_size": batch_size, "new_tokens": new_tokens, "device": device,
+               "dtype": dtype, "stock_mode": stock_mode.get("cache_implementation", "dynamic")}
+        for name in GENERATE_MODELS:
+            ttft = statistics.median(samples[name]["ttft"])
+            total = statistics.median(samples[name]["total"])
+            tpot = max(total - ttft, 0.0) / (new_tokens - 1)
+            row.update({f"{name}_ttft_ms": ttft, f"{name}_tpot_ms": tpot,
+                        f"{name}_tokens_per_s": 1000 * batch_size * new_tokens / total})
+        for ref in ("all-gqa", "stock"):
+            row[f"tpot_speedup_vs_{ref}"] = row[f"{ref}_tpot_ms"] / row["model_tpot_ms"]
+            row[f"ttft_speedup_vs_{ref}"] = row[f"{ref}_ttft_ms"] / row["model_ttft_ms"]
+        name = profiler.workload_name("decode", batch_size, context)
+        row["predicted_tpot_speedup"] = plan.predicted.get(name, {}).get("speedup")
+        rows.append(row)
+    return rows
+
+
+def _decode_workloads(plan: LayerPlan):
+    from . import profiler
+
+    return [w for w in map(profiler.workload_from_name, plan.predicted) if w.phase == "decode"]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _load_user_model(model_dir: Path, device: str, dtype):
+    """A built model loaded exactly as its card shows: the Auto class, `trust_remote_code=True`."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
     config = json.loads((model_dir / "config.json").read_text())
     auto = AutoModelForImageTextToText if "vision_config" in config else AutoModelForCausalLM
-    model = auto.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval().to(device)
-    return _Bench(model, surgery.text_stack(model), device, dtype if isinstance(dtype, torch.dtype) else
-                  getattr(torch, dtype), compile_decode=compile_decode, image_tokens=image_tokens)
+    return auto.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval().to(device)

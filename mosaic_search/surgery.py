@@ -117,35 +117,6 @@ def restore(model, layer: int) -> None:
         decoder_layers(model)[layer] = original
 
 
-def check_swaps(model_id: str, layer: int = 0, new_tokens: int = 8, candidates=None, prompt_len: int = 12,
-                seed: int = 0) -> list[dict]:
-    """Swap each candidate into `layer` and compare greedy generate() with and without the cache."""
-    import torch
-
-    from .models import load_model
-    from .operators import default_candidates
-
-    model = load_model(model_id)
-    dims = dims_of(model.config)
-    if candidates is None:
-        # a window shorter than prompt + generation, so decoding runs past it
-        candidates = [c if c.op != "swa" else Candidate.of("swa", {"window": 4})
-                      for c in dict.fromkeys(default_candidates(dims))]
-        candidates = list(dict.fromkeys(candidates))
-    gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(3, dims.vocab_size, (1, prompt_len), generator=gen)
-    results = []
-    for cand in candidates:
-        swap(model, layer, cand)
-        with torch.no_grad():
-            kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-            cached = model.generate(prompt, use_cache=True, **kwargs)[0, prompt_len:].tolist()
-            uncached = model.generate(prompt, use_cache=False, **kwargs)[0, prompt_len:].tolist()
-        results.append({"candidate": str(cand), "match": cached == uncached, "tokens": cached})
-        restore(model, layer)
-    return results
-
-
 @dataclass(frozen=True)
 class DeepStack:
     """Qwen3-VL's DeepStack injection for a batch: after decoder layer k < len(features), features[k] (one row per
@@ -201,12 +172,14 @@ class TextStack:
         mask = ids == self.vlm.config.image_token_id
         hidden = hidden.masked_scatter(mask[..., None], torch.cat(out.pooler_output).to(hidden.dtype))
         positions, _ = self.vlm.get_rope_index(ids, mm_token_type_ids=mask.int(), image_grid_thw=grid)
-        return hidden, self.rotary(hidden, positions), DeepStack(mask, list(out.deepstack_features))
+        # one tensor per DeepStack level, its images' rows in order (the vision tower splits them per image)
+        features = [torch.cat(level) for level in out.deepstack_features]
+        return hidden, self.rotary(hidden, positions), DeepStack(mask, features)
 
     def run_layer(self, layer, hidden, position_embeddings, cache=None):
         """One decoder layer (whatever mixer it holds) on hidden states."""
-        return layer(hidden, attention_mask=None, position_embeddings=position_embeddings,
-                     past_key_values=cache, use_cache=cache is not None)
+        return layer(hidden, attention_mask=None, position_embeddings=position_embeddings, cache=cache,
+                     use_cache=cache is not None)
 
     def head(self, hidden):
         """Final norm and LM head on the last position only (what generation computes)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -23,8 +25,17 @@ def _rotary(model, positions):
 def _run(model, mixer, x, start=0, cache=None):
     """Run one mixer on hidden states x at absolute positions start..start+T-1."""
     pos = torch.arange(start, start + x.shape[1])[None]
-    out = mixer(x, position_embeddings=_rotary(model, pos), past_key_values=cache)
+    out = mixer(x, position_embeddings=_rotary(model, pos), cache=cache)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _cache(model, cand, layer=1):
+    """An empty dynamic cache as a built model with `cand` in `layer` gets it: slots follow `layer_types`."""
+    config = copy.deepcopy(model.config)
+    config.layer_types = [cand.spec.layer_type if i == layer else "full_attention"
+                          for i in range(config.num_hidden_layers)]
+    config.sliding_window = cand.kwargs.get("window")
+    return DynamicCache(config=config)
 
 
 def _mixer(model, cand, layer=1):
@@ -59,8 +70,8 @@ def test_prefill_then_decode_equals_longer_prefill(qwen3, cand):
     t, k = 37, 6  # 37 is not a multiple of the chunk size; 6 steps run past the window of 4
     x = torch.randn(2, t + k, qwen3.config.hidden_size)
     with torch.no_grad():
-        full = _run(qwen3, mixer, x, cache=DynamicCache(config=qwen3.config))
-        cache = DynamicCache(config=qwen3.config)
+        full = _run(qwen3, mixer, x, cache=_cache(qwen3, cand))
+        cache = _cache(qwen3, cand)
         steps = [_run(qwen3, mixer, x[:, :t], cache=cache)]
         for i in range(t, t + k):
             steps.append(_run(qwen3, mixer, x[:, i:i + 1], start=i, cache=cache))
@@ -74,7 +85,7 @@ def test_chunked_prefill_continues_from_cache(qwen3, cand):
     x = torch.randn(1, 33, qwen3.config.hidden_size)
     with torch.no_grad():
         full = _run(qwen3, mixer, x)
-        cache = DynamicCache(config=qwen3.config)
+        cache = _cache(qwen3, cand)
         parts = [_run(qwen3, mixer, x[:, :20], cache=cache), _run(qwen3, mixer, x[:, 20:], start=20, cache=cache)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
 

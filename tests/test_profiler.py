@@ -100,7 +100,7 @@ def test_static_cache_step_keeps_shapes(qwen3):
 
     surgery.swap(qwen3, 0, Candidate.of("swa", {"window": 8}))
     stack = surgery.text_stack(qwen3)
-    cache = profiler.static_cache(stack.layers, 100)
+    cache = profiler.static_cache(stack.layers, ["sliding_attention"] + ["full_attention"] * 2, 100)
     ids = torch.tensor([[5]])
     with torch.no_grad():
         a = stack.forward(ids, cache, 100)
@@ -227,11 +227,11 @@ def test_cli_profile_validate_reports_and_stores_the_check(tmp_path, capsys, mon
 
 
 def _mixed_bench(compile_decode):
-    from mosaic_search.profiler import load_bench
+    from mosaic_search.profiler import _assigner, load_bench
 
     _, bench = load_bench("tiny", "cpu", compile_decode=compile_decode)
-    for i, cand in enumerate(c for c in every_operator(window=16) if c.spec.fast_path()[0]):
-        surgery.swap(bench.model, i, cand)
+    layers = [c for c in every_operator(window=16) if c.spec.fast_path()[0]]
+    _assigner(bench, len(layers))(layers)
     return bench
 
 

@@ -103,7 +103,7 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
             weights = builder.load_library_entry(library, layer, cand)
             assert (weights is not None) == cand.spec.aligned
             surgery.swap(model, layer, cand, weights=weights)
-            q = torch.log_softmax(model(ids).logits[:, :-1].float(), -1)
+            q = torch.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1)
             surgery.restore(model, layer)
             kl = float((p.exp() * (p - q)).sum(-1).mean())
             assert kl == pytest.approx(_cell(table, layer, str(cand)).kl, rel=1e-3, abs=1e-7)
@@ -119,7 +119,7 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
     for layer, cand in enumerate(layers):
         surgery.swap(model, layer, cand, weights=builder.load_library_entry(library, layer, cand))
     with torch.no_grad():
-        torch.testing.assert_close(shipped(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shipped(ids).logits, model(ids, use_cache=False).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_prefix_is_never_recomputed(teacher, tmp_path, monkeypatch):

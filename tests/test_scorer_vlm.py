@@ -116,7 +116,8 @@ def _kl_of_full_forwards(teacher, windows, layer, cand, weights) -> float:
         for ids, length, images in zip(windows.ids, windows.lengths, windows.images):
             ids = ids[None, :length]
             kwargs = {} if images is None else {**images, "mm_token_type_ids": (ids == IMAGE).int()}
-            p, q = (torch.log_softmax(m(input_ids=ids, **kwargs).logits[0, :-1].double(), -1) for m in models)
+            p, q = (torch.log_softmax(m(input_ids=ids, use_cache=False, **kwargs).logits[0, :-1].double(), -1)
+                    for m in models)
             total += float((p.exp() * (p - q)).sum())
             n += length - 1
     return total / n

@@ -41,35 +41,38 @@ def test_swap_to_gqa_leaves_logits_unchanged(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("cand", every_operator(), ids=str)
 def test_every_operator_generates_same_with_and_without_cache(arch, cand):
+    """The swap as the built model class (in memory): generate with its default static cache, the dynamic cache and
+    no cache agree, and a cached prefill + decode gives the full forward's logits token by token."""
+    from transformers import DynamicCache
+
+    from mosaic_search import builder
+
     model = tiny_model(arch)
     surgery.swap(model, 0, cand)
+    model = builder.as_built(model, [cand] + [Candidate.of("gqa")] * 2)
     ids = _ids(model, n=6)[:1]
     with torch.no_grad():
-        kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-        cached = model.generate(ids, use_cache=True, **kwargs)
-        uncached = model.generate(ids, use_cache=False, **kwargs)
-        assert torch.equal(cached, uncached)
-        # the logits of the cached forward equal the full forward, token by token
+        kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+        cached = model.generate(ids, **kwargs)
+        assert torch.equal(cached, model.generate(ids, cache_implementation="dynamic", **kwargs))
+        assert torch.equal(cached, model.generate(ids, use_cache=False, **kwargs))
         full = model(cached).logits
-        from transformers import DynamicCache
-
-        text_cfg = model.config.get_text_config()
-        cache = DynamicCache(config=text_cfg)
-        steps = [model(cached[:, :6], past_key_values=cache, use_cache=True).logits]
+        cache = DynamicCache(config=model.config)
+        steps = [model(cached[:, :6], cache=cache, use_cache=True).logits]
         for i in range(6, cached.shape[1]):
-            steps.append(model(cached[:, i:i + 1], past_key_values=cache, use_cache=True).logits)
+            steps.append(model(cached[:, i:i + 1], cache=cache, use_cache=True).logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
 
 
 def test_swapped_layer_changes_logits_and_restore_brings_them_back(qwen3):
     ids = _ids(qwen3)
-    with torch.no_grad():
-        before = qwen3(ids).logits
+    with torch.no_grad():  # a swapped teacher keeps its cache layout, so it runs without a cache
+        before = qwen3(ids, use_cache=False).logits
         surgery.swap(qwen3, 1, Candidate.of("drop"))
-        dropped = qwen3(ids).logits
+        dropped = qwen3(ids, use_cache=False).logits
         surgery.swap(qwen3, 1, Candidate.of("none"))  # a second swap still starts from the teacher
         surgery.restore(qwen3, 1)
-        after = qwen3(ids).logits
+        after = qwen3(ids, use_cache=False).logits
     assert not torch.allclose(dropped, before)
     assert torch.equal(after, before)
 

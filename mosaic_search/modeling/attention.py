@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import layer_cache, tokens_seen
 from .dims import ModelDims
 from .norm import RMSNorm
 
@@ -26,16 +27,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, scale: float) -> torch.Tensor:
-    """Causal softmax attention of the last q.shape[-2] tokens over k/v, optionally windowed.
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, scale: float,
+           past=None) -> torch.Tensor:
+    """Causal softmax attention of q.shape[-2] new tokens over a cache slot's keys, optionally windowed.
 
-    q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D] holding the most recent Tk tokens, the last Tq of which are
-    the queries' own. Window w: a query sees the w most recent tokens, itself included. Queries are
-    processed in blocks of w so a window costs O(T * w), not O(T^2).
+    q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D] as a cache slot returns them. `past`: tokens seen before the queries
+    (default Tk - Tq: no cache, or a slot returning exactly the tokens so far). A slot returns either the most recent
+    tokens, the queries' own last (dynamic slots, a full sliding window), or a static buffer whose first past + Tq
+    entries are filled and the rest empty. Window w: a query sees the w most recent tokens, itself included.
+    With an int `past`, queries run in blocks of w so a window costs O(T * w), not O(T^2); a 0-d tensor `past`
+    (a static full-attention slot under torch.compile) masks the whole buffer instead, with static shapes.
     """
     tq, tk = q.shape[-2], k.shape[-2]
-    offset = tk - tq
     gqa = q.shape[1] != k.shape[1]
+    if past is None:
+        past = tk - tq
+    if isinstance(past, torch.Tensor):
+        qpos = past + torch.arange(tq, device=q.device)[:, None]
+        kpos = torch.arange(tk, device=q.device)[None, :]  # a static full slot keeps token i at index i
+        mask = kpos <= qpos
+        if window is not None:
+            mask = mask & (kpos > qpos - window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    if past + tq < tk:  # a static buffer not yet full: only its first past + tq entries are tokens
+        k, v = k[..., :past + tq, :], v[..., :past + tq, :]
+        tk = past + tq
+    offset = tk - tq
     if window is not None and window >= tk:
         window = None  # the window covers everything cached: exactly full attention, same code path
     if window is None:
@@ -59,6 +76,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None
 class Attention(nn.Module):
     """Grouped-query attention with the teacher's projections; `window=None` is full attention."""
 
+    rolls_back = True  # a cache crop drops the last tokens' K/V
+    plain_kv_cache = True  # one K and one V per token: any transformers cache can hold it
+
     def __init__(self, dims: ModelDims, layer_idx: int, window: int | None = None):
         super().__init__()
         self.layer_idx, self.window = layer_idx, window
@@ -80,22 +100,28 @@ class Attention(nn.Module):
             if not isinstance(mine, nn.Identity):
                 mine.load_state_dict(getattr(teacher, name).state_dict())
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
+                **kwargs):
+        cache = layer_cache(past_key_values, cache)
         b, t, _ = hidden_states.shape
         q = self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(hidden_states).view(b, t, -1, self.head_dim)).transpose(1, 2)
         v = self.v_proj(hidden_states).view(b, t, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
-        out = attend(q, k, v, self.window, self.scaling)
+        past = tokens_seen(cache, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        out = attend(q, k, v, self.window, self.scaling, past)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
 
 
 class LatentAttention(nn.Module):
     """Low-rank latent attention: K and V are decoded from a rank-r latent, which is all that is cached
     (with each token's rotary cos/sin, so keys decoded later are rotated for their own positions)."""
+
+    rolls_back = True
+    plain_kv_cache = False  # the slot holds latents, not K/V: a quantizing cache would not be exact
 
     def __init__(self, dims: ModelDims, layer_idx: int, rank: int):
         super().__init__()
@@ -134,19 +160,22 @@ class LatentAttention(nn.Module):
             self.k_up.bias.copy_(teacher.k_proj.bias)
             self.v_up.bias.copy_(teacher.v_proj.bias)
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
+                **kwargs):
+        cache = layer_cache(past_key_values, cache)
         b, t, _ = hidden_states.shape
         q = self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)).transpose(1, 2)
         cos, sin = position_embeddings
         q = apply_rotary(q, cos, sin)
         latent = self.kv_down(hidden_states).unsqueeze(1)  # [B, 1, T, r]
         rope = torch.cat([cos, sin], dim=-1).unsqueeze(1).to(latent.dtype)  # [B, 1, T, 2D]
-        if past_key_values is not None:
-            latent, rope = past_key_values.update(latent, rope, self.layer_idx)
+        past = tokens_seen(cache, self.layer_idx)
+        if cache is not None:
+            latent, rope = cache.update(latent, rope, self.layer_idx)
         tk = latent.shape[-2]
         k = self.k_norm(self.k_up(latent[:, 0]).view(b, tk, -1, self.head_dim)).transpose(1, 2)
         v = self.v_up(latent[:, 0]).view(b, tk, -1, self.head_dim).transpose(1, 2)
         kcos, ksin = rope[:, 0].to(k.dtype).chunk(2, dim=-1)
         k = apply_rotary(k, kcos, ksin)
-        out = attend(q, k, v, None, self.scaling)
+        out = attend(q, k, v, None, self.scaling, past)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None

@@ -105,8 +105,19 @@ _FLA_OK = None
 
 
 def delta_rule(q, k, v, g, beta, scale: float, initial_state=None, use_fla: bool | None = None):
-    """Dispatch: fla's chunk kernel (prefill) or fused-recurrent kernel (decode) on CUDA when available,
-    otherwise the PyTorch chunked form (prefill) or recurrence (single token)."""
+    """The gated delta rule on [B, T, H, D] inputs: returns (o [B, T, H, V], final state [B, H, K, V] fp32).
+
+    fla's chunk kernel (prefill) or fused-recurrent kernel (decode) on CUDA when available, otherwise the PyTorch
+    chunked form (prefill) or recurrence (one token). Without gradients the call goes through the custom op
+    `mosaic::delta_rule`, which torch.compile keeps whole (one graph, no break into fla's Python wrappers); with
+    gradients (alignment, distillation) autograd runs through the chosen implementation directly.
+    """
+    if use_fla is None and not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, beta))):
+        return _custom_op()(q, k, v, g, beta, scale, initial_state)
+    return _delta_rule(q, k, v, g, beta, scale, initial_state, use_fla)
+
+
+def _delta_rule(q, k, v, g, beta, scale: float, initial_state=None, use_fla: bool | None = None):
     if use_fla is None:
         use_fla = q.is_cuda and fla_available()
     single = q.shape[1] == 1
@@ -118,3 +129,28 @@ def delta_rule(q, k, v, g, beta, scale: float, initial_state=None, use_fla: bool
     if single:
         return recurrent_delta_rule(q, k, v, g, beta, scale, initial_state)
     return chunked_delta_rule(q, k, v, g, beta, scale, initial_state)
+
+
+OP_NAME = "mosaic::delta_rule"
+
+
+def _custom_op():
+    """`mosaic::delta_rule`, defined on first use: the remote code of every built model loaded in a process imports
+    its own copy of this module, and an op name can be registered once per process (the first copy's serves all)."""
+    try:
+        return torch.ops.mosaic.delta_rule
+    except (AttributeError, RuntimeError):
+        pass
+
+    @torch.library.custom_op(OP_NAME, mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float,
+           initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # every implementation returns fresh tensors (the references clone the initial state), as a custom op must
+        return _delta_rule(q, k, v, g, beta, scale, initial_state)
+
+    @op.register_fake
+    def _(q, k, v, g, beta, scale, initial_state):
+        b, _, h, dk = k.shape
+        return torch.empty_like(v), q.new_empty(b, h, dk, v.shape[-1], dtype=torch.float32)
+
+    return torch.ops.mosaic.delta_rule

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import advance, get_state, set_state
+from .cache import conv_context, layer_cache, recurrent_state
 from .delta_rule import delta_rule
 from .dims import ModelDims
 from .norm import RMSNorm
@@ -23,28 +23,27 @@ CONV_KERNEL = 4
 
 
 class ShortConv(nn.Module):
-    """Depthwise causal conv over time, initialised to the identity (the last tap is 1)."""
+    """Depthwise causal conv weights over time, initialised to the identity (the last tap is 1)."""
 
     def __init__(self, channels: int, kernel: int = CONV_KERNEL):
         super().__init__()
-        self.kernel = kernel
         self.weight = nn.Parameter(torch.zeros(channels, kernel))
         with torch.no_grad():
             self.weight[:, -1] = 1.0
 
-    def forward(self, x: torch.Tensor, tail: torch.Tensor | None):
-        """x: [B, T, C]; tail: the previous kernel-1 inputs [B, kernel-1, C] or None; returns (y, new tail)."""
-        if tail is None:
-            tail = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[-1])
-        full = torch.cat([tail.to(x.dtype), x], dim=1)
-        y = F.conv1d(full.transpose(1, 2), self.weight.unsqueeze(1).to(x.dtype), groups=x.shape[-1])
-        return y.transpose(1, 2), full[:, -(self.kernel - 1):]
+
+def short_conv(x: torch.Tensor, context: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv: x [B, C, T] after its context [B, C, K-1] (the inputs before it), weight [C, K]."""
+    full = torch.cat([context.to(x.dtype), x], dim=-1)
+    return F.conv1d(full, weight.unsqueeze(1).to(x.dtype), groups=x.shape[1])
 
 
 class DeltaMixer(nn.Module):
-    """Common body of GDN and KDA; subclasses define `decay_logits` and the decay shape."""
+    """Common body of GDN and KDA; subclasses set `per_channel` (the decay's shape)."""
 
     per_channel = False
+    rolls_back = False  # the recurrent state folds every token in: a crop cannot take one out again
+    plain_kv_cache = False
 
     def __init__(self, dims: ModelDims, layer_idx: int):
         super().__init__()
@@ -100,26 +99,31 @@ class DeltaMixer(nn.Module):
             return -self.A_log.exp()[:, None] * raw.view(b, t, self.num_heads, self.head_dim)
         return -self.A_log.exp() * raw
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
+                **kwargs):
+        cache = layer_cache(past_key_values, cache)
         x = hidden_states
         b, t, _ = x.shape
-        state = get_state(past_key_values, self.layer_idx) if past_key_values is not None else None
-        tails = state["conv"] if state else (None, None, None)
-        q, q_tail = self.q_conv(self.q_proj(x), tails[0])
-        k, k_tail = self.k_conv(self.k_proj(x), tails[1])
-        v, v_tail = self.v_conv(self.v_proj(x), tails[2])
+        # q, k and v convolve as one channels-first tensor: the cache keeps one conv state per layer
+        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1).transpose(1, 2)
+        if cache is None:
+            context = qkv.new_zeros(b, qkv.shape[1], CONV_KERNEL - 1)
+            initial = None
+        else:
+            initial = recurrent_state(cache, self.layer_idx)
+            context = conv_context(cache, self.layer_idx, qkv, CONV_KERNEL - 1)
+        weight = torch.cat([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight])
+        q, k, v = short_conv(qkv, context, weight).transpose(1, 2).chunk(3, dim=-1)
         shape = (b, t, self.num_heads, self.head_dim)
         # q and k go through SiLU before their L2 norm; v stays linear so the identity conv keeps the teacher's V
-        q = F.normalize(self.q_norm(F.silu(q).view(shape)).float(), dim=-1).to(x.dtype)
-        k = F.normalize(self.k_norm(F.silu(k).view(shape)).float(), dim=-1).to(x.dtype)
-        v = v.view(shape)
+        q = F.normalize(self.q_norm(F.silu(q).reshape(shape)).float(), dim=-1).to(x.dtype)
+        k = F.normalize(self.k_norm(F.silu(k).reshape(shape)).float(), dim=-1).to(x.dtype)
+        v = v.reshape(shape)
         beta = torch.sigmoid(self.b_proj(x).float())
         # scale 1: q and k are unit vectors, so q.k is already in [-1, 1]
-        o, final = delta_rule(q, k, v, self.decay(x), beta, 1.0, state["recurrent"] if state else None)
-        if past_key_values is not None:
-            set_state(past_key_values, self.layer_idx,
-                      {"conv": (q_tail, k_tail, v_tail), "recurrent": final})
-            advance(past_key_values, self.layer_idx, x)
+        o, final = delta_rule(q, k, v, self.decay(x), beta, 1.0, initial)
+        if cache is not None:
+            cache.update_recurrent_state(final, self.layer_idx)
         o = o.reshape(b, t, -1).to(x.dtype) * torch.sigmoid(self.g_proj(x))
         return self.o_proj(o), None
 

@@ -12,6 +12,7 @@ from transformers import LlamaForCausalLM, Qwen3ForCausalLM, Qwen3VLForCondition
 from .architectures import ARCHITECTURES, base_model_type, decoder_layers, text_config
 from .configuration_mosaic import MosaicLlamaConfig, MosaicQwen3Config, MosaicQwen3VLConfig
 from .dims import ModelDims
+from .generation import generate_kwargs
 from .mixers import mixer_class
 
 # transformers' remote-code loader copies only the files this module imports by a `from .x import` line, and
@@ -76,7 +77,8 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
 
 
 class _MosaicMixin:
-    """Builds the teacher, then swaps in the mixers of `config.mosaic` and takes over masking."""
+    """Builds the teacher, then swaps in the mixers of `config.mosaic`, takes over masking and checks that each
+    `generate` call asks for a mode the mix serves exactly (`generation.generate_kwargs`)."""
 
     # whether the text model looks its masks up by `layer_types` (Qwen3) or builds one causal mask (Llama, Qwen3-VL)
     masks_by_layer_type = False
@@ -84,6 +86,23 @@ class _MosaicMixin:
     def _install_mosaic(self) -> None:
         install_mixers(self)
         text_model(self).register_forward_pre_hook(_masks_done_by_mixers(self.masks_by_layer_type), with_kwargs=True)
+
+    @staticmethod
+    def create_masks_for_generate(attention_mask=None, **kwargs):
+        """The 2-D mask as it is: generate would otherwise build per-layer-type 4-D masks for a static cache, which
+        the mixers do not read (and which transformers cannot size for linear-attention layers)."""
+        return attention_mask
+
+    def mosaic_mixers(self) -> list:
+        """(layer index, op, mixer module) for every decoder layer, as `config.mosaic` lists them."""
+        layers = decoder_layers(self, ARCHITECTURES[base_model_type(self.config)])
+        return [(i, spec["op"], layers[i] if spec.get("replaces") == "layer" else layers[i].self_attn)
+                for i, spec in enumerate(self.config.mosaic["layers"])]
+
+    def generate(self, *args, **kwargs):
+        """transformers' `generate`, refused in one line for a mode this mix cannot serve exactly (see
+        `generation.generate_kwargs`); pass `generation_config` by keyword."""
+        return super().generate(*args, **generate_kwargs(self, self.mosaic_mixers(), args, kwargs))
 
 
 class MosaicQwen3ForCausalLM(_MosaicMixin, Qwen3ForCausalLM):

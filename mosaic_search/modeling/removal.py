@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cache import advance
+from .cache import layer_cache, mark_stateless
 
 
 class NoAttention(nn.Module):
     """Attention removed: the residual stream only goes through the layer's MLP."""
+
+    rolls_back = True
+    plain_kv_cache = False  # needs a linear-attention slot (see `mark_stateless`)
 
     def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
@@ -18,15 +21,20 @@ class NoAttention(nn.Module):
     def load_teacher(self, teacher: nn.Module) -> None:
         """Nothing to copy."""
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            advance(past_key_values, self.layer_idx, hidden_states)
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
+                **kwargs):
+        cache = layer_cache(past_key_values, cache)
+        if cache is not None:
+            mark_stateless(cache, self.layer_idx, hidden_states)
         return torch.zeros_like(hidden_states), None
 
 
 class SkipLayer(nn.Module):
     """The whole decoder layer skipped (replaces the decoder layer, not its attention)."""
 
+    rolls_back = True
+    plain_kv_cache = False
+
     def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
@@ -34,7 +42,8 @@ class SkipLayer(nn.Module):
     def load_teacher(self, teacher: nn.Module) -> None:
         """Nothing to copy."""
 
-    def forward(self, hidden_states, *args, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            advance(past_key_values, self.layer_idx, hidden_states)
+    def forward(self, hidden_states, *args, past_key_values=None, cache=None, **kwargs):
+        cache = layer_cache(past_key_values, cache)
+        if cache is not None:
+            mark_stateless(cache, self.layer_idx, hidden_states)
         return hidden_states

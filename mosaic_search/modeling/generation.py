@@ -1,0 +1,72 @@
+"""Which `generate` modes a built model's mix of mixers serves exactly, and which cache each mode gets.
+
+Every mode either equals the same mode with `use_cache=False` or is refused here in one line naming the mode and
+the layer that cannot serve it. transformers builds the cache itself from `layer_types` ("dynamic" or "static");
+other cache implementations (quantized, offloaded) hold plain K/V per token only and are refused. Assisted and
+prompt-lookup decoding crop the cache after every draft, which a recurrent state (gdn, kda) cannot undo.
+"""
+
+from __future__ import annotations
+
+CACHES = ("dynamic", "static")
+ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+
+def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
+    """`kwargs` of a `generate(*args, **kwargs)` call adjusted for this model, or ValueError for a mode it cannot serve
+    exactly.
+
+    `mixers`: (layer index, op, mixer module) per decoder layer. The model's default static cache (its generation
+    config) gives way to a cache the caller passes (continuing a conversation), to `use_cache=False` and to assisted
+    decoding, which crops the cache (the main model's and the assistant's); a `cache_implementation` keyword is kept
+    as asked.
+    """
+    given = kwargs.get("generation_config")
+    config = given if given is not None else model.generation_config
+
+    def setting(key):
+        return kwargs[key] if key in kwargs else getattr(config, key, None)
+
+    # a config passed in without a cache implementation gets the model's own (transformers fills unset values in)
+    cache = setting("cache_implementation") or model.generation_config.cache_implementation
+    if cache not in (None, *CACHES):
+        idx, op = next(((i, op) for i, op, m in mixers if not m.plain_kv_cache), (0, mixers[0][1]))
+        raise ValueError(f"cache_implementation={cache!r} cannot hold layer {idx} ({op}) of this mosaic model; "
+                         f"use one of {', '.join(CACHES)}")
+    assisted = next((key for key in ASSISTED if setting(key) is not None), None)
+    if assisted:
+        stuck = next(((i, op) for i, op, m in mixers if not m.rolls_back), None)
+        if stuck:
+            raise ValueError(f"{assisted}: assisted decoding rolls the cache back after each draft, and layer {stuck[0]} "
+                             f"({stuck[1]}) keeps a recurrent state that cannot be rolled back; generate without it")
+    own_cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if own_cache is not None:
+        _check_room(own_cache, args, kwargs, setting)
+    # an assistant model (called by transformers with `is_assistant` set) is cropped after every draft, too; a
+    # None would be filled in again from the model's own generation config, so the dynamic cache is named
+    cropped = assisted or setting("is_assistant")
+    if cache is not None and "cache_implementation" not in kwargs:
+        if own_cache is not None or setting("use_cache") is False:
+            wanted = None
+        elif cropped:
+            wanted = "dynamic"
+        else:
+            wanted = cache
+        if wanted != cache:  # as a keyword: it applies after transformers merges the configs
+            kwargs = {**kwargs, "cache_implementation": wanted}
+    return kwargs
+
+
+def _check_room(cache, args: tuple, kwargs: dict, setting) -> None:
+    """A static cache passed back in (e.g. the one an earlier call returned) must hold this call's tokens too."""
+    prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    full = [layer.get_max_length() for layer in cache.layers
+            if hasattr(layer, "keys") and not getattr(layer, "is_sliding", False)]
+    room = min((n for n in full if n > 0), default=None)
+    if room is None or prompt is None:
+        return
+    new = setting("max_new_tokens")
+    needed = prompt.shape[-1] + new if new is not None else setting("max_length")
+    if needed is not None and needed > room:
+        raise ValueError(f"the cache passed in holds {room} tokens (a static cache sized by an earlier call) but this "
+                         f"call needs {needed}; pass a DynamicCache, or a StaticCache with max_cache_len >= {needed}")

@@ -1,0 +1,180 @@
+"""Every mode of `generate` on a built model, for every operator: exactly what the same mode gives without a cache
+(greedy and assisted decoding: the plain greedy tokens), or a one-line refusal naming the mode and the operator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import every_operator
+from test_builder import LAYERS, MIXED, NEW, PROMPT, WINDOW, Teacher, _ids, _load_built
+from mosaic_search import builder
+from mosaic_search.operators import Candidate
+
+OPERATORS = every_operator(window=WINDOW)
+GQA = Candidate.of("gqa")
+GREEDY = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """For each operator, a qwen3 build with that operator in layers 0 and 3 (the rest gqa), and under "mixed" one
+    with every operator, loaded as users load them."""
+    root = tmp_path_factory.mktemp("generate")
+    teacher = Teacher("qwen3", root)
+    out = {"mixed": _load_built(builder.build(teacher.plan(MIXED, "mixed"), out=root / "mixed"))}
+    for c in OPERATORS:
+        layers = [c, GQA, GQA, c] + [GQA] * (LAYERS - 4)
+        out[c.op] = _load_built(builder.build(teacher.plan(layers, c.op), out=root / c.op))
+    return out
+
+
+def _greedy(model, ids, **kwargs):
+    with torch.no_grad():
+        return model.generate(ids, **GREEDY, **kwargs)
+
+
+def _refused(model, op, mode, **kwargs):
+    with pytest.raises(ValueError) as e:
+        _greedy(model, _ids(), **kwargs)
+    message = str(e.value)
+    assert "\n" not in message and mode in message and f"({op})" in message
+    return message
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_greedy_equals_uncached(models, op, cache):
+    model = models[op]
+    expected = _greedy(model, _ids(), use_cache=False)
+    assert expected.shape[1] == PROMPT + NEW > 2 * WINDOW  # decoding runs past the SWA window
+    assert torch.equal(_greedy(model, _ids(), cache_implementation=cache), expected)
+
+
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_default_generation_is_the_static_cache_and_exact(models, op):
+    model = models[op]
+    assert model.generation_config.cache_implementation == "static"
+    assert torch.equal(_greedy(model, _ids()), _greedy(model, _ids(), use_cache=False))
+
+
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_seeded_sampling_equals_uncached(models, op):
+    model = models[op]
+    runs = []
+    for kwargs in (dict(use_cache=False), dict(cache_implementation="dynamic"), dict(cache_implementation="static")):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            runs.append(model.generate(_ids(), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=True, top_k=20, pad_token_id=0,
+                                       **kwargs))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_beam_search_equals_uncached(models, op):
+    model = models[op]
+    expected = _greedy(model, _ids(), num_beams=3, use_cache=False)
+    assert torch.equal(_greedy(model, _ids(), num_beams=3), expected)
+    assert torch.equal(_greedy(model, _ids(), num_beams=3, cache_implementation="dynamic"), expected)
+
+
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_prompt_lookup_gives_the_greedy_tokens_or_refuses(models, op):
+    model = models[op]
+    ids = torch.cat([_ids(), _ids()], dim=1)  # a repeated prompt, so lookup drafts
+    if not model.mosaic_mixers()[0][2].rolls_back:
+        _refused(model, op, "prompt_lookup_num_tokens", prompt_lookup_num_tokens=2)
+        return
+    assert torch.equal(_greedy(model, ids, prompt_lookup_num_tokens=2), _greedy(model, ids, use_cache=False))
+
+
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_assistant_model_gives_the_greedy_tokens_or_refuses(models, op):
+    model, assistant = models[op], models["gqa"]
+    if not model.mosaic_mixers()[0][2].rolls_back:
+        _refused(model, op, "assistant_model", assistant_model=assistant)
+        return
+    assert torch.equal(_greedy(model, _ids(), assistant_model=assistant), _greedy(model, _ids(), use_cache=False))
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_continuing_a_conversation_from_its_cache(models, op, kind):
+    """A second turn passes the first turn's cache back: the same tokens as generating the whole text uncached."""
+    from transformers import DynamicCache, StaticCache
+
+    model = models[op]
+    cache = DynamicCache(config=model.config) if kind == "dynamic" else StaticCache(config=model.config,
+                                                                                      max_cache_len=64)
+    with torch.no_grad():
+        first = model.generate(_ids(), past_key_values=cache, **GREEDY)
+        second_prompt = torch.cat([first, _ids(4, seed=3)], dim=1)
+        mask = torch.ones_like(second_prompt)  # generated tokens may equal the pad id: no padding here
+        second = model.generate(second_prompt, attention_mask=mask, past_key_values=cache, **GREEDY)
+        assert torch.equal(first, _greedy(model, _ids(), use_cache=False))
+        assert torch.equal(second, _greedy(model, second_prompt, attention_mask=mask, use_cache=False))
+
+
+def test_a_returned_static_cache_too_small_for_the_next_turn_is_refused(models):
+    model = models["gdn"]
+    with torch.no_grad():
+        first = model.generate(_ids(), return_dict_in_generate=True, **GREEDY)  # the default: a static cache
+        with pytest.raises(ValueError, match=r"holds \d+ tokens .* needs 30") as e:
+            model.generate(torch.cat([first.sequences, _ids(4)], 1), past_key_values=first.past_key_values, **GREEDY)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("op", [c.op for c in OPERATORS])
+def test_a_cache_that_cannot_hold_the_mix_is_refused(models, op):
+    message = _refused(models[op], op, "cache_implementation='quantized'", cache_implementation="quantized")
+    assert "layer 0" in message
+
+
+def test_static_cache_holds_a_window_and_fixed_states_however_long(models):
+    from transformers import StaticCache
+
+    def slots(op, steps):
+        model = models[op]
+        cache = StaticCache(config=model.config, max_cache_len=PROMPT + steps)
+        ids = _ids(PROMPT + steps)
+        with torch.no_grad():
+            model(ids[:, :PROMPT], cache=cache, use_cache=True)
+            for i in range(PROMPT, ids.shape[1]):
+                model(ids[:, i:i + 1], cache=cache, use_cache=True)
+        return cache.layers[0]
+
+    for steps in (4, 40):
+        swa = slots("swa", steps)
+        assert swa.keys.shape[-2] == WINDOW and swa.get_seq_length() == PROMPT + steps
+        for op in ("gdn", "kda"):
+            state = slots(op, steps).recurrent_states[0]
+            assert state.shape == (1, 4, 16, 16)  # batch, heads, head_dim x head_dim: no token axis
+        gqa = slots("gqa", steps)
+        assert gqa.keys.shape[-2] == PROMPT + steps
+
+
+def test_decode_step_compiles_without_graph_breaks_and_matches_eager(models):
+    """The static-cache decode step of a model with every operator: one graph (no break, as transformers needs to
+    capture it in a CUDA graph), and inductor's compiled step gives the eager logits."""
+    from transformers import StaticCache
+
+    model = models["mixed"]
+    ids = _ids(PROMPT + 3)
+
+    def prefilled():
+        cache = StaticCache(config=model.config, max_cache_len=PROMPT + 4)
+        with torch.no_grad():
+            model(ids[:, :PROMPT], cache=cache, use_cache=True)
+        return cache
+
+    def step(token, cache):
+        return model(token, cache=cache, use_cache=True).logits
+
+    with torch.no_grad():
+        explained = torch._dynamo.explain(step)(ids[:, PROMPT:PROMPT + 1], prefilled())
+        assert explained.graph_break_count == 0, explained.break_reasons
+        eager, compiled_cache = prefilled(), prefilled()
+        compiled = torch.compile(step, fullgraph=True, backend="inductor")
+        for i in range(PROMPT, PROMPT + 3):
+            token = ids[:, i:i + 1]
+            torch.testing.assert_close(compiled(token, compiled_cache), step(token, eager), rtol=1e-4, atol=1e-4)
