@@ -256,8 +256,17 @@ def bench(target: Annotated[str, typer.Argument(help="A built model directory, o
           workload: Annotated[Optional[list[str]], typer.Option(
               help="Workload spec or name (default: those the plan predicts); repeatable.")] = None,
           device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu", image_tokens: ImageTokensOpt = 0,
+          generate: Annotated[bool, typer.Option(
+              "--generate", help="Time model.generate end to end (TTFT, TPOT, tokens/s) against an all-gqa build and "
+                                 "the stock teacher class, instead of the profiler's harness.")] = False,
+          context: Annotated[Optional[list[str]], typer.Option(
+              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable.")] = None,
+          new_tokens: Annotated[int, typer.Option(help="--generate: tokens generated per call.")] = 32,
+          batch: Annotated[int, typer.Option(help="--generate: sequences per call.")] = 1,
           seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Measure TTFT / TPOT speedup over the teacher and compare it with the plan's prediction."""
+    if generate:
+        return _bench_generate(target, device, context, new_tokens, batch, seed, as_json)
     from .speedup import bench as run_bench
 
     with _progress("benchmarking") as tick:
@@ -272,6 +281,27 @@ def bench(target: Annotated[str, typer.Argument(help="A built model directory, o
         pred = "-" if r["predicted_speedup"] is None else f"{r['predicted_speedup']:.2f}x"
         err_ = "-" if r["error_pct"] is None else f"{r['error_pct']:+.1f}"
         table.add_row(r["workload"], _ms(r["teacher_ms"]), _ms(r["model_ms"]), f"{r['measured_speedup']:.2f}x", pred, err_)
+    console.print(table)
+
+
+def _bench_generate(target, device, context, new_tokens, batch, seed, as_json):
+    from .speedup import bench_generate
+
+    with _progress("generate") as tick:
+        rows = bench_generate(target, contexts=context, new_tokens=new_tokens, batch_size=batch, device=device,
+                              seed=seed, progress=tick)
+    if as_json:
+        return _emit_json(rows)
+    table = Table(title=f"{target}: model.generate on {device}, batch {batch}, {new_tokens} new tokens "
+                        f"(stock teacher: {rows[0]['stock_mode']} cache)")
+    for col in ("context", "TTFT ms", "TPOT ms", "tokens/s", "all-gqa TPOT", "stock TPOT", "TPOT vs all-gqa",
+                "TPOT vs stock", "predicted"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        pred = "-" if r["predicted_tpot_speedup"] is None else f"{r['predicted_tpot_speedup']:.2f}x"
+        table.add_row(str(r["context"]), _ms(r["model_ttft_ms"]), _ms(r["model_tpot_ms"]),
+                      f"{r['model_tokens_per_s']:.1f}", _ms(r["all-gqa_tpot_ms"]), _ms(r["stock_tpot_ms"]),
+                      f"{r['tpot_speedup_vs_all-gqa']:.2f}x", f"{r['tpot_speedup_vs_stock']:.2f}x", pred)
     console.print(table)
 
 

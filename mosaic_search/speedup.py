@@ -99,86 +99,116 @@ def _load_built(model_dir: Path, device: str, dtype, compile_decode: bool, image
                   layer_types=list(text.layer_types))
 
 
-GENERATE_MODELS = ("model", "all-gqa", "stock")
-
-
 def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: int = 1, device: str = "cpu",
                    dtype: str | None = None, rounds: int = 3, seed: int = 0, progress=None) -> list[dict]:
     """Time `model.generate` end to end, as a user calls it, for a built model directory and two references.
 
     The references, both on the same teacher dimensions with random weights: `all-gqa`, the teacher built by mosaic
     with every layer `gqa` (same remote code, same generation path: the apples-to-apples baseline), and `stock`, the
-    teacher's own transformers class in its best mode (the static cache, which transformers compiles and replays
-    from a CUDA graph, on CUDA; the dynamic cache on CPU). Per context (prompt tokens, e.g. '16k'): TTFT is a
-    one-token generate, TPOT is (N-token generate - TTFT) / (N - 1), both medians over `rounds` passes in which the
-    three models alternate, after one untimed warm-up each (compilation, autotuning). Returns one row per context
-    with `{name}_ttft_ms`, `{name}_tpot_ms`, `{name}_tokens_per_s` for each model, the measured TPOT and TTFT
-    speedups over `all-gqa` and `stock`, and the plan's predicted TPOT speedup for the matching decode workload.
+    teacher's own transformers class in its best mode (`stock_mode`). Contexts (prompt tokens, e.g. '16k') default to
+    the plan's decode workloads. Returns `time_generate`'s rows with, per row, the measured TPOT and TTFT speedups of
+    the model over each reference and the plan's predicted TPOT speedup for the matching decode workload.
     """
-    import statistics
-
     import torch
 
-    from . import builder, profiler, surgery
-    from .models import load_config, model_from_config
+    from . import profiler
 
     device = profiler.check_device(device)
     plan, path = _resolve(model_dir)
     if path is None:
         raise UsageError(f"{model_dir}: generate is timed on a built model directory, not a plan")
-    if new_tokens < 2:
-        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     lengths = [profiler.parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
                for c in (contexts or [w.seq_len for w in _decode_workloads(plan)] or [256])]
-    config = load_config(plan.header.model.id, shipped_ok=True)
-    models = {"model": _load_user_model(path, device, dtype)}
-    with torch.device(device):
-        teacher = model_from_config(config, dtype=dtype, seed=seed)
-        models["stock"] = model_from_config(config, dtype=dtype, seed=seed)
-    gqa = [Candidate.of("gqa")] * len(surgery.decoder_layers(teacher))
-    for i, c in enumerate(gqa):
-        surgery.swap(teacher, i, c)
-    models["all-gqa"] = builder.as_built(teacher, gqa, seed).to(device)
-    stock_mode = {"cache_implementation": "static"} if device.startswith("cuda") else {}
-    vocab = surgery.dims_of(config).vocab_size
-    rows = []
-    for n, context in enumerate(lengths):
-        ids = torch.randint(3, vocab, (batch_size, context), generator=torch.Generator().manual_seed(seed + n))
-        ids = ids.to(device)
-
-        def generate(name, tokens):
-            kwargs = dict(stock_mode) if name == "stock" else {}
-            with torch.no_grad():
-                _sync(device)
-                start = time.perf_counter()
-                models[name].generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                      min_new_tokens=tokens, do_sample=False, pad_token_id=0, **kwargs)
-                _sync(device)
-            return 1000 * (time.perf_counter() - start)
-
-        for name in GENERATE_MODELS:  # untimed: compilation, autotuning, allocator warm-up
-            generate(name, new_tokens)
-        samples = {name: {"ttft": [], "total": []} for name in GENERATE_MODELS}
-        for r in range(rounds):
-            for name in GENERATE_MODELS:
-                samples[name]["ttft"].append(generate(name, 1))
-                samples[name]["total"].append(generate(name, new_tokens))
-            if progress:
-                progress(n * rounds + r + 1, len(lengths) * rounds, f"generate c{context}")
-        row = {"context": context, "batch_size": batch_size, "new_tokens": new_tokens, "device": device,
-               "dtype": dtype, "stock_mode": stock_mode.get("cache_implementation", "dynamic")}
-        for name in GENERATE_MODELS:
-            ttft = statistics.median(samples[name]["ttft"])
-            total = statistics.median(samples[name]["total"])
-            tpot = max(total - ttft, 0.0) / (new_tokens - 1)
-            row.update({f"{name}_ttft_ms": ttft, f"{name}_tpot_ms": tpot,
-                        f"{name}_tokens_per_s": 1000 * batch_size * new_tokens / total})
+    teacher, stock = reference_models(plan.header.model.id, device, dtype, seed)
+    models = {"model": (_load_user_model(path, device, dtype), {}), "all-gqa": (teacher, {}),
+              "stock": (stock, stock_mode(device))}
+    rows = time_generate(models, lengths, new_tokens, batch_size, device, rounds, seed, progress)
+    for row in rows:
         for ref in ("all-gqa", "stock"):
             row[f"tpot_speedup_vs_{ref}"] = row[f"{ref}_tpot_ms"] / row["model_tpot_ms"]
             row[f"ttft_speedup_vs_{ref}"] = row[f"{ref}_ttft_ms"] / row["model_ttft_ms"]
-        name = profiler.workload_name("decode", batch_size, context)
+        name = profiler.workload_name("decode", batch_size, row["context"])
         row["predicted_tpot_speedup"] = plan.predicted.get(name, {}).get("speedup")
+        row["stock_mode"] = models["stock"][1].get("cache_implementation", "dynamic")
+    return rows
+
+
+def stock_mode(device: str) -> dict:
+    """The stock teacher's best `generate` mode here: the static cache on CUDA (transformers compiles its decode
+    step and replays it from a CUDA graph), the default dynamic cache on CPU (where nothing is compiled)."""
+    return {"cache_implementation": "static"} if device.startswith("cuda") else {}
+
+
+def reference_models(teacher: str, device: str, dtype: str, seed: int = 0, layers=None):
+    """(a build of `teacher` with `layers` (default: every layer gqa), the stock teacher class), both with random
+    weights of the teacher's dimensions on `device`; the build is the built model class in memory (`as_built`)."""
+    import torch
+
+    from . import builder, surgery
+    from .models import load_config, model_from_config
+
+    config = load_config(teacher, shipped_ok=True)
+    with torch.device(device):
+        stock = model_from_config(config, dtype=dtype, seed=seed)
+        swapped = model_from_config(config, dtype=dtype, seed=seed)
+    layers = layers or [Candidate.of("gqa")] * len(surgery.decoder_layers(swapped))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, c in enumerate(layers):
+            surgery.swap(swapped, i, c)
+    return builder.as_built(swapped, layers, seed).to(device), stock
+
+
+def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, device: str, rounds: int = 3,
+                  seed: int = 0, progress=None) -> list[dict]:
+    """Median TTFT / TPOT of `generate` for each of `models` ({name: (model, extra generate kwargs)}).
+
+    Per context: random prompts [batch_size, context]; after one untimed warm-up call per model (compilation,
+    autotuning), `rounds` passes in which the models alternate, each timing a one-token generate (TTFT) and a
+    `new_tokens` generate; TPOT = (that - TTFT) / (new_tokens - 1). Greedy, `min_new_tokens` = `new_tokens`, so
+    every call runs the same number of steps. Returns one row per context with `{name}_ttft_ms`, `{name}_tpot_ms`
+    and `{name}_tokens_per_s` (batch x new tokens over the whole call).
+    """
+    import statistics
+
+    import torch
+
+    if new_tokens < 2:
+        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
+    if batch_size < 1:
+        raise UsageError(f"--batch must be 1 or more, got {batch_size}")
+    vocab = min(m.get_output_embeddings().weight.shape[0] for m, _ in models.values())
+    rows = []
+    for n, context in enumerate(contexts):
+        gen = torch.Generator().manual_seed(seed + n)
+        ids = torch.randint(3, vocab, (batch_size, context), generator=gen).to(device)
+
+        def generate(name, tokens):
+            model, extra = models[name]
+            with torch.no_grad():
+                _sync(device)
+                start = time.perf_counter()
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                               do_sample=False, pad_token_id=0, **extra)
+                _sync(device)
+            return 1000 * (time.perf_counter() - start)
+
+        for name in models:
+            generate(name, new_tokens)
+        samples = {name: ([], []) for name in models}
+        for r in range(rounds):
+            for name in models:
+                samples[name][0].append(generate(name, 1))
+                samples[name][1].append(generate(name, new_tokens))
+            if progress:
+                progress(n * rounds + r + 1, len(contexts) * rounds, f"generate c{context}")
+        row = {"context": context, "batch_size": batch_size, "new_tokens": new_tokens, "device": device,
+               "rounds": rounds}
+        for name, (ttfts, totals) in samples.items():
+            ttft, total = statistics.median(ttfts), statistics.median(totals)
+            row.update({f"{name}_ttft_ms": ttft, f"{name}_tpot_ms": max(total - ttft, 0.0) / (new_tokens - 1),
+                        f"{name}_tokens_per_s": 1000 * batch_size * new_tokens / total})
         rows.append(row)
     return rows
 

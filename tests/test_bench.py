@@ -83,3 +83,44 @@ def test_bad_targets(tmp_path):
         bench(_plan(tmp_path, _layers(n), {}), timer=AlternatingTimer())
     with pytest.raises(UsageError, match="not available"):
         bench(_plan(tmp_path, _layers(n), {}), device="cuda", workloads=["decode:8"])
+
+
+def test_generate_is_timed_end_to_end_against_an_all_gqa_build_and_the_stock_teacher(tmp_path, monkeypatch):
+    """`bench --generate`: the built directory loaded as users load it, and both references, each generating the
+    requested tokens; speedups are the ratios of the reported times, next to the plan's prediction."""
+    from transformers import GenerationMixin
+
+    from mosaic_search import builder
+    from mosaic_search.speedup import bench_generate
+
+    n = load_config("tiny").num_hidden_layers
+    plan = _plan(tmp_path, _layers(n), {"decode-b2-c16": {"speedup": 1.4, "latency_ms": 1, "baseline_ms": 1.4}})
+    built = builder.build(plan, out=tmp_path / "built")
+    calls = []
+    real = GenerationMixin.generate
+
+    def counted(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        calls.append((type(self).__name__, kwargs["max_new_tokens"], out.shape[1] - args[0].shape[1]))
+        return out
+
+    monkeypatch.setattr(GenerationMixin, "generate", counted)
+    rows = bench_generate(built, new_tokens=3, batch_size=2, rounds=2)
+    assert [(r["context"], r["batch_size"]) for r in rows] == [(16, 2)]  # the plan's decode context
+    row = rows[0]
+    assert row["predicted_tpot_speedup"] == 1.4 and row["stock_mode"] == "dynamic"
+    assert row["tpot_speedup_vs_all-gqa"] == pytest.approx(row["all-gqa_tpot_ms"] / row["model_tpot_ms"])
+    assert row["ttft_speedup_vs_stock"] == pytest.approx(row["stock_ttft_ms"] / row["model_ttft_ms"])
+    assert all(row[f"{m}_ttft_ms"] > 0 and row[f"{m}_tokens_per_s"] > 0 for m in ("model", "all-gqa", "stock"))
+    assert all(asked == got for _, asked, got in calls)  # every call generated what it was timed for
+    kinds = {name for name, _, _ in calls}
+    assert kinds == {"MosaicQwen3ForCausalLM", "Qwen3ForCausalLM"}
+    assert len(calls) == 3 * (1 + 2 * 2)  # per model: a warm-up, then a TTFT and a full call per round
+
+
+def test_generate_bench_needs_a_built_directory(tmp_path):
+    from mosaic_search.speedup import bench_generate
+
+    n = load_config("tiny").num_hidden_layers
+    with pytest.raises(UsageError, match="built model directory, not a plan"):
+        bench_generate(_plan(tmp_path, _layers(n), {}))
