@@ -2,7 +2,7 @@
 gets, next to what the profiler's harness predicted.
 
 Plans: TPOT 1.5x and 2.5x at decode-b1-c96k, and one with every operator (gqa, swa, gdn, kda, mla with minimum
-counts, TPOT 1.3x), all solved on a committed profile with `gpu_plans.py`'s SYNTHETIC scores (latency check only:
+counts, TPOT 1.3x; `--targets` changes the three), all solved on a committed profile with `gpu_plans.py`'s SYNTHETIC scores (latency check only:
 there are no teacher weights on these machines). Every model has random weights of the teacher's dimensions and is
 the built model class in memory (`builder.as_built`: the same remote code a built directory loads, without writing
 8 GB per plan), called through `generate` with its default generation config (the static cache: on CUDA,
@@ -13,7 +13,7 @@ measured and predicted.
     python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda \\
         --profile profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --contexts 1k,16k,96k --out DIR
     python benchmarks/bench_generate.py --model tiny --profile profiles/tiny--<cpu>.json --contexts 256 \\
-        --every-op-min gdn=1,kda=1,mla=1 --out DIR      (a CPU dry run of the same script)
+        --targets 1.1,1.2,1.05 --every-op-min gdn=1,kda=1,mla=1 --out DIR   (a CPU dry run of the same script)
 
 Writes DIR/generate.json (rows, plans, environment, command) and DIR/generate.md (the table). A GPU run fits two
 calls of under 8 minutes: `--contexts 1k,16k` then `--contexts 96k --batches 1` (first-call compilation and fla
@@ -34,25 +34,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PLANS = ("tpot-1.5x-c96k", "tpot-2.5x-c96k", "every-op-1.3x-c96k")
 
 
-def solve_plans(profile_path: str, out: Path, every_op_min: str) -> dict:
-    """{name: LayerPlan} for PLANS, solved on the profile with the synthetic scores."""
-    from gpu_plans import TARGETS, synthetic_scores
+def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dict:
+    """{name: LayerPlan} for PLANS (TPOT targets `targets`), solved on the profile with the synthetic scores, each
+    constrained on the profile's batch-1 decode workload of the longest context (decode-b1-c96k on a GPU profile)."""
+    from gpu_plans import synthetic_scores
 
     from mosaic_search import schema, solver
 
     profile = schema.load_profile(profile_path)
     scores = str(schema.save(synthetic_scores(profile), out / "synthetic_scores.json"))
-    decode = [w.name for w in profile.workloads if w.phase == "decode"]
-    c96k = "decode-b1-c96k" if "decode-b1-c96k" in decode else decode[-1]
-    targets = {name: {**TARGETS[name], "workloads": [c96k]} for name in PLANS[:2]}
-    mins = dict(item.split("=") for item in every_op_min.split(","))
-    targets[PLANS[2]] = dict(tpot_speedup=1.3, workloads=[c96k], ops="gqa,swa,gdn,kda,mla",
-                             min_count={op: int(n) for op, n in mins.items()})
+    workload = max((w for w in profile.workloads if w.phase == "decode" and w.batch_size == 1),
+                   key=lambda w: w.seq_len).name
+    mins = {op: int(n) for op, n in (item.split("=") for item in every_op_min.split(","))}
+    extra = ({}, {}, dict(ops="gqa,swa,gdn,kda,mla", min_count=mins))
     plans = {}
-    for name, target in targets.items():
-        plans[name] = solver.solve(profile=profile_path, scores=scores, out=str(out / f"{name}.json"), **target)
-        print(f"{name}: {plans[name].pattern}  predicted {plans[name].predicted[c96k]['speedup']:.3f}x on {c96k}",
-              flush=True)
+    for name, target, kwargs in zip(PLANS, targets, extra):
+        plans[name] = solver.solve(profile=profile_path, scores=scores, out=str(out / f"{name}.json"),
+                                   tpot_speedup=target, workloads=[workload], **kwargs)
+        print(f"{name}: {plans[name].pattern}  predicted {plans[name].predicted[workload]['speedup']:.3f}x on "
+              f"{workload}", flush=True)
     return plans
 
 
@@ -65,6 +65,7 @@ def main():
     p.add_argument("--batches", default="1,8", help="batch sizes; a batch that runs out of memory is recorded")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--targets", default="1.5,2.5,1.3", help="TPOT targets of the three plans, in PLANS order")
     p.add_argument("--every-op-min", default="gdn=4,kda=4,mla=2")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -77,7 +78,7 @@ def main():
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plans = solve_plans(args.profile, out, args.every_op_min)
+    plans = solve_plans(args.profile, out, [float(t) for t in args.targets.split(",")], args.every_op_min)
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     all_gqa, stock = speedup.reference_models(args.model, args.device, dtype)
     models = {"stock": (stock, speedup.stock_mode(args.device)), "all-gqa": (all_gqa, {})}

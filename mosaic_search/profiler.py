@@ -106,60 +106,43 @@ def check_device(device: str) -> str:
     raise UsageError(f'unknown device "{device}": use cpu or cuda')
 
 
-def _static_slot_class():
-    from transformers.cache_utils import CacheLayerMixin
-
-    class StaticSlot(CacheLayerMixin):
-        """An attention cache slot of fixed length, filled as if `seen` tokens came before, for timing one decode step
-        at a given context: the new token is written into the last position in place, so the step has static shapes
-        and can be graph-captured."""
-
-        def __init__(self, length: int, seen: int):
-            super().__init__()
-            self.length, self.seen = length, seen
-
-        def lazy_initialization(self, key_states, value_states):
-            import torch
-
-            # random, not zeros: values never matter for latency, but zeros can run faster than real data
-            shape = lambda x: (*x.shape[:2], self.length, x.shape[-1])  # noqa: E731
-            self.keys = torch.randn(shape(key_states), dtype=key_states.dtype, device=key_states.device)
-            self.values = torch.randn(shape(value_states), dtype=value_states.dtype, device=value_states.device)
-            self.is_initialized = True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            self.keys[:, :, -1:].copy_(key_states)
-            self.values[:, :, -1:].copy_(value_states)
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.seen
-
-        def get_mask_sizes(self, query_length: int):
-            return self.length, 0
-
-        def get_max_length(self) -> int:
-            return self.length
-
-    return StaticSlot
-
-
 def static_cache(layers, layer_types, context: int):
-    """A decode cache at `context` past tokens: for attention layers[i] a slot of `context` + 1 positions (a window's
-    worth for SWA), for linear-attention types transformers' own fixed-state slot."""
-    from transformers.cache_utils import Cache, LinearAttentionLayer
+    """The cache a built model's `generate` decodes with (its default static cache, transformers' own slot classes),
+    sized for `context` past tokens plus the new one: `StaticLayer` for full attention, `StaticSlidingWindowLayer`
+    with the layer's window for SWA, `LinearAttentionLayer` for the rest. Fill it with `fill_static`, and put it back
+    at `context` tokens with `rewind` before each timed step, so a step can be replayed many times."""
+    from transformers.cache_utils import Cache, LinearAttentionLayer, StaticLayer, StaticSlidingWindowLayer
 
-    slot = _static_slot_class()
     slots = []
     for layer, kind in zip(layers, layer_types):
         if kind == "linear_attention":
             slots.append(LinearAttentionLayer())
-            continue
-        window = getattr(getattr(layer, "self_attn", layer), "window", None)
-        slots.append(slot(min(window, context + 1) if window else context + 1, context))
+        elif kind == "sliding_attention":
+            window = getattr(getattr(layer, "self_attn", layer), "window")
+            slots.append(StaticSlidingWindowLayer(max_cache_len=context + 1, sliding_window=window))
+        else:
+            slots.append(StaticLayer(max_cache_len=context + 1))
     return Cache(layers=slots)
+
+
+def fill_static(cache) -> None:
+    """Random contents for the attention slots after their first (allocating) step: values never matter for
+    latency, but zeros can run faster than real data."""
+    for slot in cache.layers:
+        if getattr(slot, "is_initialized", False) and getattr(slot, "keys", None) is not None:
+            slot.keys.normal_()
+            slot.values.normal_()
+
+
+def rewind(cache, context: int) -> None:
+    """Put every attention slot back at `context` tokens seen, so the next step decodes token `context` again."""
+    import torch
+
+    for slot in cache.layers:
+        if hasattr(slot, "cumulative_length_int"):  # a sliding slot keeps a host-side count too
+            slot.cumulative_length_int = context
+        if isinstance(getattr(slot, "cumulative_length", None), torch.Tensor):
+            slot.cumulative_length.fill_(min(context, slot.max_cache_len))
 
 
 @dataclass(eq=False)  # hashed by identity: its bound methods key compiled wrappers
@@ -198,7 +181,7 @@ class _Bench:
         return DynamicCache(config=config)
 
     def decode_cache(self, context: int):
-        """A cache at `context` past tokens for one decode step of the current mixers (`static_cache`)."""
+        """The static cache a built model decodes with, for one step at `context` past tokens (`static_cache`)."""
         return static_cache(self.stack.layers, self.layer_types, context)
 
     def inputs(self, w: Workload):
@@ -249,7 +232,13 @@ class _Bench:
         cache = self.decode_cache(w.seq_len)
         with torch.no_grad():  # not inference mode: timers may run the step outside it
             chain(_eager, cache)  # allocates the static slots / creates the states
-        return self._decode_step(lambda compiled: chain(compiled, cache), f"layers 0-{count - 1} {w.name}")
+        fill_static(cache)
+
+        def step(compiled):
+            rewind(cache, w.seq_len)
+            return chain(compiled, cache)
+
+        return self._decode_step(step, f"layers 0-{count - 1} {w.name}")
 
     def fixed_fn(self, w: Workload):
         """Embeddings, rotary tables, final norm and the LM head on the last token."""
@@ -277,8 +266,10 @@ class _Bench:
         cache = self.decode_cache(w.seq_len)
         with torch.no_grad():
             self.stack.forward(ids, cache, start)
+        fill_static(cache)
 
         def run(compiled):
+            rewind(cache, w.seq_len)
             h, pe = compiled(self._prologue)(ids, start)
             for layer in self.stack.layers:
                 h = self.stack.run_layer(compiled(layer), h, pe, cache)

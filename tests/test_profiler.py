@@ -94,22 +94,39 @@ def test_default_candidates_and_cpu_workloads(tmp_path):
     assert [w.name for w in prof.workloads] == [profiler.parse_workload(s).name for s in profiler.CPU_WORKLOADS]
 
 
-def test_static_cache_step_keeps_shapes(qwen3):
-    """The decode-timing cache writes the new token in place: repeated steps never grow it."""
-    from mosaic_search import surgery
+def _timed_decode(layers):
+    """(the timed decode step at 40 tokens of `layers` in the profiler's bench, the cache it runs on)"""
+    from mosaic_search.profiler import _assigner, load_bench, parse_workload
 
-    surgery.swap(qwen3, 0, Candidate.of("swa", {"window": 8}))
-    stack = surgery.text_stack(qwen3)
-    cache = profiler.static_cache(stack.layers, ["sliding_attention"] + ["full_attention"] * 2, 100)
-    ids = torch.tensor([[5]])
+    _, bench = load_bench("tiny", "cpu")
+    _assigner(bench, len(layers))(layers)
+    caches = []
+    real = bench.decode_cache
+    bench.decode_cache = lambda context: caches.append(real(context)) or caches[-1]
+    return bench.model_fn(parse_workload("decode:40")), caches
+
+
+def test_decode_step_is_timed_on_the_shipped_static_cache():
+    """A timed decode step runs on the static cache a built model's generate uses: transformers' own slots, a
+    window for SWA, a fixed state for GDN, each attention slot rewound to 40 tokens before every step."""
+    layers = [Candidate.of("swa", {"window": 8}), Candidate.of("gdn")] + [Candidate.of("gqa")] * 6
+    step, caches = _timed_decode(layers)
     with torch.no_grad():
-        a = stack.forward(ids, cache, 100)
-        shapes = [s.keys.shape for s in cache.layers]
-        b = stack.forward(ids, cache, 100)
-    assert [s.keys.shape for s in cache.layers] == shapes
-    assert shapes[0][-2] == 8 and shapes[1][-2] == 101
-    torch.testing.assert_close(a, b)
-    surgery.restore(qwen3, 0)
+        step()
+        shapes = [s.keys.shape for s in caches[0].layers if getattr(s, "keys", None) is not None]
+        step()
+    slots = caches[0].layers
+    assert [type(s).__name__ for s in slots[:3]] == ["StaticSlidingWindowLayer", "LinearAttentionLayer", "StaticLayer"]
+    assert slots[0].keys.shape[-2] == 8 and slots[2].keys.shape[-2] == 41
+    assert [s.keys.shape for s in slots if getattr(s, "keys", None) is not None] == shapes
+    assert slots[1].recurrent_states[0].shape == (1, 4, 32, 32)
+    assert slots[2].get_seq_length() == 41  # the step wrote token 40, after a rewind to 40
+
+
+def test_a_rewound_full_attention_step_replays_exactly():
+    step, _ = _timed_decode([Candidate.of("gqa"), Candidate.of("none")] + [Candidate.of("gqa")] * 6)
+    with torch.no_grad():
+        torch.testing.assert_close(step(), step(), rtol=0, atol=0)
 
 
 def test_validation_compares_prediction_with_whole_model(tmp_path):
