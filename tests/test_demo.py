@@ -30,6 +30,8 @@ def test_report_has_every_stage_and_plot(report):
     for section in ("## Latency per decoder layer", "## Sensitivity", "## Plans", "### 1.25x TPOT",
                     "### 1.5x TPOT", "## Pareto frontier"):
         assert section in text
+    assert text.count("Through `model.generate`") == 2  # each plan measured as a user runs it
+    assert text.count("| 1024 | ") == 2  # the batch-1 decode context, once per plan
     for png in ("sensitivity.png", "plans.png", "pareto.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (report / MARKER).is_file()
