@@ -3,8 +3,8 @@
 A built model's cache is built by transformers from `layer_types` (dynamic or static): attention mixers (`gqa`,
 `swa`, `mla`) go through `Cache.update` on a full or sliding slot, the delta-rule mixers through
 `update_conv_state` / `update_recurrent_state` on a linear-attention slot, updated in place, so beam reordering,
-cropping and CUDA-graph capture are transformers' own. The same mixers run in transformers 5.17, which passes the
-cache to a layer as `past_key_values`, and in later releases, which pass it as `cache`.
+cropping and CUDA-graph capture are transformers' own. transformers hands the cache to a layer as `cache`, or under
+its older name `past_key_values` (deprecated, still accepted until 5.40); the mixers take either.
 """
 
 from __future__ import annotations
