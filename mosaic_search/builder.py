@@ -108,10 +108,10 @@ def as_built(model, layers, seed: int = 0):
 
 
 def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
-    """The built model's config: the teacher's, as `mosaic_<base>`, with `layer_types`, `sliding_window`,
-    `auto_map` and the `mosaic` block of per-layer mixers."""
+    """The built model's config: the teacher's, as `mosaic_<base>`, with the cache layout of its mixers
+    (`configuration_mosaic.cache_layout`), `auto_map` and the `mosaic` block of per-layer mixers."""
     from . import __version__
-    from .modeling.configuration_mosaic import CONFIGS
+    from .modeling.configuration_mosaic import CONFIGS, cache_layout
     from .modeling.modeling_mosaic import MODELS
 
     record = surgery.architecture(teacher_config).record
@@ -120,12 +120,10 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     for key in ("architectures", "auto_map", "_name_or_path", "transformers_version", "model_type"):
         obj.pop(key, None)
     text = obj[record.text_config] if record.text_config else obj
-    text["layer_types"] = [c.spec.layer_type for c in layers]
-    # one sliding cache for every swa layer: the largest window; a smaller-window mixer slices its own window
-    windows = [c.kwargs["window"] for c in layers if c.spec.layer_type == "sliding_attention"]
-    text["sliding_window"] = max(windows) if windows else None
-    if "use_sliding_window" in text:  # Qwen3 drops sliding_window unless this is set
-        text["use_sliding_window"] = bool(windows)
+    layout = cache_layout([c.spec.layer_type for c in layers], [c.kwargs.get("window") for c in layers])
+    if "use_sliding_window" not in text:  # only Qwen3 has it (and drops sliding_window unless it is set)
+        layout.pop("use_sliding_window")
+    text.update(layout)
     obj["mosaic"] = {
         "layers": [{**c.to_json(), "mixer": c.spec.mixer, "replaces": c.spec.replaces} for c in layers],
         "plan_sha256": plan_sha256, "base_model_type": record.model_type, "mosaic_version": __version__,

@@ -166,19 +166,18 @@ class _Bench:
     image_tokens: int = 0  # a VLM's prefill also encodes one image of this many (merged) tokens per sequence
     layer_types: list = field(default_factory=list)  # the cache slot type of each layer's current mixer
 
-    def prefill_cache(self):
-        """An empty dynamic cache for the current mixers, built by transformers from `layer_types` as generate does."""
-        import copy
-
+    def prefill_caches(self):
+        """A function making empty dynamic caches for the current mixers, each built by transformers from the cache
+        layout a build of them would have (`cache_layout`), as generate does; the config is made once, here."""
         from transformers import DynamicCache
 
         from . import surgery
+        from .modeling.configuration_mosaic import cache_layout
 
-        config = copy.copy(surgery.architecture(self.model.config).text(self.model.config))
-        config.layer_types = list(self.layer_types)
+        teacher = surgery.architecture(self.model.config).text(self.model.config)
         windows = [getattr(getattr(layer, "self_attn", layer), "window", None) for layer in self.stack.layers]
-        config.sliding_window = max((w for w in windows if w), default=None)
-        return DynamicCache(config=config)
+        config = type(teacher).from_dict({**teacher.to_dict(), **cache_layout(self.layer_types, windows)})
+        return lambda: DynamicCache(config=config)
 
     def decode_cache(self, context: int):
         """The static cache a built model decodes with, for one step at `context` past tokens (`static_cache`)."""
@@ -228,7 +227,8 @@ class _Bench:
             return h
 
         if w.phase == "prefill":
-            return lambda: chain(_eager, self.prefill_cache())
+            new_cache = self.prefill_caches()
+            return lambda: chain(_eager, new_cache())
         cache = self.decode_cache(w.seq_len)
         with torch.no_grad():  # not inference mode: timers may run the step outside it
             chain(_eager, cache)  # allocates the static slots / creates the states
@@ -259,10 +259,11 @@ class _Bench:
 
         _, ids, start = self.inputs(w)
         vision = self.vision_fn(w)
+        new_cache = self.prefill_caches()
         if vision is not None:
-            return lambda: (vision(), self.stack.forward(ids, self.prefill_cache(), start))
+            return lambda: (vision(), self.stack.forward(ids, new_cache(), start))
         if w.phase == "prefill":
-            return lambda: self.stack.forward(ids, self.prefill_cache(), start)
+            return lambda: self.stack.forward(ids, new_cache(), start)
         cache = self.decode_cache(w.seq_len)
         with torch.no_grad():
             self.stack.forward(ids, cache, start)

@@ -126,8 +126,9 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     rows = time_generate(models, lengths, new_tokens, batch_size, device, rounds, seed, progress)
     for row in rows:
         for ref in ("all-gqa", "stock"):
-            row[f"tpot_speedup_vs_{ref}"] = row[f"{ref}_tpot_ms"] / row["model_tpot_ms"]
-            row[f"ttft_speedup_vs_{ref}"] = row[f"{ref}_ttft_ms"] / row["model_ttft_ms"]
+            for what in ("tpot", "ttft"):  # None where noise left the model's time at zero (too few new tokens)
+                mine = row[f"model_{what}_ms"]
+                row[f"{what}_speedup_vs_{ref}"] = row[f"{ref}_{what}_ms"] / mine if mine > 0 else None
         name = profiler.workload_name("decode", batch_size, row["context"])
         row["predicted_tpot_speedup"] = plan.predicted.get(name, {}).get("speedup")
         row["stock_mode"] = models["stock"][1].get("cache_implementation", "dynamic")

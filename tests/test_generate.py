@@ -178,3 +178,22 @@ def test_decode_step_compiles_without_graph_breaks_and_matches_eager(models):
         for i in range(PROMPT, PROMPT + 3):
             token = ids[:, i:i + 1]
             torch.testing.assert_close(compiled(token, compiled_cache), step(token, eager), rtol=1e-4, atol=1e-4)
+
+
+def test_each_sliding_layer_caches_its_own_window(tmp_path):
+    """Two SWA windows in one model: each layer's cache slot (dynamic or static) holds its own window, not the
+    largest, and generation stays exact past both."""
+    from transformers import DynamicCache, StaticCache
+
+    teacher = Teacher("llama", tmp_path)
+    small, large = Candidate.of("swa", {"window": 3}), Candidate.of("swa", {"window": 5})
+    layers = [small, GQA, large, small] + [GQA] * (LAYERS - 4)
+    model = _load_built(builder.build(teacher.plan(layers, "windows"), out=tmp_path / "windows"))
+    assert model.config.sliding_window == 5
+    for cache in (DynamicCache(config=model.config), StaticCache(config=model.config, max_cache_len=PROMPT + NEW)):
+        with torch.no_grad():
+            model.generate(_ids(), past_key_values=cache, **GREEDY)
+        windows = [s.keys.shape[-2] for s in cache.layers[:4]]
+        # a dynamic sliding slot keeps window - 1 tokens between steps, a static one window; full attention: all
+        assert windows[0] == windows[3] in (2, 3) and windows[2] == windows[0] + 2 and windows[1] >= PROMPT + NEW - 1
+    assert torch.equal(_greedy(model, _ids()), _greedy(model, _ids(), use_cache=False))

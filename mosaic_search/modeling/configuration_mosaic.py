@@ -28,6 +28,25 @@ class MosaicQwen3VLConfig(Qwen3VLConfig):
     model_type = "mosaic_qwen3_vl"
 
 
+def cache_layout(layer_types: list, windows: list) -> dict:
+    """The text-config fields from which transformers builds each layer's cache slot as its mixer needs it.
+
+    `layer_types`: one per layer (transformers' vocabulary); `windows`: each layer's SWA window or None. Returns
+    `layer_types`, the largest window as `sliding_window` (with Qwen3's `use_sliding_window`), and, when windows
+    differ, every SWA layer's own window in `per_layer_config` (transformers' heterogeneous configs), so a layer with
+    a smaller window caches, and in a static cache rolls, only its own window instead of the largest.
+    """
+    sliding = {i: w for i, (t, w) in enumerate(zip(layer_types, windows)) if t == "sliding_attention"}
+    fields = {"layer_types": list(layer_types), "sliding_window": max(sliding.values(), default=None),
+              "use_sliding_window": bool(sliding)}
+    if len(set(sliding.values())) > 1:
+        fields["per_layer_config"] = {i: {"sliding_window": w} for i, w in sliding.items()}
+        # the teacher's own attention classes read the global window while the model is built, before the mixers
+        # replace them: allowed, as the cache (the only other reader) takes the per-layer values
+        fields["allow_global_per_layer_attribute_access"] = True
+    return fields
+
+
 # base model_type -> (config class, the auto class it loads through)
 CONFIGS = {
     "qwen3": (MosaicQwen3Config, "AutoModelForCausalLM"),
