@@ -27,7 +27,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
     Returns one row per workload.
     """
-    from . import profiler, surgery
+    from . import profiler
     from .timing import Pool, default_timer
 
     device = profiler.check_device(device)
@@ -109,8 +109,6 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     the plan's decode workloads. Returns `time_generate`'s rows with, per row, the measured TPOT and TTFT speedups of
     the model over each reference and the plan's predicted TPOT speedup for the matching decode workload.
     """
-    import torch
-
     from . import profiler
 
     device = profiler.check_device(device)

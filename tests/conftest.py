@@ -51,6 +51,20 @@ def every_operator(window: int = 4) -> list[Candidate]:
     return [Candidate.of(name, {p: params[p] for p in spec.params}) for name, spec in REGISTRY.items()]
 
 
+def cache_for(model, cand, layer: int = 1):
+    """An empty dynamic cache as a built model with `cand` in `layer` (and full attention elsewhere) gets it: its
+    slots follow `layer_types`, as transformers builds them."""
+    import copy
+
+    from transformers import DynamicCache
+
+    config = copy.deepcopy(model.config)
+    config.layer_types = [cand.spec.layer_type if i == layer else "full_attention"
+                          for i in range(config.num_hidden_layers)]
+    config.sliding_window = cand.kwargs.get("window")
+    return DynamicCache(config=config)
+
+
 @pytest.fixture(scope="session")
 def qwen3():
     return tiny_model("qwen3")

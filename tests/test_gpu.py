@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import every_operator
+from conftest import cache_for, every_operator
 from mosaic_search import surgery
 from mosaic_search.modeling import delta_rule as dr
 from mosaic_search.operators import Candidate
@@ -61,8 +61,6 @@ def test_fla_recurrent_kernel_matches_reference(fla_ok, per_channel):
 @pytest.mark.parametrize("cand", every_operator(window=16), ids=str)
 def test_mixer_on_cuda_bf16_matches_cpu_fp32(qwen3, cand, fla_ok):
     """Prefill of 70 tokens then 5 decode steps through each mixer's CUDA path (fla for gdn/kda)."""
-    from transformers import DynamicCache
-
     torch.manual_seed(3)
     cpu = surgery.build_mixer(qwen3, 1, cand).float()
     gpu = surgery.build_mixer(qwen3, 1, cand)
@@ -72,13 +70,13 @@ def test_mixer_on_cuda_bf16_matches_cpu_fp32(qwen3, cand, fla_ok):
     stack = surgery.text_stack(qwen3)
 
     def run(mixer, x, device, dtype):
-        cache = DynamicCache(config=qwen3.config)
+        cache = cache_for(qwen3, cand)
         xs = x.to(device, dtype)
         outs = []
         for start, end in [(0, 70)] + [(i, i + 1) for i in range(70, 75)]:
             chunk = xs[:, start:end]
             pe = tuple(p.to(device, dtype) for p in stack.position_embeddings(chunk.float().cpu(), start))
-            out = mixer(chunk, position_embeddings=pe, past_key_values=cache)
+            out = mixer(chunk, position_embeddings=pe, cache=cache)
             outs.append(out[0] if isinstance(out, tuple) else out)
         return torch.cat(outs, 1)
 
@@ -107,18 +105,44 @@ def test_timing_harness_captures_decode_in_a_cuda_graph():
 
 def test_compiled_decode_step_matches_eager_for_every_operator(fla_ok):
     """Inductor's code for a decode step through every mixer (fla's kernels included) against eager, in bf16."""
-    from conftest import every_operator
     from mosaic_search.profiler import load_bench, parse_workload
 
+    from mosaic_search.profiler import _assigner
+
     w = parse_workload("decode:1k")
+    layers = every_operator(window=16)
     outs = []
     for compiled in (True, False):
         _, bench = load_bench("tiny", "cuda", compile_decode=compiled)
-        for i, cand in enumerate(every_operator(window=16)):
-            surgery.swap(bench.model, i, cand)
+        _assigner(bench, len(layers))(layers)
         torch.manual_seed(5)  # same inputs and random cache contents for both
         step = bench.model_fn(w)
         with torch.inference_mode():
             outs.append(step())
         assert bench.fallbacks == []
     assert rel_err(outs[0], outs[1]) < BF16_REL
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_generate_compiles_the_static_decode_step_and_keeps_the_tokens(fla_ok, dtype):
+    """A built model with every operator, through plain `generate` on CUDA: its default static cache makes
+    transformers compile the decode step (fla's kernels inside the custom op, no graph break) and the tokens equal
+    the uncompiled dynamic-cache generation (float32; bfloat16: the first tokens, before rounding can tip a tie)."""
+    from mosaic_search import builder
+    from mosaic_search.models import load_model
+
+    layers = every_operator(window=16) + [Candidate.of("gqa")]
+    model = load_model("tiny", dtype=dtype).cuda()
+    torch.manual_seed(0)
+    for i, c in enumerate(layers):
+        surgery.swap(model, i, c)
+    built = builder.as_built(model, layers).cuda()
+    ids = torch.randint(3, 200, (1, 40), device="cuda")
+    kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = built.generate(ids, **kwargs)  # static cache: compiled + CUDA graphs
+        eager = built.generate(ids, cache_implementation="dynamic", **kwargs)
+    assert getattr(built, "_compiled_call", None) is not None, "generate did not compile the decode step"
+    n = 24 if dtype == "float32" else 4
+    assert torch.equal(compiled[:, :40 + n], eager[:, :40 + n])

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from transformers import DynamicCache
 
-from conftest import every_operator
+from conftest import cache_for, every_operator
 from mosaic_search import surgery
 from mosaic_search.modeling.delta_rule import chunked_delta_rule, recurrent_delta_rule
 from mosaic_search.operators import Candidate
@@ -27,15 +24,6 @@ def _run(model, mixer, x, start=0, cache=None):
     pos = torch.arange(start, start + x.shape[1])[None]
     out = mixer(x, position_embeddings=_rotary(model, pos), cache=cache)
     return out[0] if isinstance(out, tuple) else out
-
-
-def _cache(model, cand, layer=1):
-    """An empty dynamic cache as a built model with `cand` in `layer` gets it: slots follow `layer_types`."""
-    config = copy.deepcopy(model.config)
-    config.layer_types = [cand.spec.layer_type if i == layer else "full_attention"
-                          for i in range(config.num_hidden_layers)]
-    config.sliding_window = cand.kwargs.get("window")
-    return DynamicCache(config=config)
 
 
 def _mixer(model, cand, layer=1):
@@ -70,8 +58,8 @@ def test_prefill_then_decode_equals_longer_prefill(qwen3, cand):
     t, k = 37, 6  # 37 is not a multiple of the chunk size; 6 steps run past the window of 4
     x = torch.randn(2, t + k, qwen3.config.hidden_size)
     with torch.no_grad():
-        full = _run(qwen3, mixer, x, cache=_cache(qwen3, cand))
-        cache = _cache(qwen3, cand)
+        full = _run(qwen3, mixer, x, cache=cache_for(qwen3, cand))
+        cache = cache_for(qwen3, cand)
         steps = [_run(qwen3, mixer, x[:, :t], cache=cache)]
         for i in range(t, t + k):
             steps.append(_run(qwen3, mixer, x[:, i:i + 1], start=i, cache=cache))
@@ -79,13 +67,13 @@ def test_prefill_then_decode_equals_longer_prefill(qwen3, cand):
 
 
 @pytest.mark.parametrize("cand", OPS, ids=str)
-def test_chunked_prefill_continues_from_cache(qwen3, cand):
+def test_chunked_prefill_continues_fromcache_for(qwen3, cand):
     """Two prefills of 20 and 13 tokens equal one of 33 (the cache carries every kind of state)."""
     mixer = _mixer(qwen3, cand)
     x = torch.randn(1, 33, qwen3.config.hidden_size)
     with torch.no_grad():
         full = _run(qwen3, mixer, x)
-        cache = _cache(qwen3, cand)
+        cache = cache_for(qwen3, cand)
         parts = [_run(qwen3, mixer, x[:, :20], cache=cache), _run(qwen3, mixer, x[:, 20:], start=20, cache=cache)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import WorkTimer, every_operator
-from mosaic_search import profiler, schema, surgery
+from mosaic_search import profiler, schema
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.operators import Candidate
