@@ -31,12 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PLANS = ("tpot-1.5x-c96k", "tpot-2.5x-c96k", "every-op-1.3x-c96k")
 
 
 def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dict:
-    """{name: LayerPlan} for PLANS (TPOT targets `targets`), solved on the profile with the synthetic scores, each
-    constrained on the profile's batch-1 decode workload of the longest context (decode-b1-c96k on a GPU profile)."""
+    """{name: LayerPlan}: two TPOT targets over any operator, then the third with every operator, solved on the
+    profile with the synthetic scores, each constrained on the profile's batch-1 decode workload of the longest
+    context (decode-b1-c96k on a GPU profile), named like `tpot-2.5x-decode-b1-c96k`."""
     from gpu_plans import synthetic_scores
 
     from mosaic_search import schema, solver
@@ -48,7 +48,8 @@ def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dic
     mins = {op: int(n) for op, n in (item.split("=") for item in every_op_min.split(","))}
     extra = ({}, {}, dict(ops="gqa,swa,gdn,kda,mla", min_count=mins))
     plans = {}
-    for name, target, kwargs in zip(PLANS, targets, extra):
+    for kind, target, kwargs in zip(("tpot", "tpot", "every-op"), targets, extra):
+        name = f"{kind}-{target}x-{workload}"
         plans[name] = solver.solve(profile=profile_path, scores=scores, out=str(out / f"{name}.json"),
                                    tpot_speedup=target, workloads=[workload], **kwargs)
         print(f"{name}: {plans[name].pattern}  predicted {plans[name].predicted[workload]['speedup']:.3f}x on "
@@ -65,7 +66,7 @@ def main():
     p.add_argument("--batches", default="1,8", help="batch sizes; a batch that runs out of memory is recorded")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--targets", default="1.5,2.5,1.3", help="TPOT targets of the three plans, in PLANS order")
+    p.add_argument("--targets", default="1.5,2.5,1.3", help="TPOT targets: two plans of any operator, one of every operator")
     p.add_argument("--every-op-min", default="gdn=4,kda=4,mla=2")
     p.add_argument("--out", required=True)
     args = p.parse_args()
