@@ -107,10 +107,10 @@ def test_continuing_a_conversation_from_its_cache(models, op, kind):
     cache = DynamicCache(config=model.config) if kind == "dynamic" else StaticCache(config=model.config,
                                                                                       max_cache_len=64)
     with torch.no_grad():
-        first = model.generate(_ids(), past_key_values=cache, **GREEDY)
+        first = model.generate(_ids(), cache=cache, **GREEDY)
         second_prompt = torch.cat([first, _ids(4, seed=3)], dim=1)
         mask = torch.ones_like(second_prompt)  # generated tokens may equal the pad id: no padding here
-        second = model.generate(second_prompt, attention_mask=mask, past_key_values=cache, **GREEDY)
+        second = model.generate(second_prompt, attention_mask=mask, cache=cache, **GREEDY)
         assert torch.equal(first, _greedy(model, _ids(), use_cache=False))
         assert torch.equal(second, _greedy(model, second_prompt, attention_mask=mask, use_cache=False))
 
@@ -119,7 +119,7 @@ def test_a_returned_static_cache_too_small_for_the_next_turn_is_refused(models):
     model = models["gdn"]
     with torch.no_grad():
         first = model.generate(_ids(), return_dict_in_generate=True, **GREEDY)  # the default: a static cache
-        with pytest.raises(ValueError, match=r"holds \d+ tokens .* needs 30") as e:
+        with pytest.raises(ValueError, match=r"holds \d+ tokens .* needs 30") as e:  # the older keyword too
             model.generate(torch.cat([first.sequences, _ids(4)], 1), past_key_values=first.past_key_values, **GREEDY)
     assert "\n" not in str(e.value)
 
@@ -192,7 +192,7 @@ def test_each_sliding_layer_caches_its_own_window(tmp_path):
     assert model.config.sliding_window == 5
     for cache in (DynamicCache(config=model.config), StaticCache(config=model.config, max_cache_len=PROMPT + NEW)):
         with torch.no_grad():
-            model.generate(_ids(), past_key_values=cache, **GREEDY)
+            model.generate(_ids(), cache=cache, **GREEDY)
         windows = [s.keys.shape[-2] for s in cache.layers[:4]]
         # a dynamic sliding slot keeps window - 1 tokens between steps, a static one window; full attention: all
         assert windows[0] == windows[3] in (2, 3) and windows[2] == windows[0] + 2 and windows[1] >= PROMPT + NEW - 1
