@@ -197,3 +197,17 @@ def test_each_sliding_layer_caches_its_own_window(tmp_path):
         # a dynamic sliding slot keeps window - 1 tokens between steps, a static one window; full attention: all
         assert windows[0] == windows[3] in (2, 3) and windows[2] == windows[0] + 2 and windows[1] >= PROMPT + NEW - 1
     assert torch.equal(_greedy(model, _ids()), _greedy(model, _ids(), use_cache=False))
+
+
+def test_a_cache_not_made_from_the_models_config_is_refused(models):
+    from transformers import DynamicCache
+
+    with pytest.raises(ValueError, match=r"no linear-attention slot for layer 0 \(gdn\).*DynamicCache\(config=") as e:
+        _greedy(models["gdn"], _ids(), cache=DynamicCache())
+    assert "\n" not in str(e.value)
+
+
+def test_assisted_decoding_on_an_explicit_static_cache_is_refused_for_a_window(models):
+    message = _refused(models["swa"], "swa", "prompt_lookup_num_tokens", prompt_lookup_num_tokens=2,
+                       cache_implementation="static")
+    assert "dynamic cache" in message

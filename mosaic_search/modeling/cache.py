@@ -34,8 +34,9 @@ def _linear_slot(cache, layer_idx: int) -> None:
     slot = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
     if not isinstance(slot, LinearAttentionCacheLayerMixin):
         raise ValueError(f"layer {layer_idx} keeps a linear-attention state but its cache slot is "
-                         f"{type(slot).__name__}: build the cache from the model's layer_types (a teacher with mixers "
-                         "swapped in memory keeps its own layout; run it with use_cache=False)")
+                         f"{type(slot).__name__}: make the cache from the model's config, e.g. "
+                         "DynamicCache(config=model.config) (a teacher with mixers swapped in memory keeps its own "
+                         "cache layout: run it with use_cache=False)")
 
 
 def conv_context(cache, layer_idx: int, x: torch.Tensor, width: int) -> torch.Tensor:

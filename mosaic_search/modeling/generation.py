@@ -8,6 +8,8 @@ prompt-lookup decoding crop the cache after every draft, which a recurrent state
 
 from __future__ import annotations
 
+import copy
+
 CACHES = ("dynamic", "static")
 ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
 
@@ -39,8 +41,14 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
         if stuck:
             raise ValueError(f"{assisted}: assisted decoding rolls the cache back after each draft, and layer {stuck[0]} "
                              f"({stuck[1]}) keeps a recurrent state that cannot be rolled back; generate without it")
+        window = next(((i, op) for i, op, m in mixers if getattr(m, "window", None)), None)
+        if window and "cache_implementation" in kwargs and cache == "static":
+            raise ValueError(f"{assisted} with cache_implementation='static': layer {window[0]} ({window[1]}) keeps a "
+                             "rolling window that cannot be rolled back once full; use the dynamic cache (the default "
+                             "for assisted decoding)")
     own_cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if own_cache is not None:
+        _check_slots(own_cache, mixers, model)
         _check_room(own_cache, args, kwargs, setting)
     # an assistant model (called by transformers with `is_assistant` set) is cropped after every draft, too; a
     # None would be filled in again from the model's own generation config, so the dynamic cache is named
@@ -52,9 +60,25 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
             wanted = "dynamic"
         else:
             wanted = cache
-        if wanted != cache:  # as a keyword: it applies after transformers merges the configs
+        if wanted != cache and given is not None and wanted is not None:
+            given = copy.deepcopy(given)  # in the config passed (an assistant's), not beside it
+            given.cache_implementation = wanted
+            kwargs = {**kwargs, "generation_config": given}
+        elif wanted != cache:  # a keyword: a None in a config would be filled in again from the model's
             kwargs = {**kwargs, "cache_implementation": wanted}
     return kwargs
+
+
+def _check_slots(cache, mixers, model) -> None:
+    """A cache passed in must have a linear-attention slot wherever this model keeps a recurrent or empty state."""
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    types = model.config.get_text_config(decoder=True).layer_types
+    for (i, op, _), kind in zip(mixers, types):
+        slot = cache.layers[i] if i < len(cache.layers) else None
+        if kind == "linear_attention" and not isinstance(slot, LinearAttentionCacheLayerMixin):
+            raise ValueError(f"the cache passed in has no linear-attention slot for layer {i} ({op}): make it from the "
+                             "model's config, e.g. DynamicCache(config=model.config)")
 
 
 def _check_room(cache, args: tuple, kwargs: dict, setting) -> None:
