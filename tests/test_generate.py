@@ -207,7 +207,8 @@ def test_a_cache_not_made_from_the_models_config_is_refused(models):
     assert "\n" not in str(e.value)
 
 
-def test_assisted_decoding_on_an_explicit_static_cache_is_refused_for_a_window(models):
-    message = _refused(models["swa"], "swa", "prompt_lookup_num_tokens", prompt_lookup_num_tokens=2,
+@pytest.mark.parametrize("op", ["swa", "gqa"])
+def test_assisted_decoding_on_an_explicit_static_cache_is_refused(models, op):
+    message = _refused(models[op], op, "prompt_lookup_num_tokens", prompt_lookup_num_tokens=2,
                        cache_implementation="static")
     assert "dynamic cache" in message

@@ -41,11 +41,12 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
         if stuck:
             raise ValueError(f"{assisted}: assisted decoding rolls the cache back after each draft, and layer {stuck[0]} "
                              f"({stuck[1]}) keeps a recurrent state that cannot be rolled back; generate without it")
-        window = next(((i, op) for i, op, m in mixers if getattr(m, "window", None)), None)
-        if window and "cache_implementation" in kwargs and cache == "static":
-            raise ValueError(f"{assisted} with cache_implementation='static': layer {window[0]} ({window[1]}) keeps a "
-                             "rolling window that cannot be rolled back once full; use the dynamic cache (the default "
-                             "for assisted decoding)")
+        if "cache_implementation" in kwargs and cache == "static":
+            # a full static window cannot be rolled back, and drafts run past the static buffer's end
+            i, op = next(((i, op) for i, op, m in mixers if getattr(m, "window", None)), mixers[0][:2])
+            raise ValueError(f"{assisted} with cache_implementation='static': the static cache of layer {i} ({op}) "
+                             "cannot take back rejected drafts; use the dynamic cache (the default for assisted "
+                             "decoding)")
     own_cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if own_cache is not None:
         _check_slots(own_cache, mixers, model)
