@@ -212,3 +212,15 @@ def test_assisted_decoding_on_an_explicit_static_cache_is_refused(models, op):
     message = _refused(models[op], op, "prompt_lookup_num_tokens", prompt_lookup_num_tokens=2,
                        cache_implementation="static")
     assert "dynamic cache" in message
+
+
+def test_a_returned_static_cache_shorter_than_a_window_is_refused_for_the_next_turn(tmp_path):
+    """Every layer a window longer than the first call: its static slots hold the call's tokens only, and reused for a
+    second turn they would drop tokens the window still sees."""
+    teacher = Teacher("qwen3", tmp_path)
+    layers = [Candidate.of("swa", {"window": 64})] * LAYERS
+    model = _load_built(builder.build(teacher.plan(layers, "long-window"), out=tmp_path / "long-window"))
+    with torch.no_grad():
+        first = model.generate(_ids(), return_dict_in_generate=True, **GREEDY)
+        with pytest.raises(ValueError, match=r"holds \d+ tokens .* needs 30"):
+            model.generate(torch.cat([first.sequences, _ids(4)], 1), cache=first.past_key_values, **GREEDY)

@@ -50,7 +50,7 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
     own_cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if own_cache is not None:
         _check_slots(own_cache, mixers, model)
-        _check_room(own_cache, args, kwargs, setting)
+        _check_room(own_cache, mixers, args, kwargs, setting)
     # an assistant model (called by transformers with `is_assistant` set) is cropped after every draft, too; a
     # None would be filled in again from the model's own generation config, so the dynamic cache is named
     cropped = assisted or setting("is_assistant")
@@ -82,14 +82,17 @@ def _check_slots(cache, mixers, model) -> None:
                              "model's config, e.g. DynamicCache(config=model.config)")
 
 
-def _check_room(cache, args: tuple, kwargs: dict, setting) -> None:
-    """A static cache passed back in (e.g. the one an earlier call returned) must hold this call's tokens too."""
+def _check_room(cache, mixers, args: tuple, kwargs: dict, setting) -> None:
+    """A static cache passed back in (e.g. the one an earlier call returned) must hold this call's tokens too: a
+    static slot holds at most its length, unless it is a sliding window at least as long as its layer's window."""
+    from transformers.cache_utils import StaticLayer
+
     prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    full = [layer.get_max_length() for layer in cache.layers
-            if hasattr(layer, "keys") and not getattr(layer, "is_sliding", False)]
-    room = min((n for n in full if n > 0), default=None)
-    if room is None or prompt is None:
+    rooms = [slot.get_max_length() for (_, _, mixer), slot in zip(mixers, cache.layers)
+             if isinstance(slot, StaticLayer) and slot.get_max_length() < (getattr(mixer, "window", None) or 1 << 62)]
+    if not rooms or prompt is None:
         return
+    room = min(rooms)
     new = setting("max_new_tokens")
     needed = prompt.shape[-1] + new if new is not None else setting("max_length")
     if needed is not None and needed > room:
