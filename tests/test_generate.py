@@ -224,3 +224,24 @@ def test_a_returned_static_cache_shorter_than_a_window_is_refused_for_the_next_t
         first = model.generate(_ids(), return_dict_in_generate=True, **GREEDY)
         with pytest.raises(ValueError, match=r"holds \d+ tokens .* needs 30"):
             model.generate(torch.cat([first.sequences, _ids(4)], 1), cache=first.past_key_values, **GREEDY)
+
+
+def test_padded_batches_are_refused_even_with_one_token_prompts(models):
+    ids, mask = torch.tensor([[5], [0]]), torch.tensor([[1], [0]])
+    with pytest.raises(ValueError, match="padded batches"):
+        models["gqa"].generate(ids, attention_mask=mask, max_new_tokens=3)
+
+
+def test_chunked_prefill_is_refused_for_a_latent_cache(models):
+    _refused(models["mla"], "mla", "prefill_chunk_size", prefill_chunk_size=4)
+    assert torch.equal(_greedy(models["gdn"], _ids(), prefill_chunk_size=4), _greedy(models["gdn"], _ids(),
+                                                                                      use_cache=False))
+
+
+def test_a_too_small_static_cache_is_refused_for_embeddings_too(models):
+    from transformers import StaticCache
+
+    model = models["gqa"]
+    embeds = model.get_input_embeddings()(_ids())
+    with pytest.raises(ValueError, match="holds 8 tokens .* needs 16"):
+        model.generate(inputs_embeds=embeds, cache=StaticCache(config=model.config, max_cache_len=8), **GREEDY)

@@ -77,6 +77,7 @@ class Attention(nn.Module):
     """Grouped-query attention with the teacher's projections; `window=None` is full attention."""
 
     rolls_back = True  # a cache crop drops the last tokens' K/V
+    preallocatable = True  # transformers may pre-allocate its static slot from the config's K/V heads
     plain_kv_cache = True  # one K and one V per token: any transformers cache can hold it
 
     def __init__(self, dims: ModelDims, layer_idx: int, window: int | None = None):
@@ -122,6 +123,7 @@ class LatentAttention(nn.Module):
 
     rolls_back = True
     plain_kv_cache = False  # the slot holds latents, not K/V: a quantizing cache would not be exact
+    preallocatable = False  # a latent is not shaped as the config's K/V heads
 
     def __init__(self, dims: ModelDims, layer_idx: int, rank: int):
         super().__init__()

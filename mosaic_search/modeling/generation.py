@@ -33,8 +33,16 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
     cache = setting("cache_implementation") or model.generation_config.cache_implementation
     if cache not in (None, *CACHES):
         idx, op = next(((i, op) for i, op, m in mixers if not m.plain_kv_cache), (0, mixers[0][1]))
-        raise ValueError(f"cache_implementation={cache!r} cannot hold layer {idx} ({op}) of this mosaic model; "
-                         f"use one of {', '.join(CACHES)}")
+        raise ValueError(f"cache_implementation={cache!r} is not supported by mosaic models (it cannot hold layer "
+                         f"{idx} ({op}) exactly); use one of {', '.join(CACHES)}")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.ndim == 2 and not bool(mask.all()):
+        raise ValueError("mosaic models do not support padded batches: the mixers ignore the attention mask")
+    if setting("prefill_chunk_size"):
+        latent = next(((i, op) for i, op, m in mixers if not m.preallocatable), None)
+        if latent:
+            raise ValueError(f"prefill_chunk_size: chunked prefill pre-allocates static slots shaped as K/V heads, and "
+                             f"layer {latent[0]} ({latent[1]}) caches a latent instead; generate without it")
     assisted = next((key for key in ASSISTED if setting(key) is not None), None)
     if assisted:
         stuck = next(((i, op) for i, op, m in mixers if not m.rolls_back), None)
@@ -87,14 +95,15 @@ def _check_room(cache, mixers, args: tuple, kwargs: dict, setting) -> None:
     static slot holds at most its length, unless it is a sliding window at least as long as its layer's window."""
     from transformers.cache_utils import StaticLayer
 
-    prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    prompt = next((x for x in (args[0] if args else None, kwargs.get("input_ids"), kwargs.get("inputs"),
+                               kwargs.get("inputs_embeds")) if x is not None), None)
     rooms = [slot.get_max_length() for (_, _, mixer), slot in zip(mixers, cache.layers)
              if isinstance(slot, StaticLayer) and slot.get_max_length() < (getattr(mixer, "window", None) or 1 << 62)]
     if not rooms or prompt is None:
         return
     room = min(rooms)
     new = setting("max_new_tokens")
-    needed = prompt.shape[-1] + new if new is not None else setting("max_length")
+    needed = prompt.shape[1] + new if new is not None else setting("max_length")  # ids [B, T] or embeds [B, T, H]
     if needed is not None and needed > room:
         raise ValueError(f"the cache passed in holds {room} tokens (a static cache sized by an earlier call) but this "
                          f"call needs {needed}; pass a DynamicCache, or a StaticCache with max_cache_len >= {needed}")

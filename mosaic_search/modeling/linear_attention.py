@@ -44,6 +44,7 @@ class DeltaMixer(nn.Module):
     per_channel = False
     rolls_back = False  # the recurrent state folds every token in: a crop cannot take one out again
     plain_kv_cache = False
+    preallocatable = True  # linear-attention slots are never pre-allocated
 
     def __init__(self, dims: ModelDims, layer_idx: int):
         super().__init__()

@@ -13,6 +13,7 @@ class NoAttention(nn.Module):
 
     rolls_back = True
     plain_kv_cache = False  # needs a linear-attention slot (see `mark_stateless`)
+    preallocatable = True
 
     def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
@@ -34,6 +35,7 @@ class SkipLayer(nn.Module):
 
     rolls_back = True
     plain_kv_cache = False
+    preallocatable = True
 
     def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
