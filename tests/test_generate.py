@@ -245,3 +245,11 @@ def test_a_too_small_static_cache_is_refused_for_embeddings_too(models):
     embeds = model.get_input_embeddings()(_ids())
     with pytest.raises(ValueError, match="holds 8 tokens .* needs 16"):
         model.generate(inputs_embeds=embeds, cache=StaticCache(config=model.config, max_cache_len=8), **GREEDY)
+
+
+@pytest.mark.parametrize("op", ["none", "drop"])
+def test_early_exit_drafting_gives_the_greedy_tokens_and_leaves_the_model_whole(models, op):
+    model = models[op]
+    expected = _greedy(model, _ids(), use_cache=False)
+    assert torch.equal(_greedy(model, _ids(), assistant_early_exit=4), expected)
+    assert model.config.num_hidden_layers == LAYERS and torch.equal(_greedy(model, _ids()), expected)

@@ -56,7 +56,9 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
                              "cannot take back rejected drafts; use the dynamic cache (the default for assisted "
                              "decoding)")
     own_cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    if own_cache is not None:
+    # transformers' own drafting calls (`is_assistant`, e.g. early exit, which truncates this very model while it
+    # drafts and restores it only on success) manage their cache themselves: never refuse in the middle of one
+    if own_cache is not None and not setting("is_assistant"):
         _check_slots(own_cache, mixers, model)
         _check_room(own_cache, mixers, args, kwargs, setting)
     # an assistant model (called by transformers with `is_assistant` set) is cropped after every draft, too; a
