@@ -142,6 +142,10 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
 
     from .operators import default_candidates
 
+    if new_tokens < 1:
+        raise UsageError(f"--tokens must be 1 or more, got {new_tokens}")
+    if getattr(load_config(model_id), "model_type", "").startswith("mosaic_"):
+        raise UsageError(f"{model_id} is already a model built by mosaic; check its teacher")
     model = load_model(model_id)
     dims = surgery.dims_of(model.config)
     if not 0 <= layer < dims.num_layers:

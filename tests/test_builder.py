@@ -499,3 +499,11 @@ def test_cli_stale_plan_exits_4(built, tmp_path, capsys):
     code = main(["build", str(plan), "--teacher", str(built["llama"][0].dir), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 4 and len(err.strip().splitlines()) == 1 and "allow-stale" in err
+
+
+def test_check_refuses_a_built_model_and_no_tokens(built):
+    _, _, mixed = built["qwen3"]
+    with pytest.raises(UsageError, match="already a model built by mosaic; check its teacher"):
+        builder.check_generation(str(mixed))
+    with pytest.raises(UsageError, match="--tokens must be 1 or more"):
+        builder.check_generation("tiny", new_tokens=0)
