@@ -73,23 +73,17 @@ def main():
 
     import torch
 
-    from mosaic_search import builder, profiler, speedup, surgery
-    from mosaic_search.models import load_config, model_from_config
+    from mosaic_search import profiler, speedup
     from mosaic_search.timing import is_oom
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plans = solve_plans(args.profile, out, [float(t) for t in args.targets.split(",")], args.every_op_min)
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    all_gqa, stock = speedup.reference_models(args.model, args.device, dtype)
-    models = {"stock": (stock, speedup.stock_mode(args.device)), "all-gqa": (all_gqa, {})}
-    config = load_config(args.model, shipped_ok=True)
+    models = {"stock": (speedup.stock_teacher(args.model, args.device, dtype), speedup.stock_mode(args.device)),
+              "all-gqa": (speedup.random_build(args.model, args.device, dtype), {})}
     for name, plan in plans.items():
-        with torch.device(args.device):
-            net = model_from_config(config, dtype=dtype)
-        for i, c in enumerate(plan.layers):
-            surgery.swap(net, i, c)
-        models[name] = (builder.as_built(net, plan.layers).to(args.device), {})
+        models[name] = (speedup.random_build(args.model, args.device, dtype, layers=plan.layers), {})
     contexts = [profiler.parse_workload(f"decode:{c}").seq_len for c in args.contexts.split(",")]
     rows, started = [], time.time()
     for batch in map(int, args.batches.split(",")):

@@ -118,11 +118,15 @@ def static_cache(layers, layer_types, context: int):
         if kind == "linear_attention":
             slots.append(LinearAttentionLayer())
         elif kind == "sliding_attention":
-            window = getattr(getattr(layer, "self_attn", layer), "window")
-            slots.append(StaticSlidingWindowLayer(max_cache_len=context + 1, sliding_window=window))
+            slots.append(StaticSlidingWindowLayer(max_cache_len=context + 1, sliding_window=_window(layer)))
         else:
             slots.append(StaticLayer(max_cache_len=context + 1))
     return Cache(layers=slots)
+
+
+def _window(layer):
+    """The SWA window of a decoder layer's mixer, or None."""
+    return getattr(getattr(layer, "self_attn", layer), "window", None)
 
 
 def fill_static(cache) -> None:
@@ -175,7 +179,7 @@ class _Bench:
         from .modeling.configuration_mosaic import cache_layout
 
         teacher = surgery.architecture(self.model.config).text(self.model.config)
-        windows = [getattr(getattr(layer, "self_attn", layer), "window", None) for layer in self.stack.layers]
+        windows = [_window(layer) for layer in self.stack.layers]
         config = type(teacher).from_dict({**teacher.to_dict(), **cache_layout(self.layer_types, windows)})
         return lambda: DynamicCache(config=config)
 

@@ -118,9 +118,10 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     lengths = [profiler.parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
                for c in (contexts or [w.seq_len for w in _decode_workloads(plan)] or [256])]
-    teacher, stock = reference_models(plan.header.model.id, device, dtype, seed)
-    models = {"model": (_load_user_model(path, device, dtype), {}), "all-gqa": (teacher, {}),
-              "stock": (stock, stock_mode(device))}
+    teacher = plan.header.model.id
+    models = {"model": (_load_user_model(path, device, dtype), {}),
+              "all-gqa": (random_build(teacher, device, dtype, seed), {}),
+              "stock": (stock_teacher(teacher, device, dtype, seed), stock_mode(device))}
     rows = time_generate(models, lengths, new_tokens, batch_size, device, rounds, seed, progress)
     for row in rows:
         for ref in ("all-gqa", "stock"):
@@ -139,24 +140,32 @@ def stock_mode(device: str) -> dict:
     return {"cache_implementation": "static"} if device.startswith("cuda") else {}
 
 
-def reference_models(teacher: str, device: str, dtype: str, seed: int = 0, layers=None):
-    """(a build of `teacher` with `layers` (default: every layer gqa), the stock teacher class), both with random
-    weights of the teacher's dimensions on `device`; the build is the built model class in memory (`as_built`)."""
+def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=None):
+    """`teacher` with `layers` (default: every layer gqa) as the built model class in memory (`builder.as_built`),
+    with random weights of the teacher's dimensions on `device`: what `build` would write, without its weights."""
     import torch
 
     from . import builder, surgery
     from .models import load_config, model_from_config
 
-    config = load_config(teacher, shipped_ok=True)
     with torch.device(device):
-        stock = model_from_config(config, dtype=dtype, seed=seed)
-        swapped = model_from_config(config, dtype=dtype, seed=seed)
+        swapped = model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
     layers = layers or [Candidate.of("gqa")] * len(surgery.decoder_layers(swapped))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, c in enumerate(layers):
             surgery.swap(swapped, i, c)
-    return builder.as_built(swapped, layers, seed).to(device), stock
+    return builder.as_built(swapped, layers, seed).to(device)
+
+
+def stock_teacher(teacher: str, device: str, dtype: str, seed: int = 0):
+    """The teacher's own transformers class with random weights of its dimensions on `device`."""
+    import torch
+
+    from .models import load_config, model_from_config
+
+    with torch.device(device):
+        return model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
 
 
 def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, device: str, rounds: int = 3,

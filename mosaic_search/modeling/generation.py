@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 CACHES = ("dynamic", "static")
 ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
 
@@ -35,9 +37,7 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
         idx, op = next(((i, op) for i, op, m in mixers if not m.plain_kv_cache), (0, mixers[0][1]))
         raise ValueError(f"cache_implementation={cache!r} is not supported by mosaic models (it cannot hold layer "
                          f"{idx} ({op}) exactly); use one of {', '.join(CACHES)}")
-    mask = kwargs.get("attention_mask")
-    if mask is not None and mask.ndim == 2 and not bool(mask.all()):
-        raise ValueError("mosaic models do not support padded batches: the mixers ignore the attention mask")
+    check_unpadded(kwargs.get("attention_mask"))
     if setting("prefill_chunk_size"):
         latent = next(((i, op) for i, op, m in mixers if not m.preallocatable), None)
         if latent:
@@ -78,6 +78,12 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
         elif wanted != cache:  # a keyword: a None in a config would be filled in again from the model's
             kwargs = {**kwargs, "cache_implementation": wanted}
     return kwargs
+
+
+def check_unpadded(mask) -> None:
+    """Refuse a 2-D attention mask with padding: the mixers do their own causal masking and ignore it."""
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and not bool(mask.all()):
+        raise ValueError("mosaic models do not support padded batches: the mixers ignore the attention mask")
 
 
 def _check_slots(cache, mixers, model) -> None:

@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM, Qwen3ForCausalLM, Qwen3VLForCondition
 from .architectures import ARCHITECTURES, base_model_type, decoder_layers, text_config
 from .configuration_mosaic import MosaicLlamaConfig, MosaicQwen3Config, MosaicQwen3VLConfig
 from .dims import ModelDims
-from .generation import generate_kwargs
+from .generation import check_unpadded, generate_kwargs
 from .mixers import mixer_class
 
 # transformers' remote-code loader copies only the files this module imports by a `from .x import` line, and
@@ -59,8 +59,8 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
             inputs = kwargs.get("inputs_embeds")
         # checked on prompts only: generation extends an unpadded mask with ones (and a check per step would sync)
         prompt = inputs is not None and inputs.shape[1] > 1
-        if prompt and isinstance(mask, torch.Tensor) and mask.ndim == 2 and not bool(mask.all()):
-            raise ValueError("mosaic models do not support padded batches: the mixers ignore the attention mask")
+        if prompt:
+            check_unpadded(mask)
         if masks_by_layer_type:
             # a dict is taken as masks already built per layer type; the mixers ignore them
             prepared = dict.fromkeys(module.config.layer_types)
