@@ -149,7 +149,7 @@ def cmd_plans(args):
     from mosaic_search.speedup import bench
 
     workloads = args.workload or ["decode-b1-c96k", "decode-b1-c16k", "prefill-b1-p32k"]
-    for name, plan in solve_plans(args.profile, Path(args.out)).items():
+    for name, plan in solve_plans(args.profile, Path(args.out), Path(args.out) / "synthetic_scores.json").items():
         t0 = time.time()
         rows = bench(str(plan), workloads=workloads, device="cuda")
         Path(args.out, f"bench-{name}.json").write_text(json.dumps(rows, indent=2))

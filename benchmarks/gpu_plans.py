@@ -5,7 +5,10 @@ the solver has something to minimise; the check these plans serve is latency (me
 speedup with random weights), not quality. Per candidate a fixed loss ordering (drop > none > gdn/kda/mla >
 swa, wider windows cheaper) scaled by a seeded per-layer factor; gqa scores 0.
 
-    python benchmarks/gpu_plans.py [--profile PROFILE] --out benchmarks/results/h100_plans
+    python benchmarks/gpu_plans.py [--profile PROFILE] --out benchmarks/results/h100_plans [--scores-out FILE]
+
+The synthetic table goes to --scores-out (default: benchmarks/results/h100_plans/synthetic_scores.json), never
+under layer_plans/, where `mosaic solve` looks for real tables.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROFILE = "profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json"
+SCORES = Path("benchmarks/results/h100_plans/synthetic_scores.json")
 BASE_LOSS = {"gqa": 0.0, "swa": 0.02, "mla": 0.05, "gdn": 0.06, "kda": 0.05, "none": 0.3, "drop": 0.6}
 TARGETS = {"tpot-1.5x-c96k": dict(tpot_speedup=1.5, workloads=["decode-b1-c96k"]),
            "tpot-2.5x-c96k": dict(tpot_speedup=2.5, workloads=["decode-b1-c96k"]),
@@ -44,12 +48,12 @@ def synthetic_scores(profile, seed: int = 0):
                                    entries=tuple(entries))
 
 
-def solve_plans(profile_path: str, out: Path) -> dict:
-    """{target name: plan path}, each plan solved on the profile with the synthetic scores."""
+def solve_plans(profile_path: str, out: Path, scores_out: Path = SCORES) -> dict:
+    """{target name: plan path}, each plan solved on the profile with the synthetic scores (saved to `scores_out`)."""
     from mosaic_search import schema, solver
 
     profile = schema.load_profile(profile_path)
-    scores = schema.save(synthetic_scores(profile), out / "synthetic_scores.json")
+    scores = schema.save(synthetic_scores(profile), scores_out)
     paths = {}
     for name, target in TARGETS.items():
         paths[name] = out / f"{name}.json"
@@ -63,8 +67,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default=PROFILE)
     p.add_argument("--out", default="benchmarks/results/h100_plans")
+    p.add_argument("--scores-out", type=Path, default=SCORES)
     args = p.parse_args()
-    solve_plans(args.profile, Path(args.out))
+    solve_plans(args.profile, Path(args.out), args.scores_out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ _LAZY = {
     "solve": ("solver", "solve"),
     "build": ("builder", "build"),
     "bench": ("speedup", "bench"),
+    "to_frame": ("frames", "to_frame"),  # any artifact as a pandas DataFrame, for notebooks
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .errors import InfeasibleError, UsageError
-from .operators import REGISTRY, from_symbol
+from .operators import REGISTRY, from_symbol, unbuildable
 from .solver import Problem, matches, reachability
 
 _EPS = 1e-9  # stricter than the solver's re-check (1e-6), so a plan a baseline calls "met" always verifies
@@ -17,6 +17,7 @@ def _resources(p: Problem) -> list:
     if p.cache_limit is not None:
         out.append((lambda k: p.cache[k], p.cache_limit, p.cache_limit))
     out += [(lambda k, s=spec: float(matches(s, k[1])), float(n), 1.0) for spec, n in p.max_count]
+    out.append((lambda k: -float(k[1].spec.counts_tokens), -1.0, 1.0))  # operators.unbuildable, as -count <= -1
     return out
 
 
@@ -79,6 +80,8 @@ def _shortfalls(p: Problem, layers) -> list[str]:
             count = sum(matches(spec, c) for c in layers)
             if (count - n) * sense < 0:
                 out.append(f"{count} layers of {spec} ({'min' if sense > 0 else 'max'} {n})")
+    if why := unbuildable(layers):
+        out.append(why)
     return out
 
 

@@ -1,18 +1,21 @@
-"""Stage 4: apply a layer plan to its teacher and write a Hugging Face model directory (DESIGN.md §4).
+"""Stage 4: apply a layer plan to its teacher and write a Hugging Face model directory (docs/design.md §7).
 
 The plan is applied layer by layer through `surgery.swap`, the same call the scorer makes, so what is
 scored is what is shipped. The directory is written into a temporary folder beside `out` and renamed at
-the end: a failure leaves nothing behind, and `overwrite` replaces an old build only once the new one is whole.
+the end (`files.atomic_dir`): a failure leaves nothing behind, the folder a killed build leaves is removed by
+the next build to the same `out`, and `overwrite` replaces an old build only once the new one is whole.
 
 Candidate library (aligned weights, written by the scorer): a safetensors file whose tensor keys are
 `layer{L}/{candidate}/{param}`, with `L` the 0-based decoder layer, `candidate` the candidate's string
 (`str(Candidate)`: `mla:rank=256`, `gdn`, `swa:window=1024`) and `param` a key of that mixer's own state dict
 (`kv_down.weight`, `o_proj.weight`, ...), e.g. `layer3/mla:rank=256/kv_down.weight`. Beside it, a JSON
 sidecar of the same stem (`library.safetensors` -> `library.json`) holds `kind: "mosaic/candidate-library"`,
-`schema_version`, the `model` block of DESIGN.md §3 (checked against the teacher like any artifact) and
+`schema_version`, the `model` block of docs/design.md §3 (checked against the teacher like any artifact) and
+`scores_sha256` (the sha256 of the sensitivity table file written with it) and
 `entries: [{layer, op, params, align_steps, ...}]`. An entry present for a layer replaces the teacher
 initialisation of that layer's mixer; with a library given, every layer whose operator is `aligned` must
-have one.
+have one. Without one given, build takes the library whose `scores_sha256` is the hash of the table the plan
+was solved on (the plan's `inputs.scores`), looked up beside the plan and in layer_plans/<model>/.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import schema, surgery
 from .errors import MosaicError, UsageError
+from .files import atomic_dir, check_output, read_text
 from .assets import TINY_DIR
 from .models import TINY, load_config, load_model, model_ref, slug
-from .operators import Candidate
+from .operators import Candidate, unbuildable
 from .schema import LayerPlan, ModelRef
 
 LIBRARY_KIND = "mosaic/candidate-library"
@@ -40,8 +43,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 # config is the loaded teacher's, saved with the model)
 TEACHER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
                  "chat_template*", "*preprocessor_config.json", "processor_config.json", "*.tiktoken", "spiece.model")
-# layer types whose cache slot counts tokens (transformers' get_seq_length needs at least one)
-COUNTING_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def library_key(layer: int, candidate: Candidate, param: str) -> str:
@@ -69,9 +70,11 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
           allow_stale: bool = False, *, seed: int = 0, max_shard_size: int | str = "5GB") -> Path:
     """Build the model directory of a plan (a path or a LayerPlan) and return its path.
 
-    `teacher` defaults to the plan's model id, `out` to build/<model>-<pattern>. Without `library` the aligned
-    operators start from the teacher initialisation (with a warning on stderr); `seed` fixes the parts of that
-    initialisation that are fresh (gates, decays), so a build is reproducible.
+    `teacher` defaults to the plan's model id, `out` to build/<model>-<pattern>. `library`: a candidate library
+    (.safetensors); None takes the one that belongs to the plan's scores (`find_library`, named on stderr);
+    False builds without one: the aligned operators then start from the teacher initialisation (with a warning
+    on stderr). `seed` fixes the parts of that initialisation that are fresh (gates, decays), so a build is
+    reproducible.
     """
     import torch
 
@@ -87,10 +90,18 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
         raise UsageError(f"{plan_name}: the plan has {len(plan.layers)} layers but {teacher} has "
                          f"{ref.num_hidden_layers}")
     schema.check_same_model(ref, plan.header.model, f"plan {plan_name}", allow_stale)
-    _check_generates(plan.layers)
+    if why := unbuildable(plan.layers):
+        raise UsageError(f"{plan_name}: {why}")
+    dims = surgery.dims_of(config)
+    for candidate in plan.layers:
+        candidate.check_fits(dims)  # before minutes of loading the teacher
     out = Path(out) if out else _default_out(teacher, plan, plan_name)
     _check_out(out, overwrite)
-    weights = _library_weights(library, plan.layers, ref, allow_stale)
+    if library is None:
+        library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
+        if library is not None:
+            print(f"note: using {library}, the candidate library written with this plan's scores", file=sys.stderr)
+    weights = _library_weights(library or None, plan.layers, ref, allow_stale)
 
     model = load_model(teacher, dtype=dtype)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
@@ -184,13 +195,6 @@ def _read_plan(plan) -> tuple[LayerPlan, bytes, str]:
     return loaded, path.read_bytes(), str(path)
 
 
-def _check_generates(layers) -> None:
-    if not any(c.spec.layer_type in COUNTING_LAYER_TYPES for c in layers):
-        ops = sorted({c.op for c in layers})
-        raise UsageError(f"the plan has only {', '.join(ops)} layers: a model needs at least one attention layer "
-                         f"({', '.join(COUNTING_LAYER_TYPES)}) for transformers' cache to count tokens in generate()")
-
-
 def _default_out(teacher: str, plan: LayerPlan, plan_name: str) -> Path:
     stem = "plan" if plan_name.startswith("<") else Path(plan_name).stem
     name = plan.pattern if len(plan.pattern) <= 64 else stem
@@ -198,14 +202,37 @@ def _default_out(teacher: str, plan: LayerPlan, plan_name: str) -> Path:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    check_output(out, folder=True, overwrite=overwrite)
     if not out.exists():
         return
-    if not overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it, or --out elsewhere")
     if not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory; refusing to replace it")
     if any(out.iterdir()) and not (out / PLAN_FILE).is_file():
         raise UsageError(f"{out} is not empty and is not a mosaic build (no {PLAN_FILE}); refusing to replace it")
+
+
+def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
+    """The candidate library written together with the table `plan` was solved on, or None.
+
+    Looked up beside `plan_path` and in layer_plans/<model>/ (where `score` writes by default), by the table's
+    sha256 recorded in both the plan (`inputs.scores`) and the library's sidecar (`scores_sha256`).
+    """
+    want = plan.header.inputs.get("scores")
+    if not want:
+        return None
+    folders = [plan_path.parent] if plan_path is not None else []
+    folders.append(Path("layer_plans") / slug(plan.header.model.id))
+    for folder in dict.fromkeys(f.resolve() for f in folders if f.is_dir()):
+        for sidecar in sorted(folder.glob("*.json")):
+            try:
+                obj = json.loads(sidecar.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # not ours to judge here: only a matching sidecar counts
+            library = sidecar.with_suffix(".safetensors")
+            if isinstance(obj, dict) and obj.get("kind") == LIBRARY_KIND and obj.get("scores_sha256") == want \
+                    and library.is_file():
+                return library
+    return None
 
 
 def _library_weights(library, layers, ref: ModelRef, allow_stale: bool) -> dict:
@@ -213,8 +240,9 @@ def _library_weights(library, layers, ref: ModelRef, allow_stale: bool) -> dict:
     if library is None:
         if aligned:
             ops = sorted({layers[i].op for i in aligned})
-            print(f"warning: no --library: {', '.join(ops)} layers start from the teacher initialisation, "
-                  "without aligned weights", file=sys.stderr)
+            print(f"warning: no candidate library (--library, or one written with this plan's scores): "
+                  f"{', '.join(ops)} layers start from the teacher initialisation, without aligned weights",
+                  file=sys.stderr)
         return {}
     path = Path(library)
     _check_library_sidecar(path, ref, allow_stale)
@@ -232,7 +260,7 @@ def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> None
     if not sidecar.is_file():
         return
     try:
-        obj = json.loads(sidecar.read_text())
+        obj = json.loads(read_text(sidecar))
         if obj.get("kind") != LIBRARY_KIND:
             raise UsageError(f'{sidecar}: kind: expected "{LIBRARY_KIND}", got "{obj.get("kind")}"')
         m = obj["model"]
@@ -246,12 +274,7 @@ def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> None
 # ---- output --------------------------------------------------------------------------------------
 
 def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_size) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished build private
+    with atomic_dir(out) as tmp:
         built = _as_mosaic_model(model, config)
         built.save_pretrained(tmp, max_shard_size=max_shard_size)
         here = Path(__file__).parent / "modeling"
@@ -259,10 +282,6 @@ def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_
             shutil.copyfile(source, tmp / source.name)
         _copy_teacher_files(teacher, tmp)
         (tmp / PLAN_FILE).write_bytes(plan_bytes)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -317,19 +336,3 @@ def _copy_teacher_files(teacher: str, dest: Path) -> None:
                 copied.add(f.name)
     if not any(n.startswith("tokenizer") for n in copied):
         print(f"note: {teacher} has no tokenizer files; the built model has none", file=sys.stderr)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename the finished build to `out`; an old `out` is moved aside first and removed only after."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "previous")
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old / "previous", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

@@ -144,8 +144,12 @@ def _text_blocks(path: Path, block: int = 1 << 16):
 
 
 def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UsageError(f"{path}: line {n}: not UTF-8 text; is it the right file?") from None
             if not line.strip():
                 continue
             try:

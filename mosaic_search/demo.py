@@ -6,11 +6,10 @@ with the tables and three plots: the sensitivity heat map, the frontier, and eac
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import UsageError
+from .files import atomic_dir, check_output
 
 MARKER = ".mosaic-demo"
 WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")
@@ -21,26 +20,12 @@ SWEEP = "1.05:2.0:0.05"
 
 def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
     """Run every stage on `tiny` and write the report folder `out` (replacing an earlier demo report there)."""
-    out = Path(out)
+    out = check_output(out, folder=True)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise UsageError(f"{out} exists and is not a mosaic demo report; choose another --out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         _run(tmp, seed, progress or (lambda *a: None))
         (tmp / MARKER).write_text("written by mosaic demo\n")
-        tmp.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -62,7 +47,6 @@ def _run(d: Path, seed: int, progress) -> None:
     prof = profile("tiny", device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed)
     stage(1, "score")
     table = scorer.score("tiny", out=d / "sensitivity.json", seed=seed)
-    library = scorer.library_path(d / "sensitivity.json")
     stage(2, "solve")
     decode = [w.name for w in prof.workloads if w.phase == "decode"]
     inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
@@ -71,7 +55,7 @@ def _run(d: Path, seed: int, progress) -> None:
     frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
                             **inputs)
     stage(3, "build")
-    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library if library.exists() else None,
+    built = {t: builder.build(d / f"plan-tpot-{t}x.json",  # finds the library score wrote
                               out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
     stage(4, "bench")
     measured = {t: bench(str(built[t])) for t in TARGETS}
@@ -91,6 +75,9 @@ def _plots(d: Path, table, prof, plans) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
+
+    from .operators import REGISTRY, plot_color
 
     cands = list(dict.fromkeys(e.candidate for e in table.entries))
     n = table.header.model.num_hidden_layers
@@ -99,7 +86,9 @@ def _plots(d: Path, table, prof, plans) -> None:
         kl[e.layer, cands.index(e.candidate)] = e.kl
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cands), 1.0 + 0.45 * n))
     im = ax.imshow(np.log10(np.maximum(kl, 1e-6)), aspect="auto", cmap="magma_r")
-    ax.set_xticks(range(len(cands)), [str(c) for c in cands], rotation=45, ha="right")
+    ax.set_xticks(range(len(cands)), [c.label for c in cands], rotation=45, ha="right")
+    for tick, c in zip(ax.get_xticklabels(), cands):
+        tick.set_color(plot_color(c.op))
     ax.set_yticks(range(n), [f"layer {i}" for i in range(n)])
     ax.set_title("sensitivity: log10 KL(teacher || swapped)")
     fig.colorbar(im, ax=ax)
@@ -112,13 +101,11 @@ def _plots(d: Path, table, prof, plans) -> None:
     for ax, (target, plan) in zip(axes[:, 0], plans.items()):
         saved = [row["saved_ms"].get(w, 0.0) for row in plan.solver["per_layer"]]
         ops = [c.op for c in plan.layers]
-        colors = {op: plt.cm.tab10(i) for i, op in enumerate(sorted(set(ops)))}
-        ax.bar(range(n), saved, color=[colors[o] for o in ops])
+        ax.bar(range(n), saved, color=[plot_color(op) for op in ops])
         ax.set_title(f"{target}x TPOT plan {plan.pattern}: latency saved per layer on {w} (ms)")
         ax.set_xticks(range(n))
-        for op, color in colors.items():
-            ax.bar(0, 0, color=color, label=op)
-        ax.legend(fontsize=7, ncol=len(colors))
+        used = [op for op in REGISTRY if op in ops]
+        ax.legend(handles=[Patch(color=plot_color(op), label=op) for op in used], fontsize=7, ncol=len(used))
     fig.tight_layout()
     fig.savefig(d / "plans.png", dpi=110)
     plt.close(fig)
@@ -135,15 +122,15 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     lines += ["| candidate | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
     for c in dict.fromkeys(c for c, _ in layer0):
-        lines.append(f"| {c} | " + " | ".join(
+        lines.append(f"| {c.label} | " + " | ".join(
             f"{layer0[(c, w)].latency_ms:.3f}" if layer0[(c, w)].status == "ok" else layer0[(c, w)].status
             for w in names) + " |")
     lines += ["| whole teacher | " + " | ".join(f"{prof.baseline_ms[w]:.3f}" for w in names) + " |", "",
               "## Sensitivity (KL to the teacher when one layer is swapped)", "",
-              f"Data: {table.data}.", "", "![sensitivity](sensitivity.png)", ""]
+              *_data_table(table.data), "", "![sensitivity](sensitivity.png)", ""]
     cands = list(dict.fromkeys(e.candidate for e in table.entries))
     by = {(e.layer, e.candidate): e.kl for e in table.entries}
-    lines += ["| layer | " + " | ".join(map(str, cands)) + " |", "|---" * (len(cands) + 1) + "|"]
+    lines += ["| layer | " + " | ".join(c.label for c in cands) + " |", "|---" * (len(cands) + 1) + "|"]
     for layer in range(table.header.model.num_hidden_layers):
         lines.append(f"| {layer} | " + " | ".join(f"{by.get((layer, c), float('nan')):.4f}" for c in cands) + " |")
     lines += ["", "## Plans", ""]
@@ -172,3 +159,24 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
         loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"
         lines.append(f"| {pt['target_speedup']:.2f}x | {loss} | `{pt.get('pattern', '')}` |")
     return "\n".join(lines) + "\n"
+
+
+def _data_table(data: dict) -> list[str]:
+    """The calibration data the table was scored on, as markdown rows."""
+    return ["| calibration data | tokens scored | tokens per window | alignment windows | seed |",
+            "|---|---|---|---|---|", f"| {_source_name(data['source'])} | {data['tokens']} | {data['seq_len']} | "
+            f"{data.get('align_windows', '-')} | {data['seed']} |"]
+
+
+def _source_name(source: str) -> str:
+    """A calibration source as the report names it: a file shipped with mosaic by its path in the package,
+    anything else by its file name, never by a path of the machine that ran the demo."""
+    from .data import SELF
+
+    if source == SELF:
+        return "sampled from the teacher"
+    path = Path(source).resolve()
+    try:
+        return f"`{path.relative_to(Path(__file__).resolve().parents[1])}`"
+    except ValueError:
+        return f"`{path.name}`"

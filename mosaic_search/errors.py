@@ -1,4 +1,9 @@
-"""Known failures: each is one line for the user and a documented exit code."""
+"""Known failures: each is one line for the user and a documented exit code.
+
+Exit codes of `mosaic`: 0 ok, 1 runtime failure, 2 usage or invalid input (arguments, unreadable or
+malformed input files, an output location that cannot be written), 3 infeasible budget, 4 stale input
+(fingerprint mismatch), 130 interrupted (Ctrl-C; the message says what was kept).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INFEASIBLE = 3
 EXIT_STALE = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 class MosaicError(Exception):
@@ -33,6 +39,12 @@ class StaleInputError(MosaicError):
     """An input artifact was made for another model, device or library set (exit 4)."""
 
     exit_code = EXIT_STALE
+
+
+class Interrupted(MosaicError):
+    """Ctrl-C stopped a command; the message says what it kept (exit 130)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -108,7 +108,7 @@ def _tiny_dir() -> str:
 
 def _is_mosaic_dir(model_id: str) -> bool:
     cfg = Path(model_id) / "config.json"
-    return cfg.is_file() and '"mosaic_' in cfg.read_text()
+    return cfg.is_file() and b'"mosaic_' in cfg.read_bytes()  # bytes: a binary file is transformers' to refuse
 
 
 def _first_line(e: Exception) -> str:

@@ -15,17 +15,28 @@ from __future__ import annotations
 
 import platform
 import re
+import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .operators import Candidate, default_candidates, parse_candidates
+from .files import check_output
+from .operators import Candidate, parse_candidates
 from .schema import Header, LatencyProfile, ProfileEntry, Workload, save
 
 KIB = 1024
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
 CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",
                   "decode:1k", "decode:16k", "decode:96k", "decode:1k:b8", "decode:16k:b8")
+# The typical (median) entry's p80/p20 above which `profile` warns that the machine was busy: the committed CPU
+# profiles (benchmarks/results/cpu, a quiet 2-core VM) measure 1.09-1.14 and the H100 one 1.01, while a CPU profile
+# taken with other jobs on the same cores measured 1.5; candidates whose latencies differ by less than the spread
+# cannot be ranked.
+NOISY_SPREAD = 1.3
+# entries cheaper than this share of one teacher layer are left out of the spread: the ratio of two near-zero
+# times (a dropped layer's, 26x on that busy machine) says nothing about the machine
+SPREAD_MIN_SHARE = 0.05
 _SPEC = re.compile(r"^(prefill|decode):(\d+)(k?)(?::b(\d+))?$")
 
 
@@ -391,15 +402,16 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     in every pass and record predicted vs measured in the profile's `validation`.
     """
     from . import surgery
-    from .models import model_ref
+    from .models import load_config, model_ref
     from .timing import Pool, default_timer, is_paired
 
     device = check_device(device)
-    cands = _candidates(ops)
+    machine = environment(device)
+    path = check_output(profile_path(model, machine, out))  # before minutes of measuring
     wls = _workloads(workloads, device)
+    cands = parse_candidates(ops, surgery.dims_of(load_config(model, shipped_ok=True)))  # bad --ops: before any work
     config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
     dims = surgery.dims_of(config)
-    cands = cands or default_candidates(dims)
     timer = timer or default_timer(device)
     rounds = rounds or default_rounds(device)
     depth = default_layers_per_sample(device, dims.num_layers) if layers_per_sample is None else layers_per_sample
@@ -462,13 +474,39 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     rows = additivity(checks, wls, fixed, layer_table(entries),
                       {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls})
     header = Header.new(model_ref(model, config), env={
-        **environment(device), "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
+        **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
                             entries=tuple(entries), validation=tuple(rows))
-    save(result, profile_path(model, header.env, out))
+    save(result, path)
+    noise = spread(result)
+    if noise and noise["median"] > NOISY_SPREAD:
+        print(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
+              f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine (no other "
+              "jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)", file=sys.stderr)
     return result
+
+
+def spread(prof: LatencyProfile) -> dict | None:
+    """How noisy a profile's timings are: over its ok entries (each candidate and workload once) that cost at
+    least `SPREAD_MIN_SHARE` of a teacher layer, `median` and `max` of p80_ms / p20_ms (1.0: no spread) and the
+    `worst` entry as 'candidate workload'; None when no entry has both percentiles."""
+    layers = prof.header.model.num_hidden_layers
+    teacher_layer = {w: (prof.baseline_ms[w] - prof.fixed_ms[w]) / layers for w in prof.baseline_ms
+                     if prof.baseline_ms[w] is not None and prof.fixed_ms.get(w) is not None}
+    ratios = {}
+    for e in prof.entries:
+        if e.status != "ok" or not e.p20_ms or e.p80_ms is None:
+            continue
+        if e.latency_ms < SPREAD_MIN_SHARE * teacher_layer.get(e.workload, 0.0):
+            continue
+        ratios[f"{e.candidate} {e.workload}"] = e.p80_ms / e.p20_ms
+    if not ratios:
+        return None
+    worst = max(ratios, key=ratios.get)
+    return {"median": statistics.median(ratios.values()), "max": ratios[worst], "worst": worst,
+            "entries": len(ratios)}
 
 
 def _assigner(bench: _Bench, num_layers: int):
@@ -566,13 +604,6 @@ def default_assignments(candidates, num_layers: int) -> dict:
     mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]
     return {"teacher (all gqa)": [gqa] * num_layers, "mix A": mix,
             "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
-
-
-def _candidates(ops):
-    if ops is None:
-        return None
-    return parse_candidates(ops) if isinstance(ops, str) else [c if isinstance(c, Candidate) else Candidate.parse(c)
-                                                                for c in ops]
 
 
 def _workloads(workloads, device: str) -> list[Workload]:

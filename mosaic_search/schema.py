@@ -8,11 +8,11 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import StaleInputError, UsageError
 from .operators import Candidate
 
@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 PROFILE_KIND = "mosaic/latency-profile"
 SENSITIVITY_KIND = "mosaic/sensitivity"
 PLAN_KIND = "mosaic/layer-plan"
+PARETO_KIND = "mosaic/pareto"  # solver.sweep's result, a plain JSON object
 PHASES = ("prefill", "decode")
 STATUSES = ("ok", "oom", "unsupported")
 
@@ -178,7 +179,7 @@ def _header_json(h: Header) -> dict:
 
 
 def to_json(artifact) -> dict:
-    """The artifact as the JSON object DESIGN.md §3 describes."""
+    """The artifact as the JSON object docs/design.md §3 describes."""
     out = {"kind": artifact.kind, "schema_version": SCHEMA_VERSION, **_header_json(artifact.header)}
     if isinstance(artifact, LatencyProfile):
         out["workloads"] = [dataclasses.asdict(w) for w in artifact.workloads]
@@ -207,33 +208,8 @@ def to_json(artifact) -> dict:
 
 
 def save(artifact, path: str | os.PathLike) -> Path:
-    """Write an artifact atomically (temp file in the same folder, then os.replace); return the path."""
-    return write_json_atomic(path, to_json(artifact))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON (indent=2, sorted keys) so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write an artifact atomically with the user's umask (`files.write_json`); return the path."""
+    return files.write_json(path, to_json(artifact))
 
 
 # ---- validating load -----------------------------------------------------------------------------
@@ -276,12 +252,7 @@ class _Reader:
 
 def _read_json(path: str | os.PathLike) -> tuple[dict, str]:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+    text = files.read_text(path)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

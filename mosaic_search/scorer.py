@@ -1,4 +1,4 @@
-"""Stage 2: what every (layer, candidate) swap costs in quality, measured against the teacher (DESIGN.md §3).
+"""Stage 2: what every (layer, candidate) swap costs in quality, measured against the teacher (docs/design.md §5).
 
 One teacher pass per calibration batch keeps the hidden state entering every layer; a swap at layer i restarts
 from that state and recomputes only layers i..L-1 and the head. The teacher's logits are never kept: with the head
@@ -32,7 +32,8 @@ from pathlib import Path
 from . import align as align_mod
 from . import schema
 from .errors import MosaicError, UsageError
-from .operators import Candidate, default_candidates, parse_candidates
+from .files import atomic_path, check_output, json_text, write_json, write_text
+from .operators import Candidate, parse_candidates
 from .schema import Header, SensitivityEntry, SensitivityTable
 
 SCORER_VERSION = 1
@@ -86,7 +87,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
 
     align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
-    path = table_path(teacher, out)
+    path = check_output(table_path(teacher, out))
     config = load_config(teacher)
     ref = model_ref(teacher, config)
     dims = surgery.dims_of(config)
@@ -163,9 +164,11 @@ def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ct
                                             {**row["extra"], "fingerprint": row["fingerprint"]}))
     work = cost(ctx.dims, cands, info["tokens"], info["seq_len"], steps)
     table = SensitivityTable(header=header, metric="kl", data={**info, "cost": work}, entries=tuple(entries))
-    if any(c.spec.aligned for c in cands):
-        _write_library(files, header, [(key, finished[key]) for key in fps if key[1].spec.aligned])
-    schema.save(table, files.table)
+    text = json_text(schema.to_json(table))
+    if any(c.spec.aligned for c in cands):  # the library first: a table on disk always has its library
+        _write_library(files, header, [(key, finished[key]) for key in fps if key[1].spec.aligned],
+                       hashlib.sha256(text.encode()).hexdigest())
+    write_text(files.table, text)
     files.clear_progress()
     return table
 
@@ -412,9 +415,10 @@ def _seeded(seed: int, device: str):
 
 # ---- the table and the library -------------------------------------------------------------------
 
-def _write_library(files, header, items) -> None:
+def _write_library(files, header, items, scores_sha256: str) -> None:
     """Stream every aligned item's weights into one safetensors file keyed `layer{L}/{candidate}/{param}`, then
-    its sidecar (builder.py documents the format)."""
+    its sidecar (builder.py documents the format), which names the table file it belongs to by `scores_sha256`:
+    a plan records the same hash of the table it was solved on, so build finds the library by itself."""
     from .builder import LIBRARY_KIND, library_key
 
     tensors = []
@@ -422,17 +426,13 @@ def _write_library(files, header, items) -> None:
         source = files.weights_source(layer, cand, row)
         for param in source.params():
             tensors.append((library_key(layer, cand, param), source, param))
-    tmp = files.library.with_name(f".{files.library.name}.tmp")
-    try:
+    with atomic_path(files.library) as tmp:
         _stream_safetensors(tmp, tensors)
-        os.replace(tmp, files.library)
-    finally:
-        tmp.unlink(missing_ok=True)
     entries = [{"layer": layer, **cand.to_json(), "align_steps": row["align_steps"], "fingerprint": row["fingerprint"],
                 **row["extra"]} for (layer, cand), row in items]
     obj = {"kind": LIBRARY_KIND, "schema_version": schema.SCHEMA_VERSION, **schema._header_json(header),
-           "entries": entries}
-    schema.write_json_atomic(files.library.with_suffix(".json"), obj)
+           "scores_sha256": scores_sha256, "entries": entries}
+    write_json(files.library.with_suffix(".json"), obj)
 
 
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -454,8 +454,6 @@ def _stream_safetensors(path: Path, tensors) -> None:
         for key, source, param in tensors:
             t = source.tensor(param).contiguous()
             f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class _Weights:
@@ -512,13 +510,9 @@ class _Files:
     def save_part(self, layer: int, cand: Candidate, weights: dict, fp: str) -> str:
         from safetensors.torch import save_file
 
-        self.parts.mkdir(parents=True, exist_ok=True)
         name = f"layer{layer}-{str(cand).replace(':', '-').replace('=', '')}-{fp}.safetensors"
-        tmp = self.parts / f".{name}.tmp"
-        save_file(weights, str(tmp), metadata={"fingerprint": fp})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.parts / name)
+        with atomic_path(self.parts / name) as tmp:
+            save_file(weights, str(tmp), metadata={"fingerprint": fp})
         return name
 
     def weights_source(self, layer: int, cand: Candidate, row: dict):
@@ -555,7 +549,7 @@ def _finished(files: _Files, fps: dict) -> dict:
             "kl": e.kl, "delta_loss": e.delta_loss, "align_steps": e.align_steps, "fingerprint": fp, "extra": extra,
             "in_library": (e.layer, str(e.candidate), fp) in library})
     for log in files.logs():
-        for line in log.read_text().splitlines():
+        for line in log.read_bytes().decode(errors="replace").splitlines():  # a damaged line is skipped below
             try:
                 row = json.loads(line)
                 rows.setdefault((row["layer"], Candidate.of(row["op"], row.get("params"))), []).append(row)
@@ -575,7 +569,7 @@ def _append(path: Path, row: dict) -> None:
     closed first so that it spoils only itself."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)  # the umask decides, as for every file
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -595,13 +589,7 @@ def _count(name: str, value, minimum: int) -> int:
 
 
 def _candidates(ops, dims) -> list[Candidate]:
-    if ops is None:
-        cands = default_candidates(dims)
-    elif isinstance(ops, str):
-        cands = parse_candidates(ops)
-    else:
-        cands = [c if isinstance(c, Candidate) else Candidate.parse(str(c)) for c in ops]
-    cands = list(dict.fromkeys(cands))
+    cands = parse_candidates(ops, dims)
     if not any(c.op == TEACHER_OP for c in cands):
         cands.insert(0, Candidate.of(TEACHER_OP))  # the reference row every table carries
     return cands
@@ -623,7 +611,7 @@ def _load_teacher(teacher: str, device: str, device_map, dtype: str):
         try:
             model = auto.from_pretrained(teacher, dtype=getattr(torch, dtype), device_map=device_map).eval()
         except (OSError, ValueError) as e:
-            raise UsageError(f"cannot load {teacher} with device_map={device_map}: {str(e).splitlines()[0][:160]}"
+            raise UsageError(f"cannot load {teacher} with --device-map {device_map}: {str(e).splitlines()[0][:160]}"
                              ) from None
     if getattr(model.config, "_attn_implementation", None) == "eager":
         model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import schema
+from . import files, frames, schema
 from .errors import InfeasibleError, MosaicError, StaleInputError, UsageError, did_you_mean
-from .operators import REGISTRY, Candidate
+from .operators import REGISTRY, Candidate, plot_color, unbuildable
 from .schema import Header, LatencyProfile, LayerPlan, SensitivityTable
 
-TEACHER = Candidate.of("gqa")  # DESIGN.md: every teacher layer is full GQA, so "latency saved" is measured from it
+TEACHER = Candidate.of("gqa")  # every teacher layer is full GQA (docs/design.md §4), so "latency saved" is measured from it
 METRICS = ("kl", "delta_loss")
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
 # Search settings, not the model: with a near-optimal warm start, HiGHS's sub-MIP heuristics, restarts and
@@ -199,7 +199,7 @@ def _positive(name: str, value, integer: bool = False):
 
 
 def _cache_workload(profile: LatencyProfile, context):
-    """The workload whose recorded cache_bytes (per sequence, DESIGN.md §2) the cache bound reads."""
+    """The workload whose recorded cache_bytes (per sequence, docs/design.md §2) the cache bound reads."""
     if not profile.workloads:
         raise UsageError("the profile declares no workloads")
     if context is None:
@@ -207,15 +207,16 @@ def _cache_workload(profile: LatencyProfile, context):
     fits = [w for w in profile.workloads if w.seq_len == context]
     if not fits:
         have = ", ".join(sorted({str(w.seq_len) for w in profile.workloads}))
-        raise UsageError(f"cache_context {context}: the profile has no workload at that context (has: {have})")
+        raise UsageError(f"--cache-context {context}: the profile has no workload at that context (has: {have})")
     return max(fits, key=lambda w: w.phase == "decode")
 
 
 def set_targets(p: Problem, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Problem:
     """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
-    speedup = _positive("speedup", speedup)
-    by_phase = {"prefill": _positive("ttft_speedup", ttft_speedup), "decode": _positive("tpot_speedup", tpot_speedup)}
-    for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
+    speedup = _positive("--speedup", speedup)
+    by_phase = {"prefill": _positive("--ttft-speedup", ttft_speedup),
+                "decode": _positive("--tpot-speedup", tpot_speedup)}
+    for phase, name in (("prefill", "--ttft-speedup"), ("decode", "--tpot-speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in p.workloads):
             raise UsageError(f"{name} {by_phase[phase]}: no {phase} workload in scope")
     targets = {}
@@ -258,13 +259,13 @@ def prepare(profile=None, scores=None, speedup=None, workloads=None, ttft_speedu
             else:
                 failed.add((e.layer, e.candidate))
     loss = {(e.layer, e.candidate): float(getattr(e, metric)) for e in scores.entries}
-    cache, cache_limit, ref = {}, _positive("max_cache_bytes", max_cache_bytes), None
+    cache, cache_limit, ref = {}, _positive("--max-cache-bytes", max_cache_bytes), None
+    batch = _positive("--cache-batch", cache_batch, integer=True)
     if cache_limit is not None:
-        batch = _positive("cache_batch", cache_batch, integer=True)
         ref = _cache_workload(profile, cache_context)
         cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}
     items = (ops.split(",") if isinstance(ops, str) else ops) if ops else []
-    keep = [parse_spec(t, "ops") for t in items if str(t).strip()]
+    keep = [parse_spec(t, "--ops") for t in items if str(t).strip()]
     allowed = [[] for _ in range(profile.header.model.num_hidden_layers)]
     # A candidate is allowed at a layer only if it ran (status ok) on every workload in scope and was scored.
     for key in sorted(lat, key=lambda k: (k[0], k[1])):
@@ -272,24 +273,24 @@ def prepare(profile=None, scores=None, speedup=None, workloads=None, ttft_speedu
                 and (not keep or any(matches(s, key[1]) for s in keep))):
             allowed[key[0]].append(key[1])
     given_pins = {}
-    for layer_text, spec_text in _pairs(pins, "pin"):
+    for layer_text, spec_text in _pairs(pins, "--pin"):
         try:
             layer = int(layer_text)
         except ValueError:
-            raise UsageError(f'pin "{layer_text}={spec_text}": the layer must be an integer') from None
+            raise UsageError(f'--pin "{layer_text}={spec_text}": the layer must be an integer') from None
         if not 0 <= layer < len(allowed):
-            raise UsageError(f"pin {layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
-        spec = parse_spec(spec_text, f"pin {layer}={spec_text}")
+            raise UsageError(f"--pin {layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
+        spec = parse_spec(spec_text, f"--pin {layer}={spec_text}")
         here = [c for c in allowed[layer] if matches(spec, c)]
         if not here:
-            raise UsageError(f"pin {layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
+            raise UsageError(f"--pin {layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
                              f"{', '.join(map(str, allowed[layer])) or 'none'})")
         allowed[layer], given_pins[str(layer)] = here, str(spec)
     for layer, cs in enumerate(allowed):
         if not cs:
             raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
-                             "scope, scored, and in ops")
-    mins, maxs = _counts(min_count, "min"), _counts(max_count, "max")
+                             "scope, scored, and in --ops")
+    mins, maxs = _counts(min_count, "--min"), _counts(max_count, "--max")
     given = {"workloads": [w.name for w in scope], "metric": metric, "max_cache_bytes": cache_limit,
              "cache_batch": cache_batch if ref else None, "cache_workload": ref.name if ref else None,
              "ops": [str(s) for s in keep] or None, "pins": given_pins or None,
@@ -326,6 +327,8 @@ def _rows(p: Problem, keys: list, minimize, budgets: bool, avoid, min_distance: 
         for spec, n in specs:
             rows.append([sign * matches(spec, c) for _, c in keys])
             rhs.append(sign * n)
+    rows.append([-float(c.spec.counts_tokens) for _, c in keys])  # operators.unbuildable: >= 1 attention layer
+    rhs.append(-1.0)
     for prev in avoid:
         rows.append([float(c == prev[l]) for l, c in keys])
         rhs.append(p.num_layers - min_distance)
@@ -420,7 +423,7 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     if pulp.LpStatus[prob.status] == "Infeasible":
         return None, info
     if hinfo.primal_solution_status != 2:  # 2 = feasible: a time limit can end the search with nothing
-        raise MosaicError(f"HiGHS found no assignment within {time_limit_s} s ({status}); raise the time limit")
+        raise MosaicError(f"HiGHS found no assignment within {time_limit_s} s ({status}); raise --time-limit")
     info["objective"] = float(hinfo.objective_function_value)
     picked = {keys[j] for j in cols if (y[j].varValue or 0) > 0.5}
     return [[c for c in cs if (l, c) in picked] for l, cs in enumerate(p.allowed)], info
@@ -438,7 +441,8 @@ def reachability(p: Problem, time_limit_s=60) -> str:
         reach_all &= best >= target
         parts.append(f"{w} {best:.3f}x (target {target:.3f}x)")
     if not parts:
-        return "no assignment satisfies the pins, operator counts and cache bound, even with no latency target"
+        return ("no buildable assignment (at least one attention layer) satisfies the ops, pins, operator counts "
+                "and cache bound, even with no latency target")
     note = " (each is reachable alone, not all together with the other constraints)" if reach_all else ""
     return f"speedup target not reachable; largest reachable speedup, each workload alone: {', '.join(parts)}{note}"
 
@@ -481,6 +485,8 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
                 fail(f"{w} takes {ms:.6g} ms, over its budget of {limit:.6g} ms")
     if any((l, c) not in scored for l, c in enumerate(layers)):
         fail("a chosen candidate has no score")
+    if why := unbuildable(layers):
+        fail(why)
     objective = float(sum(scored[l, c] for l, c in enumerate(layers)))
     if claimed is not None and abs(claimed - objective) > _TOL * max(1.0, abs(objective)):
         fail(f"the solver's objective {claimed:.6g} differs from the recomputed {objective:.6g}")
@@ -540,37 +546,49 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
 
 def _needs_target(p: Problem, strategy: str) -> None:
     if not strategy.startswith("pattern:") and not (p.targets or p.cache_limit or p.min_count or p.max_count):
-        raise UsageError("nothing to trade quality for: give speedup, ttft_speedup, tpot_speedup or max_cache_bytes")
+        raise UsageError("nothing to trade quality for: give --speedup, --ttft-speedup, --tpot-speedup or "
+                         "--max-cache-bytes")
 
 
 def solve(profile=None, scores=None, speedup=None, workloads=None, ttft_speedup=None, tpot_speedup=None,
           max_cache_bytes=None, cache_batch=1, cache_context=None, ops=None, pins=None, min_count=None,
           max_count=None, strategy="mip", time_limit_s=60, mip_gap=1e-4, metric="kl", allow_stale=False,
-          device=None, target_env=None, out=None, write=True, profiles_dir="profiles",
+          device=None, target_env=None, out=None, write=True, overwrite=False, profiles_dir="profiles",
           plans_dir="layer_plans") -> LayerPlan:
-    """The least-loss plan meeting every target (or a greedy / fixed-pattern baseline), verified and saved."""
+    """The least-loss plan meeting every target (or a greedy / fixed-pattern baseline), verified and saved.
+
+    An existing plan at the output is replaced only with `overwrite` (as `build` replaces a model directory)."""
     p = prepare(profile, scores, speedup, workloads, ttft_speedup, tpot_speedup, max_cache_bytes, cache_batch,
                 cache_context, ops, pins, min_count, max_count, metric, allow_stale, device, target_env,
                 profiles_dir, plans_dir)
     _needs_target(p, strategy)
+    _positive("--time-limit", time_limit_s)
+    path = plan_path(p.profile.header.model.id, out, plans_dir=plans_dir)
+    if write:
+        files.check_output(path, overwrite=overwrite)
     chosen, info = _assign(p, strategy, time_limit_s, mip_gap)
     plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": strategy, **info})
     if write:
-        schema.save(plan, plan_path(plan.header.model.id, out, plans_dir=plans_dir))
+        schema.save(plan, path)
     return plan
 
 
 def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, out=None, write=True,
-               **inputs) -> list[LayerPlan]:
+               overwrite=False, **inputs) -> list[LayerPlan]:
     """Up to `solutions` least-loss plans, each differing from every other in >= `min_distance` layers.
 
     Other keywords are those of `prepare` (as in `solve`). Fewer plans come back when no more exist.
     """
     p = prepare(**inputs)
     _needs_target(p, "mip")
-    solutions = _positive("solutions", solutions, integer=True)
+    solutions = _positive("--solutions", solutions, integer=True)
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or not 1 <= min_distance <= p.num_layers:
-        raise UsageError(f"min_distance must be within 1..{p.num_layers}, got {min_distance}")
+        raise UsageError(f"--min-distance must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
+    _positive("--time-limit", time_limit_s)
+    paths = [plan_path(p.profile.header.model.id, out, rank, inputs.get("plans_dir", "layer_plans"))
+             for rank in range(1, solutions + 1)]
+    for path in paths if write else ():
+        files.check_output(path, overwrite=overwrite)
     plans, seen = [], []
     for rank in range(1, solutions + 1):
         chosen, info = run_mip(p, avoid=seen, min_distance=min_distance, time_limit_s=time_limit_s, mip_gap=mip_gap)
@@ -585,8 +603,8 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
         seen.append(check["layers"])
         plans.append(_plan(p, check, {"strategy": "mip", "rank": rank, "min_distance": min_distance, **info}))
     if write:  # only once every plan passed its check, so a failure leaves nothing behind
-        for rank, plan in enumerate(plans, 1):
-            schema.save(plan, plan_path(plan.header.model.id, out, rank, inputs.get("plans_dir", "layer_plans")))
+        for plan, path in zip(plans, paths):
+            schema.save(plan, path)
     return plans
 
 
@@ -595,82 +613,72 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 def parse_sweep(text) -> list[float]:
     """'1.1:3.0:0.1' (start:stop:step, stop included) or a list of speedups."""
     if not isinstance(text, str):
-        return [_positive("sweep speedup", v) for v in text]
+        return [_positive("--sweep speedup", v) for v in text]
     try:
         start, stop, step = (float(v) for v in text.split(":"))
     except ValueError:
-        raise UsageError(f'sweep "{text}": expected START:STOP:STEP, e.g. 1.1:3.0:0.1') from None
+        raise UsageError(f'--sweep "{text}": expected START:STOP:STEP, e.g. 1.1:3.0:0.1') from None
     if not (start > 0 and step > 0 and stop >= start) or not all(map(math.isfinite, (start, stop, step))):
-        raise UsageError(f'sweep "{text}": need 0 < START <= STOP and STEP > 0')
+        raise UsageError(f'--sweep "{text}": need 0 < START <= STOP and STEP > 0')
     count = int(math.floor((stop - start) / step + 1e-9)) + 1
     if count > 1000:
-        raise UsageError(f'sweep "{text}": {count} points; at most 1000')
+        raise UsageError(f'--sweep "{text}": {count} points; at most 1000')
     return [round(start + i * step, 9) for i in range(count)]
 
 
-def _write_via_temp(path: Path, write) -> Path:
-    """Atomic like schema.write_json_atomic, for the CSV and PNG that are not JSON artifacts."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _csv(points: list, workloads: list) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["target_speedup", "feasible", "objective", "pattern", *(f"speedup_{n}" for n in workloads),
-                *(f"latency_ms_{n}" for n in workloads)])
-    for pt in points:
-        pred = pt.get("predicted", {})
-        w.writerow([pt["target_speedup"], pt["feasible"], pt.get("objective", ""), pt.get("pattern", ""),
-                    *(pred.get(n, {}).get("speedup", "") for n in workloads),
-                    *(pred.get(n, {}).get("latency_ms", "") for n in workloads)])
-    return buf.getvalue()
-
-
-def _plot(points: list, title: str, path: str) -> None:
+def _plot(points: list, title: str, path: str, num_layers: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     ok = [pt for pt in points if pt["feasible"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([pt["target_speedup"] for pt in ok], [pt["objective"] for pt in ok], "o-")
-    ax.set_xlabel("target speedup (every constrained workload)")
-    ax.set_ylabel("predicted loss (sum of scores)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    xs = [pt["target_speedup"] for pt in ok]
+    fig, (front, plans) = plt.subplots(2, 1, figsize=(7, 3 + 0.12 * num_layers), sharex=True,
+                                       gridspec_kw={"height_ratios": [2, 1 + 0.06 * num_layers]})
+    front.plot(xs, [pt["objective"] for pt in ok], "o-", color="black")  # black: no operator's colour
+    front.set_ylabel("predicted loss (sum of scores)")
+    front.set_title(title)
+    front.grid(alpha=0.3)
+    # Each plan as a column of its layers, in the colours every mosaic plot gives these operators.
+    width = 0.8 * min((b - a for a, b in zip(xs, xs[1:])), default=0.1)
+    ops = [[Candidate.parse(c).op for c in pt["layers"]] for pt in ok]
+    for x, layer_ops in zip(xs, ops):
+        plans.bar([x] * len(layer_ops), 1, bottom=range(len(layer_ops)), width=width,
+                  color=[plot_color(op) for op in layer_ops])
+    plans.set_ylim(num_layers, 0)
+    plans.yaxis.set_major_locator(MaxNLocator(integer=True))
+    plans.set_ylabel("layer")
+    plans.set_xlabel("target speedup (every constrained workload)")
+    used = [op for op in REGISTRY if any(op in layer_ops for layer_ops in ops)]
+    if used:
+        plans.legend(handles=[Patch(color=plot_color(op), label=op) for op in used], fontsize=7,
+                     loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
 
 
 def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, out=None, write=True,
-          **inputs) -> dict:
+          overwrite=False, **inputs) -> dict:
     """The Pareto frontier: the least predicted loss at each speedup target, saved as JSON + CSV (+ PNG).
 
     Other keywords are those of `prepare`, except the speedups, which the sweep sets.
     """
     for key in ("speedup", "ttft_speedup", "tpot_speedup"):
         if inputs.get(key) is not None:
-            raise UsageError(f"sweep sets the speedup itself; drop {key} (--{key.replace('_', '-')}) and narrow "
-                             "with workloads instead")
+            raise UsageError(f"--sweep sets the speedup itself; drop --{key.replace('_', '-')} and narrow with "
+                             "--workload instead")
     values = parse_sweep(speedups)
+    _positive("--time-limit", time_limit_s)
     p = prepare(**inputs)
+    model = p.profile.header.model
+    path = plan_path(model.id, out, plans_dir=inputs.get("plans_dir", "layer_plans"), name="pareto.json")
+    csv_path, png_path = path.with_suffix(".csv"), path.with_suffix(".png")
+    for target in [path, csv_path] + ([png_path] if plot else []) if write else ():
+        files.check_output(target, overwrite=overwrite)
     points, start = [], None
     # Tightest first: each plan is feasible for the next, looser target and warm-starts it, so the
     # frontier's loss never rises as the target loosens, whatever the MIP gap.
@@ -687,20 +695,18 @@ def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, 
                        "layers": [str(c) for c in check["layers"]], "predicted": check["predicted"],
                        "seconds": info["seconds"], "mip_gap": info["mip_gap"]})
     points.sort(key=lambda pt: pt["target_speedup"])
-    model = p.profile.header.model
     given = {k: v for k, v in p.given.items() if k not in ("speedup", "ttft_speedup", "tpot_speedup", "targets")}
-    result = {"kind": "mosaic/pareto", "schema_version": schema.SCHEMA_VERSION, "created_by": schema.package_version(),
-              "created_at": schema.utc_now(), "model": {"id": model.id, "config_sha256": model.config_sha256,
-                                                         "num_hidden_layers": model.num_hidden_layers},
+    result = {"kind": schema.PARETO_KIND, "schema_version": schema.SCHEMA_VERSION,
+              "created_by": schema.package_version(), "created_at": schema.utc_now(),
+              "model": {"id": model.id, "config_sha256": model.config_sha256,
+                        "num_hidden_layers": model.num_hidden_layers},
               "env": p.profile.header.env, "inputs": p.inputs, "constraints": given, "speedups": values,
               "points": points, "files": []}
     if write:
-        path = plan_path(model.id, out, plans_dir=inputs.get("plans_dir", "layer_plans"), name="pareto.json")
-        csv_path, png_path = path.with_suffix(".csv"), path.with_suffix(".png")
         result["files"] = [str(path), str(csv_path)] + ([str(png_path)] if plot else [])
-        text = _csv(points, given["workloads"])
-        _write_via_temp(csv_path, lambda tmp: Path(tmp).write_text(text))
+        frames.write_table(result, csv_path)
         if plot:
-            _write_via_temp(png_path, lambda tmp: _plot(points, f"{model.id}: predicted loss vs speedup", tmp))
-        schema.write_json_atomic(path, result)
+            with files.atomic_path(png_path) as tmp:
+                _plot(points, f"{model.id}: predicted loss vs speedup", str(tmp), model.num_hidden_layers)
+        files.write_json(path, result)
     return result

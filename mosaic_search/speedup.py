@@ -8,8 +8,9 @@ import json
 import time
 from pathlib import Path
 
+from . import files
 from .errors import MosaicError, UsageError
-from .operators import Candidate
+from .operators import Candidate, unbuildable
 from .schema import LayerPlan, load_plan
 
 
@@ -81,7 +82,10 @@ def _resolve(target) -> tuple[LayerPlan, Path | None]:
             raise UsageError(f"{path}: not a mosaic model directory (no mosaic_plan.json)")
         return load_plan(plan_file), path
     if path.suffix == ".json":
-        return load_plan(path), None
+        plan = load_plan(path)
+        if why := unbuildable(plan.layers):
+            raise UsageError(f"{path}: {why}")
+        return plan, None
     raise UsageError(f"{target}: expected a built model directory or a plan .json")
 
 
@@ -112,6 +116,7 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     from . import profiler
 
     device = profiler.check_device(device)
+    _check_generate_args(new_tokens, batch_size)  # before minutes of loading three models
     plan, path = _resolve(model_dir)
     if path is None:
         raise UsageError(f"{model_dir}: generate is timed on a built model directory, not a plan")
@@ -168,6 +173,13 @@ def stock_teacher(teacher: str, device: str, dtype: str, seed: int = 0):
         return model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
 
 
+def _check_generate_args(new_tokens: int, batch_size: int) -> None:
+    if new_tokens < 2:
+        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
+    if batch_size < 1:
+        raise UsageError(f"--batch must be 1 or more, got {batch_size}")
+
+
 def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, device: str, rounds: int = 3,
                   seed: int = 0, progress=None) -> list[dict]:
     """Median TTFT / TPOT of `generate` for each of `models` ({name: (model, extra generate kwargs)}).
@@ -182,10 +194,7 @@ def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, devi
 
     import torch
 
-    if new_tokens < 2:
-        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
-    if batch_size < 1:
-        raise UsageError(f"--batch must be 1 or more, got {batch_size}")
+    _check_generate_args(new_tokens, batch_size)
     vocab = min(m.get_output_embeddings().weight.shape[0] for m, _ in models.values())
     rows = []
     for n, context in enumerate(contexts):
@@ -238,6 +247,9 @@ def _load_user_model(model_dir: Path, device: str, dtype):
     """A built model loaded exactly as its card shows: the Auto class, `trust_remote_code=True`."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    config = json.loads((model_dir / "config.json").read_text())
+    try:
+        config = json.loads(files.read_text(model_dir / "config.json"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{model_dir / 'config.json'}: not valid JSON ({e.msg})") from None
     auto = AutoModelForImageTextToText if "vision_config" in config else AutoModelForCausalLM
     return auto.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval().to(device)

@@ -68,6 +68,7 @@ def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = 
     device and dtype."""
     spec = candidate.spec
     dims = dims_of(model.config)
+    candidate.check_fits(dims)
     teacher = teacher_attention(model, layer)
     param = next(teacher.parameters())
     module = spec.build(dims, layer, **candidate.kwargs)

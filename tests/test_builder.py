@@ -14,7 +14,7 @@ import torch
 
 from conftest import ARCHS, every_operator, tiny_config
 from mosaic_search import builder, schema, surgery
-from mosaic_search.errors import StaleInputError, UsageError
+from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
 from mosaic_search.models import load_config, load_model, model_from_config, model_ref
 from mosaic_search.operators import REGISTRY, Candidate
 
@@ -282,6 +282,17 @@ FRESH = textwrap.dedent("""
 """)
 
 
+def test_tokenizer_loads_with_the_standard_classes_and_never_prompts(built, monkeypatch):
+    from transformers import AutoTokenizer
+
+    t, _, path = built["qwen3"]
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked on the terminal"))
+    want = AutoTokenizer.from_pretrained(t.dir)("w5 w6 w7").input_ids
+    for trust in (True, False):  # False: the files alone, without running the model's remote code
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        assert type(tok).__module__.startswith("transformers.") and tok("w5 w6 w7").input_ids == want
+
+
 def test_loads_in_a_fresh_process_without_mosaic(built, tmp_path):
     from safetensors.torch import load_file
 
@@ -364,6 +375,34 @@ def test_library_weights_replace_teacher_initialisation(built, tmp_path):
     assert not (tmp_path / "stale-lib").exists()
 
 
+def test_build_takes_the_library_written_with_the_plans_scores(built, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    t = built["qwen3"][0]
+    layers = [Candidate.of("gqa"), Candidate.of("mla", {"rank": 24})] + [Candidate.of("gqa")] * (LAYERS - 2)
+    mla = t.swapped(layers).model.layers[1].self_attn
+    aligned = {k: v + 0.5 for k, v in mla.state_dict().items()}
+    folder = tmp_path / "plans"
+    plan = schema.LayerPlan(header=schema.Header.new(t.ref, inputs={"scores": "a" * 64}), layers=tuple(layers),
+                            predicted={}, objective=0.0, constraints={}, solver={})
+    plan_file = schema.save(plan, folder / "plan.json")
+    lib = folder / "sensitivity.library.safetensors"
+    save_file({builder.library_key(1, layers[1], k): v.contiguous() for k, v in aligned.items()}, lib)
+    sidecar = {"kind": builder.LIBRARY_KIND, "schema_version": 1, "scores_sha256": "b" * 64, "entries": [],
+               "model": {"id": t.ref.id, "config_sha256": t.ref.config_sha256, "num_hidden_layers": LAYERS}}
+    lib.with_suffix(".json").write_text(json.dumps(sidecar))  # another table's library: not taken
+    assert builder.find_library(plan, plan_file) is None
+    lib.with_suffix(".json").write_text(json.dumps({**sidecar, "scores_sha256": "a" * 64}))
+    assert builder.find_library(plan, plan_file) == lib.resolve()
+
+    model = _load_built(builder.build(plan_file, out=tmp_path / "found"))
+    assert all(torch.equal(model.model.layers[1].self_attn.state_dict()[k], v) for k, v in aligned.items())
+    assert "using" in capsys.readouterr().err
+    model = _load_built(builder.build(plan_file, library=False, out=tmp_path / "none"))
+    assert not torch.equal(model.model.layers[1].self_attn.state_dict()["o_proj.weight"], aligned["o_proj.weight"])
+    assert "no candidate library" in capsys.readouterr().err
+
+
 def test_library_missing_an_aligned_layer_is_one_line_error(built, tmp_path):
     from safetensors.torch import save_file
 
@@ -417,6 +456,36 @@ def test_plan_without_any_attention_layer_is_refused(built, tmp_path):
     with pytest.raises(UsageError, match="at least one attention layer"):
         builder.build(plan, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_every_point_of_a_wide_sweep_builds_loads_and_generates(built, tmp_path):
+    """Solve and build agree on what a valid model is: when dropping layers is the fastest and cheapest move,
+    the frontier still keeps one attention layer, and each of its plans builds and generates."""
+    from mosaic_search import solver
+
+    t = built["qwen3"][0]
+    cands = [Candidate.of("gqa"), Candidate.of("swa", {"window": WINDOW}), Candidate.of("gdn"), Candidate.of("drop")]
+    ms = {"gqa": 10.0, "swa": 6.0, "gdn": 4.0, "drop": 0.01}
+    work = schema.Workload("decode_1k", "decode", 1, 1024)
+    entries = tuple(schema.ProfileEntry(l, c, work.name, ms[c.op], None, None, "ok", 0)
+                    for l in range(LAYERS) for c in cands)
+    prof = schema.LatencyProfile(schema.Header.new(t.ref, env={"device": "cpu"}), (work,),
+                                 {work.name: 1.0 + 10.0 * LAYERS}, {work.name: 1.0}, entries)
+    sens = schema.SensitivityTable(schema.Header.new(t.ref), "kl", {}, tuple(
+        schema.SensitivityEntry(l, c, 0.0 if c.op in ("gqa", "drop") else 0.1, 0.0, 0) for l in range(LAYERS)
+        for c in cands))
+    res = solver.sweep("1.1:60:0.5", profile=prof, scores=sens, write=False)
+    ok = [pt for pt in res["points"] if pt["feasible"]]
+    assert ok and all(sum(op != "X" for op in pt["pattern"]) >= 1 for pt in ok)
+    best = (1.0 + 10.0 * LAYERS) / (1.0 + 6.0 + 0.01 * (LAYERS - 1))  # one swa layer, the rest dropped
+    assert max(min(v["speedup"] for v in pt["predicted"].values()) for pt in ok) == pytest.approx(best)
+    with pytest.raises(InfeasibleError, match=f"decode_1k {best:.3f}x"):
+        solver.solve(prof, sens, speedup=best * 1.01, write=False)
+    for i, pattern in enumerate(sorted({pt["pattern"] for pt in ok})):
+        pt = next(pt for pt in ok if pt["pattern"] == pattern)
+        path = builder.build(t.plan([Candidate.parse(c) for c in pt["layers"]], f"sweep{i}"), out=tmp_path / pattern)
+        model = _load_built(path)
+        assert model.generate(_ids(), max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (1, PROMPT + 3)
 
 
 def test_existing_output_needs_overwrite_and_is_replaced_only_when_complete(built, tmp_path, monkeypatch):

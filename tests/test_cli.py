@@ -28,6 +28,26 @@ def test_help_does_not_import_torch():
     assert "profile" in r.stdout or "ops" in r.stdout
 
 
+def test_help_lists_the_commands_in_pipeline_order(capsys):
+    assert main(["--help"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.split("Commands:")[1].splitlines() if line.strip()]
+    pipeline = ["profile", "score", "solve", "build", "distill", "evaluate", "bench", "demo", "ops", "check"]
+    assert set(listed) <= set(pipeline), "a new command: give it its place in the pipeline order"
+    assert listed == [c for c in pipeline if c in listed]
+
+
+def test_library_text_is_printed_as_is_at_80_columns(monkeypatch, capsys):
+    """rich markup is off: an install hint keeps its [cuda] and stays on one line."""
+    from mosaic_search.operators import OperatorSpec
+
+    hint = "fla is not installed (pip install 'mosaic-search[cuda]')"
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(OperatorSpec, "fast_path", lambda self: (False, hint) if self.requires else (True, ""))
+    assert main(["ops"]) == 0
+    out = capsys.readouterr().out
+    assert hint in out and "…" not in out and "sliding_attention" in out
+
+
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert __version__ in capsys.readouterr().out
@@ -73,3 +93,41 @@ def test_check_runs_every_operator_on_tiny():
     rows = json.loads(r.stdout)
     assert {row["candidate"].split(":")[0] for row in rows} == set(REGISTRY)
     assert all(row["match"] for row in rows)
+
+
+# ---- one --ops grammar -----------------------------------------------------------------------------
+
+class _Reached(Exception):
+    """Raised where a command would start its real work: the options were accepted."""
+
+
+@pytest.mark.parametrize("ops", ["gqa,swa,gdn,none", "swa:window=64,mla", "gqa,swa,swa:window=128,mla:rank=16"])
+@pytest.mark.parametrize("command", ["profile", "score", "solve"])
+def test_every_command_takes_the_same_ops_strings(command, ops, monkeypatch, tmp_path, capsys):
+    """A bare swa / mla means its default params for this model wherever --ops is taken."""
+    from mosaic_search import operators, profiler, scorer, solver, surgery
+    from mosaic_search.models import load_config
+
+    dims = surgery.dims_of(load_config("tiny"))
+    want = operators.parse_candidates(ops, dims)
+    if "swa" in ops.split(","):
+        assert {operators.Candidate.of("swa", p) for p in REGISTRY["swa"].default_params(dims)} <= set(want)
+    if command in ("profile", "score"):
+        module = profiler if command == "profile" else scorer
+        seen = []
+        monkeypatch.setattr(module, "parse_candidates", lambda o, d: seen.append(operators.parse_candidates(o, d))
+                            or seen[-1])
+        monkeypatch.setattr(module, "load_bench" if command == "profile" else "_load_teacher",
+                            lambda *a, **k: (_ for _ in ()).throw(_Reached()))
+        extra = ["--data", "self"] if command == "score" else []
+        assert main([command, "--ops", ops, "--out", str(tmp_path / "o.json"), *extra]) == 1
+        assert "_Reached" in capsys.readouterr().err and [c for c in seen[0] if c.op != "gqa"] == \
+            [c for c in want if c.op != "gqa"]
+        return
+    from test_solver import make, save_pair  # a profile and a table holding every candidate named above
+
+    prof, sens = make(3, cands=list(dict.fromkeys([operators.Candidate.of("gqa"), *want])))
+    p, s = save_pair(tmp_path, prof, sens)
+    assert main(["solve", "--profile", p, "--scores", s, "--ops", ops, "--speedup", "1.0",
+                 "--out", str(tmp_path / "plan.json"), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["constraints"]["ops"]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 from mosaic_search import scorer
 from mosaic_search.cli import main
 from mosaic_search.demo import MARKER
+from mosaic_search.operators import plot_color
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def test_report_has_every_stage_and_plot(report):
                     "### 1.5x TPOT", "## Pareto frontier"):
         assert section in text
     assert text.count("Through `model.generate`") == 2  # each plan measured as a user runs it
-    assert text.count("| 1024 | ") == 2  # the batch-1 decode context, once per plan
+    assert len(re.findall(r"^\| 1024 \| ", text, flags=re.M)) == 2  # the batch-1 decode context, once per plan
     for png in ("sensitivity.png", "plans.png", "pareto.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (report / MARKER).is_file()
@@ -41,6 +45,26 @@ def test_report_has_every_stage_and_plot(report):
         model = report / "models" / f"tiny-tpot-{target}"
         assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
         assert f"`{plan['pattern']}`" in text
+
+
+def test_report_names_its_data_and_colours_each_operator_once(report):
+    text = (report / "report.md").read_text()
+    assert not re.search(r"[{}]|'\w+': ", text), "a raw Python repr in the report"
+    assert not re.search(r"(^|[\s`(|])/[\w.-]", text) and str(report.parent) not in text, "a path of this machine"
+    data = json.loads((report / "sensitivity.json").read_text())["data"]
+    assert (f"| `mosaic_search/assets/tiny/calibration.txt` | {data['tokens']} | {data['seq_len']} | "
+            f"{data['align_windows']} | {data['seed']} |") in text
+
+    def colours(png):
+        rgb = (matplotlib.image.imread(report / png)[..., :3] * 255).round().astype(int).reshape(-1, 3)
+        return {"#%02x%02x%02x" % tuple(p) for p in np.unique(rgb, axis=0)}
+
+    planned = {c["op"] for t in ("1.25x", "1.5x")
+               for c in json.loads((report / f"plan-tpot-{t}.json").read_text())["layers"]}
+    swept = {c.split(":")[0] for pt in json.loads((report / "pareto.json").read_text())["points"]
+             for c in pt.get("layers", [])}
+    assert {plot_color(op) for op in planned} <= colours("plans.png")
+    assert {plot_color(op) for op in swept} <= colours("pareto.png")
 
 
 def test_rerun_replaces_an_earlier_report(report):

@@ -60,20 +60,21 @@ def test_fla_recurrent_kernel_matches_reference(fla_ok, per_channel):
 
 @pytest.mark.parametrize("cand", every_operator(window=16), ids=str)
 def test_mixer_on_cuda_bf16_matches_cpu_fp32(qwen3, cand, fla_ok):
-    """Prefill of 70 tokens then 5 decode steps through each mixer's CUDA path (fla for gdn/kda)."""
+    """Prefill of 150 tokens then 5 decode steps through each mixer's CUDA path (fla for gdn/kda, FlexAttention for
+    the swa prefill, mla's absorbed decode)."""
     torch.manual_seed(3)
     cpu = surgery.build_mixer(qwen3, 1, cand).float()
     gpu = surgery.build_mixer(qwen3, 1, cand)
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda().to(torch.bfloat16)
-    x = torch.randn(2, 75, qwen3.config.hidden_size)
+    x = torch.randn(2, 155, qwen3.config.hidden_size)
     stack = surgery.text_stack(qwen3)
 
     def run(mixer, x, device, dtype):
         cache = cache_for(qwen3, cand)
         xs = x.to(device, dtype)
         outs = []
-        for start, end in [(0, 70)] + [(i, i + 1) for i in range(70, 75)]:
+        for start, end in [(0, 150)] + [(i, i + 1) for i in range(150, 155)]:
             chunk = xs[:, start:end]
             pe = tuple(p.to(device, dtype) for p in stack.position_embeddings(chunk.float().cpu(), start))
             out = mixer(chunk, position_embeddings=pe, cache=cache)

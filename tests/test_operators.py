@@ -117,15 +117,53 @@ def test_swa_sees_exactly_window_tokens(qwen3):
         assert not torch.allclose(_run(qwen3, mixer, near)[:, -1], base)
 
 
-def test_mla_full_rank_equals_gqa_and_low_rank_does_not(qwen3):
-    dims = surgery.dims_of(qwen3.config)
-    x = torch.randn(2, 25, qwen3.config.hidden_size)
+def test_mla_caches_what_its_cache_bytes_say(qwen3):
+    cand = Candidate.of("mla", {"rank": 24})
+    cache = cache_for(qwen3, cand)
     with torch.no_grad():
-        gqa = _run(qwen3, _mixer(qwen3, Candidate.of("gqa")), x)
-        full = _run(qwen3, _mixer(qwen3, Candidate.of("mla", {"rank": 2 * dims.kv_dim})), x)
-        low = _run(qwen3, _mixer(qwen3, Candidate.of("mla", {"rank": 4})), x)
-    torch.testing.assert_close(full, gqa, rtol=1e-4, atol=1e-5)
-    assert (low - gqa).abs().max() > 1e-3
+        _run(qwen3, _mixer(qwen3, cand), torch.randn(1, 30, qwen3.config.hidden_size), cache=cache)
+    slot = cache.layers[1]
+    held = sum(t.numel() * t.element_size() for t in (slot.keys, slot.values))
+    assert held == cand.spec.cache_bytes(surgery.dims_of(qwen3.config), 30, 4, **cand.kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # no nope dims: k_up is empty
+@pytest.mark.parametrize("kind", ["qwen3", "llama-bias"])
+def test_mla_with_rope_on_every_dim_at_full_rank_equals_gqa(kind):
+    """The SVD, the key RMS scale and both attention forms are exact: with RoPE kept on every key dim (no
+    decoupling) and a full-rank latent, mla is the teacher's attention, in prefill and in absorbed decode."""
+    from conftest import tiny_model
+    from mosaic_search.modeling.attention import LatentAttention
+
+    model = tiny_model("qwen3") if kind == "qwen3" else _biased_llama()
+    dims = surgery.dims_of(model.config)
+    full = LatentAttention(dims, 1, rank=min(dims.kv_dim, dims.hidden_size), rope_dims=dims.head_dim)
+    full.load_teacher(model.model.layers[1].self_attn)
+    low = _mixer(model, Candidate.of("mla", {"rank": 4}))
+    x = torch.randn(2, 25, model.config.hidden_size)
+    with torch.no_grad():
+        gqa = _run(model, _mixer(model, Candidate.of("gqa")), x)
+        torch.testing.assert_close(_run(model, full, x), gqa, rtol=1e-4, atol=1e-5)
+        cache = cache_for(model, Candidate.of("mla", {"rank": 4}))
+        _run(model, full, x[:, :20], cache=cache)
+        steps = torch.cat([_run(model, full, x[:, i:i + 1], start=i, cache=cache) for i in range(20, 25)], 1)
+        torch.testing.assert_close(steps, gqa[:, 20:], rtol=1e-4, atol=1e-5)
+        assert (_run(model, low, x) - gqa).abs().max() > 1e-3
+
+
+def _biased_llama():
+    """A tiny Llama teacher with q/k/v/o biases and no q/k norm (the other arithmetic mla must absorb)."""
+    from conftest import tiny_config
+    from mosaic_search.models import model_from_config
+
+    cfg = tiny_config("llama")
+    cfg.attention_bias = True
+    model = model_from_config(cfg, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.5)  # biases start at zero: make them matter
+    return model.eval()
 
 
 def test_linear_mixers_start_from_the_teacher_projections(qwen3):
@@ -152,8 +190,35 @@ def test_cache_bytes_follow_the_operator():
                           Candidate.of("gdn"), Candidate.of("none"), Candidate.of("drop"))}
     assert bytes_at["gqa"] == 2 * 1024 * 98304 * 2
     assert bytes_at["swa:window=4096"] == 2 * 1024 * 4096 * 2
-    assert bytes_at["mla:rank=512"] == (512 + 256) * 98304 * 2
+    assert bytes_at["mla:rank=512"] == (512 + 8 * (64 + 1)) * 98304 * 2  # latent + per KV head: 64 rope dims, 1 scale
     assert bytes_at["gdn"] < bytes_at["swa:window=4096"]
     assert bytes_at["none"] == bytes_at["drop"] == 0
     # the linear state does not grow with context
     assert Candidate.of("kda").spec.cache_bytes(dims, 1024, 2) == Candidate.of("kda").spec.cache_bytes(dims, 10**6, 2)
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+@pytest.mark.parametrize("offset", [0, 37])
+def test_flex_window_equals_the_blocked_reference(monkeypatch, offset):
+    """The CUDA prefill path of a window (FlexAttention, run here uncompiled) gives the CPU reference's output."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from mosaic_search.modeling import attention
+
+    monkeypatch.setattr(attention, "_flex_attention", lambda: flex_attention)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 300, 16, generator=gen)
+    k, v = (torch.randn(2, 2, 300 + offset, 16, generator=gen) for _ in range(2))
+    for window in (7, 128, 200):
+        want = attention.attend(q, k, v, window, 0.25)
+        torch.testing.assert_close(attention.windowed_flex(q, k, v, window, 0.25, offset), want, rtol=1e-5, atol=1e-5)
+
+
+def test_short_labels_parse_back_and_every_operator_has_its_own_colour():
+    from mosaic_search.operators import REGISTRY, plot_color
+
+    for cand in (*every_operator(), Candidate.of("swa", {"window": 1024}), Candidate.of("mla", {"rank": 256})):
+        assert Candidate.parse(cand.label) == cand == Candidate.parse(str(cand))
+    assert Candidate.of("swa", {"window": 1024}).label == "swa:1024" and Candidate.of("gqa").label == "gqa"
+    colours = [plot_color(op) for op in REGISTRY]
+    assert len(set(colours)) == len(colours) and plot_color("gqa") == "#1f77b4"  # matplotlib's first colour

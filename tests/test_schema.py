@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -126,10 +127,10 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     before = path.read_text()
 
     def boom(*a, **k):
-        raise RuntimeError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(schema.json, "dump", boom)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(os, "fsync", boom)  # the temporary file is written, then the disk is full
+    with pytest.raises(OSError):
         schema.save(_plan(), path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]

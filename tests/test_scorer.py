@@ -280,6 +280,6 @@ def test_default_windows_are_longer_than_every_scored_window():
     from mosaic_search.operators import parse_candidates
 
     dims = surgery.dims_of(load_config("tiny"))
-    assert scorer.default_seq_len(parse_candidates("gqa,gdn"), dims) == scorer.DEFAULT_SEQ_LEN
-    assert scorer.default_seq_len(parse_candidates("swa:window=128,swa:window=512"), dims) == 1024
-    assert scorer.default_seq_len(parse_candidates("swa:window=8192"), dims) == dims.max_position
+    assert scorer.default_seq_len(parse_candidates("gqa,gdn", dims), dims) == scorer.DEFAULT_SEQ_LEN
+    assert scorer.default_seq_len(parse_candidates("swa:window=128,swa:window=512", dims), dims) == 1024
+    assert scorer.default_seq_len(parse_candidates("swa:window=8192", dims), dims) == dims.max_position

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mosaic_search import baselines, schema, solver
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
-from mosaic_search.operators import Candidate
+from mosaic_search.operators import Candidate, unbuildable
 from mosaic_search.schema import (Header, LatencyProfile, ModelRef, ProfileEntry, SensitivityEntry,
                                   SensitivityTable, Workload)
 
@@ -57,7 +57,7 @@ def brute(prof, sens, speedup, max_gqa=None):
     cands = sorted({e.candidate for e in prof.entries})
     best = None
     for combo in itertools.product(cands, repeat=prof.header.model.num_hidden_layers):
-        if max_gqa is not None and combo.count(G) > max_gqa:
+        if (max_gqa is not None and combo.count(G) > max_gqa) or unbuildable(combo):
             continue
         if all(prof.fixed_ms[w.name] + sum(lat[l, c, w.name] for l, c in enumerate(combo))
                <= prof.baseline_ms[w.name] / speedup for w in prof.workloads):
@@ -95,7 +95,7 @@ def test_mip_equals_exhaustive_search(case):
     kw = dict(speedup=case["speedup"], max_count={"gqa": case["max_gqa"]} if case["max_gqa"] is not None else None,
               mip_gap=0, write=False)
     if want is None:
-        with pytest.raises(InfeasibleError, match="largest reachable speedup|no assignment satisfies"):
+        with pytest.raises(InfeasibleError, match="largest reachable speedup|no buildable assignment"):
             solver.solve(prof, sens, **kw)
         return
     plan = solver.solve(prof, sens, **kw)
@@ -189,7 +189,7 @@ def test_pins_ops_and_counts():
     assert set(plan.layers) <= {G, S512, N}
     plan = solver.solve(prof, sens, speedup=1.2, min_count=["gqa=3"], max_count={"drop": 0, "none": 1}, write=False)
     assert plan.layers.count(G) >= 3 and X not in plan.layers and plan.layers.count(N) <= 1
-    with pytest.raises(InfeasibleError, match="no assignment satisfies"):
+    with pytest.raises(InfeasibleError, match="no buildable assignment"):
         solver.solve(prof, sens, speedup=1.1, min_count={"gqa": 4}, max_count={"gqa": 3}, write=False)
 
 
@@ -204,14 +204,15 @@ def test_status_not_ok_and_missing_scores_are_not_allowed():
 
 
 def test_cache_bound_reads_the_longest_context_per_sequence():
+    # gqa's cache grows with the context, a window's does not
     prof, sens = make(4, seed=5, cache=lambda l, c, w: {"gqa": 4000, "swa": 400, "gdn": 40}.get(c.op, 0) *
-                      (4 if w == "decode_16k" else 1))
+                      (4 if w == "decode_16k" and c.op == "gqa" else 1))
     plan = solver.solve(prof, sens, speedup=1.0, max_cache_bytes=2 * 1000, cache_batch=2, write=False)
     assert plan.solver["cache_bytes"] <= 2000 and plan.constraints["cache_workload"] == "decode_16k"
     assert G not in plan.layers  # one gqa layer alone holds 2 x 16000 bytes
     plan = solver.solve(prof, sens, speedup=1.0, max_cache_bytes=8000, cache_context=4096, write=False)
     assert plan.constraints["cache_workload"] == "decode_4k" and plan.solver["cache_bytes"] <= 8000
-    with pytest.raises(UsageError, match="cache_context 999"):
+    with pytest.raises(UsageError, match="--cache-context 999"):
         solver.solve(prof, sens, speedup=1.0, max_cache_bytes=1, cache_context=999, write=False)
 
 
@@ -219,9 +220,10 @@ def test_cache_bound_reads_the_longest_context_per_sequence():
 
 def test_infeasible_reports_the_best_reachable_speedup_and_writes_nothing(tmp_path):
     prof, sens = make(3, seed=6)
-    best = {w.name: prof.baseline_ms[w.name] / (prof.fixed_ms[w.name] + sum(
-        min(e.latency_ms for e in prof.entries if e.layer == l and e.workload == w.name) for l in range(3)))
-        for w in prof.workloads}
+    lat = {(e.layer, e.candidate, e.workload): e.latency_ms for e in prof.entries}
+    best = {w.name: prof.baseline_ms[w.name] / min(
+        prof.fixed_ms[w.name] + sum(lat[l, c, w.name] for l, c in enumerate(combo))
+        for combo in itertools.product(POOL, repeat=3) if not unbuildable(combo)) for w in prof.workloads}
     with pytest.raises(InfeasibleError) as e:
         solver.solve(prof, sens, speedup=50, out=tmp_path / "plan.json")
     msg = str(e.value)
@@ -327,6 +329,24 @@ def test_pattern_tiles_symbols_and_takes_the_least_loss_window():
         solver.solve(prof, sens, strategy="pattern:DQ", write=False)
 
 
+def test_no_strategy_returns_a_plan_without_an_attention_layer():
+    # dropping is the fastest and the cheapest move everywhere: only the validity rule keeps attention
+    prof, sens = make(4, seed=3, lat=lambda l, c, w: {"gqa": 10.0, "drop": 0.1}.get(c.op, 5.0),
+                      loss=lambda l, c: {"gqa": 0.0, "drop": 0.0}.get(c.op, 0.5))
+    best = prof.baseline_ms["decode_4k"] / (2.0 + 5.0 + 3 * 0.1)  # one swa layer, three dropped
+    for strategy in ("mip", "greedy"):
+        plan = solver.solve(prof, sens, speedup=best * 0.999, strategy=strategy, write=False)
+        assert unbuildable(plan.layers) is None and plan.pattern.count("X") == 3
+    assert all(unbuildable([Candidate.parse(c) for c in pt["layers"]]) is None
+               for pt in solver.sweep("1.1:40:0.5", profile=prof, scores=sens, write=False)["points"] if pt["feasible"])
+    with pytest.raises(InfeasibleError, match=f"decode_4k {best:.3f}x"):
+        solver.solve(prof, sens, speedup=best * 1.01, write=False)
+    with pytest.raises(InfeasibleError, match="pattern XN misses the constraints: only drop, none layers"):
+        solver.solve(prof, sens, strategy="pattern:XN", write=False)
+    with pytest.raises(InfeasibleError, match="no buildable assignment"):
+        solver.solve(prof, sens, speedup=1.1, ops="gdn,none,drop", write=False)
+
+
 def test_incumbent_heuristic_returns_a_feasible_assignment_or_none():
     import numpy as np
 
@@ -369,9 +389,9 @@ def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
     assert objs == sorted(objs)
     assert objs[0] == pytest.approx(solver.solve(prof, sens, speedup=1.5, write=False).objective)
     # two layers, three candidates: only 3 plans pairwise differ in both layers
-    prof, sens = make(2, cands=[G, D, N], seed=1)
+    prof, sens = make(2, cands=[G, S512, S2K], seed=1)
     assert len(solver.solve_many(5, 2, profile=prof, scores=sens, speedup=1.0, write=False)) == 3
-    with pytest.raises(UsageError, match="min_distance must be within 1..2"):
+    with pytest.raises(UsageError, match="--min-distance must be within 1..2"):
         solver.solve_many(2, 3, profile=prof, scores=sens, speedup=1.0, write=False)
 
 
@@ -401,7 +421,12 @@ def test_cli_solve_takes_the_newest_matching_artifacts(tmp_path, monkeypatch, ca
     assert plan.objective > 0  # the older table scores every swap 0
     shown = capsys.readouterr().out
     assert plan.pattern in shown and "wrote layer_plans/org--tiny/plan.json" in shown
-    assert main(["solve", "--speedup", "1.3", "--json"]) == 0
+    before = (tmp_path / "layer_plans" / "org--tiny" / "plan.json").read_bytes()
+    # a plan is replaced only when asked, as a build is
+    assert main(["solve", "--speedup", "1.6"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "layer_plans" / "org--tiny" / "plan.json").read_bytes() == before
+    assert main(["solve", "--speedup", "1.3", "--json", "--overwrite"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["kind"] == "mosaic/layer-plan" and obj["path"] == "layer_plans/org--tiny/plan.json"
 
@@ -441,12 +466,13 @@ def test_cli_forwards_every_option(monkeypatch, capsys):
             "--workload", "b", "--ttft-speedup", "1.2", "--tpot-speedup", "2", "--max-cache-bytes", "99",
             "--cache-batch", "4", "--cache-context", "4096", "--ops", "gqa,gdn", "--pin", "0=gqa", "--pin", "1=gdn",
             "--min", "gqa=2", "--max", "drop=0", "--strategy", "greedy", "--time-limit", "5", "--metric",
-            "delta_loss", "--device", "h100", "--allow-stale", "--out", "o.json"]
+            "delta_loss", "--device", "h100", "--allow-stale", "--out", "o.json", "--overwrite"]
     assert main(argv) == 2
     assert seen == dict(speedup=1.5, profile="p.json", scores="s.json", workloads=["a", "b"], ttft_speedup=1.2,
                         tpot_speedup=2.0, max_cache_bytes=99, cache_batch=4, cache_context=4096, ops="gqa,gdn",
                         pins=["0=gqa", "1=gdn"], min_count=["gqa=2"], max_count=["drop=0"], strategy="greedy",
-                        time_limit_s=5.0, metric="delta_loss", device="h100", allow_stale=True, out="o.json")
+                        time_limit_s=5.0, metric="delta_loss", device="h100", allow_stale=True, out="o.json",
+                        overwrite=True)
 
 
 def test_cli_sweep_and_solutions(tmp_path, monkeypatch, capsys):

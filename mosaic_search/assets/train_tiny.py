@@ -23,6 +23,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> printable character map
 
+from ..files import atomic_dir
+
 SPECIALS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2; byte b is id b + 3
 OFFSET = len(SPECIALS)
 KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -220,18 +222,18 @@ def main(argv=None) -> None:
     held = heldout_loss(model.eval(), encode(held_text), T)
     recall = recall_accuracy(model, eval_rng, held_text, 64, T, 16)
     print(f"held-out loss {held:.4f} nats/byte; recall {recall}", file=sys.stderr)
-    (out := Path(args.out)).mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "heldout.txt").write_bytes(held_text)
-    write_probes(out / "recall_eval.jsonl", random.Random(args.seed + 2), held_text, T, 16, per_bucket=50)
-    write_calibration(out / "calibration.txt", random.Random(args.seed + 3), held_text, half=T)
     metrics = dict(params=sum(p.numel() for p in model.parameters()), steps=args.steps, log=log, args=vars(args),
                    train_seconds=log[-1]["seconds"], heldout_loss=round(held, 4), final_train_loss=log[-1]["text_loss"],
                    recall=recall)
-    (out / "README.md").write_text(model_card(config, metrics, argv if argv is not None else sys.argv[1:]))
-    print(f"wrote {out}", file=sys.stderr)
+    with atomic_dir(args.out) as out:  # the shipped teacher is replaced only once the new one is whole
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "heldout.txt").write_bytes(held_text)
+        write_probes(out / "recall_eval.jsonl", random.Random(args.seed + 2), held_text, T, 16, per_bucket=50)
+        write_calibration(out / "calibration.txt", random.Random(args.seed + 3), held_text, half=T)
+        (out / "README.md").write_text(model_card(config, metrics, argv if argv is not None else sys.argv[1:]))
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 def model_card(config, m: dict, argv: list[str]) -> str:

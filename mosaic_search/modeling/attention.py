@@ -7,13 +7,20 @@ supported: attention masks from the model are ignored.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .cache import layer_cache, tokens_seen
-from .dims import ModelDims
+from .dims import ModelDims, mla_rope_dims
 from .norm import RMSNorm
+
+
+# Queries from which a CUDA window goes through FlexAttention: fewer fit in one of its 128-row blocks, where the
+# blocked SDPA below already reads only the window, and decode steps would build a block mask per position.
+FLEX_MIN_QUERIES = 128
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +62,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None
     offset = tk - tq
     if window is not None and window >= tk:
         window = None  # the window covers everything cached: exactly full attention, same code path
+    if window is not None and q.is_cuda and tq >= FLEX_MIN_QUERIES:
+        return windowed_flex(q, k, v, window, scale, offset)
     if window is None:
         if tq == 1 or offset == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, scale=scale, enable_gqa=gqa)
@@ -71,6 +80,36 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None
         outs.append(F.scaled_dot_product_attention(q[..., s:e, :], k[..., lo:hi, :], v[..., lo:hi, :],
                                                    attn_mask=mask, scale=scale, enable_gqa=gqa))
     return torch.cat(outs, dim=-2)
+
+
+def windowed_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
+                  offset: int) -> torch.Tensor:
+    """`attend`'s windowed case on FlexAttention (torch.nn.attention.flex_attention, compiled): the kernel skips
+    every block outside the window, so a prefill costs about window/context of full attention. Shapes as in
+    `attend`; `offset`: tokens cached before the first query. The CUDA path; on CPU the blocked SDPA in `attend`
+    is the exact reference."""
+    mask = _window_block_mask(q.shape[-2], k.shape[-2], window, offset, str(q.device))
+    return _flex_attention()(q, k, v, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+@functools.lru_cache(maxsize=16)
+def _window_block_mask(tq: int, tk: int, window: int, offset: int, device: str):
+    """One block mask per (lengths, window, offset, device), built once and shared by every SWA layer of a step."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def visible(b, h, q_idx, kv_idx):
+        pos = q_idx + offset
+        return (kv_idx <= pos) & (kv_idx > pos - window)
+
+    return create_block_mask(visible, None, None, tq, tk, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _flex_attention():
+    """flex_attention compiled once per process: uncompiled it materialises the whole score matrix."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
 
 
 class Attention(nn.Module):
@@ -117,23 +156,45 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
 
 
+def _split_rope(x: torch.Tensor, rope_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nope, rope) parts of [..., head_dim] in rotate_half's layout, where dims i and i + head_dim/2 form the
+    rotary pair of frequency i: rope = the `rope_dims / 2` fastest pairs, nope = the rest."""
+    half, h = x.shape[-1] // 2, rope_dims // 2
+    rope = torch.cat([x[..., :h], x[..., half:half + h]], dim=-1)
+    nope = torch.cat([x[..., h:half], x[..., half + h:]], dim=-1)
+    return nope, rope
+
+
 class LatentAttention(nn.Module):
-    """Low-rank latent attention: K and V are decoded from a rank-r latent, which is all that is cached
-    (with each token's rotary cos/sin, so keys decoded later are rotated for their own positions)."""
+    """Low-rank latent attention with decoupled RoPE (MLA, DeepSeek-V2), derived from the teacher's GQA.
+
+    Per KV head, the `mla_rope_dims` highest-frequency key dims keep RoPE (partial RoPE, the high-frequency
+    choice of MHA2MLA, Ji et al. 2025) and come from their own projection; the other key dims and every value
+    dim are decoded from one rank-r latent shared by all heads. Per token the cache holds the latent, the rotated
+    rope part of each KV head's key and each KV head's key RMS scale (the teacher's k_norm, kept exact):
+    r + Hkv * (rope_dims + 1) numbers, against 2 * Hkv * head_dim for GQA.
+
+    Many queries (prefill) decode K and V from the latents and use SDPA (expanded form); few queries (decode)
+    attend in the latent space (absorbed form, DeepSeek-V3 `attn_impl="absorb"`): each query goes through W_UK,
+    one read of the cached latents gives the scores and the output, W_UV after. Both forms are the same math.
+    """
 
     rolls_back = True
     plain_kv_cache = False  # the slot holds latents, not K/V: a quantizing cache would not be exact
     preallocatable = False  # a latent is not shaped as the config's K/V heads
 
-    def __init__(self, dims: ModelDims, layer_idx: int, rank: int):
+    def __init__(self, dims: ModelDims, layer_idx: int, rank: int, rope_dims: int | None = None):
         super().__init__()
         self.layer_idx, self.rank = layer_idx, rank
         self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
+        self.rope_dims = mla_rope_dims(dims.head_dim) if rope_dims is None else rope_dims
+        self.nope_dims = dims.head_dim - self.rope_dims
         self.scaling = dims.head_dim ** -0.5
         bias = dims.attention_bias
         self.q_proj = nn.Linear(dims.hidden_size, dims.num_heads * dims.head_dim, bias=bias)
         self.kv_down = nn.Linear(dims.hidden_size, rank, bias=False)
-        self.k_up = nn.Linear(rank, dims.kv_dim, bias=bias)
+        self.k_rope = nn.Linear(dims.hidden_size, dims.num_kv_heads * self.rope_dims, bias=bias)
+        self.k_up = nn.Linear(rank, dims.num_kv_heads * self.nope_dims, bias=bias)
         self.v_up = nn.Linear(rank, dims.kv_dim, bias=bias)
         self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=bias)
         self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
@@ -141,12 +202,18 @@ class LatentAttention(nn.Module):
 
     @torch.no_grad()
     def load_teacher(self, teacher: nn.Module) -> None:
-        """Truncated SVD of [W_k; W_v]: kv_down = sqrt(S) V^T, k_up/v_up = U sqrt(S); the rest copied."""
+        """Split each KV head's key rows into rope and nope parts: k_rope copies the rope rows; a truncated SVD of
+        [W_k nope rows; W_v] gives kv_down = sqrt(S) V^T and k_up / v_up = U sqrt(S); the rest is copied. At full
+        rank (Hkv * (nope + head_dim) or hidden_size, whichever is smaller) with `rope_dims = head_dim`, the layer
+        is the teacher's attention."""
         for name in ("q_proj", "o_proj", "q_norm", "k_norm"):
             mine = getattr(self, name)
             if not isinstance(mine, nn.Identity):
                 mine.load_state_dict(getattr(teacher, name).state_dict())
-        w = torch.cat([teacher.k_proj.weight, teacher.v_proj.weight]).double()
+        hkv, d = self.num_kv_heads, self.head_dim
+        k_nope, k_rope = _split_rope(teacher.k_proj.weight.T.reshape(-1, hkv, d), self.rope_dims)  # [hidden, Hkv, *]
+        self.k_rope.weight.copy_(k_rope.reshape(k_rope.shape[0], -1).T)
+        w = torch.cat([k_nope.reshape(k_nope.shape[0], -1).T, teacher.v_proj.weight]).double()
         u, s, vt = torch.linalg.svd(w, full_matrices=False)
         r = min(self.rank, s.numel())
         root = s[:r].sqrt()
@@ -154,30 +221,84 @@ class LatentAttention(nn.Module):
         down[:r] = root[:, None] * vt[:r]
         up = torch.zeros(w.shape[0], self.rank, dtype=torch.float64)
         up[:, :r] = u[:, :r] * root[None, :]
-        kv = self.k_up.out_features
         self.kv_down.weight.copy_(down)
-        self.k_up.weight.copy_(up[:kv])
-        self.v_up.weight.copy_(up[kv:])
+        self.k_up.weight.copy_(up[:self.k_up.out_features])
+        self.v_up.weight.copy_(up[self.k_up.out_features:])
         if teacher.k_proj.bias is not None:
-            self.k_up.bias.copy_(teacher.k_proj.bias)
+            b_nope, b_rope = _split_rope(teacher.k_proj.bias.view(hkv, d), self.rope_dims)
+            self.k_rope.bias.copy_(b_rope.reshape(-1))
+            self.k_up.bias.copy_(b_nope.reshape(-1))
             self.v_up.bias.copy_(teacher.v_proj.bias)
+
+    def _norm_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k_norm weight split as (nope, rope); ones when the teacher has no k_norm."""
+        if isinstance(self.k_norm, nn.Identity):
+            return like.new_ones(self.nope_dims), like.new_ones(self.rope_dims)
+        return _split_rope(self.k_norm.weight, self.rope_dims)
+
+    def _key_scale(self, k_nope: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+        """Each key's RMS-norm factor over the whole head ([..., 1], float32), as the teacher's k_norm computes it;
+        1 without a k_norm."""
+        if isinstance(self.k_norm, nn.Identity):
+            return k_nope.new_ones(*k_nope.shape[:-1], 1, dtype=torch.float32)
+        sq = k_nope.float().pow(2).sum(-1, keepdim=True) + k_rope.float().pow(2).sum(-1, keepdim=True)
+        return torch.rsqrt(sq / self.head_dim + self.k_norm.variance_epsilon)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
                 **kwargs):
         cache = layer_cache(past_key_values, cache)
         b, t, _ = hidden_states.shape
-        q = self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)).transpose(1, 2)
-        cos, sin = position_embeddings
-        q = apply_rotary(q, cos, sin)
-        latent = self.kv_down(hidden_states).unsqueeze(1)  # [B, 1, T, r]
-        rope = torch.cat([cos, sin], dim=-1).unsqueeze(1).to(latent.dtype)  # [B, 1, T, 2D]
+        hkv, dr = self.num_kv_heads, self.rope_dims
+        cos, sin = (_split_rope(x, dr)[1] for x in position_embeddings)
+        q_nope, q_rope = _split_rope(self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)), dr)
+        q_rope = apply_rotary(q_rope.transpose(1, 2), cos, sin)
+        q_nope = q_nope.transpose(1, 2)  # [B, H, T, nope]
+        latent = self.kv_down(hidden_states)  # [B, T, r]
+        key_nope = self.k_up(latent).view(b, t, hkv, self.nope_dims)
+        key_rope = self.k_rope(hidden_states).view(b, t, hkv, dr)
+        scale = self._key_scale(key_nope, key_rope)
+        g_nope, g_rope = self._norm_weights(latent)
+        key_rope = apply_rotary((g_rope * (key_rope.float() * scale).to(key_rope.dtype)).transpose(1, 2), cos, sin)
+        side = torch.cat([key_rope.transpose(1, 2), scale.to(key_rope.dtype)], dim=-1)  # [B, T, Hkv, rope + 1]
         past = tokens_seen(cache, self.layer_idx)
+        latent, side = latent.unsqueeze(1), side.reshape(b, 1, t, -1)
         if cache is not None:
-            latent, rope = cache.update(latent, rope, self.layer_idx)
+            latent, side = cache.update(latent, side, self.layer_idx)
         tk = latent.shape[-2]
-        k = self.k_norm(self.k_up(latent[:, 0]).view(b, tk, -1, self.head_dim)).transpose(1, 2)
-        v = self.v_up(latent[:, 0]).view(b, tk, -1, self.head_dim).transpose(1, 2)
-        kcos, ksin = rope[:, 0].to(k.dtype).chunk(2, dim=-1)
-        k = apply_rotary(k, kcos, ksin)
-        out = attend(q, k, v, None, self.scaling, past)
+        side = side[:, 0].view(b, tk, hkv, dr + 1).transpose(1, 2)  # [B, Hkv, Tk, rope + 1]
+        key_rope, scale = side[..., :dr], side[..., dr:]
+        if 2 * self.num_heads * t <= hkv * (self.nope_dims + self.head_dim):  # fewer FLOPs than decoding K and V
+            out = self._absorbed(q_nope * g_nope, q_rope, latent[:, 0], key_rope, scale, past)
+        else:
+            k_nope = g_nope * (self.k_up(latent[:, 0]).view(b, tk, hkv, -1).transpose(1, 2) * scale).to(q_nope.dtype)
+            v = self.v_up(latent[:, 0]).view(b, tk, hkv, self.head_dim).transpose(1, 2)
+            out = attend(torch.cat([q_nope, q_rope], -1), torch.cat([k_nope, key_rope], -1), v, None,
+                         self.scaling, past)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
+
+    def _absorbed(self, q_nope, q_rope, latent, key_rope, scale, past) -> torch.Tensor:
+        """Attention in the latent space. q_nope: [B, H, T, nope] (k_norm weight applied), q_rope: [B, H, T, rope],
+        latent: [B, Tk, r], key_rope: [B, Hkv, Tk, rope], scale: [B, Hkv, Tk, 1]; returns [B, H, T, head_dim]."""
+        b, h, t, _ = q_nope.shape
+        hkv, tk = self.num_kv_heads, latent.shape[1]
+        if not isinstance(past, torch.Tensor) and past + t < tk:  # a static buffer not yet full
+            latent, key_rope, scale, tk = latent[:, :past + t], key_rope[:, :, :past + t], scale[:, :, :past + t], \
+                past + t
+        g = h // hkv
+        w_uk = self.k_up.weight.view(hkv, self.nope_dims, self.rank)
+        q_nope, q_rope = q_nope.reshape(b, hkv, g, t, -1), q_rope.reshape(b, hkv, g, t, -1)
+        q_lat = torch.einsum("bjgtd,jdr->bjgtr", q_nope, w_uk)
+        scores = torch.einsum("bjgtr,bsr->bjgts", q_lat, latent)
+        if self.k_up.bias is not None:
+            scores = scores + (q_nope * self.k_up.bias.view(hkv, 1, 1, -1)).sum(-1, keepdim=True)
+        scores = scores * scale.to(scores.dtype).transpose(-1, -2).unsqueeze(2)  # [B, Hkv, 1, 1, Tk]
+        scores = scores + torch.einsum("bjgtd,bjsd->bjgts", q_rope, key_rope)
+        qpos = past + torch.arange(t, device=latent.device)[:, None]
+        visible = torch.arange(tk, device=latent.device)[None, :] <= qpos  # causal; unfilled static entries too
+        scores = (scores.float() * self.scaling).masked_fill(~visible, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(latent.dtype)
+        out = torch.einsum("bjgtr,jdr->bjgtd", torch.einsum("bjgts,bsr->bjgtr", probs, latent),
+                           self.v_up.weight.view(hkv, self.head_dim, self.rank))
+        if self.v_up.bias is not None:  # the probabilities sum to one
+            out = out + self.v_up.bias.view(hkv, 1, 1, -1)
+        return out.reshape(b, h, t, self.head_dim)

@@ -36,3 +36,11 @@ class ModelDims:
                    vocab_size=cfg.vocab_size, qk_norm=qk_norm,
                    attention_bias=bool(getattr(cfg, "attention_bias", False)), rms_norm_eps=cfg.rms_norm_eps,
                    max_position=getattr(cfg, "max_position_embeddings", 4096))
+
+
+def mla_rope_dims(head_dim: int) -> int:
+    """Key dims per KV head that keep RoPE in mla (`attention.LatentAttention`): the highest-frequency half of the
+    head; the other half is decoded from the latent without rotation. On the embedded teacher, after local
+    alignment, keeping a half scored below the old fully rotated MLA at the same rank, an eighth or a quarter 15-50x
+    above it (BENCHMARKS.md, "mla with decoupled RoPE")."""
+    return max(2, head_dim // 2 // 2 * 2)

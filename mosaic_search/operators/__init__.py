@@ -23,7 +23,8 @@ class OperatorSpec:
     list of its own. `init_from_teacher(new, teacher_attention)` copies
     or derives weights from the teacher's attention; `cache_bytes(dims, context, dtype_bytes, **params)` is
     the generation cache one sequence needs at `context` tokens; `default_params(dims)` lists the params
-    tried when the user names no candidates.
+    tried when the user names no candidates; `max_params(dims)` bounds params from above for a model of
+    these dimensions (`Candidate.check_fits`).
     """
 
     name: str
@@ -35,6 +36,7 @@ class OperatorSpec:
     cache_bytes: Callable[..., int]
     params: tuple[str, ...] = ()
     default_params: Callable[[Any], list[dict]] = lambda dims: [{}]
+    max_params: Callable[[Any], dict] = lambda dims: {}
     requires: tuple[str, ...] = ()
     replaces: str = "attention"
     aligned: bool = False
@@ -60,6 +62,16 @@ class OperatorSpec:
             return False, "no CUDA device (the PyTorch reference path runs instead)"
         return True, ""
 
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a layer of this operator lets transformers' cache count the tokens seen (see `unbuildable`)."""
+        return self.layer_type in COUNTING_LAYER_TYPES
+
+
+# transformers' caches answer get_seq_length() from their attention slots only: a model without one cannot
+# generate with a cache (positions and masks come from that count).
+COUNTING_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 REGISTRY: dict[str, OperatorSpec] = {}
 
@@ -108,12 +120,16 @@ class Candidate:
 
     @classmethod
     def parse(cls, text: str) -> "Candidate":
-        """Parse 'op' or 'op:key=value[:key=value]', e.g. 'swa:window=1024'."""
+        """Parse 'op' or 'op:key=value[:key=value]', e.g. 'swa:window=1024', or the short form the tables show,
+        'swa:1024' (values in the operator's param order, see `label`)."""
         op, *parts = text.strip().split(":")
+        names = get(op.strip()).params if parts else ()
         params = {}
-        for part in parts:
+        for i, part in enumerate(parts):
             key, sep, value = part.partition("=")
-            if not sep or not key:
+            if not sep and i < len(names):
+                key, value = names[i], part
+            elif not sep or not key:
                 raise UsageError(f'cannot parse candidate "{text}": expected op:key=value')
             try:
                 params[key.strip()] = int(value)
@@ -138,23 +154,68 @@ class Candidate:
     def __str__(self) -> str:
         return ":".join([self.op, *(f"{k}={v}" for k, v in self.params)])
 
+    def check_fits(self, dims) -> "Candidate":
+        """Return self, or raise UsageError when a param exceeds what a model of `dims` allows (`max_params`)."""
+        for key, limit in self.spec.max_params(dims).items():
+            if self.kwargs.get(key, 0) > limit:
+                raise UsageError(f"{self}: {key} must be at most {limit} for this model, got {self.kwargs[key]}")
+        return self
 
-def parse_candidates(text: str) -> list[Candidate]:
-    """Parse a comma-separated candidate list, e.g. 'gqa,swa:window=1024,gdn'; duplicates are dropped."""
+    @property
+    def label(self) -> str:
+        """The short name tables and plots show, e.g. 'swa:1024' for swa:window=1024 (`parse` reads it back)."""
+        kw = self.kwargs
+        return ":".join([self.op, *(str(kw[p]) for p in self.spec.params)])
+
+
+OPS_HELP = ("Comma-separated candidates, e.g. gqa,swa,gdn or swa:window=1024,mla:rank=256. A bare operator with "
+            "params (swa, mla) means its default params for this model: every default window / rank (in solve: "
+            "every one the profile and scores hold).")
+
+
+def parse_candidates(ops, dims) -> list[Candidate]:
+    """The candidates `ops` names for a model of dimensions `dims` (`surgery.dims_of`); duplicates dropped.
+
+    `ops`: None (every operator with its default params), a string such as 'gqa,swa,mla:rank=64' or a list of
+    such items and Candidates. A bare operator with params ('swa') stands for its `default_params(dims)`:
+    the grammar of every command's --ops (`OPS_HELP`). Raises UsageError for unknown operators or params.
+    """
+    if ops is None:
+        return default_candidates(dims)
+    items = ops.split(",") if isinstance(ops, str) else list(ops)
     out: list[Candidate] = []
-    for item in text.split(","):
-        if item.strip():
-            c = Candidate.parse(item)
-            if c not in out:
-                out.append(c)
+    for item in items:
+        if isinstance(item, Candidate):
+            found = [item]
+        elif not str(item).strip():
+            continue
+        elif ":" in str(item) or not get(str(item).strip()).params:
+            found = [Candidate.parse(str(item))]
+        else:
+            op = str(item).strip()
+            found = [Candidate.of(op, p) for p in REGISTRY[op].default_params(dims)]
+        out += [c for c in found if c not in out]
     if not out:
         raise UsageError("empty operator list")
-    return out
+    return [c.check_fits(dims) for c in out]
 
 
 def default_candidates(dims) -> list[Candidate]:
     """Every registered operator with its default params for a model of these dimensions."""
     return [Candidate.of(name, p) for name, spec in REGISTRY.items() for p in spec.default_params(dims)]
+
+
+def unbuildable(layers) -> str | None:
+    """Why a per-layer assignment (one Candidate per layer) cannot become a model that generates, or None.
+
+    The one validity rule: solve imposes it as a MIP constraint (so the sweep, the reachability report and
+    solve_many do too), the baselines and the solver's re-check refuse it, build and bench refuse such a plan.
+    """
+    if not any(REGISTRY[c.op].counts_tokens for c in layers):
+        ops = ", ".join(sorted({c.op for c in layers}))
+        return (f"only {ops} layers: a model needs at least one attention layer (an operator of layer type "
+                f"{' or '.join(COUNTING_LAYER_TYPES)}) for transformers' cache to count tokens in generate()")
+    return None
 
 
 def pattern_string(candidates) -> str:
@@ -169,6 +230,17 @@ def from_symbol(symbol: str) -> OperatorSpec:
             return spec
     symbols = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values())
     raise UsageError(f'unknown pattern symbol "{symbol}"; known: {symbols}')
+
+
+# matplotlib's tab10, in registry order: an operator has one colour in every plot, whichever others it is drawn with
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")
+
+
+def plot_color(op: str) -> str:
+    """The hex colour every plot draws operator `op` in (UsageError for an unknown op)."""
+    get(op)
+    return _PALETTE[list(REGISTRY).index(op) % len(_PALETTE)]
 
 
 from . import attention, latent, delta, removal  # noqa: E402,F401  (each file registers its operators)

@@ -1,0 +1,216 @@
+"""One writer for every file and folder mosaic writes: atomic, with the user's umask, no leftovers.
+
+A reader sees the old file or the whole new one, never a part: everything is written to a temporary
+sibling named `.<name>.<pid>.<random>.tmp`, then renamed over the target. A run killed with SIGKILL
+leaves that sibling behind; the next write to the same target removes the siblings whose process is
+gone (a build's leftovers are as large as the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UsageError
+
+_PSEUDO_FS = ("/proc", "/sys", "/dev")
+
+
+def umask() -> int:
+    """The process umask (read without changing it for more than an instant)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a new file under the user's umask (0644 under the usual 022)."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """Mode of a new folder under the user's umask (0755 under the usual 022)."""
+    return 0o777 & ~umask()
+
+
+def _temp_sibling(path: Path, suffix: str = ".tmp") -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary siblings of `path` that a killed mosaic process left; return what was removed.
+
+    Only names of this module's own pattern whose writer process no longer runs are touched. A `.old`
+    sibling with no `path` beside it is the previous output of a writer killed between its two renames
+    (see `atomic_dir`): it is put back as `path`, not removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.(tmp|old)$")
+    removed = []
+    for sibling in sorted(path.parent.iterdir()):
+        m = pattern.match(sibling.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if m.group(2) == "old" and not os.path.lexists(path):
+                os.replace(sibling, path)
+                continue
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
+def _normalise_modes(root: Path) -> None:
+    """Give a finished folder's tree the umask's modes (mkdtemp makes 0700; some writers make 0600)."""
+    fmode, dmode = file_mode(), dir_mode()
+    for d, subdirs, names in os.walk(root):
+        os.chmod(d, dmode)
+        for n in names:
+            p = os.path.join(d, n)
+            if not os.path.islink(p):
+                os.chmod(p, fmode)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for any writer (savefig, safetensors, ...); on success it
+    becomes `path` with the umask's mode, on any failure (Ctrl-C included) it is removed.
+
+    Errors: OSError from the file system, unchanged (see `check_output` to refuse bad paths up front).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    tmp = _temp_sibling(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # durable before the rename makes it visible
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically; return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically; return the path."""
+    return write_bytes(path, text.encode())
+
+
+def json_text(obj: Any) -> str:
+    """The text `write_json` writes (indent 2, sorted keys, trailing newline): hash it to know the file's sha256."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `json_text(obj)` to `path` atomically; return the path."""
+    return write_text(path, json_text(obj))
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `out`; on success it replaces `out` (an old `out` is moved
+    aside first and removed only after the rename), with the umask's modes throughout; on failure it is
+    removed and `out` is untouched."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    tmp = _temp_sibling(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _normalise_modes(tmp)
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        old = _temp_sibling(out, ".old")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool = False,
+                 overwrite: bool | None = None) -> Path:
+    """Refuse, before any work, an output location that cannot be written; return it as a Path.
+
+    `flag` names the option in the message; `folder` says the output is a directory (else a file);
+    `overwrite=False` refuses an existing output (the rule of the commands with --overwrite: a plan or a
+    build is never replaced unasked). Raises UsageError (exit 2) for that, and for a location under /proc,
+    /sys or /dev, below an existing file, of the wrong kind (a folder where a file goes, or the reverse),
+    or in a folder this user cannot write.
+    """
+    path = Path(path)
+    full = path.absolute()
+    if any(str(full) == p or str(full).startswith(p + "/") for p in _PSEUDO_FS):
+        raise UsageError(f"{flag} {path}: not a place for output files (pseudo file system)")
+    if overwrite is False and path.exists():
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it, or {flag} elsewhere")
+    try:
+        if path.exists():
+            if folder and not path.is_dir():
+                raise UsageError(f"{flag} {path}: is a file, expected a folder")
+            if not folder and path.is_dir():
+                raise UsageError(f"{flag} {path}: is a folder, expected a file name")
+        ancestor = full.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise UsageError(f"{flag} {path}: {ancestor} is a file, not a folder")
+        # os.access is not enough: read-only mounts and root both fool it
+        probe = _temp_sibling(ancestor / "mosaic-probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str = "") -> str:
+    """The UTF-8 text of a user's input file; `what` (e.g. "--profile ") prefixes the message of the
+    UsageError (exit 2) raised for a missing, unreadable or binary file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{what}{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{what}{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what}{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); "
+                         "is it the right file?") from None
