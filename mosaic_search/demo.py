@@ -55,7 +55,7 @@ def _run(d: Path, seed: int, progress) -> None:
     frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
                             **inputs)
     stage(3, "build")
-    built = {t: builder.build(d / f"plan-tpot-{t}x.json",  # finds the library score wrote
+    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=scorer.library_path(d / "sensitivity.json"),
                               out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
     stage(4, "bench")
     measured = {t: bench(str(built[t])) for t in TARGETS}
