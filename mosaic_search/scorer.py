@@ -36,7 +36,7 @@ from .files import atomic_path, check_output, json_text, write_json, write_text
 from .operators import Candidate, parse_candidates
 from .schema import Header, SensitivityEntry, SensitivityTable
 
-SCORER_VERSION = 1
+SCORER_VERSION = 2  # in every item fingerprint: bump when a mixer's parameters or maths change (2: mla, gdn, kda)
 DEFAULT_TOKENS = 8192
 DEFAULT_SEQ_LEN = 512
 DEFAULT_ALIGN_STEPS = 40

@@ -1,9 +1,11 @@
 """Linear-attention mixers on the gated delta rule: Gated DeltaNet and Kimi Delta Attention.
 
-Shared layout: per query head a key and a value head (the teacher's KV heads repeated), a depthwise causal
-short convolution on q, k and v, L2-normalised q and k, a sigmoid write strength beta, a log-decay gate,
-and a sigmoid output gate before the teacher's o_proj. The two differ only in the decay: one scalar per
-head (GDN) or one per key channel (KDA).
+Shared layout: the teacher's q/k/v/o projections as they are (K and V keep the teacher's KV heads, each shared by
+the query heads of its group, as GQA shares them), a depthwise causal short convolution on q, k and v,
+L2-normalised q and k, a sigmoid write strength beta and a log-decay gate per query head, and a sigmoid output
+gate (low rank, as in fla's KDA) before o_proj. The two differ only in the decay: one scalar per head (GDN) or one
+per key channel (KDA, through a low-rank projection as fla's `f_proj`). A decode step so reads about the teacher
+attention's weights: no expanded K/V projections, no full-width gate or decay projections.
 """
 
 from __future__ import annotations
@@ -49,27 +51,32 @@ class DeltaMixer(nn.Module):
     def __init__(self, dims: ModelDims, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads, self.head_dim = dims.num_heads, dims.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
         self.group = dims.num_heads // dims.num_kv_heads
-        width = dims.num_heads * dims.head_dim
+        width, kv_width = dims.num_heads * dims.head_dim, dims.kv_dim
         bias = dims.attention_bias
         self.q_proj = nn.Linear(dims.hidden_size, width, bias=bias)
-        self.k_proj = nn.Linear(dims.hidden_size, width, bias=bias)
-        self.v_proj = nn.Linear(dims.hidden_size, width, bias=bias)
+        self.k_proj = nn.Linear(dims.hidden_size, kv_width, bias=bias)
+        self.v_proj = nn.Linear(dims.hidden_size, kv_width, bias=bias)
         self.o_proj = nn.Linear(width, dims.hidden_size, bias=bias)
         self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
-        self.q_conv, self.k_conv, self.v_conv = ShortConv(width), ShortConv(width), ShortConv(width)
+        self.q_conv, self.k_conv, self.v_conv = ShortConv(width), ShortConv(kv_width), ShortConv(kv_width)
         self.b_proj = nn.Linear(dims.hidden_size, dims.num_heads, bias=True)
-        # Output gate starts almost open (sigmoid(4) = 0.98) so the initial layer is the delta rule alone.
-        self.g_proj = nn.Linear(dims.hidden_size, width, bias=True)
-        nn.init.zeros_(self.g_proj.weight)
-        nn.init.constant_(self.g_proj.bias, 4.0)
         nn.init.normal_(self.b_proj.weight, std=0.02)
         nn.init.zeros_(self.b_proj.bias)
+        # Output gate of rank head_dim, starting almost open (sigmoid(4) = 0.98): the initial layer is the delta rule.
+        self.g_proj = _low_rank(dims.hidden_size, dims.head_dim, width, bias=True)
+        nn.init.zeros_(self.g_proj[1].weight)
+        nn.init.constant_(self.g_proj[1].bias, 4.0)
+        if self.per_channel:  # per-channel decay logits of the same spread as GDN's per-head ones
+            self.a_proj = _low_rank(dims.hidden_size, dims.head_dim, width, bias=False)
+            nn.init.normal_(self.a_proj[0].weight, std=0.02)
+            nn.init.normal_(self.a_proj[1].weight, std=dims.head_dim ** -0.5)
+        else:
+            self.a_proj = nn.Linear(dims.hidden_size, dims.num_heads, bias=False)
+            nn.init.normal_(self.a_proj.weight, std=0.02)
         decay_width = width if self.per_channel else dims.num_heads
-        self.a_proj = nn.Linear(dims.hidden_size, decay_width, bias=False)
-        nn.init.normal_(self.a_proj.weight, std=0.02)
         # Mamba-style decay init: rates exp(A_log) in [1, 16], time steps dt in [1e-3, 1e-1].
         self.A_log = nn.Parameter(torch.log(torch.empty(dims.num_heads).uniform_(1, 16)))
         dt = torch.exp(torch.empty(decay_width).uniform_(math.log(1e-3), math.log(1e-1)))
@@ -77,18 +84,8 @@ class DeltaMixer(nn.Module):
 
     @torch.no_grad()
     def load_teacher(self, teacher: nn.Module) -> None:
-        """q/o copied; k/v copied with every KV head repeated for the `group` query heads it serves."""
-        def expand(w):
-            return w.view(-1, self.head_dim, *w.shape[1:]).repeat_interleave(self.group, 0).reshape(-1, *w.shape[1:])
-
-        self.q_proj.load_state_dict(teacher.q_proj.state_dict())
-        self.o_proj.load_state_dict(teacher.o_proj.state_dict())
-        for name in ("k_proj", "v_proj"):
-            src, dst = getattr(teacher, name), getattr(self, name)
-            dst.weight.copy_(expand(src.weight))
-            if src.bias is not None:
-                dst.bias.copy_(expand(src.bias))
-        for name in ("q_norm", "k_norm"):
+        """q/k/v/o projections and q/k norms copied as they are."""
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
             if not isinstance(getattr(self, name), nn.Identity):
                 getattr(self, name).load_state_dict(getattr(teacher, name).state_dict())
 
@@ -114,12 +111,15 @@ class DeltaMixer(nn.Module):
             initial = recurrent_state(cache, self.layer_idx)
             context = conv_context(cache, self.layer_idx, qkv, CONV_KERNEL - 1)
         weight = torch.cat([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight])
-        q, k, v = short_conv(qkv, context, weight).transpose(1, 2).chunk(3, dim=-1)
-        shape = (b, t, self.num_heads, self.head_dim)
-        # q and k go through SiLU before their L2 norm; v stays linear so the identity conv keeps the teacher's V
-        q = F.normalize(self.q_norm(F.silu(q).reshape(shape)).float(), dim=-1).to(x.dtype)
-        k = F.normalize(self.k_norm(F.silu(k).reshape(shape)).float(), dim=-1).to(x.dtype)
-        v = v.reshape(shape)
+        q, k, v = short_conv(qkv, context, weight).transpose(1, 2).split(
+            [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features], dim=-1)
+        kv_shape = (b, t, self.num_kv_heads, self.head_dim)
+        # q and k go through SiLU before their L2 norm; v stays linear so the identity conv keeps the teacher's V.
+        # Each KV head serves its group's query heads (repeated here, after the projections: nothing extra is read).
+        q = F.normalize(self.q_norm(F.silu(q).reshape(b, t, self.num_heads, self.head_dim)).float(), dim=-1)
+        k = F.normalize(self.k_norm(F.silu(k).reshape(kv_shape)).float(), dim=-1)
+        q, k = q.to(x.dtype), k.repeat_interleave(self.group, dim=2).to(x.dtype)
+        v = v.reshape(kv_shape).repeat_interleave(self.group, dim=2)
         beta = torch.sigmoid(self.b_proj(x).float())
         # scale 1: q and k are unit vectors, so q.k is already in [-1, 1]
         o, final = delta_rule(q, k, v, self.decay(x), beta, 1.0, initial)
@@ -127,6 +127,11 @@ class DeltaMixer(nn.Module):
             cache.update_recurrent_state(final, self.layer_idx)
         o = o.reshape(b, t, -1).to(x.dtype) * torch.sigmoid(self.g_proj(x))
         return self.o_proj(o), None
+
+
+def _low_rank(inputs: int, rank: int, outputs: int, bias: bool) -> nn.Sequential:
+    """inputs -> rank -> outputs, the second with `bias`: a projection reading (inputs + outputs) * rank weights."""
+    return nn.Sequential(nn.Linear(inputs, rank, bias=False), nn.Linear(rank, outputs, bias=bias))
 
 
 class GatedDeltaNet(DeltaMixer):
