@@ -97,6 +97,8 @@ def pattern(p: Problem, symbols: str):
     if not symbols:
         known = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values())
         raise UsageError(f"pattern: give one symbol per layer to tile, e.g. pattern:DDDG (known: {known})")
+    if len(symbols) > p.num_layers:
+        raise UsageError(f"pattern {symbols}: {len(symbols)} symbols for a model of {p.num_layers} layers")
     ops = [from_symbol(symbols[l % len(symbols)]).name for l in range(p.num_layers)]
     pinned = {int(k) for k in (p.given.get("pins") or {})}
     layers = [None] * p.num_layers

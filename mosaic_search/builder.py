@@ -95,13 +95,15 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     dims = surgery.dims_of(config)
     for candidate in plan.layers:
         candidate.check_fits(dims)  # before minutes of loading the teacher
-    out = Path(out) if out else _default_out(teacher, plan, plan_name)
+    if out is not None and not os.fspath(out).strip():
+        raise UsageError("--out: empty path")
+    out = Path(out) if out is not None else _default_out(teacher, plan, plan_name)
     _check_out(out, overwrite)
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
         if library is not None:
             print(f"note: using {library}, the candidate library written with this plan's scores", file=sys.stderr)
-    weights = _library_weights(library or None, plan.layers, ref, allow_stale)
+    weights = _library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
     model = load_model(teacher, dtype=dtype)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
@@ -235,7 +237,7 @@ def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
     return None
 
 
-def _library_weights(library, layers, ref: ModelRef, allow_stale: bool) -> dict:
+def _library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sha256: str | None = None) -> dict:
     aligned = [i for i, c in enumerate(layers) if c.spec.aligned]
     if library is None:
         if aligned:
@@ -245,7 +247,10 @@ def _library_weights(library, layers, ref: ModelRef, allow_stale: bool) -> dict:
                   file=sys.stderr)
         return {}
     path = Path(library)
-    _check_library_sidecar(path, ref, allow_stale)
+    written_with = _check_library_sidecar(path, ref, allow_stale)
+    if written_with and scores_sha256 and written_with != scores_sha256:
+        print(f"warning: {path} was written with another sensitivity table than the one the plan was solved on; "
+              "its weights were aligned for that table's data", file=sys.stderr)
     weights = {i: w for i, c in enumerate(layers) if (w := load_library_entry(path, i, c)) is not None}
     missing = [f"layer {i} {layers[i]}" for i in aligned if i not in weights]
     if missing:
@@ -255,10 +260,12 @@ def _library_weights(library, layers, ref: ModelRef, allow_stale: bool) -> dict:
     return weights
 
 
-def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> None:
+def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> str | None:
+    """Refuse a library made for another model (StaleInputError, exit 4) or a broken sidecar (exit 2); return the
+    sha256 of the table it was written with, when its sidecar records one."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        return
+        return None
     try:
         obj = json.loads(read_text(sidecar))
         if obj.get("kind") != LIBRARY_KIND:
@@ -269,6 +276,7 @@ def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise UsageError(f"{sidecar}: not a valid candidate-library sidecar ({type(e).__name__}: {e})") from None
     schema.check_same_model(ref, lib, f"library {path}", allow_stale)
+    return obj.get("scores_sha256")
 
 
 # ---- output --------------------------------------------------------------------------------------

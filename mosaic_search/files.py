@@ -164,12 +164,13 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
 
 
 def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool = False,
-                 overwrite: bool | None = None) -> Path:
+                 overwrite: bool | None = None, kind: str | None = None) -> Path:
     """Refuse, before any work, an output location that cannot be written; return it as a Path.
 
     `flag` names the option in the message; `folder` says the output is a directory (else a file);
     `overwrite=False` refuses an existing output (the rule of the commands with --overwrite: a plan or a
-    build is never replaced unasked). Raises UsageError (exit 2) for that, and for a location under /proc,
+    build is never replaced unasked); `kind` lets an existing file be replaced only by a newer artifact of that
+    kind (a profile re-measured, a table re-scored), never a file of something else. Raises UsageError (exit 2) for that, and for a location under /proc,
     /sys or /dev, below an existing file, of the wrong kind (a folder where a file goes, or the reverse),
     or in a folder this user cannot write.
     """
@@ -177,14 +178,16 @@ def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool =
     full = path.absolute()
     if any(str(full) == p or str(full).startswith(p + "/") for p in _PSEUDO_FS):
         raise UsageError(f"{flag} {path}: not a place for output files (pseudo file system)")
-    if overwrite is False and path.exists():
-        raise UsageError(f"{path} already exists; pass --overwrite to replace it, or {flag} elsewhere")
     try:
         if path.exists():
             if folder and not path.is_dir():
                 raise UsageError(f"{flag} {path}: is a file, expected a folder")
             if not folder and path.is_dir():
                 raise UsageError(f"{flag} {path}: is a folder, expected a file name")
+            if overwrite is False:
+                raise UsageError(f"{path} already exists; pass --overwrite to replace it, or {flag} elsewhere")
+            if kind is not None and not folder and _json_kind(path) != kind:
+                raise UsageError(f"{flag} {path}: exists and is not a {kind} file; refusing to replace it")
         ancestor = full.parent
         while not ancestor.exists():
             ancestor = ancestor.parent
@@ -197,6 +200,29 @@ def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool =
     except OSError as e:
         raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
     return path
+
+
+def _json_kind(path: Path) -> str | None:
+    """The `kind` of a JSON artifact file, or None for anything else."""
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return obj.get("kind") if isinstance(obj, dict) else None
+
+
+def output_file(out, default: str | os.PathLike, flag: str = "--out") -> Path:
+    """`out` as an output file's path, or `default` when `out` is None. Raises UsageError (exit 2) for an empty
+    `out` and for one that names a folder (a trailing '/', '.' or '..'): Path() would drop the slash and write a
+    file of the folder's name."""
+    if out is None:
+        return Path(default)
+    text = os.fspath(out)
+    if not text.strip():
+        raise UsageError(f"{flag}: empty path")
+    if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise UsageError(f"{flag} {text}: names a folder; give a file name")
+    return Path(text)
 
 
 def read_text(path: str | os.PathLike, what: str = "") -> str:

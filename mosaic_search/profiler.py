@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .files import check_output
+from .files import check_output, output_file
 from .operators import Candidate, parse_candidates
-from .schema import Header, LatencyProfile, ProfileEntry, Workload, save
+from .schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, save
 
 KIB = 1024
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
@@ -403,11 +403,11 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     """
     from . import surgery
     from .models import load_config, model_ref
-    from .timing import Pool, default_timer, is_paired
+    from .timing import Pool, busy_machine, default_timer, is_paired
 
     device = check_device(device)
     machine = environment(device)
-    path = check_output(profile_path(model, machine, out))  # before minutes of measuring
+    path = check_output(profile_path(model, machine, out), kind=PROFILE_KIND)  # before minutes of measuring
     wls = _workloads(workloads, device)
     cands = parse_candidates(ops, surgery.dims_of(load_config(model, shipped_ok=True)))  # bad --ops: before any work
     config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
@@ -428,7 +428,10 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
                                  dims.num_layers) if validate else {}
     put = _assigner(bench, dims.num_layers)
     gqa = Candidate.of("gqa")
-    total = rounds * len(wls) * (len(cands) + (1 if reference else 2) + len(checks))
+    # a window covering every token a query sees computes exactly what gqa does: it gets gqa's timing, not a second
+    # measurement of the same work that would differ only by noise (and win or lose a plan on it)
+    same_as_gqa = {(c, w.name) for c in cands for w in wls if gqa in cands and covers_context(c, w)}
+    total = rounds * (len(wls) * (len(cands) + (1 if reference else 2) + len(checks)) - len(same_as_gqa))
     done = 0
 
     def measure(key, make, w, label, per: int = 1):
@@ -449,6 +452,8 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
                 measure(("baseline", w.name), lambda: bench.model_fn(w), w, f"{w.name} baseline")
             measure(("fixed", w.name), lambda: bench.fixed_fn(w), w, f"{w.name} fixed")
             for c in cands:
+                if (c, w.name) in same_as_gqa:
+                    continue
                 if (c, w.name) not in pool.failed:
                     put([c] * depth)
                 measure((c, w.name), lambda: bench.layers_fn(depth, w), w, f"{c} {w.name}", per=depth)
@@ -465,8 +470,9 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     entries = []
     for c in cands:
         for w in wls:
-            st = stats.get((c, w.name))
-            status, reason = pool.failed.get((c, w.name), ("ok", ""))
+            key = (gqa, w.name) if (c, w.name) in same_as_gqa else (c, w.name)
+            st = stats.get(key)
+            status, reason = pool.failed.get(key, ("ok", ""))
             cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
             entries += [ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
                                      p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
@@ -480,12 +486,21 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
                             entries=tuple(entries), validation=tuple(rows))
     save(result, path)
+    if busy := busy_machine(device):
+        print(busy, file=sys.stderr)
     noise = spread(result)
     if noise and noise["median"] > NOISY_SPREAD:
         print(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
               f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine (no other "
               "jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)", file=sys.stderr)
     return result
+
+
+def covers_context(c: Candidate, w: Workload) -> bool:
+    """Whether `c` is a window at least as long as what one query attends to at `w` (a prefill's tokens, or a
+    decode step's context plus the new token): sliding-window attention that is exactly full attention."""
+    window = c.kwargs.get("window")
+    return window is not None and window >= w.seq_len + (w.phase == "decode")
 
 
 def spread(prof: LatencyProfile) -> dict | None:
@@ -553,7 +568,7 @@ def profile_path(model: str, env: dict, out=None) -> Path:
     """Where a profile goes: `out`, or profiles/<model>--<device>.json."""
     from .models import slug
 
-    return Path(out) if out else Path("profiles") / f"{slug(model)}--{_device_slug(env)}.json"
+    return output_file(out, Path("profiles") / f"{slug(model)}--{_device_slug(env)}.json")
 
 
 def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cpu", assignments=None,

@@ -32,7 +32,7 @@ from pathlib import Path
 from . import align as align_mod
 from . import schema
 from .errors import MosaicError, UsageError
-from .files import atomic_path, check_output, json_text, write_json, write_text
+from .files import atomic_path, check_output, json_text, output_file, write_json, write_text
 from .operators import Candidate, parse_candidates
 from .schema import Header, SensitivityEntry, SensitivityTable
 
@@ -49,7 +49,7 @@ def table_path(teacher: str, out=None) -> Path:
     """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
     from .models import slug
 
-    path = Path(out) if out else Path("layer_plans") / slug(teacher) / "sensitivity.json"
+    path = output_file(out, Path("layer_plans") / slug(teacher) / "sensitivity.json")
     if path.suffix != ".json":
         raise UsageError(f"--out {path}: expected a .json file path")
     return path
@@ -87,7 +87,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
 
     align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
-    path = check_output(table_path(teacher, out))
+    path = check_output(table_path(teacher, out), kind=schema.SENSITIVITY_KIND)
     config = load_config(teacher)
     ref = model_ref(teacher, config)
     dims = surgery.dims_of(config)

@@ -88,15 +88,15 @@ def _pairs(items, what: str) -> list[tuple[str, str]]:
     return out
 
 
-def _counts(items, what: str) -> list:
+def _counts(items, what: str, layers: int) -> list:
     out = []
     for key, value in _pairs(items, what):
         try:
             n = int(value)
         except (TypeError, ValueError):
             raise UsageError(f"{what} {key}: count must be an integer, got {value!r}") from None
-        if n < 0:
-            raise UsageError(f"{what} {key}: count must be >= 0, got {n}")
+        if n < 0 or (what == "--min" and n > layers):  # a --max above the layers is merely no bound
+            raise UsageError(f"{what} {key}={value}: a count of layers must be within 0..{layers}")
         out.append((parse_spec(key, f"{what} {key}={value}"), n))
     return out
 
@@ -264,8 +264,15 @@ def prepare(profile=None, scores=None, speedup=None, workloads=None, ttft_speedu
     if cache_limit is not None:
         ref = _cache_workload(profile, cache_context)
         cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}
-    items = (ops.split(",") if isinstance(ops, str) else ops) if ops else []
+    items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
     keep = [parse_spec(t, "--ops") for t in items if str(t).strip()]
+    if ops is not None and not keep:
+        raise UsageError("--ops: empty operator list")
+    held = {c for _, c in lat} & {c for _, c in loss}
+    for spec in keep:
+        if not any(matches(spec, c) for c in held):
+            raise UsageError(f"--ops {spec}: not in both the profile and the sensitivity table (they hold: "
+                             f"{', '.join(c.label for c in sorted(held))})")
     allowed = [[] for _ in range(profile.header.model.num_hidden_layers)]
     # A candidate is allowed at a layer only if it ran (status ok) on every workload in scope and was scored.
     for key in sorted(lat, key=lambda k: (k[0], k[1])):
@@ -290,7 +297,7 @@ def prepare(profile=None, scores=None, speedup=None, workloads=None, ttft_speedu
         if not cs:
             raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
                              "scope, scored, and in --ops")
-    mins, maxs = _counts(min_count, "--min"), _counts(max_count, "--max")
+    mins, maxs = _counts(min_count, "--min", len(allowed)), _counts(max_count, "--max", len(allowed))
     given = {"workloads": [w.name for w in scope], "metric": metric, "max_cache_bytes": cache_limit,
              "cache_batch": cache_batch if ref else None, "cache_workload": ref.name if ref else None,
              "ops": [str(s) for s in keep] or None, "pins": given_pins or None,
@@ -525,7 +532,7 @@ def plan_path(model_id: str, out=None, rank: int = 1, plans_dir="layer_plans", n
     """Where a plan is written: `out`, or layer_plans/<model>/plan.json; the k-th of several gets '-k'."""
     from .models import slug
 
-    path = Path(out) if out else Path(plans_dir) / slug(model_id) / name
+    path = files.output_file(out, Path(plans_dir) / slug(model_id) / name)
     return path.with_name(f"{path.stem}-{rank}{path.suffix}") if rank > 1 else path
 
 

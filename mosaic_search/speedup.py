@@ -5,6 +5,7 @@ next to the plan's predicted speedup. (Named speedup, not bench, so the module n
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     Returns one row per workload.
     """
     from . import profiler
-    from .timing import Pool, default_timer
+    from .timing import Pool, busy_machine, default_timer
 
     device = profiler.check_device(device)
     plan, model_dir = _resolve(target)
@@ -60,6 +61,8 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     if pool.failed:
         (_, w), (status, reason) = next(iter(pool.failed.items()))
         raise MosaicError(f"{w}: {status}: {reason}")
+    if busy := busy_machine(device):
+        print(busy, file=sys.stderr)
     stats = pool.stats()
     rows = []
     for w in wls:

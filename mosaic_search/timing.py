@@ -9,9 +9,28 @@ everything against a reference run a moment before each sample (see `CpuTimer.pa
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
+
+# One-minute load average, in cores, above which a CPU measurement ran beside other jobs. Our own threads count
+# about one per core; more means threads took turns, which neither the spread nor the paired reference shows:
+# both models slow down, by different amounts (observed with another job on 2 cores: every time ~10x, ratios
+# between candidates off by up to 4x, the spread still ordinary).
+BUSY_LOAD_PER_CORE = 1.5
+
+
+def busy_machine(device: str) -> str | None:
+    """One line saying the CPU was shared during a measurement that just ended, or None (on CUDA, or quiet)."""
+    if not device.startswith("cpu") or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= BUSY_LOAD_PER_CORE * cores:
+        return None
+    return (f"warning: the machine was busy (load average {load:.1f} on {cores} cores): timings and the ratios "
+            "between them are not to be trusted; re-run with nothing else running (or pin threads, e.g. taskset "
+            "with OMP_NUM_THREADS)")
 
 
 @dataclass(frozen=True)

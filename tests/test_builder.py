@@ -392,6 +392,8 @@ def test_build_takes_the_library_written_with_the_plans_scores(built, tmp_path, 
                "model": {"id": t.ref.id, "config_sha256": t.ref.config_sha256, "num_hidden_layers": LAYERS}}
     lib.with_suffix(".json").write_text(json.dumps(sidecar))  # another table's library: not taken
     assert builder.find_library(plan, plan_file) is None
+    builder.build(plan_file, library=lib, out=tmp_path / "other")  # named explicitly: taken, with a warning
+    assert "another sensitivity table" in capsys.readouterr().err
     lib.with_suffix(".json").write_text(json.dumps({**sidecar, "scores_sha256": "a" * 64}))
     assert builder.find_library(plan, plan_file) == lib.resolve()
 

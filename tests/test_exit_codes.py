@@ -221,3 +221,15 @@ def test_spread_leaves_out_entries_too_cheap_to_time():
     got = profiler.spread(prof)
     assert got == {"median": pytest.approx((1.3 + 4.2 / 3.8) / 2), "max": pytest.approx(1.3), "worst": f"gqa {w.name}",
                    "entries": 2}
+
+
+def test_a_shared_cpu_is_reported_after_a_measurement(monkeypatch):
+    """Contention the spread cannot see (every time slowed alike) is named from the load average, on CPU only."""
+    from mosaic_search import timing
+
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (4.1, 3.0, 2.0))
+    assert "busy (load average 4.1 on 2 cores)" in timing.busy_machine("cpu")
+    assert timing.busy_machine("cuda") is None
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (2.2, 2.0, 2.0))  # our own two threads
+    assert timing.busy_machine("cpu") is None

@@ -146,3 +146,23 @@ def test_read_text_refuses_binary_and_missing_files(tmp_path):
         files.read_text(tmp_path / "x.json", "--plan ")
     with pytest.raises(UsageError, match="no such file"):
         files.read_text(tmp_path / "y.json")
+
+
+@pytest.mark.parametrize("out, message", [("", "--out: empty path"), (".", "names a folder"),
+                                          ("plans/", "names a folder")])
+def test_an_output_file_named_like_a_folder_is_refused(out, message):
+    with pytest.raises(UsageError, match=message):
+        files.output_file(out, "default.json")
+    assert files.output_file(None, "default.json") == Path("default.json")
+
+
+def test_an_existing_output_is_replaced_only_by_its_own_kind(tmp_path):
+    """A profile or table re-measured replaces its file; a foreign file at --out is never replaced."""
+    stranger, mine = tmp_path / "notes.json", tmp_path / "profile.json"
+    stranger.write_text("my notes\n")
+    mine.write_text('{"kind": "mosaic/latency-profile"}\n')
+    with pytest.raises(UsageError, match="exists and is not a mosaic/latency-profile file"):
+        files.check_output(stranger, kind=schema.PROFILE_KIND)
+    assert files.check_output(mine, kind=schema.PROFILE_KIND) == mine
+    with pytest.raises(UsageError, match="is a folder, expected a file name"):  # not "pass --overwrite" first
+        files.check_output(tmp_path, overwrite=False)

@@ -78,6 +78,23 @@ def test_profile_records_every_layer_candidate_and_workload(tmp_path):
     assert prof.header.env["device"] == "cpu" and prof.header.env["torch"] == torch.__version__
 
 
+def test_a_window_covering_the_context_takes_gqas_timing(tmp_path):
+    """swa:window=64 at decode c64 attends to 65 tokens: measured; at prefill p32 it is full attention: gqa's
+    entry, not a second noisy measurement of the same work (which could win a plan a layer on noise)."""
+    calls = []
+
+    def timer(fn, kind):
+        calls.append(kind)
+        return [float(len(calls))]  # every sample differs: equal entries can only be shared ones
+
+    prof = profiler.profile("tiny", ops="gqa,swa:window=64", workloads=["prefill:32", "decode:64"],
+                            out=tmp_path / "p.json", timer=timer, rounds=1)
+    ms = {(str(e.candidate), e.workload): e.latency_ms for e in prof.entries if e.layer == 0}
+    assert ms["swa:window=64", "prefill-b1-p32"] == ms["gqa", "prefill-b1-p32"]
+    assert ms["swa:window=64", "decode-b1-c64"] != ms["gqa", "decode-b1-c64"]
+    assert profiler.covers_context(Candidate.of("swa", {"window": 65}), profiler.parse_workload("decode:64"))
+
+
 def test_out_of_memory_is_recorded_and_profiling_goes_on(tmp_path):
     prof = profiler.profile("tiny", ops="gqa,gdn,none", workloads=["decode:64"], out=tmp_path / "p.json",
                             timer=ParamTimer(oom_for="GatedDeltaNet"))

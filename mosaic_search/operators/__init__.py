@@ -184,20 +184,23 @@ def parse_candidates(ops, dims) -> list[Candidate]:
         return default_candidates(dims)
     items = ops.split(",") if isinstance(ops, str) else list(ops)
     out: list[Candidate] = []
-    for item in items:
-        if isinstance(item, Candidate):
-            found = [item]
-        elif not str(item).strip():
-            continue
-        elif ":" in str(item) or not get(str(item).strip()).params:
-            found = [Candidate.parse(str(item))]
-        else:
-            op = str(item).strip()
-            found = [Candidate.of(op, p) for p in REGISTRY[op].default_params(dims)]
-        out += [c for c in found if c not in out]
-    if not out:
-        raise UsageError("empty operator list")
-    return [c.check_fits(dims) for c in out]
+    try:
+        for item in items:
+            if isinstance(item, Candidate):
+                found = [item]
+            elif not str(item).strip():
+                continue
+            elif ":" in str(item) or not get(str(item).strip()).params:
+                found = [Candidate.parse(str(item))]
+            else:
+                op = str(item).strip()
+                found = [Candidate.of(op, p) for p in REGISTRY[op].default_params(dims)]
+            out += [c for c in found if c not in out]
+        if not out:
+            raise UsageError("empty operator list")
+        return [c.check_fits(dims) for c in out]
+    except UsageError as e:  # named as solve names it: the flag every command shares
+        raise UsageError(f"--ops: {e}") from None
 
 
 def default_candidates(dims) -> list[Candidate]:
