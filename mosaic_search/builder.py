@@ -111,7 +111,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
         for layer, candidate in enumerate(plan.layers):
             surgery.swap(model, layer, candidate, weights=weights.get(layer))
     config = mosaic_config(model.config, plan.layers, hashlib.sha256(plan_bytes).hexdigest(), seed)
-    return _write(model, config, teacher, plan_bytes, out, max_shard_size)
+    return _write(model, config, teacher, plan_bytes, out, max_shard_size, overwrite)
 
 
 def as_built(model, layers, seed: int = 0):
@@ -281,8 +281,8 @@ def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> str 
 
 # ---- output --------------------------------------------------------------------------------------
 
-def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_size) -> Path:
-    with atomic_dir(out) as tmp:
+def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_size, overwrite: bool) -> Path:
+    with atomic_dir(out, replace=overwrite) as tmp:
         built = _as_mosaic_model(model, config)
         built.save_pretrained(tmp, max_shard_size=max_shard_size)
         here = Path(__file__).parent / "modeling"

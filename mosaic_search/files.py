@@ -135,10 +135,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out` (an old `out` is moved
     aside first and removed only after the rename), with the umask's modes throughout; on failure it is
-    removed and `out` is untouched."""
+    removed and `out` is untouched. `replace=False`: an `out` that another run created meanwhile is kept and
+    this one is discarded (UsageError), so two runs never both report writing it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
@@ -147,8 +148,14 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _normalise_modes(tmp)
-        if not out.exists():
-            os.replace(tmp, out)
+        if not out.exists() or not replace:
+            try:
+                os.rename(tmp, out)  # fails on POSIX when out is a non-empty folder or a file
+            except OSError:
+                if replace or not out.exists():
+                    raise
+                raise UsageError(f"{out} was written by another run meanwhile; it is kept and this result "
+                                 "discarded (pass --overwrite to replace it)") from None
             return
         old = _temp_sibling(out, ".old")
         os.replace(out, old)

@@ -166,3 +166,18 @@ def test_an_existing_output_is_replaced_only_by_its_own_kind(tmp_path):
     assert files.check_output(mine, kind=schema.PROFILE_KIND) == mine
     with pytest.raises(UsageError, match="is a folder, expected a file name"):  # not "pass --overwrite" first
         files.check_output(tmp_path, overwrite=False)
+
+
+def test_a_folder_written_meanwhile_is_kept_unless_replacing(tmp_path):
+    """Two runs to one output: without replace, the one that finishes second keeps the first's folder."""
+    out = tmp_path / "model"
+    with pytest.raises(UsageError, match="written by another run meanwhile"):
+        with files.atomic_dir(out, replace=False) as tmp:
+            (tmp / "mine").write_text("second\n")
+            out.mkdir()
+            (out / "theirs").write_text("first\n")
+    assert sorted(p.name for p in out.iterdir()) == ["theirs"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left
+    with files.atomic_dir(out) as tmp:
+        (tmp / "mine").write_text("third\n")
+    assert sorted(p.name for p in out.iterdir()) == ["mine"]
