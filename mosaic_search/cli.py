@@ -507,6 +507,8 @@ def main(argv=None) -> int:
     """Run the CLI and return its exit code (errors.py lists them); known errors print one line
     (MOSAIC_DEBUG=1 prints the traceback)."""
     debug = bool(os.environ.get("MOSAIC_DEBUG"))
+    if not err.is_terminal:  # logs get our plain progress lines, not the hub's and transformers' redrawn bars
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         code = app(args=argv, prog_name="mosaic", standalone_mode=False)
     except KeyboardInterrupt:  # before or after a command (typer handles those inside one)
