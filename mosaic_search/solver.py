@@ -261,6 +261,8 @@ def prepare(profile=None, scores=None, speedup=None, workloads=None, ttft_speedu
     loss = {(e.layer, e.candidate): float(getattr(e, metric)) for e in scores.entries}
     cache, cache_limit, ref = {}, _positive("--max-cache-bytes", max_cache_bytes), None
     batch = _positive("--cache-batch", cache_batch, integer=True)
+    if cache_limit is None and (cache_context is not None or batch != 1):
+        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound; give it too")
     if cache_limit is not None:
         ref = _cache_workload(profile, cache_context)
         cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}

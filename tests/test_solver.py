@@ -243,6 +243,7 @@ def test_infeasible_reports_the_best_reachable_speedup_and_writes_nothing(tmp_pa
     (dict(speedup=1.5, min_count=["gqa=5"]), "--min gqa=5: a count of layers must be within 0..4"),
     (dict(strategy="pattern:GGDDG"), "pattern GGDDG: 5 symbols for a model of 4 layers"),
     (dict(speedup=1.5, ops=""), "--ops: empty operator list"),
+    (dict(speedup=1.5, cache_context=4096), "describe the --max-cache-bytes bound"),
     (dict(speedup=1.5, ops="mla:rank=100000"), "--ops mla:rank=100000: not in both the profile and the sensitivity"),
     (dict(speedup=1.5, min_count=["gdm=1"]), 'did you mean "gdn"'),
     (dict(speedup=1.5, ops="gqa,sw"), 'ops: unknown operator "sw"'),
