@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import schema, surgery
 from .errors import MosaicError, UsageError
-from .files import atomic_dir, check_output, read_text
+from .files import atomic_dir, check_output, output_path, read_text
 from .assets import TINY_DIR
 from .models import TINY, load_config, load_model, model_ref, slug
 from .operators import Candidate, unbuildable
@@ -95,9 +95,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     dims = surgery.dims_of(config)
     for candidate in plan.layers:
         candidate.check_fits(dims)  # before minutes of loading the teacher
-    if out is not None and not os.fspath(out).strip():
-        raise UsageError("--out: empty path")
-    out = Path(out) if out is not None else _default_out(teacher, plan, plan_name)
+    out = output_path(out, _default_out(teacher, plan, plan_name), folder=True)
     _check_out(out, overwrite)
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
@@ -204,12 +202,8 @@ def _default_out(teacher: str, plan: LayerPlan, plan_name: str) -> Path:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    check_output(out, folder=True, overwrite=overwrite)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory; refusing to replace it")
-    if any(out.iterdir()) and not (out / PLAN_FILE).is_file():
+    check_output(out, folder=True, overwrite=overwrite)  # refuses a file, and any existing out without overwrite
+    if out.exists() and any(out.iterdir()) and not (out / PLAN_FILE).is_file():
         raise UsageError(f"{out} is not empty and is not a mosaic build (no {PLAN_FILE}); refusing to replace it")
 
 

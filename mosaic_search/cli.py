@@ -243,10 +243,8 @@ def score(teacher: ModelOpt = "tiny",
     if table_out:
         frames.check_table(table_out)  # before the scoring run, not after it
     rank0, start = int(os.environ.get("RANK", "0")) == 0, time.perf_counter()
-    def kept():
-        return f"the finished items are kept beside {scorer.table_path(teacher, out)}; --resume continues"
-
-    with _interruptible(kept), _progress("scoring") if rank0 else contextlib.nullcontext() as tick:
+    kept = f"the finished items are kept beside {scorer.table_path(teacher, out)}; --resume continues"
+    with _interruptible(lambda: kept), _progress("scoring") if rank0 else contextlib.nullcontext() as tick:
         table = scorer.score(teacher, data=data, ops=ops, tokens=tokens, seq_len=seq_len, align_steps=align_steps,
                              out=out, resume=resume, seed=seed, device=device, device_map=device_map, progress=tick)
     if not rank0:

@@ -176,10 +176,10 @@ def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool =
 
     `flag` names the option in the message; `folder` says the output is a directory (else a file);
     `overwrite=False` refuses an existing output (the rule of the commands with --overwrite: a plan or a
-    build is never replaced unasked); `kind` lets an existing file be replaced only by a newer artifact of that
-    kind (a profile re-measured, a table re-scored), never a file of something else. Raises UsageError (exit 2) for that, and for a location under /proc,
-    /sys or /dev, below an existing file, of the wrong kind (a folder where a file goes, or the reverse),
-    or in a folder this user cannot write.
+    build is never replaced unasked); `kind` lets an existing file be replaced only by a newer artifact of
+    that kind (a profile re-measured, a table re-scored), never a file of something else. Raises UsageError
+    (exit 2) for those, and for a location under /proc, /sys or /dev, below an existing file, of the wrong
+    kind (a folder where a file goes, or the reverse), or in a folder this user cannot write.
     """
     path = Path(path)
     full = path.absolute()
@@ -218,16 +218,16 @@ def _json_kind(path: Path) -> str | None:
     return obj.get("kind") if isinstance(obj, dict) else None
 
 
-def output_file(out, default: str | os.PathLike, flag: str = "--out") -> Path:
-    """`out` as an output file's path, or `default` when `out` is None. Raises UsageError (exit 2) for an empty
-    `out` and for one that names a folder (a trailing '/', '.' or '..'): Path() would drop the slash and write a
-    file of the folder's name."""
+def output_path(out, default: str | os.PathLike, flag: str = "--out", *, folder: bool = False) -> Path:
+    """`out` as an output's path, or `default` when `out` is None. Raises UsageError (exit 2) for an empty `out`
+    and, unless the output is a `folder`, for one that names a folder (a trailing '/', '.' or '..'): Path() would
+    drop the slash and write a file of the folder's name."""
     if out is None:
         return Path(default)
     text = os.fspath(out)
     if not text.strip():
         raise UsageError(f"{flag}: empty path")
-    if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+    if not folder and (text.endswith(("/", os.sep)) or Path(text).name in ("", ".", "..")):
         raise UsageError(f"{flag} {text}: names a folder; give a file name")
     return Path(text)
 

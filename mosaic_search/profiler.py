@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .files import check_output, output_file
+from .files import check_output, output_path
 from .operators import Candidate, parse_candidates
 from .schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, save
 
@@ -568,7 +568,7 @@ def profile_path(model: str, env: dict, out=None) -> Path:
     """Where a profile goes: `out`, or profiles/<model>--<device>.json."""
     from .models import slug
 
-    return output_file(out, Path("profiles") / f"{slug(model)}--{_device_slug(env)}.json")
+    return output_path(out, Path("profiles") / f"{slug(model)}--{_device_slug(env)}.json")
 
 
 def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cpu", assignments=None,

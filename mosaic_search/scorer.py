@@ -32,7 +32,7 @@ from pathlib import Path
 from . import align as align_mod
 from . import schema
 from .errors import MosaicError, UsageError
-from .files import atomic_path, check_output, json_text, output_file, write_json, write_text
+from .files import atomic_path, check_output, json_text, output_path, write_json, write_text
 from .operators import Candidate, parse_candidates
 from .schema import Header, SensitivityEntry, SensitivityTable
 
@@ -49,7 +49,7 @@ def table_path(teacher: str, out=None) -> Path:
     """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
     from .models import slug
 
-    path = output_file(out, Path("layer_plans") / slug(teacher) / "sensitivity.json")
+    path = output_path(out, Path("layer_plans") / slug(teacher) / "sensitivity.json")
     if path.suffix != ".json":
         raise UsageError(f"--out {path}: expected a .json file path")
     return path

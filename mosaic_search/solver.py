@@ -534,7 +534,7 @@ def plan_path(model_id: str, out=None, rank: int = 1, plans_dir="layer_plans", n
     """Where a plan is written: `out`, or layer_plans/<model>/plan.json; the k-th of several gets '-k'."""
     from .models import slug
 
-    path = files.output_file(out, Path(plans_dir) / slug(model_id) / name)
+    path = files.output_path(out, Path(plans_dir) / slug(model_id) / name)
     return path.with_name(f"{path.stem}-{rank}{path.suffix}") if rank > 1 else path
 
 

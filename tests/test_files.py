@@ -150,10 +150,15 @@ def test_read_text_refuses_binary_and_missing_files(tmp_path):
 
 @pytest.mark.parametrize("out, message", [("", "--out: empty path"), (".", "names a folder"),
                                           ("plans/", "names a folder")])
-def test_an_output_file_named_like_a_folder_is_refused(out, message):
+def test_an_output_path_named_like_a_folder_is_refused(out, message):
     with pytest.raises(UsageError, match=message):
-        files.output_file(out, "default.json")
-    assert files.output_file(None, "default.json") == Path("default.json")
+        files.output_path(out, "default.json")
+    assert files.output_path(None, "default.json") == Path("default.json")
+    if out:  # a folder output may be named like one; empty is refused for every output
+        assert files.output_path(out, "default", folder=True) == Path(out)
+    else:
+        with pytest.raises(UsageError, match=message):
+            files.output_path(out, "default", folder=True)
 
 
 def test_an_existing_output_is_replaced_only_by_its_own_kind(tmp_path):

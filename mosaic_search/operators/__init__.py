@@ -62,7 +62,6 @@ class OperatorSpec:
             return False, "no CUDA device (the PyTorch reference path runs instead)"
         return True, ""
 
-
     @property
     def counts_tokens(self) -> bool:
         """Whether a layer of this operator lets transformers' cache count the tokens seen (see `unbuildable`)."""
