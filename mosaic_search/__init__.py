@@ -10,6 +10,8 @@ _LAZY = {
     "score": ("scorer", "score"),
     "solve": ("solver", "solve"),
     "build": ("builder", "build"),
+    "distill": ("distill", "distill"),
+    "evaluate": ("evaluate", "evaluate"),
     "bench": ("speedup", "bench"),
     "to_frame": ("frames", "to_frame"),  # any artifact as a pandas DataFrame, for notebooks
 }

@@ -20,7 +20,7 @@ from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, Interrupted, Mosaic
 from .operators import OPS_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Hardware-aware architecture search: profile -> score -> solve -> build.")
+                  help="Hardware-aware architecture search: profile -> score -> solve -> build -> distill.")
 # markup off: every string printed is data (paths, model ids, "pip install 'mosaic-search[cuda]'"), and rich
 # would take its [brackets] for style tags and drop them
 console = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, markup=False)
@@ -35,6 +35,7 @@ OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Output path 
 OpsOpt = Annotated[Optional[str], typer.Option("--ops", help=OPS_HELP + " Default: every operator.")]
 ImageTokensOpt = Annotated[int, typer.Option(
     "--image-tokens", help="VLM only: TTFT also encodes one image of this many tokens per sequence (as profiled).")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
 TableOpt = Annotated[Optional[str], typer.Option(
     "--table", help="Also write the rows (to_frame) as PATH.csv or PATH.parquet (parquet needs pyarrow).")]
 
@@ -48,7 +49,7 @@ def _version(value: bool):
 @app.callback()
 def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                            help="Print the version and exit.")] = None):
-    """Hardware-aware architecture search: profile -> score -> solve -> build."""
+    """Hardware-aware architecture search: profile -> score -> solve -> build -> distill."""
 
 
 def _emit_json(obj) -> None:
@@ -153,7 +154,7 @@ def _interruptible(kept):
 # The commands, in pipeline order: `mosaic --help` lists them in the order they are defined here.
 @app.command()
 def profile(model: ModelOpt = "tiny",
-            device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+            device: DeviceOpt = "cpu",
             ops: OpsOpt = None,
             workload: Annotated[Optional[list[str]], typer.Option(
                 help="phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (repeatable).")] = None,
@@ -226,7 +227,7 @@ def score(teacher: ModelOpt = "tiny",
               "--align-steps", help="Local alignment steps of gdn/kda/mla (default 40; 0: the raw init).")] = None,
           out: OutOpt = None,
           resume: Annotated[bool, typer.Option(help="Keep finished items that still match.")] = False,
-          device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+          device: DeviceOpt = "cpu",
           device_map: Annotated[Optional[str], typer.Option(help="e.g. auto: spread a large teacher over GPUs.")]
           = None,
           table_out: TableOpt = None, seed: SeedOpt = 0, as_json: JsonOpt = False):
@@ -388,11 +389,104 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
 
 
 @app.command()
+def distill(model: Annotated[str, typer.Argument(help="A model directory written by mosaic build.")],
+            teacher: Annotated[Optional[str], typer.Option(help="Teacher (default: the one the plan records).")]
+            = None,
+            oracle: Annotated[Optional[str], typer.Option(
+                help="A stronger teacher with the same tokenizer, mixed into the on-policy stage.")] = None,
+            oracle_weight: Annotated[float, typer.Option(help="Weight of the oracle's divergence (0..1).")] = 0.5,
+            data: Annotated[Optional[str], typer.Option(
+                help="Training text: .txt, .jsonl or .parquet, or 'self' (default: as score).")] = None,
+            stage: Annotated[str, typer.Option(help="offpolicy, onpolicy or both.")] = "both",
+            steps: Annotated[Optional[int], typer.Option(help="Optimizer steps per stage (default 150).")] = None,
+            tokens: Annotated[Optional[int], typer.Option(help="Instead of --steps: training tokens per stage.")]
+            = None,
+            lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+            trainable: Annotated[str, typer.Option(
+                help="replaced (the swapped-in mixers), mixers (every layer's token mixer) or all.")] = "mixers",
+            hidden_weight: Annotated[float, typer.Option(
+                help="Off-policy: weight of the per-layer hidden-state alignment term (0: off).")] = 0.1,
+            divergence: Annotated[str, typer.Option(help="On-policy: forward, reverse or jsd.")] = "forward",
+            batch_size: Annotated[int, typer.Option(help="Windows per step (global, over every process).")] = 4,
+            seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 512,
+            out: Annotated[Optional[str], typer.Option("--out", "-o", help="Model directory (default <model>-distilled).")]
+            = None,
+            resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of the same run.")] = False,
+            overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
+            checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 25,
+            eval_data: Annotated[Optional[str], typer.Option(
+                help="Held-out text for the quality before/after (default: tiny's; other teachers: none).")] = None,
+            quality: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure quality before and after.")]
+            = True,
+            device: DeviceOpt = "cpu", seed: SeedOpt = 0, as_json: JsonOpt = False):
+    """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
+    from pathlib import Path
+
+    from . import distill as distill_mod
+
+    target = distill_mod.default_out(model, out)
+    kept = f"checkpoints are kept in {target}.checkpoint; rerun with --resume to continue"
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with _interruptible(lambda: kept), _progress("distilling") if rank0 else contextlib.nullcontext() as tick:
+        path = distill_mod.distill(model, teacher=teacher, oracle=oracle, oracle_weight=oracle_weight, data=data,
+                                   stage=stage, steps=steps, tokens=tokens, lr=lr, trainable=trainable,
+                                   hidden_weight=hidden_weight, divergence=divergence, batch_size=batch_size,
+                                   seq_len=seq_len, out=out, resume=resume, overwrite=overwrite,
+                                   checkpoint_every=checkpoint_every, eval_data=eval_data, quality=quality, seed=seed,
+                                   device=device,
+                                   progress=tick)
+    if not rank0:
+        return None
+    record = distill_mod.load_record(path)
+    if as_json:
+        return _emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"]})
+    measured = record["quality"]
+    if measured["after"] is not None:
+        _quality_table(f"{Path(model).name}: quality against {record['teacher']} before and after distillation",
+                       {"before": measured["before"], "after": measured["after"]})
+    console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
+
+
+@app.command("eval")
+def eval_(model: Annotated[str, typer.Argument(help="A model directory (built or distilled by mosaic).")],
+          teacher: Annotated[Optional[str], typer.Option(help="Teacher (default: the one the plan records).")] = None,
+          data: Annotated[Optional[str], typer.Option(
+              help="Held-out text (.txt/.jsonl/.parquet); its last windows are read (default: tiny's heldout.txt).")]
+          = None,
+          probes: Annotated[Optional[str], typer.Option(
+              help="Recall probes, JSON lines {prompt, answer, distance} (default: tiny's recall_eval.jsonl).")]
+          = None,
+          windows: Annotated[int, typer.Option(help="Held-out windows.")] = 8,
+          seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per held-out window.")] = 1024,
+          device: DeviceOpt = "cpu", as_json: JsonOpt = False):
+    """Measured quality against the teacher: KL, held-out loss and recall (the numbers every report uses)."""
+    from .evaluate import evaluate
+
+    result = evaluate(model, teacher=teacher, data=data, probes=probes, windows=windows, seq_len=seq_len,
+                      device=device)
+    if as_json:
+        return _emit_json(result)
+    e = result["eval"]
+    _quality_table(f"{model} against {result['teacher']}: {e['windows']} x {e['seq_len']} tokens of {e['source']}"
+                   + (f", {e['probes']} probes" if e["probes"] else ""), {"model": result})
+
+
+def _quality_table(title: str, rows: dict) -> None:
+    """KL, held-out loss and recall per bucket, one row per measured model."""
+    buckets = list(dict.fromkeys(b for q in rows.values() for b in q.get("recall", {})))
+    _print_table(title, [("", "label"), ("KL", "num"), ("held-out loss", "num"),
+                         *((f"recall {b}", "num") for b in buckets)],
+                 [(name, f"{q['kl']:.4f}", f"{q['heldout_loss']:.4f}",
+                   *(f"{q['recall'][b]:.1%}" if b in q.get("recall", {}) else "-" for b in buckets))
+                  for name, q in rows.items()])
+
+
+@app.command()
 def bench(target: Annotated[str, typer.Argument(help="A built model directory, or a plan JSON (timed with random weights).")],
           vs: Annotated[Optional[str], typer.Option("--vs", help="Teacher to compare with (default: the plan's).")] = None,
           workload: Annotated[Optional[list[str]], typer.Option(
               help="Workload spec or name (default: those the plan predicts); repeatable.")] = None,
-          device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu", image_tokens: ImageTokensOpt = 0,
+          device: DeviceOpt = "cpu", image_tokens: ImageTokensOpt = 0,
           generate: Annotated[bool, typer.Option(
               "--generate", help="Time model.generate end to end (TTFT, TPOT, tokens/s) against an all-gqa build and "
                                  "the stock teacher class, instead of the profiler's harness.")] = False,

@@ -48,17 +48,29 @@ def check_source(source: str) -> str:
     return source
 
 
+def display_name(source: str) -> str:
+    """A data source as records and reports name it: a file shipped with mosaic by its path in the package,
+    anything else by its file name, never by a path of the machine that ran the command."""
+    if source == SELF:
+        return "sampled from the teacher"
+    path = Path(source).resolve()
+    try:
+        return str(path.relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return path.name
+
+
 def tokenizer_of(teacher: str):
-    """The teacher's tokenizer (offline-aware), or None when it has none."""
+    """The tokenizer of a teacher or of a model mosaic wrote (offline-aware), or None when it has none."""
     from transformers import AutoTokenizer
 
-    from .models import TINY
+    from .models import TINY, is_mosaic_dir
 
     where = TINY_DIR if teacher == TINY else teacher
     if teacher == TINY and not (Path(where) / "tokenizer_config.json").is_file():
         return None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(where))
+    try:  # a mosaic model's config names our remote code, which transformers reads before the tokenizer files
+        tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=is_mosaic_dir(str(where)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     # transformers builds an empty tokenizer of the model's type for a directory that ships none
@@ -84,6 +96,10 @@ class Windows:
 
     def __getitem__(self, rows: slice) -> "Windows":
         return Windows(self.ids[rows], self.lengths[rows], self.images[rows])
+
+    def select(self, rows: list) -> "Windows":
+        """The windows at these indices, in this order (an index may repeat)."""
+        return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows])
 
 
 @dataclass
@@ -227,9 +243,10 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:160]
 
 
-def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None):
+def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None,
+                  verb: str = "scoring on"):
     """(score windows, align windows, notes) cut from a data file, in file order; alignment reuses the scored
-    windows only when the file is too short for both."""
+    windows only when the file is too short for both. `verb` says in the short-file note what uses them."""
     import torch
 
     if tokenizer is None:
@@ -268,7 +285,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
         raise UsageError(f"--data {source}: {read} tokens, fewer than one --seq-len window of {seq_len}")
     windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
     if len(windows) < n_score:
-        print(f"note: {source} has {sum(windows.lengths)} tokens; scoring on all of them", file=sys.stderr)
+        print(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them", file=sys.stderr)
     score = windows[:n_score]
     align = windows[len(score): len(score) + n_align]
     if len(align) == 0:

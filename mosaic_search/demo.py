@@ -1,7 +1,8 @@
 """`mosaic demo`: the whole pipeline on the embedded teacher on CPU, written up as a report folder.
 
-profile -> score -> solve (two TPOT targets, and the Pareto frontier) -> build -> bench, then `report.md`
-with the tables and three plots: the sensitivity heat map, the frontier, and each plan per layer.
+profile -> score -> solve (two TPOT targets, and the Pareto frontier) -> build -> distill -> bench, then
+`report.md` with the tables and three plots: the sensitivity heat map, the frontier (with each model's measured KL
+before and after recovery), and each plan per layer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")
 TARGETS = (1.25, 1.5)  # TPOT speedups over the teacher, every decode workload
 GENERATE_TOKENS = 16  # new tokens per timed generate call
 SWEEP = "1.05:2.0:0.05"
+# Recovery steps per distillation stage: fewer than `mosaic distill`'s default so the whole demo stays within its
+# time budget; BENCHMARKS.md "Recovery" measures the default budget.
+DISTILL_STEPS = 60
 
 
 def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
@@ -33,10 +37,12 @@ def _run(d: Path, seed: int, progress) -> None:
     import time
 
     from . import builder, scorer, solver
+    from .distill import distill, load_record
+    from .evaluate import evaluate
     from .speedup import bench, bench_generate
     from .profiler import profile
 
-    steps = ["profile", "score", "solve", "build", "bench", "report"]
+    steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]
     clock = {}
 
     def stage(i, name):
@@ -57,15 +63,25 @@ def _run(d: Path, seed: int, progress) -> None:
     stage(3, "build")
     built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=scorer.library_path(d / "sensitivity.json"),
                               out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
-    stage(4, "bench")
+    stage(4, "distill")
+    distilled = {t: distill(str(built[t]), out=d / "models" / f"tiny-tpot-{t}x-distilled", steps=DISTILL_STEPS,
+                            seed=seed) for t in TARGETS}
+    quality = {t: load_record(distilled[t])["quality"] for t in TARGETS}
+    teacher = evaluate("tiny", teacher="tiny")
+    stage(5, "bench")
     measured = {t: bench(str(built[t])) for t in TARGETS}
     contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
     generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed)
                  for t in TARGETS}
-    stage(5, "report")
+    stage(6, "report")
     _plots(d, table, prof, plans)
+    solver.plot_frontier(frontier["points"], "tiny: predicted loss vs TPOT target", str(d / "pareto.png"),
+                         table.header.model.num_hidden_layers,
+                         measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
+                                   for when, name in (("before", "built"), ("after", "distilled"))})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
-    (d / "report.md").write_text(_report(prof, table, plans, frontier, built, measured, generated, seconds, d))
+    (d / "report.md").write_text(_report(prof, table, plans, frontier, built, measured, generated, seconds, d,
+                                         quality, teacher, distilled))
     progress(len(steps), len(steps), "done")
 
 
@@ -111,7 +127,8 @@ def _plots(d: Path, table, prof, plans) -> None:
     plt.close(fig)
 
 
-def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path) -> str:
+def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
+            distilled) -> str:
     env = prof.header.env
     lines = ["# mosaic demo report", "",
              f"Teacher: embedded `tiny` ({table.header.model.num_hidden_layers} layers); device: CPU "
@@ -153,7 +170,9 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
             lines.append(f"| {r['context']} | {r['model_ttft_ms']:.1f} | {r['model_tpot_ms']:.2f} | "
                          f"{r['all-gqa_tpot_ms']:.2f} | {r['stock_tpot_ms']:.2f} | {ratios} | {pred} |")
         lines.append("")
+    lines += _quality_section(plans, quality, teacher, distilled, d)
     lines += ["![plans](plans.png)", "", "## Pareto frontier (predicted loss vs TPOT target)", "",
+              "Black markers: each plan's model measured (KL to the teacher) as built and after distillation.", "",
               "![frontier](pareto.png)", "", "| target | predicted loss | pattern |", "|---|---|---|"]
     for pt in frontier["points"]:
         loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"
@@ -161,22 +180,35 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     return "\n".join(lines) + "\n"
 
 
+def _quality_section(plans, quality, teacher, distilled, d: Path) -> list[str]:
+    """Predicted loss next to measured quality, as built and after `mosaic distill` (`evaluate.measure`)."""
+    ev = teacher["eval"]
+    buckets = list(teacher.get("recall", {}))
+    lines = ["## Quality: predicted, measured as built, measured after recovery", "",
+             f"Measured with `mosaic eval` on {ev['windows']} held-out windows of {ev['seq_len']} tokens of "
+             f"`{ev['source']}` and its {ev['probes']} recall probes (split at distance {ev['recall_split']}, the "
+             f"smallest SWA window); distilled with `mosaic distill` (both stages, {DISTILL_STEPS} steps each). Gap "
+             "recovered: the share of the held-out loss gap to the teacher that distillation closed.", "",
+             "| model | predicted loss | KL | held-out loss | " + " | ".join(f"recall {b}" for b in buckets)
+             + " | gap recovered |", "|---" * (5 + len(buckets)) + "|",
+             f"| teacher | 0 | 0 | {teacher['heldout_loss']:.4f} | "
+             + " | ".join(f"{teacher['recall'][b]:.0%}" for b in buckets) + " | - |"]
+    for t, plan in plans.items():
+        before, after = quality[t]["before"], quality[t]["after"]
+        gap = before["heldout_loss"] - teacher["heldout_loss"]
+        recovered = f"{(before['heldout_loss'] - after['heldout_loss']) / gap:.0%}" if gap > 0 else "-"
+        for name, q, pred, rec in ((f"{t}x built", before, f"{plan.objective:.4f}", "-"),
+                                   (f"{t}x distilled (`{distilled[t].relative_to(d)}`)", after, "-", recovered)):
+            lines.append(f"| {name} | {pred} | {q['kl']:.4f} | {q['heldout_loss']:.4f} | "
+                         + " | ".join(f"{q['recall'][b]:.0%}" for b in buckets) + f" | {rec} |")
+    return lines + [""]
+
+
 def _data_table(data: dict) -> list[str]:
     """The calibration data the table was scored on, as markdown rows."""
+    from .data import SELF, display_name
+
+    name = display_name(data["source"]) if data["source"] == SELF else f"`{display_name(data['source'])}`"
     return ["| calibration data | tokens scored | tokens per window | alignment windows | seed |",
-            "|---|---|---|---|---|", f"| {_source_name(data['source'])} | {data['tokens']} | {data['seq_len']} | "
+            "|---|---|---|---|---|", f"| {name} | {data['tokens']} | {data['seq_len']} | "
             f"{data.get('align_windows', '-')} | {data['seed']} |"]
-
-
-def _source_name(source: str) -> str:
-    """A calibration source as the report names it: a file shipped with mosaic by its path in the package,
-    anything else by its file name, never by a path of the machine that ran the demo."""
-    from .data import SELF
-
-    if source == SELF:
-        return "sampled from the teacher"
-    path = Path(source).resolve()
-    try:
-        return f"`{path.relative_to(Path(__file__).resolve().parents[1])}`"
-    except ValueError:
-        return f"`{path.name}`"

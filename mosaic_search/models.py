@@ -29,7 +29,7 @@ def load_config(model_id: str, shipped_ok: bool = False):
     if model_id == TINY:
         return AutoConfig.from_pretrained(_tiny_dir())
     try:
-        return AutoConfig.from_pretrained(model_id, trust_remote_code=_is_mosaic_dir(model_id))
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=is_mosaic_dir(model_id))
     except (OSError, ValueError) as e:
         shipped = shipped_config_path(model_id)
         if shipped_ok and shipped is not None:
@@ -52,7 +52,7 @@ def load_model(model_id: str, dtype: str = "float32", device: str = "cpu"):
     config = load_config(model_id)
     auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=_is_mosaic_dir(model_id))
+        model = auto.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=is_mosaic_dir(model_id))
     except (OSError, ValueError) as e:
         raise _unresolvable(model_id, e) from None
     return model.eval().to(device)
@@ -106,7 +106,8 @@ def _tiny_dir() -> str:
     return str(TINY_DIR)
 
 
-def _is_mosaic_dir(model_id: str) -> bool:
+def is_mosaic_dir(model_id: str) -> bool:
+    """Whether `model_id` is a local directory holding a model mosaic built (its config names our remote code)."""
     cfg = Path(model_id) / "config.json"
     return cfg.is_file() and b'"mosaic_' in cfg.read_bytes()  # bytes: a binary file is transformers' to refuse
 

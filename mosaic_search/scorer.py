@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import align as align_mod
+from . import distributed
 from . import schema
 from .errors import MosaicError, UsageError
 from .files import atomic_path, check_output, json_text, output_path, write_json, write_text
@@ -109,11 +110,11 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
 
-    with _distributed(device) as (rank, world, device):
+    with distributed.session(device) as (rank, world, device):
         model = _load_teacher(teacher, device, device_map, dtype or ("float32" if device == "cpu" else "bfloat16"))
         if windows is None:
             sampled = data_mod.sample_from_teacher(model, n_score + ALIGN_WINDOWS, seq_len, seed) if rank == 0 else None
-            sampled = _broadcast(sampled, world)
+            sampled = distributed.broadcast(sampled, world)
             windows, align_windows = data_mod.Windows.of(sampled[:n_score]), data_mod.Windows.of(sampled[n_score:])
         info = {"source": source, "tokens": sum(windows.lengths), "seq_len": seq_len, "seed": seed,
                 "sha256": _sha_windows(windows, align_windows), "align_windows": len(align_windows), **notes}
@@ -127,7 +128,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
                 files.clear_progress(note=True)
             finished = _finished(files, fps) if resume else {}
             pending = [key for key in fps if key not in finished]
-        pending = _broadcast(pending if rank == 0 else None, world)
+        pending = distributed.broadcast(pending if rank == 0 else None, world)
         mine = [key for k, key in enumerate(pending) if (k + key[0]) % world == rank]
         for done, (layer, cand) in enumerate(mine):
             if progress and rank == 0:
@@ -135,11 +136,11 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
             _append(files.log(rank), _run_item(ctx, layer, cand, align_steps, seed, fps[layer, cand], files))
         if progress and rank == 0:
             progress(len(mine), len(mine), "writing")
-        _barrier(world)
+        distributed.barrier(world)
         if rank == 0:
             env = environment(device)
             table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps)
-        _barrier(world)
+        distributed.barrier(world)
     return table if rank == 0 else schema.load_sensitivity(path)
 
 
@@ -653,44 +654,3 @@ def _sha_windows(windows, align_windows) -> str:
                 h.update(f"{length}/{images['image_grid_thw'].tolist()}".encode())
                 h.update(images["pixel_values"].float().numpy().tobytes())
     return h.hexdigest()
-
-
-@contextmanager
-def _distributed(device: str):
-    """(rank, world size, this rank's device) under torchrun (gloo on CPU, nccl on GPU), else (0, 1, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield 0, 1, device
-        return
-    import torch
-    import torch.distributed as dist
-
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
-        yield dist.get_rank(), dist.get_world_size(), device
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def _broadcast(obj, world: int):
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()

@@ -635,7 +635,9 @@ def parse_sweep(text) -> list[float]:
     return [round(start + i * step, 9) for i in range(count)]
 
 
-def _plot(points: list, title: str, path: str, num_layers: int) -> None:
+def plot_frontier(points: list, title: str, path: str, num_layers: int, measured: dict | None = None) -> None:
+    """The frontier's predicted loss per target and each plan's layers, as a PNG at `path`; `measured`
+    ({label: [(target speedup, measured KL), ...]}) adds models measured after building or distilling."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -648,7 +650,11 @@ def _plot(points: list, title: str, path: str, num_layers: int) -> None:
     fig, (front, plans) = plt.subplots(2, 1, figsize=(7, 3 + 0.12 * num_layers), sharex=True,
                                        gridspec_kw={"height_ratios": [2, 1 + 0.06 * num_layers]})
     front.plot(xs, [pt["objective"] for pt in ok], "o-", color="black")  # black: no operator's colour
-    front.set_ylabel("predicted loss (sum of scores)")
+    for (label, pts), marker in zip((measured or {}).items(), "xs^v"):
+        front.plot([x for x, _ in pts], [y for _, y in pts], marker, linestyle="none", color="black", label=label)
+    if measured:
+        front.legend(fontsize=7, loc="upper left")
+    front.set_ylabel("predicted loss (sum of scores)" + ("; measured KL" if measured else ""))
     front.set_title(title)
     front.grid(alpha=0.3)
     # Each plan as a column of its layers, in the colours every mosaic plot gives these operators.
@@ -716,6 +722,6 @@ def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, 
         frames.write_table(result, csv_path)
         if plot:
             with files.atomic_path(png_path) as tmp:
-                _plot(points, f"{model.id}: predicted loss vs speedup", str(tmp), model.num_hidden_layers)
+                plot_frontier(points, f"{model.id}: predicted loss vs speedup", str(tmp), model.num_hidden_layers)
         files.write_json(path, result)
     return result

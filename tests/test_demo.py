@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from mosaic_search import scorer
+from mosaic_search import demo, scorer
 from mosaic_search.cli import main
 from mosaic_search.demo import MARKER
 from mosaic_search.operators import plot_color
@@ -17,10 +17,12 @@ from mosaic_search.operators import plot_color
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """One real demo run, with a lighter scoring pass (fewer tokens, 2 alignment steps) to keep the suite fast."""
+    """One real demo run, with a lighter scoring pass (fewer tokens, 2 alignment steps) and 2 distillation steps
+    per stage to keep the suite fast."""
     mp = pytest.MonkeyPatch()
     mp.setattr(scorer, "DEFAULT_TOKENS", 2048)
     mp.setattr(scorer, "DEFAULT_ALIGN_STEPS", 2)
+    mp.setattr(demo, "DISTILL_STEPS", 2)
     out = tmp_path_factory.mktemp("demo") / "report"
     try:
         assert main(["demo", "--out", str(out)]) == 0
@@ -29,10 +31,12 @@ def report(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_report_has_every_stage_and_plot(report):
     text = (report / "report.md").read_text()
     for section in ("## Latency per decoder layer", "## Sensitivity", "## Plans", "### 1.25x TPOT",
-                    "### 1.5x TPOT", "## Pareto frontier"):
+                    "### 1.5x TPOT", "## Quality: predicted, measured as built, measured after recovery",
+                    "## Pareto frontier"):
         assert section in text
     assert text.count("Through `model.generate`") == 2  # each plan measured as a user runs it
     assert len(re.findall(r"^\| 1024 \| ", text, flags=re.M)) == 2  # the batch-1 decode context, once per plan
@@ -45,8 +49,16 @@ def test_report_has_every_stage_and_plot(report):
         model = report / "models" / f"tiny-tpot-{target}"
         assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
         assert f"`{plan['pattern']}`" in text
+        record = json.loads((report / "models" / f"tiny-tpot-{target}-distilled" / "distill_record.json").read_text())
+        q = record["quality"]
+        assert len(record["losses"]) == 4 and q["before"]["kl"] > 0
+        # the report's rows are the record's numbers
+        assert f"| {target} built | {plan['objective']:.4f} | {q['before']['kl']:.4f} | " in text
+        assert f"| {target} distilled (`models/tiny-tpot-{target}-distilled`) | - | {q['after']['kl']:.4f} | " in text
+    assert "| teacher | 0 | 0 | " in text
 
 
+@pytest.mark.slow
 def test_report_names_its_data_and_colours_each_operator_once(report):
     text = (report / "report.md").read_text()
     assert not re.search(r"[{}]|'\w+': ", text), "a raw Python repr in the report"
@@ -67,6 +79,7 @@ def test_report_names_its_data_and_colours_each_operator_once(report):
     assert {plot_color(op) for op in swept} <= colours("pareto.png")
 
 
+@pytest.mark.slow
 def test_rerun_replaces_an_earlier_report(report):
     (report / "stale.txt").write_text("from an earlier run")
     mp = pytest.MonkeyPatch()

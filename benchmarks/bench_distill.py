@@ -1,0 +1,113 @@
+"""Recovery on the embedded teacher (issue 15): how much of a plan's quality loss `mosaic distill` wins back, against
+stage 1 alone and against plain cross-entropy fine-tuning on the same text (the INTERLACE recipe).
+
+    python benchmarks/bench_distill.py --scores S.json [--profile P.json] --out DIR
+
+For each TPOT target (1.4x, 1.6x): `mosaic solve` on the profile and the sensitivity table, `mosaic build` with the
+table's candidate library, then from that one build:
+- `distill` (both stages, the default budget) at each learning rate of the search;
+- `distill --stage offpolicy` with the stage's steps (stage 1 alone) and with both stages' steps;
+- cross-entropy fine-tuning: the same loop, data, trainable set, steps (both stages' worth) and learning-rate search,
+  with the off-policy loss replaced by next-token cross-entropy on the data (no teacher).
+Every model is measured by `mosaic eval` (tiny's held-out windows and recall probes). Gap recovered = (held-out
+loss built - after) / (built - teacher). Results: DIR/distill.json and DIR/distill.log (one line per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGETS = (1.4, 1.6)
+LRS = (3e-4, 1e-3)
+WORKLOADS = ("decode-b1-c2k", "decode-b4-c512")  # the committed CPU profile's decode workloads at tiny's contexts
+
+
+def ce_loss(wrapped, student, ref, rows, hidden_weight):
+    """Next-token cross-entropy on the data, the teacher unused: plain fine-tuning in distill's own loop."""
+    import torch.nn.functional as F
+
+    from mosaic_search.distill import _forward
+
+    logits = _forward(wrapped, rows, False)[0][:, :-1]
+    mask = rows.mask(logits.device)[:, 1:]
+    nll = F.cross_entropy(logits.flatten(0, 1), rows.w.ids[:, 1:].flatten().to(logits.device), reduction="none")
+    return (nll * mask.flatten()).sum() / mask.sum()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scores", required=True, help="sensitivity table of tiny (its library beside it)")
+    ap.add_argument("--profile", default="benchmarks/results/cpu/profile.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=None, help="steps per stage (default: distill's default)")
+    args = ap.parse_args()
+
+    import torch
+
+    from mosaic_search import builder, distill as distill_mod, solver
+    from mosaic_search.evaluate import eval_set, measure
+    from mosaic_search.models import load_model
+    from mosaic_search.scorer import library_path
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.steps or distill_mod.DEFAULT_STEPS
+    log = (out / "distill.log").open("a")
+    teacher = load_model("tiny")
+    evals = eval_set("tiny")
+    results = {"machine": f"{platform.machine()} {platform.processor()}, torch {torch.__version__}, "
+                          f"{torch.get_num_threads()} threads", "steps_per_stage": steps, "plans": {}}
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    def run(name: str, model: Path, target_dir: Path, **kw) -> dict:
+        start = time.perf_counter()
+        path = distill_mod.distill(str(model), out=target_dir / name, overwrite=True, quality=False, **kw)
+        seconds = time.perf_counter() - start
+        q = measure(load_model(str(path)), teacher, evals)
+        row = {"run": name, "seconds": seconds, **{k: kw.get(k) for k in ("stage", "steps", "lr")}, **q}
+        say(f"{target_dir.name} {name}: KL {q['kl']:.4f} loss {q['heldout_loss']:.4f} recall {q['recall']} "
+            f"{seconds:.0f} s")
+        return row
+
+    results["teacher"] = measure(teacher, teacher, evals)
+    say(f"teacher: loss {results['teacher']['heldout_loss']:.4f} recall {results['teacher']['recall']}")
+    for target in TARGETS:
+        plan_file = out / f"plan-tpot-{target}x.json"
+        plan = solver.solve(tpot_speedup=target, workloads=list(WORKLOADS), profile=args.profile,
+                            scores=args.scores, out=str(plan_file), overwrite=True)
+        d = out / f"tpot-{target}x"
+        built = builder.build(plan_file, library=library_path(args.scores), out=d / "built", overwrite=True)
+        before = measure(load_model(str(built)), teacher, evals)
+        say(f"{d.name} built {plan.pattern}: KL {before['kl']:.4f} loss {before['heldout_loss']:.4f} "
+            f"recall {before['recall']} predicted loss {plan.objective:.4f}")
+        rows = [run(f"both-lr{lr:g}", built, d, stage="both", steps=steps, lr=lr) for lr in LRS]
+        best = min(rows, key=lambda r: r["heldout_loss"])
+        rows.append(run("offpolicy", built, d, stage="offpolicy", steps=steps, lr=best["lr"]))
+        rows.append(run("offpolicy-2x", built, d, stage="offpolicy", steps=2 * steps, lr=best["lr"]))
+        kl_loss = distill_mod._offpolicy_loss
+        distill_mod._offpolicy_loss = ce_loss
+        try:
+            rows += [run(f"ce-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr) for lr in LRS]
+        finally:
+            distill_mod._offpolicy_loss = kl_loss
+        gap = before["heldout_loss"] - results["teacher"]["heldout_loss"]
+        for r in rows:
+            r["gap_recovered"] = (before["heldout_loss"] - r["heldout_loss"]) / gap
+        results["plans"][str(target)] = {"pattern": plan.pattern, "predicted_loss": plan.objective,
+                                         "predicted": plan.predicted, "built": before, "runs": rows}
+        (out / "distill.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

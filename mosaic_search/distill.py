@@ -1,0 +1,511 @@
+"""Stage 5: recover, by distillation from the teacher, the quality a built model lost to its swaps.
+
+Two stages, as MOSAIC-4B's recovery (off-policy realignment, then on-policy distillation):
+- `offpolicy`: teacher-forced on the data; loss = KL(teacher || student) per token, plus `hidden_weight` x the
+  normalised MSE between the student's and the teacher's hidden states after every decoder layer (the same measure
+  `align.py` uses for one mixer, here for the whole stack at once).
+- `onpolicy`: generalized knowledge distillation (GKD: Agarwal et al. 2024, "On-Policy Distillation of Language
+  Models: Learning from Self-Generated Mistakes"): the student samples continuations of data prompts, the teacher
+  (and, with an oracle, a second teacher of the same vocabulary, mixed with weight `oracle_weight`) scores them,
+  loss = the chosen divergence on the student's own tokens.
+
+Durable and reproducible: every random choice of a step (its data rows, its samples) is seeded from (seed, step,
+rank), so a checkpoint (trainable weights + optimizer state, every `checkpoint_every` steps, written whole into
+`<out>.checkpoint/`) is all `resume` needs to reach the weights an uninterrupted run reaches. Under torchrun the
+global batch is split across ranks and gradients averaged by PyTorch's DistributedDataParallel.
+
+The output loads exactly like a build (same remote code, config and plan record) and adds `distill_record.json`
+(`mosaic/distill-record`): data, steps, loss per step and quality before / after (`evaluate.measure`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+from . import distributed, schema
+from .errors import StaleInputError, UsageError
+from .files import atomic_dir, check_output, output_path, write_json
+
+RECORD_KIND = "mosaic/distill-record"
+RECORD_FILE = "distill_record.json"
+STAGES = ("offpolicy", "onpolicy", "both")
+TRAINABLE = ("replaced", "mixers", "all")
+DIVERGENCES = ("forward", "reverse", "jsd")
+DEFAULT_STEPS = 150  # per stage; see BENCHMARKS.md "Recovery" for the budget this buys on the embedded teacher
+DEFAULT_BATCH = 4
+DEFAULT_SEQ_LEN = 512
+DEFAULT_LR = 1e-3
+DEFAULT_HIDDEN_WEIGHT = 0.1
+WARMUP_FRACTION = 0.1
+CLIP_NORM = 1.0
+ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a prompt of the rest of a data window
+JSD_BETA = 0.5
+CHECKPOINT_EVERY = 25
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
+
+
+def distill(model: str, teacher: str | None = None, oracle: str | None = None, oracle_weight: float = 0.5,
+            data: str | None = None, stage: str = "both", steps: int | None = None, tokens: int | None = None,
+            lr: float = DEFAULT_LR, trainable: str = "mixers", hidden_weight: float = DEFAULT_HIDDEN_WEIGHT,
+            divergence: str = "forward", batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
+            out=None, resume: bool = False, overwrite: bool = False, checkpoint_every: int = CHECKPOINT_EVERY,
+            eval_data: str | None = None, quality: bool = True, seed: int = 0, device: str = "cpu",
+            progress=None) -> Path:
+    """Distill the mosaic model directory `model` from its teacher and write the recovered model to `out`
+    (default `<model>-distilled`); return its path.
+
+    `teacher` defaults to the one recorded in the model's plan; `data` to the teacher's calibration source (`score`'s
+    default); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
+    `replaced` (the mixers the plan swapped in), `mixers` (every layer's token mixer: after attention is removed or
+    dropped somewhere, the remaining ones must take over its work) or `all`. Errors before any training: bad data,
+    a tokenizer or oracle vocabulary that differs from the teacher's, an existing `out` without `overwrite`.
+    `quality`: measure the model before and after (`evaluate.measure`) on `eval_data` (for `tiny`: its default
+    evaluation set; any other teacher: only when `eval_data` is given).
+    """
+    import torch
+
+    from . import data as data_mod
+    from .evaluate import eval_set, recorded_teacher
+    from .models import TINY
+    from .profiler import check_device
+
+    _choice("--stage", stage, STAGES)
+    _choice("--trainable", trainable, TRAINABLE)
+    _choice("--divergence", divergence, DIVERGENCES)
+    for flag, value in (("--lr", lr), ("--batch-size", batch_size), ("--seq-len", seq_len - 1),
+                        ("--checkpoint-every", checkpoint_every)):
+        if not value > 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    if not 0 <= oracle_weight <= 1 or hidden_weight < 0:
+        raise UsageError("--oracle-weight must be in [0, 1] and --hidden-weight at least 0")
+    teacher = teacher or recorded_teacher(model)
+    out = default_out(model, out)
+    check_output(out, folder=True, overwrite=overwrite)
+    per_stage = _steps(steps, tokens, batch_size, seq_len)
+    stages = ("offpolicy", "onpolicy") if stage == "both" else (stage,)
+    plan = [s for s in stages for _ in range(per_stage)]
+    tokenizer = _same_tokenizer(model, teacher, oracle)
+    source = data_mod.check_source(data or data_mod.default_source(teacher))
+    evals = eval_set(teacher, eval_data, tokenizer=tokenizer) if quality and (eval_data or teacher == TINY) else None
+    check_device(device)
+
+    with distributed.session(device) as (rank, world, device):
+        if batch_size % world:
+            raise UsageError(f"--batch-size {batch_size} does not split over {world} processes")
+        student, ref, oracle_model = _load(model, teacher, oracle, device)
+        windows = _windows(source, tokenizer, teacher, ref, len(plan) * batch_size, seq_len, seed, world)
+        params = _trainable(student, trainable)
+        settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle, oracle_weight=oracle_weight,
+                        data=windows.describe(), stages=list(stages), steps_per_stage=per_stage, lr=lr,
+                        trainable=trainable, hidden_weight=hidden_weight, divergence=divergence,
+                        batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world)
+        before = _quality(student, ref, evals) if rank == 0 else None
+        opt = torch.optim.AdamW([p for _, p in params], lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+        ckpt = out.with_name(out.name + ".checkpoint")
+        start, losses = _resume(ckpt, settings, params, opt) if resume else (0, [])
+        if start and rank == 0:
+            print(f"note: resuming from {ckpt} at step {start} of {len(plan)}", file=sys.stderr)
+        wrapped = _ddp(student, world)
+        for step in range(start, len(plan)):
+            torch.manual_seed(_seed(seed, step, rank))
+            rows = windows.rows(step, batch_size, rank, world)
+            k = plan[:step].count(plan[step])
+            for group in opt.param_groups:
+                group["lr"] = lr * _schedule(k, per_stage)
+            if plan[step] == "offpolicy":
+                loss = _offpolicy_loss(wrapped, student, ref, rows, hidden_weight)
+            else:
+                loss = _onpolicy_loss(wrapped, student, ref, oracle_model, oracle_weight, rows, divergence)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], CLIP_NORM)
+            opt.step()
+            losses.append({"step": step + 1, "stage": plan[step], "loss": distributed.mean(loss.item(), world)})
+            if progress and rank == 0:
+                progress(step + 1, len(plan), f"{plan[step]} loss {losses[-1]['loss']:.4f}")
+            if (step + 1) % checkpoint_every == 0 and step + 1 < len(plan):
+                if rank == 0:
+                    _checkpoint(ckpt, settings, step + 1, losses, params, opt)
+                distributed.barrier(world)
+        if rank == 0:
+            student.eval()
+            record = {"kind": RECORD_KIND, "schema_version": schema.SCHEMA_VERSION,
+                      "created_by": schema.package_version(), "created_at": schema.utc_now(),
+                      "command": list(sys.argv), **settings, "trainable_parameters": sum(p.numel() for _, p in params),
+                      "losses": losses, "eval": evals.describe() if evals else None,
+                      "quality": {"before": before, "after": _quality(student, ref, evals)}}
+            _write(student, model, out, record, overwrite)
+            shutil.rmtree(ckpt, ignore_errors=True)
+        distributed.barrier(world)
+    return out
+
+
+def default_out(model: str, out=None) -> Path:
+    """Where `distill` writes: `out`, or `<model>-distilled` beside the model directory."""
+    return output_path(out, Path(str(Path(model)).rstrip("/") + "-distilled"), folder=True)
+
+
+def load_record(model: str | Path) -> dict:
+    """The distill record of a distilled model directory, validated for kind and version."""
+    path = Path(model) / RECORD_FILE
+    if not path.is_file():
+        raise UsageError(f"{model}: no {RECORD_FILE} (not a model written by mosaic distill)")
+    from .files import read_text
+
+    try:
+        obj = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict) or obj.get("kind") != RECORD_KIND:
+        raise UsageError(f'{path}: kind: expected "{RECORD_KIND}"')
+    if not isinstance(obj.get("schema_version"), int) or obj["schema_version"] > schema.SCHEMA_VERSION:
+        raise UsageError(f"{path}: schema_version {obj.get('schema_version')} is not one this mosaic reads")
+    return obj
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+def _choice(flag: str, value: str, choices) -> None:
+    if value not in choices:
+        from .errors import did_you_mean
+
+        raise UsageError(f'{flag} "{value}": choose one of {", ".join(choices)}{did_you_mean(value, choices)}')
+
+
+def _steps(steps, tokens, batch_size: int, seq_len: int) -> int:
+    if steps is not None and tokens is not None:
+        raise UsageError("--steps and --tokens exclude each other")
+    if tokens is not None:
+        steps = math.ceil(tokens / (batch_size * seq_len))
+    steps = DEFAULT_STEPS if steps is None else steps
+    if steps < 1:
+        raise UsageError(f"--steps / --tokens must give at least one step, got {steps}")
+    return steps
+
+
+def _same_tokenizer(model: str, teacher: str, oracle: str | None):
+    """The teacher's tokenizer, after checking that the model's and the oracle's map every token alike."""
+    from .data import tokenizer_of
+
+    tok = tokenizer_of(teacher)
+    if tok is None:
+        raise UsageError(f"{teacher} has no tokenizer to read the distillation data with")
+    for flag, other in (("model", model), ("--oracle", oracle)):
+        theirs = tokenizer_of(other) if other else None
+        if theirs is not None and theirs.get_vocab() != tok.get_vocab():
+            raise UsageError(f"{flag} {other}: its tokenizer differs from the teacher's ({len(theirs)} vs {len(tok)} "
+                             "tokens); distillation compares distributions token by token")
+    return tok
+
+
+def _load(model: str, teacher: str, oracle: str | None, device: str):
+    """(student in train mode, teacher, oracle or None), frozen except what `_trainable` frees; the oracle's
+    output vocabulary must be the teacher's."""
+    from .models import load_config, load_model
+
+    if not getattr(load_config(model), "model_type", "").startswith("mosaic_"):
+        raise UsageError(f"{model}: not a model built by mosaic (mosaic build writes one)")
+    student = load_model(model, device=device)
+    ref = load_model(teacher, device=device)
+    vocab = ref.get_output_embeddings().weight.shape[0]
+    if student.get_output_embeddings().weight.shape[0] != vocab:
+        raise UsageError(f"{model} and its teacher {teacher} have different vocabularies")
+    oracle_model = load_model(oracle, device=device) if oracle else None
+    if oracle_model is not None and oracle_model.get_output_embeddings().weight.shape[0] != vocab:
+        raise UsageError(f"--oracle {oracle}: {oracle_model.get_output_embeddings().weight.shape[0]} output tokens, "
+                         f"the teacher {vocab}; the oracle must share the teacher's vocabulary")
+    for m in (student, ref, oracle_model):
+        if m is not None:
+            m.requires_grad_(False)
+    return student.train(), ref, oracle_model
+
+
+class _Windows:
+    """Training windows and, per step, which of them each rank trains on (a pure function of seed and step)."""
+
+    def __init__(self, windows, source: str, seed: int):
+        self.windows, self.source, self.seed = windows, source, seed
+
+    def describe(self) -> dict:
+        from .data import display_name
+
+        return {"source": display_name(self.source),
+                "windows": len(self.windows), "seq_len": int(self.windows.ids.shape[1]),
+                "tokens": int(sum(self.windows.lengths))}
+
+    def rows(self, step: int, batch: int, rank: int, world: int):
+        """This rank's share of the step's global batch: epochs are seeded permutations of every window."""
+        import torch
+
+        n = len(self.windows)
+        picked = []
+        for pos in range(step * batch, (step + 1) * batch):
+            epoch, k = divmod(pos, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            picked.append(int(order[k]))
+        return _Rows(self.windows.select(picked[rank::world]))
+
+
+def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int, seed: int, world: int) -> _Windows:
+    """Training windows of `seq_len` tokens: the first `want` of the data file (fewer are reused by epochs), or
+    `want` sequences sampled from the teacher for `self`."""
+    from . import data as data_mod
+    from .surgery import dims_of
+
+    positions = dims_of(ref.config).max_position
+    if seq_len > positions:
+        raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {positions} positions")
+    if source == data_mod.SELF:
+        sampled = data_mod.sample_from_teacher(ref, want, seq_len, seed) if distributed.rank() == 0 else None
+        windows = data_mod.Windows.of(distributed.broadcast(sampled, world))
+    else:
+        vision = None
+        if getattr(ref.config, "vision_config", None) is not None:
+            vision = data_mod.Vision(str(teacher), ref.config.image_token_id)
+        windows = data_mod.tokenize_file(source, tokenizer, want, 0, seq_len, vision, verb="training on")[0]
+    return _Windows(windows, source, seed)
+
+
+def _trainable(student, which: str) -> list:
+    """(name, parameter) pairs that train, marked requires_grad; a one-line error when there are none."""
+    from . import surgery
+    from .scorer import TEACHER_OP
+
+    if which == "all":
+        chosen = dict(student.named_parameters())
+    else:
+        ops = [layer["op"] for layer in student.config.mosaic["layers"]]
+        layers = surgery.decoder_layers(student)
+        chosen = {}
+        for i, layer in enumerate(layers):
+            if which == "replaced" and ops[i] == TEACHER_OP:
+                continue
+            mixer = getattr(layer, "self_attn", None)
+            if mixer is not None:
+                chosen.update({f"layer{i}.{n}": p for n, p in mixer.named_parameters()})
+    if not chosen:
+        raise UsageError(f"--trainable {which}: nothing to train (the plan's replaced layers have no parameters: "
+                         "none or drop); use --trainable mixers or all")
+    for p in chosen.values():
+        p.requires_grad_(True)
+    return sorted(chosen.items())
+
+
+def _ddp(student, world: int):
+    if world == 1:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student)
+
+
+def _seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 1009 + rank
+
+
+def _schedule(k: int, steps: int) -> float:
+    """Linear warm-up over WARMUP_FRACTION of a stage, then cosine decay to a tenth of the peak."""
+    warm = max(1, int(WARMUP_FRACTION * steps))
+    if k < warm:
+        return (k + 1) / warm
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * (k - warm) / max(1, steps - warm)))
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+def _forward(model, rows, hidden: bool):
+    """(logits [b, T, V] float32, hidden states after every decoder layer or None) of teacher-forced `rows`."""
+    from . import surgery
+
+    captured = []
+    hooks = []
+    if hidden:
+        core = getattr(model, "module", model)
+        for layer in surgery.decoder_layers(core):
+            hooks.append(layer.register_forward_hook(
+                lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)))
+    try:
+        logits = model(**rows.inputs(next(model.parameters()).device), use_cache=False).logits.float()
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, (captured if hidden else None)
+
+
+def _offpolicy_loss(wrapped, student, ref, rows, hidden_weight: float):
+    """KL(teacher || student) per real token, plus hidden_weight x the mean normalised MSE of the hidden states."""
+    import torch
+
+    with torch.no_grad():
+        t_logits, t_hidden = _forward(ref, rows, hidden_weight > 0)
+    s_logits, s_hidden = _forward(wrapped, rows, hidden_weight > 0)
+    mask = rows.mask(s_logits.device)
+    loss = _divergence(t_logits[:, :-1], s_logits[:, :-1], "forward", mask[:, :-1])
+    if hidden_weight > 0:
+        m = mask[..., None]
+        terms = [((s - t) * m).pow(2).sum() / (t * m).pow(2).sum().clamp_min(1e-12) for s, t in zip(s_hidden, t_hidden)]
+        loss = loss + hidden_weight * torch.stack(terms).mean()
+    return loss
+
+
+def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, divergence: str):
+    """The chosen divergence between the teacher (mixed with the oracle) and the student on tokens the student
+    sampled after each row's prompt (text rows; image rows are off-policy only)."""
+    import torch
+
+    ids = rows.text_ids()
+    if ids is None:
+        raise UsageError("--stage onpolicy needs text rows in the data; these windows all carry images")
+    new = min(ONPOLICY_TOKENS, ids.shape[1] - 1)
+    prompt = ids.shape[1] - new
+    student.eval()
+    with torch.no_grad():
+        sampled = student.generate(ids[:, :prompt].to(next(student.parameters()).device),
+                                   attention_mask=torch.ones_like(ids[:, :prompt]).to(next(student.parameters()).device),
+                                   do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
+                                   min_new_tokens=new, pad_token_id=0, cache_implementation="dynamic")
+    student.train()
+    from .data import Windows
+
+    gen = _Rows(Windows.of(sampled.cpu()))
+    with torch.no_grad():
+        t_logits = _forward(ref, gen, False)[0][:, prompt - 1:-1]
+        o_logits = _forward(oracle, gen, False)[0][:, prompt - 1:-1] if oracle is not None else None
+    s_logits = _forward(wrapped, gen, False)[0][:, prompt - 1:-1]
+    loss = _divergence(t_logits, s_logits, divergence)
+    if o_logits is not None:
+        loss = (1 - oracle_weight) * loss + oracle_weight * _divergence(o_logits, s_logits, divergence)
+    return loss
+
+
+def _divergence(t_logits, s_logits, kind: str, mask=None):
+    """Mean over (real) tokens of forward KL(t || s), reverse KL(s || t) or the generalized JSD(beta) of GKD."""
+    import torch
+    import torch.nn.functional as F
+
+    t, s = F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1)
+    if kind == "forward":
+        per = (t.exp() * (t - s)).sum(-1)
+    elif kind == "reverse":
+        per = (s.exp() * (s - t)).sum(-1)
+    else:
+        m = torch.logsumexp(torch.stack([t + math.log(JSD_BETA), s + math.log(1 - JSD_BETA)]), 0)
+        per = JSD_BETA * (t.exp() * (t - m)).sum(-1) + (1 - JSD_BETA) * (s.exp() * (s - m)).sum(-1)
+    if mask is None:
+        return per.mean()
+    return (per * mask).sum() / mask.sum().clamp_min(1)
+
+
+class _Rows:
+    """One step's rows as model inputs: token ids, and the image inputs of rows that have images."""
+
+    def __init__(self, windows):
+        self.w = windows
+
+    def inputs(self, device) -> dict:
+        import torch
+
+        out = {"input_ids": self.w.ids.to(device)}
+        images = [im for im in self.w.images if im is not None]
+        if images:
+            out["pixel_values"] = torch.cat([im["pixel_values"] for im in images]).to(device)
+            out["image_grid_thw"] = torch.cat([im["image_grid_thw"] for im in images]).to(device)
+        return out
+
+    def mask(self, device):
+        """[b, T] 1.0 on real tokens, 0.0 on the padding after a short image row."""
+        import torch
+
+        real = torch.arange(self.w.ids.shape[1])[None] < torch.tensor(self.w.lengths)[:, None]
+        return real.float().to(device)
+
+    def text_ids(self):
+        """Token ids of the rows without images, or None when every row has images."""
+        keep = [i for i, im in enumerate(self.w.images) if im is None]
+        return self.w.ids[keep] if keep else None
+
+
+# ---- durability ----------------------------------------------------------------------------------
+
+def _model_sha256(model: str) -> str:
+    """The model directory's identity without hashing gigabytes of weights: its config and plan record."""
+    from .builder import PLAN_FILE
+
+    return schema.sha256_json([schema.sha256_file(Path(model) / name) for name in ("config.json", PLAN_FILE)])
+
+
+def _fingerprint(settings: dict) -> str:
+    return schema.sha256_json(settings)
+
+
+def _checkpoint(ckpt: Path, settings: dict, step: int, losses: list, params, opt) -> None:
+    """Trainable weights and optimizer state after `step` steps, written whole (the old one stays until then)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"param/{n}": p.detach().contiguous().cpu() for n, p in params}
+    state = opt.state_dict()
+    for idx, st in state["state"].items():
+        for key, value in st.items():
+            tensors[f"opt/{idx}/{key}"] = value.detach().contiguous().cpu().reshape(value.shape)
+    with atomic_dir(ckpt) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        write_json(tmp / "state.json", {"fingerprint": _fingerprint(settings), "step": step, "losses": losses,
+                                        "param_groups": state["param_groups"]})
+
+
+def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
+    """(step, losses) of the checkpoint at `ckpt`, loaded into params and opt; (0, []) when there is none."""
+    import torch
+    from safetensors.torch import load_file
+
+    meta = ckpt / "state.json"
+    if not meta.is_file():
+        print(f"note: --resume: no checkpoint at {ckpt}; starting from step 0", file=sys.stderr)
+        return 0, []
+    obj = json.loads(meta.read_text())
+    if obj.get("fingerprint") != _fingerprint(settings):
+        raise StaleInputError(f"{ckpt}: the checkpoint was made with other settings, model, data or process count; "
+                              "rerun with the same arguments, or without --resume to start over")
+    tensors = load_file(str(ckpt / "state.safetensors"))
+    with torch.no_grad():
+        for n, p in params:
+            p.copy_(tensors[f"param/{n}"])
+    state = {"state": {}, "param_groups": obj["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, idx, name = key.split("/")
+            state["state"].setdefault(int(idx), {})[name] = value
+    opt.load_state_dict(state)
+    return int(obj["step"]), list(obj["losses"])
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def _quality(student, ref, evals):
+    if evals is None:
+        return None
+    from .evaluate import measure
+
+    was = student.training
+    student.eval()
+    try:
+        return measure(student, ref, evals)
+    finally:
+        student.train(was)
+
+
+def _write(student, model: str, out: Path, record: dict, overwrite: bool) -> None:
+    """The model directory: every file of `model` but its weights (remote code, tokenizer, plan record), the
+    distilled weights and config, and the distill record."""
+    src = Path(model)
+    weights = {f for pattern in WEIGHT_FILES for f in src.glob(pattern)}
+    with atomic_dir(out, replace=overwrite) as tmp:
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f not in weights and f.name != RECORD_FILE:
+                shutil.copyfile(f, tmp / f.name)
+        student.save_pretrained(tmp)
+        write_json(tmp / RECORD_FILE, record)

@@ -1,0 +1,239 @@
+"""Stage 5 and measured quality: `mosaic distill` and `mosaic eval` on builds of the embedded teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mosaic_search import builder, distill as distill_mod
+from mosaic_search.cli import main
+from mosaic_search.evaluate import EvalSet, eval_set, evaluate, measure
+from mosaic_search.models import load_model
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "layer_plans" / "examples" / "tiny"
+QUICK = dict(steps=2, batch_size=2, seq_len=64, quality=False)  # enough to run every code path, in seconds
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """Two builds of tiny without aligned weights: `swa` (GGNSGGNN: one swa layer to train, attention removed in
+    three) and `drop` (GGXGGXXG: the replaced layers have no parameters)."""
+    root = tmp_path_factory.mktemp("builds")
+    return {name: builder.build(EXAMPLES / plan, library=False, out=root / name)
+            for name, plan in (("swa", "plan-tpot-1.25x.json"), ("drop", "plan-tpot-1.5x.json"))}
+
+
+def _state(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_evaluate_the_teacher_against_itself_is_exact():
+    r = evaluate("tiny", teacher="tiny", windows=2, seq_len=256)
+    assert r["kl"] == 0.0 and r["tokens"] == 2 * 255
+    assert r["recall"] == {"<128": 1.0, ">=128": 1.0} and r["eval"]["probes"] == 150
+    assert 0.2 < r["heldout_loss"] < 1.5  # nats per byte: the model card's held-out loss is 1.13 on 512-byte windows
+
+
+def test_evaluate_reads_the_plans_teacher_and_sees_the_swaps(builds):
+    r = evaluate(str(builds["drop"]), windows=1, seq_len=256)
+    assert r["teacher"] == "tiny" and r["kl"] > 0.05
+
+
+def test_eval_set_errors_are_one_line_usage_errors(tmp_path):
+    from mosaic_search.errors import UsageError
+
+    short = tmp_path / "short.txt"
+    short.write_text("x" * 100)
+    with pytest.raises(UsageError, match="fewer than the 2048"):
+        eval_set("tiny", str(short), windows=2, seq_len=1024)
+    bad = tmp_path / "probes.jsonl"
+    bad.write_text('{"prompt": "a"}\n')
+    with pytest.raises(UsageError, match="line 1"):
+        eval_set("tiny", probes=str(bad), windows=1, seq_len=64)
+
+
+def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", **QUICK)
+    record = distill_mod.load_record(out)
+    assert [(r["step"], r["stage"]) for r in record["losses"]] == [(1, "offpolicy"), (2, "offpolicy"),
+                                                                   (3, "onpolicy"), (4, "onpolicy")]
+    assert all(r["loss"] > 0 for r in record["losses"]) and record["teacher"] == "tiny"
+    assert (out / builder.PLAN_FILE).read_bytes() == (builds["swa"] / builder.PLAN_FILE).read_bytes()
+    assert not (tmp_path / "d.checkpoint").exists()
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert model.config.mosaic["layers"] == json.loads((builds["swa"] / "config.json").read_text())["mosaic"]["layers"]
+    prompt = torch.tensor([[40, 41, 42, 43, 44, 45]])
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+    with torch.no_grad():
+        assert model.generate(prompt, **kw).tolist() == model.generate(prompt, use_cache=False, **kw).tolist()
+    # --trainable mixers: every layer's attention moved, nothing else did
+    before, after = _state(builds["swa"]), _state(out)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".self_attn." in k for k in moved)
+    assert {k.split(".")[2] for k in moved} == {"0", "1", "3", "4", "5"}  # the layers that have attention weights
+
+
+def test_trainable_replaced_trains_only_the_swapped_in_mixers(builds, tmp_path):
+    out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", trainable="replaced", stage="offpolicy",
+                              **QUICK)
+    before, after = _state(builds["swa"]), _state(out)
+    assert {k.split(".")[2] for k in before if not torch.equal(before[k], after[k])} == {"3"}
+
+
+def test_offpolicy_distillation_lowers_kl_on_held_out_text(builds, tmp_path):
+    out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", stage="offpolicy", steps=12, batch_size=2,
+                              seq_len=256, quality=False, trainable="all", lr=3e-4)
+    teacher = load_model("tiny")
+    evals = eval_set("tiny", windows=2, seq_len=512)
+    evals = EvalSet(evals.windows, (), evals.split, evals.source)
+    kl = [measure(load_model(str(m)), teacher, evals)["kl"] for m in (builds["drop"], out)]
+    assert kl[1] < 0.95 * kl[0], kl  # 0.727 -> 0.636 when written
+
+
+def test_the_record_holds_quality_before_and_after(builds, tmp_path):
+    out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", stage="offpolicy", steps=1, batch_size=1,
+                              seq_len=64, trainable="all")
+    q = distill_mod.load_record(out)["quality"]
+    for when in ("before", "after"):
+        assert set(q[when]) == {"kl", "heldout_loss", "tokens", "recall"} and q[when]["kl"] > 0
+    assert q["before"]["kl"] == pytest.approx(evaluate(str(builds["drop"]))["kl"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trainable", "replaced"], "nothing to train"),
+    (["--stage", "offpolcy"], 'did you mean "offpolicy"'),
+    (["--steps", "0"], "at least one step"),
+    (["--steps", "2", "--tokens", "99"], "exclude each other"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+])
+def test_bad_arguments_exit_2_in_one_line(builds, tmp_path, capsys, args, message):
+    code = main(["distill", str(builds["drop"]), "--out", str(tmp_path / "o"), "--no-eval", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_data_and_a_foreign_oracle_fail_before_training(builds, tmp_path, capsys):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["distill", str(builds["drop"]), "--data", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "empty" in capsys.readouterr().err
+    other = tmp_path / "other"
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)).save_pretrained(other)
+    assert main(["distill", str(builds["drop"]), "--oracle", str(other), "--out", str(tmp_path / "o"), "--no-eval",
+                 "--steps", "1", "--seq-len", "32"]) == 2
+    assert "vocabulary" in capsys.readouterr().err
+    assert main(["distill", str(builds["drop"]), "--out", str(builds["swa"])]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_oracle_of_the_same_vocabulary_joins_the_onpolicy_stage(builds, tmp_path):
+    out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", oracle="tiny", oracle_weight=0.5,
+                              stage="onpolicy", divergence="jsd", **QUICK)
+    record = distill_mod.load_record(out)
+    assert record["oracle"] == "tiny" and len(record["losses"]) == 2
+
+
+def _distill_cmd(model, out, *extra):
+    return [sys.executable, "-m", "mosaic_search", "distill", str(model), "--out", str(out), "--no-eval",
+            "--stage", "offpolicy", "--batch-size", "2", "--seq-len", "32", "--trainable", "all", *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_reaches_the_uninterrupted_weights(builds, tmp_path):
+    steps = ["--steps", "80", "--checkpoint-every", "4"]
+    whole = subprocess.run(_distill_cmd(builds["drop"], tmp_path / "whole", *steps), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(_distill_cmd(builds["drop"], out, *steps), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = out.with_name("cut.checkpoint") / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.is_file() and not out.exists(), "the run must be killed between its first checkpoint and its end"
+    killed_at = json.loads(state.read_text())["step"]
+    assert 0 < killed_at < 80
+    resumed = subprocess.run(_distill_cmd(builds["drop"], out, *steps, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"resuming from" in resumed.stderr, resumed.stderr
+    a, b = _state(tmp_path / "whole"), _state(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert distill_mod.load_record(out)["losses"] == distill_mod.load_record(tmp_path / "whole")["losses"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_other_settings(builds, tmp_path, capsys):
+    out = tmp_path / "o"
+    ckpt = out.with_name("o.checkpoint")
+    distill_mod._checkpoint(ckpt, {"other": 1}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
+    assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_follow_one_process(builds, tmp_path):
+    """DDP over 2 CPU processes (gloo) with the global batch split in two: the same loss curve as one process."""
+    args = ["--steps", "3", "--batch-size", "4"]
+    one = subprocess.run(_distill_cmd(builds["drop"], tmp_path / "one", *args), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    cmd = _distill_cmd(builds["drop"], tmp_path / "two", *args)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", *cmd[1:]], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = [r["loss"] for r in distill_mod.load_record(tmp_path / "one")["losses"]]
+    b = [r["loss"] for r in distill_mod.load_record(tmp_path / "two")["losses"]]
+    assert b == pytest.approx(a, rel=1e-3)  # summation order differs; 1.4e-4 seen
+    assert distill_mod.load_record(tmp_path / "two")["world_size"] == 2
+
+
+def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
+    from mosaic_search import evaluate as evaluate_mod
+
+    seen = {}
+
+    def fake(model, **kwargs):
+        seen.update(model=model, **kwargs)
+        out = tmp_path / "d"
+        out.mkdir(exist_ok=True)
+        (out / distill_mod.RECORD_FILE).write_text(json.dumps({
+            "kind": distill_mod.RECORD_KIND, "schema_version": 1, "teacher": "tiny", "losses": [],
+            "quality": {"before": None, "after": None}}))
+        return out
+
+    monkeypatch.setattr(distill_mod, "distill", fake)
+    assert main(["distill", "m", "--teacher", "T", "--oracle", "O", "--oracle-weight", "0.3", "--data", "D",
+                 "--stage", "onpolicy", "--steps", "7", "--lr", "0.01", "--trainable", "all", "--hidden-weight", "0",
+                 "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o", "--resume",
+                 "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval", "--seed", "3"]) == 0
+    seen.pop("progress")
+    assert seen == dict(model="m", teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy", steps=7,
+                        tokens=None, lr=0.01, trainable="all", hidden_weight=0.0, divergence="jsd", batch_size=8,
+                        seq_len=128, out="o", resume=True, overwrite=True, checkpoint_every=5, eval_data="E",
+                        quality=False, seed=3, device="cpu")
+    got = {}
+    monkeypatch.setattr(evaluate_mod, "evaluate", lambda model, **kw: got.update(model=model, **kw) or {
+        "model": model, "teacher": "tiny", "kl": 0.5, "heldout_loss": 1.0, "tokens": 9,
+        "eval": {"source": "s", "windows": 1, "seq_len": 9, "probes": 0}})
+    assert main(["eval", "m", "--teacher", "T", "--data", "D", "--probes", "P", "--windows", "3", "--seq-len", "99",
+                 "--json"]) == 0
+    assert got == dict(model="m", teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cpu")
+    assert json.loads(capsys.readouterr().out)["kl"] == 0.5
