@@ -29,7 +29,7 @@ LRS = (3e-4, 1e-3)
 WORKLOADS = ("decode-b1-c2k", "decode-b4-c512")  # the committed CPU profile's decode workloads at tiny's contexts
 
 
-def ce_loss(wrapped, student, ref, rows, hidden_weight):
+def ce_loss(wrapped, ref, rows, hidden_weight):
     """Next-token cross-entropy on the data, the teacher unused: plain fine-tuning in distill's own loop."""
     import torch.nn.functional as F
 

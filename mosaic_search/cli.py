@@ -409,8 +409,8 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             divergence: Annotated[str, typer.Option(help="On-policy: forward, reverse or jsd.")] = "forward",
             batch_size: Annotated[int, typer.Option(help="Windows per step (global, over every process).")] = 4,
             seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 512,
-            out: Annotated[Optional[str], typer.Option("--out", "-o", help="Model directory (default <model>-distilled).")]
-            = None,
+            out: Annotated[Optional[str], typer.Option(
+                "--out", "-o", help="Model directory (default <model>-distilled).")] = None,
             resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of the same run.")] = False,
             overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
             checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 25,

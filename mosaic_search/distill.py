@@ -98,11 +98,14 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
             raise UsageError(f"--batch-size {batch_size} does not split over {world} processes")
         student, ref, oracle_model = _load(model, teacher, oracle, device)
         windows = _windows(source, tokenizer, teacher, ref, len(plan) * batch_size, seq_len, seed, world)
+        if "onpolicy" in stages and not windows.text:
+            raise UsageError(f"--data {source}: every window holds images; on-policy steps need text prompts "
+                             "(use --stage offpolicy, or add text rows)")
         params = _trainable(student, trainable)
-        settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle, oracle_weight=oracle_weight,
-                        data=windows.describe(), stages=list(stages), steps_per_stage=per_stage, lr=lr,
-                        trainable=trainable, hidden_weight=hidden_weight, divergence=divergence,
-                        batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world)
+        settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle,
+                        oracle_weight=oracle_weight, data=windows.describe(), stages=list(stages),
+                        steps_per_stage=per_stage, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
+                        divergence=divergence, batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world)
         before = _quality(student, ref, evals) if rank == 0 else None
         opt = torch.optim.AdamW([p for _, p in params], lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
         ckpt = out.with_name(out.name + ".checkpoint")
@@ -111,22 +114,10 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
             print(f"note: resuming from {ckpt} at step {start} of {len(plan)}", file=sys.stderr)
         wrapped = _ddp(student, world)
         for step in range(start, len(plan)):
-            torch.manual_seed(_seed(seed, step, rank))
-            rows = windows.rows(step, batch_size, rank, world)
-            k = plan[:step].count(plan[step])
-            for group in opt.param_groups:
-                group["lr"] = lr * _schedule(k, per_stage)
-            if plan[step] == "offpolicy":
-                loss = _offpolicy_loss(wrapped, student, ref, rows, hidden_weight)
-            else:
-                loss = _onpolicy_loss(wrapped, student, ref, oracle_model, oracle_weight, rows, divergence)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for _, p in params], CLIP_NORM)
-            opt.step()
-            losses.append({"step": step + 1, "stage": plan[step], "loss": distributed.mean(loss.item(), world)})
+            loss = _step(step, plan, settings, wrapped, student, ref, oracle_model, windows, params, opt, rank, world)
+            losses.append({"step": step + 1, "stage": plan[step], "loss": loss})
             if progress and rank == 0:
-                progress(step + 1, len(plan), f"{plan[step]} loss {losses[-1]['loss']:.4f}")
+                progress(step + 1, len(plan), f"{plan[step]} loss {loss:.4f}")
             if (step + 1) % checkpoint_every == 0 and step + 1 < len(plan):
                 if rank == 0:
                     _checkpoint(ckpt, settings, step + 1, losses, params, opt)
@@ -147,6 +138,26 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
 def default_out(model: str, out=None) -> Path:
     """Where `distill` writes: `out`, or `<model>-distilled` beside the model directory."""
     return output_path(out, Path(str(Path(model)).rstrip("/") + "-distilled"), folder=True)
+
+
+def _step(step: int, plan: list, s: dict, wrapped, student, ref, oracle, windows, params, opt, rank: int,
+          world: int) -> float:
+    """One optimizer step of `plan[step]`'s stage, seeded from (seed, step, rank); the loss averaged over ranks."""
+    import torch
+
+    torch.manual_seed(_seed(s["seed"], step, rank))
+    rows = windows.rows(step, s["batch_size"], rank, world, text_only=plan[step] == "onpolicy")
+    for group in opt.param_groups:
+        group["lr"] = s["lr"] * _schedule(plan[:step].count(plan[step]), s["steps_per_stage"])
+    if plan[step] == "offpolicy":
+        loss = _offpolicy_loss(wrapped, ref, rows, s["hidden_weight"])
+    else:
+        loss = _onpolicy_loss(wrapped, student, ref, oracle, s["oracle_weight"], rows, s["divergence"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for _, p in params], CLIP_NORM)
+    opt.step()
+    return distributed.mean(loss.item(), world)
 
 
 def load_record(model: str | Path) -> dict:
@@ -225,29 +236,31 @@ def _load(model: str, teacher: str, oracle: str | None, device: str):
 
 
 class _Windows:
-    """Training windows and, per step, which of them each rank trains on (a pure function of seed and step)."""
+    """Training windows and, per step, which of them each rank trains on (a pure function of seed and step).
+    On-policy steps draw from the text windows only: a prompt must be plain tokens the model can continue."""
 
-    def __init__(self, windows, source: str, seed: int):
-        self.windows, self.source, self.seed = windows, source, seed
+    def __init__(self, windows, source: str, seed: int, image_token: int | None):
+        self.windows, self.source, self.seed, self.image_token = windows, source, seed, image_token
+        self.text = [i for i, im in enumerate(windows.images) if im is None]
 
     def describe(self) -> dict:
         from .data import display_name
 
-        return {"source": display_name(self.source),
-                "windows": len(self.windows), "seq_len": int(self.windows.ids.shape[1]),
+        return {"source": display_name(self.source), "windows": len(self.windows),
+                "text_windows": len(self.text), "seq_len": int(self.windows.ids.shape[1]),
                 "tokens": int(sum(self.windows.lengths))}
 
-    def rows(self, step: int, batch: int, rank: int, world: int):
-        """This rank's share of the step's global batch: epochs are seeded permutations of every window."""
+    def rows(self, step: int, batch: int, rank: int, world: int, text_only: bool = False) -> "_Rows":
+        """This rank's share of the step's global batch: epochs are seeded permutations of the windows."""
         import torch
 
-        n = len(self.windows)
+        pool = self.text if text_only else list(range(len(self.windows)))
         picked = []
         for pos in range(step * batch, (step + 1) * batch):
-            epoch, k = divmod(pos, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-            picked.append(int(order[k]))
-        return _Rows(self.windows.select(picked[rank::world]))
+            epoch, k = divmod(pos, len(pool))
+            order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            picked.append(pool[int(order[k])])
+        return _Rows(self.windows.select(picked[rank::world]), self.image_token)
 
 
 def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int, seed: int, world: int) -> _Windows:
@@ -267,7 +280,7 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
         if getattr(ref.config, "vision_config", None) is not None:
             vision = data_mod.Vision(str(teacher), ref.config.image_token_id)
         windows = data_mod.tokenize_file(source, tokenizer, want, 0, seq_len, vision, verb="training on")[0]
-    return _Windows(windows, source, seed)
+    return _Windows(windows, source, seed, getattr(ref.config, "image_token_id", None))
 
 
 def _trainable(student, which: str) -> list:
@@ -336,7 +349,7 @@ def _forward(model, rows, hidden: bool):
     return logits, (captured if hidden else None)
 
 
-def _offpolicy_loss(wrapped, student, ref, rows, hidden_weight: float):
+def _offpolicy_loss(wrapped, ref, rows, hidden_weight: float):
     """KL(teacher || student) per real token, plus hidden_weight x the mean normalised MSE of the hidden states."""
     import torch
 
@@ -353,24 +366,23 @@ def _offpolicy_loss(wrapped, student, ref, rows, hidden_weight: float):
 
 
 def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, divergence: str):
-    """The chosen divergence between the teacher (mixed with the oracle) and the student on tokens the student
-    sampled after each row's prompt (text rows; image rows are off-policy only)."""
+    """The chosen divergence between the teacher (mixed with the oracle) and the student on the tokens the student
+    sampled after each (text) row's prompt."""
     import torch
 
-    ids = rows.text_ids()
-    if ids is None:
-        raise UsageError("--stage onpolicy needs text rows in the data; these windows all carry images")
+    from .data import Windows
+
+    device = next(student.parameters()).device
+    ids = rows.w.ids.to(device)
     new = min(ONPOLICY_TOKENS, ids.shape[1] - 1)
     prompt = ids.shape[1] - new
     student.eval()
     with torch.no_grad():
-        sampled = student.generate(ids[:, :prompt].to(next(student.parameters()).device),
-                                   attention_mask=torch.ones_like(ids[:, :prompt]).to(next(student.parameters()).device),
-                                   do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
-                                   min_new_tokens=new, pad_token_id=0, cache_implementation="dynamic")
+        # exactly `new` tokens (EOS suppressed until then), so no row is ever padded
+        sampled = student.generate(ids[:, :prompt], attention_mask=torch.ones_like(ids[:, :prompt]), do_sample=True,
+                                   temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
+                                   pad_token_id=0, cache_implementation="dynamic")
     student.train()
-    from .data import Windows
-
     gen = _Rows(Windows.of(sampled.cpu()))
     with torch.no_grad():
         t_logits = _forward(ref, gen, False)[0][:, prompt - 1:-1]
@@ -401,10 +413,11 @@ def _divergence(t_logits, s_logits, kind: str, mask=None):
 
 
 class _Rows:
-    """One step's rows as model inputs: token ids, and the image inputs of rows that have images."""
+    """One step's rows as model inputs: token ids, and the image inputs of the rows that have images (with
+    Qwen3-VL's `mm_token_type_ids`, which marks the image tokens for its 3-D rotary positions)."""
 
-    def __init__(self, windows):
-        self.w = windows
+    def __init__(self, windows, image_token: int | None = None):
+        self.w, self.image_token = windows, image_token
 
     def inputs(self, device) -> dict:
         import torch
@@ -414,6 +427,7 @@ class _Rows:
         if images:
             out["pixel_values"] = torch.cat([im["pixel_values"] for im in images]).to(device)
             out["image_grid_thw"] = torch.cat([im["image_grid_thw"] for im in images]).to(device)
+            out["mm_token_type_ids"] = (self.w.ids == self.image_token).int().to(device)
         return out
 
     def mask(self, device):
@@ -422,11 +436,6 @@ class _Rows:
 
         real = torch.arange(self.w.ids.shape[1])[None] < torch.tensor(self.w.lengths)[:, None]
         return real.float().to(device)
-
-    def text_ids(self):
-        """Token ids of the rows without images, or None when every row has images."""
-        keep = [i for i, im in enumerate(self.w.images) if im is None]
-        return self.w.ids[keep] if keep else None
 
 
 # ---- durability ----------------------------------------------------------------------------------
