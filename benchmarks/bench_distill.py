@@ -5,12 +5,13 @@ stage 1 alone and against plain cross-entropy fine-tuning on the same text (the 
 
 For each TPOT target (1.4x, 1.6x): `mosaic solve` on the profile and the sensitivity table, `mosaic build` with the
 table's candidate library, then from that one build:
-- `distill` (both stages, the default budget) at each learning rate of the search;
-- `distill --stage offpolicy` with the stage's steps (stage 1 alone) and with both stages' steps;
-- cross-entropy fine-tuning: the same loop, data, trainable set, steps (both stages' worth) and learning-rate search,
-  with the off-policy loss replaced by next-token cross-entropy on the data (no teacher).
+- `distill --trainable all` (both stages, the default steps) at each learning rate of the search, and
+  `--trainable mixers` at the better one;
+- `distill --stage offpolicy` (stage 1 alone, the same steps per stage) at the better learning rate;
+- cross-entropy fine-tuning: the same loop, data and trainable set, both stages' worth of steps and the same
+  learning-rate search, with the off-policy loss replaced by next-token cross-entropy on the data (no teacher).
 Every model is measured by `mosaic eval` (tiny's held-out windows and recall probes). Gap recovered = (held-out
-loss built - after) / (built - teacher). Results: DIR/distill.json and DIR/distill.log (one line per run).
+loss built - after) / (built - teacher). Results: DIR/distill-<targets>.json and .log (one line per run).
 """
 
 from __future__ import annotations
@@ -47,9 +48,14 @@ def main() -> None:
     ap.add_argument("--profile", default="benchmarks/results/cpu/profile.json")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=None, help="steps per stage (default: distill's default)")
+    ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="TPOT targets, e.g. 1.4,1.6")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (e.g. 1 per process, one per target)")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from mosaic_search import builder, distill as distill_mod, solver
     from mosaic_search.evaluate import eval_set, measure
@@ -59,7 +65,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or distill_mod.DEFAULT_STEPS
-    log = (out / "distill.log").open("a")
+    log = (out / f"distill-{args.targets}.log").open("a")
     teacher = load_model("tiny")
     evals = eval_set("tiny")
     results = {"machine": f"{platform.machine()} {platform.processor()}, torch {torch.__version__}, "
@@ -75,14 +81,14 @@ def main() -> None:
         path = distill_mod.distill(str(model), out=target_dir / name, overwrite=True, quality=False, **kw)
         seconds = time.perf_counter() - start
         q = measure(load_model(str(path)), teacher, evals)
-        row = {"run": name, "seconds": seconds, **{k: kw.get(k) for k in ("stage", "steps", "lr")}, **q}
+        row = {"run": name, "seconds": seconds, **{k: kw.get(k) for k in ("stage", "steps", "lr", "trainable")}, **q}
         say(f"{target_dir.name} {name}: KL {q['kl']:.4f} loss {q['heldout_loss']:.4f} recall {q['recall']} "
             f"{seconds:.0f} s")
         return row
 
     results["teacher"] = measure(teacher, teacher, evals)
     say(f"teacher: loss {results['teacher']['heldout_loss']:.4f} recall {results['teacher']['recall']}")
-    for target in TARGETS:
+    for target in [float(t) for t in args.targets.split(",")]:
         plan_file = out / f"plan-tpot-{target}x.json"
         plan = solver.solve(tpot_speedup=target, workloads=list(WORKLOADS), profile=args.profile,
                             scores=args.scores, out=str(plan_file), overwrite=True)
@@ -91,14 +97,15 @@ def main() -> None:
         before = measure(load_model(str(built)), teacher, evals)
         say(f"{d.name} built {plan.pattern}: KL {before['kl']:.4f} loss {before['heldout_loss']:.4f} "
             f"recall {before['recall']} predicted loss {plan.objective:.4f}")
-        rows = [run(f"both-lr{lr:g}", built, d, stage="both", steps=steps, lr=lr) for lr in LRS]
-        best = min(rows, key=lambda r: r["heldout_loss"])
-        rows.append(run("offpolicy", built, d, stage="offpolicy", steps=steps, lr=best["lr"]))
-        rows.append(run("offpolicy-2x", built, d, stage="offpolicy", steps=2 * steps, lr=best["lr"]))
+        rows = [run(f"both-all-lr{lr:g}", built, d, stage="both", steps=steps, lr=lr, trainable="all") for lr in LRS]
+        best = min(rows, key=lambda r: r["heldout_loss"])["lr"]
+        rows.append(run("both-mixers", built, d, stage="both", steps=steps, lr=best, trainable="mixers"))
+        rows.append(run("offpolicy-all", built, d, stage="offpolicy", steps=steps, lr=best, trainable="all"))
         kl_loss = distill_mod._offpolicy_loss
         distill_mod._offpolicy_loss = ce_loss
         try:
-            rows += [run(f"ce-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr) for lr in LRS]
+            rows += [run(f"ce-all-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr, trainable="all")
+                     for lr in LRS]
         finally:
             distill_mod._offpolicy_loss = kl_loss
         gap = before["heldout_loss"] - results["teacher"]["heldout_loss"]
@@ -106,7 +113,7 @@ def main() -> None:
             r["gap_recovered"] = (before["heldout_loss"] - r["heldout_loss"]) / gap
         results["plans"][str(target)] = {"pattern": plan.pattern, "predicted_loss": plan.objective,
                                          "predicted": plan.predicted, "built": before, "runs": rows}
-        (out / "distill.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        (out / f"distill-{args.targets}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

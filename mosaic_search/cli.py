@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from . import distill as distill_defaults  # defaults shown in --help; the module imports no torch at top level
+from . import evaluate as eval_defaults
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, Interrupted, MosaicError
 from .operators import OPS_HELP
 
@@ -398,22 +400,27 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             data: Annotated[Optional[str], typer.Option(
                 help="Training text: .txt, .jsonl or .parquet, or 'self' (default: as score).")] = None,
             stage: Annotated[str, typer.Option(help="offpolicy, onpolicy or both.")] = "both",
-            steps: Annotated[Optional[int], typer.Option(help="Optimizer steps per stage (default 150).")] = None,
+            steps: Annotated[Optional[int], typer.Option(help=f"Optimizer steps per stage (default {distill_defaults.DEFAULT_STEPS}).")] = None,
             tokens: Annotated[Optional[int], typer.Option(help="Instead of --steps: training tokens per stage.")]
             = None,
-            lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+            lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")]
+            = distill_defaults.DEFAULT_LR,
             trainable: Annotated[str, typer.Option(
                 help="replaced (the swapped-in mixers), mixers (every layer's token mixer) or all.")] = "mixers",
             hidden_weight: Annotated[float, typer.Option(
-                help="Off-policy: weight of the per-layer hidden-state alignment term (0: off).")] = 0.1,
+                help="Off-policy: weight of the per-layer hidden-state alignment term (0: off).")]
+            = distill_defaults.DEFAULT_HIDDEN_WEIGHT,
             divergence: Annotated[str, typer.Option(help="On-policy: forward, reverse or jsd.")] = "forward",
-            batch_size: Annotated[int, typer.Option(help="Windows per step (global, over every process).")] = 4,
-            seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 512,
+            batch_size: Annotated[int, typer.Option(help="Windows per step (global, over every process).")]
+            = distill_defaults.DEFAULT_BATCH,
+            seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")]
+            = distill_defaults.DEFAULT_SEQ_LEN,
             out: Annotated[Optional[str], typer.Option(
                 "--out", "-o", help="Model directory (default <model>-distilled).")] = None,
             resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of the same run.")] = False,
             overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
-            checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 25,
+            checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")]
+            = distill_defaults.CHECKPOINT_EVERY,
             eval_data: Annotated[Optional[str], typer.Option(
                 help="Held-out text for the quality before/after (default: tiny's; other teachers: none).")] = None,
             quality: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure quality before and after.")]
@@ -456,8 +463,9 @@ def eval_(model: Annotated[str, typer.Argument(help="A model directory (built or
           probes: Annotated[Optional[str], typer.Option(
               help="Recall probes, JSON lines {prompt, answer, distance} (default: tiny's recall_eval.jsonl).")]
           = None,
-          windows: Annotated[int, typer.Option(help="Held-out windows.")] = 8,
-          seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per held-out window.")] = 1024,
+          windows: Annotated[int, typer.Option(help="Held-out windows.")] = eval_defaults.EVAL_WINDOWS,
+          seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per held-out window.")]
+          = eval_defaults.EVAL_SEQ_LEN,
           device: DeviceOpt = "cpu", as_json: JsonOpt = False):
     """Measured quality against the teacher: KL, held-out loss and recall (the numbers every report uses)."""
     from .evaluate import evaluate

@@ -35,7 +35,7 @@ RECORD_FILE = "distill_record.json"
 STAGES = ("offpolicy", "onpolicy", "both")
 TRAINABLE = ("replaced", "mixers", "all")
 DIVERGENCES = ("forward", "reverse", "jsd")
-DEFAULT_STEPS = 150  # per stage; see BENCHMARKS.md "Recovery" for the budget this buys on the embedded teacher
+DEFAULT_STEPS = 100  # per stage; see BENCHMARKS.md "Recovery" for the budget this buys on the embedded teacher
 DEFAULT_BATCH = 4
 DEFAULT_SEQ_LEN = 512
 DEFAULT_LR = 1e-3
@@ -45,6 +45,7 @@ CLIP_NORM = 1.0
 ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a prompt of the rest of a data window
 JSD_BETA = 0.5
 CHECKPOINT_EVERY = 25
+SELF_WINDOWS = 64
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 
 
@@ -264,8 +265,9 @@ class _Windows:
 
 
 def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int, seed: int, world: int) -> _Windows:
-    """Training windows of `seq_len` tokens: the first `want` of the data file (fewer are reused by epochs), or
-    `want` sequences sampled from the teacher for `self`."""
+    """Training windows of `seq_len` tokens: the first `want` of the data file, or for `self` at most SELF_WINDOWS
+    sequences sampled from the teacher (sampling is sequential decoding, the slowest part of a run); fewer windows
+    than `want` are reused epoch after epoch."""
     from . import data as data_mod
     from .surgery import dims_of
 
@@ -273,7 +275,8 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
     if seq_len > positions:
         raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {positions} positions")
     if source == data_mod.SELF:
-        sampled = data_mod.sample_from_teacher(ref, want, seq_len, seed) if distributed.rank() == 0 else None
+        n = min(want, SELF_WINDOWS)
+        sampled = data_mod.sample_from_teacher(ref, n, seq_len, seed) if distributed.rank() == 0 else None
         windows = data_mod.Windows.of(distributed.broadcast(sampled, world))
     else:
         vision = None

@@ -143,6 +143,23 @@ def test_bad_data_and_a_foreign_oracle_fail_before_training(builds, tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+def test_a_model_with_another_tokenizer_is_refused(builds, tmp_path, capsys):
+    import shutil
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    other = tmp_path / "other"
+    shutil.copytree(builds["drop"], other)
+    for f in other.glob("tokenizer*"):
+        f.unlink()
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>").save_pretrained(other)
+    assert main(["distill", str(other), "--out", str(tmp_path / "o"), "--no-eval"]) == 2
+    assert "its tokenizer differs from the teacher's" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_oracle_of_the_same_vocabulary_joins_the_onpolicy_stage(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", oracle="tiny", oracle_weight=0.5,
                               stage="onpolicy", divergence="jsd", **QUICK)
