@@ -246,6 +246,7 @@ def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
                         tokens=None, lr=0.01, trainable="all", hidden_weight=0.0, divergence="jsd", batch_size=8,
                         seq_len=128, out="o", resume=True, overwrite=True, checkpoint_every=5, eval_data="E",
                         quality=False, seed=3, device="cpu")
+    capsys.readouterr()
     got = {}
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda model, **kw: got.update(model=model, **kw) or {
         "model": model, "teacher": "tiny", "kl": 0.5, "heldout_loss": 1.0, "tokens": 9,
