@@ -4,12 +4,11 @@ stage 1 alone and against plain cross-entropy fine-tuning on the same text (the 
     python benchmarks/bench_distill.py --scores S.json [--profile P.json] --out DIR
 
 For each TPOT target (1.4x, 1.6x): `mosaic solve` on the profile and the sensitivity table, `mosaic build` with the
-table's candidate library, then from that one build:
-- `distill --trainable all` (both stages, the default steps) at each learning rate of the search, and
-  `--trainable mixers` at the better one;
-- `distill --stage offpolicy` (stage 1 alone, the same steps per stage) at the better learning rate;
-- cross-entropy fine-tuning: the same loop, data and trainable set, both stages' worth of steps and the same
-  learning-rate search, with the off-policy loss replaced by next-token cross-entropy on the data (no teacher).
+table's candidate library, then from that one build, every run with distill's defaults unless named:
+- `distill` (both stages);
+- `distill --stage offpolicy` (stage 1 alone, the same steps per stage);
+- cross-entropy fine-tuning: the same loop, trainable set and text (the same teacher samples), both stages' worth of
+  steps, at each learning rate of LRS, with the off-policy loss replaced by next-token cross-entropy (no teacher).
 Every model is measured by `mosaic eval` (tiny's held-out windows and recall probes). Gap recovered = (held-out
 loss built - after) / (built - teacher). Results: DIR/distill-<targets>.json and .log (one line per run).
 """
@@ -81,7 +80,9 @@ def main() -> None:
         path = distill_mod.distill(str(model), out=target_dir / name, overwrite=True, quality=False, **kw)
         seconds = time.perf_counter() - start
         q = measure(load_model(str(path)), teacher, evals)
-        row = {"run": name, "seconds": seconds, **{k: kw.get(k) for k in ("stage", "steps", "lr", "trainable")}, **q}
+        settings = distill_mod.load_record(path)
+        row = {"run": name, "seconds": seconds, **{k: settings[k] for k in ("stages", "steps_per_stage", "lr",
+                                                                            "trainable", "data")}, **q}
         say(f"{target_dir.name} {name}: KL {q['kl']:.4f} loss {q['heldout_loss']:.4f} recall {q['recall']} "
             f"{seconds:.0f} s")
         return row
@@ -97,17 +98,15 @@ def main() -> None:
         before = measure(load_model(str(built)), teacher, evals)
         say(f"{d.name} built {plan.pattern}: KL {before['kl']:.4f} loss {before['heldout_loss']:.4f} "
             f"recall {before['recall']} predicted loss {plan.objective:.4f}")
-        rows = [run(f"both-all-lr{lr:g}", built, d, stage="both", steps=steps, lr=lr, trainable="all") for lr in LRS]
-        best = min(rows, key=lambda r: r["heldout_loss"])["lr"]
-        rows.append(run("both-mixers", built, d, stage="both", steps=steps, lr=best, trainable="mixers"))
-        rows.append(run("offpolicy-all", built, d, stage="offpolicy", steps=steps, lr=best, trainable="all"))
-        kl_loss = distill_mod._offpolicy_loss
+        rows = [run("both", built, d, stage="both", steps=steps),
+                run("offpolicy", built, d, stage="offpolicy", steps=steps)]
+        kl_loss, windows = distill_mod._offpolicy_loss, distill_mod.SELF_WINDOWS
         distill_mod._offpolicy_loss = ce_loss
+        distill_mod.SELF_WINDOWS = steps * distill_mod.DEFAULT_BATCH  # the same samples as the distill runs
         try:
-            rows += [run(f"ce-all-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr, trainable="all")
-                     for lr in LRS]
+            rows += [run(f"ce-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr) for lr in LRS]
         finally:
-            distill_mod._offpolicy_loss = kl_loss
+            distill_mod._offpolicy_loss, distill_mod.SELF_WINDOWS = kl_loss, windows
         gap = before["heldout_loss"] - results["teacher"]["heldout_loss"]
         for r in rows:
             r["gap_recovered"] = (before["heldout_loss"] - r["heldout_loss"]) / gap

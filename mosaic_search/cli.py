@@ -398,7 +398,8 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                 help="A stronger teacher with the same tokenizer, mixed into the on-policy stage.")] = None,
             oracle_weight: Annotated[float, typer.Option(help="Weight of the oracle's divergence (0..1).")] = 0.5,
             data: Annotated[Optional[str], typer.Option(
-                help="Training text: .txt, .jsonl or .parquet, or 'self' (default: as score).")] = None,
+                help="Training data: .txt, .jsonl or .parquet, or 'self' (default: sampled from the teacher).")]
+            = None,
             stage: Annotated[str, typer.Option(help="offpolicy, onpolicy or both.")] = "both",
             steps: Annotated[Optional[int], typer.Option(help=f"Optimizer steps per stage (default {distill_defaults.DEFAULT_STEPS}).")] = None,
             tokens: Annotated[Optional[int], typer.Option(help="Instead of --steps: training tokens per stage.")]
@@ -406,7 +407,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")]
             = distill_defaults.DEFAULT_LR,
             trainable: Annotated[str, typer.Option(
-                help="replaced (the swapped-in mixers), mixers (every layer's token mixer) or all.")] = "mixers",
+                help="all, mixers (every layer's token mixer) or replaced (the swapped-in mixers).")] = "all",
             hidden_weight: Annotated[float, typer.Option(
                 help="Off-policy: weight of the per-layer hidden-state alignment term (0: off).")]
             = distill_defaults.DEFAULT_HIDDEN_WEIGHT,

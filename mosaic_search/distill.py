@@ -45,13 +45,16 @@ CLIP_NORM = 1.0
 ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a prompt of the rest of a data window
 JSD_BETA = 0.5
 CHECKPOINT_EVERY = 25
-SELF_WINDOWS = 64
+# `self` data: the off-policy stage's windows, sampled once (at most this many; fewer are reused by epochs). On the
+# embedded teacher, 400 fresh samples recovered 81% of a plan's held-out gap where its 32 calibration windows, seen
+# 12 times each, recovered 21% (BENCHMARKS.md "Recovery").
+SELF_WINDOWS = 1024
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 
 
 def distill(model: str, teacher: str | None = None, oracle: str | None = None, oracle_weight: float = 0.5,
             data: str | None = None, stage: str = "both", steps: int | None = None, tokens: int | None = None,
-            lr: float = DEFAULT_LR, trainable: str = "mixers", hidden_weight: float = DEFAULT_HIDDEN_WEIGHT,
+            lr: float = DEFAULT_LR, trainable: str = "all", hidden_weight: float = DEFAULT_HIDDEN_WEIGHT,
             divergence: str = "forward", batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
             out=None, resume: bool = False, overwrite: bool = False, checkpoint_every: int = CHECKPOINT_EVERY,
             eval_data: str | None = None, quality: bool = True, seed: int = 0, device: str = "cpu",
@@ -59,10 +62,10 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     """Distill the mosaic model directory `model` from its teacher and write the recovered model to `out`
     (default `<model>-distilled`); return its path.
 
-    `teacher` defaults to the one recorded in the model's plan; `data` to the teacher's calibration source (`score`'s
-    default); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
-    `replaced` (the mixers the plan swapped in), `mixers` (every layer's token mixer: after attention is removed or
-    dropped somewhere, the remaining ones must take over its work) or `all`. Errors before any training: bad data,
+    `teacher` defaults to the one recorded in the model's plan; `data` to "self", sequences sampled from the teacher
+    (a file: .txt/.jsonl/.parquet, for VLM image rows too); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
+    `all` (the default: on the embedded teacher it recovered more than `mixers` at the same steps), `mixers` (every
+    layer's token mixer) or `replaced` (the mixers the plan swapped in; nothing for a plan of none/drop layers). Errors before any training: bad data,
     a tokenizer or oracle vocabulary that differs from the teacher's, an existing `out` without `overwrite`.
     `quality`: measure the model before and after (`evaluate.measure`) on `eval_data` (for `tiny`: its default
     evaluation set; any other teacher: only when `eval_data` is given).
@@ -90,7 +93,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     stages = ("offpolicy", "onpolicy") if stage == "both" else (stage,)
     plan = [s for s in stages for _ in range(per_stage)]
     tokenizer = _same_tokenizer(model, teacher, oracle)
-    source = data_mod.check_source(data or data_mod.default_source(teacher))
+    source = data_mod.check_source(data or data_mod.SELF)
     evals = eval_set(teacher, eval_data, tokenizer=tokenizer) if quality and (eval_data or teacher == TINY) else None
     check_device(device)
 
@@ -98,11 +101,11 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
         if batch_size % world:
             raise UsageError(f"--batch-size {batch_size} does not split over {world} processes")
         student, ref, oracle_model = _load(model, teacher, oracle, device)
-        windows = _windows(source, tokenizer, teacher, ref, len(plan) * batch_size, seq_len, seed, world)
+        params = _trainable(student, trainable)
+        windows = _windows(source, tokenizer, teacher, ref, per_stage * batch_size, seq_len, seed, world)
         if "onpolicy" in stages and not windows.text:
             raise UsageError(f"--data {source}: every window holds images; on-policy steps need text prompts "
                              "(use --stage offpolicy, or add text rows)")
-        params = _trainable(student, trainable)
         settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle,
                         oracle_weight=oracle_weight, data=windows.describe(), stages=list(stages),
                         steps_per_stage=per_stage, lr=lr, trainable=trainable, hidden_weight=hidden_weight,

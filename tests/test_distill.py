@@ -65,11 +65,12 @@ def test_eval_set_errors_are_one_line_usage_errors(tmp_path):
 def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", **QUICK)
+    out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", trainable="mixers", **QUICK)
     record = distill_mod.load_record(out)
     assert [(r["step"], r["stage"]) for r in record["losses"]] == [(1, "offpolicy"), (2, "offpolicy"),
                                                                    (3, "onpolicy"), (4, "onpolicy")]
     assert all(r["loss"] > 0 for r in record["losses"]) and record["teacher"] == "tiny"
+    assert record["data"]["source"] == "sampled from the teacher" and record["trainable"] == "mixers"
     assert (out / builder.PLAN_FILE).read_bytes() == (builds["swa"] / builder.PLAN_FILE).read_bytes()
     assert not (tmp_path / "d.checkpoint").exists()
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
