@@ -295,7 +295,7 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
             batch = _Batch(pe=pe, hidden=[], deepstack=deepstack, keep=keep)
             for i, layer in enumerate(stack.layers):
                 batch.hidden.append(h.to(store))
-                nxt = stack.run_layer(layer, h, pe)
+                nxt = stack.run_layer(layer, h, pe, index=i)
                 if scored:
                     lost = 1 - F.cosine_similarity(h.float(), nxt.float().to(h.device), dim=-1)
                     influence[i] += float((lost if keep is None else lost[keep]).double().sum())
@@ -364,11 +364,11 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
         attention = surgery.teacher_attention(ctx.model, layer)
         pool = ctx.align or ctx.batches
         hidden = torch.cat([b.hidden[layer] for b in pool])
-        pe = tuple(torch.cat([b.pe[k] for b in pool]) for k in range(2))
+        pe = tuple(torch.cat([ctx.stack.layer_pe(b.pe, layer)[k] for b in pool]) for k in range(2))
         train = align_mod.teacher_pairs(norm, attention, hidden, pe)
         first = ctx.batches[0]
         held = align_mod.teacher_pairs(norm, attention, first.hidden[layer][:HELD_OUT_ROWS],
-                                       tuple(t[:HELD_OUT_ROWS] for t in first.pe))
+                                       tuple(t[:HELD_OUT_ROWS] for t in ctx.stack.layer_pe(first.pe, layer)))
         extra.update(align_mod.align(mixer, train, held, steps, item_seed))
         weights = {k: v.detach().cpu().contiguous() for k, v in mixer.state_dict().items()}
         del mixer, train, held
@@ -392,7 +392,7 @@ def _evaluate(ctx: _Context, start: int) -> tuple[float, float]:
         for b in ctx.batches:
             h = b.hidden[start].to(ctx.device)
             for j in range(start, ctx.num_layers):
-                h = ctx.stack.run_layer(ctx.stack.layers[j], h, b.pe)
+                h = ctx.stack.run_layer(ctx.stack.layers[j], h, b.pe, index=j)
                 if b.deepstack is not None:  # as the model does after every layer, swapped or not
                     h = b.deepstack.after(j, h)
             g = _final(ctx.stack, h, b.keep)
