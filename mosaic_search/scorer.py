@@ -42,7 +42,6 @@ DEFAULT_SEQ_LEN = 512
 DEFAULT_ALIGN_STEPS = 40
 ALIGN_WINDOWS = 8  # calibration windows (disjoint from the scored ones when the data allows) that alignment trains on
 HELD_OUT_ROWS = 2  # scored windows on which alignment reports its normalised MSE
-TEACHER_OP = "gqa"
 
 
 def table_path(teacher: str, out=None) -> Path:
@@ -91,7 +90,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     config = load_config(teacher)
     ref = model_ref(teacher, config)
     dims = surgery.dims_of(config)
-    cands = _candidates(ops, dims)
+    teacher_ops = surgery.teacher_ops(config)  # each layer's own operator: its reference row, scoring 0
+    cands = _candidates(ops, dims, teacher_ops)
     seq_len = _count("--seq-len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
     tokens = _count("--tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
     if tokens < seq_len:
@@ -120,7 +120,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None)
         tfp = _weights_fingerprint(model, ref)
         fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
-               for layer in range(ctx.num_layers) for c in cands if c.op != TEACHER_OP}
+               for layer in range(ctx.num_layers) for c in cands if c != teacher_ops[layer]}
         files = _Files(path)
         if rank == 0:
             if not resume:
@@ -138,13 +138,15 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         _barrier(world)
         if rank == 0:
             env = environment(device)
-            table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps)
+            table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps, teacher_ops)
         _barrier(world)
     return table if rank == 0 else schema.load_sensitivity(path)
 
 
-def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int) -> SensitivityTable:
-    """Merge every rank's finished items into the table and the library, write both, drop the progress files."""
+def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int,
+            teacher_ops: list) -> SensitivityTable:
+    """Merge every rank's finished items into the table and the library, write both, drop the progress files;
+    `teacher_ops[layer]`, the teacher's own operator there, gets the reference row scoring 0."""
     from .data import SELF
 
     finished = _finished(files, fps)
@@ -155,7 +157,7 @@ def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ct
     entries = []
     for layer in range(ctx.num_layers):
         for c in cands:
-            if c.op == TEACHER_OP:
+            if c == teacher_ops[layer]:
                 extra = {"reference": True, "block_influence": ctx.block_influence[layer]}
                 entries.append(SensitivityEntry(layer, c, 0.0, 0.0, 0, extra))
                 continue
@@ -186,13 +188,13 @@ def cost(dims, candidates, tokens: int, seq_len: int, align_steps: int) -> dict:
     layer = attn + 3 * h * dims.intermediate_size
     head = dims.vocab_size * h
     full = L * layer + head
-    scored = [c for c in candidates if c.op != TEACHER_OP]
-    n_aligned = sum(c.spec.aligned for c in scored)
+    scored = len(candidates) - 1  # per layer, every candidate but the teacher's own (`_candidates` includes it)
+    n_aligned = sum(c.spec.aligned for c in candidates)  # the teacher's own operators are never aligned
     teacher = (full + head) / full
-    items = len(scored) * sum((L - i) * layer + head for i in range(L)) / full
+    items = scored * sum((L - i) * layer + head for i in range(L)) / full
     pool, step = ALIGN_WINDOWS * seq_len, align_mod.BATCH_ROWS * seq_len
     align = (pool * L * layer + L * n_aligned * (pool + 3 * align_steps * step) * attn) / (tokens * full)
-    done, naive = teacher + items + align, L * len(scored) + align
+    done, naive = teacher + items + align, L * scored + align
     return {"teacher_full_forwards": teacher, "items_full_forwards": items, "align_full_forwards": align,
             "done_full_forwards": done, "naive_full_forwards": naive, "ratio": done / naive}
 
@@ -588,11 +590,10 @@ def _count(name: str, value, minimum: int) -> int:
     return value
 
 
-def _candidates(ops, dims) -> list[Candidate]:
+def _candidates(ops, dims, teacher_ops) -> list[Candidate]:
     cands = parse_candidates(ops, dims)
-    if not any(c.op == TEACHER_OP for c in cands):
-        cands.insert(0, Candidate.of(TEACHER_OP))  # the reference row every table carries
-    return cands
+    # the reference rows every table carries: each layer's own operator (gqa, or the teacher's window)
+    return [c for c in dict.fromkeys(teacher_ops) if c not in cands] + cands
 
 
 def _load_teacher(teacher: str, device: str, device_map, dtype: str):
@@ -615,6 +616,9 @@ def _load_teacher(teacher: str, device: str, device_map, dtype: str):
                              ) from None
     if getattr(model.config, "_attn_implementation", None) == "eager":
         model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is
+    from .surgery import own_mixers
+
+    own_mixers(model)  # a sliding window is not applied without a mask either
     return model
 
 

@@ -70,6 +70,17 @@ def teacher_ops(config) -> list[Candidate]:
     return out
 
 
+def own_mixers(model) -> None:
+    """Give every layer whose own operator is not gqa (a sliding window) mosaic's mixer of that operator, initialised
+    from its attention: the stages run layers without the model's masks (`TextStack.run_layer`), which a teacher's
+    sliding-window attention needs and mosaic's mixers do not. Numerically the teacher's attention (tests); from then
+    on it is the layer's teacher attention (`teacher_attention`) that swaps start from and alignment imitates."""
+    gqa = Candidate.of("gqa")
+    for i, c in enumerate(teacher_ops(model.config)):
+        if c != gqa:
+            decoder_layers(model)[i].self_attn = build_mixer(model, i, c)
+
+
 def decoder_layers(model):
     """The text decoder layers of a loaded model."""
     return arch_mod.decoder_layers(model, architecture(model.config).record)

@@ -12,7 +12,7 @@ class Architecture:
 
     `qk_norm`: None, "rms" (Qwen3: w * x) or "gemma" (Gemma 3: (1 + w) * x, weights stored around zero), applied per
     head to q and k before RoPE. `bias`: "config" (the config's `attention_bias` on q/k/v/o) or "qkv" (Qwen2: q, k and
-    v biased, o not). `fused_qkv`: one `qkv_proj` (Phi-3), split into q/k/v rows when a mixer is initialised from it.
+    v biased, o not). A fused `qkv_proj` (Phi-3) needs no field: `projections.teacher_projections` splits it.
     `query_scalar`: the config field whose inverse square root scales the scores (Gemma 3's `query_pre_attn_scalar`;
     None: head_dim). `rope_by_layer_type`: the rotary embedding takes the layer type (Gemma 3: local layers rotate
     with base 10k, global ones with 1M), so each layer keeps its teacher layer's RoPE whatever mixer it gets.
@@ -26,7 +26,6 @@ class Architecture:
     vision: bool = False
     qk_norm: str | None = None
     bias: str = "config"
-    fused_qkv: bool = False
     query_scalar: str | None = None
     rope_by_layer_type: bool = False
     mrope: bool = False  # 3-D (t, h, w) rotary positions (Qwen-VL)
@@ -48,7 +47,7 @@ ARCHITECTURES = {a.model_type: a for a in (
                  image_inputs=True),
     Architecture("qwen2", "model.layers", None, bias="qkv", masks_by_layer_type=True),
     Architecture("mistral", "model.layers", None),
-    Architecture("phi3", "model.layers", None, fused_qkv=True),
+    Architecture("phi3", "model.layers", None),
     Architecture("gemma3_text", "model.layers", None, qk_norm="gemma", query_scalar="query_pre_attn_scalar",
                  rope_by_layer_type=True, masks_by_layer_type=True, unsupported=_GEMMA_UNSUPPORTED),
     Architecture("gemma3", "model.language_model.layers", "text_config", vision=True, qk_norm="gemma",

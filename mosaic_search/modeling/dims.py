@@ -24,7 +24,6 @@ class ModelDims:
     norm_offset: float = 0.0  # q/k norms scale by (offset + weight): 1 for Gemma's norms stored around zero
     scaling: float | None = None  # softmax scale of q.k; None: head_dim ** -0.5
     rotary_dim: int | None = None  # leading dims of each head that RoPE rotates (Phi-3's partial RoPE); None: all
-    fused_qkv: bool = False  # the teacher's q/k/v live in one qkv_proj (Phi-3)
 
     @property
     def kv_dim(self) -> int:
@@ -62,7 +61,7 @@ class ModelDims:
                    max_position=getattr(cfg, "max_position_embeddings", 4096),
                    o_bias=False if arch.bias == "qkv" else None, norm_offset=1.0 if arch.qk_norm == "gemma" else 0.0,
                    scaling=getattr(cfg, arch.query_scalar) ** -0.5 if arch.query_scalar else None,
-                   rotary_dim=int(head_dim * partial) if partial != 1.0 else None, fused_qkv=arch.fused_qkv)
+                   rotary_dim=int(head_dim * partial) if partial != 1.0 else None)
 
 
 def mla_rope_dims(dims: ModelDims) -> int:
