@@ -350,6 +350,7 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
     import torch
 
     from . import surgery
+    from .modeling.architectures import image_architectures
     from .models import load_config, model_from_config
 
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -358,6 +359,9 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
         raise UsageError(f"--image-tokens must be 0 or more, got {image_tokens}")
     if image_tokens and getattr(config, "vision_config", None) is None:
         raise UsageError(f"--image-tokens {image_tokens}: {model} is a text-only model")
+    if image_tokens and not surgery.architecture(config).record.image_inputs:
+        raise UsageError(f"--image-tokens {image_tokens}: mosaic encodes images only through the vision towers of "
+                         f"{', '.join(image_architectures())} (profile {model} without it: its text layers)")
     with torch.device(device):
         net = model_from_config(config, dtype=dtype, seed=seed)
     teacher = surgery.teacher_ops(config)

@@ -104,7 +104,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     if source != data_mod.SELF:
         tok = data_mod.tokenizer_of(teacher)
         vision = None
-        if getattr(config, "vision_config", None) is not None:
+        if surgery.architecture(config).record.image_inputs:  # other VLMs score on text (data.py refuses images)
             vision = data_mod.Vision(str(teacher), config.image_token_id)
         windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
