@@ -162,3 +162,24 @@ def test_unsupported_model_type_is_one_line_with_the_nearest_exit_2(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
     assert len(err.splitlines()) == 1 and 'did you mean "qwen2"' in err and "gemma3_text" in err
+
+
+def test_qwen2_5_vl_images_run_through_the_teachers_tower_and_mrope(chain):
+    """An image prompt: the built model equals the swapped teacher, and generates the same with and without cache."""
+    c = chain["qwen2_5_vl"]
+    ids = torch.tensor([[5, 6, 92, *[90] * 4, 93, 7, 8, 9]])  # a 16x16 image: 4x4 patches of 4 pixels, merged 2x2
+    inputs = {"input_ids": ids, "image_grid_thw": torch.tensor([[1, 4, 4]]),
+              "pixel_values": torch.randn(16, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(1))}
+    plan = schema.load_plan(c["builds"]["mixed"] / "mosaic_plan.json")
+    swapped = load_model(c["teacher"])
+    torch.manual_seed(0)
+    for i, cand in enumerate(plan.layers):
+        surgery.swap(swapped, i, cand)
+    model = _load_built(c["builds"]["mixed"])
+    kwargs = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, swapped(**inputs, use_cache=False).logits,
+                                   rtol=1e-5, atol=1e-5)
+        uncached = model.generate(**inputs, use_cache=False, **kwargs)
+        for cache in ("static", "dynamic"):
+            assert torch.equal(model.generate(**inputs, cache_implementation=cache, **kwargs), uncached)
