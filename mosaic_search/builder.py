@@ -173,9 +173,12 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     prompt = torch.randint(3, dims.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                   attention_mask=torch.ones_like(prompt))
+    own = surgery.teacher_ops(model.config)
+    for i, c in enumerate(own):  # every layer as the built class holds it (e.g. Phi-3's fused qkv split)
+        surgery.swap(model, i, c)
     results = []
     for cand in candidates:
-        layers = surgery.teacher_ops(model.config)
+        layers = list(own)
         layers[layer] = cand
         surgery.swap(model, layer, cand)
         built = as_built(model, layers, seed)

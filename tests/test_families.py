@@ -183,3 +183,10 @@ def test_qwen2_5_vl_images_run_through_the_teachers_tower_and_mrope(chain):
         uncached = model.generate(**inputs, use_cache=False, **kwargs)
         for cache in ("static", "dynamic"):
             assert torch.equal(model.generate(**inputs, cache_implementation=cache, **kwargs), uncached)
+
+
+@pytest.mark.parametrize("kind", ["phi3", "gemma3_text"])
+def test_check_generation_builds_each_operator_into_a_layer(chain, kind):
+    """`mosaic check` on a fused-qkv teacher and on a hybrid one (layer 1 is a Gemma 3 global layer)."""
+    rows = builder.check_generation(chain[kind]["teacher"], layer=1, new_tokens=4, candidates=OPS)
+    assert [r["candidate"] for r in rows] == [str(c) for c in OPS] and all(r["match"] for r in rows)
