@@ -5,9 +5,9 @@ timed once, in a randomly initialised model with the real dimensions, and that m
 every layer: the candidate goes into the first `layers_per_sample` layers (all of them on CPU, one on CUDA),
 a sample runs them in sequence, and the entry is the sample over that count. Also timed: the fixed part
 (embeddings, final norm, LM head on the last token) and the whole-model baseline, both through the same
-`TextStack` the layers run in. The baseline is the teacher's math with mosaic's mixer of the teacher's own operator in every
-layer (numerically the teacher's attention; see tests), so baseline, layers and validation share one
-harness. On CPU the timer is paired: every sample runs right after a step of an untouched copy of the
+`TextStack` the layers run in. The baseline is the teacher's math with mosaic's mixer of the teacher's own
+operator in every layer (gqa, or swa where the teacher slides: numerically the teacher's attention; see tests),
+so baseline, layers and validation share one harness. On CPU the timer is paired: every sample runs right after a step of an untouched copy of the
 teacher, and is recorded at that reference's typical speed (`timing.Pool`).
 """
 

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from conftest import FAMILIES, WorkTimer, every_operator, tiny_config
+from conftest import FAMILIES, WorkTimer, cache_for, every_operator, tiny_config
 from mosaic_search import builder, profiler, schema, scorer, solver, surgery
 from mosaic_search.cli import main
 from mosaic_search.models import load_model, model_from_config
@@ -190,3 +190,38 @@ def test_check_generation_builds_each_operator_into_a_layer(chain, kind):
     """`mosaic check` on a fused-qkv teacher and on a hybrid one (layer 1 is a Gemma 3 global layer)."""
     rows = builder.check_generation(chain[kind]["teacher"], layer=1, new_tokens=4, candidates=OPS)
     assert [r["candidate"] for r in rows] == [str(c) for c in OPS] and all(r["match"] for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # gemma: no nope dims, k_up is empty
+@pytest.mark.parametrize("kind", ["phi3", "gemma3_text", "qwen2"])
+def test_mla_with_rope_on_every_rotated_dim_at_full_rank_equals_gqa(kind):
+    """mla's SVD, key RMS scale and both attention forms are exact for Phi-3's partial RoPE and fused qkv, Gemma 3's
+    (1 + w) norms and query scale, and Qwen2's q/k/v biases: with RoPE on every rotated key dim and a full-rank
+    latent it is the teacher's attention (layer 1: a Gemma 3 global layer)."""
+    from mosaic_search.modeling.attention import LatentAttention
+
+    model = model_from_config(tiny_config(kind), seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_(0, 0.5)  # norms of Gemma start at zero and biases at zero: make them matter
+    dims = surgery.dims_of(model.config)
+    teacher = surgery.decoder_layers(model)[1].self_attn
+    nope = dims.head_dim - dims.rope_dims
+    full = LatentAttention(dims, 1, rank=min(dims.num_kv_heads * (nope + dims.head_dim), dims.hidden_size),
+                           rope_dims=dims.rope_dims)
+    full.load_teacher(teacher)
+    gqa = surgery.build_mixer(model, 1, Candidate.of("gqa"))
+    stack = surgery.text_stack(model)
+    x = torch.randn(2, 12, dims.hidden_size)
+    pe = stack.layer_pe(stack.position_embeddings(x, 0), 1)
+    with torch.no_grad():
+        want = gqa(x, position_embeddings=pe)[0]
+        torch.testing.assert_close(teacher(x, position_embeddings=pe, attention_mask=None)[0], want,
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(full(x, position_embeddings=pe)[0], want, rtol=1e-4, atol=1e-5)
+        cache = cache_for(model, Candidate.of("mla", {"rank": 4}))  # then decode steps, in the absorbed form
+        full(x[:, :8], position_embeddings=tuple(t[:, :8] for t in pe), cache=cache)
+        steps = [full(x[:, i:i + 1], position_embeddings=tuple(t[:, i:i + 1] for t in pe), cache=cache)[0]
+                 for i in range(8, 12)]
+        torch.testing.assert_close(torch.cat(steps, 1), want[:, 8:], rtol=1e-4, atol=1e-5)
