@@ -77,8 +77,10 @@ def install_teacher_rope(model) -> None:
 
     def rope_of(kind):
         def hook(module, args, kwargs):
+            if kwargs.get("position_ids") is None:  # called directly (mosaic's TextStack): its RoPE is already per layer
+                return None
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            key = (kind, id(kwargs.get("position_ids")))
+            key = (kind, id(kwargs["position_ids"]))
             if key not in memo:
                 memo[key] = inner.rotary_emb(hidden, kwargs["position_ids"], kind)
             return args, {**kwargs, "position_embeddings": memo[key]}
