@@ -23,7 +23,6 @@ class Architecture:
     model_type: str
     layers_path: str  # attribute path from the top-level model (…ForCausalLM / …ForConditionalGeneration)
     text_config: str | None  # attribute of the top-level config holding the text config, None if top-level
-    vision: bool = False
     qk_norm: str | None = None
     bias: str = "config"
     query_scalar: str | None = None
@@ -43,17 +42,17 @@ _GEMMA_UNSUPPORTED = (
 ARCHITECTURES = {a.model_type: a for a in (
     Architecture("qwen3", "model.layers", None, qk_norm="rms", masks_by_layer_type=True),
     Architecture("llama", "model.layers", None),
-    Architecture("qwen3_vl", "model.language_model.layers", "text_config", vision=True, qk_norm="rms", mrope=True,
+    Architecture("qwen3_vl", "model.language_model.layers", "text_config", qk_norm="rms", mrope=True,
                  image_inputs=True),
     Architecture("qwen2", "model.layers", None, bias="qkv", masks_by_layer_type=True),
     Architecture("mistral", "model.layers", None),
     Architecture("phi3", "model.layers", None),
     Architecture("gemma3_text", "model.layers", None, qk_norm="gemma", query_scalar="query_pre_attn_scalar",
                  rope_by_layer_type=True, masks_by_layer_type=True, unsupported=_GEMMA_UNSUPPORTED),
-    Architecture("gemma3", "model.language_model.layers", "text_config", vision=True, qk_norm="gemma",
+    Architecture("gemma3", "model.language_model.layers", "text_config", qk_norm="gemma",
                  query_scalar="query_pre_attn_scalar", rope_by_layer_type=True, masks_by_layer_type=True,
                  unsupported=_GEMMA_UNSUPPORTED),
-    Architecture("qwen2_5_vl", "model.language_model.layers", "text_config", vision=True, bias="qkv", mrope=True,
+    Architecture("qwen2_5_vl", "model.language_model.layers", "text_config", bias="qkv", mrope=True,
                  masks_by_layer_type=True),
 )}
 
