@@ -122,7 +122,8 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     """The built model's config: the teacher's, as `mosaic_<base>`, with the cache layout of its mixers
     (`configuration_mosaic.cache_layout`), `auto_map` and the `mosaic` block of per-layer mixers."""
     from . import __version__
-    from .modeling.configuration_mosaic import CONFIGS, cache_layout
+    from .modeling.architectures import rope_layer_types
+    from .modeling.configuration_mosaic import CONFIGS, cache_layout, rope_by_layer
     from .modeling.modeling_mosaic import MODELS
 
     record = surgery.architecture(teacher_config).record
@@ -135,10 +136,13 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     if "use_sliding_window" not in text:  # only Qwen3 has it (and drops sliding_window unless it is set)
         layout.pop("use_sliding_window")
     text.update(layout)
+    kinds = rope_layer_types(teacher_config, record)
+    if kinds:
+        text.update(rope_by_layer(text, kinds))
     obj["mosaic"] = {
         "layers": [{**c.to_json(), "mixer": c.spec.mixer, "replaces": c.spec.replaces} for c in layers],
         "plan_sha256": plan_sha256, "base_model_type": record.model_type, "mosaic_version": __version__,
-        "seed": seed,
+        "seed": seed, **({"rope_layer_types": kinds} if kinds else {}),
     }
     obj["auto_map"] = {"AutoConfig": f"configuration_mosaic.{config_cls.__name__}",
                        auto: f"modeling_mosaic.{MODELS[record.model_type].__name__}"}
@@ -169,9 +173,12 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     prompt = torch.randint(3, dims.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                   attention_mask=torch.ones_like(prompt))
+    own = surgery.teacher_ops(model.config)
+    for i, c in enumerate(own):  # every layer as the built class holds it (e.g. Phi-3's fused qkv split)
+        surgery.swap(model, i, c)
     results = []
     for cand in candidates:
-        layers = [Candidate.of("gqa")] * dims.num_layers
+        layers = list(own)
         layers[layer] = cand
         surgery.swap(model, layer, cand)
         built = as_built(model, layers, seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .assets import TINY_DIR
 from .errors import UsageError
+from .modeling.architectures import image_architectures
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -208,7 +209,8 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
                     images.append(_load_image(part.get("image") or part.get("image_url") or part.get("path"), where,
                                               base))
                     if vision is None:
-                        raise UsageError(f"{where}: has an image but the teacher is a text-only model")
+                        raise UsageError(f"{where}: has an image, and mosaic feeds calibration images only to "
+                                         f"{', '.join(image_architectures())} teachers (this one reads text only)")
                     parts.append({"type": "image"})
                 elif isinstance(part, dict) and isinstance(part.get("text"), str):
                     parts.append({"type": "text", "text": part["text"]})

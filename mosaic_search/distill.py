@@ -101,7 +101,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
         if batch_size % world:
             raise UsageError(f"--batch-size {batch_size} does not split over {world} processes")
         student, ref, oracle_model = _load(model, teacher, oracle, device)
-        params = _trainable(student, trainable)
+        params = _trainable(student, ref, trainable)
         windows = _windows(source, tokenizer, teacher, ref, per_stage * batch_size, seq_len, seed, world)
         if "onpolicy" in stages and not windows.text:
             raise UsageError(f"--data {source}: every window holds images; on-policy steps need text prompts "
@@ -289,19 +289,20 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
     return _Windows(windows, source, seed, getattr(ref.config, "image_token_id", None))
 
 
-def _trainable(student, which: str) -> list:
-    """(name, parameter) pairs that train, marked requires_grad; a one-line error when there are none."""
+def _trainable(student, ref, which: str) -> list:
+    """(name, parameter) pairs that train, marked requires_grad; a one-line error when there are none. `replaced`:
+    the layers whose operator differs from the teacher's own there (`ref`'s)."""
     from . import surgery
-    from .scorer import TEACHER_OP
+    from .operators import Candidate
 
     if which == "all":
         chosen = dict(student.named_parameters())
     else:
-        ops = [layer["op"] for layer in student.config.mosaic["layers"]]
-        layers = surgery.decoder_layers(student)
+        ops = [Candidate.of(layer["op"], layer.get("params")) for layer in student.config.mosaic["layers"]]
+        own = surgery.teacher_ops(ref.config)
         chosen = {}
-        for i, layer in enumerate(layers):
-            if which == "replaced" and ops[i] == TEACHER_OP:
+        for i, layer in enumerate(surgery.decoder_layers(student)):
+            if which == "replaced" and ops[i] == own[i]:
                 continue
             mixer = getattr(layer, "self_attn", None)
             if mixer is not None:

@@ -5,9 +5,9 @@ timed once, in a randomly initialised model with the real dimensions, and that m
 every layer: the candidate goes into the first `layers_per_sample` layers (all of them on CPU, one on CUDA),
 a sample runs them in sequence, and the entry is the sample over that count. Also timed: the fixed part
 (embeddings, final norm, LM head on the last token) and the whole-model baseline, both through the same
-`TextStack` the layers run in. The baseline is the teacher's math with mosaic's own `gqa` mixer in every
-layer (numerically the teacher's attention; see tests), so baseline, layers and validation share one
-harness. On CPU the timer is paired: every sample runs right after a step of an untouched copy of the
+`TextStack` the layers run in. The baseline is the teacher's math with mosaic's mixer of the teacher's own
+operator in every layer (gqa, or swa where the teacher slides: numerically the teacher's attention; see tests),
+so baseline, layers and validation share one harness. On CPU the timer is paired: every sample runs right after a step of an untouched copy of the
 teacher, and is recorded at that reference's typical speed (`timing.Pool`).
 """
 
@@ -180,6 +180,7 @@ class _Bench:
     fallbacks: list = field(default_factory=list)
     image_tokens: int = 0  # a VLM's prefill also encodes one image of this many (merged) tokens per sequence
     layer_types: list = field(default_factory=list)  # the cache slot type of each layer's current mixer
+    teacher: list = field(default_factory=list)  # the teacher's own operator per layer, installed by `load_bench`
 
     def prefill_caches(self):
         """A function making empty dynamic caches for the current mixers, each built by transformers from the cache
@@ -237,8 +238,8 @@ class _Bench:
 
         def chain(compiled, cache):
             h = hidden
-            for layer in layers:
-                h = self.stack.run_layer(compiled(layer), h, pe, cache)
+            for i, layer in enumerate(layers):
+                h = self.stack.run_layer(compiled(layer), h, pe, cache, i)
             return h
 
         if w.phase == "prefill":
@@ -287,8 +288,8 @@ class _Bench:
         def run(compiled):
             rewind(cache, w.seq_len)
             h, pe = compiled(self._prologue)(ids, start)
-            for layer in self.stack.layers:
-                h = self.stack.run_layer(compiled(layer), h, pe, cache)
+            for i, layer in enumerate(self.stack.layers):
+                h = self.stack.run_layer(compiled(layer), h, pe, cache, i)
             return compiled(self.stack.head)(h)
 
         return self._decode_step(run, f"model {w.name}")
@@ -341,13 +342,15 @@ def _eager(fn):
 
 def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None,
                image_tokens: int = 0):
-    """The teacher with random weights and mosaic's gqa mixer in every layer, on `device`.
+    """The teacher with random weights and mosaic's mixer of the teacher's own operator in every layer
+    (`surgery.teacher_ops`: gqa, or swa where the teacher slides), on `device`.
 
     `compile_decode` (default: on CUDA) runs decode steps through torch.compile (see `_Bench`); a VLM's
     prefill also encodes an image of `image_tokens` tokens (`_Bench.vision_fn`)."""
     import torch
 
     from . import surgery
+    from .modeling.architectures import image_architectures
     from .models import load_config, model_from_config
 
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -356,14 +359,17 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
         raise UsageError(f"--image-tokens must be 0 or more, got {image_tokens}")
     if image_tokens and getattr(config, "vision_config", None) is None:
         raise UsageError(f"--image-tokens {image_tokens}: {model} is a text-only model")
+    if image_tokens and not surgery.architecture(config).record.image_inputs:
+        raise UsageError(f"--image-tokens {image_tokens}: mosaic encodes images only through the vision towers of "
+                         f"{', '.join(image_architectures())} (profile {model} without it: its text layers)")
     with torch.device(device):
         net = model_from_config(config, dtype=dtype, seed=seed)
-    n = len(surgery.decoder_layers(net))
-    for i in range(n):
-        surgery.swap(net, i, Candidate.of("gqa"))
+    teacher = surgery.teacher_ops(config)
+    for i, c in enumerate(teacher):
+        surgery.swap(net, i, c)
     return config, _Bench(net, surgery.text_stack(net), device, getattr(torch, dtype),
                           compile_decode=default_compile(device, compile_decode), image_tokens=image_tokens,
-                          layer_types=[Candidate.of("gqa").spec.layer_type] * n)
+                          layer_types=[c.spec.layer_type for c in teacher], teacher=teacher)
 
 
 def default_compile(device: str, compile_decode: bool | None) -> bool:
@@ -409,8 +415,12 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=PROFILE_KIND)  # before minutes of measuring
     wls = _workloads(workloads, device)
-    cands = parse_candidates(ops, surgery.dims_of(load_config(model, shipped_ok=True)))  # bad --ops: before any work
+    first = load_config(model, shipped_ok=True)
+    cands = parse_candidates(ops, surgery.dims_of(first))  # bad --ops: before any work
+    # the teacher's own operators are always timed: the baseline every speedup is predicted against sums them
+    cands += [c for c in dict.fromkeys(surgery.teacher_ops(first)) if c not in cands]
     config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
+    teacher = bench.teacher
     dims = surgery.dims_of(config)
     timer = timer or default_timer(device)
     rounds = rounds or default_rounds(device)
@@ -425,7 +435,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
             ok, why = c.spec.fast_path()
             pool.failed.update({} if ok else {(c, w.name): ("unsupported", why) for w in wls})
     checks = default_assignments(sorted(c for c in cands if (c, wls[0].name) not in pool.failed),
-                                 dims.num_layers) if validate else {}
+                                 dims.num_layers, teacher) if validate else {}
     put = _assigner(bench, dims.num_layers)
     gqa = Candidate.of("gqa")
     # a window covering every token a query sees computes exactly what gqa does: it gets gqa's timing, not a second
@@ -448,7 +458,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
             if reference:
                 pool.reference = reference.model_fn(w)  # doubles as the whole-teacher baseline
             else:
-                put([gqa] * dims.num_layers)
+                put(teacher)
                 measure(("baseline", w.name), lambda: bench.model_fn(w), w, f"{w.name} baseline")
             measure(("fixed", w.name), lambda: bench.fixed_fn(w), w, f"{w.name} fixed")
             for c in cands:
@@ -460,7 +470,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
             for name, layers in checks.items():
                 put(layers)
                 measure(("whole", name, w.name), lambda: bench.model_fn(w), w, f"{name} {w.name}")
-    put([gqa] * dims.num_layers)
+    put(teacher)
 
     stats = pool.stats()
     median = lambda key: stats[key].median_ms if key in stats else None  # noqa: E731
@@ -484,7 +494,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
-                            entries=tuple(entries), validation=tuple(rows))
+                            entries=tuple(entries), validation=tuple(rows), teacher=tuple(teacher))
     save(result, path)
     if busy := busy_machine(device):
         print(busy, file=sys.stderr)
@@ -531,7 +541,7 @@ def _assigner(bench: _Bench, num_layers: int):
     per workload, and building one copies (MLA: factorises) the teacher's weights."""
     from . import surgery
 
-    current = [Candidate.of("gqa")] * num_layers  # what load_bench installed
+    current = list(bench.teacher)  # what load_bench installed
     built = {}
 
     def put(candidates):
@@ -590,7 +600,7 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
                                env.get("image_tokens", 0))
     n = surgery.dims_of(config).num_layers
     table = layer_table(profile_obj.entries)
-    assignments = assignments or default_assignments(sorted({c for _, c, _ in table}), n)
+    assignments = assignments or default_assignments(sorted({c for _, c, _ in table}), n, bench.teacher)
     timer = timer or default_timer(device)
     reference = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
                            env.get("image_tokens", 0))[1] if is_paired(timer) else None
@@ -612,12 +622,15 @@ def layer_table(entries) -> dict:
     return {(e.layer, e.candidate, e.workload): e.latency_ms for e in entries if e.status == "ok"}
 
 
-def default_assignments(candidates, num_layers: int) -> dict:
-    """The homogeneous teacher and two mixes of the given candidates (interleaved, and reversed)."""
+def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
+    """The teacher (`teacher`: its own operator per layer, default gqa everywhere) and two mixes of the given
+    candidates (interleaved, and reversed)."""
     gqa = Candidate.of("gqa")
+    teacher = list(teacher or [gqa] * num_layers)
     others = [c for c in candidates if c != gqa] or [gqa]
     mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]
-    return {"teacher (all gqa)": [gqa] * num_layers, "mix A": mix,
+    name = "teacher (all gqa)" if teacher == [gqa] * num_layers else "teacher"
+    return {name: teacher, "mix A": mix,
             "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
 
 

@@ -111,21 +111,29 @@ class LatencyProfile:
     # additivity measured in the same passes (`profile(validate=True)`): [{assignment, pattern, workload,
     # predicted_ms, measured_ms, error_pct}], predicted = fixed + sum of layers, measured = whole model
     validation: tuple[dict, ...] = ()
+    # the teacher's own operator per layer (`surgery.teacher_ops`); empty in profiles of older versions, whose
+    # teachers were all gqa
+    teacher: tuple[Candidate, ...] = ()
     kind = PROFILE_KIND
 
+    def teacher_layers(self) -> tuple[Candidate, ...]:
+        """The teacher's own operator in each layer (gqa everywhere for a profile that does not record it)."""
+        return self.teacher or (Candidate.of("gqa"),) * self.header.model.num_hidden_layers
+
     def teacher_ms(self, workload: str) -> float | None:
-        """The teacher's latency under the same additive model as a plan's: fixed part + its gqa layers.
+        """The teacher's latency under the same additive model as a plan's: fixed part + its own layers' operators.
 
         Speedups are predicted as this over the plan's fixed + sum of layers, so a bias the additive model
         has (a few percent on the profiles in BENCHMARKS.md) cancels in the ratio. Falls back to the measured
-        whole-model `baseline_ms` when gqa was not profiled everywhere.
+        whole-model `baseline_ms` when the teacher's operators were not all profiled.
         """
         fixed = self.fixed_ms.get(workload)
-        gqa = [e.latency_ms for e in self.entries if e.workload == workload and e.candidate.op == "gqa"
-               and e.status == "ok"]
-        if fixed is None or len(gqa) != self.header.model.num_hidden_layers:
+        ms = {(e.layer, e.candidate): e.latency_ms for e in self.entries if e.workload == workload
+              and e.status == "ok"}
+        own = [ms.get((layer, c)) for layer, c in enumerate(self.teacher_layers())]
+        if fixed is None or any(v is None for v in own):
             return self.baseline_ms.get(workload)
-        return fixed + sum(gqa)
+        return fixed + sum(own)
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,8 @@ def to_json(artifact) -> dict:
                            "status": e.status, "cache_bytes": e.cache_bytes,
                            **({"reason": e.reason} if e.reason else {})} for e in artifact.entries]
         out["validation"] = [dict(v) for v in artifact.validation]
+        if artifact.teacher:
+            out["teacher"] = [c.to_json() for c in artifact.teacher]
     elif isinstance(artifact, SensitivityTable):
         out["metric"] = artifact.metric
         out["data"] = dict(artifact.data)
@@ -342,10 +352,14 @@ def load_profile(path: str | os.PathLike) -> LatencyProfile:
             r.fail(f"{where}.workload", f'"{row["workload"]}" is not a declared workload')
         validation.append({**row, **{k: r.get(v, k, float, where)
                                      for k in ("predicted_ms", "measured_ms", "error_pct")}})
+    teacher = [r.candidate(c, f"teacher[{i}]") for i, c in enumerate(r.get(obj, "teacher", list, optional=True,
+                                                                              default=[]))]
+    if teacher and len(teacher) != header.model.num_hidden_layers:
+        r.fail("teacher", f"lists {len(teacher)} layers, the model has {header.model.num_hidden_layers}")
     return LatencyProfile(header=header, workloads=tuple(workloads),
                           baseline_ms={k: None if v is None else float(v) for k, v in baseline.items()},
                           fixed_ms={k: None if v is None else float(v) for k, v in fixed.items()},
-                          entries=tuple(entries), validation=tuple(validation))
+                          entries=tuple(entries), validation=tuple(validation), teacher=tuple(teacher))
 
 
 def load_sensitivity(path: str | os.PathLike) -> SensitivityTable:

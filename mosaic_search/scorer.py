@@ -43,7 +43,6 @@ DEFAULT_SEQ_LEN = 512
 DEFAULT_ALIGN_STEPS = 40
 ALIGN_WINDOWS = 8  # calibration windows (disjoint from the scored ones when the data allows) that alignment trains on
 HELD_OUT_ROWS = 2  # scored windows on which alignment reports its normalised MSE
-TEACHER_OP = "gqa"
 
 
 def table_path(teacher: str, out=None) -> Path:
@@ -92,7 +91,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     config = load_config(teacher)
     ref = model_ref(teacher, config)
     dims = surgery.dims_of(config)
-    cands = _candidates(ops, dims)
+    teacher_ops = surgery.teacher_ops(config)  # each layer's own operator: its reference row, scoring 0
+    cands = _candidates(ops, dims, teacher_ops)
     seq_len = _count("--seq-len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
     tokens = _count("--tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
     if tokens < seq_len:
@@ -105,7 +105,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     if source != data_mod.SELF:
         tok = data_mod.tokenizer_of(teacher)
         vision = None
-        if getattr(config, "vision_config", None) is not None:
+        if surgery.architecture(config).record.image_inputs:  # other VLMs score on text (data.py refuses images)
             vision = data_mod.Vision(str(teacher), config.image_token_id)
         windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
@@ -121,7 +121,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None)
         tfp = _weights_fingerprint(model, ref)
         fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
-               for layer in range(ctx.num_layers) for c in cands if c.op != TEACHER_OP}
+               for layer in range(ctx.num_layers) for c in cands if c != teacher_ops[layer]}
         files = _Files(path)
         if rank == 0:
             if not resume:
@@ -139,13 +139,15 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         distributed.barrier(world)
         if rank == 0:
             env = environment(device)
-            table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps)
+            table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps, teacher_ops)
         distributed.barrier(world)
     return table if rank == 0 else schema.load_sensitivity(path)
 
 
-def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int) -> SensitivityTable:
-    """Merge every rank's finished items into the table and the library, write both, drop the progress files."""
+def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int,
+            teacher_ops: list) -> SensitivityTable:
+    """Merge every rank's finished items into the table and the library, write both, drop the progress files;
+    `teacher_ops[layer]`, the teacher's own operator there, gets the reference row scoring 0."""
     from .data import SELF
 
     finished = _finished(files, fps)
@@ -156,7 +158,7 @@ def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ct
     entries = []
     for layer in range(ctx.num_layers):
         for c in cands:
-            if c.op == TEACHER_OP:
+            if c == teacher_ops[layer]:
                 extra = {"reference": True, "block_influence": ctx.block_influence[layer]}
                 entries.append(SensitivityEntry(layer, c, 0.0, 0.0, 0, extra))
                 continue
@@ -187,13 +189,13 @@ def cost(dims, candidates, tokens: int, seq_len: int, align_steps: int) -> dict:
     layer = attn + 3 * h * dims.intermediate_size
     head = dims.vocab_size * h
     full = L * layer + head
-    scored = [c for c in candidates if c.op != TEACHER_OP]
-    n_aligned = sum(c.spec.aligned for c in scored)
+    scored = len(candidates) - 1  # per layer, every candidate but the teacher's own (`_candidates` includes it)
+    n_aligned = sum(c.spec.aligned for c in candidates)  # the teacher's own operators are never aligned
     teacher = (full + head) / full
-    items = len(scored) * sum((L - i) * layer + head for i in range(L)) / full
+    items = scored * sum((L - i) * layer + head for i in range(L)) / full
     pool, step = ALIGN_WINDOWS * seq_len, align_mod.BATCH_ROWS * seq_len
     align = (pool * L * layer + L * n_aligned * (pool + 3 * align_steps * step) * attn) / (tokens * full)
-    done, naive = teacher + items + align, L * len(scored) + align
+    done, naive = teacher + items + align, L * scored + align
     return {"teacher_full_forwards": teacher, "items_full_forwards": items, "align_full_forwards": align,
             "done_full_forwards": done, "naive_full_forwards": naive, "ratio": done / naive}
 
@@ -296,7 +298,7 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
             batch = _Batch(pe=pe, hidden=[], deepstack=deepstack, keep=keep)
             for i, layer in enumerate(stack.layers):
                 batch.hidden.append(h.to(store))
-                nxt = stack.run_layer(layer, h, pe)
+                nxt = stack.run_layer(layer, h, pe, index=i)
                 if scored:
                     lost = 1 - F.cosine_similarity(h.float(), nxt.float().to(h.device), dim=-1)
                     influence[i] += float((lost if keep is None else lost[keep]).double().sum())
@@ -365,11 +367,11 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
         attention = surgery.teacher_attention(ctx.model, layer)
         pool = ctx.align or ctx.batches
         hidden = torch.cat([b.hidden[layer] for b in pool])
-        pe = tuple(torch.cat([b.pe[k] for b in pool]) for k in range(2))
+        pe = tuple(torch.cat([ctx.stack.layer_pe(b.pe, layer)[k] for b in pool]) for k in range(2))
         train = align_mod.teacher_pairs(norm, attention, hidden, pe)
         first = ctx.batches[0]
         held = align_mod.teacher_pairs(norm, attention, first.hidden[layer][:HELD_OUT_ROWS],
-                                       tuple(t[:HELD_OUT_ROWS] for t in first.pe))
+                                       tuple(t[:HELD_OUT_ROWS] for t in ctx.stack.layer_pe(first.pe, layer)))
         extra.update(align_mod.align(mixer, train, held, steps, item_seed))
         weights = {k: v.detach().cpu().contiguous() for k, v in mixer.state_dict().items()}
         del mixer, train, held
@@ -393,7 +395,7 @@ def _evaluate(ctx: _Context, start: int) -> tuple[float, float]:
         for b in ctx.batches:
             h = b.hidden[start].to(ctx.device)
             for j in range(start, ctx.num_layers):
-                h = ctx.stack.run_layer(ctx.stack.layers[j], h, b.pe)
+                h = ctx.stack.run_layer(ctx.stack.layers[j], h, b.pe, index=j)
                 if b.deepstack is not None:  # as the model does after every layer, swapped or not
                     h = b.deepstack.after(j, h)
             g = _final(ctx.stack, h, b.keep)
@@ -589,11 +591,10 @@ def _count(name: str, value, minimum: int) -> int:
     return value
 
 
-def _candidates(ops, dims) -> list[Candidate]:
+def _candidates(ops, dims, teacher_ops) -> list[Candidate]:
     cands = parse_candidates(ops, dims)
-    if not any(c.op == TEACHER_OP for c in cands):
-        cands.insert(0, Candidate.of(TEACHER_OP))  # the reference row every table carries
-    return cands
+    # the reference rows every table carries: each layer's own operator (gqa, or the teacher's window)
+    return [c for c in dict.fromkeys(teacher_ops) if c not in cands] + cands
 
 
 def _load_teacher(teacher: str, device: str, device_map, dtype: str):
@@ -616,6 +617,9 @@ def _load_teacher(teacher: str, device: str, device_map, dtype: str):
                              ) from None
     if getattr(model.config, "_attn_implementation", None) == "eager":
         model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is
+    from .surgery import own_mixers
+
+    own_mixers(model)  # a sliding window is not applied without a mask either
     return model
 
 

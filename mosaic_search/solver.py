@@ -13,7 +13,6 @@ from .errors import InfeasibleError, MosaicError, StaleInputError, UsageError, d
 from .operators import REGISTRY, Candidate, plot_color, unbuildable
 from .schema import Header, LatencyProfile, LayerPlan, SensitivityTable
 
-TEACHER = Candidate.of("gqa")  # every teacher layer is full GQA (docs/design.md §4), so "latency saved" is measured from it
 METRICS = ("kl", "delta_loss")
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
 # Search settings, not the model: with a near-optimal warm start, HiGHS's sub-MIP heuristics, restarts and
@@ -512,10 +511,11 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
         if sum(matches(spec, c) for c in layers) > n:
             fail(f"more than {n} layers of {spec}")
     per_layer = []
+    teacher = p.profile.teacher_layers()  # "latency saved" is measured from the teacher's own operator in the layer
     for l, c in enumerate(layers):
         saved = {}
         for w in predicted:
-            t = entries.get((l, TEACHER, w))
+            t = entries.get((l, teacher[l], w))
             ok = t is not None and t.status == "ok" and t.latency_ms is not None
             saved[w] = t.latency_ms - entries[l, c, w].latency_ms if ok else None
         per_layer.append({"layer": l, "candidate": str(c), "loss": float(scored[l, c]), "saved_ms": saved})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import files
 from .errors import MosaicError, UsageError
-from .operators import Candidate, unbuildable
+from .operators import unbuildable
 from .schema import LayerPlan, load_plan
 
 
@@ -149,7 +149,8 @@ def stock_mode(device: str) -> dict:
 
 
 def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=None):
-    """`teacher` with `layers` (default: every layer gqa) as the built model class in memory (`builder.as_built`),
+    """`teacher` with `layers` (default: the teacher's own operator in every layer, `surgery.teacher_ops`: gqa
+    unless the teacher slides) as the built model class in memory (`builder.as_built`),
     with random weights of the teacher's dimensions on `device`: what `build` would write, without its weights."""
     import torch
 
@@ -158,7 +159,7 @@ def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=No
 
     with torch.device(device):
         swapped = model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
-    layers = layers or [Candidate.of("gqa")] * len(surgery.decoder_layers(swapped))
+    layers = layers or surgery.teacher_ops(swapped.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, c in enumerate(layers):

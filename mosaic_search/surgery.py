@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 from .modeling import architectures as arch_mod
 from .modeling.dims import ModelDims
 from .operators import Candidate
@@ -25,19 +25,60 @@ class Arch:
 
 
 def architecture(config) -> Arch:
-    """The supported architecture of a config, or a one-line error listing the supported ones."""
+    """The supported architecture of a config, or a one-line UsageError (exit 2) naming the supported ones and the
+    nearest, or the config field the mixers cannot reproduce exactly."""
     record = arch_mod.find_architecture(config)
     if record is None:
+        name = arch_mod.base_model_type(config) or "?"
         supported = ", ".join(sorted(arch_mod.ARCHITECTURES))
-        raise UsageError(f'unsupported architecture "{getattr(config, "model_type", "?")}"; '
+        raise UsageError(f'unsupported architecture "{name}"{did_you_mean(name, arch_mod.ARCHITECTURES)}; '
                          f"mosaic supports: {supported}")
+    text = arch_mod.text_config(config, record)
+    for key, what in record.unsupported:
+        if getattr(text, key, None):
+            raise UsageError(f"{record.model_type} with {key}={getattr(text, key)!r}: {what}, which mosaic's mixers do "
+                             "not reproduce exactly")
     return Arch(record)
 
 
 def dims_of(config) -> ModelDims:
     """Decoder dimensions of a (teacher or built) config."""
     a = architecture(config)
-    return ModelDims.from_text_config(a.text(config), qk_norm=a.record.qk_norm)
+    return ModelDims.from_text_config(a.text(config), a.record)
+
+
+def teacher_ops(config) -> list[Candidate]:
+    """The teacher's own operator in each decoder layer, from its `layer_types`: `full_attention` is gqa,
+    `sliding_attention` swa with the teacher's `sliding_window`; without `layer_types`, a set `sliding_window` slides
+    in every layer (Mistral, Phi-3). A window covering every position (`max_position_embeddings`) is gqa: the same
+    attention. Each scores 0 in its layer and is what the teacher's latency sums."""
+    text = architecture(config).text(config)
+    n = text.num_hidden_layers
+    window = getattr(text, "sliding_window", None)
+    types = getattr(text, "layer_types", None) or n * ["sliding_attention" if window else "full_attention"]
+    if window and window >= getattr(text, "max_position_embeddings", 0):
+        window = None
+    out = []
+    for i, kind in enumerate(types):
+        if kind == "sliding_attention" and window:
+            out.append(Candidate.of("swa", {"window": window}))
+        elif kind in ("full_attention", "sliding_attention"):
+            out.append(Candidate.of("gqa"))
+        else:
+            raise UsageError(f'layer {i} of the teacher is "{kind}": mosaic starts from softmax-attention teachers '
+                             "(layer_types full_attention / sliding_attention)")
+    return out
+
+
+def own_mixers(model) -> None:
+    """Give every layer whose own operator is not gqa (a sliding window) mosaic's mixer of that operator, initialised
+    from its attention: the stages run layers without the model's masks (`TextStack.run_layer`), which a teacher's
+    sliding-window attention needs and mosaic's mixers do not. Numerically the teacher's attention (tests); from then
+    on it is the layer's teacher attention (`teacher_attention`) that swaps start from and alignment imitates."""
+    gqa = Candidate.of("gqa")
+    for i, c in enumerate(teacher_ops(model.config)):
+        if c != gqa:
+            decoder_layers(model)[i].self_attn = build_mixer(model, i, c)
 
 
 def decoder_layers(model):
@@ -147,14 +188,26 @@ class TextStack:
     lm_head: object
     mrope: bool
     vlm: object = None  # Qwen3-VL's inner model (vision tower, mRoPE index) when the model has one
+    rope_kinds: tuple | None = None  # per layer, the teacher layer type whose RoPE it takes (Gemma 3), else None
 
     def position_embeddings(self, hidden, start: int):
-        """Rotary cos/sin for tokens start..start+T-1 (Qwen3-VL's mRoPE takes t/h/w positions; text uses t=h=w)."""
+        """Rotary cos/sin for tokens start..start+T-1 (Qwen-VL's mRoPE takes t/h/w positions; text uses t=h=w); with
+        RoPE per layer type, a dict {layer type: (cos, sin)} that `layer_pe` picks from."""
         import torch
 
         b, t = hidden.shape[:2]
         pos = torch.arange(start, start + t, device=hidden.device)[None].expand(b, t)
+        if self.rope_kinds is not None:
+            return {kind: self.rotary(hidden, pos, kind) for kind in sorted(set(self.rope_kinds))}
         return self.rotary(hidden, pos[None].expand(3, b, t) if self.mrope else pos)
+
+    def layer_pe(self, position_embeddings, index: int | None):
+        """The cos/sin decoder layer `index` takes from `position_embeddings` (see `position_embeddings`)."""
+        if not isinstance(position_embeddings, dict):
+            return position_embeddings
+        if index is None:
+            raise ValueError("this model rotates each layer with its own RoPE: pass the layer index")
+        return position_embeddings[self.rope_kinds[index]]
 
     def inputs(self, ids, images=None):
         """(hidden states entering layer 0, rotary cos/sin, DeepStack or None) for token ids [b, T] and, per row,
@@ -177,10 +230,11 @@ class TextStack:
         features = [torch.cat(level) for level in out.deepstack_features]
         return hidden, self.rotary(hidden, positions), DeepStack(mask, features)
 
-    def run_layer(self, layer, hidden, position_embeddings, cache=None):
-        """One decoder layer (whatever mixer it holds) on hidden states."""
-        return layer(hidden, attention_mask=None, position_embeddings=position_embeddings, cache=cache,
-                     use_cache=cache is not None)
+    def run_layer(self, layer, hidden, position_embeddings, cache=None, index: int | None = None):
+        """One decoder layer (whatever mixer it holds) on hidden states; `index`, its position in the stack, picks
+        its RoPE where layers differ (`layer_pe`)."""
+        return layer(hidden, attention_mask=None, position_embeddings=self.layer_pe(position_embeddings, index),
+                     cache=cache, use_cache=cache is not None)
 
     def head(self, hidden):
         """Final norm and LM head on the last position only (what generation computes)."""
@@ -190,16 +244,16 @@ class TextStack:
         """Embeddings -> every layer -> norm -> last-token logits, with masks done by the mixers."""
         hidden = self.embed(ids)
         pe = self.position_embeddings(hidden, start)
-        for layer in self.layers:
-            hidden = self.run_layer(layer, hidden, pe, cache)
+        for i, layer in enumerate(self.layers):
+            hidden = self.run_layer(layer, hidden, pe, cache, i)
         return self.head(hidden)
 
 
 def text_stack(model) -> TextStack:
     """The text path of a supported model (the language model inside a VLM)."""
     record = architecture(model.config).record
-    layers = decoder_layers(model)
-    text_model = model.model.language_model if record.vision else model.model
-    return TextStack(embed=text_model.embed_tokens, rotary=text_model.rotary_emb, layers=layers,
-                     norm=text_model.norm, lm_head=model.lm_head, mrope=record.vision,
-                     vlm=model.model if record.vision else None)
+    inner = arch_mod.text_model(model, record)
+    kinds = arch_mod.rope_layer_types(model.config, record)  # a built model's rotary is the teacher's (modeling_mosaic)
+    return TextStack(embed=inner.embed_tokens, rotary=inner.rotary_emb, layers=decoder_layers(model), norm=inner.norm,
+                     lm_head=model.lm_head, mrope=record.mrope, vlm=model.model if record.image_inputs else None,
+                     rope_kinds=None if kinds is None else tuple(kinds))

@@ -15,7 +15,8 @@ from mosaic_search.operators import REGISTRY, Candidate  # noqa: E402
 
 def tiny_config(kind: str):
     """A small config of one supported architecture."""
-    from transformers import LlamaConfig, Qwen3Config, Qwen3VLConfig
+    from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2_5_VLConfig,
+                              Qwen2Config, Qwen3Config, Qwen3VLConfig)
 
     text = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
@@ -32,6 +33,31 @@ def tiny_config(kind: str):
                       deepstack_visual_indexes=[0])
         return Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=90, video_token_id=91,
                              vision_start_token_id=92, vision_end_token_id=93)
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    if kind == "qwen2":
+        return Qwen2Config(**text, rope_parameters=rope)
+    if kind == "mistral":  # sliding in every layer, as Mistral-7B-v0.1 (window shorter than the tests' sequences)
+        return MistralConfig(**text, rope_parameters=rope, sliding_window=6)
+    if kind == "phi3":  # partial RoPE, as Phi-4-mini (0.75 of each head rotates)
+        return Phi3Config(**text, rope_parameters={**rope, "partial_rotary_factor": 0.75},
+                          sliding_window=None)
+    gemma = dict(text, query_pre_attn_scalar=24, sliding_window=6, sliding_window_pattern=2, num_hidden_layers=4,
+                 rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    if kind == "gemma3_text":
+        return Gemma3TextConfig(**gemma)
+    siglip = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                  patch_size=4)
+    if kind == "gemma3":
+        return Gemma3Config(text_config=gemma, vision_config=siglip, mm_tokens_per_image=4, image_token_index=90,
+                            boi_token_index=91, eoi_token_index=92)
+    if kind == "qwen2_5_vl":
+        text["rope_parameters"] = {**rope, "mrope_section": [2, 3, 3]}
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=16,
+                      fullatt_block_indexes=[0])
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=90, video_token_id=91,
+                                vision_start_token_id=92, vision_end_token_id=93)
     raise ValueError(kind)
 
 
@@ -43,6 +69,8 @@ def tiny_model(kind: str, seed: int = 0):
 
 
 ARCHS = ("qwen3", "llama", "qwen3_vl")
+# the families added after the first three: each runs the whole chain once (tests/test_families.py)
+FAMILIES = ("qwen2", "mistral", "phi3", "gemma3_text", "gemma3", "qwen2_5_vl")
 
 
 def every_operator(window: int = 4) -> list[Candidate]:

@@ -175,7 +175,7 @@ def test_bad_images_are_one_line_exit_2_and_write_nothing(vl_teacher, tmp_path, 
     junk, fine, missing = _bad_image_rows(tmp_path)
     cases = {"unreadable image": (vl_teacher, junk, "cannot read image junk.png"),
              "missing image": (vl_teacher, missing, "line 2: cannot read image gone.png"),
-             "text-only teacher": (str(text_only), fine, "has an image but the teacher is a text-only model")}
+             "text-only teacher": (str(text_only), fine, "has an image, and mosaic feeds calibration images only to qwen3_vl")}
     out = tmp_path / "out" / "s.json"
     capsys.readouterr()
     for name, (teacher, rows, words) in cases.items():

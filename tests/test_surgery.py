@@ -83,10 +83,14 @@ def test_swap_rejects_out_of_range_layer(qwen3):
 
 
 def test_unsupported_architecture_lists_supported():
-    from transformers import GPT2Config
+    from transformers import Gemma3TextConfig, GPT2Config
 
-    with pytest.raises(UsageError, match="supports: llama, qwen3, qwen3_vl"):
+    with pytest.raises(UsageError, match="supports: gemma3, gemma3_text, llama, mistral, phi3, qwen2, qwen2_5_vl, "
+                                         "qwen3, qwen3_vl$"):
         surgery.dims_of(GPT2Config())
+    # a supported family with a feature the mixers would get wrong is refused too, naming it
+    with pytest.raises(UsageError, match="attn_logit_softcapping=50.0: soft-capped attention scores"):
+        surgery.dims_of(Gemma3TextConfig(attn_logit_softcapping=50.0))
 
 
 def test_vl_swap_keeps_vision_tower():

@@ -1,4 +1,5 @@
-"""Where each supported transformers architecture keeps its text decoder layers."""
+"""The one record per supported transformers architecture: where its decoder layers are, and what a mixer must read
+from its config to compute exactly what the teacher's attention computes."""
 
 from __future__ import annotations
 
@@ -7,19 +8,52 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to reach the decoder layers and the text config of one `model_type`."""
+    """One `model_type`: where the text decoder sits, and how its attention differs from plain Llama GQA.
+
+    `qk_norm`: None, "rms" (Qwen3: w * x) or "gemma" (Gemma 3: (1 + w) * x, weights stored around zero), applied per
+    head to q and k before RoPE. `bias`: "config" (the config's `attention_bias` on q/k/v/o) or "qkv" (Qwen2: q, k and
+    v biased, o not). A fused `qkv_proj` (Phi-3) needs no field: `projections.teacher_projections` splits it.
+    `query_scalar`: the config field whose inverse square root scales the scores (Gemma 3's `query_pre_attn_scalar`;
+    None: head_dim). `rope_by_layer_type`: the rotary embedding takes the layer type (Gemma 3: local layers rotate
+    with base 10k, global ones with 1M), so each layer keeps its teacher layer's RoPE whatever mixer it gets.
+    `masks_by_layer_type`: the text model looks its masks up by `layer_types` (else it builds one causal mask).
+    `unsupported`: config fields that must be unset (None / False / 0), with what mosaic's mixers would get wrong.
+    """
 
     model_type: str
     layers_path: str  # attribute path from the top-level model (…ForCausalLM / …ForConditionalGeneration)
     text_config: str | None  # attribute of the top-level config holding the text config, None if top-level
-    qk_norm: bool  # Qwen3 normalises q and k per head before RoPE; Llama does not
-    vision: bool
+    qk_norm: str | None = None
+    bias: str = "config"
+    query_scalar: str | None = None
+    rope_by_layer_type: bool = False
+    mrope: bool = False  # 3-D (t, h, w) rotary positions (Qwen-VL)
+    image_inputs: bool = False  # images go through its vision tower in `profile --image-tokens` and calibration rows
+    masks_by_layer_type: bool = False
+    unsupported: tuple[tuple[str, str], ...] = ()
 
+
+_GEMMA_UNSUPPORTED = (
+    ("attn_logit_softcapping", "soft-capped attention scores"),
+    ("final_logit_softcapping", "soft-capped logits (the scorer's KL assumes a linear head)"),
+    ("use_bidirectional_attention", "bidirectional attention (mosaic's mixers are causal)"),
+)
 
 ARCHITECTURES = {a.model_type: a for a in (
-    Architecture("qwen3", "model.layers", None, qk_norm=True, vision=False),
-    Architecture("llama", "model.layers", None, qk_norm=False, vision=False),
-    Architecture("qwen3_vl", "model.language_model.layers", "text_config", qk_norm=True, vision=True),
+    Architecture("qwen3", "model.layers", None, qk_norm="rms", masks_by_layer_type=True),
+    Architecture("llama", "model.layers", None),
+    Architecture("qwen3_vl", "model.language_model.layers", "text_config", qk_norm="rms", mrope=True,
+                 image_inputs=True),
+    Architecture("qwen2", "model.layers", None, bias="qkv", masks_by_layer_type=True),
+    Architecture("mistral", "model.layers", None),
+    Architecture("phi3", "model.layers", None),
+    Architecture("gemma3_text", "model.layers", None, qk_norm="gemma", query_scalar="query_pre_attn_scalar",
+                 rope_by_layer_type=True, masks_by_layer_type=True, unsupported=_GEMMA_UNSUPPORTED),
+    Architecture("gemma3", "model.language_model.layers", "text_config", qk_norm="gemma",
+                 query_scalar="query_pre_attn_scalar", rope_by_layer_type=True, masks_by_layer_type=True,
+                 unsupported=_GEMMA_UNSUPPORTED),
+    Architecture("qwen2_5_vl", "model.language_model.layers", "text_config", bias="qkv", mrope=True,
+                 masks_by_layer_type=True),
 )}
 
 
@@ -45,3 +79,40 @@ def decoder_layers(model, arch: Architecture):
     for part in arch.layers_path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def text_model(model, arch: Architecture):
+    """The module that owns the decoder layers, embeddings, rotary embedding and final norm."""
+    obj = model
+    for part in arch.layers_path.split(".")[:-1]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def rope_layer_types(config, arch: Architecture) -> list | None:
+    """Per decoder layer, the layer type whose RoPE it rotates with (the teacher's `layer_types`, which a built model
+    keeps in `mosaic["rope_layer_types"]`), or None when every layer shares one rotary embedding."""
+    if not arch.rope_by_layer_type:
+        return None
+    mosaic = getattr(config, "mosaic", None)
+    if mosaic and mosaic.get("rope_layer_types"):
+        return list(mosaic["rope_layer_types"])
+    return list(text_config(config, arch).layer_types)
+
+
+def teacher_rotary(model, arch: Architecture, kinds: list):
+    """A rotary embedding of the teacher's layer types `kinds` (`rope_layer_types`), built like the model's own (which,
+    in a built model, follows the plan's types: no local RoPE once every local layer became gdn)."""
+    import copy
+
+    inner = text_model(model, arch)
+    cfg = copy.copy(inner.config)
+    cfg.layer_types = list(kinds)
+    rotary = type(inner.rotary_emb)(cfg)
+    param = next(model.parameters())
+    return rotary.to(param.device)
+
+
+def image_architectures() -> list[str]:
+    """The model types whose vision tower mosaic feeds (`Architecture.image_inputs`)."""
+    return sorted(a.model_type for a in ARCHITECTURES.values() if a.image_inputs)

@@ -16,6 +16,7 @@ from torch import nn
 from .cache import layer_cache, tokens_seen
 from .dims import ModelDims, mla_rope_dims
 from .norm import RMSNorm
+from .projections import teacher_projections
 
 
 # Queries from which a CUDA window goes through FlexAttention: fewer fit in one of its 128-row blocks, where the
@@ -30,8 +31,29 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding on [B, H, T, D] with cos/sin of shape [B, T, D] (any RoPE variant, mRoPE included)."""
+    """Rotary embedding on [B, H, T, D] with cos/sin of shape [B, T, R] (any RoPE variant, mRoPE included): the
+    first R <= D dims rotate, the rest pass through (partial RoPE, Phi-3)."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([apply_rotary(x[..., :r], cos, sin), x[..., r:]], dim=-1)
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+def qk_norms(dims: ModelDims) -> tuple[nn.Module, nn.Module]:
+    """The per-head q and k norms of the teacher's flavour (`dims.qk_norm`, `dims.norm_offset`), or identities."""
+    if not dims.qk_norm:
+        return nn.Identity(), nn.Identity()
+    return (RMSNorm(dims.head_dim, dims.rms_norm_eps, dims.norm_offset),
+            RMSNorm(dims.head_dim, dims.rms_norm_eps, dims.norm_offset))
+
+
+def copy_teacher(mixer: nn.Module, teacher: nn.Module, dims: ModelDims, names) -> None:
+    """Load `names` (q/k/v/o projections, q_norm, k_norm) of `mixer` from the teacher attention; identities skipped."""
+    projections = teacher_projections(teacher, dims)
+    for name in names:
+        mine = getattr(mixer, name)
+        if not isinstance(mine, nn.Identity):
+            mine.load_state_dict(projections[name] if name in projections else getattr(teacher, name).state_dict())
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, scale: float,
@@ -121,24 +143,20 @@ class Attention(nn.Module):
 
     def __init__(self, dims: ModelDims, layer_idx: int, window: int | None = None):
         super().__init__()
-        self.layer_idx, self.window = layer_idx, window
+        self.layer_idx, self.window, self.dims = layer_idx, window, dims
         self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
-        self.scaling = dims.head_dim ** -0.5
+        self.scaling = dims.softmax_scale
         bias = dims.attention_bias
         self.q_proj = nn.Linear(dims.hidden_size, dims.num_heads * dims.head_dim, bias=bias)
         self.k_proj = nn.Linear(dims.hidden_size, dims.kv_dim, bias=bias)
         self.v_proj = nn.Linear(dims.hidden_size, dims.kv_dim, bias=bias)
-        self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=bias)
-        self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
+        self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
+        self.q_norm, self.k_norm = qk_norms(dims)
 
     @torch.no_grad()
     def load_teacher(self, teacher: nn.Module) -> None:
-        """Copy the teacher attention's projections and q/k norms as they are."""
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
-            mine = getattr(self, name)
-            if not isinstance(mine, nn.Identity):
-                mine.load_state_dict(getattr(teacher, name).state_dict())
+        """Copy the teacher attention's projections (a fused qkv_proj split) and q/k norms as they are."""
+        copy_teacher(self, teacher, self.dims, ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
                 **kwargs):
@@ -156,10 +174,11 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
 
 
-def _split_rope(x: torch.Tensor, rope_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(nope, rope) parts of [..., head_dim] in rotate_half's layout, where dims i and i + head_dim/2 form the
-    rotary pair of frequency i: rope = the `rope_dims / 2` fastest pairs, nope = the rest."""
-    half, h = x.shape[-1] // 2, rope_dims // 2
+def _split_rope(x: torch.Tensor, rope_dims: int, rotary: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nope, rope) parts of [..., head_dim] in rotate_half's layout, where dims i and i + rotary/2 form the
+    rotary pair of frequency i (`rotary`: the rotated width, default the whole last dim; dims past it never rotate):
+    rope = the `rope_dims / 2` fastest pairs, nope = the rest."""
+    half, h = (x.shape[-1] if rotary is None else rotary) // 2, rope_dims // 2
     rope = torch.cat([x[..., :h], x[..., half:half + h]], dim=-1)
     nope = torch.cat([x[..., h:half], x[..., half + h:]], dim=-1)
     return nope, rope
@@ -185,20 +204,20 @@ class LatentAttention(nn.Module):
 
     def __init__(self, dims: ModelDims, layer_idx: int, rank: int, rope_dims: int | None = None):
         super().__init__()
-        self.layer_idx, self.rank = layer_idx, rank
+        self.layer_idx, self.rank, self.dims = layer_idx, rank, dims
         self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
-        self.rope_dims = mla_rope_dims(dims.head_dim) if rope_dims is None else rope_dims
+        self.rope_dims = mla_rope_dims(dims) if rope_dims is None else rope_dims
+        self.rotary = dims.rope_dims
         self.nope_dims = dims.head_dim - self.rope_dims
-        self.scaling = dims.head_dim ** -0.5
+        self.scaling = dims.softmax_scale
         bias = dims.attention_bias
         self.q_proj = nn.Linear(dims.hidden_size, dims.num_heads * dims.head_dim, bias=bias)
         self.kv_down = nn.Linear(dims.hidden_size, rank, bias=False)
         self.k_rope = nn.Linear(dims.hidden_size, dims.num_kv_heads * self.rope_dims, bias=bias)
         self.k_up = nn.Linear(rank, dims.num_kv_heads * self.nope_dims, bias=bias)
         self.v_up = nn.Linear(rank, dims.kv_dim, bias=bias)
-        self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=bias)
-        self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
+        self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
+        self.q_norm, self.k_norm = qk_norms(dims)
 
     @torch.no_grad()
     def load_teacher(self, teacher: nn.Module) -> None:
@@ -206,14 +225,13 @@ class LatentAttention(nn.Module):
         [W_k nope rows; W_v] gives kv_down = sqrt(S) V^T and k_up / v_up = U sqrt(S); the rest is copied. At full
         rank (Hkv * (nope + head_dim) or hidden_size, whichever is smaller) with `rope_dims = head_dim`, the layer
         is the teacher's attention."""
-        for name in ("q_proj", "o_proj", "q_norm", "k_norm"):
-            mine = getattr(self, name)
-            if not isinstance(mine, nn.Identity):
-                mine.load_state_dict(getattr(teacher, name).state_dict())
+        copy_teacher(self, teacher, self.dims, ("q_proj", "o_proj", "q_norm", "k_norm"))
+        proj = teacher_projections(teacher, self.dims)
+        k_proj, v_proj = proj["k_proj"], proj["v_proj"]
         hkv, d = self.num_kv_heads, self.head_dim
-        k_nope, k_rope = _split_rope(teacher.k_proj.weight.T.reshape(-1, hkv, d), self.rope_dims)  # [hidden, Hkv, *]
-        self.k_rope.weight.copy_(k_rope.reshape(k_rope.shape[0], -1).T)
-        w = torch.cat([k_nope.reshape(k_nope.shape[0], -1).T, teacher.v_proj.weight]).double()
+        k_nope, k_rope = _split_rope(k_proj["weight"].T.reshape(-1, hkv, d), self.rope_dims, self.rotary)
+        self.k_rope.weight.copy_(k_rope.reshape(k_rope.shape[0], -1).T)  # k_nope, k_rope: [hidden, Hkv, *]
+        w = torch.cat([k_nope.reshape(k_nope.shape[0], -1).T, v_proj["weight"]]).double()
         u, s, vt = torch.linalg.svd(w, full_matrices=False)
         r = min(self.rank, s.numel())
         root = s[:r].sqrt()
@@ -224,17 +242,17 @@ class LatentAttention(nn.Module):
         self.kv_down.weight.copy_(down)
         self.k_up.weight.copy_(up[:self.k_up.out_features])
         self.v_up.weight.copy_(up[self.k_up.out_features:])
-        if teacher.k_proj.bias is not None:
-            b_nope, b_rope = _split_rope(teacher.k_proj.bias.view(hkv, d), self.rope_dims)
+        if k_proj.get("bias") is not None:
+            b_nope, b_rope = _split_rope(k_proj["bias"].view(hkv, d), self.rope_dims, self.rotary)
             self.k_rope.bias.copy_(b_rope.reshape(-1))
             self.k_up.bias.copy_(b_nope.reshape(-1))
-            self.v_up.bias.copy_(teacher.v_proj.bias)
+            self.v_up.bias.copy_(v_proj["bias"])
 
     def _norm_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The k_norm weight split as (nope, rope); ones when the teacher has no k_norm."""
         if isinstance(self.k_norm, nn.Identity):
             return like.new_ones(self.nope_dims), like.new_ones(self.rope_dims)
-        return _split_rope(self.k_norm.weight, self.rope_dims)
+        return _split_rope(self.k_norm.gain, self.rope_dims, self.rotary)
 
     def _key_scale(self, k_nope: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
         """Each key's RMS-norm factor over the whole head ([..., 1], float32), as the teacher's k_norm computes it;
@@ -250,7 +268,8 @@ class LatentAttention(nn.Module):
         b, t, _ = hidden_states.shape
         hkv, dr = self.num_kv_heads, self.rope_dims
         cos, sin = (_split_rope(x, dr)[1] for x in position_embeddings)
-        q_nope, q_rope = _split_rope(self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)), dr)
+        q_nope, q_rope = _split_rope(self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)), dr,
+                                     self.rotary)
         q_rope = apply_rotary(q_rope.transpose(1, 2), cos, sin)
         q_nope = q_nope.transpose(1, 2)  # [B, H, T, nope]
         latent = self.kv_down(hidden_states)  # [B, T, r]

@@ -7,7 +7,8 @@ The config carries everything the remote code needs, so a built model loads with
 
 from __future__ import annotations
 
-from transformers import LlamaConfig, Qwen3Config, Qwen3VLConfig
+from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2_5_VLConfig,
+                          Qwen2Config, Qwen3Config, Qwen3VLConfig)
 
 
 class MosaicQwen3Config(Qwen3Config):
@@ -26,6 +27,52 @@ class MosaicQwen3VLConfig(Qwen3VLConfig):
     """A Qwen3-VL config whose language-model layers follow `mosaic["layers"]` (vision tower untouched)."""
 
     model_type = "mosaic_qwen3_vl"
+
+
+class MosaicQwen2Config(Qwen2Config):
+    """A Qwen2 / Qwen2.5 config whose decoder layers follow `mosaic["layers"]`."""
+
+    model_type = "mosaic_qwen2"
+
+
+class MosaicMistralConfig(MistralConfig):
+    """A Mistral config whose decoder layers follow `mosaic["layers"]`."""
+
+    model_type = "mosaic_mistral"
+
+
+class MosaicPhi3Config(Phi3Config):
+    """A Phi-3 / Phi-4-mini config whose decoder layers follow `mosaic["layers"]`."""
+
+    model_type = "mosaic_phi3"
+
+
+class MosaicGemma3TextConfig(Gemma3TextConfig):
+    """A Gemma 3 text config whose decoder layers follow `mosaic["layers"]`."""
+
+    model_type = "mosaic_gemma3_text"
+
+
+class MosaicGemma3Config(Gemma3Config):
+    """A Gemma 3 config whose language-model layers follow `mosaic["layers"]` (vision tower untouched)."""
+
+    model_type = "mosaic_gemma3"
+
+
+class MosaicQwen2_5_VLConfig(Qwen2_5_VLConfig):
+    """A Qwen2.5-VL config whose language-model layers follow `mosaic["layers"]` (vision tower untouched)."""
+
+    model_type = "mosaic_qwen2_5_vl"
+
+
+def rope_by_layer(text: dict, kinds: list) -> dict:
+    """For a model whose rotary embedding is keyed by layer type (Gemma 3): `rope_parameters` with an entry for every
+    type of the built `text["layer_types"]`, which transformers requires. Each layer rotates with its teacher layer's
+    type `kinds[i]` instead (`modeling_mosaic`), so a new type (linear_attention) borrows any teacher entry unread."""
+    rope = {k: dict(v) for k, v in text["rope_parameters"].items()}
+    for kind in text["layer_types"]:
+        rope.setdefault(kind, dict(rope[kinds[0]]))
+    return {"rope_parameters": rope}
 
 
 def cache_layout(layer_types: list, windows: list) -> dict:
@@ -52,4 +99,10 @@ CONFIGS = {
     "qwen3": (MosaicQwen3Config, "AutoModelForCausalLM"),
     "llama": (MosaicLlamaConfig, "AutoModelForCausalLM"),
     "qwen3_vl": (MosaicQwen3VLConfig, "AutoModelForImageTextToText"),
+    "qwen2": (MosaicQwen2Config, "AutoModelForCausalLM"),
+    "mistral": (MosaicMistralConfig, "AutoModelForCausalLM"),
+    "phi3": (MosaicPhi3Config, "AutoModelForCausalLM"),
+    "gemma3_text": (MosaicGemma3TextConfig, "AutoModelForCausalLM"),
+    "gemma3": (MosaicGemma3Config, "AutoModelForImageTextToText"),
+    "qwen2_5_vl": (MosaicQwen2_5_VLConfig, "AutoModelForImageTextToText"),
 }

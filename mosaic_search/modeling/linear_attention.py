@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import copy_teacher, qk_norms
 from .cache import conv_context, layer_cache, recurrent_state
 from .delta_rule import delta_rule
 from .dims import ModelDims
-from .norm import RMSNorm
 
 CONV_KERNEL = 4
 
@@ -50,7 +50,7 @@ class DeltaMixer(nn.Module):
 
     def __init__(self, dims: ModelDims, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
+        self.layer_idx, self.dims = layer_idx, dims
         self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
         self.group = dims.num_heads // dims.num_kv_heads
         width, kv_width = dims.num_heads * dims.head_dim, dims.kv_dim
@@ -58,9 +58,8 @@ class DeltaMixer(nn.Module):
         self.q_proj = nn.Linear(dims.hidden_size, width, bias=bias)
         self.k_proj = nn.Linear(dims.hidden_size, kv_width, bias=bias)
         self.v_proj = nn.Linear(dims.hidden_size, kv_width, bias=bias)
-        self.o_proj = nn.Linear(width, dims.hidden_size, bias=bias)
-        self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps) if dims.qk_norm else nn.Identity()
+        self.o_proj = nn.Linear(width, dims.hidden_size, bias=dims.out_bias)
+        self.q_norm, self.k_norm = qk_norms(dims)
         self.q_conv, self.k_conv, self.v_conv = ShortConv(width), ShortConv(kv_width), ShortConv(kv_width)
         self.b_proj = nn.Linear(dims.hidden_size, dims.num_heads, bias=True)
         nn.init.normal_(self.b_proj.weight, std=0.02)
@@ -84,10 +83,8 @@ class DeltaMixer(nn.Module):
 
     @torch.no_grad()
     def load_teacher(self, teacher: nn.Module) -> None:
-        """q/k/v/o projections and q/k norms copied as they are."""
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
-            if not isinstance(getattr(self, name), nn.Identity):
-                getattr(self, name).load_state_dict(getattr(teacher, name).state_dict())
+        """q/k/v/o projections (a fused qkv_proj split) and q/k norms copied as they are."""
+        copy_teacher(self, teacher, self.dims, ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
 
     def decay(self, x: torch.Tensor) -> torch.Tensor:
         """Log-decay g <= 0: [B, T, H] (GDN) or [B, T, H, K] (KDA)."""

@@ -7,10 +7,16 @@ imports only torch, transformers and the sibling files of this folder.
 from __future__ import annotations
 
 import torch
-from transformers import LlamaForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration
+from transformers import (Gemma3ForCausalLM, Gemma3ForConditionalGeneration, LlamaForCausalLM, MistralForCausalLM,
+                          Phi3ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM, Qwen3ForCausalLM,
+                          Qwen3VLForConditionalGeneration)
 
-from .architectures import ARCHITECTURES, base_model_type, decoder_layers, text_config
-from .configuration_mosaic import MosaicLlamaConfig, MosaicQwen3Config, MosaicQwen3VLConfig
+from .architectures import (ARCHITECTURES, base_model_type, decoder_layers, rope_layer_types, teacher_rotary,
+                            text_config)
+from .architectures import text_model as _text_model
+from .configuration_mosaic import (MosaicGemma3Config, MosaicGemma3TextConfig, MosaicLlamaConfig, MosaicMistralConfig,
+                                   MosaicPhi3Config, MosaicQwen2_5_VLConfig, MosaicQwen2Config, MosaicQwen3Config,
+                                   MosaicQwen3VLConfig)
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
 from .mixers import mixer_class
@@ -26,7 +32,7 @@ def install_mixers(model) -> None:
     """Replace each decoder layer's attention (or, for `replaces == "layer"`, the whole layer) as the config says."""
     config = model.config
     record = ARCHITECTURES[base_model_type(config)]
-    dims = ModelDims.from_text_config(text_config(config, record), qk_norm=record.qk_norm)
+    dims = ModelDims.from_text_config(text_config(config, record), record)
     layers = decoder_layers(model, record)
     specs = config.mosaic["layers"]
     if len(specs) != len(layers):
@@ -41,10 +47,49 @@ def install_mixers(model) -> None:
 
 def text_model(model):
     """The module that owns the decoder layers (the language model inside a VLM)."""
-    obj = model
-    for part in ARCHITECTURES[base_model_type(model.config)].layers_path.split(".")[:-1]:
-        obj = getattr(obj, part)
-    return obj
+    return _text_model(model, ARCHITECTURES[base_model_type(model.config)])
+
+
+def install_teacher_rope(model) -> None:
+    """Where the rotary embedding depends on the layer type (Gemma 3: local 10k, global 1M bases), make each decoder
+    layer rotate with its teacher layer's RoPE (`mosaic["rope_layer_types"]`), whatever its type in the plan.
+
+    The text model's rotary embedding is rebuilt for the teacher's layer types (same class and buffer names as the
+    teacher's, so loading fills it as it filled the teacher's). The text model still asks it for each *built* type
+    and hands layer i that type's cos/sin; a forward pre-hook on each layer replaces them with its teacher type's,
+    computed once per forward (a pre-hook on the text model empties the memo). A built type the teacher lacks
+    (linear_attention) is answered with a teacher type's tables, which no layer reads."""
+    record = ARCHITECTURES[base_model_type(model.config)]
+    kinds = rope_layer_types(model.config, record)
+    if kinds is None:
+        return
+    inner = text_model(model)
+    inner.rotary_emb = teacher_rotary(model, record, kinds)
+    memo: dict = {}
+
+    def forget(module, args, kwargs):
+        memo.clear()
+
+    def teacher_type(module, args):
+        if len(args) > 2 and args[2] not in kinds:
+            return (*args[:2], kinds[0], *args[3:])
+        return args
+
+    def rope_of(kind):
+        def hook(module, args, kwargs):
+            if kwargs.get("position_ids") is None:  # called directly (mosaic's TextStack): its RoPE is already per layer
+                return None
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            key = (kind, id(kwargs["position_ids"]))
+            if key not in memo:
+                memo[key] = inner.rotary_emb(hidden, kwargs["position_ids"], kind)
+            return args, {**kwargs, "position_embeddings": memo[key]}
+        return hook
+
+    inner.register_forward_pre_hook(forget, with_kwargs=True)
+    inner.rotary_emb.register_forward_pre_hook(teacher_type)
+    for layer, kind in zip(decoder_layers(model, record), kinds):
+        layer.register_forward_pre_hook(rope_of(kind), with_kwargs=True)
 
 
 def _masks_done_by_mixers(masks_by_layer_type: bool):
@@ -80,12 +125,12 @@ class _MosaicMixin:
     """Builds the teacher, then swaps in the mixers of `config.mosaic`, takes over masking and checks that each
     `generate` call asks for a mode the mix serves exactly (`generation.generate_kwargs`)."""
 
-    # whether the text model looks its masks up by `layer_types` (Qwen3) or builds one causal mask (Llama, Qwen3-VL)
-    masks_by_layer_type = False
-
     def _install_mosaic(self) -> None:
         install_mixers(self)
-        text_model(self).register_forward_pre_hook(_masks_done_by_mixers(self.masks_by_layer_type), with_kwargs=True)
+        install_teacher_rope(self)
+        # whether the text model looks its masks up by `layer_types` (Qwen3) or builds one causal mask (Llama)
+        by_type = ARCHITECTURES[base_model_type(self.config)].masks_by_layer_type
+        text_model(self).register_forward_pre_hook(_masks_done_by_mixers(by_type), with_kwargs=True)
 
     @staticmethod
     def create_masks_for_generate(attention_mask=None, **kwargs):
@@ -109,7 +154,6 @@ class MosaicQwen3ForCausalLM(_MosaicMixin, Qwen3ForCausalLM):
     """Qwen3 causal LM with per-layer mosaic mixers."""
 
     config_class = MosaicQwen3Config
-    masks_by_layer_type = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -136,9 +180,84 @@ class MosaicQwen3VLForConditionalGeneration(_MosaicMixin, Qwen3VLForConditionalG
         self._install_mosaic()
 
 
+class MosaicQwen2ForCausalLM(_MosaicMixin, Qwen2ForCausalLM):
+    """Qwen2 / Qwen2.5 causal LM with per-layer mosaic mixers."""
+
+    config_class = MosaicQwen2Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
+
+
+class MosaicMistralForCausalLM(_MosaicMixin, MistralForCausalLM):
+    """Mistral causal LM with per-layer mosaic mixers."""
+
+    config_class = MosaicMistralConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
+
+
+class MosaicPhi3ForCausalLM(_MosaicMixin, Phi3ForCausalLM):
+    """Phi-3 / Phi-4-mini causal LM with per-layer mosaic mixers (q/k/v split from the teacher's fused qkv_proj)."""
+
+    config_class = MosaicPhi3Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
+
+
+class MosaicGemma3ForCausalLM(_MosaicMixin, Gemma3ForCausalLM):
+    """Gemma 3 causal LM with per-layer mosaic mixers, each layer keeping its teacher layer's RoPE."""
+
+    config_class = MosaicGemma3TextConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
+
+
+class MosaicGemma3ForConditionalGeneration(_MosaicMixin, Gemma3ForConditionalGeneration):
+    """Gemma 3 with mosaic mixers in its language model; vision tower and projector are the teacher's.
+
+    Text only: Gemma 3 attends bidirectionally among an image's tokens, and the mixers are causal, so a call with
+    images is refused rather than answered differently from the teacher."""
+
+    config_class = MosaicGemma3Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
+
+    def forward(self, *args, pixel_values=None, **kwargs):
+        if pixel_values is not None:
+            raise ValueError("images: Gemma 3 attends bidirectionally within an image and mosaic's mixers are causal, "
+                             "so a mosaic Gemma 3 model reads text only")
+        return super().forward(*args, **kwargs)
+
+
+class MosaicQwen2_5_VLForConditionalGeneration(_MosaicMixin, Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL with mosaic mixers in its language model; vision tower and mRoPE are the teacher's."""
+
+    config_class = MosaicQwen2_5_VLConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
+
+
 # base model_type -> model class
 MODELS = {
     "qwen3": MosaicQwen3ForCausalLM,
     "llama": MosaicLlamaForCausalLM,
     "qwen3_vl": MosaicQwen3VLForConditionalGeneration,
+    "qwen2": MosaicQwen2ForCausalLM,
+    "mistral": MosaicMistralForCausalLM,
+    "phi3": MosaicPhi3ForCausalLM,
+    "gemma3_text": MosaicGemma3ForCausalLM,
+    "gemma3": MosaicGemma3ForConditionalGeneration,
+    "qwen2_5_vl": MosaicQwen2_5_VLForConditionalGeneration,
 }

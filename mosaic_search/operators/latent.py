@@ -8,12 +8,12 @@ from . import OperatorSpec, register
 
 def _per_token(dims, rank: int) -> int:
     """Numbers cached per token: the latent, and per KV head its key's rotated rope part and RMS scale."""
-    return rank + dims.num_kv_heads * (mla_rope_dims(dims.head_dim) + 1)
+    return rank + dims.num_kv_heads * (mla_rope_dims(dims) + 1)
 
 
 def _full_rank(dims) -> int:
     """Rank of the stacked [W_k nope rows; W_v]: a larger latent only adds zero columns."""
-    return min(dims.num_kv_heads * (2 * dims.head_dim - mla_rope_dims(dims.head_dim)), dims.hidden_size)
+    return min(dims.num_kv_heads * (2 * dims.head_dim - mla_rope_dims(dims)), dims.hidden_size)
 
 
 def _init(new, teacher_attention):
