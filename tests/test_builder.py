@@ -589,7 +589,7 @@ def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_pa
 
     t, _, mixed = built[kind]
     out = distill.distill(str(mixed), data="self", steps=1, batch_size=2, seq_len=16, quality=False,
-                          out=tmp_path / "d")
+                          trainable="mixers", out=tmp_path / "d")
     record = distill.load_record(out)
     assert [r["stage"] for r in record["losses"]] == ["offpolicy", "onpolicy"]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in record["losses"])
