@@ -432,10 +432,10 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
 
     from . import distill as distill_mod
 
-    target = distill_mod.default_out(model, out)
-    kept = f"checkpoints are kept in {target}.checkpoint; rerun with --resume to continue"
+    ckpt = Path(f"{distill_mod.default_out(model, out)}.checkpoint")
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    with _interruptible(lambda: kept), _progress("distilling") if rank0 else contextlib.nullcontext() as tick:
+    with _interruptible(lambda: f"the checkpoint in {ckpt} is kept; rerun with --resume to continue"
+                        if ckpt.is_dir() else f"{NOTHING_WRITTEN} (no checkpoint yet)"), _progress("distilling") if rank0 else contextlib.nullcontext() as tick:
         path = distill_mod.distill(model, teacher=teacher, oracle=oracle, oracle_weight=oracle_weight, data=data,
                                    stage=stage, steps=steps, tokens=tokens, lr=lr, trainable=trainable,
                                    hidden_weight=hidden_weight, divergence=divergence, batch_size=batch_size,

@@ -35,17 +35,17 @@ def default_source(teacher: str) -> str:
     return str(TINY_CALIBRATION) if teacher == TINY and TINY_CALIBRATION.is_file() else SELF
 
 
-def check_source(source: str) -> str:
-    """`self`, or an existing, non-empty file of a known kind; a one-line error otherwise."""
+def check_source(source: str, flag: str = "--data") -> str:
+    """`self`, or an existing, non-empty file of a known kind; a one-line error naming `flag` otherwise."""
     if source == SELF:
         return source
     path = Path(source)
     if path.suffix.lower() not in SUFFIXES:
-        raise UsageError(f'--data {source}: expected "self" or a {", ".join(SUFFIXES)} file')
+        raise UsageError(f'{flag} {source}: expected "self" or a {", ".join(SUFFIXES)} file')
     if not path.is_file():
-        raise UsageError(f"--data {source}: no such file")
+        raise UsageError(f"{flag} {source}: no such file")
     if path.stat().st_size == 0:
-        raise UsageError(f"--data {source}: the file is empty")
+        raise UsageError(f"{flag} {source}: the file is empty")
     return source
 
 

@@ -46,8 +46,8 @@ ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a p
 JSD_BETA = 0.5
 CHECKPOINT_EVERY = 25
 # `self` data: the off-policy stage's windows, sampled once (at most this many; fewer are reused by epochs). On the
-# embedded teacher, 400 fresh samples recovered 81% of a plan's held-out gap where its 32 calibration windows, seen
-# 12 times each, recovered 21% (BENCHMARKS.md "Recovery").
+# embedded teacher, 400 fresh samples recovered 81% of a plan's held-out gap where its 64 calibration windows, seen
+# about 6 times each, recovered 21% (BENCHMARKS.md "Recovery").
 SELF_WINDOWS = 1024
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 
@@ -74,18 +74,24 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
 
     from . import data as data_mod
     from .evaluate import eval_set, recorded_teacher
-    from .models import TINY
+    from .models import TINY, is_mosaic_dir
     from .profiler import check_device
 
     _choice("--stage", stage, STAGES)
     _choice("--trainable", trainable, TRAINABLE)
     _choice("--divergence", divergence, DIVERGENCES)
-    for flag, value in (("--lr", lr), ("--batch-size", batch_size), ("--seq-len", seq_len - 1),
-                        ("--checkpoint-every", checkpoint_every)):
+    for flag, value in (("--lr", lr), ("--batch-size", batch_size), ("--checkpoint-every", checkpoint_every)):
         if not value > 0:
             raise UsageError(f"{flag} must be positive, got {value}")
-    if not 0 <= oracle_weight <= 1 or hidden_weight < 0:
-        raise UsageError("--oracle-weight must be in [0, 1] and --hidden-weight at least 0")
+    if seq_len < 2:
+        raise UsageError(f"--seq-len must be at least 2, got {seq_len}")
+    if not 0 <= oracle_weight <= 1:
+        raise UsageError(f"--oracle-weight must be in [0, 1], got {oracle_weight}")
+    if hidden_weight < 0:
+        raise UsageError(f"--hidden-weight must be at least 0, got {hidden_weight}")
+    if not is_mosaic_dir(model):
+        raise UsageError(f"{model}: " + ("not a model built by mosaic (mosaic build writes one)" if Path(model).is_dir()
+                                         else "no such model directory"))
     teacher = teacher or recorded_teacher(model)
     out = default_out(model, out)
     check_output(out, folder=True, overwrite=overwrite)
@@ -94,7 +100,8 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     plan = [s for s in stages for _ in range(per_stage)]
     tokenizer = _same_tokenizer(model, teacher, oracle)
     source = data_mod.check_source(data or data_mod.SELF)
-    evals = eval_set(teacher, eval_data, tokenizer=tokenizer) if quality and (eval_data or teacher == TINY) else None
+    evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, flag="--eval-data")
+             if quality and (eval_data or teacher == TINY) else None)
     check_device(device)
 
     with distributed.session(device) as (rank, world, device):
@@ -212,18 +219,16 @@ def _same_tokenizer(model: str, teacher: str, oracle: str | None):
     for flag, other in (("model", model), ("--oracle", oracle)):
         theirs = tokenizer_of(other) if other else None
         if theirs is not None and theirs.get_vocab() != tok.get_vocab():
-            raise UsageError(f"{flag} {other}: its tokenizer differs from the teacher's ({len(theirs)} vs {len(tok)} "
-                             "tokens); distillation compares distributions token by token")
+            raise UsageError(f"{flag} {other}: its tokenizer maps text to tokens differently from the teacher's; "
+                             "distillation compares distributions token by token")
     return tok
 
 
 def _load(model: str, teacher: str, oracle: str | None, device: str):
     """(student in train mode, teacher, oracle or None), frozen except what `_trainable` frees; the oracle's
     output vocabulary must be the teacher's."""
-    from .models import load_config, load_model
+    from .models import load_model
 
-    if not getattr(load_config(model), "model_type", "").startswith("mosaic_"):
-        raise UsageError(f"{model}: not a model built by mosaic (mosaic build writes one)")
     student = load_model(model, device=device)
     ref = load_model(teacher, device=device)
     vocab = ref.get_output_embeddings().weight.shape[0]

@@ -43,7 +43,7 @@ class EvalSet:
 
 
 def eval_set(teacher: str, data: str | None = None, probes: str | None = None, windows: int = EVAL_WINDOWS,
-             seq_len: int = EVAL_SEQ_LEN, tokenizer=None) -> EvalSet:
+             seq_len: int = EVAL_SEQ_LEN, tokenizer=None, flag: str = "--data") -> EvalSet:
     """The evaluation set of `teacher`: defaults for `tiny` (heldout.txt, recall_eval.jsonl); any other teacher
     needs `data` (a .txt/.jsonl/.parquet file) and takes `probes` optionally. Errors are one-line UsageErrors."""
     from . import data as data_mod
@@ -54,10 +54,10 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
 
     tiny = teacher == TINY
     if data is None and not tiny:
-        raise UsageError(f"--data: {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
-    source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT))
+        raise UsageError(f"{flag}: {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
+    source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT), flag)
     if source == data_mod.SELF:
-        raise UsageError("--data self: evaluation needs held-out text, not samples of the teacher")
+        raise UsageError(f"{flag} self: evaluation needs held-out text, not samples of the teacher")
     if windows < 1 or seq_len < 2:
         raise UsageError(f"--windows and --seq-len must be at least 1 and 2, got {windows} and {seq_len}")
     tokenizer = tokenizer or data_mod.tokenizer_of(teacher)
@@ -127,10 +127,16 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
 
 
 def recorded_teacher(model: str) -> str:
-    """The teacher id a mosaic model directory was built from (its plan record), or a one-line error."""
+    """The teacher id a mosaic model directory was built from (its plan record); `tiny` is its own teacher; a
+    one-line error otherwise."""
     from . import schema
     from .builder import PLAN_FILE
+    from .models import TINY
 
+    if model == TINY:
+        return TINY
+    if not Path(model).is_dir():
+        raise UsageError(f"{model}: no such model directory")
     plan = Path(model) / PLAN_FILE
     if not plan.is_file():
         raise UsageError(f"{model}: not a model built by mosaic (no {PLAN_FILE}); pass --teacher")

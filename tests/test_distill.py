@@ -44,9 +44,12 @@ def test_evaluate_the_teacher_against_itself_is_exact():
     assert 0.2 < r["heldout_loss"] < 1.5  # nats per byte: the model card's held-out loss is 1.13 on 512-byte windows
 
 
-def test_evaluate_reads_the_plans_teacher_and_sees_the_swaps(builds):
+def test_evaluate_reads_the_plans_teacher_and_sees_the_swaps(builds, tmp_path, capsys):
     r = evaluate(str(builds["drop"]), windows=1, seq_len=256)
     assert r["teacher"] == "tiny" and r["kl"] > 0.05
+    for command in ("eval", "distill"):
+        assert main([command, str(tmp_path / "nothing")]) == 2
+        assert "no such model directory" in capsys.readouterr().err
 
 
 def test_eval_set_errors_are_one_line_usage_errors(tmp_path):
@@ -118,6 +121,9 @@ def test_the_record_holds_quality_before_and_after(builds, tmp_path):
     (["--steps", "0"], "at least one step"),
     (["--steps", "2", "--tokens", "99"], "exclude each other"),
     (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--seq-len", "1"], "--seq-len must be at least 2, got 1"),
+    (["--oracle-weight", "2"], "--oracle-weight must be in [0, 1], got 2"),
+    (["--eval", "--eval-data", "/no/such.txt"], "--eval-data /no/such.txt: no such file"),
 ])
 def test_bad_arguments_exit_2_in_one_line(builds, tmp_path, capsys, args, message):
     code = main(["distill", str(builds["drop"]), "--out", str(tmp_path / "o"), "--no-eval", *args])
@@ -157,7 +163,7 @@ def test_a_model_with_another_tokenizer_is_refused(builds, tmp_path, capsys):
     words = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
     PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>").save_pretrained(other)
     assert main(["distill", str(other), "--out", str(tmp_path / "o"), "--no-eval"]) == 2
-    assert "its tokenizer differs from the teacher's" in capsys.readouterr().err
+    assert "its tokenizer maps text to tokens differently from the teacher's" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
