@@ -38,7 +38,7 @@ DIVERGENCES = ("forward", "reverse", "jsd")
 DEFAULT_STEPS = 100  # per stage; see BENCHMARKS.md "Recovery" for the budget this buys on the embedded teacher
 DEFAULT_BATCH = 4
 DEFAULT_SEQ_LEN = 512
-DEFAULT_LR = 3e-4  # of 3e-4 and 1e-3 on the embedded teacher, 1e-3 made both plans worse than built (BENCHMARKS.md)
+DEFAULT_LR = 3e-4  # 1e-3 recovered less on both measured plans of the embedded teacher (BENCHMARKS.md)
 DEFAULT_HIDDEN_WEIGHT = 0.1
 WARMUP_FRACTION = 0.1
 CLIP_NORM = 1.0
@@ -46,7 +46,7 @@ ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a p
 JSD_BETA = 0.5
 CHECKPOINT_EVERY = 25
 # `self` data: the off-policy stage's windows, sampled once (at most this many; fewer are reused by epochs). On the
-# embedded teacher, 400 fresh samples recovered 81% of a plan's held-out gap where its 64 calibration windows, seen
+# embedded teacher, 400 fresh samples recovered 80.5% of a plan's held-out gap where its 64 calibration windows, seen
 # about 6 times each, recovered 21% (BENCHMARKS.md "Recovery").
 SELF_WINDOWS = 1024
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
