@@ -16,6 +16,9 @@ global batch is split across ranks and gradients averaged by PyTorch's Distribut
 
 The output loads exactly like a build (same remote code, config and plan record) and adds `distill_record.json`
 (`mosaic/distill-record`): data, steps, loss per step and quality before / after (`evaluate.measure`).
+
+Longer than the house's ~450 lines: both stages share one loop, one data sampler and one checkpoint format, and
+each part is a section below (inputs, losses, durability, output).
 """
 
 from __future__ import annotations
