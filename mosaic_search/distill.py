@@ -106,6 +106,9 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, flag="--eval-data")
              if quality and (eval_data or teacher == TINY) else None)
     check_device(device)
+    ckpt = out.with_name(out.name + ".checkpoint")
+    if resume and not (ckpt / "state.json").is_file():
+        print(f"note: --resume: no checkpoint at {ckpt}; starting from step 0", file=sys.stderr)
 
     with distributed.session(device) as (rank, world, device):
         if batch_size % world:
@@ -122,7 +125,6 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
                         divergence=divergence, batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world)
         before = _quality(student, ref, evals) if rank == 0 else None
         opt = torch.optim.AdamW([p for _, p in params], lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-        ckpt = out.with_name(out.name + ".checkpoint")
         start, losses = _resume(ckpt, settings, params, opt) if resume else (0, [])
         if start and rank == 0:
             print(f"note: resuming from {ckpt} at step {start} of {len(plan)}", file=sys.stderr)
@@ -477,8 +479,8 @@ def _checkpoint(ckpt: Path, settings: dict, step: int, losses: list, params, opt
             tensors[f"opt/{idx}/{key}"] = value.detach().contiguous().cpu().reshape(value.shape)
     with atomic_dir(ckpt) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
-        write_json(tmp / "state.json", {"fingerprint": _fingerprint(settings), "step": step, "losses": losses,
-                                        "param_groups": state["param_groups"]})
+        write_json(tmp / "state.json", {"fingerprint": _fingerprint(settings), "settings": settings, "step": step,
+                                        "losses": losses, "param_groups": state["param_groups"]})
 
 
 def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
@@ -488,12 +490,14 @@ def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
 
     meta = ckpt / "state.json"
     if not meta.is_file():
-        print(f"note: --resume: no checkpoint at {ckpt}; starting from step 0", file=sys.stderr)
         return 0, []
     obj = json.loads(meta.read_text())
     if obj.get("fingerprint") != _fingerprint(settings):
-        raise StaleInputError(f"{ckpt}: the checkpoint was made with other settings, model, data or process count; "
-                              "rerun with the same arguments, or without --resume to start over")
+        now = json.loads(json.dumps(settings))
+        differ = [k for k in now if k in obj.get("settings", {}) and obj["settings"][k] != now[k]]
+        what = ", ".join(differ) if differ else "settings, model, data or process count"
+        raise StaleInputError(f"{ckpt}: the checkpoint was made with other {what}; rerun with the same arguments, "
+                              "or without --resume to start over")
     tensors = load_file(str(ckpt / "state.safetensors"))
     with torch.no_grad():
         for n, p in params:

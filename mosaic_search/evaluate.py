@@ -169,7 +169,7 @@ def _probes(path: str, tokenizer) -> tuple:
     """(prompt ids, answer ids, distance) of every line of a probe file, or a one-line error naming the line."""
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"--probes {path}: no such file")
+        raise UsageError(f"--probes {path}: " + ("a folder; give a .jsonl file of probes" if p.is_dir() else "no such file"))
     out = []
     for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():

@@ -63,6 +63,8 @@ def test_eval_set_errors_are_one_line_usage_errors(tmp_path):
     bad.write_text('{"prompt": "a"}\n')
     with pytest.raises(UsageError, match="line 1"):
         eval_set("tiny", probes=str(bad), windows=1, seq_len=64)
+    with pytest.raises(UsageError, match="a folder"):
+        eval_set("tiny", probes=str(tmp_path), windows=1, seq_len=64)
 
 
 def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
@@ -203,6 +205,13 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(builds, tmp_path):
     assert distill_mod.load_record(out)["losses"] == distill_mod.load_record(tmp_path / "whole")["losses"]
 
 
+def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(builds, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(_distill_cmd(builds["drop"], out, "--steps", "1", "--resume")[3:]) == 0
+    assert f"no checkpoint at {out.with_name('o.checkpoint')}; starting from step 0" in capsys.readouterr().err
+    assert [r["step"] for r in distill_mod.load_record(out)["losses"]] == [1]
+
+
 @pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_other_settings(builds, tmp_path, capsys):
     out = tmp_path / "o"
@@ -210,6 +219,9 @@ def test_resume_refuses_a_checkpoint_of_other_settings(builds, tmp_path, capsys)
     distill_mod._checkpoint(ckpt, {"other": 1}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
     assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
     assert "other settings" in capsys.readouterr().err
+    distill_mod._checkpoint(ckpt, {"lr": 0.5}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
+    assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
+    assert "made with other lr;" in capsys.readouterr().err  # names the setting that differs
 
 
 @pytest.mark.slow
