@@ -1,7 +1,7 @@
 """Recovery on the embedded teacher (issue 15): how much of a plan's quality loss `mosaic distill` wins back, against
 stage 1 alone and against plain cross-entropy fine-tuning on the same text (the INTERLACE recipe).
 
-    python benchmarks/bench_distill.py --scores S.json [--profile P.json] --out DIR
+    python benchmarks/bench_distill.py --scores S.json [--profile P.json] --out DIR [--runs both,offpolicy,ce]
 
 For each TPOT target (1.4x, 1.6x): `mosaic solve` on the profile and the sensitivity table, `mosaic build` with the
 table's candidate library, then from that one build, every run with distill's defaults unless named:
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=None, help="steps per stage (default: distill's default)")
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="TPOT targets, e.g. 1.4,1.6")
+    ap.add_argument("--runs", default="both,offpolicy,ce", help="which runs, of: both, offpolicy, ce")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (e.g. 1 per process, one per target)")
     args = ap.parse_args()
 
@@ -64,6 +65,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or distill_mod.DEFAULT_STEPS
+    runs = set(args.runs.split(","))
+    if not runs <= {"both", "offpolicy", "ce"}:
+        ap.error(f"--runs: unknown {', '.join(sorted(runs - {'both', 'offpolicy', 'ce'}))}")
     log = (out / f"distill-{args.targets}.log").open("a")
     teacher = load_model("tiny")
     evals = eval_set("tiny")
@@ -98,13 +102,13 @@ def main() -> None:
         before = measure(load_model(str(built)), teacher, evals)
         say(f"{d.name} built {plan.pattern}: KL {before['kl']:.4f} loss {before['heldout_loss']:.4f} "
             f"recall {before['recall']} predicted loss {plan.objective:.4f}")
-        rows = [run("both", built, d, stage="both", steps=steps),
-                run("offpolicy", built, d, stage="offpolicy", steps=steps)]
+        rows = [run(stage, built, d, stage=stage, steps=steps) for stage in ("both", "offpolicy") if stage in runs]
         kl_loss, windows = distill_mod._offpolicy_loss, distill_mod.SELF_WINDOWS
         distill_mod._offpolicy_loss = ce_loss
         distill_mod.SELF_WINDOWS = steps * distill_mod.DEFAULT_BATCH  # the same samples as the distill runs
         try:
-            rows += [run(f"ce-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr) for lr in LRS]
+            rows += [run(f"ce-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr)
+                     for lr in LRS if "ce" in runs]
         finally:
             distill_mod._offpolicy_loss, distill_mod.SELF_WINDOWS = kl_loss, windows
         gap = before["heldout_loss"] - results["teacher"]["heldout_loss"]
