@@ -426,6 +426,9 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                 help="Held-out text for the quality before/after (default: tiny's; other teachers: none).")] = None,
             quality: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure quality before and after.")]
             = True,
+            parallel: Annotated[str, typer.Option(
+                help="Under torchrun: ddp (a replica per process) or fsdp (FSDP2: each process holds a shard).")]
+            = "ddp",
             device: DeviceOpt = "cpu", seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
     from pathlib import Path
@@ -441,8 +444,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                                    hidden_weight=hidden_weight, divergence=divergence, batch_size=batch_size,
                                    seq_len=seq_len, out=out, resume=resume, overwrite=overwrite,
                                    checkpoint_every=checkpoint_every, eval_data=eval_data, quality=quality, seed=seed,
-                                   device=device,
-                                   progress=tick)
+                                   device=device, parallel=parallel, progress=tick)
     if not rank0:
         return None
     record = distill_mod.load_record(path)

@@ -61,7 +61,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
             divergence: str = "forward", batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
             out=None, resume: bool = False, overwrite: bool = False, checkpoint_every: int = CHECKPOINT_EVERY,
             eval_data: str | None = None, quality: bool = True, seed: int = 0, device: str = "cpu",
-            progress=None) -> Path:
+            parallel: str = "ddp", progress=None) -> Path:
     """Distill the mosaic model directory `model` from its teacher and write the recovered model to `out`
     (default `<model>-distilled`); return its path.
 
@@ -72,6 +72,9 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     a tokenizer or oracle vocabulary that differs from the teacher's, an existing `out` without `overwrite`.
     `quality`: measure the model before and after (`evaluate.measure`) on `eval_data` (for `tiny`: its default
     evaluation set; any other teacher: only when `eval_data` is given).
+    `parallel` (under torchrun): `ddp`, a replica per process, or `fsdp`, PyTorch FSDP2 sharding the student, the
+    teacher and the oracle layer by layer over the processes (for models that do not fit one device; each is read
+    into host memory first, then its shards moved to `device`).
     """
     import torch
 
@@ -79,10 +82,12 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     from .evaluate import eval_set, recorded_teacher
     from .models import TINY, is_mosaic_dir
     from .profiler import check_device
+    from .surgery import decoder_layers
 
     _choice("--stage", stage, STAGES)
     _choice("--trainable", trainable, TRAINABLE)
     _choice("--divergence", divergence, DIVERGENCES)
+    _choice("--parallel", parallel, distributed.PARALLEL)
     for flag, value in (("--lr", lr), ("--batch-size", batch_size), ("--checkpoint-every", checkpoint_every)):
         if not value > 0:
             raise UsageError(f"{flag} must be positive, got {value}")
@@ -113,38 +118,50 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     with distributed.session(device) as (rank, world, device):
         if batch_size % world:
             raise UsageError(f"--batch-size {batch_size} does not split over {world} processes")
-        student, ref, oracle_model = _load(model, teacher, oracle, device)
+        sharded = world > 1 and parallel == "fsdp"
+        student, ref, oracle_model = _load(model, teacher, oracle, "cpu" if sharded else device)
         params = _trainable(student, ref, trainable)
-        windows = _windows(source, tokenizer, teacher, ref, per_stage * batch_size, seq_len, seed, world)
+        wrapped, ref, oracle_model = (distributed.wrap(m, world, parallel, device, decoder_layers(m))
+                                      if m is not None else None for m in (student, ref, oracle_model))
+        now = dict(student.named_parameters())  # FSDP2 replaced each parameter by its shard
+        params = [(n, now[n]) for n, _ in params]
+        windows = _windows(source, tokenizer, teacher, ref, per_stage * batch_size, seq_len, seed, world, sharded)
         if "onpolicy" in stages and not windows.text:
             raise UsageError(f"--data {source}: every window holds images; on-policy steps need text prompts "
                              "(use --stage offpolicy, or add text rows)")
         settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle,
                         oracle_weight=oracle_weight, data=windows.describe(), stages=list(stages),
                         steps_per_stage=per_stage, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
-                        divergence=divergence, batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world)
-        before = _quality(student, ref, evals) if rank == 0 else None
+                        divergence=divergence, batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world,
+                        parallel=parallel)
+        # rank 0 measures and checkpoints; a sharded model runs only with every process taking part (each gets the
+        # same numbers)
+        works = rank == 0 or sharded
+        before = _quality(student, ref, evals) if works else None
         opt = torch.optim.AdamW([p for _, p in params], lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
         start, losses = _resume(ckpt, settings, params, opt) if resume else (0, [])
         if start and rank == 0:
             print(f"note: resuming from {ckpt} at step {start} of {len(plan)}", file=sys.stderr)
-        wrapped = _ddp(student, world)
         for step in range(start, len(plan)):
             loss = _step(step, plan, settings, wrapped, student, ref, oracle_model, windows, params, opt, rank, world)
             losses.append({"step": step + 1, "stage": plan[step], "loss": loss})
             if progress and rank == 0:
                 progress(step + 1, len(plan), f"{plan[step]} loss {loss:.4f}")
             if (step + 1) % checkpoint_every == 0 and step + 1 < len(plan):
-                if rank == 0:
-                    _checkpoint(ckpt, settings, step + 1, losses, params, opt)
+                if works:
+                    _checkpoint(ckpt, settings, step + 1, losses, params, opt, write=rank == 0)
                 distributed.barrier(world)
+        after = _quality(student, ref, evals) if works else None
+        if sharded:
+            state = {k: distributed.whole(v) for k, v in student.state_dict().items()}
         if rank == 0:
-            student.eval()
+            if sharded:  # written from one whole copy, in host memory
+                student = _load_plain(model, state)
             record = {"kind": RECORD_KIND, "schema_version": schema.SCHEMA_VERSION,
                       "created_by": schema.package_version(), "created_at": schema.utc_now(),
                       "command": list(sys.argv), **settings, "trainable_parameters": sum(p.numel() for _, p in params),
                       "losses": losses, "eval": evals.describe() if evals else None,
-                      "quality": {"before": before, "after": _quality(student, ref, evals)}}
+                      "quality": {"before": before, "after": after}}
             _write(student, model, out, record, overwrite)
             shutil.rmtree(ckpt, ignore_errors=True)
         distributed.barrier(world)
@@ -277,10 +294,12 @@ class _Windows:
         return _Rows(self.windows.select(picked[rank::world]), self.image_token)
 
 
-def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int, seed: int, world: int) -> _Windows:
+def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int, seed: int, world: int,
+             sharded: bool) -> _Windows:
     """Training windows of `seq_len` tokens: the first `want` of the data file, or for `self` at most SELF_WINDOWS
-    sequences sampled from the teacher (sampling is sequential decoding, the slowest part of a run); fewer windows
-    than `want` are reused epoch after epoch."""
+    sequences sampled from the teacher (sampling is sequential decoding, the slowest part of a run; rank 0 samples
+    and sends them, or with a `sharded` teacher every process samples the same ones in step); fewer windows than
+    `want` are reused epoch after epoch."""
     from . import data as data_mod
     from .surgery import dims_of
 
@@ -289,8 +308,11 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
         raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {positions} positions")
     if source == data_mod.SELF:
         n = min(want, SELF_WINDOWS)
-        sampled = data_mod.sample_from_teacher(ref, n, seq_len, seed) if distributed.rank() == 0 else None
-        windows = data_mod.Windows.of(distributed.broadcast(sampled, world))
+        if sharded:
+            windows = data_mod.Windows.of(data_mod.sample_from_teacher(ref, n, seq_len, seed).cpu())
+        else:
+            sampled = data_mod.sample_from_teacher(ref, n, seq_len, seed) if distributed.rank() == 0 else None
+            windows = data_mod.Windows.of(distributed.broadcast(sampled, world))
     else:
         vision = None
         if getattr(ref.config, "vision_config", None) is not None:
@@ -300,37 +322,30 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
 
 
 def _trainable(student, ref, which: str) -> list:
-    """(name, parameter) pairs that train, marked requires_grad; a one-line error when there are none. `replaced`:
-    the layers whose operator differs from the teacher's own there (`ref`'s)."""
+    """(name, parameter) pairs that train, by the student's own parameter names, marked requires_grad; a one-line
+    error when there are none. `replaced`: the layers whose operator differs from the teacher's own there (`ref`'s)."""
     from . import surgery
     from .operators import Candidate
 
     if which == "all":
-        chosen = dict(student.named_parameters())
+        chosen = {id(p) for p in student.parameters()}
     else:
         ops = [Candidate.of(layer["op"], layer.get("params")) for layer in student.config.mosaic["layers"]]
         own = surgery.teacher_ops(ref.config)
-        chosen = {}
+        chosen = set()
         for i, layer in enumerate(surgery.decoder_layers(student)):
             if which == "replaced" and ops[i] == own[i]:
                 continue
             mixer = getattr(layer, "self_attn", None)
             if mixer is not None:
-                chosen.update({f"layer{i}.{n}": p for n, p in mixer.named_parameters()})
-    if not chosen:
+                chosen.update(id(p) for p in mixer.parameters())
+    named = sorted((n, p) for n, p in student.named_parameters() if id(p) in chosen)
+    if not named:
         raise UsageError(f"--trainable {which}: nothing to train (the plan's replaced layers have no parameters: "
                          "none or drop); use --trainable mixers or all")
-    for p in chosen.values():
+    for _, p in named:
         p.requires_grad_(True)
-    return sorted(chosen.items())
-
-
-def _ddp(student, world: int):
-    if world == 1:
-        return student
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(student)
+    return named
 
 
 def _seed(seed: int, step: int, rank: int) -> int:
@@ -468,15 +483,18 @@ def _fingerprint(settings: dict) -> str:
     return schema.sha256_json(settings)
 
 
-def _checkpoint(ckpt: Path, settings: dict, step: int, losses: list, params, opt) -> None:
-    """Trainable weights and optimizer state after `step` steps, written whole (the old one stays until then)."""
+def _checkpoint(ckpt: Path, settings: dict, step: int, losses: list, params, opt, write: bool = True) -> None:
+    """Trainable weights and optimizer state after `step` steps, written whole (the old one stays until then). With
+    FSDP2 every process calls it (the shards are gathered) and one `write`s."""
     from safetensors.torch import save_file
 
-    tensors = {f"param/{n}": p.detach().contiguous().cpu() for n, p in params}
+    tensors = {f"param/{n}": distributed.whole(p.detach()).contiguous().cpu() for n, p in params}
     state = opt.state_dict()
     for idx, st in state["state"].items():
         for key, value in st.items():
-            tensors[f"opt/{idx}/{key}"] = value.detach().contiguous().cpu().reshape(value.shape)
+            tensors[f"opt/{idx}/{key}"] = distributed.whole(value.detach()).contiguous().cpu().reshape(value.shape)
+    if not write:
+        return
     with atomic_dir(ckpt) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {"fingerprint": _fingerprint(settings), "settings": settings, "step": step,
@@ -501,17 +519,28 @@ def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
     tensors = load_file(str(ckpt / "state.safetensors"))
     with torch.no_grad():
         for n, p in params:
-            p.copy_(tensors[f"param/{n}"])
+            p.copy_(distributed.shard_like(tensors[f"param/{n}"], p))
     state = {"state": {}, "param_groups": obj["param_groups"]}
-    for key, value in tensors.items():
+    for key, value in sorted(tensors.items()):  # one order on every process: sharding is collective
         if key.startswith("opt/"):
             _, idx, name = key.split("/")
-            state["state"].setdefault(int(idx), {})[name] = value
+            p = params[int(idx)][1]
+            state["state"].setdefault(int(idx), {})[name] = (distributed.shard_like(value, p) if value.shape == p.shape
+                                                              else value)
     opt.load_state_dict(state)
     return int(obj["step"]), list(obj["losses"])
 
 
 # ---- output --------------------------------------------------------------------------------------
+
+def _load_plain(model: str, state: dict):
+    """The model directory's model in host memory, holding `state` (the whole weights gathered from FSDP2 shards)."""
+    from .models import load_model
+
+    plain = load_model(model, device="cpu")
+    plain.load_state_dict(state)
+    return plain
+
 
 def _quality(student, ref, evals):
     if evals is None:

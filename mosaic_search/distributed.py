@@ -66,3 +66,50 @@ def mean(value: float, world: int) -> float:
     box = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(box)
     return float(box.item()) / world
+
+
+PARALLEL = ("ddp", "fsdp")
+
+
+def wrap(model, world: int, parallel: str, device: str, layers=()):
+    """The model as training runs it under torchrun: PyTorch DDP (a replica per process, gradients averaged), or
+    FSDP2 (`fully_shard` on each of `layers`, then the root: every process holds a 1/world shard of each parameter
+    and gathers a layer's whole weights only while it runs, for models that do not fit one device). Frozen models
+    (a teacher) take the same FSDP2 wrapping; DDP leaves them alone. One process: the model itself."""
+    if world == 1:
+        return model
+    if parallel == "ddp":
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.split(":")[0], (world,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(tensor) -> bool:
+    """Whether a tensor is an FSDP2 shard (a DTensor)."""
+    return hasattr(tensor, "full_tensor")
+
+
+def whole(tensor):
+    """A tensor's whole value on this process: gathered when it is an FSDP2 shard (collective: every process calls
+    it in the same order), else the tensor itself."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def shard_like(value, like):
+    """`value` (a whole tensor, the same on every process) laid out as `like`: sharded the same way when `like` is
+    an FSDP2 shard (collective), else `value` itself."""
+    if not is_sharded(like):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(like.device), like.device_mesh, like.placements)
