@@ -141,7 +141,7 @@ def test_directory_layout_and_config(built):
     assert cfg["sliding_window"] == WINDOW
     block = cfg["mosaic"]
     assert [(e["op"], e["params"]) for e in block["layers"]] == [(c.op, c.kwargs) for c in MIXED]
-    assert [e["mixer"] for e in block["layers"]] == [c.spec.mixer for c in MIXED]
+    assert [e for e in block["layers"]] == [c.to_json() for c in MIXED]  # only op and params: no class paths
     assert block["base_model_type"] == "qwen3" and block["mosaic_version"]
     plan_file = t.root / "qwen3-mixed.json"
     assert (path / "mosaic_plan.json").read_bytes() == plan_file.read_bytes()
@@ -162,9 +162,11 @@ def test_remote_code_imports_every_mixer_file():
     # transformers copies only statically imported sibling files into its module cache
     from transformers.dynamic_module_utils import get_relative_import_files
 
+    from mosaic_search.modeling.mixers import MIXERS
+
     modeling = Path(builder.__file__).parent / "modeling"
     copied = {Path(f).stem for f in get_relative_import_files(str(modeling / "modeling_mosaic.py"))}
-    assert {spec.mixer.split(":")[0] for spec in REGISTRY.values()} <= copied
+    assert {MIXERS[op].__module__.rsplit(".", 1)[-1] for op in REGISTRY} <= copied
 
 
 # ---- parity ---------------------------------------------------------------------------------------
