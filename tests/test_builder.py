@@ -182,6 +182,31 @@ def test_all_gqa_build_equals_teacher(built, kind):
         torch.testing.assert_close(model(ids).logits, teacher(ids).logits, rtol=1e-5, atol=1e-5)
 
 
+# what configs said per layer before the remote code's {op: mixer class} table (mosaic_search.modeling.mixers)
+_CLASS_PATHS = {"gqa": "attention:Attention", "swa": "attention:Attention", "mla": "attention:LatentAttention",
+                "gdn": "linear_attention:GatedDeltaNet", "kda": "linear_attention:KimiDeltaAttention",
+                "none": "removal:NoAttention", "drop": "removal:SkipLayer"}
+
+
+def test_a_model_built_with_class_paths_in_its_config_still_loads(built, tmp_path):
+    """Built configs used to name each layer's class ("mixer": "file:Class") and what it replaced; such a config
+    loads through today's remote code (which reads only op and params) to the same model."""
+    import shutil
+
+    _, _, path = built["qwen3"]
+    old = tmp_path / "old-build"
+    shutil.copytree(path, old)
+    cfg = json.loads((old / "config.json").read_text())
+    for entry in cfg["mosaic"]["layers"]:
+        entry.update(mixer=_CLASS_PATHS[entry["op"]], replaces="layer" if entry["op"] == "drop" else "attention")
+    (old / "config.json").write_text(json.dumps(cfg, indent=2))
+    model, ours = _load_built(old), _load_built(path)
+    assert [op for _, op, _ in model.mosaic_mixers()] == [c.op for c in MIXED]
+    assert type(surgery.decoder_layers(model)[MIXED.index(Candidate.of("drop"))]).__name__ == "SkipLayer"
+    with torch.no_grad():
+        torch.testing.assert_close(model(_ids(12)).logits, ours(_ids(12)).logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kind", ARCHS)
 def test_mixed_build_equals_swapped_teacher(built, kind):
     t, _, mixed = built[kind]

@@ -12,7 +12,7 @@ class Architecture:
 
     `qk_norm`: None, "rms" (Qwen3: w * x) or "gemma" (Gemma 3: (1 + w) * x, weights stored around zero), applied per
     head to q and k before RoPE. `bias`: "config" (the config's `attention_bias` on q/k/v/o) or "qkv" (Qwen2: q, k and
-    v biased, o not). A fused `qkv_proj` (Phi-3) needs no field: `projections.teacher_projections` splits it.
+    v biased, o not). A fused `qkv_proj` (Phi-3) needs no field: `operators.teacher.teacher_projections` splits it.
     `query_scalar`: the config field whose inverse square root scales the scores (Gemma 3's `query_pre_attn_scalar`;
     None: head_dim). `rope_by_layer_type`: the rotary embedding takes the layer type (Gemma 3: local layers rotate
     with base 10k, global ones with 1M), so each layer keeps its teacher layer's RoPE whatever mixer it gets.
