@@ -33,7 +33,7 @@ from .errors import MosaicError, UsageError
 from .files import atomic_dir, check_output, output_path, read_text
 from .assets import TINY_DIR
 from .models import TINY, load_config, load_model, model_ref, slug
-from .operators import Candidate, unbuildable
+from .operators import Candidate, cache_layout, unbuildable
 from .schema import LayerPlan, ModelRef
 
 LIBRARY_KIND = "mosaic/candidate-library"
@@ -120,10 +120,10 @@ def as_built(model, layers, seed: int = 0):
 
 def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     """The built model's config: the teacher's, as `mosaic_<base>`, with the cache layout of its mixers
-    (`configuration_mosaic.cache_layout`), `auto_map` and the `mosaic` block of per-layer mixers."""
+    (`operators.cache_layout`), `auto_map` and the `mosaic` block of per-layer `{op, params}`."""
     from . import __version__
     from .modeling.architectures import rope_layer_types
-    from .modeling.configuration_mosaic import CONFIGS, cache_layout, rope_by_layer
+    from .modeling.configuration_mosaic import CONFIGS, rope_by_layer
     from .modeling.modeling_mosaic import MODELS
 
     record = surgery.architecture(teacher_config).record
@@ -132,7 +132,7 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     for key in ("architectures", "auto_map", "_name_or_path", "transformers_version", "model_type"):
         obj.pop(key, None)
     text = obj[record.text_config] if record.text_config else obj
-    layout = cache_layout([c.spec.layer_type for c in layers], [c.kwargs.get("window") for c in layers])
+    layout = cache_layout([c.spec.layer_type for c in layers], [c.window for c in layers])
     if "use_sliding_window" not in text:  # only Qwen3 has it (and drops sliding_window unless it is set)
         layout.pop("use_sliding_window")
     text.update(layout)
@@ -140,7 +140,7 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     if kinds:
         text.update(rope_by_layer(text, kinds))
     obj["mosaic"] = {
-        "layers": [{**c.to_json(), "mixer": c.spec.mixer, "replaces": c.spec.replaces} for c in layers],
+        "layers": [c.to_json() for c in layers],  # the remote code maps op -> mixer class (`modeling.mixers`)
         "plan_sha256": plan_sha256, "base_model_type": record.model_type, "mosaic_version": __version__,
         "seed": seed, **({"rope_layer_types": kinds} if kinds else {}),
     }
@@ -310,6 +310,8 @@ def _as_mosaic_model(model, config):
                           f"unexpected {sorted(unexpected)[:3]}")
     for name, buffer in model.named_buffers():  # buffers outside the state dict (rotary tables) stayed on meta
         owner, _, attr = name.rpartition(".")
+        if surgery.ORIGINALS in owner.split("."):  # the teacher's replaced layers are not part of the built model
+            continue
         if getattr(built.get_submodule(owner), attr).is_meta:
             setattr(built.get_submodule(owner), attr, buffer)
     built.generation_config = copy.deepcopy(model.generation_config)

@@ -186,7 +186,7 @@ def profile(model: ModelOpt = "tiny",
         return _emit_json({"profile": str(profiler.profile_path(model, prof.header.env, out)),
                            "validation": list(rows), "spread": noise, "table": table_out})
     layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
-    gqa = {w: layer0.get((profiler.Candidate.of("gqa"), w)) for w in (w.name for w in prof.workloads)}
+    gqa = {w: layer0.get((profiler.Candidate.teacher(), w)) for w in (w.name for w in prof.workloads)}
     body = []
     for cand in dict.fromkeys(c for c, _ in layer0):
         cells = []

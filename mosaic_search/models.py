@@ -10,6 +10,7 @@ from pathlib import Path
 from .assets import TINY_DIR, shipped_config_path, shipped_ids
 from .errors import MosaicError, UsageError
 from .schema import ModelRef, sha256_json
+from .surgery import architecture
 
 TINY = "tiny"
 # Config keys that say how a file was written, not what the model is.
@@ -79,8 +80,6 @@ def config_sha256(config) -> str:
 
 def model_ref(model_id: str, config) -> ModelRef:
     """The `model` block of an artifact."""
-    from .surgery import architecture
-
     text = architecture(config).text(config)
     return ModelRef(id=model_id, config_sha256=config_sha256(config), num_hidden_layers=text.num_hidden_layers)
 

@@ -188,7 +188,7 @@ class _Bench:
         from transformers import DynamicCache
 
         from . import surgery
-        from .modeling.configuration_mosaic import cache_layout
+        from .operators import cache_layout
 
         teacher = surgery.architecture(self.model.config).text(self.model.config)
         windows = [_window(layer) for layer in self.stack.layers]
@@ -437,7 +437,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     checks = default_assignments(sorted(c for c in cands if (c, wls[0].name) not in pool.failed),
                                  dims.num_layers, teacher) if validate else {}
     put = _assigner(bench, dims.num_layers)
-    gqa = Candidate.of("gqa")
+    gqa = Candidate.teacher()
     # a window covering every token a query sees computes exactly what gqa does: it gets gqa's timing, not a second
     # measurement of the same work that would differ only by noise (and win or lose a plan on it)
     same_as_gqa = {(c, w.name) for c in cands for w in wls if gqa in cands and covers_context(c, w)}
@@ -509,8 +509,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
 def covers_context(c: Candidate, w: Workload) -> bool:
     """Whether `c` is a window at least as long as what one query attends to at `w` (a prefill's tokens, or a
     decode step's context plus the new token): sliding-window attention that is exactly full attention."""
-    window = c.kwargs.get("window")
-    return window is not None and window >= w.seq_len + (w.phase == "decode")
+    return c.window is not None and c.sees_all(w.seq_len + (w.phase == "decode"))
 
 
 def spread(prof: LatencyProfile) -> dict | None:
@@ -625,7 +624,7 @@ def layer_table(entries) -> dict:
 def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
     """The teacher (`teacher`: its own operator per layer, default gqa everywhere) and two mixes of the given
     candidates (interleaved, and reversed)."""
-    gqa = Candidate.of("gqa")
+    gqa = Candidate.teacher()
     teacher = list(teacher or [gqa] * num_layers)
     others = [c for c in candidates if c != gqa] or [gqa]
     mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]

@@ -118,7 +118,7 @@ class LatencyProfile:
 
     def teacher_layers(self) -> tuple[Candidate, ...]:
         """The teacher's own operator in each layer (gqa everywhere for a profile that does not record it)."""
-        return self.teacher or (Candidate.of("gqa"),) * self.header.model.num_hidden_layers
+        return self.teacher or (Candidate.teacher(),) * self.header.model.num_hidden_layers
 
     def teacher_ms(self, workload: str) -> float | None:
         """The teacher's latency under the same additive model as a plan's: fixed part + its own layers' operators.

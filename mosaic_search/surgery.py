@@ -48,10 +48,10 @@ def dims_of(config) -> ModelDims:
 
 
 def teacher_ops(config) -> list[Candidate]:
-    """The teacher's own operator in each decoder layer, from its `layer_types`: `full_attention` is gqa,
-    `sliding_attention` swa with the teacher's `sliding_window`; without `layer_types`, a set `sliding_window` slides
-    in every layer (Mistral, Phi-3). A window covering every position (`max_position_embeddings`) is gqa: the same
-    attention. Each scores 0 in its layer and is what the teacher's latency sums."""
+    """The teacher's own operator in each decoder layer (`Candidate.teacher`), from its `layer_types`; without
+    `layer_types`, a set `sliding_window` slides in every layer (Mistral, Phi-3). A window covering every position
+    (`max_position_embeddings`) is full attention. Each scores 0 in its layer and is what the teacher's latency sums.
+    Raises UsageError for a layer that is not softmax attention."""
     text = architecture(config).text(config)
     n = text.num_hidden_layers
     window = getattr(text, "sliding_window", None)
@@ -60,48 +60,77 @@ def teacher_ops(config) -> list[Candidate]:
         window = None
     out = []
     for i, kind in enumerate(types):
-        if kind == "sliding_attention" and window:
-            out.append(Candidate.of("swa", {"window": window}))
-        elif kind in ("full_attention", "sliding_attention"):
-            out.append(Candidate.of("gqa"))
-        else:
-            raise UsageError(f'layer {i} of the teacher is "{kind}": mosaic starts from softmax-attention teachers '
-                             "(layer_types full_attention / sliding_attention)")
+        try:
+            out.append(Candidate.teacher(kind, window))
+        except UsageError as e:
+            raise UsageError(f"layer {i} of the teacher: {e}") from None
     return out
 
 
 def own_mixers(model) -> None:
-    """Give every layer whose own operator is not gqa (a sliding window) mosaic's mixer of that operator, initialised
-    from its attention: the stages run layers without the model's masks (`TextStack.run_layer`), which a teacher's
-    sliding-window attention needs and mosaic's mixers do not. Numerically the teacher's attention (tests); from then
-    on it is the layer's teacher attention (`teacher_attention`) that swaps start from and alignment imitates."""
-    gqa = Candidate.of("gqa")
+    """Give every layer whose own operator is not the teacher's full attention (a sliding window) mosaic's mixer of
+    that operator, initialised from its attention: the stages run layers without the model's masks
+    (`TextStack.run_layer`), which a teacher's sliding-window attention needs and mosaic's mixers do not. Numerically
+    the teacher's attention (tests); from then on it is the layer's teacher attention (`teacher_attention`) that swaps
+    start from and alignment imitates."""
+    full = Candidate.teacher()
     for i, c in enumerate(teacher_ops(model.config)):
-        if c != gqa:
+        if c != full:
             decoder_layers(model)[i].self_attn = build_mixer(model, i, c)
 
 
 def decoder_layers(model):
     """The text decoder layers of a loaded model."""
-    return arch_mod.decoder_layers(model, architecture(model.config).record)
+    return architecture(model.config).record.decoder_layers(model)
 
 
-def _originals(model) -> dict:
-    # Teacher decoder layers we replaced, by index: the source for initialising any later swap of that layer.
-    if "_mosaic_originals" not in model.__dict__:
-        model.__dict__["_mosaic_originals"] = {}
-    return model.__dict__["_mosaic_originals"]
+# The teacher's decoder layers and attentions that swaps replaced, kept as a submodule of the model under this name
+# (so `.to()`, `.eval()` and device maps reach them) but out of its state dict (so saving, loading and key checks
+# see the model as it is now): the source for initialising any later swap of that layer.
+ORIGINALS = "mosaic_originals"
+
+
+def _originals(model, create: bool = False):
+    """The model's ModuleDict {str(layer): ModuleDict(layer=..., attention=...)}, or None before the first swap."""
+    box = model._modules.get(ORIGINALS)
+    if box is None and create:
+        from torch import nn
+
+        box = nn.ModuleDict()
+        box.register_state_dict_post_hook(_drop_originals)
+        box.register_load_state_dict_post_hook(_not_missing)
+        model.add_module(ORIGINALS, box)
+    return box
+
+
+def _drop_originals(module, state_dict, prefix, local_metadata) -> None:
+    # not persistent: whoever asks the model for its state dict gets the model as it is
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _not_missing(module, incompatible_keys) -> None:
+    # ...and loading a state dict (strict or not) does not ask for the originals' tensors
+    keys = incompatible_keys.missing_keys
+    keys[:] = [k for k in keys if ORIGINALS not in k.split(".")]
+
+
+def _kept(model, layer: int):
+    """What `install` kept of layer `layer` (a ModuleDict with the teacher's `layer` and `attention`), or None."""
+    box = _originals(model)
+    return box[str(layer)] if box is not None and str(layer) in box else None
 
 
 def teacher_layer(model, layer: int):
     """The teacher's own decoder layer `layer`, even after swaps (its `self_attn` may be a mixer now)."""
-    return _originals(model).get(layer) or decoder_layers(model)[layer]
+    kept = _kept(model, layer)
+    return decoder_layers(model)[layer] if kept is None else kept["layer"]
 
 
 def teacher_attention(model, layer: int):
     """The teacher's own attention module of `layer`, even after swaps."""
-    original = teacher_layer(model, layer)
-    return original.__dict__.get("_mosaic_teacher_attn", original.self_attn)
+    kept = _kept(model, layer)
+    return decoder_layers(model)[layer].self_attn if kept is None else kept["attention"]
 
 
 def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = None):
@@ -134,15 +163,19 @@ def swap(model, layer: int, candidate: Candidate, weights: dict | None = None):
 
 
 def install(model, layer: int, candidate: Candidate, module):
-    """Put an already-built mixer into `layer`, keeping the teacher's layer for later restores."""
+    """Put an already-built mixer of `candidate` into `layer`, keeping the teacher's layer for later restores;
+    return the module."""
+    from torch import nn
+
+    from .modeling.mixers import replaces_layer
+
     layers = decoder_layers(model)
-    originals = _originals(model)
-    if layer not in originals:
-        originals[layer] = layers[layer]
-        # keep the teacher's attention too: the decoder layer object is reused for attention swaps
-        originals[layer].__dict__["_mosaic_teacher_attn"] = layers[layer].self_attn
-    original = originals[layer]
-    if candidate.spec.replaces == "layer":
+    box = _originals(model, create=True)
+    if str(layer) not in box:
+        # the teacher's attention too: the decoder layer object is reused for attention swaps
+        box[str(layer)] = nn.ModuleDict({"layer": layers[layer], "attention": layers[layer].self_attn})
+    original = box[str(layer)]["layer"]
+    if replaces_layer(module):
         layers[layer] = module
     else:
         layers[layer] = original
@@ -152,11 +185,11 @@ def install(model, layer: int, candidate: Candidate, module):
 
 def restore(model, layer: int) -> None:
     """Put the teacher's own decoder layer and attention back into `layer`."""
-    originals = _originals(model)
-    if layer in originals:
-        original = originals.pop(layer)
-        original.self_attn = original.__dict__.pop("_mosaic_teacher_attn")
-        decoder_layers(model)[layer] = original
+    kept = _kept(model, layer)
+    if kept is not None:
+        del _originals(model)[str(layer)]
+        kept["layer"].self_attn = kept["attention"]
+        decoder_layers(model)[layer] = kept["layer"]
 
 
 @dataclass(frozen=True)
@@ -252,8 +285,8 @@ class TextStack:
 def text_stack(model) -> TextStack:
     """The text path of a supported model (the language model inside a VLM)."""
     record = architecture(model.config).record
-    inner = arch_mod.text_model(model, record)
+    inner = record.text_model(model)
     kinds = arch_mod.rope_layer_types(model.config, record)  # a built model's rotary is the teacher's (modeling_mosaic)
-    return TextStack(embed=inner.embed_tokens, rotary=inner.rotary_emb, layers=decoder_layers(model), norm=inner.norm,
-                     lm_head=model.lm_head, mrope=record.mrope, vlm=model.model if record.image_inputs else None,
+    return TextStack(embed=inner.embed_tokens, rotary=inner.rotary_emb, layers=inner.layers, norm=inner.norm,
+                     lm_head=model.lm_head, mrope=record.mrope, vlm=record.multimodal_model(model),
                      rope_kinds=None if kinds is None else tuple(kinds))

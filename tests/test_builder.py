@@ -141,7 +141,7 @@ def test_directory_layout_and_config(built):
     assert cfg["sliding_window"] == WINDOW
     block = cfg["mosaic"]
     assert [(e["op"], e["params"]) for e in block["layers"]] == [(c.op, c.kwargs) for c in MIXED]
-    assert [e["mixer"] for e in block["layers"]] == [c.spec.mixer for c in MIXED]
+    assert [e for e in block["layers"]] == [c.to_json() for c in MIXED]  # only op and params: no class paths
     assert block["base_model_type"] == "qwen3" and block["mosaic_version"]
     plan_file = t.root / "qwen3-mixed.json"
     assert (path / "mosaic_plan.json").read_bytes() == plan_file.read_bytes()
@@ -162,9 +162,11 @@ def test_remote_code_imports_every_mixer_file():
     # transformers copies only statically imported sibling files into its module cache
     from transformers.dynamic_module_utils import get_relative_import_files
 
+    from mosaic_search.modeling.mixers import MIXERS
+
     modeling = Path(builder.__file__).parent / "modeling"
     copied = {Path(f).stem for f in get_relative_import_files(str(modeling / "modeling_mosaic.py"))}
-    assert {spec.mixer.split(":")[0] for spec in REGISTRY.values()} <= copied
+    assert {MIXERS[op].__module__.rsplit(".", 1)[-1] for op in REGISTRY} <= copied
 
 
 # ---- parity ---------------------------------------------------------------------------------------
@@ -178,6 +180,31 @@ def test_all_gqa_build_equals_teacher(built, kind):
     ids = _ids(12)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, teacher(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+# what configs said per layer before the remote code's {op: mixer class} table (mosaic_search.modeling.mixers)
+_CLASS_PATHS = {"gqa": "attention:Attention", "swa": "attention:Attention", "mla": "attention:LatentAttention",
+                "gdn": "linear_attention:GatedDeltaNet", "kda": "linear_attention:KimiDeltaAttention",
+                "none": "removal:NoAttention", "drop": "removal:SkipLayer"}
+
+
+def test_a_model_built_with_class_paths_in_its_config_still_loads(built, tmp_path):
+    """Built configs used to name each layer's class ("mixer": "file:Class") and what it replaced; such a config
+    loads through today's remote code (which reads only op and params) to the same model."""
+    import shutil
+
+    _, _, path = built["qwen3"]
+    old = tmp_path / "old-build"
+    shutil.copytree(path, old)
+    cfg = json.loads((old / "config.json").read_text())
+    for entry in cfg["mosaic"]["layers"]:
+        entry.update(mixer=_CLASS_PATHS[entry["op"]], replaces="layer" if entry["op"] == "drop" else "attention")
+    (old / "config.json").write_text(json.dumps(cfg, indent=2))
+    model, ours = _load_built(old), _load_built(path)
+    assert [op for _, op, _ in model.mosaic_mixers()] == [c.op for c in MIXED]
+    assert type(surgery.decoder_layers(model)[MIXED.index(Candidate.of("drop"))]).__name__ == "SkipLayer"
+    with torch.no_grad():
+        torch.testing.assert_close(model(_ids(12)).logits, ours(_ids(12)).logits, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ARCHS)

@@ -202,6 +202,7 @@ def test_mla_with_rope_on_every_rotated_dim_at_full_rank_equals_gqa(kind):
     (1 + w) norms and query scale, and Qwen2's q/k/v biases: with RoPE on every rotated key dim and a full-rank
     latent it is the teacher's attention (layer 1: a Gemma 3 global layer)."""
     from mosaic_search.modeling.attention import LatentAttention
+    from mosaic_search.operators.teacher import latent_from_teacher
 
     model = model_from_config(tiny_config(kind), seed=0)
     with torch.no_grad():
@@ -213,7 +214,7 @@ def test_mla_with_rope_on_every_rotated_dim_at_full_rank_equals_gqa(kind):
     nope = dims.head_dim - dims.rope_dims
     full = LatentAttention(dims, 1, rank=min(dims.num_kv_heads * (nope + dims.head_dim), dims.hidden_size),
                            rope_dims=dims.rope_dims)
-    full.load_teacher(teacher)
+    latent_from_teacher(full, teacher)
     gqa = surgery.build_mixer(model, 1, Candidate.of("gqa"))
     stack = surgery.text_stack(model)
     x = torch.randn(2, 12, dims.hidden_size)

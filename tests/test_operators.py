@@ -134,11 +134,12 @@ def test_mla_with_rope_on_every_dim_at_full_rank_equals_gqa(kind):
     decoupling) and a full-rank latent, mla is the teacher's attention, in prefill and in absorbed decode."""
     from conftest import tiny_model
     from mosaic_search.modeling.attention import LatentAttention
+    from mosaic_search.operators.teacher import latent_from_teacher
 
     model = tiny_model("qwen3") if kind == "qwen3" else _biased_llama()
     dims = surgery.dims_of(model.config)
     full = LatentAttention(dims, 1, rank=min(dims.kv_dim, dims.hidden_size), rope_dims=dims.head_dim)
-    full.load_teacher(model.model.layers[1].self_attn)
+    latent_from_teacher(full, model.model.layers[1].self_attn)
     low = _mixer(model, Candidate.of("mla", {"rank": 4}))
     x = torch.randn(2, 25, model.config.hidden_size)
     with torch.no_grad():

@@ -122,3 +122,43 @@ def test_repeated_swaps_of_one_layer_always_start_from_the_teacher():
         surgery.swap(model, 1, Candidate.of("gqa"))
         after = model(ids).logits
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_swap_after_to_takes_the_new_dtype():
+    """The teacher's replaced layers move with the model: swap gdn, `.to(float64)`, swap mla in the same layer -> the
+    new mixer starts from the moved teacher attention, is float64, and the forward runs."""
+    model = tiny_model("qwen3")
+    surgery.swap(model, 0, Candidate.of("gdn"))
+    model.to(torch.float64)
+    mixer = surgery.swap(model, 0, Candidate.parse("mla:rank=8"))
+    assert next(mixer.parameters()).dtype == torch.float64
+    assert next(surgery.teacher_attention(model, 0).parameters()).dtype == torch.float64
+    with torch.no_grad():
+        assert model(_ids(model), use_cache=False).logits.dtype == torch.float64
+
+
+def test_kept_originals_are_not_in_the_state_dict():
+    """The teacher's layers a swap keeps are registered (so `.to()` moves them) but not persistent: the state dict is
+    the model as it is, and loads back strictly."""
+    model = tiny_model("qwen3")
+    teacher_keys = list(model.state_dict())
+    for layer in range(3):
+        surgery.swap(model, layer, Candidate.of("gqa"))
+    state = model.state_dict()
+    assert list(state) == teacher_keys
+    model.load_state_dict(state)  # strict: the kept originals are not missing
+    surgery.swap(model, 1, Candidate.of("drop"))
+    assert not [k for k in model.state_dict() if surgery.ORIGINALS in k]
+    surgery.restore(model, 1)
+    assert list(model.state_dict()) == teacher_keys
+
+
+def test_teacher_operators_come_from_the_registry():
+    from mosaic_search.modeling.mixers import MIXERS
+    from mosaic_search.operators import REGISTRY
+
+    assert set(MIXERS) == set(REGISTRY)  # the remote code's table names a class for every operator, and no other
+    assert surgery.teacher_ops(tiny_config("qwen3")) == [Candidate.teacher()] * 3 == [Candidate.of("gqa")] * 3
+    assert Candidate.teacher("sliding_attention", 8) == Candidate.of("swa", {"window": 8})
+    with pytest.raises(UsageError, match='layer type "linear_attention": mosaic starts from softmax-attention'):
+        Candidate.teacher("linear_attention")

@@ -12,7 +12,7 @@ class Architecture:
 
     `qk_norm`: None, "rms" (Qwen3: w * x) or "gemma" (Gemma 3: (1 + w) * x, weights stored around zero), applied per
     head to q and k before RoPE. `bias`: "config" (the config's `attention_bias` on q/k/v/o) or "qkv" (Qwen2: q, k and
-    v biased, o not). A fused `qkv_proj` (Phi-3) needs no field: `projections.teacher_projections` splits it.
+    v biased, o not). A fused `qkv_proj` (Phi-3) needs no field: `operators.teacher.teacher_projections` splits it.
     `query_scalar`: the config field whose inverse square root scales the scores (Gemma 3's `query_pre_attn_scalar`;
     None: head_dim). `rope_by_layer_type`: the rotary embedding takes the layer type (Gemma 3: local layers rotate
     with base 10k, global ones with 1M), so each layer keeps its teacher layer's RoPE whatever mixer it gets.
@@ -21,7 +21,7 @@ class Architecture:
     """
 
     model_type: str
-    layers_path: str  # attribute path from the top-level model (…ForCausalLM / …ForConditionalGeneration)
+    text_path: str  # attribute path of the text model (embeddings, `layers`, norm, rotary) from the top-level model
     text_config: str | None  # attribute of the top-level config holding the text config, None if top-level
     qk_norm: str | None = None
     bias: str = "config"
@@ -32,6 +32,28 @@ class Architecture:
     masks_by_layer_type: bool = False
     unsupported: tuple[tuple[str, str], ...] = ()
 
+    def text_model(self, model):
+        """The module of a loaded model (…ForCausalLM / …ForConditionalGeneration) that owns the decoder layers,
+        embeddings, rotary embedding and final norm: the one way every part of mosaic reaches it."""
+        obj = model
+        for part in self.text_path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def decoder_layers(self, model):
+        """The nn.ModuleList of text decoder layers of a loaded model."""
+        return self.text_model(model).layers
+
+    def multimodal_model(self, model):
+        """The model around the text model that feeds images through the vision tower (its mRoPE index, DeepStack),
+        or None for an architecture whose images mosaic does not feed (`image_inputs`)."""
+        if not self.image_inputs:
+            return None
+        obj = model
+        for part in self.text_path.split(".")[:-1]:
+            obj = getattr(obj, part)
+        return obj
+
 
 _GEMMA_UNSUPPORTED = (
     ("attn_logit_softcapping", "soft-capped attention scores"),
@@ -40,19 +62,19 @@ _GEMMA_UNSUPPORTED = (
 )
 
 ARCHITECTURES = {a.model_type: a for a in (
-    Architecture("qwen3", "model.layers", None, qk_norm="rms", masks_by_layer_type=True),
-    Architecture("llama", "model.layers", None),
-    Architecture("qwen3_vl", "model.language_model.layers", "text_config", qk_norm="rms", mrope=True,
+    Architecture("qwen3", "model", None, qk_norm="rms", masks_by_layer_type=True),
+    Architecture("llama", "model", None),
+    Architecture("qwen3_vl", "model.language_model", "text_config", qk_norm="rms", mrope=True,
                  image_inputs=True),
-    Architecture("qwen2", "model.layers", None, bias="qkv", masks_by_layer_type=True),
-    Architecture("mistral", "model.layers", None),
-    Architecture("phi3", "model.layers", None),
-    Architecture("gemma3_text", "model.layers", None, qk_norm="gemma", query_scalar="query_pre_attn_scalar",
+    Architecture("qwen2", "model", None, bias="qkv", masks_by_layer_type=True),
+    Architecture("mistral", "model", None),
+    Architecture("phi3", "model", None),
+    Architecture("gemma3_text", "model", None, qk_norm="gemma", query_scalar="query_pre_attn_scalar",
                  rope_by_layer_type=True, masks_by_layer_type=True, unsupported=_GEMMA_UNSUPPORTED),
-    Architecture("gemma3", "model.language_model.layers", "text_config", qk_norm="gemma",
+    Architecture("gemma3", "model.language_model", "text_config", qk_norm="gemma",
                  query_scalar="query_pre_attn_scalar", rope_by_layer_type=True, masks_by_layer_type=True,
                  unsupported=_GEMMA_UNSUPPORTED),
-    Architecture("qwen2_5_vl", "model.language_model.layers", "text_config", bias="qkv", mrope=True,
+    Architecture("qwen2_5_vl", "model.language_model", "text_config", bias="qkv", mrope=True,
                  masks_by_layer_type=True),
 )}
 
@@ -73,22 +95,6 @@ def text_config(config, arch: Architecture):
     return getattr(config, arch.text_config) if arch.text_config else config
 
 
-def decoder_layers(model, arch: Architecture):
-    """The nn.ModuleList of text decoder layers."""
-    obj = model
-    for part in arch.layers_path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def text_model(model, arch: Architecture):
-    """The module that owns the decoder layers, embeddings, rotary embedding and final norm."""
-    obj = model
-    for part in arch.layers_path.split(".")[:-1]:
-        obj = getattr(obj, part)
-    return obj
-
-
 def rope_layer_types(config, arch: Architecture) -> list | None:
     """Per decoder layer, the layer type whose RoPE it rotates with (the teacher's `layer_types`, which a built model
     keeps in `mosaic["rope_layer_types"]`), or None when every layer shares one rotary embedding."""
@@ -105,7 +111,7 @@ def teacher_rotary(model, arch: Architecture, kinds: list):
     in a built model, follows the plan's types: no local RoPE once every local layer became gdn)."""
     import copy
 
-    inner = text_model(model, arch)
+    inner = arch.text_model(model)
     cfg = copy.copy(inner.config)
     cfg.layer_types = list(kinds)
     rotary = type(inner.rotary_emb)(cfg)

@@ -16,7 +16,6 @@ from torch import nn
 from .cache import layer_cache, tokens_seen
 from .dims import ModelDims, mla_rope_dims
 from .norm import RMSNorm
-from .projections import teacher_projections
 
 
 # Queries from which a CUDA window goes through FlexAttention: fewer fit in one of its 128-row blocks, where the
@@ -45,15 +44,6 @@ def qk_norms(dims: ModelDims) -> tuple[nn.Module, nn.Module]:
         return nn.Identity(), nn.Identity()
     return (RMSNorm(dims.head_dim, dims.rms_norm_eps, dims.norm_offset),
             RMSNorm(dims.head_dim, dims.rms_norm_eps, dims.norm_offset))
-
-
-def copy_teacher(mixer: nn.Module, teacher: nn.Module, dims: ModelDims, names) -> None:
-    """Load `names` (q/k/v/o projections, q_norm, k_norm) of `mixer` from the teacher attention; identities skipped."""
-    projections = teacher_projections(teacher, dims)
-    for name in names:
-        mine = getattr(mixer, name)
-        if not isinstance(mine, nn.Identity):
-            mine.load_state_dict(projections[name] if name in projections else getattr(teacher, name).state_dict())
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, scale: float,
@@ -153,11 +143,6 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
         self.q_norm, self.k_norm = qk_norms(dims)
 
-    @torch.no_grad()
-    def load_teacher(self, teacher: nn.Module) -> None:
-        """Copy the teacher attention's projections (a fused qkv_proj split) and q/k norms as they are."""
-        copy_teacher(self, teacher, self.dims, ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
-
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
                 **kwargs):
         cache = layer_cache(past_key_values, cache)
@@ -174,7 +159,7 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
 
 
-def _split_rope(x: torch.Tensor, rope_dims: int, rotary: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def split_rope(x: torch.Tensor, rope_dims: int, rotary: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(nope, rope) parts of [..., head_dim] in rotate_half's layout, where dims i and i + rotary/2 form the
     rotary pair of frequency i (`rotary`: the rotated width, default the whole last dim; dims past it never rotate):
     rope = the `rope_dims / 2` fastest pairs, nope = the rest."""
@@ -219,40 +204,11 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
         self.q_norm, self.k_norm = qk_norms(dims)
 
-    @torch.no_grad()
-    def load_teacher(self, teacher: nn.Module) -> None:
-        """Split each KV head's key rows into rope and nope parts: k_rope copies the rope rows; a truncated SVD of
-        [W_k nope rows; W_v] gives kv_down = sqrt(S) V^T and k_up / v_up = U sqrt(S); the rest is copied. At full
-        rank (Hkv * (nope + head_dim) or hidden_size, whichever is smaller) with `rope_dims = head_dim`, the layer
-        is the teacher's attention."""
-        copy_teacher(self, teacher, self.dims, ("q_proj", "o_proj", "q_norm", "k_norm"))
-        proj = teacher_projections(teacher, self.dims)
-        k_proj, v_proj = proj["k_proj"], proj["v_proj"]
-        hkv, d = self.num_kv_heads, self.head_dim
-        k_nope, k_rope = _split_rope(k_proj["weight"].T.reshape(-1, hkv, d), self.rope_dims, self.rotary)
-        self.k_rope.weight.copy_(k_rope.reshape(k_rope.shape[0], -1).T)  # k_nope, k_rope: [hidden, Hkv, *]
-        w = torch.cat([k_nope.reshape(k_nope.shape[0], -1).T, v_proj["weight"]]).double()
-        u, s, vt = torch.linalg.svd(w, full_matrices=False)
-        r = min(self.rank, s.numel())
-        root = s[:r].sqrt()
-        down = torch.zeros_like(self.kv_down.weight, dtype=torch.float64)
-        down[:r] = root[:, None] * vt[:r]
-        up = torch.zeros(w.shape[0], self.rank, dtype=torch.float64)
-        up[:, :r] = u[:, :r] * root[None, :]
-        self.kv_down.weight.copy_(down)
-        self.k_up.weight.copy_(up[:self.k_up.out_features])
-        self.v_up.weight.copy_(up[self.k_up.out_features:])
-        if k_proj.get("bias") is not None:
-            b_nope, b_rope = _split_rope(k_proj["bias"].view(hkv, d), self.rope_dims, self.rotary)
-            self.k_rope.bias.copy_(b_rope.reshape(-1))
-            self.k_up.bias.copy_(b_nope.reshape(-1))
-            self.v_up.bias.copy_(v_proj["bias"])
-
     def _norm_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The k_norm weight split as (nope, rope); ones when the teacher has no k_norm."""
         if isinstance(self.k_norm, nn.Identity):
             return like.new_ones(self.nope_dims), like.new_ones(self.rope_dims)
-        return _split_rope(self.k_norm.gain, self.rope_dims, self.rotary)
+        return split_rope(self.k_norm.gain, self.rope_dims, self.rotary)
 
     def _key_scale(self, k_nope: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
         """Each key's RMS-norm factor over the whole head ([..., 1], float32), as the teacher's k_norm computes it;
@@ -267,8 +223,8 @@ class LatentAttention(nn.Module):
         cache = layer_cache(past_key_values, cache)
         b, t, _ = hidden_states.shape
         hkv, dr = self.num_kv_heads, self.rope_dims
-        cos, sin = (_split_rope(x, dr)[1] for x in position_embeddings)
-        q_nope, q_rope = _split_rope(self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)), dr,
+        cos, sin = (split_rope(x, dr)[1] for x in position_embeddings)
+        q_nope, q_rope = split_rope(self.q_norm(self.q_proj(hidden_states).view(b, t, -1, self.head_dim)), dr,
                                      self.rotary)
         q_rope = apply_rotary(q_rope.transpose(1, 2), cos, sin)
         q_nope = q_nope.transpose(1, 2)  # [B, H, T, nope]

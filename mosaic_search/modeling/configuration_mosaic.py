@@ -2,7 +2,7 @@
 
 The config carries everything the remote code needs, so a built model loads with torch and transformers only:
 `layer_types` (in the text config, transformers' own vocabulary) drives the generation cache, and the
-`mosaic` block lists each layer's mixer as `{op, params, mixer, replaces}`.
+`mosaic` block lists each layer's operator as `{op, params}` (`mixers.MIXERS` maps op to its class).
 """
 
 from __future__ import annotations
@@ -73,25 +73,6 @@ def rope_by_layer(text: dict, kinds: list) -> dict:
     for kind in text["layer_types"]:
         rope.setdefault(kind, dict(rope[kinds[0]]))
     return {"rope_parameters": rope}
-
-
-def cache_layout(layer_types: list, windows: list) -> dict:
-    """The text-config fields from which transformers builds each layer's cache slot as its mixer needs it.
-
-    `layer_types`: one per layer (transformers' vocabulary); `windows`: each layer's SWA window or None. Returns
-    `layer_types`, the largest window as `sliding_window` (with Qwen3's `use_sliding_window`), and, when windows
-    differ, every SWA layer's own window in `per_layer_config` (transformers' heterogeneous configs), so a layer with
-    a smaller window caches, and in a static cache rolls, only its own window instead of the largest.
-    """
-    sliding = {i: w for i, (t, w) in enumerate(zip(layer_types, windows)) if t == "sliding_attention"}
-    fields = {"layer_types": list(layer_types), "sliding_window": max(sliding.values(), default=None),
-              "use_sliding_window": bool(sliding)}
-    if len(set(sliding.values())) > 1:
-        fields["per_layer_config"] = {i: {"sliding_window": w} for i, w in sliding.items()}
-        # the teacher's own attention classes read the global window while the model is built, before the mixers
-        # replace them: allowed, as the cache (the only other reader) takes the per-layer values
-        fields["allow_global_per_layer_attribute_access"] = True
-    return fields
 
 
 # base model_type -> (config class, the auto class it loads through)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CONV_KERNEL = 4  # taps of the delta-rule mixers' causal short convolution (its cache keeps the last CONV_KERNEL - 1)
+
 
 @dataclass(frozen=True)
 class ModelDims:

@@ -16,12 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import copy_teacher, qk_norms
+from .attention import qk_norms
 from .cache import conv_context, layer_cache, recurrent_state
 from .delta_rule import delta_rule
-from .dims import ModelDims
-
-CONV_KERNEL = 4
+from .dims import CONV_KERNEL, ModelDims
 
 
 class ShortConv(nn.Module):
@@ -80,11 +78,6 @@ class DeltaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.empty(dims.num_heads).uniform_(1, 16)))
         dt = torch.exp(torch.empty(decay_width).uniform_(math.log(1e-3), math.log(1e-1)))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-
-    @torch.no_grad()
-    def load_teacher(self, teacher: nn.Module) -> None:
-        """q/k/v/o projections (a fused qkv_proj split) and q/k norms copied as they are."""
-        copy_teacher(self, teacher, self.dims, ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
 
     def decay(self, x: torch.Tensor) -> torch.Tensor:
         """Log-decay g <= 0: [B, T, H] (GDN) or [B, T, H, K] (KDA)."""

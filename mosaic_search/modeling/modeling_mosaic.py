@@ -11,43 +11,31 @@ from transformers import (Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Lla
                           Phi3ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM, Qwen3ForCausalLM,
                           Qwen3VLForConditionalGeneration)
 
-from .architectures import (ARCHITECTURES, base_model_type, decoder_layers, rope_layer_types, teacher_rotary,
-                            text_config)
-from .architectures import text_model as _text_model
+from .architectures import ARCHITECTURES, base_model_type, rope_layer_types, teacher_rotary, text_config
 from .configuration_mosaic import (MosaicGemma3Config, MosaicGemma3TextConfig, MosaicLlamaConfig, MosaicMistralConfig,
                                    MosaicPhi3Config, MosaicQwen2_5_VLConfig, MosaicQwen2Config, MosaicQwen3Config,
                                    MosaicQwen3VLConfig)
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
-from .mixers import mixer_class
-
-# transformers' remote-code loader copies only the files this module imports by a `from .x import` line, and
-# `mixer_class` imports by name at run time: every file that defines a mixer must be named here.
-from .attention import Attention, LatentAttention  # noqa: E402,F401
-from .linear_attention import GatedDeltaNet, KimiDeltaAttention  # noqa: E402,F401
-from .removal import NoAttention, SkipLayer  # noqa: E402,F401
+from .mixers import mixer_for, replaces_layer
 
 
 def install_mixers(model) -> None:
-    """Replace each decoder layer's attention (or, for `replaces == "layer"`, the whole layer) as the config says."""
+    """Replace each decoder layer's attention (or, for a mixer that `replaces_layer`, the whole layer) with the mixer
+    of its `config.mosaic["layers"]` entry ({op, params}; older entries' extra keys are ignored)."""
     config = model.config
     record = ARCHITECTURES[base_model_type(config)]
     dims = ModelDims.from_text_config(text_config(config, record), record)
-    layers = decoder_layers(model, record)
-    specs = config.mosaic["layers"]
-    if len(specs) != len(layers):
-        raise ValueError(f"config.mosaic lists {len(specs)} layers but the model has {len(layers)}")
-    for idx, spec in enumerate(specs):
-        module = mixer_class(spec["mixer"])(dims, idx, **spec.get("params", {}))
-        if spec.get("replaces", "attention") == "layer":
+    layers = record.decoder_layers(model)
+    entries = config.mosaic["layers"]
+    if len(entries) != len(layers):
+        raise ValueError(f"config.mosaic lists {len(entries)} layers but the model has {len(layers)}")
+    for idx, entry in enumerate(entries):
+        module = mixer_for(entry, dims, idx)
+        if replaces_layer(module):
             layers[idx] = module
         else:
             layers[idx].self_attn = module
-
-
-def text_model(model):
-    """The module that owns the decoder layers (the language model inside a VLM)."""
-    return _text_model(model, ARCHITECTURES[base_model_type(model.config)])
 
 
 def install_teacher_rope(model) -> None:
@@ -63,7 +51,7 @@ def install_teacher_rope(model) -> None:
     kinds = rope_layer_types(model.config, record)
     if kinds is None:
         return
-    inner = text_model(model)
+    inner = record.text_model(model)
     inner.rotary_emb = teacher_rotary(model, record, kinds)
     memo: dict = {}
 
@@ -88,7 +76,7 @@ def install_teacher_rope(model) -> None:
 
     inner.register_forward_pre_hook(forget, with_kwargs=True)
     inner.rotary_emb.register_forward_pre_hook(teacher_type)
-    for layer, kind in zip(decoder_layers(model, record), kinds):
+    for layer, kind in zip(record.decoder_layers(model), kinds):
         layer.register_forward_pre_hook(rope_of(kind), with_kwargs=True)
 
 
@@ -129,8 +117,9 @@ class _MosaicMixin:
         install_mixers(self)
         install_teacher_rope(self)
         # whether the text model looks its masks up by `layer_types` (Qwen3) or builds one causal mask (Llama)
-        by_type = ARCHITECTURES[base_model_type(self.config)].masks_by_layer_type
-        text_model(self).register_forward_pre_hook(_masks_done_by_mixers(by_type), with_kwargs=True)
+        record = ARCHITECTURES[base_model_type(self.config)]
+        record.text_model(self).register_forward_pre_hook(_masks_done_by_mixers(record.masks_by_layer_type),
+                                                          with_kwargs=True)
 
     @staticmethod
     def create_masks_for_generate(attention_mask=None, **kwargs):
@@ -140,9 +129,9 @@ class _MosaicMixin:
 
     def mosaic_mixers(self) -> list:
         """(layer index, op, mixer module) for every decoder layer, as `config.mosaic` lists them."""
-        layers = decoder_layers(self, ARCHITECTURES[base_model_type(self.config)])
-        return [(i, spec["op"], layers[i] if spec.get("replaces") == "layer" else layers[i].self_attn)
-                for i, spec in enumerate(self.config.mosaic["layers"])]
+        layers = ARCHITECTURES[base_model_type(self.config)].decoder_layers(self)
+        return [(i, entry["op"], layers[i] if replaces_layer(layers[i]) else layers[i].self_attn)
+                for i, entry in enumerate(self.config.mosaic["layers"])]
 
     def generate(self, *args, **kwargs):
         """transformers' `generate`, refused in one line for a mode this mix cannot serve exactly (see

@@ -19,9 +19,6 @@ class NoAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
 
-    def load_teacher(self, teacher: nn.Module) -> None:
-        """Nothing to copy."""
-
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
                 **kwargs):
         cache = layer_cache(past_key_values, cache)
@@ -33,6 +30,7 @@ class NoAttention(nn.Module):
 class SkipLayer(nn.Module):
     """The whole decoder layer skipped (replaces the decoder layer, not its attention)."""
 
+    replaces_layer = True  # installed in place of the decoder layer, not of its self_attn
     rolls_back = True
     plain_kv_cache = False
     preallocatable = True
@@ -40,9 +38,6 @@ class SkipLayer(nn.Module):
     def __init__(self, dims=None, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
-
-    def load_teacher(self, teacher: nn.Module) -> None:
-        """Nothing to copy."""
 
     def forward(self, hidden_states, *args, past_key_values=None, cache=None, **kwargs):
         cache = layer_cache(past_key_values, cache)

@@ -15,37 +15,38 @@ from ..errors import UsageError, did_you_mean
 
 @dataclass(frozen=True)
 class OperatorSpec:
-    """Everything the stages need to know about one operator.
+    """Everything the stages need to know about one operator: the one truth about it.
 
-    `mixer` names the module class in `mosaic_search.modeling` ("file:Class", constructed as
-    `Class(dims, layer_idx, **params)`): the attention replacement, or for `replaces == "layer"` the
-    whole-layer replacement. Built models record it per layer, so their remote code needs no operator
-    list of its own. `init_from_teacher(new, teacher_attention)` copies
-    or derives weights from the teacher's attention; `cache_bytes(dims, context, dtype_bytes, **params)` is
-    the generation cache one sequence needs at `context` tokens; `default_params(dims)` lists the params
-    tried when the user names no candidates; `max_params(dims)` bounds params from above for a model of
-    these dimensions (`Candidate.check_fits`).
+    `build(dims, layer_idx, **params)` makes the module (the remote code's `{op: mixer class}` table,
+    `modeling.mixers.MIXERS`, names its class, so built configs record only `op` and `params`).
+    `init_from_teacher(new, teacher_attention)` copies or derives its weights from the teacher's attention (this code
+    stays here: built models never call it). `cache_bytes(dims, context, dtype_bytes, **params)` is the generation
+    cache one sequence needs at `context` tokens; `default_params(dims)` lists the params tried when the user names no
+    candidates; `max_params(dims)` bounds params from above for a model of these dimensions (`Candidate.check_fits`).
+    `teacher_layer_type`: the HF layer type of a teacher layer that is this operator as is (gqa: `full_attention`,
+    swa: `sliding_attention`; see `Candidate.teacher`). `window(params)`: the tokens a query attends to at most
+    (None: every token before it), which the cache layout and the profiler's equal-work check read.
     """
 
     name: str
     symbol: str
     layer_type: str
     summary: str
-    mixer: str
     init_from_teacher: Callable[..., None]
     cache_bytes: Callable[..., int]
     params: tuple[str, ...] = ()
     default_params: Callable[[Any], list[dict]] = lambda dims: [{}]
     max_params: Callable[[Any], dict] = lambda dims: {}
     requires: tuple[str, ...] = ()
-    replaces: str = "attention"
     aligned: bool = False
+    teacher_layer_type: str | None = None
+    window: Callable[[dict], int | None] = lambda params: None
 
     def build(self, dims, layer_idx: int, **params):
-        """A fresh (randomly initialised) mixer module for one layer."""
-        from ..modeling.mixers import mixer_class
+        """A fresh (randomly initialised) mixer module for one layer of a model of dimensions `dims` (`ModelDims`)."""
+        from ..modeling.mixers import MIXERS  # torch: the registry itself stays importable without it
 
-        return mixer_class(self.mixer)(dims, layer_idx, **params)
+        return MIXERS[self.name](dims, layer_idx, **params)
 
     def fast_path(self) -> tuple[bool, str]:
         """Whether this operator's CUDA fast path can run here, and why not."""
@@ -118,6 +119,20 @@ class Candidate:
         return cls(op, tuple(sorted(params.items())))
 
     @classmethod
+    def teacher(cls, layer_type: str = "full_attention", window: int | None = None) -> "Candidate":
+        """The operator a softmax-attention teacher's decoder layer of HF type `layer_type` is, as is (the spec whose
+        `teacher_layer_type` it is): gqa for full attention, swa with the teacher's `window` for sliding attention.
+        A sliding layer without a window is full attention. Raises UsageError for any other layer type."""
+        if layer_type == "sliding_attention" and not window:
+            layer_type = "full_attention"
+        for spec in REGISTRY.values():
+            if spec.teacher_layer_type == layer_type:
+                return cls.of(spec.name, {p: window for p in spec.params})
+        known = " / ".join(s.teacher_layer_type for s in REGISTRY.values() if s.teacher_layer_type)
+        raise UsageError(f'layer type "{layer_type}": mosaic starts from softmax-attention teachers '
+                         f"(layer_types {known})")
+
+    @classmethod
     def parse(cls, text: str) -> "Candidate":
         """Parse 'op' or 'op:key=value[:key=value]', e.g. 'swa:window=1024', or the short form the tables show,
         'swa:1024' (values in the operator's param order, see `label`)."""
@@ -152,6 +167,16 @@ class Candidate:
 
     def __str__(self) -> str:
         return ":".join([self.op, *(f"{k}={v}" for k, v in self.params)])
+
+    @property
+    def window(self) -> int | None:
+        """The tokens one query attends to at most (itself included), or None for every token before it."""
+        return self.spec.window(self.kwargs)
+
+    def sees_all(self, tokens: int) -> bool:
+        """Whether a query that `tokens` tokens precede (itself included) attends to all of them: a window that
+        long computes exactly full attention."""
+        return self.window is None or self.window >= tokens
 
     def check_fits(self, dims) -> "Candidate":
         """Return self, or raise UsageError when a param exceeds what a model of `dims` allows (`max_params`)."""
@@ -218,6 +243,26 @@ def unbuildable(layers) -> str | None:
         return (f"only {ops} layers: a model needs at least one attention layer (an operator of layer type "
                 f"{' or '.join(COUNTING_LAYER_TYPES)}) for transformers' cache to count tokens in generate()")
     return None
+
+
+def cache_layout(layer_types: list, windows: list) -> dict:
+    """The text-config fields from which transformers builds each layer's cache slot as its mixer needs it.
+
+    `layer_types`: one per layer (transformers' vocabulary, `OperatorSpec.layer_type`); `windows`: each layer's window
+    or None (`Candidate.window`). Returns `layer_types`, the largest window as `sliding_window` (with Qwen3's
+    `use_sliding_window`), and, when windows differ, every sliding layer's own window in `per_layer_config`
+    (transformers' heterogeneous configs), so a layer with a smaller window caches, and in a static cache rolls, only
+    its own window instead of the largest.
+    """
+    sliding = {i: w for i, (t, w) in enumerate(zip(layer_types, windows)) if t == "sliding_attention"}
+    fields = {"layer_types": list(layer_types), "sliding_window": max(sliding.values(), default=None),
+              "use_sliding_window": bool(sliding)}
+    if len(set(sliding.values())) > 1:
+        fields["per_layer_config"] = {i: {"sliding_window": w} for i, w in sliding.items()}
+        # the teacher's own attention classes read the global window while the model is built, before the mixers
+        # replace them: allowed, as the cache (the only other reader) takes the per-layer values
+        fields["allow_global_per_layer_attribute_access"] = True
+    return fields
 
 
 def pattern_string(candidates) -> str:

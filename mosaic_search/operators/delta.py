@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from ..modeling.dims import CONV_KERNEL
 from . import OperatorSpec, register
-
-CONV_KERNEL = 4
 
 
 def _init(new, teacher_attention):
-    """q_proj and o_proj copied; k_proj and v_proj copied with each KV head repeated for the query heads it
-    serves (GQA heads expanded), so every query head owns a key/value head; Qwen3's q_norm/k_norm copied
-    before the L2 normalisation. Fresh: the short convolutions (identity), beta, decay and output gates.
-    """
-    new.load_teacher(teacher_attention)
+    """q/k/v/o projections (a fused qkv_proj split) and Qwen3's q_norm/k_norm copied as they are: K and V keep the
+    teacher's KV heads, each serving its query group as in GQA. Fresh: the short convolutions (identity), beta,
+    decay and output gates."""
+    from .teacher import copy_from_teacher
+
+    copy_from_teacher(new, teacher_attention)
 
 
 def _state_bytes(dims, context, dtype_bytes=2):
-    # fp32 recurrent state per head (head_dim x head_dim) plus the short-conv tail of q, k and v
+    # fp32 recurrent state per query head (head_dim x head_dim) plus the short-conv tail of q, k and v
     state = dims.num_heads * dims.head_dim * dims.head_dim * 4
     conv = 3 * dims.num_heads * dims.head_dim * (CONV_KERNEL - 1) * dtype_bytes
     return state + conv
@@ -25,13 +25,11 @@ def _state_bytes(dims, context, dtype_bytes=2):
 register(OperatorSpec(
     name="gdn", symbol="D", layer_type="linear_attention",
     summary="Gated DeltaNet: linear attention with a per-head scalar decay",
-    mixer="linear_attention:GatedDeltaNet", init_from_teacher=_init, cache_bytes=_state_bytes,
-    requires=("fla",), aligned=True,
+    init_from_teacher=_init, cache_bytes=_state_bytes, requires=("fla",), aligned=True,
 ))
 
 register(OperatorSpec(
     name="kda", symbol="K", layer_type="linear_attention",
     summary="Kimi Delta Attention: linear attention with a per-channel decay",
-    mixer="linear_attention:KimiDeltaAttention", init_from_teacher=_init, cache_bytes=_state_bytes,
-    requires=("fla",), aligned=True,
+    init_from_teacher=_init, cache_bytes=_state_bytes, requires=("fla",), aligned=True,
 ))

@@ -14,12 +14,12 @@ def _nothing(new, teacher_attention):
 register(OperatorSpec(
     name="none", symbol="N", layer_type="linear_attention",
     summary="attention removed; the layer keeps its MLP",
-    mixer="removal:NoAttention", init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
+    init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
 ))
 
+# its mixer (modeling's SkipLayer, `replaces_layer`) is installed in place of the decoder layer
 register(OperatorSpec(
     name="drop", symbol="X", layer_type="linear_attention",
     summary="the whole decoder layer skipped, attention and MLP (ShortGPT-style pruning)",
-    mixer="removal:SkipLayer", init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
-    replaces="layer",
+    init_from_teacher=_nothing, cache_bytes=lambda dims, context, dtype_bytes=2: 0,
 ))
