@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mosaic_search import baselines, schema, solver
+from mosaic_search import baselines, problem, schema, solver
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
@@ -111,13 +111,13 @@ def test_mip_equals_exhaustive_search(case):
 def test_column_fixing_keeps_the_optimum_on_larger_instances(layers, seed, speedup, cap):
     """Too big for brute force: the reduced MIP must match the plain MIP solved to a zero gap."""
     prof, sens = make(layers, POOL, WORKLOADS, seed)
-    p = solver.prepare(prof, sens, speedup=speedup, max_count={"drop": layers // 4} if cap else None)
+    p = problem.prepare(prof, sens, speedup=speedup, max_count={"drop": layers // 4} if cap else None)
     plain, _ = solver.run_mip(p, mip_gap=0, reduce=False)
     fast, info = solver.run_mip(p, mip_gap=0)
     assert (plain is None) == (fast is None)
     if plain is not None:
-        assert sum(p.loss[l, cs[0]] for l, cs in enumerate(fast)) == pytest.approx(
-            sum(p.loss[l, cs[0]] for l, cs in enumerate(plain)), abs=1e-9)
+        assert sum(p.choice(l, cs[0]).loss for l, cs in enumerate(fast)) == pytest.approx(
+            sum(p.choice(l, cs[0]).loss for l, cs in enumerate(plain)), abs=1e-9)
         assert info["columns_kept"] <= info["columns"]
 
 
@@ -197,10 +197,10 @@ def test_status_not_ok_and_missing_scores_are_not_allowed():
     prof, sens = make(3, seed=4, status=lambda l, c, w: "oom" if c == X and w == "decode_16k" else "ok")
     sens = SensitivityTable(sens.header, "kl", {},
                             tuple(e for e in sens.entries if not (e.layer == 1 and e.candidate == N)))
-    p = solver.prepare(prof, sens, speedup=1.5)
+    p = problem.prepare(prof, sens, speedup=1.5)
     assert all(X not in cs for cs in p.allowed) and N not in p.allowed[1] and N in p.allowed[0]
     # narrowed to the workloads drop ran on, drop is back
-    assert X in solver.prepare(prof, sens, speedup=1.5, workloads=["prefill_4k"]).allowed[0]
+    assert X in problem.prepare(prof, sens, speedup=1.5, workloads=["prefill_4k"]).allowed[0]
 
 
 def test_cache_bound_reads_the_longest_context_per_sequence():
