@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mosaic_search import baselines, problem, schema, solver
+from mosaic_search import baselines, problem, schema, solver, to_frame
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
@@ -363,6 +364,34 @@ def test_incumbent_heuristic_returns_a_feasible_assignment_or_none():
     assert baselines.incumbent(np.array([1.0, 0.0, 1.0, 0.0]), cost, A, np.array([1.0]), layer) is None
 
 
+# ---- the problem ---------------------------------------------------------------------------------
+
+def test_one_constraint_check_names_every_broken_rule():
+    prof, sens = make(4, seed=5)
+    p = problem.prepare(prof, sens, speedup=1.5, max_cache_bytes=1500, max_count={"gqa": 1}, min_count={"none": 1})
+    assert p.choice(0, G).loss == 0.0 and p.choice(0, G).latency_ms == {w.name: 10.0 for w in WORKLOADS}
+    assert p.choice(0, G).cache_bytes == 1000 and p.cache_workload == "decode_16k"  # the longest context
+    teacher = [G] * 4
+    rows = problem.predicted(p, teacher)
+    assert all(row["latency_ms"] == prof.predicted_ms(w, teacher) == 2.0 + 40.0 and row["speedup"] == 1.0
+               for w, row in rows.items())
+    assert problem.violations(p, teacher, 0.0) == [
+        *(f"{w.name} reaches 1.000x (target 1.500x)" for w in WORKLOADS), "cache 4000 bytes over the bound of 1500",
+        "0 layers of none (min 1)", "4 layers of gqa (max 1)"]
+    assert "only drop layers" in problem.violations(p, [X] * 4, 0.0)[-1]
+    gone = dataclasses.replace(prof, entries=tuple(e for e in prof.entries if (e.layer, e.candidate) != (2, D)))
+    p = problem.prepare(gone, sens, speedup=1.1)
+    assert D not in p.allowed[2] and problem.predicted(p, [G, G, D, G])["decode_4k"]["latency_ms"] is None
+    assert problem.violations(p, [G, G, D, G], 0.0)[0] == "layer 2: gdn has no ok latency for prefill_4k"
+
+
+def test_baselines_do_not_import_the_solver():
+    run = subprocess.run([sys.executable, "-c", "import sys, mosaic_search.baselines; "
+                          "assert 'mosaic_search.solver' not in sys.modules"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 0, run.stderr
+
+
 # ---- frontier and diverse plans ------------------------------------------------------------------
 
 def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
@@ -382,6 +411,23 @@ def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
         solver.sweep("1.1:2:0.1", profile=prof, scores=sens, speedup=2, write=False)
     with pytest.raises(UsageError, match='sweep "3:1:0.1"'):
         solver.sweep("3:1:0.1", profile=prof, scores=sens, write=False)
+
+
+def test_pareto_record_round_trips_and_older_files_still_load(tmp_path):
+    prof, sens = make(6, seed=9)
+    res = solver.sweep("1.2:2.0:0.4", profile=prof, scores=sens, out=tmp_path / "front.json")
+    back = schema.load_pareto(tmp_path / "front.json")
+    assert schema.to_json(back) == json.loads(json.dumps(res)) and back.header.command
+    assert back.files == (str(tmp_path / "front.json"), str(tmp_path / "front.csv"))
+    assert to_frame(back).equals(to_frame(res))
+    # as sweeps wrote it before the record: the header built by hand, without `command`
+    old = {k: v for k, v in res.items() if k != "command"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert schema.load_pareto(tmp_path / "old.json").points == back.points
+    short = dict(old, points=[{"target_speedup": 1.2, "feasible": True, "objective": 0.1, "layers": ["gqa"]}])
+    (tmp_path / "short.json").write_text(json.dumps(short))
+    with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but the model has 6"):
+        schema.load_pareto(tmp_path / "short.json")
 
 
 def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
