@@ -17,7 +17,8 @@ def _resources(p: Problem) -> list:
     if p.cache_limit is not None:
         out.append((lambda ch: ch.cache_bytes, p.cache_limit, p.cache_limit))
     out += [(lambda ch, s=spec: float(matches(s, ch.candidate)), float(n), 1.0) for spec, n in p.max_count]
-    out.append((lambda ch: -float(ch.candidate.spec.counts_tokens), -1.0, 1.0))  # operators.unbuildable, as -count <= -1
+    # operators.unbuildable, as -count <= -1
+    out.append((lambda ch: -float(ch.candidate.spec.counts_tokens), -1.0, 1.0))
     return out
 
 
