@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic_search import schema, solver  # noqa: E402
+from mosaic_search import problem, schema, solver  # noqa: E402
 from mosaic_search.operators import Candidate  # noqa: E402
 from mosaic_search.schema import (Header, LatencyProfile, ModelRef, ProfileEntry, SensitivityEntry,  # noqa: E402
                                   SensitivityTable, Workload)
@@ -107,7 +107,7 @@ def main() -> None:
             rows.append((kind, "same at 1.5x, HiGHS default settings (`HIGHS_OPTIONS = {}`)", args.runs, stats_ms(t)))
             plain = []
             for p, s in pairs:
-                prob = solver.prepare(p, s, speedup=1.5)
+                prob = problem.prepare(p, s, speedup=1.5)
                 plain.append(timed(lambda: solver.run_mip(prob, reduce=False)))
             rows.append((kind, "MIP alone without LP column fixing (`run_mip(reduce=False)`, 1.5x)", args.runs,
                          stats_ms(plain)))

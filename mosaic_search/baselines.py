@@ -1,23 +1,24 @@
-"""Heuristics on the solver's own tables: the greedy and fixed-pattern baselines, and the MIP's warm start."""
+"""Heuristics on the solver's own problem: the greedy and fixed-pattern baselines, and the MIP's warm start."""
 
 from __future__ import annotations
 
 import time
 
 from .errors import InfeasibleError, UsageError
-from .operators import REGISTRY, from_symbol, unbuildable
-from .solver import Problem, matches, reachability
+from .operators import REGISTRY, from_symbol
+from .problem import Problem, matches, violations
 
 _EPS = 1e-9  # stricter than the solver's re-check (1e-6), so a plan a baseline calls "met" always verifies
 
 
 def _resources(p: Problem) -> list:
-    """(usage of one (layer, candidate), limit, scale) for every budget; scale makes them commensurable."""
-    out = [(lambda k, w=w: p.lat[k][w], p.budget(w), p.profile.teacher_ms(w) / p.targets[w]) for w in p.targets]
+    """(usage of one Choice, limit, scale) for every budget; scale makes them commensurable."""
+    out = [(lambda ch, w=w: ch.latency_ms[w], p.budget(w), p.profile.teacher_ms(w) / p.targets[w]) for w in p.targets]
     if p.cache_limit is not None:
-        out.append((lambda k: p.cache[k], p.cache_limit, p.cache_limit))
-    out += [(lambda k, s=spec: float(matches(s, k[1])), float(n), 1.0) for spec, n in p.max_count]
-    out.append((lambda k: -float(k[1].spec.counts_tokens), -1.0, 1.0))  # operators.unbuildable, as -count <= -1
+        out.append((lambda ch: ch.cache_bytes, p.cache_limit, p.cache_limit))
+    out += [(lambda ch, s=spec: float(matches(s, ch.candidate)), float(n), 1.0) for spec, n in p.max_count]
+    # operators.unbuildable, as -count <= -1
+    out.append((lambda ch: -float(ch.candidate.spec.counts_tokens), -1.0, 1.0))
     return out
 
 
@@ -31,58 +32,39 @@ def greedy(p: Problem):
 
     Each step takes the single-layer swap with the smallest (loss added) / (budget excess removed), where
     the excess of each budget is measured as a fraction of it, so several workloads share one currency.
+    Returns (one-candidate list per layer, info), or (None, info) when no swap shrinks the excess any more.
+    Raises UsageError for min counts, which it cannot honour.
     """
     if p.min_count:
         raise UsageError("the greedy strategy does not support min counts; use the mip strategy")
     start = time.perf_counter()
     res = _resources(p)
-    cur = [min(cs, key=lambda c, l=l: (p.loss[l, c], sum(p.lat[l, c].values()), c)) for l, cs in enumerate(p.allowed)]
-    usage = [sum(f((l, c)) for l, c in enumerate(cur)) for f, _, _ in res]
+    cur = [min(cs, key=lambda ch: (ch.loss, sum(ch.latency_ms.values()), ch.candidate)) for cs in p.choices]
+    usage = [sum(f(ch) for ch in cur) for f, _, _ in res]
     steps = 0
+    info = {"name": "greedy", "status": "budgets met", "mip_gap": None}
     while (excess := _excess(usage, res)) > 0:
         best = None
-        for l, cs in enumerate(p.allowed):
-            was = (l, cur[l])
-            for c in cs:
-                if c == cur[l]:
+        for l, cs in enumerate(p.choices):
+            was = cur[l]
+            for ch in cs:
+                if ch.candidate == was.candidate:
                     continue
-                moved = [u + f((l, c)) - f(was) for u, (f, _, _) in zip(usage, res)]
+                moved = [u + f(ch) - f(was) for u, (f, _, _) in zip(usage, res)]
                 gain = excess - _excess(moved, res)
                 if gain <= 1e-15:
                     continue  # every step must shrink the excess, so the loop ends
-                key = ((p.loss[l, c] - p.loss[was]) / gain, l, c)
+                key = ((ch.loss - was.loss) / gain, l, ch.candidate)
                 if best is None or key < best[0]:
-                    best = (key, l, c, moved)
+                    best = (key, ch, moved)
         if best is None:
-            raise InfeasibleError(f"greedy stalled before meeting every budget; {reachability(p)}")
-        _, l, c, usage = best
-        cur[l] = c
+            return None, {**info, "status": "stalled", "steps": steps}
+        _, ch, usage = best
+        cur[ch.layer] = ch
         steps += 1
-    info = {"name": "greedy", "status": "budgets met", "seconds": round(time.perf_counter() - start, 6),
-            "mip_gap": None, "steps": steps, "objective": float(sum(p.loss[l, c] for l, c in enumerate(cur)))}
-    return [[c] for c in cur], info
-
-
-def _shortfalls(p: Problem, layers) -> list[str]:
-    out = []
-    for w, target in p.targets.items():
-        ms = p.profile.fixed_ms[w] + sum(p.lat[l, c][w] for l, c in enumerate(layers))
-        teacher = p.profile.teacher_ms(w)
-        got = teacher / ms if ms > 0 else float("inf")
-        if ms > teacher / target * (1 + _EPS):
-            out.append(f"{w} reaches {got:.3f}x (target {target:.3f}x)")
-    if p.cache_limit is not None:
-        cache = sum(p.cache[l, c] for l, c in enumerate(layers))
-        if cache > p.cache_limit:
-            out.append(f"cache {cache} bytes (bound {p.cache_limit:.0f})")
-    for specs, sense in ((p.min_count, 1), (p.max_count, -1)):
-        for spec, n in specs:
-            count = sum(matches(spec, c) for c in layers)
-            if (count - n) * sense < 0:
-                out.append(f"{count} layers of {spec} ({'min' if sense > 0 else 'max'} {n})")
-    if why := unbuildable(layers):
-        out.append(why)
-    return out
+    info.update(seconds=round(time.perf_counter() - start, 6), steps=steps,
+                objective=float(sum(ch.loss for ch in cur)))
+    return [[ch.candidate] for ch in cur], info
 
 
 def pattern(p: Problem, symbols: str):
@@ -103,7 +85,7 @@ def pattern(p: Problem, symbols: str):
     pinned = {int(k) for k in (p.given.get("pins") or {})}
     layers = [None] * p.num_layers
     for l in pinned:
-        layers[l] = min(p.allowed[l], key=lambda c, l=l: (p.loss[l, c], c))
+        layers[l] = min(p.choices[l], key=lambda ch: (ch.loss, ch.candidate)).candidate
     for op in dict.fromkeys(ops):
         at = [l for l in range(p.num_layers) if ops[l] == op and l not in pinned]
         if not at:
@@ -113,15 +95,16 @@ def pattern(p: Problem, symbols: str):
             bad = next((l for l in at if not any(c.op == op for c in p.allowed[l])), at[0])
             raise UsageError(f"pattern {symbols}: no single {op} candidate is allowed at every layer it takes "
                              f"(e.g. layer {bad}: profiled ok on every workload, scored, and in ops)")
-        pick = min(common, key=lambda c: (sum(p.loss[l, c] for l in at), sum(sum(p.lat[l, c].values()) for l in at), c))
+        pick = min(common, key=lambda c: (sum(p.choice(l, c).loss for l in at),
+                                          sum(sum(p.choice(l, c).latency_ms.values()) for l in at), c))
         for l in at:
             layers[l] = pick
-    missed = _shortfalls(p, layers)
+    missed = violations(p, layers, _EPS)
     if missed:
         raise InfeasibleError(f"pattern {symbols} misses the constraints: {', '.join(missed)}")
     info = {"name": "pattern", "status": "evaluated", "pattern": symbols, "mip_gap": None,
             "seconds": round(time.perf_counter() - start, 6),
-            "objective": float(sum(p.loss[l, c] for l, c in enumerate(layers)))}
+            "objective": float(sum(p.choice(l, c).loss for l, c in enumerate(layers)))}
     return [[c] for c in layers], info
 
 

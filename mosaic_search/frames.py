@@ -13,7 +13,7 @@ from pathlib import Path
 from . import files
 from .errors import UsageError
 from .operators import REGISTRY
-from .schema import PARETO_KIND, LatencyProfile, LayerPlan, SensitivityTable
+from .schema import PARETO_KIND, LatencyProfile, LayerPlan, Pareto, SensitivityTable, to_json
 
 SUFFIXES = (".csv", ".parquet")
 # One nullable integer column per param any operator takes, so a frame's columns do not depend on which
@@ -26,8 +26,9 @@ def to_frame(artifact):
 
     One row per entry of a LatencyProfile (layer x candidate x workload: `latency_ms`, `p20_ms`, `p80_ms`,
     `cache_bytes`, ...), SensitivityTable (layer x candidate: `kl_nats`, `delta_loss_nats`), LayerPlan (layer:
-    its candidate, `<metric>_nats` and `saved_ms_<workload>`) or `solver.sweep` result (target speedup:
-    `<metric>_nats`, `speedup_<workload>`, `latency_ms_<workload>`). Every frame has `candidate` (as in the
+    its candidate, `<metric>_nats` and `saved_ms_<workload>`) or Pareto (the record, or its JSON object as
+    `solver.sweep` returns it; target speedup: `<metric>_nats`, `speedup_<workload>`, `latency_ms_<workload>`).
+    Every frame has `candidate` (as in the
     artifact, e.g. swa:window=1024), `op` and one integer column per operator param (`window`, `rank`; empty
     where the operator has none), except the sweep's, whose rows are whole plans.
     Raises TypeError for anything else.
@@ -38,6 +39,8 @@ def to_frame(artifact):
         return _sensitivity(artifact)
     if isinstance(artifact, LayerPlan):
         return _plan(artifact)
+    if isinstance(artifact, Pareto):
+        return _pareto(to_json(artifact))
     if isinstance(artifact, dict) and artifact.get("kind") == PARETO_KIND:
         return _pareto(artifact)
     raise TypeError(f"not an artifact: {type(artifact).__name__}")

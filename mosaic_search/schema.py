@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ SCHEMA_VERSION = 1
 PROFILE_KIND = "mosaic/latency-profile"
 SENSITIVITY_KIND = "mosaic/sensitivity"
 PLAN_KIND = "mosaic/layer-plan"
-PARETO_KIND = "mosaic/pareto"  # solver.sweep's result, a plain JSON object
+PARETO_KIND = "mosaic/pareto"
 PHASES = ("prefill", "decode")
 STATUSES = ("ok", "oom", "unsupported")
 
@@ -120,6 +121,28 @@ class LatencyProfile:
         """The teacher's own operator in each layer (gqa everywhere for a profile that does not record it)."""
         return self.teacher or (Candidate.teacher(),) * self.header.model.num_hidden_layers
 
+    @cached_property
+    def _by_key(self) -> dict:
+        return {(e.layer, e.candidate, e.workload): e for e in self.entries}
+
+    def entry(self, layer: int, candidate: Candidate, workload: str) -> ProfileEntry | None:
+        """The entry of one layer with one candidate for one workload, or None when the profile has none."""
+        return self._by_key.get((layer, candidate, workload))
+
+    def layer_ms(self, layer: int, candidate: Candidate, workload: str) -> float | None:
+        """The latency (ms) of one layer with one candidate for one workload; None unless its entry is ok."""
+        e = self._by_key.get((layer, candidate, workload))
+        return e.latency_ms if e is not None and e.status == "ok" else None
+
+    def predicted_ms(self, workload: str, layers) -> float | None:
+        """The additive latency model (docs/design.md §3), in ms, of one candidate per layer: the fixed part plus
+        each layer's latency. None when the fixed part or a layer's ok entry is missing."""
+        fixed = self.fixed_ms.get(workload)
+        own = [self.layer_ms(layer, c, workload) for layer, c in enumerate(layers)]
+        if fixed is None or any(v is None for v in own):
+            return None
+        return fixed + sum(own)
+
     def teacher_ms(self, workload: str) -> float | None:
         """The teacher's latency under the same additive model as a plan's: fixed part + its own layers' operators.
 
@@ -127,13 +150,8 @@ class LatencyProfile:
         has (a few percent on the profiles in BENCHMARKS.md) cancels in the ratio. Falls back to the measured
         whole-model `baseline_ms` when the teacher's operators were not all profiled.
         """
-        fixed = self.fixed_ms.get(workload)
-        ms = {(e.layer, e.candidate): e.latency_ms for e in self.entries if e.workload == workload
-              and e.status == "ok"}
-        own = [ms.get((layer, c)) for layer, c in enumerate(self.teacher_layers())]
-        if fixed is None or any(v is None for v in own):
-            return self.baseline_ms.get(workload)
-        return fixed + sum(own)
+        ms = self.predicted_ms(workload, self.teacher_layers())
+        return self.baseline_ms.get(workload) if ms is None else ms
 
 
 @dataclass(frozen=True)
@@ -179,6 +197,23 @@ class LayerPlan:
         return pattern_string(self.layers)
 
 
+@dataclass(frozen=True)
+class Pareto:
+    """`solver.sweep`'s result: the least predicted loss at each speedup target (the Pareto frontier).
+
+    `points`: one per target, ascending: {target_speedup, feasible} and, when feasible, {objective, pattern,
+    layers (candidate strings), predicted (as a plan's), seconds, mip_gap}; `constraints`: as a plan's, less
+    the speedups the sweep sets; `files`: what the sweep wrote (JSON, CSV, PNG).
+    """
+
+    header: Header
+    constraints: dict
+    speedups: tuple[float, ...]
+    points: tuple[dict, ...]
+    files: tuple[str, ...] = ()
+    kind = PARETO_KIND
+
+
 # ---- serialisation -------------------------------------------------------------------------------
 
 def _header_json(h: Header) -> dict:
@@ -212,6 +247,11 @@ def to_json(artifact) -> dict:
         out["constraints"] = artifact.constraints
         out["solver"] = artifact.solver
         out["pattern"] = artifact.pattern
+    elif isinstance(artifact, Pareto):
+        out["constraints"] = artifact.constraints
+        out["speedups"] = list(artifact.speedups)
+        out["points"] = [dict(pt) for pt in artifact.points]
+        out["files"] = list(artifact.files)
     else:
         raise TypeError(f"not an artifact: {type(artifact).__name__}")
     return out
@@ -398,6 +438,35 @@ def load_plan(path: str | os.PathLike, num_layers: int | None = None) -> LayerPl
                      objective=r.get(obj, "objective", float, optional=True, default=0.0),
                      constraints=r.get(obj, "constraints", dict, optional=True, default={}),
                      solver=r.get(obj, "solver", dict, optional=True, default={}))
+
+
+def load_pareto(path: str | os.PathLike) -> Pareto:
+    """Load and validate a `mosaic/pareto` frontier (also one written before this record, without `command`)."""
+    obj, src = _read_json(path)
+    r = _Reader(src)
+    header = _header(r, obj, PARETO_KIND)
+    speedups = []
+    for i, v in enumerate(r.get(obj, "speedups", list)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            r.fail(f"speedups[{i}]", f"expected a number, got {v!r}")
+        speedups.append(float(v))
+    points = r.get(obj, "points", list)
+    for i, pt in enumerate(points):
+        where = f"points[{i}]"
+        r.get(pt, "target_speedup", float, where)
+        if not r.get(pt, "feasible", bool, where):
+            continue
+        r.get(pt, "objective", float, where)
+        layers = r.get(pt, "layers", list, where)
+        if len(layers) != header.model.num_hidden_layers:
+            r.fail(f"{where}.layers", f"has {len(layers)} entries but the model has {header.model.num_hidden_layers}")
+        for j, text in enumerate(layers):
+            try:
+                Candidate.parse(str(text))
+            except UsageError as e:
+                r.fail(f"{where}.layers[{j}]", str(e))
+    return Pareto(header=header, constraints=r.get(obj, "constraints", dict), speedups=tuple(speedups),
+                  points=tuple(points), files=tuple(r.get(obj, "files", list, optional=True, default=[])))
 
 
 def check_same_model(a: ModelRef, b: ModelRef, what: str, allow_stale: bool = False) -> None:

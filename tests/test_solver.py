@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mosaic_search import baselines, schema, solver
+from mosaic_search import baselines, problem, schema, solver, to_frame
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
@@ -111,13 +112,13 @@ def test_mip_equals_exhaustive_search(case):
 def test_column_fixing_keeps_the_optimum_on_larger_instances(layers, seed, speedup, cap):
     """Too big for brute force: the reduced MIP must match the plain MIP solved to a zero gap."""
     prof, sens = make(layers, POOL, WORKLOADS, seed)
-    p = solver.prepare(prof, sens, speedup=speedup, max_count={"drop": layers // 4} if cap else None)
+    p = problem.prepare(prof, sens, speedup=speedup, max_count={"drop": layers // 4} if cap else None)
     plain, _ = solver.run_mip(p, mip_gap=0, reduce=False)
     fast, info = solver.run_mip(p, mip_gap=0)
     assert (plain is None) == (fast is None)
     if plain is not None:
-        assert sum(p.loss[l, cs[0]] for l, cs in enumerate(fast)) == pytest.approx(
-            sum(p.loss[l, cs[0]] for l, cs in enumerate(plain)), abs=1e-9)
+        assert sum(p.choice(l, cs[0]).loss for l, cs in enumerate(fast)) == pytest.approx(
+            sum(p.choice(l, cs[0]).loss for l, cs in enumerate(plain)), abs=1e-9)
         assert info["columns_kept"] <= info["columns"]
 
 
@@ -197,10 +198,10 @@ def test_status_not_ok_and_missing_scores_are_not_allowed():
     prof, sens = make(3, seed=4, status=lambda l, c, w: "oom" if c == X and w == "decode_16k" else "ok")
     sens = SensitivityTable(sens.header, "kl", {},
                             tuple(e for e in sens.entries if not (e.layer == 1 and e.candidate == N)))
-    p = solver.prepare(prof, sens, speedup=1.5)
+    p = problem.prepare(prof, sens, speedup=1.5)
     assert all(X not in cs for cs in p.allowed) and N not in p.allowed[1] and N in p.allowed[0]
     # narrowed to the workloads drop ran on, drop is back
-    assert X in solver.prepare(prof, sens, speedup=1.5, workloads=["prefill_4k"]).allowed[0]
+    assert X in problem.prepare(prof, sens, speedup=1.5, workloads=["prefill_4k"]).allowed[0]
 
 
 def test_cache_bound_reads_the_longest_context_per_sequence():
@@ -363,6 +364,34 @@ def test_incumbent_heuristic_returns_a_feasible_assignment_or_none():
     assert baselines.incumbent(np.array([1.0, 0.0, 1.0, 0.0]), cost, A, np.array([1.0]), layer) is None
 
 
+# ---- the problem ---------------------------------------------------------------------------------
+
+def test_one_constraint_check_names_every_broken_rule():
+    prof, sens = make(4, seed=5)
+    p = problem.prepare(prof, sens, speedup=1.5, max_cache_bytes=1500, max_count={"gqa": 1}, min_count={"none": 1})
+    assert p.choice(0, G).loss == 0.0 and p.choice(0, G).latency_ms == {w.name: 10.0 for w in WORKLOADS}
+    assert p.choice(0, G).cache_bytes == 1000 and p.cache_workload == "decode_16k"  # the longest context
+    teacher = [G] * 4
+    rows = problem.predicted(p, teacher)
+    assert all(row["latency_ms"] == prof.predicted_ms(w, teacher) == 2.0 + 40.0 and row["speedup"] == 1.0
+               for w, row in rows.items())
+    assert problem.violations(p, teacher, 0.0) == [
+        *(f"{w.name} reaches 1.000x (target 1.500x)" for w in WORKLOADS), "cache 4000 bytes over the bound of 1500",
+        "0 layers of none (min 1)", "4 layers of gqa (max 1)"]
+    assert "only drop layers" in problem.violations(p, [X] * 4, 0.0)[-1]
+    gone = dataclasses.replace(prof, entries=tuple(e for e in prof.entries if (e.layer, e.candidate) != (2, D)))
+    p = problem.prepare(gone, sens, speedup=1.1)
+    assert D not in p.allowed[2] and problem.predicted(p, [G, G, D, G])["decode_4k"]["latency_ms"] is None
+    assert problem.violations(p, [G, G, D, G], 0.0)[0] == "layer 2: gdn has no ok latency for prefill_4k"
+
+
+def test_baselines_do_not_import_the_solver():
+    run = subprocess.run([sys.executable, "-c", "import sys, mosaic_search.baselines; "
+                          "assert 'mosaic_search.solver' not in sys.modules"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 0, run.stderr
+
+
 # ---- frontier and diverse plans ------------------------------------------------------------------
 
 def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
@@ -382,6 +411,23 @@ def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
         solver.sweep("1.1:2:0.1", profile=prof, scores=sens, speedup=2, write=False)
     with pytest.raises(UsageError, match='sweep "3:1:0.1"'):
         solver.sweep("3:1:0.1", profile=prof, scores=sens, write=False)
+
+
+def test_pareto_record_round_trips_and_older_files_still_load(tmp_path):
+    prof, sens = make(6, seed=9)
+    res = solver.sweep("1.2:2.0:0.4", profile=prof, scores=sens, out=tmp_path / "front.json")
+    back = schema.load_pareto(tmp_path / "front.json")
+    assert schema.to_json(back) == json.loads(json.dumps(res)) and back.header.command
+    assert back.files == (str(tmp_path / "front.json"), str(tmp_path / "front.csv"))
+    assert to_frame(back).equals(to_frame(res))
+    # as sweeps wrote it before the record: the header built by hand, without `command`
+    old = {k: v for k, v in res.items() if k != "command"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert schema.load_pareto(tmp_path / "old.json").points == back.points
+    short = dict(old, points=[{"target_speedup": 1.2, "feasible": True, "objective": 0.1, "layers": ["gqa"]}])
+    (tmp_path / "short.json").write_text(json.dumps(short))
+    with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but the model has 6"):
+        schema.load_pareto(tmp_path / "short.json")
 
 
 def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
