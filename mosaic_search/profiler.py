@@ -7,8 +7,9 @@ a sample runs them in sequence, and the entry is the sample over that count. Als
 (embeddings, final norm, LM head on the last token) and the whole-model baseline, both through the same
 `TextStack` the layers run in. The baseline is the teacher's math with mosaic's mixer of the teacher's own
 operator in every layer (gqa, or swa where the teacher slides: numerically the teacher's attention; see tests),
-so baseline, layers and validation share one harness. On CPU the timer is paired: every sample runs right after a step of an untouched copy of the
-teacher, and is recorded at that reference's typical speed (`timing.Pool`).
+so baseline, layers and validation share one harness (`harness.Bench`). On CPU the timer is paired: every sample
+runs right after a step of an untouched copy of the teacher, and is recorded at that reference's typical speed
+(`timing.Pool`).
 """
 
 from __future__ import annotations
@@ -74,22 +75,22 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     pool.failed.update(_unsupported(cands, wls, device))
     checks = default_assignments(sorted(c for c in cands if (c, wls[0].name) not in pool.failed),
                                  dims.num_layers, bench.teacher) if validate else {}
-    plan = _Schedule(wls, cands, checks, depth, rounds, _same_as_gqa(cands, wls))
-    _measure(plan, bench, reference, pool, progress)
+    schedule = _Schedule(wls, cands, checks, depth, rounds, _same_as_gqa(cands, wls))
+    _measure(schedule, bench, reference, pool, progress)
 
     stats = pool.stats()
     median = lambda key: stats[key].median_ms if key in stats else None  # noqa: E731
+    baseline = {w.name: median(("baseline", w.name)) for w in wls}
     fixed = {w.name: median(("fixed", w.name)) for w in wls}
-    entries = _entries(plan, stats, pool.failed, dims, bench.stack.embed.weight.element_size())
+    entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size())
     rows = additivity(checks, wls, fixed, layer_table(entries),
                       {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls})
     header = Header.new(model_ref(model, config), env={
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
-    result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms={w.name: median(("baseline", w.name))
-                                                                              for w in wls},
-                            fixed_ms=fixed, entries=tuple(entries), validation=tuple(rows), teacher=tuple(bench.teacher))
+    result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
+                            entries=tuple(entries), validation=tuple(rows), teacher=tuple(bench.teacher))
     save(result, path)
     _warn_if_noisy(result, device)
     return result
@@ -146,48 +147,48 @@ def _same_as_gqa(cands, wls) -> set:
     return {(c, w.name) for c in cands for w in wls if gqa in cands and covers_context(c, w)}
 
 
-def _measure(plan: _Schedule, bench: Bench, reference: Bench | None, pool, progress) -> None:
-    """Run every pass of `plan` into `pool`, leaving the teacher installed in `bench`. With a `reference` (paired
+def _measure(todo: _Schedule, bench: Bench, reference: Bench | None, pool, progress) -> None:
+    """Run every pass of `todo` into `pool`, leaving the teacher installed in `bench`. With a `reference` (paired
     timer), its whole step is each workload's reference, and doubles as the whole-teacher baseline."""
-    total, done = plan.total(reference is not None), 0
+    total, done = todo.total(reference is not None), 0
 
     def measure(key, make, w, label, per: int = 1):
         nonlocal done
         pool.measure(key, make, w, per)
         done += 1
         if progress:
-            progress(done, total, label + (f" (round {r + 1}/{plan.rounds})" if plan.rounds > 1 else ""))
+            progress(done, total, label + (f" (round {r + 1}/{todo.rounds})" if todo.rounds > 1 else ""))
 
-    for r in range(plan.rounds):
+    for r in range(todo.rounds):
         # everything of one workload back to back, so that the validation's whole models see the machine
         # the layers they are predicted from saw
-        for w in plan.workloads:
+        for w in todo.workloads:
             if reference:
                 pool.reference = reference.model_fn(w)
             else:
                 bench.assign(bench.teacher)
                 measure(("baseline", w.name), lambda: bench.model_fn(w), w, f"{w.name} baseline")
             measure(("fixed", w.name), lambda: bench.fixed_fn(w), w, f"{w.name} fixed")
-            for c in plan.candidates:
-                if (c, w.name) in plan.same_as_gqa:
+            for c in todo.candidates:
+                if (c, w.name) in todo.same_as_gqa:
                     continue
                 if (c, w.name) not in pool.failed:
-                    bench.assign([c] * plan.depth)
-                measure((c, w.name), lambda: bench.layers_fn(plan.depth, w), w, f"{c} {w.name}", per=plan.depth)
-            for name, layers in plan.checks.items():
+                    bench.assign([c] * todo.depth)
+                measure((c, w.name), lambda: bench.layers_fn(todo.depth, w), w, f"{c} {w.name}", per=todo.depth)
+            for name, layers in todo.checks.items():
                 bench.assign(layers)
                 measure(("whole", name, w.name), lambda: bench.model_fn(w), w, f"{name} {w.name}")
     bench.assign(bench.teacher)
 
 
-def _entries(plan: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: int) -> list[ProfileEntry]:
+def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: int) -> list[ProfileEntry]:
     """One entry per (candidate, workload) for every layer: its timing (gqa's where `same_as_gqa`), status and
     cache bytes."""
     gqa = Candidate.of("gqa")
     entries = []
-    for c in plan.candidates:
-        for w in plan.workloads:
-            key = (gqa, w.name) if (c, w.name) in plan.same_as_gqa else (c, w.name)
+    for c in schedule.candidates:
+        for w in schedule.workloads:
+            key = (gqa, w.name) if (c, w.name) in schedule.same_as_gqa else (c, w.name)
             st = stats.get(key)
             status, reason = failed.get(key, ("ok", ""))
             cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
@@ -327,4 +328,5 @@ def _workloads(workloads, device: str) -> list[Workload]:
 
 
 def _device_slug(env: dict) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(env.get("device_name") or env.get("device"))).strip("-").lower() or "device"
+    name = str(env.get("device_name") or env.get("device"))
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "device"
