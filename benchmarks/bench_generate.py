@@ -73,7 +73,7 @@ def main():
 
     import torch
 
-    from mosaic_search import profiler, speedup
+    from mosaic_search import harness, schema, speedup
     from mosaic_search.timing import is_oom
 
     out = Path(args.out)
@@ -84,7 +84,7 @@ def main():
               "all-gqa": (speedup.random_build(args.model, args.device, dtype), {})}
     for name, plan in plans.items():
         models[name] = (speedup.random_build(args.model, args.device, dtype, layers=plan.layers), {})
-    contexts = [profiler.parse_workload(f"decode:{c}").seq_len for c in args.contexts.split(",")]
+    contexts = [schema.parse_workload(f"decode:{c}").seq_len for c in args.contexts.split(",")]
     rows, started = [], time.time()
     for batch in map(int, args.batches.split(",")):
         for context in contexts:
@@ -98,7 +98,7 @@ def main():
                 torch.cuda.empty_cache()
                 continue
             row["seconds"] = time.time() - t0
-            w = profiler.workload_name("decode", batch, context)
+            w = schema.workload_name("decode", batch, context)
             for name, plan in plans.items():
                 row[f"{name}_pattern"] = plan.pattern
                 row[f"{name}_measured_tpot_speedup"] = row["all-gqa_tpot_ms"] / row[f"{name}_tpot_ms"]
@@ -106,7 +106,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"command": sys.argv, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "env": profiler.environment(args.device), "dtype": dtype, "seconds": time.time() - started,
+              "env": harness.environment(args.device), "dtype": dtype, "seconds": time.time() - started,
               "regime": "model.generate, greedy, static cache (compiled + CUDA graphs on CUDA), random weights",
               "plans": {n: p.pattern for n, p in plans.items()}, "rows": rows}
     (out / "generate.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

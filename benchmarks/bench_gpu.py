@@ -103,7 +103,8 @@ def cmd_floor(args):
     bandwidth floor; plus a kernel-level breakdown of one compiled step at the shortest context."""
     import torch
 
-    from mosaic_search.profiler import load_bench, parse_workload
+    from mosaic_search.harness import load_bench
+    from mosaic_search.schema import parse_workload
     from mosaic_search.timing import CudaTimer, Stats
 
     bw = copy_bandwidth_gbs()

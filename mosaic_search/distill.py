@@ -81,7 +81,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     from . import data as data_mod
     from .evaluate import eval_set, recorded_teacher
     from .models import TINY, is_mosaic_dir
-    from .profiler import check_device
+    from .harness import check_device
     from .surgery import decoder_layers
 
     _choice("--stage", stage, STAGES)

@@ -116,7 +116,7 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
     `teacher` (default: the teacher recorded in the model's plan): `measure`'s numbers plus what they were measured
     on (`eval`) and both model names."""
     from .models import load_model
-    from .profiler import check_device
+    from .harness import check_device
 
     teacher = teacher or recorded_teacher(model)
     evals = eval_set(teacher, data, probes, windows, seq_len)

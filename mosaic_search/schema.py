@@ -7,6 +7,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -83,6 +84,40 @@ class Workload:
     phase: str
     batch_size: int
     seq_len: int
+
+
+KIB = 1024
+_WORKLOAD_SPEC = re.compile(r"^(prefill|decode):(\d+)(k?)(?::b(\d+))?$")
+
+
+def parse_workload(text: str) -> Workload:
+    """Parse 'prefill:32k', 'decode:96k' or 'decode:16k:b8' (phase:tokens[k][:b<batch>], k = 1024 tokens); a spec
+    that does not parse, or zero tokens or batch, raises UsageError (exit 2)."""
+    m = _WORKLOAD_SPEC.match(text.strip().lower())
+    if not m:
+        raise UsageError(f'cannot parse workload "{text}": expected phase:tokens[:bN], e.g. prefill:32k or '
+                         "decode:16k:b8")
+    phase, n, k, b = m.groups()
+    seq = int(n) * (KIB if k else 1)
+    batch = int(b or 1)
+    if seq <= 0 or batch <= 0:
+        raise UsageError(f'workload "{text}": tokens and batch must be positive')
+    return Workload(name=workload_name(phase, batch, seq), phase=phase, batch_size=batch, seq_len=seq)
+
+
+def workload_from_name(name: str) -> Workload:
+    """Invert `workload_name`: 'decode-b1-c96k' -> Workload(decode, batch 1, 98304); UsageError if not such a name."""
+    m = re.match(r"^(prefill|decode)-b(\d+)-[pc](\d+)(k?)$", name)
+    if not m:
+        raise UsageError(f'"{name}" is not a workload name like decode-b1-c96k or prefill-b8-p4k')
+    phase, b, n, k = m.groups()
+    return parse_workload(f"{phase}:{n}{k}:b{b}")
+
+
+def workload_name(phase: str, batch: int, seq: int) -> str:
+    """Canonical workload name, e.g. decode-b1-c96k / prefill-b8-p4k (p: prompt tokens, c: context tokens)."""
+    size = f"{seq // KIB}k" if seq % KIB == 0 else str(seq)
+    return f"{phase}-b{batch}-{'p' if phase == 'prefill' else 'c'}{size}"
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     from . import data as data_mod
     from . import surgery
     from .models import load_config, model_ref
-    from .profiler import check_device, environment
+    from .harness import check_device, environment
 
     align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))

@@ -1,18 +1,22 @@
-"""`mosaic bench`: end-to-end TTFT / TPOT of a mosaic model against its teacher, under the profiler's harness,
-next to the plan's predicted speedup. (Named speedup, not bench, so the module never shadows the
+"""`mosaic bench`: end-to-end TTFT / TPOT of a mosaic model against its teacher, under the profiler's harness
+(`harness.py`), next to the plan's predicted speedup. (Named speedup, not bench, so the module never shadows the
 `mosaic_search.bench` entry point once imported.)"""
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
-from . import files
+from . import builder, files, surgery
 from .errors import MosaicError, UsageError
+from .harness import Bench, check_device, load_bench
+from .models import load_config, model_from_config
 from .operators import unbuildable
-from .schema import LayerPlan, load_plan
+from .schema import LayerPlan, load_plan, parse_workload, workload_from_name, workload_name
+from .timing import Pool, busy_machine, default_rounds, default_timer
 
 
 def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dtype: str | None = None,
@@ -23,31 +27,28 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     `target` is a built model directory (loaded with trust_remote_code, as a user would) or a plan JSON,
     which is applied with `surgery.swap` to the teacher's architecture with random weights (latency does
     not depend on values, so real-size plans can be timed without the teacher's weights).
-    Workloads default to those the plan predicted; decode steps are compiled as in `profiler.load_bench`;
-    `rounds` passes alternate teacher and model with samples pooled (`profiler.default_rounds`), and a
+    Workloads default to those the plan predicted; decode steps are compiled as in `harness.load_bench`;
+    `rounds` passes alternate teacher and model with samples pooled (`timing.default_rounds`), and a
     paired timer (CPU) times each model step right after a teacher step and reports their typical ratio;
     `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
     Returns one row per workload.
     """
-    from . import profiler
-    from .timing import Pool, busy_machine, default_timer
-
-    device = profiler.check_device(device)
+    device = check_device(device)
     plan, model_dir = _resolve(target)
     teacher = vs or plan.header.model.id
     names = workloads or list(plan.predicted)
     if not names:
         raise UsageError("no workloads: the plan predicts none; pass --workload")
-    wls = [w if not isinstance(w, str) else (profiler.parse_workload(w) if ":" in w else profiler.workload_from_name(w))
+    wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))
            for w in names]
     timer = timer or default_timer(device)
-    _, base = profiler.load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
+    _, base = load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
     if model_dir is None:
-        _, mine = profiler.load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
-        profiler._assigner(mine, len(plan.layers))(plan.layers)
+        _, mine = load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
+        mine.assign(plan.layers)
     else:
         mine = _load_built(model_dir, device, dtype or base.stack.embed.weight.dtype, base.compile_decode, image_tokens)
-    rounds = rounds or profiler.default_rounds(device)
+    rounds = rounds or default_rounds(device)
     pool = Pool(timer)
     for r in range(rounds):  # teacher and model alternate, so a slow phase of the machine hits both
         for i, w in enumerate(wls):
@@ -96,14 +97,11 @@ def _load_built(model_dir: Path, device: str, dtype, compile_decode: bool, image
     """A built model loaded as users load it, wrapped for the harness."""
     import torch
 
-    from . import surgery
-    from .profiler import _Bench
-
     model = _load_user_model(model_dir, device, dtype)
     text = surgery.architecture(model.config).text(model.config)
-    return _Bench(model, surgery.text_stack(model), device, dtype if isinstance(dtype, torch.dtype) else
-                  getattr(torch, dtype), compile_decode=compile_decode, image_tokens=image_tokens,
-                  layer_types=list(text.layer_types))
+    return Bench(model, surgery.text_stack(model), device, dtype if isinstance(dtype, torch.dtype) else
+                 getattr(torch, dtype), compile_decode=compile_decode, image_tokens=image_tokens,
+                 layer_types=list(text.layer_types))
 
 
 def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: int = 1, device: str = "cpu",
@@ -116,15 +114,13 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     the plan's decode workloads. Returns `time_generate`'s rows with, per row, the measured TPOT and TTFT speedups of
     the model over each reference and the plan's predicted TPOT speedup for the matching decode workload.
     """
-    from . import profiler
-
-    device = profiler.check_device(device)
+    device = check_device(device)
     _check_generate_args(new_tokens, batch_size)  # before minutes of loading three models
     plan, path = _resolve(model_dir)
     if path is None:
         raise UsageError(f"{model_dir}: generate is timed on a built model directory, not a plan")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    lengths = [profiler.parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
+    lengths = [parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
                for c in (contexts or [w.seq_len for w in _decode_workloads(plan)] or [256])]
     teacher = plan.header.model.id
     models = {"model": (_load_user_model(path, device, dtype), {}),
@@ -136,7 +132,7 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
             for what in ("tpot", "ttft"):  # None where noise left the model's time at zero (too few new tokens)
                 mine = row[f"model_{what}_ms"]
                 row[f"{what}_speedup_vs_{ref}"] = row[f"{ref}_{what}_ms"] / mine if mine > 0 else None
-        name = profiler.workload_name("decode", batch_size, row["context"])
+        name = workload_name("decode", batch_size, row["context"])
         row["predicted_tpot_speedup"] = plan.predicted.get(name, {}).get("speedup")
         row["stock_mode"] = models["stock"][1].get("cache_implementation", "dynamic")
     return rows
@@ -154,9 +150,6 @@ def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=No
     with random weights of the teacher's dimensions on `device`: what `build` would write, without its weights."""
     import torch
 
-    from . import builder, surgery
-    from .models import load_config, model_from_config
-
     with torch.device(device):
         swapped = model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
     layers = layers or surgery.teacher_ops(swapped.config)
@@ -170,8 +163,6 @@ def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=No
 def stock_teacher(teacher: str, device: str, dtype: str, seed: int = 0):
     """The teacher's own transformers class with random weights of its dimensions on `device`."""
     import torch
-
-    from .models import load_config, model_from_config
 
     with torch.device(device):
         return model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
@@ -194,8 +185,6 @@ def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, devi
     every call runs the same number of steps. Returns one row per context with `{name}_ttft_ms`, `{name}_tpot_ms`
     and `{name}_tokens_per_s` (batch x new tokens over the whole call).
     """
-    import statistics
-
     import torch
 
     _check_generate_args(new_tokens, batch_size)
@@ -235,9 +224,7 @@ def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, devi
 
 
 def _decode_workloads(plan: LayerPlan):
-    from . import profiler
-
-    return [w for w in map(profiler.workload_from_name, plan.predicted) if w.phase == "decode"]
+    return [w for w in map(workload_from_name, plan.predicted) if w.phase == "decode"]
 
 
 def _sync(device: str) -> None:

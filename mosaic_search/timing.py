@@ -246,6 +246,12 @@ def default_timer(device: str):
     return CudaTimer() if device.startswith("cuda") else CpuTimer()
 
 
+def default_rounds(device: str) -> int:
+    """Passes over every measurement, samples pooled: two on CPU, so each entry is taken at two moments
+    tens of seconds apart (the paired timer already cancels the machine's drift within a measurement)."""
+    return 1 if device.startswith("cuda") else 2
+
+
 def is_oom(exc: BaseException) -> bool:
     """Whether an exception is an out-of-memory failure (CUDA or host)."""
     import torch

@@ -91,7 +91,8 @@ def test_mixer_on_cuda_bf16_matches_cpu_fp32(qwen3, cand, fla_ok):
 
 
 def test_timing_harness_captures_decode_in_a_cuda_graph():
-    from mosaic_search.profiler import load_bench, parse_workload
+    from mosaic_search.harness import load_bench
+    from mosaic_search.schema import parse_workload
     from mosaic_search.timing import CudaTimer
 
     _, bench = load_bench("tiny", "cuda")
@@ -106,16 +107,15 @@ def test_timing_harness_captures_decode_in_a_cuda_graph():
 
 def test_compiled_decode_step_matches_eager_for_every_operator(fla_ok):
     """Inductor's code for a decode step through every mixer (fla's kernels included) against eager, in bf16."""
-    from mosaic_search.profiler import load_bench, parse_workload
-
-    from mosaic_search.profiler import _assigner
+    from mosaic_search.harness import load_bench
+    from mosaic_search.schema import parse_workload
 
     w = parse_workload("decode:1k")
     layers = every_operator(window=16)
     outs = []
     for compiled in (True, False):
         _, bench = load_bench("tiny", "cuda", compile_decode=compiled)
-        _assigner(bench, len(layers))(layers)
+        bench.assign(layers)
         torch.manual_seed(5)  # same inputs and random cache contents for both
         step = bench.model_fn(w)
         with torch.inference_mode():

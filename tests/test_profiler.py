@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import WorkTimer, every_operator
-from mosaic_search import profiler, schema
+from conftest import WorkTimer
+from mosaic_search import harness, profiler, schema
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.operators import Candidate
@@ -52,13 +52,13 @@ OPS = "gqa,swa:window=16,gdn,none,drop"
 
 
 def test_parse_workloads():
-    w = profiler.parse_workload("decode:96k:b8")
+    w = schema.parse_workload("decode:96k:b8")
     assert (w.name, w.phase, w.batch_size, w.seq_len) == ("decode-b8-c96k", "decode", 8, 98304)
-    assert profiler.parse_workload("prefill:300").name == "prefill-b1-p300"
-    assert profiler.workload_from_name("prefill-b8-p4k") == profiler.parse_workload("prefill:4k:b8")
+    assert schema.parse_workload("prefill:300").name == "prefill-b1-p300"
+    assert schema.workload_from_name("prefill-b8-p4k") == schema.parse_workload("prefill:4k:b8")
     for bad in ("prefil:4k", "decode:4k:8", "decode:", "decode:0"):
         with pytest.raises(UsageError):
-            profiler.parse_workload(bad)
+            schema.parse_workload(bad)
 
 
 def test_profile_records_every_layer_candidate_and_workload(tmp_path):
@@ -92,7 +92,7 @@ def test_a_window_covering_the_context_takes_gqas_timing(tmp_path):
     ms = {(str(e.candidate), e.workload): e.latency_ms for e in prof.entries if e.layer == 0}
     assert ms["swa:window=64", "prefill-b1-p32"] == ms["gqa", "prefill-b1-p32"]
     assert ms["swa:window=64", "decode-b1-c64"] != ms["gqa", "decode-b1-c64"]
-    assert profiler.covers_context(Candidate.of("swa", {"window": 65}), profiler.parse_workload("decode:64"))
+    assert profiler.covers_context(Candidate.of("swa", {"window": 65}), schema.parse_workload("decode:64"))
 
 
 def test_out_of_memory_is_recorded_and_profiling_goes_on(tmp_path):
@@ -108,42 +108,7 @@ def test_default_candidates_and_cpu_workloads(tmp_path):
     prof = profiler.profile("tiny", out=tmp_path / "p.json", timer=timer)
     ops = {e.candidate.op for e in prof.entries}
     assert ops == {"gqa", "swa", "mla", "gdn", "kda", "none", "drop"}
-    assert [w.name for w in prof.workloads] == [profiler.parse_workload(s).name for s in profiler.CPU_WORKLOADS]
-
-
-def _timed_decode(layers):
-    """(the timed decode step at 40 tokens of `layers` in the profiler's bench, the cache it runs on)"""
-    from mosaic_search.profiler import _assigner, load_bench, parse_workload
-
-    _, bench = load_bench("tiny", "cpu")
-    _assigner(bench, len(layers))(layers)
-    caches = []
-    real = bench.decode_cache
-    bench.decode_cache = lambda context: caches.append(real(context)) or caches[-1]
-    return bench.model_fn(parse_workload("decode:40")), caches
-
-
-def test_decode_step_is_timed_on_the_shipped_static_cache():
-    """A timed decode step runs on the static cache a built model's generate uses: transformers' own slots, a
-    window for SWA, a fixed state for GDN, each attention slot rewound to 40 tokens before every step."""
-    layers = [Candidate.of("swa", {"window": 8}), Candidate.of("gdn")] + [Candidate.of("gqa")] * 6
-    step, caches = _timed_decode(layers)
-    with torch.no_grad():
-        step()
-        shapes = [s.keys.shape for s in caches[0].layers if getattr(s, "keys", None) is not None]
-        step()
-    slots = caches[0].layers
-    assert [type(s).__name__ for s in slots[:3]] == ["StaticSlidingWindowLayer", "LinearAttentionLayer", "StaticLayer"]
-    assert slots[0].keys.shape[-2] == 8 and slots[2].keys.shape[-2] == 41
-    assert [s.keys.shape for s in slots if getattr(s, "keys", None) is not None] == shapes
-    assert slots[1].recurrent_states[0].shape == (1, 4, 32, 32)
-    assert slots[2].get_seq_length() == 41  # the step wrote token 40, after a rewind to 40
-
-
-def test_a_rewound_full_attention_step_replays_exactly():
-    step, _ = _timed_decode([Candidate.of("gqa"), Candidate.of("none")] + [Candidate.of("gqa")] * 6)
-    with torch.no_grad():
-        torch.testing.assert_close(step(), step(), rtol=0, atol=0)
+    assert [w.name for w in prof.workloads] == [schema.parse_workload(s).name for s in profiler.CPU_WORKLOADS]
 
 
 def test_validation_compares_prediction_with_whole_model(tmp_path):
@@ -260,54 +225,6 @@ def test_cli_profile_validate_reports_and_stores_the_check(tmp_path, capsys, mon
     assert "additivity: fixed + sum of layers vs whole model" in text and "GGGGGGGG" in text
 
 
-def _mixed_bench(compile_decode):
-    from mosaic_search.profiler import _assigner, load_bench
-
-    _, bench = load_bench("tiny", "cpu", compile_decode=compile_decode)
-    layers = [c for c in every_operator(window=16) if c.spec.fast_path()[0]]
-    _assigner(bench, len(layers))(layers)
-    return bench
-
-
-def _first_step(bench, make):
-    torch.manual_seed(5)  # same inputs and same random cache contents for both benches
-    fn = make(bench)
-    with torch.inference_mode():
-        return fn()
-
-
-@pytest.mark.parametrize("part", ["model", "layers", "fixed"])
-def test_compiled_decode_step_computes_what_the_eager_step_does(monkeypatch, part):
-    """Dynamo's tracing of every part of a decode step (inductor's code generation is the GPU test's)."""
-    import functools
-
-    from mosaic_search.profiler import parse_workload
-
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    w = parse_workload("decode:40")
-    make = {"model": lambda b: b.model_fn(w), "layers": lambda b: b.layers_fn(3, w), "fixed": lambda b: b.fixed_fn(w)}
-    compiled = _mixed_bench(True)
-    got = _first_step(compiled, make[part])
-    assert compiled.fallbacks == []
-    torch.testing.assert_close(got, _first_step(_mixed_bench(False), make[part]), rtol=0, atol=0)
-
-
-def test_a_decode_step_that_fails_to_compile_falls_back_to_eager_and_says_so(monkeypatch):
-    from mosaic_search.profiler import parse_workload
-
-    def broken(fn, **kwargs):
-        def run(*a, **k):
-            raise RuntimeError("inductor exploded")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
-    w = parse_workload("decode:40")
-    bench = _mixed_bench(True)
-    got = _first_step(bench, lambda b: b.model_fn(w))
-    assert bench.fallbacks == ["model decode-b1-c40: inductor exploded"]
-    torch.testing.assert_close(got, _first_step(_mixed_bench(False), lambda b: b.model_fn(w)), rtol=0, atol=0)
-
-
 def test_rounds_pool_samples_so_one_slow_pass_does_not_decide(tmp_path):
     """A machine slow for the whole first pass (a noisy neighbour) is outvoted by the later passes."""
     per_round = 2 * (2 + 2)  # workloads x (baseline, fixed, 2 candidates)
@@ -332,17 +249,17 @@ def test_a_vlm_prefill_includes_encoding_the_stated_image(tmp_path):
 
     teacher = tmp_path / "vl"
     model_from_config(tiny_config("qwen3_vl")).save_pretrained(teacher)
-    _, bench = profiler.load_bench(str(teacher), "cpu", image_tokens=6)
+    _, bench = harness.load_bench(str(teacher), "cpu", image_tokens=6)
     seen = []
     inner = bench.model.model
     real = inner.get_image_features
     inner.get_image_features = lambda pixels, grid: seen.append(grid.tolist()) or real(pixels, grid)
-    w = profiler.parse_workload("prefill:16:b2")
+    w = schema.parse_workload("prefill:16:b2")
     with torch.no_grad():
         bench.fixed_fn(w)()
         bench.model_fn(w)()
         bench.layers_fn(1, w)()
-        bench.model_fn(profiler.parse_workload("decode:16"))()
+        bench.model_fn(schema.parse_workload("decode:16"))()
     merge = bench.model.config.vision_config.spatial_merge_size
     assert len(seen) == 2  # fixed part and whole-model prefill only
     for grids in seen:
