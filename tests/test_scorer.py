@@ -15,6 +15,7 @@ import torch
 
 from conftest import tiny_model
 from mosaic_search import builder, data, schema, scorer, surgery
+from mosaic_search.library import library_path, load_library_entry
 from mosaic_search.cli import main
 from mosaic_search.models import load_model
 from mosaic_search.operators import Candidate, default_candidates
@@ -90,9 +91,9 @@ def test_reference_zero_swaps_positive_and_alignment(reference):
 def test_library_weights_rebuild_the_scored_module(teacher, reference):
     """Library entries load into surgery.swap(weights=...) and, through the model's own forward, give the scored KL."""
     table, out = reference
-    library = scorer.library_path(out)
+    library = library_path(out)
     side = json.loads(library.with_suffix(".json").read_text())
-    assert side["kind"] == builder.LIBRARY_KIND and side["model"]["num_hidden_layers"] == 3
+    assert side["kind"] == schema.LIBRARY_KIND and side["model"]["num_hidden_layers"] == 3
     assert {(e["layer"], e["op"]) for e in side["entries"]} == {(i, op) for i in range(3) for op in ("mla", "gdn")}
     model = load_model(teacher)
     n = ARGS["tokens"] // SEQ
@@ -100,7 +101,7 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
     with torch.no_grad():
         p = torch.log_softmax(model(ids).logits[:, :-1].float(), -1)
         for layer, cand in ((0, Candidate.of("gdn")), (2, Candidate.parse("mla:rank=8")), (1, Candidate.of("drop"))):
-            weights = builder.load_library_entry(library, layer, cand)
+            weights = load_library_entry(library, layer, cand)
             assert (weights is not None) == cand.spec.aligned
             surgery.swap(model, layer, cand, weights=weights)
             q = torch.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1)
@@ -117,7 +118,7 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
 
     shipped = AutoModelForCausalLM.from_pretrained(built, trust_remote_code=True).eval()
     for layer, cand in enumerate(layers):
-        surgery.swap(model, layer, cand, weights=builder.load_library_entry(library, layer, cand))
+        surgery.swap(model, layer, cand, weights=load_library_entry(library, layer, cand))
     with torch.no_grad():
         torch.testing.assert_close(shipped(ids).logits, model(ids, use_cache=False).logits, rtol=1e-5, atol=1e-5)
 
@@ -151,15 +152,15 @@ def _killed_run(teacher, out, after: int) -> int:
     """Run the CLI in a subprocess that kills itself with SIGKILL right after its `after`-th finished item."""
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from mosaic_search import scorer
+        from mosaic_search import library
         from mosaic_search.cli import main
-        real, n = scorer._append, [0]
+        real, n = library.append_item, [0]
         def append(path, row):
             real(path, row)
             n[0] += 1
             if n[0] == {after}:
                 os.kill(os.getpid(), signal.SIGKILL)
-        scorer._append = append
+        library.append_item = append
         sys.exit(main({CLI_ARGS + ["--teacher", teacher, "--out", str(out)]!r}))
     """)
     return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True).returncode
@@ -198,7 +199,7 @@ def test_two_torchrun_ranks_equal_one_process(teacher, reference, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["path"] == str(out)  # rank 0 alone printed
     assert _rows(schema.load_sensitivity(out)) == _rows(reference[0])
-    assert scorer.library_path(out).read_bytes() == scorer.library_path(reference[1]).read_bytes()
+    assert library_path(out).read_bytes() == library_path(reference[1]).read_bytes()
 
 
 def test_text_and_chat_files_are_tokenized_by_the_teacher(teacher, tmp_path, capsys):
