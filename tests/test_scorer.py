@@ -17,6 +17,7 @@ from conftest import tiny_model
 from mosaic_search import builder, data, schema, scorer, surgery
 from mosaic_search.library import library_path, load_library_entry
 from mosaic_search.cli import main
+from mosaic_search.errors import UsageError
 from mosaic_search.models import load_model
 from mosaic_search.operators import Candidate, default_candidates
 
@@ -121,6 +122,26 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
         surgery.swap(model, layer, cand, weights=load_library_entry(library, layer, cand))
     with torch.no_grad():
         torch.testing.assert_close(shipped(ids).logits, model(ids, use_cache=False).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_library_sidecar_is_a_schema_record(reference, tmp_path):
+    """The sidecar loads as `schema.CandidateLibrary` and saves back to the same JSON; one written by hand with the
+    fields older versions wrote (no scores_sha256, no provenance) loads too; another kind is refused by name."""
+    table, out = reference
+    path = library_path(out).with_suffix(".json")
+    side = schema.load_library_sidecar(path)
+    assert side.header.model == table.header.model and len(side.scores_sha256) == 64
+    assert {(e.layer, e.candidate.op) for e in side.entries} == {(i, op) for i in range(3) for op in ("mla", "gdn")}
+    assert all(e.align_steps == 12 and "align_nmse" in e.extra for e in side.entries)
+    assert schema.to_json(side) == json.loads(path.read_text())
+    old = {"kind": schema.LIBRARY_KIND, "schema_version": 1, "model": json.loads(path.read_text())["model"],
+           "entries": [{"layer": 0, "op": "gdn", "params": {}, "align_steps": 3, "fingerprint": "f" * 16}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = schema.load_library_sidecar(tmp_path / "old.json")
+    assert loaded.scores_sha256 == "" and loaded.entries[0].candidate == Candidate.of("gdn")
+    (tmp_path / "other.json").write_text(json.dumps({**old, "kind": schema.SENSITIVITY_KIND}))
+    with pytest.raises(UsageError, match='kind: expected "mosaic/candidate-library", got "mosaic/sensitivity"'):
+        schema.load_library_sidecar(tmp_path / "other.json")
 
 
 def test_prefix_is_never_recomputed(teacher, tmp_path, monkeypatch):
