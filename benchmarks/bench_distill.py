@@ -60,7 +60,7 @@ def main() -> None:
     from mosaic_search import builder, distill as distill_mod, solver
     from mosaic_search.evaluate import eval_set, measure
     from mosaic_search.models import load_model
-    from mosaic_search.scorer import library_path
+    from mosaic_search.library import library_path
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

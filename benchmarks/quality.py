@@ -64,7 +64,7 @@ def evaluate(model, teacher_logp, windows, probes, tokenizer) -> dict:
 def apply(model, plan, library):
     """Swap every layer as `mosaic build` does (aligned weights from the library when it has them)."""
     from mosaic_search import surgery
-    from mosaic_search.builder import load_library_entry
+    from mosaic_search.library import load_library_entry
 
     for i, c in enumerate(plan.layers):
         surgery.swap(model, i, c, weights=load_library_entry(library, i, c) if c.spec.aligned else None)
@@ -83,9 +83,10 @@ def main():
     import torch
 
     import mosaic_search as mosaic
-    from mosaic_search import scorer, solver
+    from mosaic_search import solver
     from mosaic_search.errors import InfeasibleError
     from mosaic_search.data import tokenizer_of
+    from mosaic_search.library import library_path
     from mosaic_search.models import load_model
     from mosaic_search.schema import load_profile, load_sensitivity
 
@@ -105,7 +106,7 @@ def main():
     if not args.scores:
         mosaic.score("tiny", out=scores)
     table = load_sensitivity(scores)
-    library = scorer.library_path(scores)
+    library = library_path(scores)
     prof = load_profile(profile)
     decode = [w.name for w in prof.workloads if w.phase == "decode"]
     n = table.header.model.num_hidden_layers

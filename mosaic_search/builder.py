@@ -5,17 +5,7 @@ scored is what is shipped. The directory is written into a temporary folder besi
 the end (`files.atomic_dir`): a failure leaves nothing behind, the folder a killed build leaves is removed by
 the next build to the same `out`, and `overwrite` replaces an old build only once the new one is whole.
 
-Candidate library (aligned weights, written by the scorer): a safetensors file whose tensor keys are
-`layer{L}/{candidate}/{param}`, with `L` the 0-based decoder layer, `candidate` the candidate's string
-(`str(Candidate)`: `mla:rank=256`, `gdn`, `swa:window=1024`) and `param` a key of that mixer's own state dict
-(`kv_down.weight`, `o_proj.weight`, ...), e.g. `layer3/mla:rank=256/kv_down.weight`. Beside it, a JSON
-sidecar of the same stem (`library.safetensors` -> `library.json`) holds `kind: "mosaic/candidate-library"`,
-`schema_version`, the `model` block of docs/design.md §3 (checked against the teacher like any artifact) and
-`scores_sha256` (the sha256 of the sensitivity table file written with it) and
-`entries: [{layer, op, params, align_steps, ...}]`. An entry present for a layer replaces the teacher
-initialisation of that layer's mixer; with a library given, every layer whose operator is `aligned` must
-have one. Without one given, build takes the library whose `scores_sha256` is the hash of the table the plan
-was solved on (the plan's `inputs.scores`), looked up beside the plan and in layer_plans/<model>/.
+Aligned weights come from the scorer's candidate library (library.py), found by the plan's scores when not given.
 """
 
 from __future__ import annotations
@@ -23,47 +13,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from . import schema, surgery
 from .errors import MosaicError, UsageError
-from .files import atomic_dir, check_output, output_path, read_text
+from .files import atomic_dir, check_output, output_path
+from .library import find_library, library_weights
 from .assets import TINY_DIR
 from .models import TINY, load_config, load_model, model_ref, slug
 from .operators import Candidate, cache_layout, unbuildable
-from .schema import LayerPlan, ModelRef
+from .schema import LayerPlan
 
-LIBRARY_KIND = "mosaic/candidate-library"
 PLAN_FILE = "mosaic_plan.json"
 DTYPES = ("float32", "bfloat16", "float16")
 # what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
 # config is the loaded teacher's, saved with the model)
 TEACHER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
                  "chat_template*", "*preprocessor_config.json", "processor_config.json", "*.tiktoken", "spiece.model")
-
-
-def library_key(layer: int, candidate: Candidate, param: str) -> str:
-    """The tensor key of one parameter of one candidate's aligned weights in a candidate library."""
-    return f"layer{layer}/{candidate}/{param}"
-
-
-def load_library_entry(path: str | os.PathLike, layer: int, candidate: Candidate) -> dict | None:
-    """The aligned state dict of `candidate` at `layer` in a candidate library, or None if it has none."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such candidate library")
-    prefix = library_key(layer, candidate, "")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = [k for k in f.keys() if k.startswith(prefix)]
-            return {k[len(prefix):]: f.get_tensor(k) for k in keys} or None
-    except (SafetensorError, OSError) as e:
-        raise UsageError(f"{path}: not a readable safetensors library ({str(e).splitlines()[0][:120]})") from None
 
 
 def build(plan, teacher: str | None = None, library=None, out=None, dtype: str = "float32", overwrite: bool = False,
@@ -101,7 +69,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
         if library is not None:
             print(f"note: using {library}, the candidate library written with this plan's scores", file=sys.stderr)
-    weights = _library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
+    weights = library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
     model = load_model(teacher, dtype=dtype)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
@@ -212,72 +180,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
     check_output(out, folder=True, overwrite=overwrite)  # refuses a file, and any existing out without overwrite
     if out.exists() and any(out.iterdir()) and not (out / PLAN_FILE).is_file():
         raise UsageError(f"{out} is not empty and is not a mosaic build (no {PLAN_FILE}); refusing to replace it")
-
-
-def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
-    """The candidate library written together with the table `plan` was solved on, or None.
-
-    Looked up beside `plan_path` and in layer_plans/<model>/ (where `score` writes by default), by the table's
-    sha256 recorded in both the plan (`inputs.scores`) and the library's sidecar (`scores_sha256`).
-    """
-    want = plan.header.inputs.get("scores")
-    if not want:
-        return None
-    folders = [plan_path.parent] if plan_path is not None else []
-    folders.append(Path("layer_plans") / slug(plan.header.model.id))
-    for folder in dict.fromkeys(f.resolve() for f in folders if f.is_dir()):
-        for sidecar in sorted(folder.glob("*.json")):
-            try:
-                obj = json.loads(sidecar.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                continue  # not ours to judge here: only a matching sidecar counts
-            library = sidecar.with_suffix(".safetensors")
-            if isinstance(obj, dict) and obj.get("kind") == LIBRARY_KIND and obj.get("scores_sha256") == want \
-                    and library.is_file():
-                return library
-    return None
-
-
-def _library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sha256: str | None = None) -> dict:
-    aligned = [i for i, c in enumerate(layers) if c.spec.aligned]
-    if library is None:
-        if aligned:
-            ops = sorted({layers[i].op for i in aligned})
-            print(f"warning: no candidate library (--library, or one written with this plan's scores): "
-                  f"{', '.join(ops)} layers start from the teacher initialisation, without aligned weights",
-                  file=sys.stderr)
-        return {}
-    path = Path(library)
-    written_with = _check_library_sidecar(path, ref, allow_stale)
-    if written_with and scores_sha256 and written_with != scores_sha256:
-        print(f"warning: {path} was written with another sensitivity table than the one the plan was solved on; "
-              "its weights were aligned for that table's data", file=sys.stderr)
-    weights = {i: w for i, c in enumerate(layers) if (w := load_library_entry(path, i, c)) is not None}
-    missing = [f"layer {i} {layers[i]}" for i in aligned if i not in weights]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise UsageError(f"{path}: no aligned weights for {', '.join(missing[:3])}{more}; re-run score for these "
-                         "candidates or build without --library")
-    return weights
-
-
-def _check_library_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> str | None:
-    """Refuse a library made for another model (StaleInputError, exit 4) or a broken sidecar (exit 2); return the
-    sha256 of the table it was written with, when its sidecar records one."""
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
-    try:
-        obj = json.loads(read_text(sidecar))
-        if obj.get("kind") != LIBRARY_KIND:
-            raise UsageError(f'{sidecar}: kind: expected "{LIBRARY_KIND}", got "{obj.get("kind")}"')
-        m = obj["model"]
-        lib = ModelRef(id=str(m["id"]), config_sha256=str(m["config_sha256"]),
-                       num_hidden_layers=int(m["num_hidden_layers"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UsageError(f"{sidecar}: not a valid candidate-library sidecar ({type(e).__name__}: {e})") from None
-    schema.check_same_model(ref, lib, f"library {path}", allow_stale)
-    return obj.get("scores_sha256")
 
 
 # ---- output --------------------------------------------------------------------------------------

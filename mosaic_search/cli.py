@@ -241,6 +241,7 @@ def score(teacher: ModelOpt = "tiny",
 
     from . import frames, scorer
     from .data import SELF
+    from .library import library_path
     from .schema import to_json
 
     if table_out:
@@ -253,7 +254,7 @@ def score(teacher: ModelOpt = "tiny",
     if not rank0:
         return None
     path, c, seconds = scorer.table_path(teacher, out), table.data["cost"], time.perf_counter() - start
-    library = scorer.library_path(path)
+    library = library_path(path)
     if table_out:
         frames.write_table(table, table_out)
     if as_json:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UsageError
-from .files import atomic_dir, check_output
+from .files import atomic_dir, atomic_path, check_output, write_text
 
 MARKER = ".mosaic-demo"
 WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")
@@ -29,7 +29,7 @@ def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
         raise UsageError(f"{out} exists and is not a mosaic demo report; choose another --out or remove it")
     with atomic_dir(out) as tmp:
         _run(tmp, seed, progress or (lambda *a: None))
-        (tmp / MARKER).write_text("written by mosaic demo\n")
+        write_text(tmp / MARKER, "written by mosaic demo\n")
     return out
 
 
@@ -39,6 +39,7 @@ def _run(d: Path, seed: int, progress) -> None:
     from . import builder, scorer, solver
     from .distill import distill, load_record
     from .evaluate import evaluate
+    from .library import library_path
     from .speedup import bench, bench_generate
     from .profiler import profile
 
@@ -61,7 +62,7 @@ def _run(d: Path, seed: int, progress) -> None:
     frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
                             **inputs)
     stage(3, "build")
-    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=scorer.library_path(d / "sensitivity.json"),
+    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
                               out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
     stage(4, "distill")
     distilled = {t: distill(str(built[t]), out=d / "models" / f"tiny-tpot-{t}x-distilled", steps=DISTILL_STEPS,
@@ -75,13 +76,14 @@ def _run(d: Path, seed: int, progress) -> None:
                  for t in TARGETS}
     stage(6, "report")
     _plots(d, table, prof, plans)
-    solver.plot_frontier(frontier["points"], "tiny: predicted loss vs TPOT target", str(d / "pareto.png"),
-                         table.header.model.num_hidden_layers,
-                         measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
-                                   for when, name in (("before", "built"), ("after", "distilled"))})
+    with atomic_path(d / "pareto.png") as tmp:
+        solver.plot_frontier(frontier["points"], "tiny: predicted loss vs TPOT target", str(tmp),
+                             table.header.model.num_hidden_layers,
+                             measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
+                                       for when, name in (("before", "built"), ("after", "distilled"))})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
-    (d / "report.md").write_text(_report(prof, table, plans, frontier, built, measured, generated, seconds, d,
-                                         quality, teacher, distilled))
+    write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
+                                        quality, teacher, distilled))
     progress(len(steps), len(steps), "done")
 
 
@@ -109,7 +111,8 @@ def _plots(d: Path, table, prof, plans) -> None:
     ax.set_title("sensitivity: log10 KL(teacher || swapped)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(d / "sensitivity.png", dpi=110)
+    with atomic_path(d / "sensitivity.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
     w = next(w.name for w in prof.workloads if w.phase == "decode")
@@ -123,7 +126,8 @@ def _plots(d: Path, table, prof, plans) -> None:
         used = [op for op in REGISTRY if op in ops]
         ax.legend(handles=[Patch(color=plot_color(op), label=op) for op in used], fontsize=7, ncol=len(used))
     fig.tight_layout()
-    fig.savefig(d / "plans.png", dpi=110)
+    with atomic_path(d / "plans.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

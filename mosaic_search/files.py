@@ -3,7 +3,8 @@
 A reader sees the old file or the whole new one, never a part: everything is written to a temporary
 sibling named `.<name>.<pid>.<random>.tmp`, then renamed over the target. A run killed with SIGKILL
 leaves that sibling behind; the next write to the same target removes the siblings whose process is
-gone (a build's leftovers are as large as the model).
+gone (a build's leftovers are as large as the model). Logs, which grow a record at a time, are the one
+exception: `append_line` appends to them durably instead.
 """
 
 from __future__ import annotations
@@ -132,6 +133,28 @@ def json_text(obj: Any) -> str:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `json_text(obj)` to `path` atomically; return the path."""
     return write_text(path, json_text(obj))
+
+
+def append_line(path: str | os.PathLike, line: str) -> Path:
+    """Append `line` (without its newline) to a log durably; return the path.
+
+    A log grows one record at a time, so it is appended to rather than replaced: a single write() to an
+    O_APPEND file, then fsync. A line left unfinished by a kill is closed first so that it spoils only itself.
+    A new log gets the umask's mode, as every file does. Errors: OSError from the file system, unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)  # open() applies the umask
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from .operators import Candidate
 SCHEMA_VERSION = 1
 PROFILE_KIND = "mosaic/latency-profile"
 SENSITIVITY_KIND = "mosaic/sensitivity"
+LIBRARY_KIND = "mosaic/candidate-library"  # the JSON sidecar of the scorer's aligned weights (library.py)
 PLAN_KIND = "mosaic/layer-plan"
 PARETO_KIND = "mosaic/pareto"
 PHASES = ("prefill", "decode")
@@ -213,6 +214,28 @@ class SensitivityTable:
 
 
 @dataclass(frozen=True)
+class LibraryEntry:
+    """One aligned item of a candidate library: where, which candidate, its item fingerprint, alignment's report."""
+
+    layer: int
+    candidate: Candidate
+    align_steps: int
+    fingerprint: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CandidateLibrary:
+    """The JSON sidecar of a candidate library (library.py): the model its weights fit, the sha256 of the
+    sensitivity table file written with it ("" when not recorded) and one entry per aligned item."""
+
+    header: Header
+    scores_sha256: str
+    entries: tuple[LibraryEntry, ...]
+    kind = LIBRARY_KIND
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     """Stage 3 output: one candidate per decoder layer, with what it is predicted to cost and save."""
 
@@ -275,6 +298,10 @@ def to_json(artifact) -> dict:
         out["data"] = dict(artifact.data)
         out["entries"] = [{"layer": e.layer, **e.candidate.to_json(), "kl": e.kl, "delta_loss": e.delta_loss,
                            "align_steps": e.align_steps, **e.extra} for e in artifact.entries]
+    elif isinstance(artifact, CandidateLibrary):
+        out["scores_sha256"] = artifact.scores_sha256
+        out["entries"] = [{"layer": e.layer, **e.candidate.to_json(), "align_steps": e.align_steps,
+                           "fingerprint": e.fingerprint, **e.extra} for e in artifact.entries]
     elif isinstance(artifact, LayerPlan):
         out["layers"] = [c.to_json() for c in artifact.layers]
         out["predicted"] = artifact.predicted
@@ -456,6 +483,23 @@ def load_sensitivity(path: str | os.PathLike) -> SensitivityTable:
             extra={k: v for k, v in e.items() if k not in known}))
     return SensitivityTable(header=header, metric=r.get(obj, "metric", str),
                             data=r.get(obj, "data", dict, optional=True, default={}), entries=tuple(entries))
+
+
+def load_library_sidecar(path: str | os.PathLike) -> CandidateLibrary:
+    """Load and validate a `mosaic/candidate-library` sidecar (the JSON file beside the library's safetensors)."""
+    obj, src = _read_json(path)
+    r = _Reader(src)
+    header = _header(r, obj, LIBRARY_KIND)
+    known = {"layer", "op", "params", "align_steps", "fingerprint"}
+    entries = []
+    for i, e in enumerate(r.get(obj, "entries", list)):
+        where = f"entries[{i}]"
+        entries.append(LibraryEntry(
+            layer=_layer_index(r, e, where, header.model.num_hidden_layers), candidate=r.candidate(e, where),
+            align_steps=r.get(e, "align_steps", int, where), fingerprint=r.get(e, "fingerprint", str, where),
+            extra={k: v for k, v in e.items() if k not in known}))
+    return CandidateLibrary(header=header, scores_sha256=r.get(obj, "scores_sha256", str, optional=True, default=""),
+                            entries=tuple(entries))
 
 
 def load_plan(path: str | os.PathLike, num_layers: int | None = None) -> LayerPlan:

@@ -9,31 +9,30 @@ scores exactly 0. An image window of a VLM teacher (data.py) enters layer 0 as Q
 embeddings with its 3-D mRoPE cos/sin, and every recompute adds DeepStack's visual features after the layers that
 take them, as the model itself does, swapped or not; its padding is never scored. Operators that cannot reuse the
 teacher's weights as they are (`spec.aligned`) are first distilled locally (align.py); their weights go into a
-candidate library that `mosaic build` loads, and the module scored is rebuilt from exactly those tensors by
+candidate library (library.py) that `mosaic build` loads, and the module scored is rebuilt from exactly those tensors by
 `surgery.swap`, as the builder does.
 
-Durability: each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per rank), its aligned
-weights written to `<table>.library.d/` before that line; `resume` reuses items whose fingerprint (teacher weights,
-data, candidate, alignment settings, seed) matches. The table and library are written atomically at the end.
+Durability (library.ItemStore): each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per
+rank), its aligned weights written to `<table>.library.d/` before that line; `resume` reuses items whose
+fingerprint (teacher weights, data, candidate, alignment settings, seed) matches. The table and library are
+written atomically at the end.
+
+Longer than the house's ~450 lines: the teacher pass, the items and the table share one batch layout (`_Batch`,
+`_Context`) and one fingerprint scheme; each part is a section below (teacher pass, one item, inputs).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import os
-import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import align as align_mod
-from . import distributed
-from . import schema
+from . import distributed, library, schema
 from .errors import MosaicError, UsageError
-from .files import atomic_path, check_output, json_text, output_path, write_json, write_text
+from .files import check_output, json_text, output_path, write_text
+from .models import slug
 from .operators import Candidate, parse_candidates
 from .schema import Header, SensitivityEntry, SensitivityTable
 
@@ -47,17 +46,10 @@ HELD_OUT_ROWS = 2  # scored windows on which alignment reports its normalised MS
 
 def table_path(teacher: str, out=None) -> Path:
     """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
-    from .models import slug
-
     path = output_path(out, Path("layer_plans") / slug(teacher) / "sensitivity.json")
     if path.suffix != ".json":
         raise UsageError(f"--out {path}: expected a .json file path")
     return path
-
-
-def library_path(table: str | os.PathLike) -> Path:
-    """The candidate library written beside a table (its JSON sidecar has the same stem)."""
-    return Path(table).with_suffix(".library.safetensors")
 
 
 def default_seq_len(cands, dims) -> int:
@@ -122,35 +114,36 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         tfp = _weights_fingerprint(model, ref)
         fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
                for layer in range(ctx.num_layers) for c in cands if c != teacher_ops[layer]}
-        files = _Files(path)
+        store = library.ItemStore(path)
         if rank == 0:
             if not resume:
-                files.clear_progress(note=True)
-            finished = _finished(files, fps) if resume else {}
+                store.clear_progress(note=True)
+            finished = store.finished(fps) if resume else {}
             pending = [key for key in fps if key not in finished]
         pending = distributed.broadcast(pending if rank == 0 else None, world)
         mine = [key for k, key in enumerate(pending) if (k + key[0]) % world == rank]
         for done, (layer, cand) in enumerate(mine):
             if progress and rank == 0:
                 progress(done, len(mine), f"layer {layer} {cand}")
-            _append(files.log(rank), _run_item(ctx, layer, cand, align_steps, seed, fps[layer, cand], files))
+            library.append_item(store.log(rank), _run_item(ctx, layer, cand, align_steps, seed, fps[layer, cand],
+                                                           store))
         if progress and rank == 0:
             progress(len(mine), len(mine), "writing")
         distributed.barrier(world)
         if rank == 0:
             env = environment(device)
-            table = _finish(files, fps, ref, env, source, info, cands, ctx, align_steps, teacher_ops)
+            table = _finish(store, fps, ref, env, source, info, cands, ctx, align_steps, teacher_ops)
         distributed.barrier(world)
     return table if rank == 0 else schema.load_sensitivity(path)
 
 
-def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int,
+def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int,
             teacher_ops: list) -> SensitivityTable:
     """Merge every rank's finished items into the table and the library, write both, drop the progress files;
     `teacher_ops[layer]`, the teacher's own operator there, gets the reference row scoring 0."""
     from .data import SELF
 
-    finished = _finished(files, fps)
+    finished = store.finished(fps)
     missing = [f"layer {layer} {c}" for layer, c in fps if (layer, c) not in finished]
     if missing:
         raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with --resume")
@@ -169,10 +162,10 @@ def _finish(files, fps: dict, ref, env: dict, source: str, info: dict, cands, ct
     table = SensitivityTable(header=header, metric="kl", data={**info, "cost": work}, entries=tuple(entries))
     text = json_text(schema.to_json(table))
     if any(c.spec.aligned for c in cands):  # the library first: a table on disk always has its library
-        _write_library(files, header, [(key, finished[key]) for key in fps if key[1].spec.aligned],
-                       hashlib.sha256(text.encode()).hexdigest())
-    write_text(files.table, text)
-    files.clear_progress()
+        library.write_library(store, header, [(key, finished[key]) for key in fps if key[1].spec.aligned],
+                              hashlib.sha256(text.encode()).hexdigest())
+    write_text(store.table, text)
+    store.clear_progress()
     return table
 
 
@@ -351,7 +344,8 @@ def _head(head, g, targets, want_u: bool = False):
 
 # ---- one item ------------------------------------------------------------------------------------
 
-def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int, fp: str, files) -> dict:
+def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int, fp: str,
+              store: library.ItemStore) -> dict:
     """Align (if the operator needs it), swap in, score; the log line of the item."""
     import torch
 
@@ -375,7 +369,7 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
         extra.update(align_mod.align(mixer, train, held, steps, item_seed))
         weights = {k: v.detach().cpu().contiguous() for k, v in mixer.state_dict().items()}
         del mixer, train, held
-        part = files.save_part(layer, cand, weights, fp)
+        part = store.save_part(layer, cand, weights, fp)
     surgery.swap(ctx.model, layer, cand, weights=weights)
     try:
         kl, delta_loss = _evaluate(ctx, layer)
@@ -414,173 +408,6 @@ def _seeded(seed: int, device: str):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-# ---- the table and the library -------------------------------------------------------------------
-
-def _write_library(files, header, items, scores_sha256: str) -> None:
-    """Stream every aligned item's weights into one safetensors file keyed `layer{L}/{candidate}/{param}`, then
-    its sidecar (builder.py documents the format), which names the table file it belongs to by `scores_sha256`:
-    a plan records the same hash of the table it was solved on, so build finds the library by itself."""
-    from .builder import LIBRARY_KIND, library_key
-
-    tensors = []
-    for (layer, cand), row in items:
-        source = files.weights_source(layer, cand, row)
-        for param in source.params():
-            tensors.append((library_key(layer, cand, param), source, param))
-    with atomic_path(files.library) as tmp:
-        _stream_safetensors(tmp, tensors)
-    entries = [{"layer": layer, **cand.to_json(), "align_steps": row["align_steps"], "fingerprint": row["fingerprint"],
-                **row["extra"]} for (layer, cand), row in items]
-    obj = {"kind": LIBRARY_KIND, "schema_version": schema.SCHEMA_VERSION, **schema._header_json(header),
-           "scores_sha256": scores_sha256, "entries": entries}
-    write_json(files.library.with_suffix(".json"), obj)
-
-
-_ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _stream_safetensors(path: Path, tensors) -> None:
-    """Write a safetensors file one tensor at a time, so a library larger than memory can be merged."""
-    import torch
-
-    header, offset = {}, 0
-    for key, source, param in tensors:
-        dtype, shape, nbytes = source.meta(param)
-        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for key, source, param in tensors:
-            t = source.tensor(param).contiguous()
-            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-class _Weights:
-    """Aligned weights of one item, read lazily from a per-item file or a previous library."""
-
-    def __init__(self, path: Path, prefix: str = ""):
-        self.path, self.prefix = path, prefix
-
-    def params(self) -> list[str]:
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            return sorted(k[len(self.prefix):] for k in f.keys() if k.startswith(self.prefix))
-
-    def meta(self, param: str):
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            view = f.get_slice(self.prefix + param)
-            dtype, shape = view.get_dtype(), list(view.get_shape())
-        return dtype, shape, _ST_BYTES[dtype] * math.prod(shape)
-
-    def tensor(self, param: str):
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            return f.get_tensor(self.prefix + param)
-
-
-class _Files:
-    """The table's companions: per-rank item logs, per-item weights, the merged library and its sidecar."""
-
-    def __init__(self, table: Path):
-        self.table = table
-        self.library = library_path(table)
-        self.parts = table.with_suffix(".library.d")
-
-    def log(self, rank: int) -> Path:
-        return self.table.with_suffix(".items.jsonl" if rank == 0 else f".items-rank{rank}.jsonl")
-
-    def logs(self) -> list[Path]:
-        return sorted(self.table.parent.glob(f"{self.table.stem}.items*.jsonl"))
-
-    def clear_progress(self, note: bool = False) -> None:
-        """Forget unfinished runs: their item logs and per-item weights."""
-        logs = self.logs()
-        if note and logs:
-            print(f"note: starting afresh; {self.table}'s unfinished earlier run is discarded (--resume keeps it)",
-                  file=sys.stderr)
-        for log in logs:
-            log.unlink(missing_ok=True)
-        shutil.rmtree(self.parts, ignore_errors=True)
-
-    def save_part(self, layer: int, cand: Candidate, weights: dict, fp: str) -> str:
-        from safetensors.torch import save_file
-
-        name = f"layer{layer}-{str(cand).replace(':', '-').replace('=', '')}-{fp}.safetensors"
-        with atomic_path(self.parts / name) as tmp:
-            save_file(weights, str(tmp), metadata={"fingerprint": fp})
-        return name
-
-    def weights_source(self, layer: int, cand: Candidate, row: dict):
-        """Where a finished item's weights are: its own file, else the previous library; None if neither."""
-        from .builder import library_key
-
-        if row.get("weights") and (self.parts / row["weights"]).is_file():
-            return _Weights(self.parts / row["weights"])
-        if row.get("in_library") and self.library.is_file():
-            return _Weights(self.library, library_key(layer, cand, ""))
-        return None
-
-
-def _finished(files: _Files, fps: dict) -> dict:
-    """Finished items whose fingerprint matches, from a previous table and library and from every rank's log (the
-    last matching record wins); an aligned item counts only while its weights can still be read."""
-    rows: dict = {}
-    try:
-        old = schema.load_sensitivity(files.table) if files.table.is_file() else None
-    except UsageError:
-        old = None
-    library = set()
-    sidecar = files.library.with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            library = {(e["layer"], str(Candidate.of(e["op"], e.get("params"))), e["fingerprint"])
-                       for e in json.loads(sidecar.read_text()).get("entries", [])}
-        except (ValueError, KeyError, TypeError, AttributeError, UsageError):
-            library = set()
-    for e in old.entries if old else ():
-        fp = e.extra.get("fingerprint")
-        extra = {k: v for k, v in e.extra.items() if k != "fingerprint"}
-        rows.setdefault((e.layer, e.candidate), []).append({
-            "kl": e.kl, "delta_loss": e.delta_loss, "align_steps": e.align_steps, "fingerprint": fp, "extra": extra,
-            "in_library": (e.layer, str(e.candidate), fp) in library})
-    for log in files.logs():
-        for line in log.read_bytes().decode(errors="replace").splitlines():  # a damaged line is skipped below
-            try:
-                row = json.loads(line)
-                rows.setdefault((row["layer"], Candidate.of(row["op"], row.get("params"))), []).append(row)
-            except (ValueError, KeyError, TypeError, UsageError):
-                continue  # a line cut short by a kill
-    done = {}
-    for key, fp in fps.items():
-        for row in reversed(rows.get(key, [])):
-            if row.get("fingerprint") == fp and (not key[1].spec.aligned or files.weights_source(*key, row)):
-                done[key] = row
-                break
-    return done
-
-
-def _append(path: Path, row: dict) -> None:
-    """One durable line: a single write() to an O_APPEND file, then fsync; a line left unfinished by a kill is
-    closed first so that it spoils only itself."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)  # the umask decides, as for every file
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- inputs, fingerprints, ranks ------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from conftest import ARCHS, every_operator, tiny_config
 from mosaic_search import builder, schema, surgery
 from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
+from mosaic_search.library import find_library, library_key, load_library_entry
 from mosaic_search.models import load_config, load_model, model_from_config, model_ref
 from mosaic_search.operators import REGISTRY, Candidate
 
@@ -387,15 +388,15 @@ def test_library_weights_replace_teacher_initialisation(built, tmp_path):
     mla = t.swapped(layers).model.layers[1].self_attn
     aligned = {k: v + 0.5 for k, v in mla.state_dict().items()}
     lib = tmp_path / "library.safetensors"
-    save_file({builder.library_key(1, layers[1], k): v.contiguous() for k, v in aligned.items()}, lib)
-    entry = builder.load_library_entry(lib, 1, layers[1])
-    assert set(entry) == set(aligned) and builder.load_library_entry(lib, 2, layers[1]) is None
+    save_file({library_key(1, layers[1], k): v.contiguous() for k, v in aligned.items()}, lib)
+    entry = load_library_entry(lib, 1, layers[1])
+    assert set(entry) == set(aligned) and load_library_entry(lib, 2, layers[1]) is None
 
     model = _load_built(builder.build(plan, library=lib, out=tmp_path / "with-lib"))
     got = model.model.layers[1].self_attn.state_dict()
     assert all(torch.equal(got[k], v) for k, v in aligned.items())
 
-    sidecar = {"kind": builder.LIBRARY_KIND, "schema_version": 1,
+    sidecar = {"kind": schema.LIBRARY_KIND, "schema_version": 1,
                "model": {"id": "other", "config_sha256": "0" * 64, "num_hidden_layers": LAYERS}, "entries": []}
     lib.with_suffix(".json").write_text(json.dumps(sidecar))
     with pytest.raises(StaleInputError, match="library"):
@@ -415,15 +416,15 @@ def test_build_takes_the_library_written_with_the_plans_scores(built, tmp_path, 
                             predicted={}, objective=0.0, constraints={}, solver={})
     plan_file = schema.save(plan, folder / "plan.json")
     lib = folder / "sensitivity.library.safetensors"
-    save_file({builder.library_key(1, layers[1], k): v.contiguous() for k, v in aligned.items()}, lib)
-    sidecar = {"kind": builder.LIBRARY_KIND, "schema_version": 1, "scores_sha256": "b" * 64, "entries": [],
+    save_file({library_key(1, layers[1], k): v.contiguous() for k, v in aligned.items()}, lib)
+    sidecar = {"kind": schema.LIBRARY_KIND, "schema_version": 1, "scores_sha256": "b" * 64, "entries": [],
                "model": {"id": t.ref.id, "config_sha256": t.ref.config_sha256, "num_hidden_layers": LAYERS}}
     lib.with_suffix(".json").write_text(json.dumps(sidecar))  # another table's library: not taken
-    assert builder.find_library(plan, plan_file) is None
+    assert find_library(plan, plan_file) is None
     builder.build(plan_file, library=lib, out=tmp_path / "other")  # named explicitly: taken, with a warning
     assert "another sensitivity table" in capsys.readouterr().err
     lib.with_suffix(".json").write_text(json.dumps({**sidecar, "scores_sha256": "a" * 64}))
-    assert builder.find_library(plan, plan_file) == lib.resolve()
+    assert find_library(plan, plan_file) == lib.resolve()
 
     model = _load_built(builder.build(plan_file, out=tmp_path / "found"))
     assert all(torch.equal(model.model.layers[1].self_attn.state_dict()[k], v) for k, v in aligned.items())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import matplotlib.image
 import numpy as np
@@ -14,19 +16,23 @@ from mosaic_search.cli import main
 from mosaic_search.demo import MARKER
 from mosaic_search.operators import plot_color
 
+UMASK = 0o027  # not the usual 022: every file of the report must follow the user's umask
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """One real demo run, with a lighter scoring pass (fewer tokens, 2 alignment steps) and 2 distillation steps
-    per stage to keep the suite fast."""
+    """One real demo run under UMASK, with a lighter scoring pass (fewer tokens, 2 alignment steps) and 2
+    distillation steps per stage to keep the suite fast."""
     mp = pytest.MonkeyPatch()
     mp.setattr(scorer, "DEFAULT_TOKENS", 2048)
     mp.setattr(scorer, "DEFAULT_ALIGN_STEPS", 2)
     mp.setattr(demo, "DISTILL_STEPS", 2)
     out = tmp_path_factory.mktemp("demo") / "report"
+    old = os.umask(UMASK)
     try:
         assert main(["demo", "--out", str(out)]) == 0
     finally:
+        os.umask(old)
         mp.undo()
     return out
 
@@ -77,6 +83,15 @@ def test_report_names_its_data_and_colours_each_operator_once(report):
              for c in pt.get("layers", [])}
     assert {plot_color(op) for op in planned} <= colours("plans.png")
     assert {plot_color(op) for op in swept} <= colours("pareto.png")
+
+
+@pytest.mark.slow
+def test_every_file_of_the_report_has_the_umask_mode(report):
+    """The report, its plots, artifacts, models and their folders: written with the user's umask."""
+    modes = {str(p.relative_to(report)): (p.is_dir(), stat.S_IMODE(p.lstat().st_mode)) for p in report.rglob("*")}
+    assert {"report.md", "sensitivity.png", "plans.png", "pareto.png", "pareto.csv", MARKER} <= set(modes)
+    assert modes == {name: (d, (0o777 if d else 0o666) & ~UMASK) for name, (d, _) in modes.items()}
+    assert stat.S_IMODE(report.stat().st_mode) == 0o777 & ~UMASK
 
 
 @pytest.mark.slow

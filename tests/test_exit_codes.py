@@ -64,15 +64,15 @@ def test_a_real_sigint_during_score_keeps_the_finished_items_for_resume(tmp_path
     args = ["score", "--ops", "gqa,none", "--tokens", "32", "--seq-len", "16", "--out", str(out)]
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from mosaic_search import scorer
+        from mosaic_search import library
         from mosaic_search.cli import main
-        real, n = scorer._append, [0]
+        real, n = library.append_item, [0]
         def append(path, row):  # Ctrl-C right after the second finished item
             real(path, row)
             n[0] += 1
             if n[0] == 2:
                 os.kill(os.getpid(), signal.SIGINT)
-        scorer._append = append
+        library.append_item = append
         sys.exit(main({args!r}))
     """)
     r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import WorkTimer
-from mosaic_search import builder, files, profiler, schema, scorer, solver
+from mosaic_search import builder, distill, files, frames, profiler, schema, scorer, solver
 from mosaic_search.errors import UsageError
+from mosaic_search.library import library_path
 from mosaic_search.models import load_config, model_ref
 from mosaic_search.operators import Candidate
 
@@ -42,7 +43,8 @@ def umask():
 
 
 def test_every_file_of_a_chain_has_the_umask_mode(tmp_path, umask):
-    """profile -> score (with its per-item parts and library) -> solve, sweep CSV/PNG -> build on `tiny`."""
+    """profile -> score (with its per-item parts and library) -> solve, sweep CSV/PNG, a parquet table -> build ->
+    distill (with its checkpoint) on `tiny`; the demo's report and plots: test_demo.py."""
     seen = {}
     prof = tmp_path / "plans" / "profile.json"
     profiler.profile("tiny", ops="gqa,mla:rank=16", workloads=["decode:32"], out=prof, timer=WorkTimer(), rounds=1)
@@ -54,12 +56,19 @@ def test_every_file_of_a_chain_has_the_umask_mode(tmp_path, umask):
     plan = solver.solve(str(prof), str(table), speedup=1.01, out=str(tmp_path / "plans" / "plan.json"))
     solver.sweep("1.01:1.05:0.02", plot=True, profile=str(prof), scores=str(table),
                  out=str(tmp_path / "plans" / "pareto.json"))
-    builder.build(tmp_path / "plans" / "plan.json", library=scorer.library_path(table), out=tmp_path / "model")
-    assert plan.layers
+    frames.write_table(schema.load_sensitivity(table), tmp_path / "plans" / "sensitivity.parquet")
+    builder.build(tmp_path / "plans" / "plan.json", library=library_path(table), out=tmp_path / "model")
+    # progress runs after each step: from the second one on, the checkpoint of the step before exists
+    distill.distill(str(tmp_path / "model"), out=tmp_path / "distilled", stage="offpolicy", steps=3, batch_size=1,
+                    seq_len=16, quality=False, checkpoint_every=1, progress=lambda *a: seen.update(_modes(tmp_path)))
+    assert plan.layers and any(name.startswith("distilled.checkpoint/") for name in seen)
     seen.update(_modes(tmp_path))
     names = set(seen)
-    assert {"plans/pareto.csv", "plans/pareto.png", "plans/sensitivity.library.safetensors", "plans/plan.json",
-            "model/model.safetensors", "model/config.json", "model/mosaic_plan.json"} <= names
+    assert {"plans/pareto.csv", "plans/pareto.png", "plans/sensitivity.library.safetensors",
+            "plans/sensitivity.library.json", "plans/sensitivity.parquet", "plans/plan.json",
+            "model/model.safetensors", "model/config.json", "model/mosaic_plan.json",
+            "distilled.checkpoint/state.safetensors", "distilled.checkpoint/state.json",
+            "distilled/model.safetensors", "distilled/distill_record.json"} <= names
     want = {name: (0o777 if name.endswith("/") else 0o666) & ~umask for name in seen}
     assert seen == want
     assert not [n for n in names if Path(n).name.startswith(".") and Path(n).name.endswith((".tmp", ".old"))]

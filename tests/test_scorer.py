@@ -15,7 +15,9 @@ import torch
 
 from conftest import tiny_model
 from mosaic_search import builder, data, schema, scorer, surgery
+from mosaic_search.library import library_path, load_library_entry
 from mosaic_search.cli import main
+from mosaic_search.errors import UsageError
 from mosaic_search.models import load_model
 from mosaic_search.operators import Candidate, default_candidates
 
@@ -90,9 +92,9 @@ def test_reference_zero_swaps_positive_and_alignment(reference):
 def test_library_weights_rebuild_the_scored_module(teacher, reference):
     """Library entries load into surgery.swap(weights=...) and, through the model's own forward, give the scored KL."""
     table, out = reference
-    library = scorer.library_path(out)
+    library = library_path(out)
     side = json.loads(library.with_suffix(".json").read_text())
-    assert side["kind"] == builder.LIBRARY_KIND and side["model"]["num_hidden_layers"] == 3
+    assert side["kind"] == schema.LIBRARY_KIND and side["model"]["num_hidden_layers"] == 3
     assert {(e["layer"], e["op"]) for e in side["entries"]} == {(i, op) for i in range(3) for op in ("mla", "gdn")}
     model = load_model(teacher)
     n = ARGS["tokens"] // SEQ
@@ -100,7 +102,7 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
     with torch.no_grad():
         p = torch.log_softmax(model(ids).logits[:, :-1].float(), -1)
         for layer, cand in ((0, Candidate.of("gdn")), (2, Candidate.parse("mla:rank=8")), (1, Candidate.of("drop"))):
-            weights = builder.load_library_entry(library, layer, cand)
+            weights = load_library_entry(library, layer, cand)
             assert (weights is not None) == cand.spec.aligned
             surgery.swap(model, layer, cand, weights=weights)
             q = torch.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1)
@@ -117,9 +119,29 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
 
     shipped = AutoModelForCausalLM.from_pretrained(built, trust_remote_code=True).eval()
     for layer, cand in enumerate(layers):
-        surgery.swap(model, layer, cand, weights=builder.load_library_entry(library, layer, cand))
+        surgery.swap(model, layer, cand, weights=load_library_entry(library, layer, cand))
     with torch.no_grad():
         torch.testing.assert_close(shipped(ids).logits, model(ids, use_cache=False).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_library_sidecar_is_a_schema_record(reference, tmp_path):
+    """The sidecar loads as `schema.CandidateLibrary` and saves back to the same JSON; one written by hand with the
+    fields older versions wrote (no scores_sha256, no provenance) loads too; another kind is refused by name."""
+    table, out = reference
+    path = library_path(out).with_suffix(".json")
+    side = schema.load_library_sidecar(path)
+    assert side.header.model == table.header.model and len(side.scores_sha256) == 64
+    assert {(e.layer, e.candidate.op) for e in side.entries} == {(i, op) for i in range(3) for op in ("mla", "gdn")}
+    assert all(e.align_steps == 12 and "align_nmse" in e.extra for e in side.entries)
+    assert schema.to_json(side) == json.loads(path.read_text())
+    old = {"kind": schema.LIBRARY_KIND, "schema_version": 1, "model": json.loads(path.read_text())["model"],
+           "entries": [{"layer": 0, "op": "gdn", "params": {}, "align_steps": 3, "fingerprint": "f" * 16}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = schema.load_library_sidecar(tmp_path / "old.json")
+    assert loaded.scores_sha256 == "" and loaded.entries[0].candidate == Candidate.of("gdn")
+    (tmp_path / "other.json").write_text(json.dumps({**old, "kind": schema.SENSITIVITY_KIND}))
+    with pytest.raises(UsageError, match='kind: expected "mosaic/candidate-library", got "mosaic/sensitivity"'):
+        schema.load_library_sidecar(tmp_path / "other.json")
 
 
 def test_prefix_is_never_recomputed(teacher, tmp_path, monkeypatch):
@@ -151,15 +173,15 @@ def _killed_run(teacher, out, after: int) -> int:
     """Run the CLI in a subprocess that kills itself with SIGKILL right after its `after`-th finished item."""
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from mosaic_search import scorer
+        from mosaic_search import library
         from mosaic_search.cli import main
-        real, n = scorer._append, [0]
+        real, n = library.append_item, [0]
         def append(path, row):
             real(path, row)
             n[0] += 1
             if n[0] == {after}:
                 os.kill(os.getpid(), signal.SIGKILL)
-        scorer._append = append
+        library.append_item = append
         sys.exit(main({CLI_ARGS + ["--teacher", teacher, "--out", str(out)]!r}))
     """)
     return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True).returncode
@@ -198,7 +220,7 @@ def test_two_torchrun_ranks_equal_one_process(teacher, reference, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["path"] == str(out)  # rank 0 alone printed
     assert _rows(schema.load_sensitivity(out)) == _rows(reference[0])
-    assert scorer.library_path(out).read_bytes() == scorer.library_path(reference[1]).read_bytes()
+    assert library_path(out).read_bytes() == library_path(reference[1]).read_bytes()
 
 
 def test_text_and_chat_files_are_tokenized_by_the_teacher(teacher, tmp_path, capsys):

@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import tiny_config
 from mosaic_search import builder, data, schema, scorer, surgery
 from mosaic_search.cli import main
+from mosaic_search.library import library_path, load_library_entry
 from mosaic_search.models import load_model, model_from_config
 from mosaic_search.operators import Candidate
 
@@ -131,10 +132,10 @@ def test_kl_of_image_windows_equals_the_swapped_models_own_forward(vl_teacher, i
     assert table.data["image_rows_skipped"] == 1
     windows, _, _ = data.tokenize_file(str(image_data), data.tokenizer_of(vl_teacher), 8, 8, SEQ,
                                        data.Vision(vl_teacher, IMAGE))
-    library = scorer.library_path(out)
+    library = library_path(out)
     for layer in range(3):
         for cand in map(Candidate.parse, OPS.split(",")[1:]):
-            weights = builder.load_library_entry(library, layer, cand) if cand.spec.aligned else None
+            weights = load_library_entry(library, layer, cand) if cand.spec.aligned else None
             kl = _kl_of_full_forwards(vl_teacher, windows, layer, cand, weights)
             cell = next(e for e in table.entries if e.layer == layer and e.candidate == cand)
             assert cell.kl == pytest.approx(kl, rel=1e-4, abs=1e-7), (layer, str(cand))
