@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..modeling.dims import CONV_KERNEL
-from . import OperatorSpec, register
+from .registry import OperatorSpec, register
 
 
 def _init(new, teacher_attention):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..modeling.dims import mla_rope_dims
-from . import OperatorSpec, register
+from .registry import OperatorSpec, register
 
 
 def _per_token(dims, rank: int) -> int:

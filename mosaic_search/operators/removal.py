@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import OperatorSpec, register
+from .registry import OperatorSpec, register
 
 
 def _nothing(new, teacher_attention):

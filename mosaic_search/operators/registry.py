@@ -1,0 +1,288 @@
+"""The operator registry's types: `OperatorSpec`, `Candidate`, `register` and the lookups every stage uses.
+
+The operators themselves are registered by the files of this package (see `__init__`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import UsageError, did_you_mean
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    """Everything the stages need to know about one operator: the one truth about it.
+
+    `build(dims, layer_idx, **params)` makes the module (the remote code's `{op: mixer class}` table,
+    `modeling.mixers.MIXERS`, names its class, so built configs record only `op` and `params`).
+    `init_from_teacher(new, teacher_attention)` copies or derives its weights from the teacher's attention (this code
+    stays here: built models never call it). `cache_bytes(dims, context, dtype_bytes, **params)` is the generation
+    cache one sequence needs at `context` tokens; `default_params(dims)` lists the params tried when the user names no
+    candidates; `max_params(dims)` bounds params from above for a model of these dimensions (`Candidate.check_fits`).
+    `teacher_layer_type`: the HF layer type of a teacher layer that is this operator as is (gqa: `full_attention`,
+    swa: `sliding_attention`; see `Candidate.teacher`). `window(params)`: the tokens a query attends to at most
+    (None: every token before it), which the cache layout and the profiler's equal-work check read.
+    """
+
+    name: str
+    symbol: str
+    layer_type: str
+    summary: str
+    init_from_teacher: Callable[..., None]
+    cache_bytes: Callable[..., int]
+    params: tuple[str, ...] = ()
+    default_params: Callable[[Any], list[dict]] = lambda dims: [{}]
+    max_params: Callable[[Any], dict] = lambda dims: {}
+    requires: tuple[str, ...] = ()
+    aligned: bool = False
+    teacher_layer_type: str | None = None
+    window: Callable[[dict], int | None] = lambda params: None
+
+    def build(self, dims, layer_idx: int, **params):
+        """A fresh (randomly initialised) mixer module for one layer of a model of dimensions `dims` (`ModelDims`)."""
+        from ..modeling.mixers import MIXERS  # torch: the registry itself stays importable without it
+
+        return MIXERS[self.name](dims, layer_idx, **params)
+
+    def fast_path(self) -> tuple[bool, str]:
+        """Whether this operator's CUDA fast path can run here, and why not."""
+        import importlib
+
+        for module in self.requires:
+            if importlib.util.find_spec(module) is None:
+                return False, f"{module} is not installed (pip install 'mosaic-search[cuda]')"
+        try:
+            torch = importlib.import_module("torch")
+        except ImportError:
+            return False, "torch is not installed"
+        if self.requires and not torch.cuda.is_available():
+            return False, "no CUDA device (the PyTorch reference path runs instead)"
+        return True, ""
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a layer of this operator lets transformers' cache count the tokens seen (see `unbuildable`)."""
+        return self.layer_type in COUNTING_LAYER_TYPES
+
+
+# transformers' caches answer get_seq_length() from their attention slots only: a model without one cannot
+# generate with a cache (positions and masks come from that count).
+COUNTING_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+REGISTRY: dict[str, OperatorSpec] = {}
+
+
+def register(spec: OperatorSpec) -> OperatorSpec:
+    """Add an operator; names and symbols must be unique."""
+    if spec.name in REGISTRY:
+        raise ValueError(f"operator {spec.name} registered twice")
+    if any(s.symbol == spec.symbol for s in REGISTRY.values()):
+        raise ValueError(f"symbol {spec.symbol} of {spec.name} is already taken")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> OperatorSpec:
+    """The spec for a registry key, or a one-line error suggesting the nearest key."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f'unknown operator "{name}"{did_you_mean(name, REGISTRY)}; '
+                         f'known: {", ".join(REGISTRY)}') from None
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """An operator with its params, e.g. swa with window=1024; hashable, so it keys tables."""
+
+    op: str
+    params: tuple[tuple[str, Any], ...] = field(default=())
+
+    @classmethod
+    def of(cls, op: str, params: dict | None = None) -> "Candidate":
+        """Validate `op` and `params` against the registry and build the candidate."""
+        spec = get(op)
+        params = dict(params or {})
+        for key, value in params.items():
+            if key not in spec.params:
+                allowed = ", ".join(spec.params) or "none"
+                raise UsageError(f'{op}: unknown param "{key}"{did_you_mean(key, spec.params)}; allowed: {allowed}')
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UsageError(f"{op}: {key} must be a positive integer, got {value!r}")
+        missing = [p for p in spec.params if p not in params]
+        if missing:
+            raise UsageError(f"{op}: missing param {', '.join(missing)} (e.g. {op}:{missing[0]}=1024)")
+        return cls(op, tuple(sorted(params.items())))
+
+    @classmethod
+    def teacher(cls, layer_type: str = "full_attention", window: int | None = None) -> "Candidate":
+        """The operator a softmax-attention teacher's decoder layer of HF type `layer_type` is, as is (the spec whose
+        `teacher_layer_type` it is): gqa for full attention, swa with the teacher's `window` for sliding attention.
+        A sliding layer without a window is full attention. Raises UsageError for any other layer type."""
+        if layer_type == "sliding_attention" and not window:
+            layer_type = "full_attention"
+        for spec in REGISTRY.values():
+            if spec.teacher_layer_type == layer_type:
+                return cls.of(spec.name, {p: window for p in spec.params})
+        known = " / ".join(s.teacher_layer_type for s in REGISTRY.values() if s.teacher_layer_type)
+        raise UsageError(f'layer type "{layer_type}": mosaic starts from softmax-attention teachers '
+                         f"(layer_types {known})")
+
+    @classmethod
+    def parse(cls, text: str) -> "Candidate":
+        """Parse 'op' or 'op:key=value[:key=value]', e.g. 'swa:window=1024', or the short form the tables show,
+        'swa:1024' (values in the operator's param order, see `label`)."""
+        op, *parts = text.strip().split(":")
+        names = get(op.strip()).params if parts else ()
+        params = {}
+        for i, part in enumerate(parts):
+            key, sep, value = part.partition("=")
+            if not sep and i < len(names):
+                key, value = names[i], part
+            elif not sep or not key:
+                raise UsageError(f'cannot parse candidate "{text}": expected op:key=value')
+            try:
+                params[key.strip()] = int(value)
+            except ValueError:
+                raise UsageError(f'{op}: {key} must be a positive integer, got "{value}"') from None
+        return cls.of(op.strip(), params)
+
+    @property
+    def spec(self) -> OperatorSpec:
+        """The registry record of this candidate's operator."""
+        return REGISTRY[self.op]
+
+    @property
+    def kwargs(self) -> dict:
+        """The params as keyword arguments."""
+        return dict(self.params)
+
+    def to_json(self) -> dict:
+        """The structured form written into artifacts: {"op": ..., "params": {...}}."""
+        return {"op": self.op, "params": dict(self.params)}
+
+    def __str__(self) -> str:
+        return ":".join([self.op, *(f"{k}={v}" for k, v in self.params)])
+
+    @property
+    def window(self) -> int | None:
+        """The tokens one query attends to at most (itself included), or None for every token before it."""
+        return self.spec.window(self.kwargs)
+
+    def sees_all(self, tokens: int) -> bool:
+        """Whether a query that `tokens` tokens precede (itself included) attends to all of them: a window that
+        long computes exactly full attention."""
+        return self.window is None or self.window >= tokens
+
+    def check_fits(self, dims) -> "Candidate":
+        """Return self, or raise UsageError when a param exceeds what a model of `dims` allows (`max_params`)."""
+        for key, limit in self.spec.max_params(dims).items():
+            if self.kwargs.get(key, 0) > limit:
+                raise UsageError(f"{self}: {key} must be at most {limit} for this model, got {self.kwargs[key]}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The short name tables and plots show, e.g. 'swa:1024' for swa:window=1024 (`parse` reads it back)."""
+        kw = self.kwargs
+        return ":".join([self.op, *(str(kw[p]) for p in self.spec.params)])
+
+
+OPS_HELP = ("Comma-separated candidates, e.g. gqa,swa,gdn or swa:window=1024,mla:rank=256. A bare operator with "
+            "params (swa, mla) means its default params for this model: every default window / rank (in solve: "
+            "every one the profile and scores hold).")
+
+
+def parse_candidates(ops, dims) -> list[Candidate]:
+    """The candidates `ops` names for a model of dimensions `dims` (`surgery.dims_of`); duplicates dropped.
+
+    `ops`: None (every operator with its default params), a string such as 'gqa,swa,mla:rank=64' or a list of
+    such items and Candidates. A bare operator with params ('swa') stands for its `default_params(dims)`:
+    the grammar of every command's --ops (`OPS_HELP`). Raises UsageError for unknown operators or params.
+    """
+    if ops is None:
+        return default_candidates(dims)
+    items = ops.split(",") if isinstance(ops, str) else list(ops)
+    out: list[Candidate] = []
+    try:
+        for item in items:
+            if isinstance(item, Candidate):
+                found = [item]
+            elif not str(item).strip():
+                continue
+            elif ":" in str(item) or not get(str(item).strip()).params:
+                found = [Candidate.parse(str(item))]
+            else:
+                op = str(item).strip()
+                found = [Candidate.of(op, p) for p in REGISTRY[op].default_params(dims)]
+            out += [c for c in found if c not in out]
+        if not out:
+            raise UsageError("empty operator list")
+        return [c.check_fits(dims) for c in out]
+    except UsageError as e:  # named as solve names it: the flag every command shares
+        raise UsageError(f"--ops: {e}") from None
+
+
+def default_candidates(dims) -> list[Candidate]:
+    """Every registered operator with its default params for a model of these dimensions."""
+    return [Candidate.of(name, p) for name, spec in REGISTRY.items() for p in spec.default_params(dims)]
+
+
+def unbuildable(layers) -> str | None:
+    """Why a per-layer assignment (one Candidate per layer) cannot become a model that generates, or None.
+
+    The one validity rule: solve imposes it as a MIP constraint (so the sweep, the reachability report and
+    solve_many do too), the baselines and the solver's re-check refuse it, build and bench refuse such a plan.
+    """
+    if not any(REGISTRY[c.op].counts_tokens for c in layers):
+        ops = ", ".join(sorted({c.op for c in layers}))
+        return (f"only {ops} layers: a model needs at least one attention layer (an operator of layer type "
+                f"{' or '.join(COUNTING_LAYER_TYPES)}) for transformers' cache to count tokens in generate()")
+    return None
+
+
+def cache_layout(layer_types: list, windows: list) -> dict:
+    """The text-config fields from which transformers builds each layer's cache slot as its mixer needs it.
+
+    `layer_types`: one per layer (transformers' vocabulary, `OperatorSpec.layer_type`); `windows`: each layer's window
+    or None (`Candidate.window`). Returns `layer_types`, the largest window as `sliding_window` (with Qwen3's
+    `use_sliding_window`), and, when windows differ, every sliding layer's own window in `per_layer_config`
+    (transformers' heterogeneous configs), so a layer with a smaller window caches, and in a static cache rolls, only
+    its own window instead of the largest.
+    """
+    sliding = {i: w for i, (t, w) in enumerate(zip(layer_types, windows)) if t == "sliding_attention"}
+    fields = {"layer_types": list(layer_types), "sliding_window": max(sliding.values(), default=None),
+              "use_sliding_window": bool(sliding)}
+    if len(set(sliding.values())) > 1:
+        fields["per_layer_config"] = {i: {"sliding_window": w} for i, w in sliding.items()}
+        # the teacher's own attention classes read the global window while the model is built, before the mixers
+        # replace them: allowed, as the cache (the only other reader) takes the per-layer values
+        fields["allow_global_per_layer_attribute_access"] = True
+    return fields
+
+
+def pattern_string(candidates) -> str:
+    """One symbol per layer, e.g. 'GGSDG'."""
+    return "".join(REGISTRY[c.op].symbol for c in candidates)
+
+
+def from_symbol(symbol: str) -> OperatorSpec:
+    """The operator whose one-letter symbol this is."""
+    for spec in REGISTRY.values():
+        if spec.symbol == symbol:
+            return spec
+    symbols = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values())
+    raise UsageError(f'unknown pattern symbol "{symbol}"; known: {symbols}')
+
+
+# matplotlib's tab10, in registry order: an operator has one colour in every plot, whichever others it is drawn with
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")
+
+
+def plot_color(op: str) -> str:
+    """The hex colour every plot draws operator `op` in (UsageError for an unknown op)."""
+    get(op)
+    return _PALETTE[list(REGISTRY).index(op) % len(_PALETTE)]

@@ -1,0 +1,95 @@
+"""Checks of the package's shape that anyone can run: the import graph has no cycle and no module grows past the
+house's size without saying why at its top."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mosaic_search"
+MAX_LINES = 450
+REASON = "Longer than the house's ~450 lines:"  # how a module's docstring says why it is longer
+
+
+def _modules() -> dict[str, Path]:
+    """{dotted name: file} of every module of the package (the embedded teacher's training script aside: it runs
+    outside the package, with its own imports)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "assets" in path.relative_to(PACKAGE).parts:
+            continue
+        parts = ("mosaic_search", *path.relative_to(PACKAGE).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict) -> set[str]:
+    """The package modules `name` imports anywhere in its file (a function-level import is an arrow too)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from . import x`: x is a submodule, or a name defined in the package's __init__
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in modules:  # an attribute path: the module that holds it
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _cycle(graph: dict) -> list | None:
+    """One import cycle of `graph`, as [a, b, ..., a], or None."""
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == "open":
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        state[n] = "done"
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    modules = _modules()
+    graph = {n: _imports(n, p, modules) for n, p in modules.items()}
+    # the package's lazy entry points (`mosaic_search.profile` ...) load on attribute access, not on import
+    graph["mosaic_search"] = set()
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    names = [n for n in sorted(_modules()) if n != "mosaic_search.__main__"]  # that one runs the CLI when imported
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    run = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr.strip().splitlines()[-1:]
+
+
+def test_no_module_is_longer_than_the_house_without_a_reason_at_its_top():
+    long = []
+    for name, path in _modules().items():
+        text = path.read_text()
+        if text.count("\n") > MAX_LINES and REASON not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{name} ({text.count(chr(10))} lines)")
+    assert not long, f"over {MAX_LINES} lines with no reason in the docstring: {', '.join(long)}"
