@@ -12,11 +12,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: setup demo test
+.PHONY: setup demo test unit slow
 setup: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/mosaic demo --out demo_report
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# the unit suite (fast), then the tests marked slow (subprocesses, torchrun, whole pipelines, the demo)
+test: unit slow
+
+unit: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
