@@ -21,6 +21,8 @@ from typing import Any, Iterator
 from .errors import UsageError
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
+# where the stages write by default, relative to the working directory (docs/design.md §5)
+PROFILES_DIR, PLANS_DIR = "profiles", "layer_plans"
 
 
 def umask() -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import schema
 from .errors import UsageError
-from .files import append_line, atomic_path
+from .files import PLANS_DIR, append_line, atomic_path
 from .models import slug
 from .operators import Candidate
 from .schema import CandidateLibrary, Header, LayerPlan, LibraryEntry, ModelRef
@@ -69,7 +69,7 @@ def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
     if not want:
         return None
     folders = [plan_path.parent] if plan_path is not None else []
-    folders.append(Path("layer_plans") / slug(plan.header.model.id))
+    folders.append(Path(PLANS_DIR) / slug(plan.header.model.id))
     for folder in dict.fromkeys(f.resolve() for f in folders if f.is_dir()):
         for sidecar in sorted(folder.glob("*.json")):
             try:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from . import schema
 from .errors import StaleInputError, UsageError, did_you_mean
+from .files import PLANS_DIR, PROFILES_DIR
 from .operators import REGISTRY, Candidate, unbuildable
 from .schema import LatencyProfile, SensitivityTable, Workload
 
 METRICS = ("kl", "delta_loss")
-PROFILES_DIR, PLANS_DIR = "profiles", "layer_plans"  # where the stages write by default (docs/design.md §5)
 
 
 @dataclass(frozen=True)

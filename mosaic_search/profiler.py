@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import surgery, timing
 from .errors import UsageError
-from .files import check_output, output_path
+from .files import PROFILES_DIR, check_output, output_path
 from .harness import Bench, check_device, environment, load_bench
 from .models import load_config, model_ref, slug
 from .operators import Candidate, parse_candidates, pattern_string
@@ -263,7 +263,7 @@ def additivity(assignments: dict, workloads, fixed: dict, layer_ms: dict, measur
 
 def profile_path(model: str, env: dict, out=None) -> Path:
     """Where a profile goes: `out`, or profiles/<model>--<device>.json."""
-    return output_path(out, Path("profiles") / f"{slug(model)}--{_device_slug(env)}.json")
+    return output_path(out, Path(PROFILES_DIR) / f"{slug(model)}--{_device_slug(env)}.json")
 
 
 def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cpu", assignments=None,

@@ -31,7 +31,7 @@ from pathlib import Path
 from . import align as align_mod
 from . import distributed, library, schema
 from .errors import MosaicError, UsageError
-from .files import check_output, json_text, output_path, write_text
+from .files import PLANS_DIR, check_output, json_text, output_path, write_text
 from .models import slug
 from .operators import Candidate, parse_candidates
 from .schema import Header, SensitivityEntry, SensitivityTable
@@ -46,7 +46,7 @@ HELD_OUT_ROWS = 2  # scored windows on which alignment reports its normalised MS
 
 def table_path(teacher: str, out=None) -> Path:
     """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
-    path = output_path(out, Path("layer_plans") / slug(teacher) / "sensitivity.json")
+    path = output_path(out, Path(PLANS_DIR) / slug(teacher) / "sensitivity.json")
     if path.suffix != ".json":
         raise UsageError(f"--out {path}: expected a .json file path")
     return path

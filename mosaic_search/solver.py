@@ -14,7 +14,8 @@ from . import baselines, files, frames, schema
 from .errors import InfeasibleError, MosaicError, UsageError, did_you_mean
 from .models import slug
 from .operators import REGISTRY, Candidate, pattern_string, plot_color
-from .problem import PLANS_DIR, Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
+from .files import PLANS_DIR
+from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
 from .schema import Header, LayerPlan, Pareto
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
