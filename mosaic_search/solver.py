@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import baselines, files, frames, schema
 from .errors import InfeasibleError, MosaicError, UsageError, did_you_mean
+from .files import PLANS_DIR
 from .models import slug
 from .operators import REGISTRY, Candidate, pattern_string, plot_color
-from .files import PLANS_DIR
 from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
 from .schema import Header, LayerPlan, Pareto
 

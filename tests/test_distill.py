@@ -199,7 +199,7 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(builds, tmp_path):
     killed_at = json.loads(state.read_text())["step"]
     assert 0 < killed_at < 80
     resumed = subprocess.run(_distill_cmd(builds["drop"], out, *steps, "--resume"), capture_output=True, text=True)
-    assert resumed.returncode == 0 and f"resuming from" in resumed.stderr, resumed.stderr
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
     a, b = _state(tmp_path / "whole"), _state(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert distill_mod.load_record(out)["losses"] == distill_mod.load_record(tmp_path / "whole")["losses"]
@@ -277,12 +277,13 @@ def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
     assert main(["distill", "m", "--teacher", "T", "--oracle", "O", "--oracle-weight", "0.3", "--data", "D",
                  "--stage", "onpolicy", "--steps", "7", "--lr", "0.01", "--trainable", "all", "--hidden-weight", "0",
                  "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o", "--resume",
-                 "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval", "--seed", "3"]) == 0
+                 "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval", "--seed", "3",
+                 "--parallel", "fsdp"]) == 0
     seen.pop("progress")
     assert seen == dict(model="m", teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy", steps=7,
                         tokens=None, lr=0.01, trainable="all", hidden_weight=0.0, divergence="jsd", batch_size=8,
                         seq_len=128, out="o", resume=True, overwrite=True, checkpoint_every=5, eval_data="E",
-                        quality=False, seed=3, device="cpu")
+                        quality=False, seed=3, device="cpu", parallel="fsdp")
     capsys.readouterr()
     got = {}
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda model, **kw: got.update(model=model, **kw) or {
