@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_search import builder, cli, profiler, schema, scorer, solver
+from mosaic_search import builder, profiler, schema, scorer, solver, terminal
 from mosaic_search.cli import main
 from mosaic_search.errors import EXIT_INTERRUPTED
 from mosaic_search.models import load_config, model_ref
@@ -178,14 +178,14 @@ def test_a_plan_with_a_rank_above_the_model_is_refused_by_build(tmp_path, capsys
 
 def test_progress_without_a_terminal_is_plain_rate_limited_lines(monkeypatch, capsys):
     now = [100.0]
-    monkeypatch.setattr(cli, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    with cli._progress("scoring") as tick:  # capsys's stderr is no terminal
+    monkeypatch.setattr(terminal, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    with terminal.progress("scoring") as tick:  # capsys's stderr is no terminal
         for done in range(1, 101):
             now[0] += 0.25  # 100 ticks over 25 s
             tick(done, 100, f"item {done}")
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "scoring: 1/100 item 1 (0 s)" and lines[-1] == "scoring: 100/100 item 100 (25 s)"
-    assert cli.PROGRESS_EVERY_S == 5 and len(lines) == 6  # at 0.25 s, then 5.25, 10.25, 15.25, 20.25, and the last
+    assert terminal.PROGRESS_EVERY_S == 5 and len(lines) == 6  # at 0.25 s, then 5.25, 10.25, 15.25, 20.25, and the last
 
 
 def test_profile_prints_progress_lines_and_its_timing_spread(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from mosaic_search import builder, cli, frames, profiler, scorer, solver, speedup, to_frame
+from mosaic_search import builder, frames, profiler, scorer, solver, speedup, terminal, to_frame
 from mosaic_search.cli import main
 from mosaic_search.operators import Candidate
 from mosaic_search.schema import Workload
@@ -153,7 +153,7 @@ def test_bad_table_paths_exit_2_before_any_work(tmp_path, monkeypatch, capsys):
 def columns80(monkeypatch):
     """The CLI's console 80 columns wide, as rich reads COLUMNS at every print."""
     monkeypatch.setenv("COLUMNS", "80")
-    assert cli.console.width == 80
+    assert terminal.console.width == 80
 
 
 def _shown(capsys, argv) -> str:

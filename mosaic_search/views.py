@@ -1,0 +1,218 @@
+"""What each `mosaic` command prints from the library's result: its tables, or with --json its JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .terminal import console, emit_json, ms, print_table, x
+
+
+def _wrote(*paths) -> None:
+    console.print("wrote " + " and ".join(str(p) for p in paths if p))
+
+
+def profile(prof, path, table=None, as_json: bool = False) -> None:
+    """Stage 1: per-layer latency of every candidate at layer 0 (speedup vs gqa), the timing spread, additivity."""
+    from . import profiler
+
+    rows, noise = prof.validation, profiler.spread(prof)
+    if as_json:
+        return emit_json({"profile": str(path), "validation": list(rows), "spread": noise, "table": table})
+    layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
+    gqa = {w: layer0.get((profiler.Candidate.teacher(), w)) for w in (w.name for w in prof.workloads)}
+    body = []
+    for cand in dict.fromkeys(c for c, _ in layer0):
+        cells = []
+        for w in prof.workloads:
+            e, ref = layer0[(cand, w.name)], gqa[w.name]
+            if e.status != "ok":
+                cells.append(e.status)
+            else:
+                ratio = f" ({x(ref.latency_ms / e.latency_ms)})" if ref and ref.status == "ok" and e.latency_ms else ""
+                cells.append(f"{ms(e.latency_ms)}{ratio}")
+        body.append((cand.label, *cells))
+    body.append(("fixed part", *(ms(prof.fixed_ms.get(w.name)) for w in prof.workloads)))
+    body.append(("whole teacher", *(ms(prof.baseline_ms.get(w.name)) for w in prof.workloads)))
+    print_table(f"latency per decoder layer, ms (speedup vs gqa): {prof.header.env.get('device_name')}",
+                [("candidate", "label"), *((w.name, "num") for w in prof.workloads)], body)
+    if noise:
+        console.print(f"timing spread, p80/p20 per entry: median {noise['median']:.2f}x, max {noise['max']:.2f}x "
+                      f"({noise['worst']}) over {noise['entries']} entries")
+    _wrote(path, table)
+    if rows:
+        print_table("additivity: fixed + sum of layers vs whole model",
+                    [("assignment", "text"), ("pattern", "text"), ("workload", "label"), ("predicted ms", "num"),
+                     ("measured ms", "num"), ("error %", "num")],
+                    [(r["assignment"], r["pattern"], r["workload"], ms(r["predicted_ms"]), ms(r["measured_ms"]),
+                      f"{r['error_pct']:+.1f}") for r in rows], lead=3)
+
+
+def score(table, path, seconds: float, table_out=None, as_json: bool = False) -> None:
+    """Stage 2: the KL heat table, layers by candidates, with block influence, the work done and the files."""
+    from rich.text import Text
+
+    from . import scorer
+    from .data import SELF
+    from .library import library_path
+    from .schema import to_json
+
+    library, rho = library_path(path), scorer.proxy_agreement(table)
+    if as_json:
+        return emit_json({**to_json(table), "path": str(path), "seconds": seconds, "library": str(library)
+                          if library.is_file() else None, "block_influence_vs_drop": rho, "table": table_out})
+    cands = list(dict.fromkeys(e.candidate for e in table.entries))
+    cell = {(e.layer, e.candidate): e.kl for e in table.entries}
+    top = max(cell.values()) or 1.0
+    bi, rows, c = scorer.block_influence(table), [], table.data["cost"]
+    for layer in sorted({e.layer for e in table.entries}):
+        shade = [f"on color({232 + round(12 * (cell[layer, k] / top) ** 0.5)})" for k in cands]
+        milli = [1e3 * cell[layer, k] for k in cands]
+        rows.append((str(layer), *(Text(f"{m:.3g}" if m < 1e3 else f"{m:.0f}", style=s) for m, s in zip(milli, shade)),
+                     f"{bi.get(layer, float('nan')):.2f}"))
+    source = table.data["source"]
+    source = source if source == SELF else Path(source).name  # the file's name: its folder made titles wrap
+    print_table(f"KL(teacher || swapped), 1e-3 nats/token: {table.header.model.id}, {table.data['tokens']} tokens "
+                f"of {source}",
+                [("layer", "num"), *((k.label, "num") for k in cands), ("BI", "num")], rows,
+                caption=f"work {c['done_full_forwards']:.1f} full-forward equivalents vs "
+                        f"{c['naive_full_forwards']:.1f} naive ({c['ratio']:.0%}); {seconds:.0f} s"
+                        + ("" if rho is None else f"\nBI (block influence) vs drop KL, rank correlation {rho:.2f}"))
+    _wrote(path, library if library.is_file() else None, table_out)
+
+
+def sweep(front: dict, table=None, as_json: bool = False) -> None:
+    """Stage 3 --sweep: the Pareto frontier, one row per target speedup."""
+    if as_json:
+        return emit_json({**front, "table": table})
+    workloads = front["constraints"]["workloads"]
+    print_table(f"Pareto frontier: {front['model']['id']} (predicted loss, and speedup per workload, vs target)",
+                [("target", "num"), ("loss", "num"), ("pattern", "label"), *((w, "num") for w in workloads)],
+                [(x(pt["target_speedup"]), f"{pt['objective']:.4g}" if pt["feasible"] else "infeasible",
+                  pt.get("pattern", ""),
+                  *(x(pt["predicted"][w]["speedup"]) if pt["feasible"] else "-" for w in workloads))
+                 for pt in front["points"]])
+    console.print("wrote " + ", ".join(front["files"] + ([table] if table else [])))
+
+
+def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
+    """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
+    from .schema import to_json
+
+    if as_json:
+        return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else
+                         {**to_json(plans[0]), "path": str(paths[0]), "table": table})
+    for plan, path in zip(plans, paths):
+        s, pred = plan.solver, plan.predicted
+        gap = "-" if s.get("mip_gap") is None else f"{s['mip_gap']:.2g}"
+        rows = [(str(row["layer"]), plan.layers[row["layer"]].label, f"{row['loss']:.4g}",
+                 *(ms(row["saved_ms"].get(w)) for w in pred)) for row in s["per_layer"]]
+        rows += [("", "predicted ms", "", *(ms(v["latency_ms"]) for v in pred.values())),
+                 ("", "speedup", "", *(x(v["speedup"]) for v in pred.values()))]
+        print_table(f"{plan.pattern}  loss {plan.objective:.4g}  ({s['name']}: {s['status']}, "
+                    f"{s['seconds'] * 1000:.0f} ms, gap {gap}); ms saved per layer, by workload",
+                    [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
+                    rows, lead=2)
+        _wrote(path, table)
+
+
+def model_dir(path, as_json: bool = False) -> None:
+    """Stage 4: where the built model went, and how to load it."""
+    if as_json:
+        return emit_json({"model_dir": str(path)})
+    console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
+
+
+def distilled(model: str, path, record: dict, as_json: bool = False) -> None:
+    """Stage 5: quality before and after distillation (when measured) and the recovered model's directory."""
+    if as_json:
+        return emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"]})
+    measured = record["quality"]
+    if measured["after"] is not None:
+        quality(f"{Path(model).name}: quality against {record['teacher']} before and after distillation",
+                {"before": measured["before"], "after": measured["after"]})
+    console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
+
+
+def evaluated(model: str, result: dict, as_json: bool = False) -> None:
+    """`eval`: the model's KL, held-out loss and recall against its teacher."""
+    if as_json:
+        return emit_json(result)
+    e = result["eval"]
+    quality(f"{model} against {result['teacher']}: {e['windows']} x {e['seq_len']} tokens of {e['source']}"
+            + (f", {e['probes']} probes" if e["probes"] else ""), {"model": result})
+
+
+def quality(title: str, rows: dict) -> None:
+    """KL, held-out loss and recall per bucket, one row per measured model."""
+    buckets = list(dict.fromkeys(b for q in rows.values() for b in q.get("recall", {})))
+    print_table(title, [("", "label"), ("KL", "num"), ("held-out loss", "num"),
+                        *((f"recall {b}", "num") for b in buckets)],
+                [(name, f"{q['kl']:.4f}", f"{q['heldout_loss']:.4f}",
+                  *(f"{q['recall'][b]:.1%}" if b in q.get("recall", {}) else "-" for b in buckets))
+                 for name, q in rows.items()])
+
+
+def bench(rows: list, target: str, device: str, as_json: bool = False) -> None:
+    """`bench`: measured vs predicted speedup per workload."""
+    if as_json:
+        return emit_json(rows)
+    print_table(f"{target} vs teacher on {device}",
+                [("workload", "label"), *((col, "num") for col in ("teacher ms", "model ms", "measured", "predicted",
+                                                                   "error %"))],
+                [(r["workload"], ms(r["teacher_ms"]), ms(r["model_ms"]), x(r["measured_speedup"]),
+                  x(r["predicted_speedup"]), "-" if r["error_pct"] is None else f"{r['error_pct']:+.1f}")
+                 for r in rows])
+
+
+def bench_generate(rows: list, target: str, device: str, batch: int, new_tokens: int, as_json: bool = False) -> None:
+    """`bench --generate`: TTFT, TPOT and tokens/s of model.generate per context, against all-gqa and stock."""
+    if as_json:
+        return emit_json(rows)
+    body = []
+    for r in rows:
+        ratios = [x(r[f"tpot_speedup_vs_{ref}"]) for ref in ("all-gqa", "stock")]
+        body.append((str(r["context"]), ms(r["model_ttft_ms"]), ms(r["model_tpot_ms"]),
+                     f"{r['model_tokens_per_s']:.1f}", ms(r["all-gqa_tpot_ms"]), ms(r["stock_tpot_ms"]), *ratios,
+                     x(r["predicted_tpot_speedup"])))
+    print_table(f"{target}: model.generate on {device}, batch {batch}, {new_tokens} new tokens "
+                f"(stock teacher: {rows[0]['stock_mode']} cache)",
+                [(col, "num") for col in ("context", "TTFT ms", "TPOT ms", "tokens/s", "all-gqa TPOT", "stock TPOT",
+                                          "TPOT vs all-gqa", "TPOT vs stock", "predicted")], body)
+
+
+def demo(path) -> None:
+    """`demo`: where the report went."""
+    console.print(f"wrote {path / 'report.md'} (plots: sensitivity.png, pareto.png, plans.png)")
+
+
+def ops(specs, as_json: bool = False) -> None:
+    """`ops`: every registered operator, its HF layer type and whether its fast path runs here."""
+    rows = []
+    for spec in specs:
+        ok, why = spec.fast_path()
+        rows.append({"op": spec.name, "symbol": spec.symbol, "layer_type": spec.layer_type,
+                     "params": list(spec.params), "fast_path": ok, "fast_path_note": why, "summary": spec.summary})
+    if as_json:
+        return emit_json(rows)
+    # why a fast path does not run, once per distinct reason under the table: an install hint stays on one line
+    notes = list(dict.fromkeys(r["fast_path_note"] for r in rows if not r["fast_path"]))
+    columns = [("op", "label"), ("sym", "label"), ("HF layer type", "label"), ("params", "label"),
+               ("fast path", "label"), ("what", "text")]
+    print_table("mosaic operators", columns, [
+        (r["op"], r["symbol"], r["layer_type"], ",".join(r["params"]) or "-",
+         "yes" if r["fast_path"] else f"no ({notes.index(r['fast_path_note']) + 1})", r["summary"]) for r in rows],
+        lead=len(columns))
+    for k, note in enumerate(notes, 1):
+        console.print(f"({k}) {note}")
+
+
+def check(results: list, model: str, layer: int, tokens: int, as_json: bool = False) -> None:
+    """`check`: per candidate, whether generation with a cache equals generation without, and its tokens."""
+    from .operators import Candidate
+
+    if as_json:
+        return emit_json(results)
+    print_table(f"swap check: {model}, layer {layer}, {tokens} new tokens",
+                [("candidate", "label"), ("cache == no cache", "label"), ("tokens", "text")],
+                [(Candidate.parse(r["candidate"]).label, "yes" if r["match"] else "NO",
+                  " ".join(map(str, r["tokens"]))) for r in results], lead=3)
