@@ -6,7 +6,6 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -243,8 +242,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
     from . import distill as lib
 
-    # distill.py names its checkpoint folder the same way; it has no public function for it
-    ckpt, show = Path(f"{lib.default_out(model, out)}.checkpoint"), rank0()
+    ckpt, show = lib.checkpoint_path(lib.default_out(model, out)), rank0()
     with interruptible(lambda: f"the checkpoint in {ckpt} is kept; rerun with --resume to continue"
                        if ckpt.is_dir() else f"{NOTHING_WRITTEN} (no checkpoint yet)"), \
             progress("distilling", show) as tick:

@@ -111,7 +111,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, flag="--eval-data")
              if quality and (eval_data or teacher == TINY) else None)
     check_device(device)
-    ckpt = out.with_name(out.name + ".checkpoint")
+    ckpt = checkpoint_path(out)
     if resume and not (ckpt / "state.json").is_file():
         print(f"note: --resume: no checkpoint at {ckpt}; starting from step 0", file=sys.stderr)
 
@@ -171,6 +171,11 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
 def default_out(model: str, out=None) -> Path:
     """Where `distill` writes: `out`, or `<model>-distilled` beside the model directory."""
     return output_path(out, Path(str(Path(model)).rstrip("/") + "-distilled"), folder=True)
+
+
+def checkpoint_path(out: Path) -> Path:
+    """The checkpoint folder of a run writing `out`: `<out>.checkpoint` beside it (removed when the run ends)."""
+    return out.with_name(out.name + ".checkpoint")
 
 
 def _step(step: int, plan: list, s: dict, wrapped, student, ref, oracle, windows, params, opt, rank: int,
