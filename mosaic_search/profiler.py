@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import surgery, timing
@@ -83,14 +83,14 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     baseline = {w.name: median(("baseline", w.name)) for w in wls}
     fixed = {w.name: median(("fixed", w.name)) for w in wls}
     entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size())
-    rows = additivity(checks, wls, fixed, layer_table(entries),
-                      {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls})
     header = Header.new(model_ref(model, config), env={
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
-                            entries=tuple(entries), validation=tuple(rows), teacher=tuple(bench.teacher))
+                            entries=tuple(entries), teacher=tuple(bench.teacher))
+    measured = {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls}
+    result = replace(result, validation=tuple(additivity(result, checks, measured)))
     save(result, path)
     _warn_if_noisy(result, device)
     return result
@@ -245,17 +245,16 @@ def spread(prof: LatencyProfile) -> dict | None:
             "entries": len(ratios)}
 
 
-def additivity(assignments: dict, workloads, fixed: dict, layer_ms: dict, measured: dict) -> list[dict]:
-    """Rows of predicted (fixed + sum of layers) vs measured whole-model latency, one per (assignment, workload)
-    with every part timed. `layer_ms`: `layer_table`; `measured`: {(assignment name, workload): ms}."""
+def additivity(prof: LatencyProfile, assignments: dict, measured: dict) -> list[dict]:
+    """Rows of predicted (the profile's fixed + sum of layers, `LatencyProfile.predicted_ms`) vs measured
+    whole-model latency, one per (assignment, workload) with every part timed. `measured`: {(assignment name,
+    workload): ms}."""
     rows = []
     for name, layers in assignments.items():
-        for w in workloads:
-            parts = [layer_ms.get((i, c, w.name)) for i, c in enumerate(layers)]
-            got = measured.get((name, w.name))
-            if None in parts or fixed.get(w.name) is None or got is None:
+        for w in prof.workloads:
+            pred, got = prof.predicted_ms(w.name, layers), measured.get((name, w.name))
+            if pred is None or got is None:
                 continue
-            pred = fixed[w.name] + sum(parts)
             rows.append({"assignment": name, "pattern": pattern_string(layers), "workload": w.name,
                          "predicted_ms": pred, "measured_ms": got, "error_pct": 100 * (pred - got) / got})
     return rows
@@ -296,7 +295,7 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
                 pool.measure(("whole", name, w.name), lambda: bench.model_fn(w), w)
     stats = pool.stats(reference_ms=profile_obj.baseline_ms if reference else None)
     measured = {key[1:]: st.median_ms for key, st in stats.items() if key[0] == "whole"}  # (name, workload)
-    return additivity(assignments, profile_obj.workloads, profile_obj.fixed_ms, table, measured)
+    return additivity(profile_obj, assignments, measured)
 
 
 def layer_table(entries) -> dict:
