@@ -7,7 +7,8 @@ Two stages, as MOSAIC-4B's recovery (off-policy realignment, then on-policy dist
 - `onpolicy`: generalized knowledge distillation (GKD: Agarwal et al. 2024, "On-Policy Distillation of Language
   Models: Learning from Self-Generated Mistakes"): the student samples continuations of data prompts, the teacher
   (and, with an oracle, a second teacher of the same vocabulary, mixed with weight `oracle_weight`) scores them,
-  loss = the chosen divergence on the student's own tokens.
+  loss = the chosen divergence on the student's own tokens, plus the stage-1 KL on the prompt's tokens (which both
+  forward passes cover anyway) so that the few sampled tokens per step do not pull the model off what stage 1 aligned.
 
 Durable and reproducible: every random choice of a step (its data rows, its samples) is seeded from (seed, step,
 rank), so a checkpoint (trainable weights + optimizer state, every `checkpoint_every` steps, written whole into
@@ -47,6 +48,7 @@ WARMUP_FRACTION = 0.1
 CLIP_NORM = 1.0
 ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a prompt of the rest of a data window
 JSD_BETA = 0.5
+PROMPT_WEIGHT = 1.0  # on-policy: weight of the teacher-forced KL on the prompt's tokens (`_onpolicy_loss`)
 CHECKPOINT_EVERY = 25
 # `self` data: the off-policy stage's windows, sampled once (at most this many; fewer are reused by epochs). On the
 # embedded teacher, 400 fresh samples recovered 80.5% of a plan's held-out gap where its 64 calibration windows, seen
@@ -404,7 +406,9 @@ def _offpolicy_loss(wrapped, ref, rows, hidden_weight: float):
 
 def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, divergence: str):
     """The chosen divergence between the teacher (mixed with the oracle) and the student on the tokens the student
-    sampled after each (text) row's prompt."""
+    sampled after each (text) row's prompt, plus PROMPT_WEIGHT x KL(teacher || student) on the prompt's own tokens,
+    teacher-forced as in stage 1: both forward passes cover them anyway, and without them the few sampled tokens
+    per step undid part of stage 1 (GKD mixes fixed data with the student's samples for the same reason)."""
     import torch
 
     from .data import Windows
@@ -422,13 +426,14 @@ def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, di
     student.train()
     gen = _Rows(Windows.of(sampled.cpu()))
     with torch.no_grad():
-        t_logits = _forward(ref, gen, False)[0][:, prompt - 1:-1]
+        t_all = _forward(ref, gen, False)[0]
         o_logits = _forward(oracle, gen, False)[0][:, prompt - 1:-1] if oracle is not None else None
-    s_logits = _forward(wrapped, gen, False)[0][:, prompt - 1:-1]
+    s_all = _forward(wrapped, gen, False)[0]
+    t_logits, s_logits = t_all[:, prompt - 1:-1], s_all[:, prompt - 1:-1]
     loss = _divergence(t_logits, s_logits, divergence)
     if o_logits is not None:
         loss = (1 - oracle_weight) * loss + oracle_weight * _divergence(o_logits, s_logits, divergence)
-    return loss
+    return loss + PROMPT_WEIGHT * _divergence(t_all[:, :prompt - 1], s_all[:, :prompt - 1], "forward")
 
 
 def _divergence(t_logits, s_logits, kind: str, mask=None):

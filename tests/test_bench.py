@@ -85,6 +85,7 @@ def test_bad_targets(tmp_path):
         bench(_plan(tmp_path, _layers(n), {}), device="cuda", workloads=["decode:8"])
 
 
+@pytest.mark.slow
 def test_generate_is_timed_end_to_end_against_an_all_gqa_build_and_the_stock_teacher(tmp_path, monkeypatch):
     """`bench --generate`: the built directory loaded as users load it, and both references, each generating the
     requested tokens; speedups are the ratios of the reported times, next to the plan's prediction."""

@@ -322,6 +322,7 @@ def test_tokenizer_loads_with_the_standard_classes_and_never_prompts(built, monk
         assert type(tok).__module__.startswith("transformers.") and tok("w5 w6 w7").input_ids == want
 
 
+@pytest.mark.slow
 def test_loads_in_a_fresh_process_without_mosaic(built, tmp_path):
     from safetensors.torch import load_file
 
@@ -610,6 +611,7 @@ def test_check_refuses_a_built_model_and_no_tokens(built):
 
 
 @pytest.mark.parametrize("kind", ARCHS)
+@pytest.mark.slow
 def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_path):
     """Both distillation stages through every mixer's PyTorch path (gradients included), on samples of the teacher;
     a sharded build in, a model that loads like a build out."""

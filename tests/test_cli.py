@@ -71,6 +71,7 @@ def test_unknown_command_is_a_usage_error():
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_known_errors_are_one_line_and_debug_shows_traceback():
     r = _run("check", "--model", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2
@@ -87,6 +88,7 @@ def test_bad_values_exit_2(bad):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_check_runs_every_operator_on_tiny():
     r = _run("check", "--json", "--tokens", "4")
     assert r.returncode == 0, r.stderr

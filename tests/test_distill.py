@@ -37,6 +37,7 @@ def _state(path):
     return load_file(str(Path(path) / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_evaluate_the_teacher_against_itself_is_exact():
     r = evaluate("tiny", teacher="tiny", windows=2, seq_len=256)
     assert r["kl"] == 0.0 and r["tokens"] == 2 * 255
@@ -67,6 +68,7 @@ def test_eval_set_errors_are_one_line_usage_errors(tmp_path):
         eval_set("tiny", probes=str(tmp_path), windows=1, seq_len=64)
 
 
+@pytest.mark.slow
 def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -98,6 +100,7 @@ def test_trainable_replaced_trains_only_the_swapped_in_mixers(builds, tmp_path):
     assert {k.split(".")[2] for k in before if not torch.equal(before[k], after[k])} == {"3"}
 
 
+@pytest.mark.slow
 def test_offpolicy_distillation_lowers_kl_on_held_out_text(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", stage="offpolicy", steps=12, batch_size=2,
                               seq_len=256, quality=False, trainable="all", lr=3e-4)
@@ -108,6 +111,7 @@ def test_offpolicy_distillation_lowers_kl_on_held_out_text(builds, tmp_path):
     assert kl[1] < 0.95 * kl[0], kl  # 0.727 -> 0.636 when written
 
 
+@pytest.mark.slow
 def test_the_record_holds_quality_before_and_after(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", stage="offpolicy", steps=1, batch_size=1,
                               seq_len=64, trainable="all")
@@ -169,6 +173,7 @@ def test_a_model_with_another_tokenizer_is_refused(builds, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_an_oracle_of_the_same_vocabulary_joins_the_onpolicy_stage(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", oracle="tiny", oracle_weight=0.5,
                               stage="onpolicy", divergence="jsd", **QUICK)

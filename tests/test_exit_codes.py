@@ -59,6 +59,7 @@ def test_ctrl_c_exits_130_saying_what_was_kept(monkeypatch, capsys, argv, target
     assert err.startswith("error: interrupted; ") and kept in err
 
 
+@pytest.mark.slow
 def test_a_real_sigint_during_score_keeps_the_finished_items_for_resume(tmp_path):
     out = tmp_path / "s.json"
     args = ["score", "--ops", "gqa,none", "--tokens", "32", "--seq-len", "16", "--out", str(out)]

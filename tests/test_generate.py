@@ -153,6 +153,7 @@ def test_static_cache_holds_a_window_and_fixed_states_however_long(models):
         assert gqa.keys.shape[-2] == PROMPT + steps
 
 
+@pytest.mark.slow
 def test_decode_step_compiles_without_graph_breaks_and_matches_eager(models):
     """The static-cache decode step of a model with every operator: one graph (no break, as transformers needs to
     capture it in a CUDA graph), and inductor's compiled step gives the eager logits."""

@@ -103,6 +103,7 @@ def test_out_of_memory_is_recorded_and_profiling_goes_on(tmp_path):
     assert status["gqa"][0] == status["none"][0] == "ok"
 
 
+@pytest.mark.slow
 def test_default_candidates_and_cpu_workloads(tmp_path):
     timer = ParamTimer()
     prof = profiler.profile("tiny", out=tmp_path / "p.json", timer=timer)
