@@ -7,8 +7,9 @@ Two stages, as MOSAIC-4B's recovery (off-policy realignment, then on-policy dist
 - `onpolicy`: generalized knowledge distillation (GKD: Agarwal et al. 2024, "On-Policy Distillation of Language
   Models: Learning from Self-Generated Mistakes"): the student samples continuations of data prompts, the teacher
   (and, with an oracle, a second teacher of the same vocabulary, mixed with weight `oracle_weight`) scores them,
-  loss = the chosen divergence on the student's own tokens, plus the stage-1 KL on the prompt's tokens (which both
-  forward passes cover anyway) so that the few sampled tokens per step do not pull the model off what stage 1 aligned.
+  loss = the chosen divergence on the student's own tokens, averaged with the stage-1 loss on the prompt's tokens
+  (which both forward passes cover anyway), so that the few sampled tokens per step do not pull the model off what
+  stage 1 aligned.
 
 Durable and reproducible: every random choice of a step (its data rows, its samples) is seeded from (seed, step,
 rank), so a checkpoint (trainable weights + optimizer state, every `checkpoint_every` steps, written whole into
@@ -48,7 +49,6 @@ WARMUP_FRACTION = 0.1
 CLIP_NORM = 1.0
 ONPOLICY_TOKENS = 64  # on-policy: the student writes this many tokens after a prompt of the rest of a data window
 JSD_BETA = 0.5
-PROMPT_WEIGHT = 1.0  # on-policy: weight of the teacher-forced KL on the prompt's tokens (`_onpolicy_loss`)
 CHECKPOINT_EVERY = 25
 # `self` data: the off-policy stage's windows, sampled once (at most this many; fewer are reused by epochs). On the
 # embedded teacher, 400 fresh samples recovered 80.5% of a plan's held-out gap where its 64 calibration windows, seen
@@ -192,7 +192,8 @@ def _step(step: int, plan: list, s: dict, wrapped, student, ref, oracle, windows
     if plan[step] == "offpolicy":
         loss = _offpolicy_loss(wrapped, ref, rows, s["hidden_weight"])
     else:
-        loss = _onpolicy_loss(wrapped, student, ref, oracle, s["oracle_weight"], rows, s["divergence"])
+        loss = _onpolicy_loss(wrapped, student, ref, oracle, s["oracle_weight"], rows, s["divergence"],
+                              s["hidden_weight"])
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for _, p in params], CLIP_NORM)
@@ -396,19 +397,30 @@ def _offpolicy_loss(wrapped, ref, rows, hidden_weight: float):
         t_logits, t_hidden = _forward(ref, rows, hidden_weight > 0)
     s_logits, s_hidden = _forward(wrapped, rows, hidden_weight > 0)
     mask = rows.mask(s_logits.device)
-    loss = _divergence(t_logits[:, :-1], s_logits[:, :-1], "forward", mask[:, :-1])
+    per = _divergence(t_logits[:, :-1], s_logits[:, :-1], "forward")
+    loss = (per * mask[:, :-1]).sum() / mask[:, :-1].sum().clamp_min(1)
     if hidden_weight > 0:
-        m = mask[..., None]
-        terms = [((s - t) * m).pow(2).sum() / (t * m).pow(2).sum().clamp_min(1e-12) for s, t in zip(s_hidden, t_hidden)]
-        loss = loss + hidden_weight * torch.stack(terms).mean()
+        loss = loss + hidden_weight * _hidden_nmse(s_hidden, t_hidden, mask)
     return loss
 
 
-def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, divergence: str):
-    """The chosen divergence between the teacher (mixed with the oracle) and the student on the tokens the student
-    sampled after each (text) row's prompt, plus PROMPT_WEIGHT x KL(teacher || student) on the prompt's own tokens,
-    teacher-forced as in stage 1: both forward passes cover them anyway, and without them the few sampled tokens
-    per step undid part of stage 1 (GKD mixes fixed data with the student's samples for the same reason)."""
+def _hidden_nmse(s_hidden, t_hidden, mask):
+    """The mean over layers of the normalised MSE between the student's and the teacher's hidden states [b, T, d]
+    on real tokens (`mask` [b, T])."""
+    import torch
+
+    m = mask[..., None]
+    return torch.stack([((s - t) * m).pow(2).sum() / (t * m).pow(2).sum().clamp_min(1e-12)
+                        for s, t in zip(s_hidden, t_hidden)]).mean()
+
+
+def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, divergence: str, hidden_weight: float):
+    """Stage 1's loss on each (text) row's prompt followed by the student's own continuation of it: a position that
+    predicts a sampled token gets the chosen divergence from the teacher (mixed with the oracle), one that predicts a
+    prompt token keeps the teacher-forced KL(teacher || student), all averaged per token; plus the hidden-state term
+    over the whole sequence. The prompt's positions come free with the forward passes the sampled ones need; without
+    them the few sampled tokens per step undid part of stage 1 on the embedded teacher (GKD mixes fixed data with
+    the student's samples for the same reason)."""
     import torch
 
     from .data import Windows
@@ -425,19 +437,24 @@ def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, di
                                    pad_token_id=0, cache_implementation="dynamic")
     student.train()
     gen = _Rows(Windows.of(sampled.cpu()))
+    hidden = hidden_weight > 0
     with torch.no_grad():
-        t_all = _forward(ref, gen, False)[0]
-        o_logits = _forward(oracle, gen, False)[0][:, prompt - 1:-1] if oracle is not None else None
-    s_all = _forward(wrapped, gen, False)[0]
-    t_logits, s_logits = t_all[:, prompt - 1:-1], s_all[:, prompt - 1:-1]
-    loss = _divergence(t_logits, s_logits, divergence)
-    if o_logits is not None:
-        loss = (1 - oracle_weight) * loss + oracle_weight * _divergence(o_logits, s_logits, divergence)
-    return loss + PROMPT_WEIGHT * _divergence(t_all[:, :prompt - 1], s_all[:, :prompt - 1], "forward")
+        t_all, t_hidden = _forward(ref, gen, hidden)
+        o_all = _forward(oracle, gen, False)[0] if oracle is not None else None
+    s_all, s_hidden = _forward(wrapped, gen, hidden)
+    cut = prompt - 1  # positions before it predict prompt tokens, the rest the student's samples
+    own = _divergence(t_all[:, cut:-1], s_all[:, cut:-1], divergence)
+    if o_all is not None:
+        own = (1 - oracle_weight) * own + oracle_weight * _divergence(o_all[:, cut:-1], s_all[:, cut:-1], divergence)
+    loss = torch.cat([_divergence(t_all[:, :cut], s_all[:, :cut], "forward"), own], 1).mean()
+    if hidden:
+        loss = loss + hidden_weight * _hidden_nmse(s_hidden, t_hidden, torch.ones_like(sampled, dtype=torch.float32))
+    return loss
 
 
-def _divergence(t_logits, s_logits, kind: str, mask=None):
-    """Mean over (real) tokens of forward KL(t || s), reverse KL(s || t) or the generalized JSD(beta) of GKD."""
+def _divergence(t_logits, s_logits, kind: str):
+    """Per position [b, n] (logits [b, n, V]): forward KL(t || s), reverse KL(s || t) or GKD's generalized
+    JSD(beta)."""
     import torch
     import torch.nn.functional as F
 
@@ -449,9 +466,7 @@ def _divergence(t_logits, s_logits, kind: str, mask=None):
     else:
         m = torch.logsumexp(torch.stack([t + math.log(JSD_BETA), s + math.log(1 - JSD_BETA)]), 0)
         per = JSD_BETA * (t.exp() * (t - m)).sum(-1) + (1 - JSD_BETA) * (s.exp() * (s - m)).sum(-1)
-    if mask is None:
-        return per.mean()
-    return (per * mask).sum() / mask.sum().clamp_min(1)
+    return per
 
 
 class _Rows:
