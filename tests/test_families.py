@@ -84,6 +84,7 @@ def chain(tmp_path_factory, one_thread):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_teacher_operators_are_its_own_per_layer(chain, kind):
     c = chain[kind]
@@ -104,6 +105,7 @@ def test_teacher_operators_are_its_own_per_layer(chain, kind):
     assert schema.load_profile(c["dir"] / "p.json").teacher == prof.teacher  # and reads them back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_teacher_own_operators_build_equals_teacher(chain, kind):
     c = chain[kind]
@@ -114,6 +116,7 @@ def test_teacher_own_operators_build_equals_teacher(chain, kind):
         torch.testing.assert_close(model(ids).logits, teacher(ids).logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FAMILIES)
 @pytest.mark.parametrize("build", ["solved", "mixed"])
 def test_generate_with_either_cache_equals_without(chain, kind, build):
@@ -125,6 +128,7 @@ def test_generate_with_either_cache_equals_without(chain, kind, build):
             assert torch.equal(model.generate(_ids(), cache_implementation=cache, **kwargs), uncached)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gemma3_text", "phi3", "qwen2"])
 def test_mixed_build_equals_swapped_teacher(chain, kind):
     """A global Gemma 3 layer turned swa and a local one gdn keep their teacher layer's RoPE; Phi-3's fused qkv is
@@ -148,6 +152,7 @@ def test_mixed_build_equals_swapped_teacher(chain, kind):
         torch.testing.assert_close(surgery.text_stack(model).forward(ids), want[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gemma3_vlm_refuses_images_in_one_line(chain):
     model = _load_built(chain["gemma3"]["builds"]["own"])
     with pytest.raises(ValueError, match="bidirectionally") as e:
@@ -167,6 +172,7 @@ def test_unsupported_model_type_is_one_line_with_the_nearest_exit_2(tmp_path, ca
     assert len(err.splitlines()) == 1 and 'did you mean "qwen2"' in err and "gemma3_text" in err
 
 
+@pytest.mark.slow
 def test_qwen2_5_vl_images_run_through_the_teachers_tower_and_mrope(chain):
     """An image prompt: the built model equals the swapped teacher, and generates the same with and without cache."""
     c = chain["qwen2_5_vl"]
@@ -188,6 +194,7 @@ def test_qwen2_5_vl_images_run_through_the_teachers_tower_and_mrope(chain):
             assert torch.equal(model.generate(**inputs, cache_implementation=cache, **kwargs), uncached)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["phi3", "gemma3_text"])
 def test_check_generation_builds_each_operator_into_a_layer(chain, kind):
     """`mosaic check` on a fused-qkv teacher and on a hybrid one (layer 1 is a Gemma 3 global layer)."""

@@ -59,6 +59,7 @@ def _first_step(bench, make):
         return fn()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["model", "layers", "fixed"])
 def test_compiled_decode_step_computes_what_the_eager_step_does(monkeypatch, part):
     """Dynamo's tracing of every part of a decode step (inductor's code generation is the GPU test's)."""

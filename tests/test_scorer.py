@@ -187,6 +187,7 @@ def _killed_run(teacher, out, after: int) -> int:
     return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True).returncode
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(teacher, reference, tmp_path):
     out = tmp_path / "s.json"
     assert _killed_run(teacher, out, after=5) == -9
@@ -208,6 +209,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(teacher, reference, tmp_
     assert _rows(stale)[:3] == _rows(reference[0])[:3] and _cell(stale, 0, "gdn").align_steps == 3
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_equal_one_process(teacher, reference, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
