@@ -121,6 +121,12 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
         if batch_size % world:
             raise UsageError(f"--batch-size {batch_size} does not split over {world} processes")
         sharded = world > 1 and parallel == "fsdp"
+        settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle,
+                        oracle_weight=oracle_weight, stages=list(stages), steps_per_stage=per_stage, lr=lr,
+                        trainable=trainable, hidden_weight=hidden_weight, divergence=divergence,
+                        batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world, parallel=parallel)
+        if resume:  # before minutes of sampling: every setting but the data is known now
+            _check_settings(ckpt, settings)
         student, ref, oracle_model = _load(model, teacher, oracle, "cpu" if sharded else device)
         params = _trainable(student, ref, trainable)
         wrapped, ref, oracle_model = (distributed.wrap(m, world, parallel, device, decoder_layers(m))
@@ -131,11 +137,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
         if "onpolicy" in stages and not windows.text:
             raise UsageError(f"--data {source}: every window holds images; on-policy steps need text prompts "
                              "(use --stage offpolicy, or add text rows)")
-        settings = dict(model=str(model), model_sha256=_model_sha256(model), teacher=teacher, oracle=oracle,
-                        oracle_weight=oracle_weight, data=windows.describe(), stages=list(stages),
-                        steps_per_stage=per_stage, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
-                        divergence=divergence, batch_size=batch_size, seq_len=seq_len, seed=seed, world_size=world,
-                        parallel=parallel)
+        settings = {**settings, "data": windows.describe()}
         # rank 0 measures and checkpoints; a sharded model runs only with every process taking part (each gets the
         # same numbers)
         works = rank == 0 or sharded
@@ -526,6 +528,18 @@ def _checkpoint(ckpt: Path, settings: dict, step: int, losses: list, params, opt
                                         "losses": losses, "param_groups": state["param_groups"]})
 
 
+def _check_settings(ckpt: Path, settings: dict) -> None:
+    """Refuse, naming them, the settings in which the checkpoint at `ckpt` (if any) differs from `settings`."""
+    meta = ckpt / "state.json"
+    if not meta.is_file():
+        return
+    saved, now = json.loads(meta.read_text()).get("settings", {}), json.loads(json.dumps(settings))
+    differ = [f"{k} ({saved[k]} there, {now[k]} now)" for k in now if k in saved and saved[k] != now[k]]
+    if differ:
+        raise StaleInputError(f"{ckpt}: the checkpoint was made with other {', '.join(differ)}; rerun with the same "
+                              "arguments, or without --resume to start over")
+
+
 def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
     """(step, losses) of the checkpoint at `ckpt`, loaded into params and opt; (0, []) when there is none."""
     import torch
@@ -536,11 +550,9 @@ def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
         return 0, []
     obj = json.loads(meta.read_text())
     if obj.get("fingerprint") != _fingerprint(settings):
-        now = json.loads(json.dumps(settings))
-        differ = [k for k in now if k in obj.get("settings", {}) and obj["settings"][k] != now[k]]
-        what = ", ".join(differ) if differ else "settings, model, data or process count"
-        raise StaleInputError(f"{ckpt}: the checkpoint was made with other {what}; rerun with the same arguments, "
-                              "or without --resume to start over")
+        _check_settings(ckpt, settings)
+        raise StaleInputError(f"{ckpt}: the checkpoint was made with other settings, model, data or process count; "
+                              "rerun with the same arguments, or without --resume to start over")
     tensors = load_file(str(ckpt / "state.safetensors"))
     with torch.no_grad():
         for n, p in params:

@@ -83,7 +83,9 @@ def wrap(model, world: int, parallel: str, device: str, layers=()):
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model)
+        # a plan's `none` layers keep a norm that nothing reads any more: a parameter with no gradient, which DDP
+        # must be told to expect
+        return DistributedDataParallel(model, find_unused_parameters=True)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
