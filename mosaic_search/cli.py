@@ -114,7 +114,12 @@ def score(teacher: ModelOpt = "tiny",
 
     save_table, show, start = _table_writer(table_out), rank0(), time.perf_counter()
     path = scorer.table_path(teacher, out)
-    with interruptible(lambda: f"the finished items are kept beside {path}; --resume continues"), \
+    from .library import ItemStore
+
+    kept = lambda: (f"the finished items are kept beside {path}; --resume continues"  # noqa: E731
+                    if any(log.stat().st_size for log in ItemStore(path).logs())
+                    else f"{NOTHING_WRITTEN} (no item finished yet)")
+    with interruptible(kept), \
             progress("scoring", show) as tick:
         table = scorer.score(teacher, data=data, ops=ops, tokens=tokens, seq_len=seq_len, align_steps=align_steps,
                              out=out, resume=resume, seed=seed, device=device, device_map=device_map, progress=tick)

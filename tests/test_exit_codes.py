@@ -49,7 +49,7 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("argv,target,kept", [
     (["profile", "--out", "p.json"], (profiler, "profile"), "nothing was written: a profile is saved only once complete"),
     (["build", "plan.json"], (builder, "build"), "nothing was written: a build replaces its output folder only once"),
-    (["score", "--out", "s.json"], (scorer, "score"), "the finished items are kept beside s.json; --resume continues"),
+    (["score", "--out", "s.json"], (scorer, "score"), "nothing was written (no item finished yet)"),
     (["solve", "--speedup", "1.2"], (solver, "solve"), "interrupted; nothing was written"),  # typer's own 130
 ])
 def test_ctrl_c_exits_130_saying_what_was_kept(monkeypatch, capsys, argv, target, kept):
@@ -57,6 +57,14 @@ def test_ctrl_c_exits_130_saying_what_was_kept(monkeypatch, capsys, argv, target
     assert main(argv) == EXIT_INTERRUPTED
     err = _err(capsys)
     assert err.startswith("error: interrupted; ") and kept in err
+
+
+def test_ctrl_c_during_score_names_the_finished_items_once_there_are_some(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.items.jsonl").write_text('{"layer": 0}\n')  # one finished item's log line
+    monkeypatch.setattr(scorer, "score", _interrupt)
+    assert main(["score", "--out", "s.json"]) == EXIT_INTERRUPTED
+    assert "the finished items are kept beside s.json; --resume continues" in _err(capsys)
 
 
 @pytest.mark.slow
