@@ -14,7 +14,8 @@ Two stages, as MOSAIC-4B's recovery (off-policy realignment, then on-policy dist
 Durable and reproducible: every random choice of a step (its data rows, its samples) is seeded from (seed, step,
 rank), so a checkpoint (trainable weights + optimizer state, every `checkpoint_every` steps, written whole into
 `<out>.checkpoint/`) is all `resume` needs to reach the weights an uninterrupted run reaches. Under torchrun the
-global batch is split across ranks and gradients averaged by PyTorch's DistributedDataParallel.
+global batch is split across ranks and gradients averaged by PyTorch: DistributedDataParallel, or FSDP2 for a model
+that does not fit one device (`distributed.wrap`).
 
 The output loads exactly like a build (same remote code, config and plan record) and adds `distill_record.json`
 (`mosaic/distill-record`): data, steps, loss per step and quality before / after (`evaluate.measure`).
@@ -82,8 +83,8 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
 
     from . import data as data_mod
     from .evaluate import eval_set, recorded_teacher
-    from .models import TINY, is_mosaic_dir
     from .harness import check_device
+    from .models import TINY, is_mosaic_dir
     from .surgery import decoder_layers
 
     _choice("--stage", stage, STAGES)
