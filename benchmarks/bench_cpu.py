@@ -26,7 +26,7 @@ def main():
     import torch
 
     import mosaic_search as mosaic
-    from mosaic_search.timing import CpuTimer
+    from mosaic_search.latency.timing import CpuTimer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scores")

@@ -33,7 +33,7 @@ def ce_loss(wrapped, ref, rows, hidden_weight):
     """Next-token cross-entropy on the data, the teacher unused: plain fine-tuning in distill's own loop."""
     import torch.nn.functional as F
 
-    from mosaic_search.distill import _forward
+    from mosaic_search.recovery.distill import _forward
 
     logits = _forward(wrapped, rows, False)[0][:, :-1]
     mask = rows.mask(logits.device)[:, 1:]
@@ -57,10 +57,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from mosaic_search import builder, distill as distill_mod, solver
-    from mosaic_search.evaluate import eval_set, measure
-    from mosaic_search.models import load_model
-    from mosaic_search.library import library_path
+    from mosaic_search import builder
+    from mosaic_search.hf.models import load_model
+    from mosaic_search.quality.evaluation import eval_set, measure
+    from mosaic_search.quality.library import library_path
+    from mosaic_search.recovery import distill as distill_mod
+    from mosaic_search.search import solver
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

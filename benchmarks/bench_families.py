@@ -47,7 +47,7 @@ def main():
     import torch
 
     import mosaic_search as mosaic
-    from mosaic_search.surgery import teacher_ops
+    from mosaic_search.hf.surgery import teacher_ops
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=2)
@@ -70,7 +70,7 @@ def main():
             prof = mosaic.profile(str(folder), device="cpu", workloads=workloads, rounds=1,
                                   out=out / f"{folder.name}.json")
             seconds = time.perf_counter() - t0
-            from mosaic_search.models import load_config
+            from mosaic_search.hf.models import load_config
 
             own = [str(c) for c in teacher_ops(load_config(str(folder)))]
             names = [w.name for w in prof.workloads]

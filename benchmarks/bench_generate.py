@@ -7,7 +7,7 @@ there are no teacher weights on these machines). Every model has random weights 
 the built model class in memory (`builder.as_built`: the same remote code a built directory loads, without writing
 8 GB per plan), called through `generate` with its default generation config (the static cache: on CUDA,
 transformers compiles the decode step and replays it from a CUDA graph). The stock teacher runs in its best mode
-(`speedup.stock_mode`). Per context and batch: TTFT, TPOT, tokens/s (medians), TPOT speedup over the all-gqa build
+(`bench.stock_mode`). Per context and batch: TTFT, TPOT, tokens/s (medians), TPOT speedup over the all-gqa build
 measured and predicted.
 
     python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda \\
@@ -39,7 +39,8 @@ def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dic
     context (decode-b1-c96k on a GPU profile), named like `tpot-2.5x-decode-b1-c96k`."""
     from gpu_plans import synthetic_scores
 
-    from mosaic_search import schema, solver
+    from mosaic_search.artifacts import schema
+    from mosaic_search.search import solver
 
     profile = schema.load_profile(profile_path)
     scores = str(schema.save(synthetic_scores(profile), out / "synthetic_scores.json"))
@@ -73,24 +74,26 @@ def main():
 
     import torch
 
-    from mosaic_search import harness, schema, speedup
-    from mosaic_search.timing import is_oom
+    from mosaic_search.artifacts import schema
+    from mosaic_search.hf import device
+    from mosaic_search.latency import bench as bench_mod
+    from mosaic_search.latency.timing import is_oom
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plans = solve_plans(args.profile, out, [float(t) for t in args.targets.split(",")], args.every_op_min)
-    dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    models = {"stock": (speedup.stock_teacher(args.model, args.device, dtype), speedup.stock_mode(args.device)),
-              "all-gqa": (speedup.random_build(args.model, args.device, dtype), {})}
+    dtype = device.default_dtype(args.device)
+    models = {"stock": (bench_mod.stock_teacher(args.model, args.device, dtype), bench_mod.stock_mode(args.device)),
+              "all-gqa": (bench_mod.random_build(args.model, args.device, dtype), {})}
     for name, plan in plans.items():
-        models[name] = (speedup.random_build(args.model, args.device, dtype, layers=plan.layers), {})
+        models[name] = (bench_mod.random_build(args.model, args.device, dtype, layers=plan.layers), {})
     contexts = [schema.parse_workload(f"decode:{c}").seq_len for c in args.contexts.split(",")]
     rows, started = [], time.time()
     for batch in map(int, args.batches.split(",")):
         for context in contexts:
             t0 = time.time()
             try:
-                row = speedup.time_generate(models, [context], args.new_tokens, batch, args.device, args.rounds)[0]
+                row = bench_mod.time_generate(models, [context], args.new_tokens, batch, args.device, args.rounds)[0]
             except Exception as e:  # noqa: BLE001 - a batch that does not fit is a result, not a crash
                 if not is_oom(e):
                     raise
@@ -106,7 +109,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"command": sys.argv, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "env": harness.environment(args.device), "dtype": dtype, "seconds": time.time() - started,
+              "env": device.environment(args.device), "dtype": dtype, "seconds": time.time() - started,
               "regime": "model.generate, greedy, static cache (compiled + CUDA graphs on CUDA), random weights",
               "plans": {n: p.pattern for n, p in plans.items()}, "rows": rows}
     (out / "generate.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -40,8 +40,8 @@ def decode_bytes(model_id: str, context: int, batch: int = 1) -> int:
     """Bytes one decode step must read: decoder weights, final norm and LM head, plus the K/V cache."""
     import torch
 
-    from mosaic_search import surgery
-    from mosaic_search.models import load_config, model_from_config
+    from mosaic_search.hf import surgery
+    from mosaic_search.hf.models import load_config, model_from_config
 
     config = load_config(model_id, shipped_ok=True)
     with torch.device("meta"):
@@ -83,9 +83,9 @@ def cmd_profile(args):
 
 
 def cmd_validate(args):
-    from mosaic_search import schema
-    from mosaic_search.profiler import validate
-    from mosaic_search.timing import CudaTimer
+    from mosaic_search.artifacts import schema
+    from mosaic_search.latency.profiler import validate
+    from mosaic_search.latency.timing import CudaTimer
 
     prof = schema.load_profile(args.profile)
     wanted = set(args.workload or [w.name for w in prof.workloads])
@@ -103,9 +103,9 @@ def cmd_floor(args):
     bandwidth floor; plus a kernel-level breakdown of one compiled step at the shortest context."""
     import torch
 
-    from mosaic_search.harness import load_bench
-    from mosaic_search.schema import parse_workload
-    from mosaic_search.timing import CudaTimer, Stats
+    from mosaic_search.artifacts.schema import parse_workload
+    from mosaic_search.latency.harness import load_bench
+    from mosaic_search.latency.timing import CudaTimer, Stats
 
     bw = copy_bandwidth_gbs()
     timer = CudaTimer()
@@ -147,7 +147,7 @@ def cmd_plans(args):
     are shared between plans)."""
     from gpu_plans import solve_plans
 
-    from mosaic_search.speedup import bench
+    from mosaic_search.latency.bench import bench
 
     workloads = args.workload or ["decode-b1-c96k", "decode-b1-c16k", "prefill-b1-p32k"]
     for name, plan in solve_plans(args.profile, Path(args.out), Path(args.out) / "synthetic_scores.json").items():

@@ -25,9 +25,10 @@ BIG = "Qwen/Qwen3-VL-4B-Instruct"  # the 36-layer reference: its shipped config,
 def main():
     import torch
 
-    from mosaic_search import align, scorer, surgery
-    from mosaic_search.models import load_config
+    from mosaic_search.hf import surgery
+    from mosaic_search.hf.models import load_config
     from mosaic_search.operators import default_candidates
+    from mosaic_search.quality import align, scorer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default="tiny")

@@ -24,10 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic_search import problem, schema, solver  # noqa: E402
+from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.schema import (  # noqa: E402
+    Header,
+    LatencyProfile,
+    ModelRef,
+    ProfileEntry,
+    SensitivityEntry,
+    SensitivityTable,
+    Workload,
+)
 from mosaic_search.operators import Candidate  # noqa: E402
-from mosaic_search.schema import (Header, LatencyProfile, ModelRef, ProfileEntry, SensitivityEntry,  # noqa: E402
-                                  SensitivityTable, Workload)
+from mosaic_search.search import problem, solver  # noqa: E402
 
 WORKLOADS = (Workload("prefill_8k", "prefill", 1, 8192), Workload("prefill_32k", "prefill", 1, 32768),
              Workload("decode_8k", "decode", 1, 8192), Workload("decode_32k", "decode", 1, 32768))

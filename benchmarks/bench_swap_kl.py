@@ -27,7 +27,7 @@ def main():
         import mosaic_search.modeling.attention as attention
 
         attention.mla_rope_dims = lambda head_dim: max(2, head_dim // args.mla_rope_fraction // 2 * 2)
-    from mosaic_search import scorer
+    from mosaic_search.quality import scorer
 
     start = time.perf_counter()
     table = scorer.score("tiny", ops=args.ops, out=f"{args.out}/sensitivity.json", seed=0)

@@ -30,7 +30,7 @@ TARGETS = {"tpot-1.5x-c96k": dict(tpot_speedup=1.5, workloads=["decode-b1-c96k"]
 
 def synthetic_scores(profile, seed: int = 0):
     """A seeded stand-in sensitivity table with the profile's model and candidates."""
-    from mosaic_search import schema
+    from mosaic_search.artifacts import schema
 
     rng = random.Random(seed)
     cands = sorted({e.candidate for e in profile.entries})
@@ -50,7 +50,8 @@ def synthetic_scores(profile, seed: int = 0):
 
 def solve_plans(profile_path: str, out: Path, scores_out: Path = SCORES) -> dict:
     """{target name: plan path}, each plan solved on the profile with the synthetic scores (saved to `scores_out`)."""
-    from mosaic_search import schema, solver
+    from mosaic_search.artifacts import schema
+    from mosaic_search.search import solver
 
     profile = schema.load_profile(profile_path)
     scores = schema.save(synthetic_scores(profile), scores_out)

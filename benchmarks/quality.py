@@ -31,7 +31,7 @@ def eval_data(tokenizer):
     """The last EVAL_WINDOWS windows of the held-out text, and the fixed recall probes."""
     import torch
 
-    from mosaic_search.data import TINY_HELDOUT
+    from mosaic_search.hf.data import TINY_HELDOUT
 
     ids = torch.tensor(tokenizer(TINY_HELDOUT.read_text())["input_ids"])
     n = EVAL_WINDOWS * SEQ_LEN
@@ -63,8 +63,8 @@ def evaluate(model, teacher_logp, windows, probes, tokenizer) -> dict:
 
 def apply(model, plan, library):
     """Swap every layer as `mosaic build` does (aligned weights from the library when it has them)."""
-    from mosaic_search import surgery
-    from mosaic_search.library import load_library_entry
+    from mosaic_search.hf import surgery
+    from mosaic_search.quality.library import load_library_entry
 
     for i, c in enumerate(plan.layers):
         surgery.swap(model, i, c, weights=load_library_entry(library, i, c) if c.spec.aligned else None)
@@ -72,7 +72,7 @@ def apply(model, plan, library):
 
 def shortgpt_pattern(table, n, k) -> str:
     """Drop the k layers of lowest block influence (ShortGPT), keep the rest as the teacher's gqa."""
-    from mosaic_search.scorer import block_influence
+    from mosaic_search.quality.scorer import block_influence
 
     bi = block_influence(table)
     drop = set(sorted(range(n), key=lambda i: bi[i])[:k])
@@ -83,12 +83,12 @@ def main():
     import torch
 
     import mosaic_search as mosaic
-    from mosaic_search import solver
+    from mosaic_search.artifacts.schema import load_profile, load_sensitivity
     from mosaic_search.errors import InfeasibleError
-    from mosaic_search.data import tokenizer_of
-    from mosaic_search.library import library_path
-    from mosaic_search.models import load_model
-    from mosaic_search.schema import load_profile, load_sensitivity
+    from mosaic_search.hf.data import tokenizer_of
+    from mosaic_search.hf.models import load_model
+    from mosaic_search.quality.library import library_path
+    from mosaic_search.search import solver
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/quality")

@@ -6,14 +6,14 @@ __version__ = "0.1.0"
 
 # Stage entry points load lazily so that `import mosaic_search` (and `mosaic --help`) never imports torch.
 _LAZY = {
-    "profile": ("profiler", "profile"),
-    "score": ("scorer", "score"),
-    "solve": ("solver", "solve"),
+    "profile": ("latency.profiler", "profile"),
+    "score": ("quality.scorer", "score"),
+    "solve": ("search.solver", "solve"),
     "build": ("builder", "build"),
-    "distill": ("distill", "distill"),
-    "evaluate": ("evaluate", "evaluate"),
-    "bench": ("speedup", "bench"),
-    "to_frame": ("frames", "to_frame"),  # any artifact as a pandas DataFrame, for notebooks
+    "distill": ("recovery.distill", "distill"),
+    "evaluate": ("quality.evaluation", "evaluate"),
+    "bench": ("latency.bench", "bench"),
+    "to_frame": ("artifacts.frames", "to_frame"),  # any artifact as a pandas DataFrame, for notebooks
 }
 
 

@@ -10,23 +10,23 @@ Aligned weights come from the scorer's candidate library (library.py), found by 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from . import schema, surgery
-from .errors import MosaicError, UsageError
-from .files import atomic_dir, check_output, output_path
-from .library import find_library, library_weights
+from .artifacts import schema
+from .artifacts.files import atomic_dir, check_output, output_path
+from .artifacts.schema import PLAN_FILE, LayerPlan
 from .assets import TINY_DIR
-from .models import TINY, load_config, load_model, model_ref, slug
-from .operators import Candidate, cache_layout, unbuildable
-from .schema import LayerPlan
+from .errors import UsageError
+from .hf import surgery
+from .hf.assembly import as_built, as_mosaic_model, mosaic_config
+from .hf.models import TINY, load_config, load_model, model_ref, slug
+from .operators import Candidate, unbuildable
+from .quality.library import find_library, library_weights
 
-PLAN_FILE = "mosaic_plan.json"
 DTYPES = ("float32", "bfloat16", "float16")
 # what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
 # config is the loaded teacher's, saved with the model)
@@ -78,43 +78,6 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
             surgery.swap(model, layer, candidate, weights=weights.get(layer))
     config = mosaic_config(model.config, plan.layers, hashlib.sha256(plan_bytes).hexdigest(), seed)
     return _write(model, config, teacher, plan_bytes, out, max_shard_size, overwrite)
-
-
-def as_built(model, layers, seed: int = 0):
-    """A teacher with `layers` swapped in (by `surgery.swap`) as the built model class, in memory and sharing its
-    tensors: what `build` would write and a user would load, without the round trip through a directory."""
-    return _as_mosaic_model(model, mosaic_config(model.config, layers, "", seed))
-
-
-def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
-    """The built model's config: the teacher's, as `mosaic_<base>`, with the cache layout of its mixers
-    (`operators.cache_layout`), `auto_map` and the `mosaic` block of per-layer `{op, params}`."""
-    from . import __version__
-    from .modeling.architectures import rope_layer_types
-    from .modeling.configuration_mosaic import CONFIGS, rope_by_layer
-    from .modeling.modeling_mosaic import MODELS
-
-    record = surgery.architecture(teacher_config).record
-    config_cls, auto = CONFIGS[record.model_type]
-    obj = teacher_config.to_dict()
-    for key in ("architectures", "auto_map", "_name_or_path", "transformers_version", "model_type"):
-        obj.pop(key, None)
-    text = obj[record.text_config] if record.text_config else obj
-    layout = cache_layout([c.spec.layer_type for c in layers], [c.window for c in layers])
-    if "use_sliding_window" not in text:  # only Qwen3 has it (and drops sliding_window unless it is set)
-        layout.pop("use_sliding_window")
-    text.update(layout)
-    kinds = rope_layer_types(teacher_config, record)
-    if kinds:
-        text.update(rope_by_layer(text, kinds))
-    obj["mosaic"] = {
-        "layers": [c.to_json() for c in layers],  # the remote code maps op -> mixer class (`modeling.mixers`)
-        "plan_sha256": plan_sha256, "base_model_type": record.model_type, "mosaic_version": __version__,
-        "seed": seed, **({"rope_layer_types": kinds} if kinds else {}),
-    }
-    obj["auto_map"] = {"AutoConfig": f"configuration_mosaic.{config_cls.__name__}",
-                       auto: f"modeling_mosaic.{MODELS[record.model_type].__name__}"}
-    return config_cls.from_dict(obj)
 
 
 def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candidates=None, prompt_len: int = 12,
@@ -186,7 +149,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_size, overwrite: bool) -> Path:
     with atomic_dir(out, replace=overwrite) as tmp:
-        built = _as_mosaic_model(model, config)
+        built = as_mosaic_model(model, config)
         built.save_pretrained(tmp, max_shard_size=max_shard_size)
         here = Path(__file__).parent / "modeling"
         for source in sorted(here.glob("*.py")):
@@ -194,32 +157,6 @@ def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_
         _copy_teacher_files(teacher, tmp)
         (tmp / PLAN_FILE).write_bytes(plan_bytes)
     return out
-
-
-def _as_mosaic_model(model, config):
-    """The swapped teacher's tensors (not copies) inside the built model class, so save_pretrained writes the
-    built class's config and names; a key mismatch here would mean the remote code builds another model."""
-    import torch
-
-    from .modeling.modeling_mosaic import MODELS
-
-    config.dtype = next(model.parameters()).dtype
-    with torch.device("meta"):
-        built = MODELS[config.mosaic["base_model_type"]](config)
-    missing, unexpected = built.load_state_dict(model.state_dict(), strict=False, assign=True)
-    if missing or unexpected:
-        raise MosaicError(f"the built model class does not match the swapped teacher: missing {sorted(missing)[:3]}, "
-                          f"unexpected {sorted(unexpected)[:3]}")
-    for name, buffer in model.named_buffers():  # buffers outside the state dict (rotary tables) stayed on meta
-        owner, _, attr = name.rpartition(".")
-        if surgery.ORIGINALS in owner.split("."):  # the teacher's replaced layers are not part of the built model
-            continue
-        if getattr(built.get_submodule(owner), attr).is_meta:
-            setattr(built.get_submodule(owner), attr, buffer)
-    built.generation_config = copy.deepcopy(model.generation_config)
-    # fast by default: transformers compiles a static cache's decode step and replays it from a CUDA graph
-    built.generation_config.cache_implementation = "static"
-    return built.eval()
 
 
 def _teacher_dir(teacher: str) -> Path | None:

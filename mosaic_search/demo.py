@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .artifacts.files import atomic_dir, atomic_path, check_output, write_text
 from .errors import UsageError
-from .files import atomic_dir, atomic_path, check_output, write_text
 
 MARKER = ".mosaic-demo"
 WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")
@@ -36,12 +36,14 @@ def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
 def _run(d: Path, seed: int, progress) -> None:
     import time
 
-    from . import builder, scorer, solver
-    from .distill import distill, load_record
-    from .evaluate import evaluate
-    from .library import library_path
-    from .speedup import bench, bench_generate
-    from .profiler import profile
+    from . import builder
+    from .latency.bench import bench, bench_generate
+    from .latency.profiler import profile
+    from .quality import scorer
+    from .quality.evaluation import evaluate
+    from .quality.library import library_path
+    from .recovery.distill import distill, load_record
+    from .search import solver
 
     steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]
     clock = {}
@@ -210,7 +212,7 @@ def _quality_section(plans, quality, teacher, distilled, d: Path) -> list[str]:
 
 def _data_table(data: dict) -> list[str]:
     """The calibration data the table was scored on, as markdown rows."""
-    from .data import SELF, display_name
+    from .hf.data import SELF, display_name
 
     name = display_name(data["source"]) if data["source"] == SELF else f"`{display_name(data['source'])}`"
     return ["| calibration data | tokens scored | tokens per window | alignment windows | seed |",

@@ -15,8 +15,17 @@ from mosaic_search.operators import REGISTRY, Candidate  # noqa: E402
 
 def tiny_config(kind: str):
     """A small config of one supported architecture."""
-    from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2_5_VLConfig,
-                              Qwen2Config, Qwen3Config, Qwen3VLConfig)
+    from transformers import (
+        Gemma3Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2_5_VLConfig,
+        Qwen2Config,
+        Qwen3Config,
+        Qwen3VLConfig,
+    )
 
     text = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
@@ -63,7 +72,7 @@ def tiny_config(kind: str):
 
 def tiny_model(kind: str, seed: int = 0):
     """A float32 random model of `tiny_config(kind)`, in eval mode."""
-    from mosaic_search.models import model_from_config
+    from mosaic_search.hf.models import model_from_config
 
     return model_from_config(tiny_config(kind), seed=seed)
 

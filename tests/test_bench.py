@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mosaic_search import schema
-from mosaic_search.speedup import bench
+from mosaic_search.artifacts import schema
 from mosaic_search.errors import UsageError
-from mosaic_search.models import load_config, model_ref
+from mosaic_search.hf.models import load_config, model_ref
+from mosaic_search.latency.bench import bench
 from mosaic_search.operators import Candidate
 
 
@@ -92,7 +92,7 @@ def test_generate_is_timed_end_to_end_against_an_all_gqa_build_and_the_stock_tea
     from transformers import GenerationMixin
 
     from mosaic_search import builder
-    from mosaic_search.speedup import bench_generate
+    from mosaic_search.latency.bench import bench_generate
 
     n = load_config("tiny").num_hidden_layers
     plan = _plan(tmp_path, _layers(n), {"decode-b2-c16": {"speedup": 1.4, "latency_ms": 1, "baseline_ms": 1.4}})
@@ -121,7 +121,7 @@ def test_generate_is_timed_end_to_end_against_an_all_gqa_build_and_the_stock_tea
 
 
 def test_generate_bench_needs_a_built_directory(tmp_path):
-    from mosaic_search.speedup import bench_generate
+    from mosaic_search.latency.bench import bench_generate
 
     n = load_config("tiny").num_hidden_layers
     with pytest.raises(UsageError, match="built model directory, not a plan"):

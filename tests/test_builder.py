@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ARCHS, every_operator, tiny_config
-from mosaic_search import builder, schema, surgery
+
+from mosaic_search import builder
+from mosaic_search.artifacts import schema
 from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
-from mosaic_search.library import find_library, library_key, load_library_entry
-from mosaic_search.models import load_config, load_model, model_from_config, model_ref
+from mosaic_search.hf import surgery
+from mosaic_search.hf.models import load_config, load_model, model_from_config, model_ref
 from mosaic_search.operators import REGISTRY, Candidate
+from mosaic_search.quality.library import find_library, library_key, load_library_entry
 
 LAYERS = len(REGISTRY)  # one layer per operator
 WINDOW = 4
@@ -493,7 +495,7 @@ def test_plan_without_any_attention_layer_is_refused(built, tmp_path):
 def test_every_point_of_a_wide_sweep_builds_loads_and_generates(built, tmp_path):
     """Solve and build agree on what a valid model is: when dropping layers is the fastest and cheapest move,
     the frontier still keeps one attention layer, and each of its plans builds and generates."""
-    from mosaic_search import solver
+    from mosaic_search.search import solver
 
     t = built["qwen3"][0]
     cands = [Candidate.of("gqa"), Candidate.of("swa", {"window": WINDOW}), Candidate.of("gdn"), Candidate.of("drop")]
@@ -615,7 +617,7 @@ def test_check_refuses_a_built_model_and_no_tokens(built):
 def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_path):
     """Both distillation stages through every mixer's PyTorch path (gradients included), on samples of the teacher;
     a sharded build in, a model that loads like a build out."""
-    from mosaic_search import distill
+    from mosaic_search.recovery import distill
 
     t, _, mixed = built[kind]
     out = distill.distill(str(mixed), data="self", steps=1, batch_size=2, seq_len=16, quality=False,

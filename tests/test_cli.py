@@ -107,8 +107,11 @@ class _Reached(Exception):
 @pytest.mark.parametrize("command", ["profile", "score", "solve"])
 def test_every_command_takes_the_same_ops_strings(command, ops, monkeypatch, tmp_path, capsys):
     """A bare swa / mla means its default params for this model wherever --ops is taken."""
-    from mosaic_search import operators, profiler, scorer, solver, surgery
-    from mosaic_search.models import load_config
+    from mosaic_search import operators
+    from mosaic_search.hf import surgery
+    from mosaic_search.hf.models import load_config
+    from mosaic_search.latency import profiler
+    from mosaic_search.quality import scorer
 
     dims = surgery.dims_of(load_config("tiny"))
     want = operators.parse_candidates(ops, dims)

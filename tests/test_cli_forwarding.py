@@ -6,14 +6,18 @@ import dataclasses
 import json
 
 import pytest
+from test_solver import make
 
-from mosaic_search import builder, profiler, scorer, solver, speedup
+from mosaic_search import builder
 from mosaic_search import demo as demo_mod
-from mosaic_search import distill as distill_mod
-from mosaic_search import evaluate as evaluate_mod
 from mosaic_search.cli import main
 from mosaic_search.errors import EXIT_OK, EXIT_RUNTIME
-from test_solver import make
+from mosaic_search.latency import bench as bench_mod
+from mosaic_search.latency import profiler
+from mosaic_search.quality import evaluation as evaluate_mod
+from mosaic_search.quality import scorer
+from mosaic_search.recovery import distill as distill_mod
+from mosaic_search.search import solver
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +172,7 @@ def test_eval(monkeypatch, capsys):
 def test_bench(monkeypatch, capsys):
     rows = [{"workload": "decode-b1-c32", "teacher_ms": 2.0, "model_ms": 1.0, "measured_speedup": 2.0,
              "predicted_speedup": 1.9, "error_pct": 5.3}]
-    seen = _fake(monkeypatch, speedup, "bench", rows)
+    seen = _fake(monkeypatch, bench_mod, "bench", rows)
     assert main(["bench", "t", "--vs", "V", "--workload", "decode:32", "--workload", "prefill-b1-p32",
                  "--device", "cuda", "--image-tokens", "16", "--seed", "2", "--json"]) == EXIT_OK
     assert _progress(seen) == dict(args=("t",), vs="V", workloads=["decode:32", "prefill-b1-p32"], device="cuda",
@@ -178,8 +182,8 @@ def test_bench(monkeypatch, capsys):
 
 def test_bench_generate(monkeypatch, capsys):
     rows = [{"context": 32, "stock_mode": "static"}]
-    seen = _fake(monkeypatch, speedup, "bench_generate", rows)
-    monkeypatch.setattr(speedup, "bench", lambda *a, **k: pytest.fail("bench instead of bench_generate"))
+    seen = _fake(monkeypatch, bench_mod, "bench_generate", rows)
+    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: pytest.fail("bench instead of bench_generate"))
     assert main(["bench", "t", "--generate", "--context", "16k", "--context", "32", "--new-tokens", "4",
                  "--batch", "2", "--device", "cuda", "--seed", "2", "--json"]) == EXIT_OK
     assert _progress(seen) == dict(args=("t",), contexts=["16k", "32"], new_tokens=4, batch_size=2, device="cuda",

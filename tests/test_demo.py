@@ -11,10 +11,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from mosaic_search import demo, scorer
+from mosaic_search import demo
 from mosaic_search.cli import main
 from mosaic_search.demo import MARKER
 from mosaic_search.operators import plot_color
+from mosaic_search.quality import scorer
 
 UMASK = 0o027  # not the usual 022: every file of the report must follow the user's umask
 

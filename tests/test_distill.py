@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mosaic_search import builder, distill as distill_mod
+from mosaic_search import builder
+from mosaic_search.artifacts.schema import PLAN_FILE
 from mosaic_search.cli import main
-from mosaic_search.evaluate import EvalSet, eval_set, evaluate, measure
-from mosaic_search.models import load_model
+from mosaic_search.hf.models import load_model
+from mosaic_search.quality.evaluation import EvalSet, eval_set, evaluate, measure
+from mosaic_search.recovery import distill as distill_mod
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "layer_plans" / "examples" / "tiny"
 QUICK = dict(steps=2, batch_size=2, seq_len=64, quality=False)  # enough to run every code path, in seconds
@@ -78,7 +80,7 @@ def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
                                                                    (3, "onpolicy"), (4, "onpolicy")]
     assert all(r["loss"] > 0 for r in record["losses"]) and record["teacher"] == "tiny"
     assert record["data"]["source"] == "sampled from the teacher" and record["trainable"] == "mixers"
-    assert (out / builder.PLAN_FILE).read_bytes() == (builds["swa"] / builder.PLAN_FILE).read_bytes()
+    assert (out / PLAN_FILE).read_bytes() == (builds["swa"] / PLAN_FILE).read_bytes()
     assert not (tmp_path / "d.checkpoint").exists()
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert model.config.mosaic["layers"] == json.loads((builds["swa"] / "config.json").read_text())["mosaic"]["layers"]
@@ -266,7 +268,7 @@ def test_torchrun_two_processes_follow_one_process(builds, one_process, tmp_path
 
 
 def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
-    from mosaic_search import evaluate as evaluate_mod
+    from mosaic_search.quality import evaluation as evaluate_mod
 
     seen = {}
 

@@ -13,13 +13,17 @@ import types
 from pathlib import Path
 
 import pytest
-
-from mosaic_search import builder, profiler, schema, scorer, solver, terminal
-from mosaic_search.cli import main
-from mosaic_search.errors import EXIT_INTERRUPTED
-from mosaic_search.models import load_config, model_ref
-from mosaic_search.operators import Candidate
 from test_solver import make, save_pair
+
+from mosaic_search import builder
+from mosaic_search.artifacts import schema
+from mosaic_search.cli import main, terminal
+from mosaic_search.errors import EXIT_INTERRUPTED
+from mosaic_search.hf.models import load_config, model_ref
+from mosaic_search.latency import profiler
+from mosaic_search.operators import Candidate
+from mosaic_search.quality import scorer
+from mosaic_search.search import solver
 
 BINARY = b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -73,7 +77,7 @@ def test_a_real_sigint_during_score_keeps_the_finished_items_for_resume(tmp_path
     args = ["score", "--ops", "gqa,none", "--tokens", "32", "--seq-len", "16", "--out", str(out)]
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from mosaic_search import library
+        from mosaic_search.quality import library
         from mosaic_search.cli import main
         real, n = library.append_item, [0]
         def append(path, row):  # Ctrl-C right after the second finished item
@@ -200,7 +204,7 @@ def test_progress_without_a_terminal_is_plain_rate_limited_lines(monkeypatch, ca
 def test_profile_prints_progress_lines_and_its_timing_spread(tmp_path, monkeypatch, capsys):
     samples = {"quiet": [1.0, 1.01, 0.99, 1.02, 1.0], "busy": [1.0, 2.0, 3.0, 4.0, 5.0]}
     for machine, ms in samples.items():
-        monkeypatch.setattr("mosaic_search.timing.default_timer", lambda device: (lambda fn, phase: list(ms)))
+        monkeypatch.setattr("mosaic_search.latency.timing.default_timer", lambda device: (lambda fn, phase: list(ms)))
         out = tmp_path / f"{machine}.json"
         assert main(["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out)]) == 0
         got = capsys.readouterr()
@@ -234,7 +238,7 @@ def test_spread_leaves_out_entries_too_cheap_to_time():
 
 def test_a_shared_cpu_is_reported_after_a_measurement(monkeypatch):
     """Contention the spread cannot see (every time slowed alike) is named from the load average, on CPU only."""
-    from mosaic_search import timing
+    from mosaic_search.latency import timing
 
     monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(timing.os, "getloadavg", lambda: (4.1, 3.0, 2.0))

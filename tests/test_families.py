@@ -10,12 +10,17 @@ import json
 
 import pytest
 import torch
-
 from conftest import FAMILIES, WorkTimer, cache_for, every_operator, tiny_config
-from mosaic_search import builder, profiler, schema, scorer, solver, surgery
+
+from mosaic_search import builder
+from mosaic_search.artifacts import schema
 from mosaic_search.cli import main
-from mosaic_search.models import load_model, model_from_config
+from mosaic_search.hf import surgery
+from mosaic_search.hf.models import load_model, model_from_config
+from mosaic_search.latency import profiler
 from mosaic_search.operators import REGISTRY, Candidate
+from mosaic_search.quality import scorer
+from mosaic_search.search import solver
 
 LAYERS = len(REGISTRY)  # one layer per operator in the mixed plan
 WINDOW = 4

@@ -10,13 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import WorkTimer
-from mosaic_search import builder, distill, files, frames, profiler, schema, scorer, solver
+
+from mosaic_search import builder
+from mosaic_search.artifacts import files, frames, schema
 from mosaic_search.errors import UsageError
-from mosaic_search.library import library_path
-from mosaic_search.models import load_config, model_ref
+from mosaic_search.hf.models import load_config, model_ref
+from mosaic_search.latency import profiler
 from mosaic_search.operators import Candidate
+from mosaic_search.quality import scorer
+from mosaic_search.quality.library import library_path
+from mosaic_search.recovery import distill
+from mosaic_search.search import solver
 
 UMASK = 0o027
 

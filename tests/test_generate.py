@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import every_operator
 from test_builder import LAYERS, MIXED, NEW, PROMPT, WINDOW, Teacher, _ids, _load_built
+
 from mosaic_search import builder
 from mosaic_search.operators import Candidate
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import cache_for, every_operator
-from mosaic_search import surgery
+
+from mosaic_search.hf import surgery
 from mosaic_search.modeling import delta_rule as dr
 from mosaic_search.operators import Candidate
 
@@ -91,9 +91,9 @@ def test_mixer_on_cuda_bf16_matches_cpu_fp32(qwen3, cand, fla_ok):
 
 
 def test_timing_harness_captures_decode_in_a_cuda_graph():
-    from mosaic_search.harness import load_bench
-    from mosaic_search.schema import parse_workload
-    from mosaic_search.timing import CudaTimer
+    from mosaic_search.artifacts.schema import parse_workload
+    from mosaic_search.latency.harness import load_bench
+    from mosaic_search.latency.timing import CudaTimer
 
     _, bench = load_bench("tiny", "cuda")
     w = parse_workload("decode:1k")
@@ -107,8 +107,8 @@ def test_timing_harness_captures_decode_in_a_cuda_graph():
 
 def test_compiled_decode_step_matches_eager_for_every_operator(fla_ok):
     """Inductor's code for a decode step through every mixer (fla's kernels included) against eager, in bf16."""
-    from mosaic_search.harness import load_bench
-    from mosaic_search.schema import parse_workload
+    from mosaic_search.artifacts.schema import parse_workload
+    from mosaic_search.latency.harness import load_bench
 
     w = parse_workload("decode:1k")
     layers = every_operator(window=16)
@@ -130,7 +130,7 @@ def test_generate_compiles_the_static_decode_step_and_keeps_the_tokens(fla_ok, d
     transformers compile the decode step (fla's kernels inside the custom op, no graph break) and the tokens equal
     the uncompiled dynamic-cache generation (float32; bfloat16: the first tokens, before rounding can tip a tie)."""
     from mosaic_search import builder
-    from mosaic_search.models import load_model
+    from mosaic_search.hf.models import load_model
 
     layers = every_operator(window=16) + [Candidate.of("gqa")]
     model = load_model("tiny", dtype=dtype).cuda()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import every_operator
-from mosaic_search.harness import load_bench
+
+from mosaic_search.artifacts.schema import parse_workload
+from mosaic_search.latency.harness import load_bench
 from mosaic_search.operators import Candidate
-from mosaic_search.schema import parse_workload
 
 
 def _timed_decode(layers):
@@ -89,7 +89,7 @@ def test_a_decode_step_that_fails_to_compile_falls_back_to_eager_and_says_so(mon
 
 
 def test_assign_swaps_only_the_layers_that_change_and_builds_each_mixer_once(monkeypatch):
-    from mosaic_search import surgery
+    from mosaic_search.hf import surgery
 
     _, bench = load_bench("tiny", "cpu")
     built, installed = [], []

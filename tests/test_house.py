@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "mosaic_search"
 MAX_LINES = 450
+# ground modules that hold torch code and are imported only inside the functions that need it
+TORCH_INSIDE = {"mosaic_search.operators.teacher"}  # a mixer's initialisation from the teacher's weights
 REASON = "Longer than the house's ~450 lines:"  # how a module's docstring says why it is longer
 
 
@@ -93,3 +97,14 @@ def test_no_module_is_longer_than_the_house_without_a_reason_at_its_top():
         if text.count("\n") > MAX_LINES and REASON not in (ast.get_docstring(ast.parse(text)) or ""):
             long.append(f"{name} ({text.count(chr(10))} lines)")
     assert not long, f"over {MAX_LINES} lines with no reason in the docstring: {', '.join(long)}"
+
+
+@pytest.mark.parametrize("folder", ["artifacts", "operators", "search"])
+def test_the_torch_free_ground_imports_no_torch(folder):
+    """The bottom band (records and files, the registry, the problem and MIP) must load where torch is absent."""
+    names = [n for n in _modules() if n.startswith(f"mosaic_search.{folder}") and n not in TORCH_INSIDE]
+    code = ("import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+            "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+            "sys.exit(f'imported {heavy}' if heavy else 0)\n")
+    run = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
+    assert names and run.returncode == 0, run.stderr.strip().splitlines()[-1:]

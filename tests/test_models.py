@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from mosaic_search import models, surgery
+
 from mosaic_search.errors import UsageError
+from mosaic_search.hf import models, surgery
 
 
 def test_tiny_is_a_qwen3_with_gqa():

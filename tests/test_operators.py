@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import cache_for, every_operator
-from mosaic_search import surgery
+
+from mosaic_search.hf import surgery
 from mosaic_search.modeling.delta_rule import chunked_delta_rule, recurrent_delta_rule
 from mosaic_search.operators import Candidate
 
@@ -133,6 +133,7 @@ def test_mla_with_rope_on_every_dim_at_full_rank_equals_gqa(kind):
     """The SVD, the key RMS scale and both attention forms are exact: with RoPE kept on every key dim (no
     decoupling) and a full-rank latent, mla is the teacher's attention, in prefill and in absorbed decode."""
     from conftest import tiny_model
+
     from mosaic_search.modeling.attention import LatentAttention
     from mosaic_search.operators.teacher import latent_from_teacher
 
@@ -155,7 +156,8 @@ def test_mla_with_rope_on_every_dim_at_full_rank_equals_gqa(kind):
 def _biased_llama():
     """A tiny Llama teacher with q/k/v/o biases and no q/k norm (the other arithmetic mla must absorb)."""
     from conftest import tiny_config
-    from mosaic_search.models import model_from_config
+
+    from mosaic_search.hf.models import model_from_config
 
     cfg = tiny_config("llama")
     cfg.attention_bias = True

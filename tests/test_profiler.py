@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import WorkTimer
-from mosaic_search import harness, profiler, schema
+
+from mosaic_search.artifacts import schema
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
+from mosaic_search.latency import harness, profiler
 from mosaic_search.operators import Candidate
 
 
@@ -167,7 +168,7 @@ def test_each_sample_runs_the_candidate_in_that_many_layers(tmp_path, depth):
 
 
 def test_call_counts_fill_their_time_within_bounds():
-    from mosaic_search.timing import calls_to_fill, sample_count
+    from mosaic_search.latency.timing import calls_to_fill, sample_count
 
     assert calls_to_fill(0.003, 20, 1.0, cap=1000) == 333  # a CUDA-graph replay of a dropped layer
     assert calls_to_fill(0.1, 20, 1.0, cap=1000) == 20  # a real layer already spans the minimum
@@ -177,7 +178,7 @@ def test_call_counts_fill_their_time_within_bounds():
 
 
 def test_cpu_timer_pairs_alternate_reference_and_step():
-    from mosaic_search.timing import CpuTimer
+    from mosaic_search.latency.timing import CpuTimer
 
     calls = []
     pairs = CpuTimer(repeats=4, warm_ms=0).pairs(lambda: calls.append("ref"), lambda: calls.append("fn"))
@@ -206,7 +207,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
 
 
 def test_cli_profile_json(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("mosaic_search.timing.default_timer", lambda device: ParamTimer())
+    monkeypatch.setattr("mosaic_search.latency.timing.default_timer", lambda device: ParamTimer())
     out = tmp_path / "p.json"
     assert main(["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["profile"] == str(out)
@@ -214,7 +215,7 @@ def test_cli_profile_json(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_profile_validate_reports_and_stores_the_check(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("mosaic_search.timing.default_timer", lambda device: WorkTimer())
+    monkeypatch.setattr("mosaic_search.latency.timing.default_timer", lambda device: WorkTimer())
     out = tmp_path / "p.json"
     args = ["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out), "--validate"]
     assert main([*args, "--json"]) == 0
@@ -246,7 +247,8 @@ def test_a_vlm_prefill_includes_encoding_the_stated_image(tmp_path):
     """Qwen3-VL: the fixed part and the whole model of a prefill also run the vision tower, on exactly the
     stated number of image tokens per sequence; decode and the layers do not."""
     from conftest import tiny_config
-    from mosaic_search.models import model_from_config
+
+    from mosaic_search.hf.models import model_from_config
 
     teacher = tmp_path / "vl"
     model_from_config(tiny_config("qwen3_vl")).save_pretrained(teacher)

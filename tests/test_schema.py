@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mosaic_search import schema
+from mosaic_search.artifacts import schema
 from mosaic_search.errors import UsageError
 from mosaic_search.operators import Candidate
 

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from mosaic_search import builder, data, schema, scorer, surgery
-from mosaic_search.library import library_path, load_library_entry
+
+from mosaic_search import builder
+from mosaic_search.artifacts import schema
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
-from mosaic_search.models import load_model
+from mosaic_search.hf import data, surgery
+from mosaic_search.hf.models import load_model
 from mosaic_search.operators import Candidate, default_candidates
+from mosaic_search.quality import scorer
+from mosaic_search.quality.library import library_path, load_library_entry
 
 SEQ = 32
 ARGS = dict(ops="gqa,swa:window=32,swa:window=2,mla:rank=8,gdn,drop", tokens=64, seq_len=SEQ, align_steps=12, seed=0)
@@ -160,7 +163,7 @@ def test_prefix_is_never_recomputed(teacher, tmp_path, monkeypatch):
 
 
 def test_work_for_a_36_layer_model_is_at_most_0_6_of_naive():
-    from mosaic_search.models import load_config
+    from mosaic_search.hf.models import load_config
 
     dims = surgery.dims_of(load_config("Qwen/Qwen3-VL-4B-Instruct", shipped_ok=True))
     assert dims.num_layers == 36
@@ -173,7 +176,7 @@ def _killed_run(teacher, out, after: int) -> int:
     """Run the CLI in a subprocess that kills itself with SIGKILL right after its `after`-th finished item."""
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from mosaic_search import library
+        from mosaic_search.quality import library
         from mosaic_search.cli import main
         real, n = library.append_item, [0]
         def append(path, row):
@@ -299,8 +302,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(teacher, bare_teacher, 
 
 def test_default_windows_are_longer_than_every_scored_window():
     """A window as long as the calibration sequence is full attention there and would score 0."""
-    from mosaic_search import surgery
-    from mosaic_search.models import load_config
+    from mosaic_search.hf import surgery
+    from mosaic_search.hf.models import load_config
     from mosaic_search.operators import parse_candidates
 
     dims = surgery.dims_of(load_config("tiny"))

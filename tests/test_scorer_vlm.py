@@ -8,14 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
-from conftest import tiny_config
-from mosaic_search import builder, data, schema, scorer, surgery
+from mosaic_search import builder
+from mosaic_search.artifacts import schema
 from mosaic_search.cli import main
-from mosaic_search.library import library_path, load_library_entry
-from mosaic_search.models import load_model, model_from_config
+from mosaic_search.hf import data, surgery
+from mosaic_search.hf.models import load_model, model_from_config
 from mosaic_search.operators import Candidate
+from mosaic_search.quality import scorer
+from mosaic_search.quality.library import library_path, load_library_entry
 
 SEQ = 32
 IMAGE, PAD, V_START, V_END = 90, 0, 92, 93
@@ -189,8 +192,8 @@ def test_bad_images_are_one_line_exit_2_and_write_nothing(vl_teacher, tmp_path, 
 def test_distill_trains_on_image_rows_and_prompts_on_text_rows(vl_teacher, image_data, tmp_path, capsys):
     """Stage 5 on a Qwen3-VL build: image windows go through the vision tower (off-policy), text windows prompt the
     on-policy samples; a data file of image rows only is refused for on-policy before any training."""
-    from mosaic_search import distill
-    from mosaic_search.models import load_config, model_ref
+    from mosaic_search.hf.models import load_config, model_ref
+    from mosaic_search.recovery import distill
 
     ref = schema.LayerPlan(header=schema.Header.new(model_ref(vl_teacher, load_config(vl_teacher))),
                            layers=(Candidate.of("gqa"), Candidate.of("none"), Candidate.of("gqa")), predicted={},

@@ -16,12 +16,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mosaic_search import baselines, problem, schema, solver, to_frame
+from mosaic_search import to_frame
+from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.schema import (
+    Header,
+    LatencyProfile,
+    ModelRef,
+    ProfileEntry,
+    SensitivityEntry,
+    SensitivityTable,
+    Workload,
+)
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
-from mosaic_search.schema import (Header, LatencyProfile, ModelRef, ProfileEntry, SensitivityEntry,
-                                  SensitivityTable, Workload)
+from mosaic_search.search import baselines, problem, solver
 
 G, D, N, X = (Candidate.of(op) for op in ("gqa", "gdn", "none", "drop"))
 S512, S2K = Candidate.of("swa", {"window": 512}), Candidate.of("swa", {"window": 2048})
@@ -386,8 +395,8 @@ def test_one_constraint_check_names_every_broken_rule():
 
 
 def test_baselines_do_not_import_the_solver():
-    run = subprocess.run([sys.executable, "-c", "import sys, mosaic_search.baselines; "
-                          "assert 'mosaic_search.solver' not in sys.modules"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", "import sys, mosaic_search.search.baselines; "
+                          "assert 'mosaic_search.search.solver' not in sys.modules"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert run.returncode == 0, run.stderr
 

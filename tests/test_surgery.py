@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import ARCHS, every_operator, tiny_config, tiny_model
-from mosaic_search import surgery
+
 from mosaic_search.errors import UsageError
+from mosaic_search.hf import surgery
 from mosaic_search.operators import Candidate
 
 

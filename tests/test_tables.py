@@ -6,12 +6,17 @@ import dataclasses
 
 import pandas as pd
 import pytest
-
-from mosaic_search import builder, frames, profiler, scorer, solver, speedup, terminal, to_frame
-from mosaic_search.cli import main
-from mosaic_search.operators import Candidate
-from mosaic_search.schema import Workload
 from test_solver import make, save_pair
+
+from mosaic_search import builder, to_frame
+from mosaic_search.artifacts import frames
+from mosaic_search.artifacts.schema import Workload
+from mosaic_search.cli import main, terminal
+from mosaic_search.latency import bench as bench_mod
+from mosaic_search.latency import profiler
+from mosaic_search.operators import Candidate
+from mosaic_search.quality import scorer
+from mosaic_search.search import solver
 
 # A model shaped like Qwen3-VL-4B (36 layers) with the candidates and workload names a GPU profile holds: the
 # longest names and numbers the tables show.
@@ -198,13 +203,13 @@ def test_solve_and_sweep_tables_fit_80_columns(artifacts, columns80, tmp_path, c
 
 def test_bench_check_and_ops_tables_fit_80_columns(columns80, monkeypatch, capsys):
     target = f"build/{MODEL.replace('/', '--')}-{'GSDK' * 9}"
-    monkeypatch.setattr(speedup, "bench", lambda *a, **kw: [
+    monkeypatch.setattr(bench_mod, "bench", lambda *a, **kw: [
         {"workload": w, "teacher_ms": 1635.7, "model_ms": 1001.25, "measured_speedup": 1.634, "predicted_speedup": 1.6,
          "error_pct": -2.1} for w in GQA_MS])
     out = _shown(capsys, ["bench", target])
     for text in (*GQA_MS, "1636", "1001", "1.63x", "-2.1"):
         assert text in out, text
-    monkeypatch.setattr(speedup, "bench_generate", lambda *a, **kw: [
+    monkeypatch.setattr(bench_mod, "bench_generate", lambda *a, **kw: [
         {"context": ctx, "model_ttft_ms": 1635.7, "model_tpot_ms": 12.3456, "model_tokens_per_s": 81.0,
          "all-gqa_tpot_ms": 20.5, "stock_tpot_ms": 19.75, "tpot_speedup_vs_all-gqa": 1.66, "tpot_speedup_vs_stock": 1.6,
          "predicted_tpot_speedup": 1.7, "stock_mode": "static"} for ctx in (16384, 98304)])

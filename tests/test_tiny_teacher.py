@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mosaic_search import models
 from mosaic_search.errors import MosaicError
-from mosaic_search.models import TINY_DIR, load_config, load_model
+from mosaic_search.hf import models
+from mosaic_search.hf.models import TINY_DIR, load_config, load_model
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "heldout.txt", "recall_eval.jsonl", "calibration.txt", "README.md")
@@ -92,7 +92,7 @@ def test_default_calibration_holds_recall_the_teacher_solves(teacher, tokenizer)
     answers the recall queries in them (so a swap that breaks recall shows in the KL)."""
     import re
 
-    from mosaic_search.data import default_source
+    from mosaic_search.hf.data import default_source
 
     path = Path(default_source("tiny"))
     data = path.read_bytes()

@@ -17,7 +17,6 @@ from .cache import layer_cache, tokens_seen
 from .dims import ModelDims, mla_rope_dims
 from .norm import RMSNorm
 
-
 # Queries from which a CUDA window goes through FlexAttention: fewer fit in one of its 128-row blocks, where the
 # blocked SDPA below already reads only the window, and decode steps would build a block mask per position.
 FLEX_MIN_QUERIES = 128

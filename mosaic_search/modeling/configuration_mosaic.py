@@ -7,8 +7,17 @@ The config carries everything the remote code needs, so a built model loads with
 
 from __future__ import annotations
 
-from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2_5_VLConfig,
-                          Qwen2Config, Qwen3Config, Qwen3VLConfig)
+from transformers import (
+    Gemma3Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2_5_VLConfig,
+    Qwen2Config,
+    Qwen3Config,
+    Qwen3VLConfig,
+)
 
 
 class MosaicQwen3Config(Qwen3Config):

@@ -7,14 +7,30 @@ imports only torch, transformers and the sibling files of this folder.
 from __future__ import annotations
 
 import torch
-from transformers import (Gemma3ForCausalLM, Gemma3ForConditionalGeneration, LlamaForCausalLM, MistralForCausalLM,
-                          Phi3ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM, Qwen3ForCausalLM,
-                          Qwen3VLForConditionalGeneration)
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Phi3ForCausalLM,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2ForCausalLM,
+    Qwen3ForCausalLM,
+    Qwen3VLForConditionalGeneration,
+)
 
 from .architectures import ARCHITECTURES, base_model_type, rope_layer_types, teacher_rotary, text_config
-from .configuration_mosaic import (MosaicGemma3Config, MosaicGemma3TextConfig, MosaicLlamaConfig, MosaicMistralConfig,
-                                   MosaicPhi3Config, MosaicQwen2_5_VLConfig, MosaicQwen2Config, MosaicQwen3Config,
-                                   MosaicQwen3VLConfig)
+from .configuration_mosaic import (
+    MosaicGemma3Config,
+    MosaicGemma3TextConfig,
+    MosaicLlamaConfig,
+    MosaicMistralConfig,
+    MosaicPhi3Config,
+    MosaicQwen2_5_VLConfig,
+    MosaicQwen2Config,
+    MosaicQwen3Config,
+    MosaicQwen3VLConfig,
+)
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
 from .mixers import mixer_for, replaces_layer

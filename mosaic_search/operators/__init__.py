@@ -6,10 +6,23 @@ bottom of this module. Nothing here imports torch: `mosaic solve` reads the regi
 
 from __future__ import annotations
 
-from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, OperatorSpec, cache_layout,
-                       default_candidates, from_symbol, get, parse_candidates, pattern_string, plot_color, register,
-                       unbuildable)
-from . import attention, latent, delta, removal  # noqa: F401  (each file registers its operators)
+from . import attention, delta, latent, removal  # noqa: F401  (each file registers its operators)
+from .registry import (
+                       COUNTING_LAYER_TYPES,
+                       OPS_HELP,
+                       REGISTRY,
+                       Candidate,
+                       OperatorSpec,
+                       cache_layout,
+                       default_candidates,
+                       from_symbol,
+                       get,
+                       parse_candidates,
+                       pattern_string,
+                       plot_color,
+                       register,
+                       unbuildable,
+)
 
 __all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout",
            "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_string", "plot_color", "register",

@@ -4,7 +4,6 @@ The operators themselves are registered by the files of this package (see `__ini
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

@@ -1,9 +1,14 @@
 """Stage 2 alone from the stage-1 model, at several learning rates: what does on-policy add or cost?"""
-import sys, time, torch
+import sys
+import time
+
+import torch
+
 torch.set_num_threads(1)
-from mosaic_search import distill as D
-from mosaic_search.evaluate import eval_set, measure
-from mosaic_search.models import load_model
+from mosaic_search.hf.models import load_model
+from mosaic_search.quality.evaluation import eval_set, measure
+from mosaic_search.recovery import distill as D
+
 target, lrs = sys.argv[1], [float(x) for x in sys.argv[2].split(",")]
 src = f"/tmp/d15/bench2/tpot-{target}x/offpolicy"
 teacher = load_model("tiny"); ev = eval_set("tiny")

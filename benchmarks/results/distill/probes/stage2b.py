@@ -1,9 +1,14 @@
 """Stage 2 alone (with the prompt KL) from the stage-1 model."""
-import sys, time, torch
+import sys
+import time
+
+import torch
+
 torch.set_num_threads(1)
-from mosaic_search import distill as D
-from mosaic_search.evaluate import eval_set, measure
-from mosaic_search.models import load_model
+from mosaic_search.hf.models import load_model
+from mosaic_search.quality.evaluation import eval_set, measure
+from mosaic_search.recovery import distill as D
+
 target, lr = sys.argv[1], float(sys.argv[2])
 src = f"/tmp/d15/bench2/tpot-{target}x/offpolicy"
 teacher = load_model("tiny"); ev = eval_set("tiny")

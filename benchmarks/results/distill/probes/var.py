@@ -1,9 +1,14 @@
 """Stage-1 variants from the built model: what hidden_weight and steps do."""
-import sys, time, torch
+import sys
+import time
+
+import torch
+
 torch.set_num_threads(1)
-from mosaic_search import distill as D
-from mosaic_search.evaluate import eval_set, measure
-from mosaic_search.models import load_model
+from mosaic_search.hf.models import load_model
+from mosaic_search.quality.evaluation import eval_set, measure
+from mosaic_search.recovery import distill as D
+
 target, name = sys.argv[1], sys.argv[2]
 kw = eval(sys.argv[3])
 src = f"/tmp/d15/bench2/tpot-{target}x/built"

@@ -13,7 +13,7 @@ def _wrote(*paths) -> None:
 
 def profile(prof, path, table=None, as_json: bool = False) -> None:
     """Stage 1: per-layer latency of every candidate at layer 0 (speedup vs gqa), the timing spread, additivity."""
-    from . import profiler
+    from ..latency import profiler
 
     rows, noise = prof.validation, profiler.spread(prof)
     if as_json:
@@ -51,10 +51,10 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
     """Stage 2: the KL heat table, layers by candidates, with block influence, the work done and the files."""
     from rich.text import Text
 
-    from . import scorer
-    from .data import SELF
-    from .library import library_path
-    from .schema import to_json
+    from ..artifacts.schema import to_json
+    from ..hf.data import SELF
+    from ..quality import scorer
+    from ..quality.library import library_path
 
     library, rho = library_path(path), scorer.proxy_agreement(table)
     if as_json:
@@ -96,7 +96,7 @@ def sweep(front: dict, table=None, as_json: bool = False) -> None:
 
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
     """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
-    from .schema import to_json
+    from ..artifacts.schema import to_json
 
     if as_json:
         return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else
@@ -208,7 +208,7 @@ def ops(specs, as_json: bool = False) -> None:
 
 def check(results: list, model: str, layer: int, tokens: int, as_json: bool = False) -> None:
     """`check`: per candidate, whether generation with a cache equals generation without, and its tokens."""
-    from .operators import Candidate
+    from ..operators import Candidate
 
     if as_json:
         return emit_json(results)

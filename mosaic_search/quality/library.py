@@ -24,12 +24,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import schema
-from .errors import UsageError
-from .files import PLANS_DIR, append_line, atomic_path
-from .models import slug
-from .operators import Candidate
-from .schema import CandidateLibrary, Header, LayerPlan, LibraryEntry, ModelRef
+from ..artifacts import schema
+from ..artifacts.files import PLANS_DIR, append_line, atomic_path
+from ..artifacts.schema import CandidateLibrary, Header, LayerPlan, LibraryEntry, ModelRef
+from ..errors import UsageError
+from ..hf.models import slug
+from ..operators import Candidate
 
 
 def library_path(table: str | os.PathLike) -> Path:

@@ -10,9 +10,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ..errors import UsageError
+from ..operators import REGISTRY
 from . import files
-from .errors import UsageError
-from .operators import REGISTRY
 from .schema import PARETO_KIND, LatencyProfile, LayerPlan, Pareto, SensitivityTable, to_json
 
 SUFFIXES = (".csv", ".parquet")

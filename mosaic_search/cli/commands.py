@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__, views
-from . import distill as distill_defaults  # defaults shown in --help; the module imports no torch at top level
-from . import evaluate as eval_defaults
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
-from .operators import OPS_HELP
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
+from ..operators import OPS_HELP
+from ..quality import evaluation as eval_defaults
+from ..recovery import distill as distill_defaults  # defaults shown in --help; the module imports no torch at top level
+from . import views
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -63,7 +64,7 @@ def _table_writer(path):
     """Check a --table path before any work; return what writes an artifact's rows there (nothing without one)."""
     if not path:
         return lambda artifact: None
-    from . import frames
+    from ..artifacts import frames
 
     frames.check_table(path)
     return lambda artifact: frames.write_table(artifact, path)
@@ -81,7 +82,7 @@ def profile(model: ModelOpt = "tiny", device: DeviceOpt = "cpu", ops: OpsOpt = N
             image_tokens: ImageTokensOpt = 0, table_out: TableOpt = None, seed: SeedOpt = 0,
             as_json: JsonOpt = False):
     """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
-    from . import profiler
+    from ..latency import profiler
 
     save_table = _table_writer(table_out)  # a bad --table fails before the profile runs, not after
     with interruptible(lambda: f"{NOTHING_WRITTEN}: a profile is saved only once complete"), \
@@ -110,11 +111,11 @@ def score(teacher: ModelOpt = "tiny",
           = None,
           table_out: TableOpt = None, seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 2: KL to the teacher of every (layer, operator) swap, after local alignment (torchrun splits items)."""
-    from . import scorer
+    from ..quality import scorer
 
     save_table, show, start = _table_writer(table_out), rank0(), time.perf_counter()
     path = scorer.table_path(teacher, out)
-    from .library import ItemStore
+    from ..quality.library import ItemStore
 
     kept = lambda: (f"the finished items are kept beside {path}; --resume continues"  # noqa: E731
                     if any(log.stat().st_size for log in ItemStore(path).logs())
@@ -165,7 +166,7 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
           allow_stale: AllowStaleOpt = False, overwrite: OverwriteOpt = False,
           out: OutOpt = None, table_out: TableOpt = None, as_json: JsonOpt = False):
     """Stage 3: the least predicted loss per layer assignment that meets the speedup targets (MIP)."""
-    from . import solver
+    from ..search import solver
 
     _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out)
     save_table = _table_writer(table_out)
@@ -197,7 +198,7 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
           overwrite: OverwriteOpt = False, allow_stale: AllowStaleOpt = False,
           seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 4: apply a plan to its teacher and write a Hugging Face model directory (trust_remote_code)."""
-    from . import builder
+    from .. import builder
 
     if library and no_library:
         raise UsageError("--library and --no-library exclude each other")
@@ -245,7 +246,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             = "ddp",
             device: DeviceOpt = "cpu", seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
-    from . import distill as lib
+    from ..recovery import distill as lib
 
     ckpt, show = lib.checkpoint_path(lib.default_out(model, out)), rank0()
     with interruptible(lambda: f"the checkpoint in {ckpt} is kept; rerun with --resume to continue"
@@ -274,7 +275,7 @@ def eval_(model: Annotated[str, typer.Argument(help="A model directory (built or
           = eval_defaults.EVAL_SEQ_LEN,
           device: DeviceOpt = "cpu", as_json: JsonOpt = False):
     """Measured quality against the teacher: KL, held-out loss and recall (the numbers every report uses)."""
-    from .evaluate import evaluate
+    from ..quality.evaluation import evaluate
 
     result = evaluate(model, teacher=teacher, data=data, probes=probes, windows=windows, seq_len=seq_len,
                       device=device)
@@ -296,7 +297,7 @@ def bench(target: Annotated[str, typer.Argument(
           batch: Annotated[int, typer.Option(help="--generate: sequences per call.")] = 1,
           seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Measure TTFT / TPOT speedup over the teacher and compare it with the plan's prediction."""
-    from . import speedup
+    from ..latency import bench as speedup
 
     if generate:
         with progress("generate") as tick:
@@ -313,7 +314,7 @@ def bench(target: Annotated[str, typer.Argument(
 def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (replaced if it holds an earlier demo).")]
          = "demo_report", seed: SeedOpt = 0):
     """The whole pipeline on the embedded teacher on CPU: profile, score, solve, build, bench, report."""
-    from . import demo as lib
+    from .. import demo as lib
 
     with interruptible(lambda: f"{NOTHING_WRITTEN}: the report replaces {out} only once complete"), \
             progress("mosaic demo") as tick:
@@ -324,7 +325,7 @@ def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (re
 @app.command()
 def ops(as_json: JsonOpt = False):
     """List every registered operator, its HF layer type and whether its fast path runs here."""
-    from .operators import REGISTRY
+    from ..operators import REGISTRY
 
     views.ops(REGISTRY.values(), as_json)
 
@@ -333,7 +334,7 @@ def ops(as_json: JsonOpt = False):
 def check(model: ModelOpt = "tiny", layer: Annotated[int, typer.Option(help="Layer to swap.")] = 0,
           tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 8, as_json: JsonOpt = False):
     """Swap every operator into one layer and check generate() with the static and dynamic caches equals no cache."""
-    from . import builder
+    from .. import builder
 
     results = builder.check_generation(model, layer=layer, new_tokens=tokens)
     views.check(results, model, layer, tokens, as_json)

@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import builder, files, surgery
-from .errors import MosaicError, UsageError
-from .harness import Bench, check_device, load_bench
-from .models import load_config, model_from_config
-from .operators import unbuildable
-from .schema import LayerPlan, load_plan, parse_workload, workload_from_name, workload_name
+from ..artifacts import files
+from ..artifacts.schema import LayerPlan, load_plan, parse_workload, workload_from_name, workload_name
+from ..errors import MosaicError, UsageError
+from ..hf import assembly, surgery
+from ..hf.device import check_device, default_dtype
+from ..hf.models import load_config, model_from_config
+from ..operators import unbuildable
+from .harness import Bench, load_bench
 from .timing import Pool, busy_machine, default_rounds, default_timer
 
 
@@ -119,7 +121,7 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     plan, path = _resolve(model_dir)
     if path is None:
         raise UsageError(f"{model_dir}: generate is timed on a built model directory, not a plan")
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = dtype or default_dtype(device)
     lengths = [parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
                for c in (contexts or [w.seq_len for w in _decode_workloads(plan)] or [256])]
     teacher = plan.header.model.id
@@ -146,7 +148,7 @@ def stock_mode(device: str) -> dict:
 
 def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=None):
     """`teacher` with `layers` (default: the teacher's own operator in every layer, `surgery.teacher_ops`: gqa
-    unless the teacher slides) as the built model class in memory (`builder.as_built`),
+    unless the teacher slides) as the built model class in memory (`assembly.as_built`),
     with random weights of the teacher's dimensions on `device`: what `build` would write, without its weights."""
     import torch
 
@@ -157,7 +159,7 @@ def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=No
         torch.manual_seed(seed)
         for i, c in enumerate(layers):
             surgery.swap(swapped, i, c)
-    return builder.as_built(swapped, layers, seed).to(device)
+    return assembly.as_built(swapped, layers, seed).to(device)
 
 
 def stock_teacher(teacher: str, device: str, dtype: str, seed: int = 0):

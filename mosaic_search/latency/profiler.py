@@ -20,13 +20,15 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import surgery, timing
-from .errors import UsageError
-from .files import PROFILES_DIR, check_output, output_path
-from .harness import Bench, check_device, environment, load_bench
-from .models import load_config, model_ref, slug
-from .operators import Candidate, parse_candidates, pattern_string
-from .schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, parse_workload, save
+from ..artifacts.files import PROFILES_DIR, check_output, output_path
+from ..artifacts.schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, parse_workload, save
+from ..errors import UsageError
+from ..hf import surgery
+from ..hf.device import check_device, environment
+from ..hf.models import load_config, model_ref, slug
+from ..operators import Candidate, parse_candidates, pattern_string
+from . import timing
+from .harness import Bench, load_bench
 
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
 CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UsageError
+from ..errors import UsageError
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
 # where the stages write by default, relative to the working directory (docs/design.md §5)

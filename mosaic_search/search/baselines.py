@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from .errors import InfeasibleError, UsageError
-from .operators import REGISTRY, from_symbol
+from ..errors import InfeasibleError, UsageError
+from ..operators import REGISTRY, from_symbol
 from .problem import Problem, matches, violations
 
 _EPS = 1e-9  # stricter than the solver's re-check (1e-6), so a plan a baseline calls "met" always verifies

@@ -28,13 +28,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts import schema
+from ..artifacts.files import PLANS_DIR, check_output, json_text, output_path, write_text
+from ..artifacts.schema import Header, SensitivityEntry, SensitivityTable
+from ..errors import MosaicError, UsageError
+from ..hf import distributed
+from ..hf.models import slug
+from ..operators import Candidate, parse_candidates
 from . import align as align_mod
-from . import distributed, library, schema
-from .errors import MosaicError, UsageError
-from .files import PLANS_DIR, check_output, json_text, output_path, write_text
-from .models import slug
-from .operators import Candidate, parse_candidates
-from .schema import Header, SensitivityEntry, SensitivityTable
+from . import library
 
 SCORER_VERSION = 2  # in every item fingerprint: bump when a mixer's parameters or maths change (2: mla, gdn, kda)
 DEFAULT_TOKENS = 8192
@@ -72,10 +74,10 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     Under torchrun the items are split across ranks and rank 0 writes the table. `progress(done, total, what)` is
     called as items finish.
     """
-    from . import data as data_mod
-    from . import surgery
-    from .models import load_config, model_ref
-    from .harness import check_device, environment
+    from ..hf import data as data_mod
+    from ..hf import surgery
+    from ..hf.device import check_device, default_dtype, environment
+    from ..hf.models import load_config, model_ref
 
     align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
@@ -103,7 +105,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     check_device(device)
 
     with distributed.session(device) as (rank, world, device):
-        model = _load_teacher(teacher, device, device_map, dtype or ("float32" if device == "cpu" else "bfloat16"))
+        model = _load_teacher(teacher, device, device_map, dtype or default_dtype(device))
         if windows is None:
             sampled = data_mod.sample_from_teacher(model, n_score + ALIGN_WINDOWS, seq_len, seed) if rank == 0 else None
             sampled = distributed.broadcast(sampled, world)
@@ -141,7 +143,7 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
             teacher_ops: list) -> SensitivityTable:
     """Merge every rank's finished items into the table and the library, write both, drop the progress files;
     `teacher_ops[layer]`, the teacher's own operator there, gets the reference row scoring 0."""
-    from .data import SELF
+    from ..hf.data import SELF
 
     finished = store.finished(fps)
     missing = [f"layer {layer} {c}" for layer, c in fps if (layer, c) not in finished]
@@ -254,7 +256,7 @@ class _Context:
 
     @property
     def dims(self):
-        from . import surgery
+        from ..hf import surgery
 
         return surgery.dims_of(self.model.config)
 
@@ -267,7 +269,7 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
     import torch
     import torch.nn.functional as F
 
-    from . import surgery
+    from ..hf import surgery
 
     stack = surgery.text_stack(model)
     L = len(stack.layers)
@@ -349,7 +351,7 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
     """Align (if the operator needs it), swap in, score; the log line of the item."""
     import torch
 
-    from . import surgery
+    from ..hf import surgery
 
     steps = steps if cand.spec.aligned else 0
     extra, weights, part = {}, None, None
@@ -427,7 +429,7 @@ def _candidates(ops, dims, teacher_ops) -> list[Candidate]:
 def _load_teacher(teacher: str, device: str, device_map, dtype: str):
     import torch
 
-    from .models import TINY, load_config, load_model
+    from ..hf.models import TINY, load_config, load_model
 
     if device_map is None or teacher == TINY:
         model = load_model(teacher, dtype=dtype, device=device)
@@ -444,7 +446,7 @@ def _load_teacher(teacher: str, device: str, device_map, dtype: str):
                              ) from None
     if getattr(model.config, "_attn_implementation", None) == "eager":
         model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is
-    from .surgery import own_mixers
+    from ..hf.surgery import own_mixers
 
     own_mixers(model)  # a sliding window is not applied without a mask either
     return model

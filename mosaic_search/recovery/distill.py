@@ -32,9 +32,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import distributed, schema
-from .errors import StaleInputError, UsageError
-from .files import atomic_dir, check_output, output_path, write_json
+from ..artifacts import schema
+from ..artifacts.files import atomic_dir, check_output, output_path, write_json
+from ..errors import StaleInputError, UsageError
+from ..hf import distributed
 
 RECORD_KIND = "mosaic/distill-record"
 RECORD_FILE = "distill_record.json"
@@ -81,11 +82,11 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     """
     import torch
 
-    from . import data as data_mod
-    from .evaluate import eval_set, recorded_teacher
-    from .harness import check_device
-    from .models import TINY, is_mosaic_dir
-    from .surgery import decoder_layers
+    from ..hf import data as data_mod
+    from ..hf.device import check_device
+    from ..hf.models import TINY, is_mosaic_dir
+    from ..hf.surgery import decoder_layers
+    from ..quality.evaluation import eval_set, recorded_teacher
 
     _choice("--stage", stage, STAGES)
     _choice("--trainable", trainable, TRAINABLE)
@@ -209,7 +210,7 @@ def load_record(model: str | Path) -> dict:
     path = Path(model) / RECORD_FILE
     if not path.is_file():
         raise UsageError(f"{model}: no {RECORD_FILE} (not a model written by mosaic distill)")
-    from .files import read_text
+    from ..artifacts.files import read_text
 
     try:
         obj = json.loads(read_text(path))
@@ -226,7 +227,7 @@ def load_record(model: str | Path) -> dict:
 
 def _choice(flag: str, value: str, choices) -> None:
     if value not in choices:
-        from .errors import did_you_mean
+        from ..errors import did_you_mean
 
         raise UsageError(f'{flag} "{value}": choose one of {", ".join(choices)}{did_you_mean(value, choices)}')
 
@@ -244,7 +245,7 @@ def _steps(steps, tokens, batch_size: int, seq_len: int) -> int:
 
 def _same_tokenizer(model: str, teacher: str, oracle: str | None):
     """The teacher's tokenizer, after checking that the model's and the oracle's map every token alike."""
-    from .data import tokenizer_of
+    from ..hf.data import tokenizer_of
 
     tok = tokenizer_of(teacher)
     if tok is None:
@@ -260,7 +261,7 @@ def _same_tokenizer(model: str, teacher: str, oracle: str | None):
 def _load(model: str, teacher: str, oracle: str | None, device: str):
     """(student in train mode, teacher, oracle or None), frozen except what `_trainable` frees; the oracle's
     output vocabulary must be the teacher's."""
-    from .models import load_model
+    from ..hf.models import load_model
 
     student = load_model(model, device=device)
     ref = load_model(teacher, device=device)
@@ -286,7 +287,7 @@ class _Windows:
         self.text = [i for i, im in enumerate(windows.images) if im is None]
 
     def describe(self) -> dict:
-        from .data import display_name
+        from ..hf.data import display_name
 
         return {"source": display_name(self.source), "windows": len(self.windows),
                 "text_windows": len(self.text), "seq_len": int(self.windows.ids.shape[1]),
@@ -311,8 +312,8 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
     sequences sampled from the teacher (sampling is sequential decoding, the slowest part of a run; rank 0 samples
     and sends them, or with a `sharded` teacher every process samples the same ones in step); fewer windows than
     `want` are reused epoch after epoch."""
-    from . import data as data_mod
-    from .surgery import dims_of
+    from ..hf import data as data_mod
+    from ..hf.surgery import dims_of
 
     positions = dims_of(ref.config).max_position
     if seq_len > positions:
@@ -335,8 +336,8 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
 def _trainable(student, ref, which: str) -> list:
     """(name, parameter) pairs that train, by the student's own parameter names, marked requires_grad; a one-line
     error when there are none. `replaced`: the layers whose operator differs from the teacher's own there (`ref`'s)."""
-    from . import surgery
-    from .operators import Candidate
+    from ..hf import surgery
+    from ..operators import Candidate
 
     if which == "all":
         chosen = {id(p) for p in student.parameters()}
@@ -375,7 +376,7 @@ def _schedule(k: int, steps: int) -> float:
 
 def _forward(model, rows, hidden: bool):
     """(logits [b, T, V] float32, hidden states after every decoder layer or None) of teacher-forced `rows`."""
-    from . import surgery
+    from ..hf import surgery
 
     captured = []
     hooks = []
@@ -426,7 +427,7 @@ def _onpolicy_loss(wrapped, student, ref, oracle, oracle_weight: float, rows, di
     the student's samples for the same reason)."""
     import torch
 
-    from .data import Windows
+    from ..hf.data import Windows
 
     device = next(student.parameters()).device
     ids = rows.w.ids.to(device)
@@ -502,7 +503,7 @@ class _Rows:
 
 def _model_sha256(model: str) -> str:
     """The model directory's identity without hashing gigabytes of weights: its config and plan record."""
-    from .builder import PLAN_FILE
+    from ..artifacts.schema import PLAN_FILE
 
     return schema.sha256_json([schema.sha256_file(Path(model) / name) for name in ("config.json", PLAN_FILE)])
 
@@ -573,7 +574,7 @@ def _resume(ckpt: Path, settings: dict, params, opt) -> tuple[int, list]:
 
 def _load_plain(model: str, state: dict):
     """The model directory's model in host memory, holding `state` (the whole weights gathered from FSDP2 shards)."""
-    from .models import load_model
+    from ..hf.models import load_model
 
     plain = load_model(model, device="cpu")
     plain.load_state_dict(state)
@@ -583,7 +584,7 @@ def _load_plain(model: str, state: dict):
 def _quality(student, ref, evals):
     if evals is None:
         return None
-    from .evaluate import measure
+    from ..quality.evaluation import measure
 
     was = student.training
     student.eval()

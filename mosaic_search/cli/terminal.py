@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .errors import Interrupted
+from ..errors import Interrupted
 
 # markup off: every string printed is data (paths, model ids, "pip install 'mosaic-search[cuda]'"), and rich
 # would take its [brackets] for style tags and drop them

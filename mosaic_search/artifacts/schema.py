@@ -18,15 +18,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..errors import StaleInputError, UsageError
+from ..operators import Candidate
 from . import files
-from .errors import StaleInputError, UsageError
-from .operators import Candidate
 
 SCHEMA_VERSION = 1
 PROFILE_KIND = "mosaic/latency-profile"
 SENSITIVITY_KIND = "mosaic/sensitivity"
 LIBRARY_KIND = "mosaic/candidate-library"  # the JSON sidecar of the scorer's aligned weights (library.py)
 PLAN_KIND = "mosaic/layer-plan"
+PLAN_FILE = "mosaic_plan.json"  # the plan a built model directory carries beside its config
 PARETO_KIND = "mosaic/pareto"
 PHASES = ("prefill", "decode")
 STATUSES = ("ok", "oom", "unsupported")
@@ -34,7 +35,7 @@ STATUSES = ("ok", "oom", "unsupported")
 
 def package_version() -> str:
     """The installed mosaic version (falls back to the source tree's)."""
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -254,7 +255,7 @@ class LayerPlan:
     @property
     def pattern(self) -> str:
         """The compact one-symbol-per-layer string, e.g. 'GGSDGK'."""
-        from .operators import pattern_string
+        from ..operators import pattern_string
 
         return pattern_string(self.layers)
 

@@ -10,13 +10,14 @@ import math
 import time
 from pathlib import Path
 
-from . import baselines, files, frames, schema
-from .errors import InfeasibleError, MosaicError, UsageError, did_you_mean
-from .files import PLANS_DIR
-from .models import slug
-from .operators import REGISTRY, Candidate, pattern_string, plot_color
+from ..artifacts import files, frames, schema
+from ..artifacts.files import PLANS_DIR
+from ..artifacts.schema import Header, LayerPlan, Pareto
+from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean
+from ..hf.models import slug
+from ..operators import REGISTRY, Candidate, pattern_string, plot_color
+from . import baselines
 from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
-from .schema import Header, LayerPlan, Pareto
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
 # Search settings, not the model: with a near-optimal warm start, HiGHS's sub-MIP heuristics, restarts and

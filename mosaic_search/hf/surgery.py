@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError, did_you_mean
-from .modeling import architectures as arch_mod
-from .modeling.dims import ModelDims
-from .operators import Candidate
+from ..errors import UsageError, did_you_mean
+from ..modeling import architectures as arch_mod
+from ..modeling.dims import ModelDims
+from ..operators import Candidate
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def install(model, layer: int, candidate: Candidate, module):
     return the module."""
     from torch import nn
 
-    from .modeling.mixers import replaces_layer
+    from ..modeling.mixers import replaces_layer
 
     layers = decoder_layers(model)
     box = _originals(model, create=True)

@@ -18,10 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..assets import TINY_DIR
+from ..errors import UsageError
+from ..modeling.architectures import image_architectures
 from . import distributed
-from .assets import TINY_DIR
-from .errors import UsageError
-from .modeling.architectures import image_architectures
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")

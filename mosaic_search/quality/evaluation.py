@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EVAL_WINDOWS = 8
 EVAL_SEQ_LEN = 1024  # twice tiny's largest default SWA window: a windowed layer is not full attention here
@@ -46,11 +46,11 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
              seq_len: int = EVAL_SEQ_LEN, tokenizer=None, flag: str = "--data") -> EvalSet:
     """The evaluation set of `teacher`: defaults for `tiny` (heldout.txt, recall_eval.jsonl); any other teacher
     needs `data` (a .txt/.jsonl/.parquet file) and takes `probes` optionally. Errors are one-line UsageErrors."""
-    from . import data as data_mod
-    from .data import display_name
-    from .models import TINY, load_config
-    from .operators import default_candidates
-    from .surgery import dims_of
+    from ..hf import data as data_mod
+    from ..hf.data import display_name
+    from ..hf.models import TINY, load_config
+    from ..hf.surgery import dims_of
+    from ..operators import default_candidates
 
     tiny = teacher == TINY
     if data is None and not tiny:
@@ -115,8 +115,8 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
     """Measure `model` (a directory built or distilled by mosaic, or any model of the teacher's family) against
     `teacher` (default: the teacher recorded in the model's plan): `measure`'s numbers plus what they were measured
     on (`eval`) and both model names."""
-    from .models import load_model
-    from .harness import check_device
+    from ..hf.device import check_device
+    from ..hf.models import load_model
 
     teacher = teacher or recorded_teacher(model)
     evals = eval_set(teacher, data, probes, windows, seq_len)
@@ -129,9 +129,9 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
 def recorded_teacher(model: str) -> str:
     """The teacher id a mosaic model directory was built from (its plan record); `tiny` is its own teacher; a
     one-line error otherwise."""
-    from . import schema
-    from .builder import PLAN_FILE
-    from .models import TINY
+    from ..artifacts import schema
+    from ..artifacts.schema import PLAN_FILE
+    from ..hf.models import TINY
 
     if model == TINY:
         return TINY
@@ -147,7 +147,7 @@ def _tail(source: str, tokenizer, n: int):
     """The last `n` tokens of a data file's text (documents joined by the tokenizer's EOS), or an error."""
     import torch
 
-    from .data import documents
+    from ..hf.data import documents
 
     eos = getattr(tokenizer, "eos_token_id", None)
     text = Path(source).suffix.lower() == ".txt"

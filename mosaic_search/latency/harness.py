@@ -1,67 +1,20 @@
 """The timed model that `profile`, `bench` and validation share: a teacher of the real dimensions with random weights
-(`load_bench`), its parts as closures per workload (`Bench`), the static cache a built model decodes with, and the
-machine it runs on (`environment`, `check_device`). One harness, so what the profiler times is what `bench` times.
+(`load_bench`), its parts as closures per workload (`Bench`) and the static cache a built model decodes with. One
+harness, so what the profiler times is what `bench` times.
 """
 
 from __future__ import annotations
 
-import platform
-import subprocess
 from dataclasses import dataclass, field
 
-from . import surgery
-from .errors import UsageError
-from .modeling.architectures import image_architectures
-from .models import load_config, model_from_config
-from .operators import cache_layout
-from .schema import Workload
+from ..artifacts.schema import Workload
+from ..errors import UsageError
+from ..hf import surgery
+from ..hf.device import default_dtype
+from ..hf.models import load_config, model_from_config
+from ..modeling.architectures import image_architectures
+from ..operators import cache_layout
 from .timing import is_oom
-
-
-def environment(device: str) -> dict:
-    """The device and library fingerprint recorded in profiles (a profile is only valid for these)."""
-    import importlib.metadata as md
-
-    import torch
-
-    def version(pkg):
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    env = {"device": device, "torch": torch.__version__, "transformers": version("transformers"),
-           "fla": version("flash-linear-attention") or version("fla-core"), "triton": version("triton")}
-    if device.startswith("cuda"):
-        env["device_name"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-        env["driver"] = _driver_version()
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
-        env["cpu_threads"] = torch.get_num_threads()
-    return env
-
-
-def _driver_version():
-    try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def check_device(device: str) -> str:
-    """Validate the device string against this machine (exit 2 for a device that is not present)."""
-    import torch
-
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device} is not available on this machine (no CUDA device); use --device cpu")
-        return device
-    raise UsageError(f'unknown device "{device}": use cpu or cuda')
 
 
 def static_cache(layers, layer_types, context: int):
@@ -311,7 +264,7 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
     prefill also encodes an image of `image_tokens` tokens (`Bench.vision_fn`)."""
     import torch
 
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = dtype or default_dtype(device)
     config = load_config(model, shipped_ok=True)
     if image_tokens < 0:
         raise UsageError(f"--image-tokens must be 0 or more, got {image_tokens}")

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from . import schema
-from .errors import StaleInputError, UsageError, did_you_mean
-from .files import PLANS_DIR, PROFILES_DIR
-from .operators import REGISTRY, Candidate, unbuildable
-from .schema import LatencyProfile, SensitivityTable, Workload
+from ..artifacts import schema
+from ..artifacts.files import PLANS_DIR, PROFILES_DIR
+from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
+from ..errors import StaleInputError, UsageError, did_you_mean
+from ..operators import REGISTRY, Candidate, unbuildable
 
 METRICS = ("kl", "delta_loss")
 

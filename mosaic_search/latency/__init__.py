@@ -1,0 +1,1 @@
+"""Predicted and measured speed: timing, the timed model harness, `profile` and `bench`."""
