@@ -24,9 +24,22 @@ class MosaicError(Exception):
 
 
 class UsageError(MosaicError):
-    """Invalid arguments or input files (exit 2)."""
+    """Invalid arguments or input files (exit 2).
+
+    `param` names the library parameter at fault and `problem` what is wrong with it, when the error is about one
+    argument (`invalid`): the library's message names the parameter (`lr must be positive, got -1`), and the CLI,
+    which knows its flags, says the same with the flag (`--lr must be positive, got -1`) through `for_flag`.
+    """
 
     exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, param: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.param, self.problem = param, problem
+
+    def for_flag(self, flag: str) -> str:
+        """The message as the command line says it, naming `flag` where the library names its parameter."""
+        return f"{flag} {self.problem}" if self.param and self.problem else str(self)
 
 
 class InfeasibleError(MosaicError):
@@ -45,6 +58,17 @@ class Interrupted(MosaicError):
     """Ctrl-C stopped a command; the message says what it kept (exit 130)."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def invalid(param: str, problem: str) -> UsageError:
+    """The error for a bad value of library parameter `param`, e.g. invalid("lr", "must be positive, got -1")."""
+    return UsageError(f"{param} {problem}", param=param, problem=problem)
+
+
+def check(ok: bool, param: str, problem: str) -> None:
+    """Raise `invalid(param, problem)` unless `ok`: the one way a library function validates an argument."""
+    if not ok:
+        raise invalid(param, problem)
 
 
 def did_you_mean(word: str, choices) -> str:

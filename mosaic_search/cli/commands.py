@@ -342,6 +342,15 @@ def check(model: ModelOpt = "tiny", layer: Annotated[int, typer.Option(help="Lay
         raise MosaicError("generation with cache differs from generation without cache")
 
 
+# library parameters whose flag is not their name in kebab case (the one place the CLI maps them)
+FLAGS = {"model": "--model", "teacher": "--teacher", "as_json": "--json", "quality": "--eval"}
+
+
+def flag(param: str | None) -> str | None:
+    """The command-line flag of library parameter `param` (`batch_size` -> `--batch-size`)."""
+    return None if param is None else FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
 def main(argv=None) -> int:
     """Run the CLI and return its exit code (errors.py lists them); known errors print one line
     (MOSAIC_DEBUG=1 prints the traceback)."""
@@ -355,7 +364,7 @@ def main(argv=None) -> int:
     except MosaicError as e:
         if debug:
             traceback.print_exc()
-        return fail(str(e), e.exit_code)
+        return fail(e.for_flag(flag(e.param)) if isinstance(e, UsageError) else str(e), e.exit_code)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
