@@ -58,6 +58,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from mosaic_search import builder
+    from mosaic_search.artifacts.distill_record import load_distill_record
     from mosaic_search.hf.models import load_model
     from mosaic_search.quality.evaluation import eval_set, measure
     from mosaic_search.quality.library import library_path
@@ -86,7 +87,7 @@ def main() -> None:
         path = distill_mod.distill(str(model), out=target_dir / name, overwrite=True, quality=False, **kw)
         seconds = time.perf_counter() - start
         q = measure(load_model(str(path)), teacher, evals)
-        settings = distill_mod.load_record(path)
+        settings = load_distill_record(path).settings
         row = {"run": name, "seconds": seconds, **{k: settings[k] for k in ("stages", "steps_per_stage", "lr",
                                                                             "trainable", "data")}, **q}
         say(f"{target_dir.name} {name}: KL {q['kl']:.4f} loss {q['heldout_loss']:.4f} recall {q['recall']} "

@@ -39,11 +39,12 @@ def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dic
     context (decode-b1-c96k on a GPU profile), named like `tpot-2.5x-decode-b1-c96k`."""
     from gpu_plans import synthetic_scores
 
-    from mosaic_search.artifacts import schema
+    from mosaic_search.artifacts.header import save
+    from mosaic_search.artifacts.profile import load_profile
     from mosaic_search.search import solver
 
-    profile = schema.load_profile(profile_path)
-    scores = str(schema.save(synthetic_scores(profile), out / "synthetic_scores.json"))
+    profile = load_profile(profile_path)
+    scores = str(save(synthetic_scores(profile), out / "synthetic_scores.json"))
     workload = max((w for w in profile.workloads if w.phase == "decode" and w.batch_size == 1),
                    key=lambda w: w.seq_len).name
     mins = {op: int(n) for op, n in (item.split("=") for item in every_op_min.split(","))}
@@ -74,7 +75,7 @@ def main():
 
     import torch
 
-    from mosaic_search.artifacts import schema
+    from mosaic_search.artifacts.profile import parse_workload, workload_name
     from mosaic_search.hf import device
     from mosaic_search.latency import bench as bench_mod
     from mosaic_search.latency.timing import is_oom
@@ -87,7 +88,7 @@ def main():
               "all-gqa": (bench_mod.random_build(args.model, args.device, dtype), {})}
     for name, plan in plans.items():
         models[name] = (bench_mod.random_build(args.model, args.device, dtype, layers=plan.layers), {})
-    contexts = [schema.parse_workload(f"decode:{c}").seq_len for c in args.contexts.split(",")]
+    contexts = [parse_workload(f"decode:{c}").seq_len for c in args.contexts.split(",")]
     rows, started = [], time.time()
     for batch in map(int, args.batches.split(",")):
         for context in contexts:
@@ -101,7 +102,7 @@ def main():
                 torch.cuda.empty_cache()
                 continue
             row["seconds"] = time.time() - t0
-            w = schema.workload_name("decode", batch, context)
+            w = workload_name("decode", batch, context)
             for name, plan in plans.items():
                 row[f"{name}_pattern"] = plan.pattern
                 row[f"{name}_measured_tpot_speedup"] = row["all-gqa_tpot_ms"] / row[f"{name}_tpot_ms"]

@@ -10,6 +10,7 @@ the teacher's decode step against its bandwidth floor, and predicted-vs-measured
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -83,14 +84,13 @@ def cmd_profile(args):
 
 
 def cmd_validate(args):
-    from mosaic_search.artifacts import schema
+    from mosaic_search.artifacts.profile import load_profile
     from mosaic_search.latency.profiler import validate
     from mosaic_search.latency.timing import CudaTimer
 
-    prof = schema.load_profile(args.profile)
+    prof = load_profile(args.profile)
     wanted = set(args.workload or [w.name for w in prof.workloads])
-    prof = schema.LatencyProfile(header=prof.header, workloads=tuple(w for w in prof.workloads if w.name in wanted),
-                                 baseline_ms=prof.baseline_ms, fixed_ms=prof.fixed_ms, entries=prof.entries)
+    prof = dataclasses.replace(prof, workloads=tuple(w for w in prof.workloads if w.name in wanted))
     rows = validate(prof, model=args.model, device="cuda", timer=CudaTimer(warmup=2, repeats=7))
     Path(args.out, "validate.json").write_text(json.dumps(rows, indent=2))
     for r in rows:
@@ -103,7 +103,7 @@ def cmd_floor(args):
     bandwidth floor; plus a kernel-level breakdown of one compiled step at the shortest context."""
     import torch
 
-    from mosaic_search.artifacts.schema import parse_workload
+    from mosaic_search.artifacts.profile import parse_workload
     from mosaic_search.latency.harness import load_bench
     from mosaic_search.latency.timing import CudaTimer, Stats
 

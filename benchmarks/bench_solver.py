@@ -24,16 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic_search.artifacts import schema
-from mosaic_search.artifacts.schema import (  # noqa: E402
-    Header,
-    LatencyProfile,
-    ModelRef,
-    ProfileEntry,
-    SensitivityEntry,
-    SensitivityTable,
-    Workload,
-)
+from mosaic_search.artifacts.header import Header, ModelRef, save  # noqa: E402
+from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload  # noqa: E402
+from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable  # noqa: E402
 from mosaic_search.operators import Candidate  # noqa: E402
 from mosaic_search.search import problem, solver  # noqa: E402
 
@@ -73,7 +66,8 @@ def instance(seed: int, kind: str = "realistic", layers: int = 36):
                 0.0 if text == "gqa" else rng.uniform(0.001, 1.0))
             sens.append(SensitivityEntry(l, cands[text], max(0.0, kl), 0.0, 0))
     fixed = {w.name: FIXED_MS[i] for i, w in enumerate(WORKLOADS)}
-    return (LatencyProfile(Header.new(ref, env={"device_name": "synthetic"}), WORKLOADS, base, fixed, tuple(entries)),
+    return (LatencyProfile(Header.new(ref, env={"device_name": "synthetic"}), WORKLOADS, base, fixed, tuple(entries),
+                           (cands["gqa"],) * layers),
             SensitivityTable(Header.new(ref), "kl", {}, tuple(sens)))
 
 
@@ -126,8 +120,8 @@ def main() -> None:
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             pp, sp = Path(tmp, "profile.json"), Path(tmp, "scores.json")
-            schema.save(prof, pp)
-            schema.save(sens, sp)
+            save(prof, pp)
+            save(sens, sp)
             cmd = [sys.executable, "-m", "mosaic_search", "solve", "--profile", str(pp), "--scores", str(sp),
                    "--speedup", "1.5", "--out", str(Path(tmp, "plan.json")), "--json"]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

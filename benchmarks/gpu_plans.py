@@ -30,7 +30,8 @@ TARGETS = {"tpot-1.5x-c96k": dict(tpot_speedup=1.5, workloads=["decode-b1-c96k"]
 
 def synthetic_scores(profile, seed: int = 0):
     """A seeded stand-in sensitivity table with the profile's model and candidates."""
-    from mosaic_search.artifacts import schema
+    from mosaic_search.artifacts.header import Header
+    from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
 
     rng = random.Random(seed)
     cands = sorted({e.candidate for e in profile.entries})
@@ -42,19 +43,20 @@ def synthetic_scores(profile, seed: int = 0):
             loss = BASE_LOSS[c.op] * factor[layer]
             if c.op == "swa":
                 loss *= 2048 / c.kwargs["window"]
-            entries.append(schema.SensitivityEntry(layer=layer, candidate=c, kl=loss, delta_loss=loss, align_steps=0))
-    return schema.SensitivityTable(header=schema.Header.new(profile.header.model), metric="kl",
-                                   data={"source": "synthetic (benchmarks/gpu_plans.py), latency check only"},
-                                   entries=tuple(entries))
+            entries.append(SensitivityEntry(layer=layer, candidate=c, kl=loss, delta_loss=loss, align_steps=0))
+    return SensitivityTable(header=Header.new(profile.header.model), metric="kl",
+                            data={"source": "synthetic (benchmarks/gpu_plans.py), latency check only"},
+                            entries=tuple(entries))
 
 
 def solve_plans(profile_path: str, out: Path, scores_out: Path = SCORES) -> dict:
     """{target name: plan path}, each plan solved on the profile with the synthetic scores (saved to `scores_out`)."""
-    from mosaic_search.artifacts import schema
+    from mosaic_search.artifacts.header import save
+    from mosaic_search.artifacts.profile import load_profile
     from mosaic_search.search import solver
 
-    profile = schema.load_profile(profile_path)
-    scores = schema.save(synthetic_scores(profile), scores_out)
+    profile = load_profile(profile_path)
+    scores = save(synthetic_scores(profile), scores_out)
     paths = {}
     for name, target in TARGETS.items():
         paths[name] = out / f"{name}.json"

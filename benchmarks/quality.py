@@ -83,7 +83,8 @@ def main():
     import torch
 
     import mosaic_search as mosaic
-    from mosaic_search.artifacts.schema import load_profile, load_sensitivity
+    from mosaic_search.artifacts.profile import load_profile
+    from mosaic_search.artifacts.sensitivity import load_sensitivity
     from mosaic_search.errors import InfeasibleError
     from mosaic_search.hf.data import tokenizer_of
     from mosaic_search.hf.models import load_model

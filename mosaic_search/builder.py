@@ -16,9 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .artifacts import schema
 from .artifacts.files import atomic_dir, check_output, output_path
-from .artifacts.schema import PLAN_FILE, LayerPlan
+from .artifacts.header import check_same_model, to_json
+from .artifacts.plan import PLAN_FILE, LayerPlan, load_plan
 from .assets import TINY_DIR
 from .errors import UsageError
 from .hf import surgery
@@ -57,7 +57,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     if len(plan.layers) != ref.num_hidden_layers:
         raise UsageError(f"{plan_name}: the plan has {len(plan.layers)} layers but {teacher} has "
                          f"{ref.num_hidden_layers}")
-    schema.check_same_model(ref, plan.header.model, f"plan {plan_name}", allow_stale)
+    check_same_model(ref, plan.header.model, f"plan {plan_name}", allow_stale)
     if why := unbuildable(plan.layers):
         raise UsageError(f"{plan_name}: {why}")
     dims = surgery.dims_of(config)
@@ -126,10 +126,10 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
 
 def _read_plan(plan) -> tuple[LayerPlan, bytes, str]:
     if isinstance(plan, LayerPlan):
-        text = json.dumps(schema.to_json(plan), indent=2, sort_keys=True) + "\n"
+        text = json.dumps(to_json(plan), indent=2, sort_keys=True) + "\n"
         return plan, text.encode(), f"<{plan.pattern}>"
     path = Path(plan)
-    loaded = schema.load_plan(path)
+    loaded = load_plan(path)
     return loaded, path.read_bytes(), str(path)
 
 

@@ -42,7 +42,8 @@ def _run(d: Path, seed: int, progress) -> None:
     from .quality import scorer
     from .quality.evaluation import evaluate
     from .quality.library import library_path
-    from .recovery.distill import distill, load_record
+    from .artifacts.distill_record import load_distill_record
+    from .recovery.distill import distill
     from .search import solver
 
     steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]
@@ -69,7 +70,7 @@ def _run(d: Path, seed: int, progress) -> None:
     stage(4, "distill")
     distilled = {t: distill(str(built[t]), out=d / "models" / f"tiny-tpot-{t}x-distilled", steps=DISTILL_STEPS,
                             seed=seed) for t in TARGETS}
-    quality = {t: load_record(distilled[t])["quality"] for t in TARGETS}
+    quality = {t: load_distill_record(distilled[t]).quality for t in TARGETS}
     teacher = evaluate("tiny", teacher="tiny")
     stage(5, "bench")
     measured = {t: bench(str(built[t])) for t in TARGETS}

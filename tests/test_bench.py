@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.header import Header, save
+from mosaic_search.artifacts.plan import LayerPlan
 from mosaic_search.errors import UsageError
 from mosaic_search.hf.models import load_config, model_ref
 from mosaic_search.latency.bench import bench
@@ -28,9 +29,9 @@ class AlternatingTimer:
 
 def _plan(tmp_path, layers, predicted):
     ref = model_ref("tiny", load_config("tiny"))
-    plan = schema.LayerPlan(header=schema.Header.new(ref), layers=tuple(layers), predicted=predicted, objective=0.0,
-                            constraints={}, solver={})
-    return schema.save(plan, tmp_path / "plan.json")
+    plan = LayerPlan(header=Header.new(ref), layers=tuple(layers), predicted=predicted, objective=0.0,
+                     constraints={}, solver={})
+    return save(plan, tmp_path / "plan.json")
 
 
 def _layers(n):

@@ -15,7 +15,12 @@ import torch
 from conftest import ARCHS, every_operator, tiny_config
 
 from mosaic_search import builder
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.distill_record import load_distill_record
+from mosaic_search.artifacts.header import Header, ModelRef, save, sha256_file, to_json
+from mosaic_search.artifacts.library import CandidateLibrary
+from mosaic_search.artifacts.plan import LayerPlan, load_plan
+from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
+from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
 from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
 from mosaic_search.hf import surgery
 from mosaic_search.hf.models import load_config, load_model, model_from_config, model_ref
@@ -52,9 +57,9 @@ def _tokenizer():
 
 
 def _plan(ref, layers, path) -> Path:
-    plan = schema.LayerPlan(header=schema.Header.new(ref), layers=tuple(layers), predicted={}, objective=0.0,
-                            constraints={}, solver={})
-    return schema.save(plan, path)
+    plan = LayerPlan(header=Header.new(ref), layers=tuple(layers), predicted={}, objective=0.0,
+                     constraints={}, solver={})
+    return save(plan, path)
 
 
 def _ids(n=PROMPT, seed=0):
@@ -148,7 +153,7 @@ def test_directory_layout_and_config(built):
     assert block["base_model_type"] == "qwen3" and block["mosaic_version"]
     plan_file = t.root / "qwen3-mixed.json"
     assert (path / "mosaic_plan.json").read_bytes() == plan_file.read_bytes()
-    assert block["plan_sha256"] == schema.sha256_file(plan_file)
+    assert block["plan_sha256"] == sha256_file(plan_file)
     assert (path / "tokenizer.json").read_bytes() == (t.dir / "tokenizer.json").read_bytes()
 
 
@@ -399,7 +404,7 @@ def test_library_weights_replace_teacher_initialisation(built, tmp_path):
     got = model.model.layers[1].self_attn.state_dict()
     assert all(torch.equal(got[k], v) for k, v in aligned.items())
 
-    sidecar = {"kind": schema.LIBRARY_KIND, "schema_version": 1,
+    sidecar = {"kind": CandidateLibrary.kind, "schema_version": 1,
                "model": {"id": "other", "config_sha256": "0" * 64, "num_hidden_layers": LAYERS}, "entries": []}
     lib.with_suffix(".json").write_text(json.dumps(sidecar))
     with pytest.raises(StaleInputError, match="library"):
@@ -415,12 +420,12 @@ def test_build_takes_the_library_written_with_the_plans_scores(built, tmp_path, 
     mla = t.swapped(layers).model.layers[1].self_attn
     aligned = {k: v + 0.5 for k, v in mla.state_dict().items()}
     folder = tmp_path / "plans"
-    plan = schema.LayerPlan(header=schema.Header.new(t.ref, inputs={"scores": "a" * 64}), layers=tuple(layers),
-                            predicted={}, objective=0.0, constraints={}, solver={})
-    plan_file = schema.save(plan, folder / "plan.json")
+    plan = LayerPlan(header=Header.new(t.ref, inputs={"scores": "a" * 64}), layers=tuple(layers),
+                     predicted={}, objective=0.0, constraints={}, solver={})
+    plan_file = save(plan, folder / "plan.json")
     lib = folder / "sensitivity.library.safetensors"
     save_file({library_key(1, layers[1], k): v.contiguous() for k, v in aligned.items()}, lib)
-    sidecar = {"kind": schema.LIBRARY_KIND, "schema_version": 1, "scores_sha256": "b" * 64, "entries": [],
+    sidecar = {"kind": CandidateLibrary.kind, "schema_version": 1, "scores_sha256": "b" * 64, "entries": [],
                "model": {"id": t.ref.id, "config_sha256": t.ref.config_sha256, "num_hidden_layers": LAYERS}}
     lib.with_suffix(".json").write_text(json.dumps(sidecar))  # another table's library: not taken
     assert find_library(plan, plan_file) is None
@@ -469,7 +474,7 @@ def test_plan_for_another_teacher_is_stale(built, tmp_path):
 
 def test_plan_of_wrong_length_is_refused(built, tmp_path):
     t = built["llama"][0]
-    short = schema.ModelRef(id=t.ref.id, config_sha256=t.ref.config_sha256, num_hidden_layers=LAYERS - 1)
+    short = ModelRef(id=t.ref.id, config_sha256=t.ref.config_sha256, num_hidden_layers=LAYERS - 1)
     plan = _plan(short, [Candidate.of("gqa")] * (LAYERS - 1), tmp_path / "short.json")
     with pytest.raises(UsageError, match=f"has {LAYERS - 1} layers but .* has {LAYERS}"):
         builder.build(plan, out=tmp_path / "x", allow_stale=True)
@@ -500,13 +505,13 @@ def test_every_point_of_a_wide_sweep_builds_loads_and_generates(built, tmp_path)
     t = built["qwen3"][0]
     cands = [Candidate.of("gqa"), Candidate.of("swa", {"window": WINDOW}), Candidate.of("gdn"), Candidate.of("drop")]
     ms = {"gqa": 10.0, "swa": 6.0, "gdn": 4.0, "drop": 0.01}
-    work = schema.Workload("decode_1k", "decode", 1, 1024)
-    entries = tuple(schema.ProfileEntry(l, c, work.name, ms[c.op], None, None, "ok", 0)
+    work = Workload("decode_1k", "decode", 1, 1024)
+    entries = tuple(ProfileEntry(l, c, work.name, ms[c.op], None, None, "ok", 0)
                     for l in range(LAYERS) for c in cands)
-    prof = schema.LatencyProfile(schema.Header.new(t.ref, env={"device": "cpu"}), (work,),
-                                 {work.name: 1.0 + 10.0 * LAYERS}, {work.name: 1.0}, entries)
-    sens = schema.SensitivityTable(schema.Header.new(t.ref), "kl", {}, tuple(
-        schema.SensitivityEntry(l, c, 0.0 if c.op in ("gqa", "drop") else 0.1, 0.0, 0) for l in range(LAYERS)
+    prof = LatencyProfile(Header.new(t.ref, env={"device": "cpu"}), (work,),
+                          {work.name: 1.0 + 10.0 * LAYERS}, {work.name: 1.0}, entries, (cands[0],) * LAYERS)
+    sens = SensitivityTable(Header.new(t.ref), "kl", {}, tuple(
+        SensitivityEntry(l, c, 0.0 if c.op in ("gqa", "drop") else 0.1, 0.0, 0) for l in range(LAYERS)
         for c in cands))
     res = solver.sweep("1.1:60:0.5", profile=prof, scores=sens, write=False)
     ok = [pt for pt in res["points"] if pt["feasible"]]
@@ -560,10 +565,10 @@ def test_default_output_path_and_bad_dtype(built, tmp_path, monkeypatch):
     out = builder.build(plan)
     assert out == Path("build") / f"teacher-qwen3-{''.join(REGISTRY[c.op].symbol for c in MIXED)}"
     assert (tmp_path / out / "config.json").is_file()
-    loaded = schema.load_plan(plan)
+    loaded = load_plan(plan)
     again = builder.build(loaded, out=tmp_path / "from-object")  # a LayerPlan object, not a file
     written = json.loads((again / "mosaic_plan.json").read_text())
-    assert written == schema.to_json(loaded)
+    assert written == to_json(loaded)
 
 
 def test_padded_batches_are_refused(built):
@@ -622,10 +627,10 @@ def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_pa
     t, _, mixed = built[kind]
     out = distill.distill(str(mixed), data="self", steps=1, batch_size=2, seq_len=16, quality=False,
                           trainable="mixers", out=tmp_path / "d")
-    record = distill.load_record(out)
-    assert [r["stage"] for r in record["losses"]] == ["offpolicy", "onpolicy"]
-    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in record["losses"])
-    assert record["trainable_parameters"] == sum(
+    record = load_distill_record(out)
+    assert [r["stage"] for r in record.losses] == ["offpolicy", "onpolicy"]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in record.losses)
+    assert record.trainable_parameters == sum(
         p.numel() for layer in surgery.decoder_layers(load_model(str(mixed))) if hasattr(layer, "self_attn")
         for p in layer.self_attn.parameters())
     model = load_model(str(out))

@@ -10,6 +10,8 @@ from test_solver import make
 
 from mosaic_search import builder
 from mosaic_search import demo as demo_mod
+from mosaic_search.artifacts.distill_record import RECORD_FILE, DistillRecord
+from mosaic_search.artifacts.header import Header, ModelRef, save
 from mosaic_search.cli import main
 from mosaic_search.errors import EXIT_OK, EXIT_RUNTIME
 from mosaic_search.latency import bench as bench_mod
@@ -141,9 +143,9 @@ def test_distill(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("RANK", raising=False)
     out = tmp_path / "d"
     out.mkdir()
-    (out / distill_mod.RECORD_FILE).write_text(json.dumps({
-        "kind": distill_mod.RECORD_KIND, "schema_version": 1, "teacher": "tiny", "losses": [1.0],
-        "quality": {"before": None, "after": None}}))
+    loss = {"step": 1, "stage": "offpolicy", "loss": 1.0}
+    save(DistillRecord(Header.new(ModelRef("tiny", "0" * 64, 3)), {"teacher": "tiny"}, 0, (loss,),
+                       {"before": None, "after": None}), out / RECORD_FILE)
     seen = _fake(monkeypatch, distill_mod, "distill", out)
     assert main(["distill", "m", "--teacher", "T", "--oracle", "O", "--oracle-weight", "0.3", "--data", "D",
                  "--stage", "onpolicy", "--tokens", "700", "--lr", "0.01", "--trainable", "mixers",
@@ -155,7 +157,7 @@ def test_distill(monkeypatch, tmp_path, capsys):
                                    divergence="jsd", batch_size=8, seq_len=128, out="o", resume=True, overwrite=True,
                                    checkpoint_every=5, eval_data="E", quality=False, seed=3, device="cuda",
                                    parallel="fsdp")
-    assert _json(capsys) == {"model_dir": str(out), "losses": [1.0], "quality": {"before": None, "after": None}}
+    assert _json(capsys) == {"model_dir": str(out), "losses": [loss], "quality": {"before": None, "after": None}}
 
 
 def test_eval(monkeypatch, capsys):

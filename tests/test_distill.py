@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from mosaic_search import builder
-from mosaic_search.artifacts.schema import PLAN_FILE
+from mosaic_search.artifacts.distill_record import RECORD_FILE, DistillRecord, load_distill_record
+from mosaic_search.artifacts.header import Header, ModelRef, save
+from mosaic_search.artifacts.plan import PLAN_FILE
 from mosaic_search.cli import main
 from mosaic_search.hf.models import load_model
 from mosaic_search.quality.evaluation import EvalSet, eval_set, evaluate, measure
@@ -75,11 +77,11 @@ def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", trainable="mixers", **QUICK)
-    record = distill_mod.load_record(out)
-    assert [(r["step"], r["stage"]) for r in record["losses"]] == [(1, "offpolicy"), (2, "offpolicy"),
-                                                                   (3, "onpolicy"), (4, "onpolicy")]
-    assert all(r["loss"] > 0 for r in record["losses"]) and record["teacher"] == "tiny"
-    assert record["data"]["source"] == "sampled from the teacher" and record["trainable"] == "mixers"
+    record = load_distill_record(out)
+    assert [(r["step"], r["stage"]) for r in record.losses] == [(1, "offpolicy"), (2, "offpolicy"),
+                                                                (3, "onpolicy"), (4, "onpolicy")]
+    assert all(r["loss"] > 0 for r in record.losses) and record.settings["teacher"] == "tiny"
+    assert record.settings["data"]["source"] == "sampled from the teacher" and record.settings["trainable"] == "mixers"
     assert (out / PLAN_FILE).read_bytes() == (builds["swa"] / PLAN_FILE).read_bytes()
     assert not (tmp_path / "d.checkpoint").exists()
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
@@ -117,7 +119,7 @@ def test_offpolicy_distillation_lowers_kl_on_held_out_text(builds, tmp_path):
 def test_the_record_holds_quality_before_and_after(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", stage="offpolicy", steps=1, batch_size=1,
                               seq_len=64, trainable="all")
-    q = distill_mod.load_record(out)["quality"]
+    q = load_distill_record(out).quality
     for when in ("before", "after"):
         assert set(q[when]) == {"kl", "heldout_loss", "tokens", "recall"} and q[when]["kl"] > 0
     assert q["before"]["kl"] == pytest.approx(evaluate(str(builds["drop"]))["kl"])
@@ -179,8 +181,8 @@ def test_a_model_with_another_tokenizer_is_refused(builds, tmp_path, capsys):
 def test_an_oracle_of_the_same_vocabulary_joins_the_onpolicy_stage(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", oracle="tiny", oracle_weight=0.5,
                               stage="onpolicy", divergence="jsd", **QUICK)
-    record = distill_mod.load_record(out)
-    assert record["oracle"] == "tiny" and len(record["losses"]) == 2
+    record = load_distill_record(out)
+    assert record.settings["oracle"] == "tiny" and len(record.losses) == 2
 
 
 def _distill_cmd(model, out, *extra):
@@ -209,14 +211,14 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(builds, tmp_path):
     assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
     a, b = _state(tmp_path / "whole"), _state(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert distill_mod.load_record(out)["losses"] == distill_mod.load_record(tmp_path / "whole")["losses"]
+    assert load_distill_record(out).losses == load_distill_record(tmp_path / "whole").losses
 
 
 def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(builds, tmp_path, capsys):
     out = tmp_path / "o"
     assert main(_distill_cmd(builds["drop"], out, "--steps", "1", "--resume")[3:]) == 0
     assert f"no checkpoint at {out.with_name('o.checkpoint')}; starting from step 0" in capsys.readouterr().err
-    assert [r["step"] for r in distill_mod.load_record(out)["losses"]] == [1]
+    assert [r["step"] for r in load_distill_record(out).losses] == [1]
 
 
 @pytest.mark.slow
@@ -254,11 +256,11 @@ def test_torchrun_two_processes_follow_one_process(builds, one_process, tmp_path
                           "--master_port", str(port), *cmd[1:]], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-2000:]
-    a = [r["loss"] for r in distill_mod.load_record(one_process)["losses"]]
-    b = [r["loss"] for r in distill_mod.load_record(tmp_path / "two")["losses"]]
+    a = [r["loss"] for r in load_distill_record(one_process).losses]
+    b = [r["loss"] for r in load_distill_record(tmp_path / "two").losses]
     assert b == pytest.approx(a, rel=1e-3)  # summation order differs; 1.4e-4 seen
-    record = distill_mod.load_record(tmp_path / "two")
-    assert record["world_size"] == 2 and record["parallel"] == parallel
+    record = load_distill_record(tmp_path / "two")
+    assert record.settings["world_size"] == 2 and record.settings["parallel"] == parallel
     x, y = _state(one_process), _state(tmp_path / "two")
     assert x.keys() == y.keys()
     # Adam gives every element a step of about lr whatever its gradient's size: where a gradient is ~0, the other
@@ -276,9 +278,8 @@ def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
         seen.update(model=model, **kwargs)
         out = tmp_path / "d"
         out.mkdir(exist_ok=True)
-        (out / distill_mod.RECORD_FILE).write_text(json.dumps({
-            "kind": distill_mod.RECORD_KIND, "schema_version": 1, "teacher": "tiny", "losses": [],
-            "quality": {"before": None, "after": None}}))
+        save(DistillRecord(Header.new(ModelRef("tiny", "0" * 64, 3)), {"teacher": "tiny"}, 0, (),
+                           {"before": None, "after": None}), out / RECORD_FILE)
         return out
 
     monkeypatch.setattr(distill_mod, "distill", fake)

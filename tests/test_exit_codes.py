@@ -16,7 +16,9 @@ import pytest
 from test_solver import make, save_pair
 
 from mosaic_search import builder
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.header import Header, ModelRef, save
+from mosaic_search.artifacts.plan import LayerPlan
+from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
 from mosaic_search.cli import main, terminal
 from mosaic_search.errors import EXIT_INTERRUPTED
 from mosaic_search.hf.models import load_config, model_ref
@@ -40,7 +42,7 @@ def _err(capsys) -> str:
 def _plan(path: Path, layers=None) -> str:
     ref = model_ref("tiny", load_config("tiny"))
     layers = layers or [Candidate.of("gqa")] * ref.num_hidden_layers
-    schema.save(schema.LayerPlan(schema.Header.new(ref), tuple(layers), {}, 0.0, {}, {}), path)
+    save(LayerPlan(Header.new(ref), tuple(layers), {}, 0.0, {}, {}), path)
     return str(path)
 
 
@@ -221,16 +223,16 @@ def test_profile_prints_progress_lines_and_its_timing_spread(tmp_path, monkeypat
 
 
 def test_spread_leaves_out_entries_too_cheap_to_time():
-    ref = schema.ModelRef("m", "sha", 2)
-    w = schema.Workload("decode-b1-c32", "decode", 1, 32)
+    ref = ModelRef("m", "sha", 2)
+    w = Workload("decode-b1-c32", "decode", 1, 32)
 
     def entry(layer, op, ms, p20, p80):
-        return schema.ProfileEntry(layer, Candidate.of(op), w.name, ms, p20, p80, "ok", 0)
+        return ProfileEntry(layer, Candidate.of(op), w.name, ms, p20, p80, "ok", 0)
 
     entries = tuple(e for layer in range(2) for e in (
         entry(layer, "gqa", 10.0, 9.0, 11.7), entry(layer, "none", 4.0, 3.8, 4.2),
         entry(layer, "drop", 0.01, 0.001, 0.03)))  # 30x, but a hundredth of a millisecond
-    prof = schema.LatencyProfile(schema.Header.new(ref), (w,), {w.name: 22.0}, {w.name: 2.0}, entries)
+    prof = LatencyProfile(Header.new(ref), (w,), {w.name: 22.0}, {w.name: 2.0}, entries, (Candidate.teacher(),) * 2)
     got = profiler.spread(prof)
     assert got == {"median": pytest.approx((1.3 + 4.2 / 3.8) / 2), "max": pytest.approx(1.3), "worst": f"gqa {w.name}",
                    "entries": 2}

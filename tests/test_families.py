@@ -13,7 +13,9 @@ import torch
 from conftest import FAMILIES, WorkTimer, cache_for, every_operator, tiny_config
 
 from mosaic_search import builder
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.header import Header, save
+from mosaic_search.artifacts.plan import LayerPlan, load_plan
+from mosaic_search.artifacts.profile import load_profile
 from mosaic_search.cli import main
 from mosaic_search.hf import surgery
 from mosaic_search.hf.models import load_model, model_from_config
@@ -75,12 +77,12 @@ def chain(tmp_path_factory, one_thread):
         table = scorer.score(teacher, data="self", ops=OPS, tokens=2 * SEQ, seq_len=SEQ, align_steps=2,
                              out=d / "s.json")
         plan = solver.solve(d / "p.json", d / "s.json", speedup=1.05, out=d / "plan.json")
-        ref = schema.load_plan(d / "plan.json").header.model
+        ref = load_plan(d / "plan.json").header.model
 
         def plan_of(layers, name):
-            p = schema.LayerPlan(header=schema.Header.new(ref), layers=tuple(layers), predicted={}, objective=0.0,
-                                 constraints={}, solver={})
-            return schema.save(p, d / f"{name}.json")
+            p = LayerPlan(header=Header.new(ref), layers=tuple(layers), predicted={}, objective=0.0,
+                          constraints={}, solver={})
+            return save(p, d / f"{name}.json")
 
         builds = {"solved": builder.build(d / "plan.json", out=d / "solved"),
                   "own": builder.build(plan_of(own, "own"), out=d / "own"),
@@ -107,7 +109,7 @@ def test_teacher_operators_are_its_own_per_layer(chain, kind):
     assert prof.teacher_ms(w) == pytest.approx(prof.fixed_ms[w] + sum(ms[i, op] for i, op in enumerate(c["own"])))
     zero = {(e.layer, e.candidate) for e in table.entries if e.kl == 0.0 and e.extra.get("reference")}
     assert zero == set(enumerate(c["own"]))
-    assert schema.load_profile(c["dir"] / "p.json").teacher == prof.teacher  # and reads them back
+    assert load_profile(c["dir"] / "p.json").teacher == prof.teacher  # and reads them back
 
 
 @pytest.mark.slow
@@ -139,7 +141,7 @@ def test_mixed_build_equals_swapped_teacher(chain, kind):
     """A global Gemma 3 layer turned swa and a local one gdn keep their teacher layer's RoPE; Phi-3's fused qkv is
     split into the mixers; Qwen2's q/k/v biases are carried (o_proj has none)."""
     c = chain[kind]
-    plan = schema.load_plan(c["builds"]["mixed"] / "mosaic_plan.json")
+    plan = load_plan(c["builds"]["mixed"] / "mosaic_plan.json")
     if kind == "gemma3_text":
         assert (str(c["own"][1]), str(plan.layers[1]), str(c["own"][6]), str(plan.layers[6])) == \
             ("gqa", f"swa:window={WINDOW}", "swa:window=6", "gdn")
@@ -184,7 +186,7 @@ def test_qwen2_5_vl_images_run_through_the_teachers_tower_and_mrope(chain):
     ids = torch.tensor([[5, 6, 92, *[90] * 4, 93, 7, 8, 9]])  # a 16x16 image: 4x4 patches of 4 pixels, merged 2x2
     inputs = {"input_ids": ids, "image_grid_thw": torch.tensor([[1, 4, 4]]),
               "pixel_values": torch.randn(16, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(1))}
-    plan = schema.load_plan(c["builds"]["mixed"] / "mosaic_plan.json")
+    plan = load_plan(c["builds"]["mixed"] / "mosaic_plan.json")
     swapped = load_model(c["teacher"])
     torch.manual_seed(0)
     for i, cand in enumerate(plan.layers):

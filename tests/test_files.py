@@ -13,7 +13,11 @@ import pytest
 from conftest import WorkTimer
 
 from mosaic_search import builder
-from mosaic_search.artifacts import files, frames, schema
+from mosaic_search.artifacts import files, frames
+from mosaic_search.artifacts.header import Header, save
+from mosaic_search.artifacts.plan import LayerPlan
+from mosaic_search.artifacts.profile import LatencyProfile
+from mosaic_search.artifacts.sensitivity import load_sensitivity
 from mosaic_search.errors import UsageError
 from mosaic_search.hf.models import load_config, model_ref
 from mosaic_search.latency import profiler
@@ -61,7 +65,7 @@ def test_every_file_of_a_chain_has_the_umask_mode(tmp_path, umask):
     plan = solver.solve(str(prof), str(table), speedup=1.01, out=str(tmp_path / "plans" / "plan.json"))
     solver.sweep("1.01:1.05:0.02", plot=True, profile=str(prof), scores=str(table),
                  out=str(tmp_path / "plans" / "pareto.json"))
-    frames.write_table(schema.load_sensitivity(table), tmp_path / "plans" / "sensitivity.parquet")
+    frames.write_table(load_sensitivity(table), tmp_path / "plans" / "sensitivity.parquet")
     builder.build(tmp_path / "plans" / "plan.json", library=library_path(table), out=tmp_path / "model")
     # progress runs after each step: from the second one on, the checkpoint of the step before exists
     distill.distill(str(tmp_path / "model"), out=tmp_path / "distilled", stage="offpolicy", steps=3, batch_size=1,
@@ -91,8 +95,7 @@ def test_a_killed_builds_folder_is_removed_by_the_next_build(tmp_path, umask):
     other.mkdir()
     plan = tmp_path / "plan.json"
     ref = model_ref("tiny", load_config("tiny"))
-    schema.save(schema.LayerPlan(schema.Header.new(ref), tuple([Candidate.of("gqa")] * ref.num_hidden_layers), {},
-                                 0.0, {}, {}), plan)
+    save(LayerPlan(Header.new(ref), tuple([Candidate.of("gqa")] * ref.num_hidden_layers), {}, 0.0, {}, {}), plan)
     builder.build(plan, out=out)
     assert not left.exists() and mine.is_dir() and other.is_dir() and (out / "config.json").is_file()
 
@@ -181,8 +184,8 @@ def test_an_existing_output_is_replaced_only_by_its_own_kind(tmp_path):
     stranger.write_text("my notes\n")
     mine.write_text('{"kind": "mosaic/latency-profile"}\n')
     with pytest.raises(UsageError, match="exists and is not a mosaic/latency-profile file"):
-        files.check_output(stranger, kind=schema.PROFILE_KIND)
-    assert files.check_output(mine, kind=schema.PROFILE_KIND) == mine
+        files.check_output(stranger, kind=LatencyProfile.kind)
+    assert files.check_output(mine, kind=LatencyProfile.kind) == mine
     with pytest.raises(UsageError, match="is a folder, expected a file name"):  # not "pass --overwrite" first
         files.check_output(tmp_path, overwrite=False)
 

@@ -91,7 +91,7 @@ def test_mixer_on_cuda_bf16_matches_cpu_fp32(qwen3, cand, fla_ok):
 
 
 def test_timing_harness_captures_decode_in_a_cuda_graph():
-    from mosaic_search.artifacts.schema import parse_workload
+    from mosaic_search.artifacts.profile import parse_workload
     from mosaic_search.latency.harness import load_bench
     from mosaic_search.latency.timing import CudaTimer
 
@@ -107,7 +107,7 @@ def test_timing_harness_captures_decode_in_a_cuda_graph():
 
 def test_compiled_decode_step_matches_eager_for_every_operator(fla_ok):
     """Inductor's code for a decode step through every mixer (fla's kernels included) against eager, in bf16."""
-    from mosaic_search.artifacts.schema import parse_workload
+    from mosaic_search.artifacts.profile import parse_workload
     from mosaic_search.latency.harness import load_bench
 
     w = parse_workload("decode:1k")

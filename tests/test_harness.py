@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import every_operator
 
-from mosaic_search.artifacts.schema import parse_workload
+from mosaic_search.artifacts.profile import parse_workload
 from mosaic_search.latency.harness import load_bench
 from mosaic_search.operators import Candidate
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import WorkTimer
 
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.profile import load_profile, parse_workload, workload_from_name
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.latency import harness, profiler
@@ -53,13 +53,13 @@ OPS = "gqa,swa:window=16,gdn,none,drop"
 
 
 def test_parse_workloads():
-    w = schema.parse_workload("decode:96k:b8")
+    w = parse_workload("decode:96k:b8")
     assert (w.name, w.phase, w.batch_size, w.seq_len) == ("decode-b8-c96k", "decode", 8, 98304)
-    assert schema.parse_workload("prefill:300").name == "prefill-b1-p300"
-    assert schema.workload_from_name("prefill-b8-p4k") == schema.parse_workload("prefill:4k:b8")
+    assert parse_workload("prefill:300").name == "prefill-b1-p300"
+    assert workload_from_name("prefill-b8-p4k") == parse_workload("prefill:4k:b8")
     for bad in ("prefil:4k", "decode:4k:8", "decode:", "decode:0"):
         with pytest.raises(UsageError):
-            schema.parse_workload(bad)
+            parse_workload(bad)
 
 
 def test_profile_records_every_layer_candidate_and_workload(tmp_path):
@@ -69,7 +69,7 @@ def test_profile_records_every_layer_candidate_and_workload(tmp_path):
     assert len(prof.entries) == n * 5 * 2
     assert {(e.layer, str(e.candidate), e.workload) for e in prof.entries} == {
         (layer, c, w) for layer in range(n) for c in OPS.split(",") for w in ("prefill-b1-p32", "decode-b1-c64")}
-    assert schema.load_profile(out) == prof
+    assert load_profile(out) == prof
     lat = {(str(e.candidate), e.workload): e.latency_ms for e in prof.entries if e.layer == 3}
     # the timer's cost is the layer's parameter count: a skipped layer costs nothing, no attention is cheaper
     assert lat[("drop", "decode-b1-c64")] == 0 < lat[("none", "decode-b1-c64")] < lat[("gqa", "decode-b1-c64")]
@@ -93,7 +93,7 @@ def test_a_window_covering_the_context_takes_gqas_timing(tmp_path):
     ms = {(str(e.candidate), e.workload): e.latency_ms for e in prof.entries if e.layer == 0}
     assert ms["swa:window=64", "prefill-b1-p32"] == ms["gqa", "prefill-b1-p32"]
     assert ms["swa:window=64", "decode-b1-c64"] != ms["gqa", "decode-b1-c64"]
-    assert profiler.covers_context(Candidate.of("swa", {"window": 65}), schema.parse_workload("decode:64"))
+    assert profiler.covers_context(Candidate.of("swa", {"window": 65}), parse_workload("decode:64"))
 
 
 def test_out_of_memory_is_recorded_and_profiling_goes_on(tmp_path):
@@ -110,7 +110,7 @@ def test_default_candidates_and_cpu_workloads(tmp_path):
     prof = profiler.profile("tiny", out=tmp_path / "p.json", timer=timer)
     ops = {e.candidate.op for e in prof.entries}
     assert ops == {"gqa", "swa", "mla", "gdn", "kda", "none", "drop"}
-    assert [w.name for w in prof.workloads] == [schema.parse_workload(s).name for s in profiler.CPU_WORKLOADS]
+    assert [w.name for w in prof.workloads] == [parse_workload(s).name for s in profiler.CPU_WORKLOADS]
 
 
 def test_validation_compares_prediction_with_whole_model(tmp_path):
@@ -130,7 +130,7 @@ def test_paired_timing_cancels_a_drifting_machine(tmp_path, paired):
                             out=tmp_path / "p.json", timer=WorkTimer(paired=paired), rounds=2, validate=True)
     assert prof.header.env["paired"] is paired
     assert {r["assignment"] for r in prof.validation} == {"teacher (all gqa)", "mix A", "mix B"}
-    assert len(prof.validation) == 3 * 2 and schema.load_profile(tmp_path / "p.json") == prof
+    assert len(prof.validation) == 3 * 2 and load_profile(tmp_path / "p.json") == prof
     worst = max(abs(r["error_pct"]) for r in prof.validation)
     if paired:
         assert worst < 1e-6
@@ -163,7 +163,7 @@ def test_each_sample_runs_the_candidate_in_that_many_layers(tmp_path, depth):
     one = WorkTimer(paired=False, speeds=(1.0,))
     profiler.profile("tiny", ops="gqa,gdn", workloads=["decode:32"], out=tmp_path / "one.json", timer=one,
                      rounds=1, layers_per_sample=1)
-    assert lat == pytest.approx({str(e.candidate): e.latency_ms for e in schema.load_profile(tmp_path / "one.json")
+    assert lat == pytest.approx({str(e.candidate): e.latency_ms for e in load_profile(tmp_path / "one.json")
                                  .entries if e.layer == 0})  # an entry is one layer's cost whatever the depth
 
 
@@ -211,7 +211,7 @@ def test_cli_profile_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / "p.json"
     assert main(["profile", "--ops", "gqa,none", "--workload", "decode:32", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["profile"] == str(out)
-    assert schema.load_profile(out).entries
+    assert load_profile(out).entries
 
 
 def test_cli_profile_validate_reports_and_stores_the_check(tmp_path, capsys, monkeypatch):
@@ -221,7 +221,7 @@ def test_cli_profile_validate_reports_and_stores_the_check(tmp_path, capsys, mon
     assert main([*args, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["validation"]
     assert [r["assignment"] for r in rows] == ["teacher (all gqa)", "mix A", "mix B"]
-    assert [r["pattern"] for r in rows][0] == "GGGGGGGG" and list(schema.load_profile(out).validation) == rows
+    assert [r["pattern"] for r in rows][0] == "GGGGGGGG" and list(load_profile(out).validation) == rows
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "additivity: fixed + sum of layers vs whole model" in text and "GGGGGGGG" in text
@@ -257,12 +257,12 @@ def test_a_vlm_prefill_includes_encoding_the_stated_image(tmp_path):
     inner = bench.model.model
     real = inner.get_image_features
     inner.get_image_features = lambda pixels, grid: seen.append(grid.tolist()) or real(pixels, grid)
-    w = schema.parse_workload("prefill:16:b2")
+    w = parse_workload("prefill:16:b2")
     with torch.no_grad():
         bench.fixed_fn(w)()
         bench.model_fn(w)()
         bench.layers_fn(1, w)()
-        bench.model_fn(schema.parse_workload("decode:16"))()
+        bench.model_fn(parse_workload("decode:16"))()
     merge = bench.model.config.vision_config.spatial_merge_size
     assert len(seen) == 2  # fixed part and whole-model prefill only
     for grids in seen:

@@ -15,7 +15,10 @@ import torch
 from conftest import tiny_model
 
 from mosaic_search import builder
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.header import Header, save, sha256_file, to_json
+from mosaic_search.artifacts.library import CandidateLibrary, load_library_sidecar
+from mosaic_search.artifacts.plan import LayerPlan
+from mosaic_search.artifacts.sensitivity import SensitivityTable, load_sensitivity
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.hf import data, surgery
@@ -73,7 +76,7 @@ def _cell(table, layer, cand):
 
 def test_reference_zero_swaps_positive_and_alignment(reference):
     table, out = reference
-    assert _rows(schema.load_sensitivity(out)) == _rows(table)
+    assert _rows(load_sensitivity(out)) == _rows(table)
     cands = [str(c) for c in dict.fromkeys(e.candidate for e in table.entries)]
     assert cands == ARGS["ops"].split(",") and len(table.entries) == 3 * len(cands)
     assert table.data["source"] == "self" and table.data["tokens"] == 64 and table.data["seq_len"] == SEQ
@@ -97,7 +100,7 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
     table, out = reference
     library = library_path(out)
     side = json.loads(library.with_suffix(".json").read_text())
-    assert side["kind"] == schema.LIBRARY_KIND and side["model"]["num_hidden_layers"] == 3
+    assert side["kind"] == CandidateLibrary.kind and side["model"]["num_hidden_layers"] == 3
     assert {(e["layer"], e["op"]) for e in side["entries"]} == {(i, op) for i in range(3) for op in ("mla", "gdn")}
     model = load_model(teacher)
     n = ARGS["tokens"] // SEQ
@@ -115,9 +118,9 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
 
     # `mosaic build --library` ships exactly these modules
     layers = (Candidate.of("gdn"), Candidate.of("gqa"), Candidate.parse("mla:rank=8"))
-    plan = schema.LayerPlan(header=schema.Header.new(table.header.model), layers=layers, predicted={}, objective=0.0,
-                            constraints={}, solver={})
-    built = builder.build(schema.save(plan, out.parent / "plan.json"), library=library, out=out.parent / "built")
+    plan = LayerPlan(header=Header.new(table.header.model), layers=layers, predicted={}, objective=0.0,
+                     constraints={}, solver={})
+    built = builder.build(save(plan, out.parent / "plan.json"), library=library, out=out.parent / "built")
     from transformers import AutoModelForCausalLM
 
     shipped = AutoModelForCausalLM.from_pretrained(built, trust_remote_code=True).eval()
@@ -128,23 +131,23 @@ def test_library_weights_rebuild_the_scored_module(teacher, reference):
 
 
 def test_library_sidecar_is_a_schema_record(reference, tmp_path):
-    """The sidecar loads as `schema.CandidateLibrary` and saves back to the same JSON; one written by hand with the
+    """The sidecar loads as `CandidateLibrary` and saves back to the same JSON; one written by hand with the
     fields older versions wrote (no scores_sha256, no provenance) loads too; another kind is refused by name."""
     table, out = reference
     path = library_path(out).with_suffix(".json")
-    side = schema.load_library_sidecar(path)
+    side = load_library_sidecar(path)
     assert side.header.model == table.header.model and len(side.scores_sha256) == 64
     assert {(e.layer, e.candidate.op) for e in side.entries} == {(i, op) for i in range(3) for op in ("mla", "gdn")}
     assert all(e.align_steps == 12 and "align_nmse" in e.extra for e in side.entries)
-    assert schema.to_json(side) == json.loads(path.read_text())
-    old = {"kind": schema.LIBRARY_KIND, "schema_version": 1, "model": json.loads(path.read_text())["model"],
+    assert to_json(side) == json.loads(path.read_text())
+    old = {"kind": CandidateLibrary.kind, "schema_version": 1, "model": json.loads(path.read_text())["model"],
            "entries": [{"layer": 0, "op": "gdn", "params": {}, "align_steps": 3, "fingerprint": "f" * 16}]}
     (tmp_path / "old.json").write_text(json.dumps(old))
-    loaded = schema.load_library_sidecar(tmp_path / "old.json")
+    loaded = load_library_sidecar(tmp_path / "old.json")
     assert loaded.scores_sha256 == "" and loaded.entries[0].candidate == Candidate.of("gdn")
-    (tmp_path / "other.json").write_text(json.dumps({**old, "kind": schema.SENSITIVITY_KIND}))
+    (tmp_path / "other.json").write_text(json.dumps({**old, "kind": SensitivityTable.kind}))
     with pytest.raises(UsageError, match='kind: expected "mosaic/candidate-library", got "mosaic/sensitivity"'):
-        schema.load_library_sidecar(tmp_path / "other.json")
+        load_library_sidecar(tmp_path / "other.json")
 
 
 def test_prefix_is_never_recomputed(teacher, tmp_path, monkeypatch):
@@ -224,7 +227,7 @@ def test_two_torchrun_ranks_equal_one_process(teacher, reference, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["path"] == str(out)  # rank 0 alone printed
-    assert _rows(schema.load_sensitivity(out)) == _rows(reference[0])
+    assert _rows(load_sensitivity(out)) == _rows(reference[0])
     assert library_path(out).read_bytes() == library_path(reference[1]).read_bytes()
 
 
@@ -236,9 +239,9 @@ def test_text_and_chat_files_are_tokenized_by_the_teacher(teacher, tmp_path, cap
                  "--seq-len", str(SEQ), "--out", str(tmp_path / "t.json")]) == 0
     shown = capsys.readouterr().out
     assert "drop" in shown and "full-forward" in shown and f"wrote {tmp_path / 't.json'}" in shown
-    table = schema.load_sensitivity(tmp_path / "t.json")
+    table = load_sensitivity(tmp_path / "t.json")
     assert table.data["source"] == str(txt) and table.data["tokens"] == 64 and "align_data" not in table.data
-    assert table.header.inputs["data"] == schema.sha256_file(txt)
+    assert table.header.inputs["data"] == sha256_file(txt)
     chat = tmp_path / "c.jsonl"
     chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": words[:200]},
                                                        {"role": "assistant", "content": [{"type": "text",

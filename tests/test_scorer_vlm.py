@@ -12,7 +12,9 @@ from conftest import tiny_config
 from PIL import Image
 
 from mosaic_search import builder
-from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.distill_record import load_distill_record
+from mosaic_search.artifacts.header import Header, save
+from mosaic_search.artifacts.plan import LayerPlan
 from mosaic_search.cli import main
 from mosaic_search.hf import data, surgery
 from mosaic_search.hf.models import load_model, model_from_config
@@ -195,15 +197,15 @@ def test_distill_trains_on_image_rows_and_prompts_on_text_rows(vl_teacher, image
     from mosaic_search.hf.models import load_config, model_ref
     from mosaic_search.recovery import distill
 
-    ref = schema.LayerPlan(header=schema.Header.new(model_ref(vl_teacher, load_config(vl_teacher))),
-                           layers=(Candidate.of("gqa"), Candidate.of("none"), Candidate.of("gqa")), predicted={},
-                           objective=0.0, constraints={}, solver={})
-    built = builder.build(schema.save(ref, tmp_path / "plan.json"), library=False, out=tmp_path / "built")
+    ref = LayerPlan(header=Header.new(model_ref(vl_teacher, load_config(vl_teacher))),
+                    layers=(Candidate.of("gqa"), Candidate.of("none"), Candidate.of("gqa")), predicted={},
+                    objective=0.0, constraints={}, solver={})
+    built = builder.build(save(ref, tmp_path / "plan.json"), library=False, out=tmp_path / "built")
     out = distill.distill(str(built), data=str(image_data), steps=2, batch_size=4, seq_len=SEQ, quality=False)
-    record = distill.load_record(out)
-    assert record["data"]["windows"] == 4 and record["data"]["text_windows"] == 1
-    assert [r["stage"] for r in record["losses"]] == ["offpolicy"] * 2 + ["onpolicy"] * 2
-    assert all(r["loss"] > 0 for r in record["losses"])
+    record = load_distill_record(out)
+    assert record.settings["data"]["windows"] == 4 and record.settings["data"]["text_windows"] == 1
+    assert [r["stage"] for r in record.losses] == ["offpolicy"] * 2 + ["onpolicy"] * 2
+    assert all(r["loss"] > 0 for r in record.losses)
     _, images_only, _ = _bad_image_rows(tmp_path)
     assert main(["distill", str(built), "--data", str(images_only), "--seq-len", str(SEQ), "--no-eval",
                  "--out", str(tmp_path / "x")]) == 2

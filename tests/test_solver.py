@@ -17,16 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mosaic_search import to_frame
-from mosaic_search.artifacts import schema
-from mosaic_search.artifacts.schema import (
-    Header,
-    LatencyProfile,
-    ModelRef,
-    ProfileEntry,
-    SensitivityEntry,
-    SensitivityTable,
-    Workload,
-)
+from mosaic_search.artifacts.header import Header, ModelRef, save, sha256_file, to_json
+from mosaic_search.artifacts.pareto import load_pareto
+from mosaic_search.artifacts.plan import load_plan
+from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
+from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
@@ -54,7 +49,7 @@ def make(layers=4, cands=POOL, workloads=WORKLOADS, seed=0, sha="cfg", env=H100,
     fixed = {w.name: 2.0 for w in workloads}
     base = {w.name: fixed[w.name] + sum(e.latency_ms for e in entries if e.workload == w.name and e.candidate == G)
             for w in workloads}
-    prof = LatencyProfile(Header.new(ref, env=env), tuple(workloads), base, fixed, entries)
+    prof = LatencyProfile(Header.new(ref, env=env), tuple(workloads), base, fixed, entries, (G,) * layers)
     sens = SensitivityTable(Header.new(ref), "kl", {}, tuple(
         SensitivityEntry(l, c, loss(l, c), 0.0, 0) for l in range(layers) for c in cands))
     return prof, sens
@@ -84,8 +79,8 @@ def files(path: Path) -> list[str]:
 def save_pair(tmp_path, prof, sens, name="a"):
     """Write both tables as files, as the CLI reads them."""
     p, s = tmp_path / f"{name}-profile.json", tmp_path / f"{name}-scores.json"
-    schema.save(prof, p)
-    schema.save(sens, s)
+    save(prof, p)
+    save(sens, s)
     return str(p), str(s)
 
 
@@ -148,10 +143,10 @@ def test_plan_artifact_round_trips_and_records_the_inputs(tmp_path):
     p, s = save_pair(tmp_path, prof, sens)
     out = tmp_path / "plan.json"
     plan = solver.solve(p, s, speedup=1.6, out=out)
-    back = schema.load_plan(out, num_layers=6)
+    back = load_plan(out, num_layers=6)
     assert back.layers == plan.layers and back.objective == pytest.approx(plan.objective)
     assert back.header.env == prof.header.env and back.header.model == prof.header.model
-    assert back.header.inputs == {"profile": schema.sha256_file(p), "scores": schema.sha256_file(s)}
+    assert back.header.inputs == {"profile": sha256_file(p), "scores": sha256_file(s)}
     assert json.loads(out.read_text())["pattern"] == plan.pattern
     assert set(back.predicted) == {w.name for w in WORKLOADS}
     assert back.solver["name"] == "highs" and back.solver["mip_gap"] is not None
@@ -425,18 +420,18 @@ def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
 def test_pareto_record_round_trips_and_older_files_still_load(tmp_path):
     prof, sens = make(6, seed=9)
     res = solver.sweep("1.2:2.0:0.4", profile=prof, scores=sens, out=tmp_path / "front.json")
-    back = schema.load_pareto(tmp_path / "front.json")
-    assert schema.to_json(back) == json.loads(json.dumps(res)) and back.header.command
+    back = load_pareto(tmp_path / "front.json")
+    assert to_json(back) == json.loads(json.dumps(res)) and back.header.command
     assert back.files == (str(tmp_path / "front.json"), str(tmp_path / "front.csv"))
     assert to_frame(back).equals(to_frame(res))
     # as sweeps wrote it before the record: the header built by hand, without `command`
     old = {k: v for k, v in res.items() if k != "command"}
     (tmp_path / "old.json").write_text(json.dumps(old))
-    assert schema.load_pareto(tmp_path / "old.json").points == back.points
+    assert load_pareto(tmp_path / "old.json").points == back.points
     short = dict(old, points=[{"target_speedup": 1.2, "feasible": True, "objective": 0.1, "layers": ["gqa"]}])
     (tmp_path / "short.json").write_text(json.dumps(short))
     with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but the model has 6"):
-        schema.load_pareto(tmp_path / "short.json")
+        load_pareto(tmp_path / "short.json")
 
 
 def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
@@ -460,13 +455,13 @@ def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
 def _layout(root: Path):
     """profiles/ and layer_plans/<model>/ as the stages leave them: two tables, the newer one different."""
     prof, sens = make(4, seed=11)
-    schema.save(prof, root / "profiles" / "org--tiny--h100.json")
+    save(prof, root / "profiles" / "org--tiny--h100.json")
     old = SensitivityTable(Header(sens.header.model, created_at="2020-01-01T00:00:00+00:00"), "kl", {},
                            tuple(SensitivityEntry(e.layer, e.candidate, 0.0, 0.0, 0) for e in sens.entries))
-    schema.save(old, root / "layer_plans" / "org--tiny" / "old.json")
-    schema.save(sens, root / "layer_plans" / "org--tiny" / "sensitivity.json")
+    save(old, root / "layer_plans" / "org--tiny" / "old.json")
+    save(sens, root / "layer_plans" / "org--tiny" / "sensitivity.json")
     _, alien = make(4, sha="other", model="org/other")
-    schema.save(alien, root / "layer_plans" / "org--other" / "sensitivity.json")
+    save(alien, root / "layer_plans" / "org--other" / "sensitivity.json")
     (root / "layer_plans" / "notes.json").write_text("{not json")
     return prof, sens
 
@@ -475,9 +470,9 @@ def test_cli_solve_takes_the_newest_matching_artifacts(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     _layout(tmp_path)
     assert main(["solve", "--speedup", "1.3"]) == 0
-    plan = schema.load_plan(tmp_path / "layer_plans" / "org--tiny" / "plan.json")
+    plan = load_plan(tmp_path / "layer_plans" / "org--tiny" / "plan.json")
     newest = tmp_path / "layer_plans" / "org--tiny" / "sensitivity.json"
-    assert plan.header.inputs["scores"] == schema.sha256_file(newest)
+    assert plan.header.inputs["scores"] == sha256_file(newest)
     assert plan.objective > 0  # the older table scores every swap 0
     shown = capsys.readouterr().out
     assert plan.pattern in shown and "wrote layer_plans/org--tiny/plan.json" in shown
@@ -497,7 +492,7 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, monkeypatch, capsys):
     p, s = save_pair(tmp_path, prof, sens)
     _, alien = make(4, sha="other")
     a = str(tmp_path / "alien.json")
-    schema.save(alien, a)
+    save(alien, a)
     before = files(tmp_path)
     cases = [(["--speedup", "0"], 2, "speedup must be a positive number, got 0"),
              (["--speedup", "1.2", "--pin", "7=gqa"], 2, "layer 7 is outside 0..3"),

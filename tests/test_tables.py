@@ -10,7 +10,7 @@ from test_solver import make, save_pair
 
 from mosaic_search import builder, to_frame
 from mosaic_search.artifacts import frames
-from mosaic_search.artifacts.schema import Workload
+from mosaic_search.artifacts.profile import Workload
 from mosaic_search.cli import main, terminal
 from mosaic_search.latency import bench as bench_mod
 from mosaic_search.latency import profiler

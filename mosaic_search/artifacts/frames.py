@@ -13,7 +13,11 @@ from pathlib import Path
 from ..errors import UsageError
 from ..operators import REGISTRY
 from . import files
-from .schema import PARETO_KIND, LatencyProfile, LayerPlan, Pareto, SensitivityTable, to_json
+from .header import to_json
+from .pareto import Pareto
+from .plan import LayerPlan
+from .profile import LatencyProfile
+from .sensitivity import SensitivityTable
 
 SUFFIXES = (".csv", ".parquet")
 # One nullable integer column per param any operator takes, so a frame's columns do not depend on which
@@ -41,7 +45,7 @@ def to_frame(artifact):
         return _plan(artifact)
     if isinstance(artifact, Pareto):
         return _pareto(to_json(artifact))
-    if isinstance(artifact, dict) and artifact.get("kind") == PARETO_KIND:
+    if isinstance(artifact, dict) and artifact.get("kind") == Pareto.kind:
         return _pareto(artifact)
     raise TypeError(f"not an artifact: {type(artifact).__name__}")
 

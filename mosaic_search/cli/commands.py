@@ -246,6 +246,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             = "ddp",
             device: DeviceOpt = "cpu", seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
+    from ..artifacts.distill_record import load_distill_record
     from ..recovery import distill as lib
 
     ckpt, show = lib.checkpoint_path(lib.default_out(model, out)), rank0()
@@ -258,7 +259,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                            overwrite=overwrite, checkpoint_every=checkpoint_every, eval_data=eval_data,
                            quality=quality, seed=seed, device=device, parallel=parallel, progress=tick)
     if show:
-        views.distilled(model, path, lib.load_record(path), as_json)
+        views.distilled(model, path, load_distill_record(path), as_json)
 
 
 @app.command("eval")

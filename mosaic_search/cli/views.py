@@ -51,7 +51,7 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
     """Stage 2: the KL heat table, layers by candidates, with block influence, the work done and the files."""
     from rich.text import Text
 
-    from ..artifacts.schema import to_json
+    from ..artifacts.header import to_json
     from ..hf.data import SELF
     from ..quality import scorer
     from ..quality.library import library_path
@@ -96,7 +96,7 @@ def sweep(front: dict, table=None, as_json: bool = False) -> None:
 
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
     """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
-    from ..artifacts.schema import to_json
+    from ..artifacts.header import to_json
 
     if as_json:
         return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else
@@ -122,13 +122,14 @@ def model_dir(path, as_json: bool = False) -> None:
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 
-def distilled(model: str, path, record: dict, as_json: bool = False) -> None:
-    """Stage 5: quality before and after distillation (when measured) and the recovered model's directory."""
+def distilled(model: str, path, record, as_json: bool = False) -> None:
+    """Stage 5: quality before and after distillation (when measured) and the recovered model's directory, from
+    its `DistillRecord`."""
     if as_json:
-        return emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"]})
-    measured = record["quality"]
+        return emit_json({"model_dir": str(path), "quality": record.quality, "losses": list(record.losses)})
+    measured = record.quality
     if measured["after"] is not None:
-        quality(f"{Path(model).name}: quality against {record['teacher']} before and after distillation",
+        quality(f"{Path(model).name}: quality against {record.settings['teacher']} before and after distillation",
                 {"before": measured["before"], "after": measured["after"]})
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..artifacts.schema import ModelRef, sha256_json
+from ..artifacts.header import ModelRef, sha256_json
 from ..assets import TINY_DIR, shipped_config_path, shipped_ids
 from ..errors import MosaicError, UsageError
 from .surgery import architecture

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from ..artifacts import files
-from ..artifacts.schema import LayerPlan, load_plan, parse_workload, workload_from_name, workload_name
+from ..artifacts.plan import LayerPlan, load_plan
+from ..artifacts.profile import parse_workload, workload_from_name, workload_name
 from ..errors import MosaicError, UsageError
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype

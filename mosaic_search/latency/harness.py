@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..artifacts.schema import Workload
+from ..artifacts.profile import Workload
 from ..errors import UsageError
 from ..hf import surgery
 from ..hf.device import default_dtype

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..artifacts.files import PROFILES_DIR, check_output, output_path
-from ..artifacts.schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, parse_workload, save
+from ..artifacts.header import Header, save
+from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
 from ..errors import UsageError
 from ..hf import surgery
 from ..hf.device import check_device, environment
@@ -62,7 +63,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     """
     device = check_device(device)
     machine = environment(device)
-    path = check_output(profile_path(model, machine, out), kind=PROFILE_KIND)  # before minutes of measuring
+    path = check_output(profile_path(model, machine, out), kind=LatencyProfile.kind)  # before minutes of measuring
     wls = _workloads(workloads, device)
     cands = _candidates(model, ops)
     config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)

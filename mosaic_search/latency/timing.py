@@ -176,7 +176,7 @@ class Pool:
         self.refs = {}  # workload -> reference samples
 
     def measure(self, key, make, w, per: int = 1):
-        """Time the closure `make()` returns for workload `w` (a `schema.Workload`), as `per` calls of what
+        """Time the closure `make()` returns for workload `w` (a `profile.Workload`), as `per` calls of what
         the key counts; out-of-memory is recorded in `failed`, anything else raised."""
         import torch
 

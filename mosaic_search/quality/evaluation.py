@@ -129,8 +129,7 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
 def recorded_teacher(model: str) -> str:
     """The teacher id a mosaic model directory was built from (its plan record); `tiny` is its own teacher; a
     one-line error otherwise."""
-    from ..artifacts import schema
-    from ..artifacts.schema import PLAN_FILE
+    from ..artifacts.plan import PLAN_FILE, load_plan
     from ..hf.models import TINY
 
     if model == TINY:
@@ -140,7 +139,7 @@ def recorded_teacher(model: str) -> str:
     plan = Path(model) / PLAN_FILE
     if not plan.is_file():
         raise UsageError(f"{model}: not a model built by mosaic (no {PLAN_FILE}); pass --teacher")
-    return schema.load_plan(plan).header.model.id
+    return load_plan(plan).header.model.id
 
 
 def _tail(source: str, tokenizer, n: int):

@@ -5,7 +5,7 @@ Format: a safetensors file whose tensor keys are `layer{L}/{candidate}/{param}`,
 `candidate` the candidate's string (`str(Candidate)`: `mla:rank=256`, `gdn`, `swa:window=1024`) and `param` a key
 of that mixer's own state dict (`kv_down.weight`, `o_proj.weight`, ...), e.g. `layer3/mla:rank=256/kv_down.weight`.
 Beside it, a JSON sidecar of the same stem (`x.library.safetensors` -> `x.library.json`), the schema record
-`schema.CandidateLibrary`: the `model` block (checked against the teacher like any artifact's), `scores_sha256`
+`CandidateLibrary`: the `model` block (checked against the teacher like any artifact's), `scores_sha256`
 (the sha256 of the sensitivity table file written with it) and one entry per aligned item. An entry present for a
 layer replaces the teacher initialisation of that layer's mixer; with a library given, every layer whose operator
 is `aligned` must have one. Without one given, build takes the library whose `scores_sha256` is the hash of the
@@ -24,9 +24,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, append_line, atomic_path
-from ..artifacts.schema import CandidateLibrary, Header, LayerPlan, LibraryEntry, ModelRef
+from ..artifacts.header import Header, ModelRef, check_same_model, save
+from ..artifacts.library import CandidateLibrary, LibraryEntry, load_library_sidecar
+from ..artifacts.plan import LayerPlan
+from ..artifacts.sensitivity import load_sensitivity
 from ..errors import UsageError
 from ..hf.models import slug
 from ..operators import Candidate
@@ -73,7 +75,7 @@ def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
     for folder in dict.fromkeys(f.resolve() for f in folders if f.is_dir()):
         for sidecar in sorted(folder.glob("*.json")):
             try:
-                side = schema.load_library_sidecar(sidecar)
+                side = load_library_sidecar(sidecar)
             except UsageError:
                 continue  # not ours to judge here: only a matching sidecar counts
             library = sidecar.with_suffix(".safetensors")
@@ -118,8 +120,8 @@ def _check_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> str | None:
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         return None
-    side = schema.load_library_sidecar(sidecar)
-    schema.check_same_model(ref, side.header.model, f"library {path}", allow_stale)
+    side = load_library_sidecar(sidecar)
+    check_same_model(ref, side.header.model, f"library {path}", allow_stale)
     return side.scores_sha256 or None
 
 
@@ -179,11 +181,11 @@ class ItemStore:
         while its weights can still be read."""
         rows: dict = {}
         try:
-            old = schema.load_sensitivity(self.table) if self.table.is_file() else None
+            old = load_sensitivity(self.table) if self.table.is_file() else None
         except UsageError:
             old = None
         try:
-            side = schema.load_library_sidecar(self.library.with_suffix(".json"))
+            side = load_library_sidecar(self.library.with_suffix(".json"))
             library = {(e.layer, str(e.candidate), e.fingerprint) for e in side.entries}
         except UsageError:  # none, or damaged: its weights are not reused
             library = set()
@@ -222,8 +224,8 @@ def write_library(store: ItemStore, header: Header, items, scores_sha256: str) -
         _stream_safetensors(tmp, tensors)
     entries = tuple(LibraryEntry(layer, cand, row["align_steps"], row["fingerprint"], row["extra"])
                     for (layer, cand), row in items)
-    schema.save(CandidateLibrary(header=header, scores_sha256=scores_sha256, entries=entries),
-                store.library.with_suffix(".json"))
+    save(CandidateLibrary(header=header, scores_sha256=scores_sha256, entries=entries),
+         store.library.with_suffix(".json"))
 
 
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, check_output, json_text, output_path, write_text
-from ..artifacts.schema import Header, SensitivityEntry, SensitivityTable
+from ..artifacts.header import Header, sha256_file, sha256_json, to_json
+from ..artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
 from ..errors import MosaicError, UsageError
 from ..hf import distributed
 from ..hf.models import slug
@@ -81,7 +81,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
 
     align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
-    path = check_output(table_path(teacher, out), kind=schema.SENSITIVITY_KIND)
+    path = check_output(table_path(teacher, out), kind=SensitivityTable.kind)
     config = load_config(teacher)
     ref = model_ref(teacher, config)
     dims = surgery.dims_of(config)
@@ -136,7 +136,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
             env = environment(device)
             table = _finish(store, fps, ref, env, source, info, cands, ctx, align_steps, teacher_ops)
         distributed.barrier(world)
-    return table if rank == 0 else schema.load_sensitivity(path)
+    return table if rank == 0 else load_sensitivity(path)
 
 
 def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, info: dict, cands, ctx, steps: int,
@@ -149,7 +149,7 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
     missing = [f"layer {layer} {c}" for layer, c in fps if (layer, c) not in finished]
     if missing:
         raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with --resume")
-    header = Header.new(ref, env=env, inputs={} if source == SELF else {"data": schema.sha256_file(source)})
+    header = Header.new(ref, env=env, inputs={} if source == SELF else {"data": sha256_file(source)})
     entries = []
     for layer in range(ctx.num_layers):
         for c in cands:
@@ -162,7 +162,7 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
                                             {**row["extra"], "fingerprint": row["fingerprint"]}))
     work = cost(ctx.dims, cands, info["tokens"], info["seq_len"], steps)
     table = SensitivityTable(header=header, metric="kl", data={**info, "cost": work}, entries=tuple(entries))
-    text = json_text(schema.to_json(table))
+    text = json_text(to_json(table))
     if any(c.spec.aligned for c in cands):  # the library first: a table on disk always has its library
         library.write_library(store, header, [(key, finished[key]) for key in fps if key[1].spec.aligned],
                               hashlib.sha256(text.encode()).hexdigest())
@@ -473,7 +473,7 @@ def _item_fingerprint(teacher_fp: str, data_sha: str, layer: int, cand: Candidat
     obj = {"version": SCORER_VERSION, "teacher": teacher_fp, "data": data_sha, "layer": layer, "candidate": str(cand),
            "seed": seed,
            "align": {"steps": steps, "lr": align_mod.LR, "rows": align_mod.BATCH_ROWS} if aligned else None}
-    return schema.sha256_json(obj)[:16]
+    return sha256_json(obj)[:16]
 
 
 def _sha_windows(windows, align_windows) -> str:

@@ -32,13 +32,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..artifacts import schema
+from ..artifacts.distill_record import RECORD_FILE, DistillRecord
 from ..artifacts.files import atomic_dir, check_output, output_path, write_json
+from ..artifacts.header import Header, save, sha256_file, sha256_json
+from ..artifacts.plan import PLAN_FILE, load_plan
 from ..errors import StaleInputError, UsageError
 from ..hf import distributed
 
-RECORD_KIND = "mosaic/distill-record"
-RECORD_FILE = "distill_record.json"
 STAGES = ("offpolicy", "onpolicy", "both")
 TRAINABLE = ("replaced", "mixers", "all")
 DIVERGENCES = ("forward", "reverse", "jsd")
@@ -163,11 +163,10 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
         if rank == 0:
             if sharded:  # written from one whole copy, in host memory
                 student = _load_plain(model, state)
-            record = {"kind": RECORD_KIND, "schema_version": schema.SCHEMA_VERSION,
-                      "created_by": schema.package_version(), "created_at": schema.utc_now(),
-                      "command": list(sys.argv), **settings, "trainable_parameters": sum(p.numel() for _, p in params),
-                      "losses": losses, "eval": evals.describe() if evals else None,
-                      "quality": {"before": before, "after": after}}
+            record = DistillRecord(header=Header.new(load_plan(Path(model) / PLAN_FILE).header.model),
+                                   settings=settings, trainable_parameters=sum(p.numel() for _, p in params),
+                                   losses=tuple(losses), quality={"before": before, "after": after},
+                                   eval=evals.describe() if evals else None)
             _write(student, model, out, record, overwrite)
             shutil.rmtree(ckpt, ignore_errors=True)
         distributed.barrier(world)
@@ -203,24 +202,6 @@ def _step(step: int, plan: list, s: dict, wrapped, student, ref, oracle, windows
     torch.nn.utils.clip_grad_norm_([p for _, p in params], CLIP_NORM)
     opt.step()
     return distributed.mean(loss.item(), world)
-
-
-def load_record(model: str | Path) -> dict:
-    """The distill record of a distilled model directory, validated for kind and version."""
-    path = Path(model) / RECORD_FILE
-    if not path.is_file():
-        raise UsageError(f"{model}: no {RECORD_FILE} (not a model written by mosaic distill)")
-    from ..artifacts.files import read_text
-
-    try:
-        obj = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict) or obj.get("kind") != RECORD_KIND:
-        raise UsageError(f'{path}: kind: expected "{RECORD_KIND}"')
-    if not isinstance(obj.get("schema_version"), int) or obj["schema_version"] > schema.SCHEMA_VERSION:
-        raise UsageError(f"{path}: schema_version {obj.get('schema_version')} is not one this mosaic reads")
-    return obj
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -503,13 +484,11 @@ class _Rows:
 
 def _model_sha256(model: str) -> str:
     """The model directory's identity without hashing gigabytes of weights: its config and plan record."""
-    from ..artifacts.schema import PLAN_FILE
-
-    return schema.sha256_json([schema.sha256_file(Path(model) / name) for name in ("config.json", PLAN_FILE)])
+    return sha256_json([sha256_file(Path(model) / name) for name in ("config.json", PLAN_FILE)])
 
 
 def _fingerprint(settings: dict) -> str:
-    return schema.sha256_json(settings)
+    return sha256_json(settings)
 
 
 def _checkpoint(ckpt: Path, settings: dict, step: int, losses: list, params, opt, write: bool = True) -> None:
@@ -594,7 +573,7 @@ def _quality(student, ref, evals):
         student.train(was)
 
 
-def _write(student, model: str, out: Path, record: dict, overwrite: bool) -> None:
+def _write(student, model: str, out: Path, record: DistillRecord, overwrite: bool) -> None:
     """The model directory: every file of `model` but its weights (remote code, tokenizer, plan record), the
     distilled weights and config, and the distill record."""
     src = Path(model)
@@ -604,4 +583,4 @@ def _write(student, model: str, out: Path, record: dict, overwrite: bool) -> Non
             if f.is_file() and f not in weights and f.name != RECORD_FILE:
                 shutil.copyfile(f, tmp / f.name)
         student.save_pretrained(tmp)
-        write_json(tmp / RECORD_FILE, record)
+        save(record, tmp / RECORD_FILE)

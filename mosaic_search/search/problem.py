@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
-from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
+from ..artifacts.header import check_same_model, sha256_file, sha256_json, to_json
+from ..artifacts.profile import LatencyProfile, Workload, load_profile
+from ..artifacts.sensitivity import SensitivityTable, load_sensitivity
 from ..errors import StaleInputError, UsageError, did_you_mean
 from ..operators import REGISTRY, Candidate, unbuildable
 
@@ -171,7 +172,7 @@ def _load(thing, loader):
 
 
 def _fingerprint(artifact, path) -> str:
-    return schema.sha256_file(path) if path else schema.sha256_json(schema.to_json(artifact))
+    return sha256_file(path) if path else sha256_json(to_json(artifact))
 
 
 def _env_has(env: dict, key: str, value) -> bool:
@@ -189,36 +190,36 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
     Raises UsageError (exit 2) when none is found or the layer counts differ, StaleInputError (exit 4) for
     another model, or a profile whose env lacks `device` / `target_env` ("KEY=VALUE"), unless `allow_stale`.
     """
-    profile, ppath = _load(profile, schema.load_profile)
-    scores, spath = _load(scores, schema.load_sensitivity)
+    profile, ppath = _load(profile, load_profile)
+    scores, spath = _load(scores, load_sensitivity)
     if profile is None and scores is not None:
-        ppath = next(iter(_ranked(profiles_dir, schema.PROFILE_KIND, scores.header.model)), None)
+        ppath = next(iter(_ranked(profiles_dir, LatencyProfile.kind, scores.header.model)), None)
         if ppath is None:
             raise UsageError(f"no latency profile for {scores.header.model.id} under {profiles_dir}/; "
                              "run `mosaic profile` or pass --profile")
-        profile = schema.load_profile(ppath)
+        profile = load_profile(ppath)
     elif profile is None:
-        for path in _ranked(profiles_dir, schema.PROFILE_KIND):
-            loaded = schema.load_profile(path)
-            match = _ranked(plans_dir, schema.SENSITIVITY_KIND, loaded.header.model)
+        for path in _ranked(profiles_dir, LatencyProfile.kind):
+            loaded = load_profile(path)
+            match = _ranked(plans_dir, SensitivityTable.kind, loaded.header.model)
             if match:
                 profile, ppath, spath = loaded, path, match[0]
-                scores = schema.load_sensitivity(spath)
+                scores = load_sensitivity(spath)
                 break
         else:
             raise UsageError(f"no latency profile under {profiles_dir}/ with a matching sensitivity table under "
                              f"{plans_dir}/; run `mosaic profile` and `mosaic score`, or pass --profile/--scores")
     if scores is None:
-        spath = next(iter(_ranked(plans_dir, schema.SENSITIVITY_KIND, profile.header.model)), None)
+        spath = next(iter(_ranked(plans_dir, SensitivityTable.kind, profile.header.model)), None)
         if spath is None:
             raise UsageError(f"no sensitivity table for {profile.header.model.id} under {plans_dir}/; "
                              "run `mosaic score` or pass --scores")
-        scores = schema.load_sensitivity(spath)
+        scores = load_sensitivity(spath)
     pm, sm = profile.header.model, scores.header.model
     if pm.num_hidden_layers != sm.num_hidden_layers:
         raise UsageError(f"the profile has {pm.num_hidden_layers} layers ({pm.id}) but the sensitivity table has "
                          f"{sm.num_hidden_layers} ({sm.id}); they cannot describe the same model")
-    schema.check_same_model(pm, sm, "sensitivity table", allow_stale)
+    check_same_model(pm, sm, "sensitivity table", allow_stale)
     want = dict(pairs(target_env, "env"))
     if device:
         want["device"] = device

@@ -10,9 +10,11 @@ import math
 import time
 from pathlib import Path
 
-from ..artifacts import files, frames, schema
+from ..artifacts import files, frames
 from ..artifacts.files import PLANS_DIR
-from ..artifacts.schema import Header, LayerPlan, Pareto
+from ..artifacts.header import Header, save, to_json
+from ..artifacts.pareto import Pareto
+from ..artifacts.plan import LayerPlan
 from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean
 from ..hf.models import slug
 from ..operators import REGISTRY, Candidate, pattern_string, plot_color
@@ -207,7 +209,7 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
         fail(f"the solver's objective {claimed:.6g} differs from the recomputed {objective:.6g}")
     rows = predicted(p, layers)
     per_layer = []
-    teacher = p.profile.teacher_layers()  # "latency saved" is measured from the teacher's own operator in the layer
+    teacher = p.profile.teacher  # "latency saved" is measured from the teacher's own operator in the layer
     for l, c in enumerate(layers):
         saved = {}
         for w in rows:
@@ -271,7 +273,7 @@ def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap
     chosen, info = _assign(p, strategy, time_limit_s, mip_gap)
     plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": strategy, **info})
     if write:
-        schema.save(plan, path)
+        save(plan, path)
     return plan
 
 
@@ -306,7 +308,7 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
         plans.append(_plan(p, check, {"strategy": "mip", "rank": rank, "min_distance": min_distance, **info}))
     if write:  # only once every plan passed its check, so a failure leaves nothing behind
         for plan, path in zip(plans, paths):
-            schema.save(plan, path)
+            save(plan, path)
     return plans
 
 
@@ -379,7 +381,7 @@ def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, 
     """The Pareto frontier: the least predicted loss at each speedup target, saved as JSON + CSV (+ PNG).
 
     `speedups`: as `parse_sweep` takes them; other keywords are those of `problem.prepare`, except the
-    speedups, which the sweep sets. Returns the `schema.Pareto` record as its JSON object (`schema.to_json`);
+    speedups, which the sweep sets. Returns the `Pareto` record as its JSON object (`to_json`);
     the files go to `out` (default layer_plans/<model>/pareto.json) and its .csv / .png siblings.
     """
     for key in ("speedup", "ttft_speedup", "tpot_speedup"):
@@ -414,10 +416,10 @@ def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, 
     given = {k: v for k, v in p.given.items() if k not in ("speedup", "ttft_speedup", "tpot_speedup", "targets")}
     front = Pareto(header=Header.new(model, env=p.profile.header.env, inputs=p.inputs), constraints=given,
                    speedups=tuple(values), points=tuple(points), files=tuple(map(str, written)))
-    result = schema.to_json(front)
+    result = to_json(front)
     if write:
         frames.write_table(front, csv_path)
         if plot:
             plot_frontier(points, f"{model.id}: predicted loss vs speedup", png_path, model.num_hidden_layers)
-        schema.save(front, path)
+        save(front, path)
     return result
