@@ -28,7 +28,7 @@ CHECKOUT = "checkout.txt"  # where the code that ran lives: records name files s
 # keys whose values differ between two runs of the same code: when and by what it ran, and measured times
 # (and the sha256 of files that hold such values)
 VOLATILE = {"created_at", "created_by", "command", "env", "inputs", "seconds", "latency_ms", "p20_ms", "p80_ms",
-            "baseline_ms", "fixed_ms", "measured_ms", "error_pct", "plan_sha256", "model_sha256"}
+            "baseline_ms", "fixed_ms", "measured_ms", "error_pct", "plan_sha256", "model_sha256", "scores_sha256"}
 
 
 def _mosaic(*args: str) -> None:
@@ -65,7 +65,7 @@ def _strip(value, run: Path):
     if isinstance(value, list):
         return [_strip(v, run) for v in value]
     if isinstance(value, str):
-        return value.replace(str(run), "<run>").replace((run / CHECKOUT).read_text(), "<checkout>")
+        return value.replace(str(run), "<run>").replace((run / CHECKOUT).read_text().strip(), "<checkout>")
     return value
 
 
