@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifacts.files import atomic_dir, atomic_path, check_output, write_text
+from .artifacts.files import atomic_dir, check_output, write_text
 from .errors import UsageError
 
 MARKER = ".mosaic-demo"
@@ -43,6 +43,7 @@ def _run(d: Path, seed: int, progress) -> None:
     from .quality.evaluation import evaluate
     from .quality.library import library_path
     from .artifacts.distill_record import load_distill_record
+    from .cli import plots
     from .recovery.distill import distill
     from .search import solver
 
@@ -62,8 +63,7 @@ def _run(d: Path, seed: int, progress) -> None:
     inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
     plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
              for t in TARGETS}
-    frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
-                            **inputs)
+    frontier = solver.sweep(SWEEP, reserve=(".png",), workloads=decode, out=str(d / "pareto.json"), **inputs)
     stage(3, "build")
     built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
                               out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
@@ -78,60 +78,15 @@ def _run(d: Path, seed: int, progress) -> None:
     generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed)
                  for t in TARGETS}
     stage(6, "report")
-    _plots(d, table, prof, plans)
-    with atomic_path(d / "pareto.png") as tmp:
-        solver.plot_frontier(frontier["points"], "tiny: predicted loss vs TPOT target", str(tmp),
-                             table.header.model.num_hidden_layers,
-                             measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
-                                       for when, name in (("before", "built"), ("after", "distilled"))})
+    plots.plot_sensitivity(table, d / "sensitivity.png")
+    plots.plot_savings(plans, next(w.name for w in prof.workloads if w.phase == "decode"), d / "plans.png")
+    plots.plot_frontier(frontier, d / "pareto.png", title="tiny: predicted loss vs TPOT target",
+                        measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
+                                  for when, name in (("before", "built"), ("after", "distilled"))})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
     write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
                                         quality, teacher, distilled))
     progress(len(steps), len(steps), "done")
-
-
-def _plots(d: Path, table, prof, plans) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.patches import Patch
-
-    from .operators import REGISTRY, plot_color
-
-    cands = list(dict.fromkeys(e.candidate for e in table.entries))
-    n = table.header.model.num_hidden_layers
-    kl = np.full((n, len(cands)), np.nan)
-    for e in table.entries:
-        kl[e.layer, cands.index(e.candidate)] = e.kl
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cands), 1.0 + 0.45 * n))
-    im = ax.imshow(np.log10(np.maximum(kl, 1e-6)), aspect="auto", cmap="magma_r")
-    ax.set_xticks(range(len(cands)), [c.label for c in cands], rotation=45, ha="right")
-    for tick, c in zip(ax.get_xticklabels(), cands):
-        tick.set_color(plot_color(c.op))
-    ax.set_yticks(range(n), [f"layer {i}" for i in range(n)])
-    ax.set_title("sensitivity: log10 KL(teacher || swapped)")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    with atomic_path(d / "sensitivity.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-    w = next(w.name for w in prof.workloads if w.phase == "decode")
-    fig, axes = plt.subplots(len(plans), 1, figsize=(8, 2.4 * len(plans)), squeeze=False)
-    for ax, (target, plan) in zip(axes[:, 0], plans.items()):
-        saved = [row["saved_ms"].get(w, 0.0) for row in plan.solver["per_layer"]]
-        ops = [c.op for c in plan.layers]
-        ax.bar(range(n), saved, color=[plot_color(op) for op in ops])
-        ax.set_title(f"{target}x TPOT plan {plan.pattern}: latency saved per layer on {w} (ms)")
-        ax.set_xticks(range(n))
-        used = [op for op in REGISTRY if op in ops]
-        ax.legend(handles=[Patch(color=plot_color(op), label=op) for op in used], fontsize=7, ncol=len(used))
-    fig.tight_layout()
-    with atomic_path(d / "plans.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
@@ -181,7 +136,7 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     lines += ["![plans](plans.png)", "", "## Pareto frontier (predicted loss vs TPOT target)", "",
               "Black markers: each plan's model measured (KL to the teacher) as built and after distillation.", "",
               "![frontier](pareto.png)", "", "| target | predicted loss | pattern |", "|---|---|---|"]
-    for pt in frontier["points"]:
+    for pt in frontier.points:
         loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"
         lines.append(f"| {pt['target_speedup']:.2f}x | {loss} | `{pt.get('pattern', '')}` |")
     return "\n".join(lines) + "\n"

@@ -514,7 +514,7 @@ def test_every_point_of_a_wide_sweep_builds_loads_and_generates(built, tmp_path)
         SensitivityEntry(l, c, 0.0 if c.op in ("gqa", "drop") else 0.1, 0.0, 0) for l in range(LAYERS)
         for c in cands))
     res = solver.sweep("1.1:60:0.5", profile=prof, scores=sens, write=False)
-    ok = [pt for pt in res["points"] if pt["feasible"]]
+    ok = [pt for pt in res.points if pt["feasible"]]
     assert ok and all(sum(op != "X" for op in pt["pattern"]) >= 1 for pt in ok)
     best = (1.0 + 10.0 * LAYERS) / (1.0 + 6.0 + 0.01 * (LAYERS - 1))  # one swa layer, the rest dropped
     assert max(min(v["speedup"] for v in pt["predicted"].values()) for pt in ok) == pytest.approx(best)

@@ -107,12 +107,13 @@ def test_solve(artifacts, monkeypatch, tmp_path, capsys):
 
 
 def test_solve_sweep(artifacts, monkeypatch, tmp_path, capsys):
-    front = artifacts[3]
-    seen = _fake(monkeypatch, solver, "sweep", front)
     out = tmp_path / "front.json"
+    front = dataclasses.replace(artifacts[3], files=tuple(str(out.with_suffix(x)) for x in (".json", ".csv", ".png")))
+    seen = _fake(monkeypatch, solver, "sweep", front)
     assert main(["solve", "--sweep", "1.1:1.2:0.1", "--plot", *SOLVE_ARGV, "--out", str(out), "--json"]) == EXIT_OK
-    assert seen == dict(args=("1.1:1.2:0.1",), plot=True, speedup=None, out=str(out), **SOLVE_KW)
-    assert _json(capsys)["points"] == front["points"]
+    assert seen == dict(args=("1.1:1.2:0.1",), reserve=(".png",), speedup=None, out=str(out), **SOLVE_KW)
+    assert _json(capsys)["points"] == json.loads(json.dumps(list(front.points)))
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot draws the reserved file
 
 
 def test_solve_solutions(artifacts, monkeypatch, tmp_path, capsys):

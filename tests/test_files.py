@@ -18,6 +18,7 @@ from mosaic_search.artifacts.header import Header, save
 from mosaic_search.artifacts.plan import LayerPlan
 from mosaic_search.artifacts.profile import LatencyProfile
 from mosaic_search.artifacts.sensitivity import load_sensitivity
+from mosaic_search.cli.plots import plot_frontier
 from mosaic_search.errors import UsageError
 from mosaic_search.hf.models import load_config, model_ref
 from mosaic_search.latency import profiler
@@ -63,8 +64,9 @@ def test_every_file_of_a_chain_has_the_umask_mode(tmp_path, umask):
                  progress=lambda *a: seen.update(_modes(tmp_path)))
     assert any(".library.d/" in name for name in seen) and any("items.jsonl" in name for name in seen)
     plan = solver.solve(str(prof), str(table), speedup=1.01, out=str(tmp_path / "plans" / "plan.json"))
-    solver.sweep("1.01:1.05:0.02", plot=True, profile=str(prof), scores=str(table),
-                 out=str(tmp_path / "plans" / "pareto.json"))
+    front = solver.sweep("1.01:1.05:0.02", reserve=(".png",), profile=str(prof), scores=str(table),
+                         out=str(tmp_path / "plans" / "pareto.json"))
+    plot_frontier(front, front.files[2])
     frames.write_table(load_sensitivity(table), tmp_path / "plans" / "sensitivity.parquet")
     builder.build(tmp_path / "plans" / "plan.json", library=library_path(table), out=tmp_path / "model")
     # progress runs after each step: from the second one on, the checkpoint of the step before exists

@@ -23,6 +23,7 @@ from mosaic_search.artifacts.plan import load_plan
 from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
 from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
 from mosaic_search.cli import main
+from mosaic_search.cli.plots import plot_frontier
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
 from mosaic_search.search import baselines, problem, solver
@@ -348,7 +349,7 @@ def test_no_strategy_returns_a_plan_without_an_attention_layer():
         plan = solver.solve(prof, sens, speedup=best * 0.999, strategy=strategy, write=False)
         assert unbuildable(plan.layers) is None and plan.pattern.count("X") == 3
     assert all(unbuildable([Candidate.parse(c) for c in pt["layers"]]) is None
-               for pt in solver.sweep("1.1:40:0.5", profile=prof, scores=sens, write=False)["points"] if pt["feasible"])
+               for pt in solver.sweep("1.1:40:0.5", profile=prof, scores=sens, write=False).points if pt["feasible"])
     with pytest.raises(InfeasibleError, match=f"decode_4k {best:.3f}x"):
         solver.solve(prof, sens, speedup=best * 1.01, write=False)
     with pytest.raises(InfeasibleError, match="pattern XN misses the constraints: only drop, none layers"):
@@ -374,7 +375,7 @@ def test_one_constraint_check_names_every_broken_rule():
     prof, sens = make(4, seed=5)
     p = problem.prepare(prof, sens, speedup=1.5, max_cache_bytes=1500, max_count={"gqa": 1}, min_count={"none": 1})
     assert p.choice(0, G).loss == 0.0 and p.choice(0, G).latency_ms == {w.name: 10.0 for w in WORKLOADS}
-    assert p.choice(0, G).cache_bytes == 1000 and p.cache_workload == "decode_16k"  # the longest context
+    assert p.choice(0, G).cache_bytes == 1000 and p.cache.workload == "decode_16k"  # the longest context
     teacher = [G] * 4
     rows = problem.predicted(p, teacher)
     assert all(row["latency_ms"] == prof.predicted_ms(w, teacher) == 2.0 + 40.0 and row["speedup"] == 1.0
@@ -389,6 +390,25 @@ def test_one_constraint_check_names_every_broken_rule():
     assert problem.violations(p, [G, G, D, G], 0.0)[0] == "layer 2: gdn has no ok latency for prefill_4k"
 
 
+def test_the_problem_is_complete_when_built_and_each_variant_is_a_new_one():
+    """`prepare` returns the whole problem, frozen; other targets or more pins make another problem, equal to the
+    one `prepare` builds from those arguments, and leave the first as it was."""
+    prof, sens = make(4)
+    kw = dict(max_count={"drop": 1}, ops="gqa,gdn,none,drop")
+    p = problem.prepare(prof, sens, speedup=1.2, pins=["0=gqa"], **kw)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.pins = ()
+    assert p.with_speedups(speedup=1.5) == problem.prepare(prof, sens, speedup=1.5, pins=["0=gqa"], **kw)
+    assert p.with_pins({1: "gdn"}) == problem.prepare(prof, sens, speedup=1.2, pins=["0=gqa", "1=gdn"], **kw)
+    assert p.targets == {w.name: 1.2 for w in WORKLOADS} and p.allowed[0] == [G] and len(p.allowed[1]) == 4
+    assert p.constraints == {"workloads": [w.name for w in WORKLOADS], "metric": "kl", "max_cache_bytes": None,
+                             "cache_batch": None, "cache_workload": None, "ops": ["gqa", "gdn", "none", "drop"],
+                             "pins": {"0": "gqa"}, "min_count": None, "max_count": {"drop": 1}, "speedup": 1.2,
+                             "ttft_speedup": None, "tpot_speedup": None, "targets": {w.name: 1.2 for w in WORKLOADS}}
+    with pytest.raises(UsageError, match="pin 0=gdn: not an allowed candidate at layer 0"):
+        p.with_pins(["0=gdn"])
+
+
 def test_baselines_do_not_import_the_solver():
     run = subprocess.run([sys.executable, "-c", "import sys, mosaic_search.search.baselines; "
                           "assert 'mosaic_search.search.solver' not in sys.modules"], capture_output=True, text=True,
@@ -400,8 +420,10 @@ def test_baselines_do_not_import_the_solver():
 
 def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
     prof, sens = make(8, seed=9)
-    res = solver.sweep("1.1:3.0:0.1", profile=prof, scores=sens, plot=True, out=tmp_path / "front.json")
-    pts = res["points"]
+    res = solver.sweep("1.1:3.0:0.1", profile=prof, scores=sens, reserve=(".png",), out=tmp_path / "front.json")
+    assert files(tmp_path) == ["front.csv", "front.json"]  # the PNG is reserved for the caller, not drawn
+    plot_frontier(res, res.files[2])
+    pts = res.points
     assert [p["target_speedup"] for p in pts] == pytest.approx([1.1 + 0.1 * i for i in range(20)])
     ok = [p for p in pts if p["feasible"]]
     assert ok and all(a["objective"] <= b["objective"] + 1e-12 for a, b in zip(ok, ok[1:]))
@@ -410,7 +432,7 @@ def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
     assert files(tmp_path) == ["front.csv", "front.json", "front.png"]
     rows = list(csv.DictReader((tmp_path / "front.csv").open()))
     assert len(rows) == 20 and rows[0]["pattern"] == ok[0]["pattern"]
-    assert json.loads((tmp_path / "front.json").read_text())["points"] == json.loads(json.dumps(pts))
+    assert json.loads((tmp_path / "front.json").read_text())["points"] == json.loads(json.dumps(list(pts)))
     with pytest.raises(UsageError, match="sweep sets the speedup itself"):
         solver.sweep("1.1:2:0.1", profile=prof, scores=sens, speedup=2, write=False)
     with pytest.raises(UsageError, match='sweep "3:1:0.1"'):
@@ -421,11 +443,11 @@ def test_pareto_record_round_trips_and_older_files_still_load(tmp_path):
     prof, sens = make(6, seed=9)
     res = solver.sweep("1.2:2.0:0.4", profile=prof, scores=sens, out=tmp_path / "front.json")
     back = load_pareto(tmp_path / "front.json")
-    assert to_json(back) == json.loads(json.dumps(res)) and back.header.command
+    assert to_json(back) == json.loads(json.dumps(to_json(res))) and back.header.command
     assert back.files == (str(tmp_path / "front.json"), str(tmp_path / "front.csv"))
     assert to_frame(back).equals(to_frame(res))
     # as sweeps wrote it before the record: the header built by hand, without `command`
-    old = {k: v for k, v in res.items() if k != "command"}
+    old = {k: v for k, v in to_json(res).items() if k != "command"}
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert load_pareto(tmp_path / "old.json").points == back.points
     short = dict(old, points=[{"target_speedup": 1.2, "feasible": True, "objective": 0.1, "layers": ["gqa"]}])

@@ -83,7 +83,7 @@ def test_to_frame_of_every_artifact_kind(artifacts):
     assert _dtypes(df) == {"target_speedup": "float64", "feasible": "bool", "pattern": "string", "kl_nats": "float64",
                            **{f"speedup_{w}": "float64" for w in ws}, **{f"latency_ms_{w}": "float64" for w in ws}}
     ok = df[df.feasible]
-    assert list(ok.pattern) == [pt["pattern"] for pt in front["points"] if pt["feasible"]]
+    assert list(ok.pattern) == [pt["pattern"] for pt in front.points if pt["feasible"]]
     assert (ok[[f"speedup_{w}" for w in ws]].min(axis=1) >= ok.target_speedup - 1e-9).all()
     assert df[~df.feasible].kl_nats.isna().all()
 
@@ -197,7 +197,7 @@ def test_solve_and_sweep_tables_fit_80_columns(artifacts, columns80, tmp_path, c
         assert text in out, text
     out = _shown(capsys, ["solve", "--profile", p, "--scores", s, "--sweep", "1.2:2.0:0.4",
                           "--out", str(tmp_path / "f.json")])
-    for text in (*(pt["pattern"] for pt in front["points"] if pt["feasible"]), *GQA_MS, "1.20x", "2.00x"):
+    for text in (*(pt["pattern"] for pt in front.points if pt["feasible"]), *GQA_MS, "1.20x", "2.00x"):
         assert text in out, text
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from ..errors import UsageError
 from ..operators import REGISTRY
 from . import files
-from .header import to_json
 from .pareto import Pareto
 from .plan import LayerPlan
 from .profile import LatencyProfile
@@ -30,10 +29,9 @@ def to_frame(artifact):
 
     One row per entry of a LatencyProfile (layer x candidate x workload: `latency_ms`, `p20_ms`, `p80_ms`,
     `cache_bytes`, ...), SensitivityTable (layer x candidate: `kl_nats`, `delta_loss_nats`), LayerPlan (layer:
-    its candidate, `<metric>_nats` and `saved_ms_<workload>`) or Pareto (the record, or its JSON object as
-    `solver.sweep` returns it; target speedup: `<metric>_nats`, `speedup_<workload>`, `latency_ms_<workload>`).
-    Every frame has `candidate` (as in the
-    artifact, e.g. swa:window=1024), `op` and one integer column per operator param (`window`, `rank`; empty
+    its candidate, `<metric>_nats` and `saved_ms_<workload>`) or Pareto (target speedup: `<metric>_nats`,
+    `speedup_<workload>`, `latency_ms_<workload>`). Every frame has `candidate` (as in the artifact, e.g.
+    swa:window=1024), `op` and one integer column per operator param (`window`, `rank`; empty
     where the operator has none), except the sweep's, whose rows are whole plans.
     Raises TypeError for anything else.
     """
@@ -44,8 +42,6 @@ def to_frame(artifact):
     if isinstance(artifact, LayerPlan):
         return _plan(artifact)
     if isinstance(artifact, Pareto):
-        return _pareto(to_json(artifact))
-    if isinstance(artifact, dict) and artifact.get("kind") == Pareto.kind:
         return _pareto(artifact)
     raise TypeError(f"not an artifact: {type(artifact).__name__}")
 
@@ -126,9 +122,9 @@ def _plan(plan: LayerPlan):
         **{f"saved_ms_{w}": ("float64", [row.get("saved_ms", {}).get(w) for row in per]) for w in plan.predicted}})
 
 
-def _pareto(result: dict):
-    points, workloads = result["points"], result["constraints"]["workloads"]
-    metric = result["constraints"].get("metric", "kl")
+def _pareto(front: Pareto):
+    points, workloads = front.points, front.constraints["workloads"]
+    metric = front.constraints.get("metric", "kl")
 
     def predicted(key, w):
         return [pt.get("predicted", {}).get(w, {}).get(key) for pt in points]

@@ -175,7 +175,11 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
               cache_context=cache_context, ops=ops, pins=pin, min_count=min_count, max_count=max_count, metric=metric,
               device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite)
     if sweep:
-        front = solver.sweep(sweep, plot=plot, **kw)
+        front = solver.sweep(sweep, reserve=(".png",) if plot else (), **kw)
+        if plot:
+            from .plots import plot_frontier
+
+            plot_frontier(front, front.files[2])
         save_table(front)
         return views.sweep(front, table_out, as_json)
     plans = (solver.solve_many(solutions, min_distance, **kw) if solutions != 1 else

@@ -80,18 +80,20 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
     _wrote(path, library if library.is_file() else None, table_out)
 
 
-def sweep(front: dict, table=None, as_json: bool = False) -> None:
-    """Stage 3 --sweep: the Pareto frontier, one row per target speedup."""
+def sweep(front, table=None, as_json: bool = False) -> None:
+    """Stage 3 --sweep: the Pareto frontier (a `Pareto` record), one row per target speedup."""
+    from ..artifacts.header import to_json
+
     if as_json:
-        return emit_json({**front, "table": table})
-    workloads = front["constraints"]["workloads"]
-    print_table(f"Pareto frontier: {front['model']['id']} (predicted loss, and speedup per workload, vs target)",
+        return emit_json({**to_json(front), "table": table})
+    workloads = front.constraints["workloads"]
+    print_table(f"Pareto frontier: {front.header.model.id} (predicted loss, and speedup per workload, vs target)",
                 [("target", "num"), ("loss", "num"), ("pattern", "label"), *((w, "num") for w in workloads)],
                 [(x(pt["target_speedup"]), f"{pt['objective']:.4g}" if pt["feasible"] else "infeasible",
                   pt.get("pattern", ""),
                   *(x(pt["predicted"][w]["speedup"]) if pt["feasible"] else "-" for w in workloads))
-                 for pt in front["points"]])
-    console.print("wrote " + ", ".join(front["files"] + ([table] if table else [])))
+                 for pt in front.points])
+    console.print("wrote " + ", ".join([*front.files, *([table] if table else [])]))
 
 
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:

@@ -6,20 +6,14 @@ import time
 
 from ..errors import InfeasibleError, UsageError
 from ..operators import REGISTRY, from_symbol
-from .problem import Problem, matches, violations
+from .problem import Problem, violations
 
 _EPS = 1e-9  # stricter than the solver's re-check (1e-6), so a plan a baseline calls "met" always verifies
 
 
 def _resources(p: Problem) -> list:
-    """(usage of one Choice, limit, scale) for every budget; scale makes them commensurable."""
-    out = [(lambda ch, w=w: ch.latency_ms[w], p.budget(w), p.profile.teacher_ms(w) / p.targets[w]) for w in p.targets]
-    if p.cache_limit is not None:
-        out.append((lambda ch: ch.cache_bytes, p.cache_limit, p.cache_limit))
-    out += [(lambda ch, s=spec: float(matches(s, ch.candidate)), float(n), 1.0) for spec, n in p.max_count]
-    # operators.unbuildable, as -count <= -1
-    out.append((lambda ch: -float(ch.candidate.spec.counts_tokens), -1.0, 1.0))
-    return out
+    """(usage of one Choice, limit, scale) for every budget (`Problem.rows`); scale makes them commensurable."""
+    return [(row.usage, row.limit, row.scale) for row in p.rows()]
 
 
 def _excess(usage, resources) -> float:
@@ -82,7 +76,7 @@ def pattern(p: Problem, symbols: str):
     if len(symbols) > p.num_layers:
         raise UsageError(f"pattern {symbols}: {len(symbols)} symbols for a model of {p.num_layers} layers")
     ops = [from_symbol(symbols[l % len(symbols)]).name for l in range(p.num_layers)]
-    pinned = {int(k) for k in (p.given.get("pins") or {})}
+    pinned = {layer for layer, _ in p.pins}
     layers = [None] * p.num_layers
     for l in pinned:
         layers[l] = min(p.choices[l], key=lambda ch: (ch.loss, ch.candidate)).candidate

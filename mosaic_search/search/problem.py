@@ -1,20 +1,24 @@
 """Stage 3's problem: a profile and a sensitivity table as typed per-layer choices under budgets, with the one
-predicted latency and the one constraint check that the solver, its baselines and its re-check share."""
+predicted latency and the one constraint check that the solver, its baselines and its re-check share.
+
+`prepare` builds the complete, immutable Problem in steps: the inputs read (`inputs.load_inputs`), the workloads in
+scope, the cache bound, the candidates each layer allows (`options`), the pins, the counts, the speedup targets.
+"""
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from typing import Callable
 
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
-from ..artifacts.header import check_same_model, sha256_file, sha256_json, to_json
-from ..artifacts.profile import LatencyProfile, Workload, load_profile
-from ..artifacts.sensitivity import SensitivityTable, load_sensitivity
-from ..errors import StaleInputError, UsageError, did_you_mean
-from ..operators import REGISTRY, Candidate, unbuildable
+from ..artifacts.profile import LatencyProfile, Workload
+from ..artifacts.sensitivity import SensitivityTable
+from ..errors import UsageError, did_you_mean
+from ..operators import Candidate, unbuildable
+from .inputs import load_inputs
+from .specs import counts, matches, pairs, parse_spec, positive
 
 METRICS = ("kl", "delta_loss")
 
@@ -35,33 +39,74 @@ class Choice:
     cache_bytes: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
+class Speedups:
+    """The speedup targets over the teacher as given (each None when not) and, `per_workload`, what they ask of each
+    workload in scope: `ttft_speedup` of prefill workloads, `tpot_speedup` of decode ones, `speedup` of the rest."""
+
+    speedup: float | None = None
+    ttft_speedup: float | None = None
+    tpot_speedup: float | None = None
+    per_workload: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """As a plan's `constraints` records them (`targets`: per workload)."""
+        return {"speedup": self.speedup, "ttft_speedup": self.ttft_speedup, "tpot_speedup": self.tpot_speedup,
+                "targets": dict(self.per_workload)}
+
+
+@dataclass(frozen=True)
+class CacheBound:
+    """At most `limit_bytes` of cache for `batch` sequences at the context of `workload` (whose recorded
+    per-sequence cache_bytes it reads)."""
+
+    limit_bytes: float
+    workload: str
+    batch: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One budget as a linear row over choices: the sum of `usage(choice)` over the layers is at most `limit`;
+    `scale` makes rows commensurable for the heuristics (a budget's excess is measured as a fraction of it)."""
+
+    usage: Callable[[Choice], float]
+    limit: float
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class Problem:
     """The solver's view of a profile and a sensitivity table: the choices at each layer, and the budgets.
 
-    `choices[layer]`: the allowed candidates there, in Candidate order; `targets`: {workload: speedup};
-    `cache_limit`: bytes for `cache_batch` sequences at `cache_workload`'s context; `min_count` / `max_count`:
-    [(op name or Candidate, layers)]; `given`: the constraints as given, which a plan records.
+    Complete when built (`prepare`) and immutable; each constraint is held once, as given: `speedups`, `cache`
+    (None: no bound), `min_count` / `max_count` ((op name or Candidate, layers), ...), `ops` (the operator specs
+    allowed; empty: all) and `pins` ((layer, spec), ...). `options[layer]`: the candidates the inputs allow there,
+    in Candidate order, before pins; `choices`: after them. `constraints` is the record a plan keeps of them.
     """
 
     profile: LatencyProfile
     scores: SensitivityTable
     inputs: dict
     workloads: tuple[Workload, ...]
-    choices: tuple[tuple[Choice, ...], ...]
     metric: str
-    cache_limit: float | None = None
-    cache_workload: str | None = None
-    cache_batch: int = 1
-    min_count: list = field(default_factory=list)
-    max_count: list = field(default_factory=list)
-    targets: dict = field(default_factory=dict)
-    given: dict = field(default_factory=dict)
+    options: tuple[tuple[Choice, ...], ...]
+    ops: tuple = ()
+    pins: tuple = ()
+    speedups: Speedups = Speedups()
+    cache: CacheBound | None = None
+    min_count: tuple = ()
+    max_count: tuple = ()
 
     @property
     def num_layers(self) -> int:
         """Decoder layers in the model."""
-        return len(self.choices)
+        return len(self.options)
+
+    @cached_property
+    def choices(self) -> tuple[tuple[Choice, ...], ...]:
+        """The choices at each layer: its options, less those its pins exclude."""
+        return pinned(self.options, self.pins)
 
     @cached_property
     def allowed(self) -> list[list[Candidate]]:
@@ -76,164 +121,68 @@ class Problem:
         """The choice of `candidate` at `layer`; KeyError when it is not allowed there."""
         return self._index[layer, candidate]
 
+    @property
+    def targets(self) -> dict:
+        """{workload: speedup target} of the constrained workloads."""
+        return self.speedups.per_workload
+
     def budget(self, w: str) -> float:
         """What the layers of workload `w` may take (ms): the whole-model budget minus the fixed part."""
         return self.profile.teacher_ms(w) / self.targets[w] - self.profile.fixed_ms[w]
 
+    def rows(self, latency: bool = True) -> list[Row]:
+        """Every budget but one-candidate-per-layer as a linear row, in the order the MIP states them: each speedup
+        target (unless not `latency`), the cache bound, the operator counts (a min count as -count <= -n) and
+        `operators.unbuildable` (at least one attention layer, as -count <= -1)."""
+        out = [Row(lambda ch, w=w: ch.latency_ms[w], self.budget(w),
+                   self.profile.teacher_ms(w) / self.targets[w]) for w in self.targets if latency]
+        if self.cache is not None:
+            out.append(Row(lambda ch: ch.cache_bytes, self.cache.limit_bytes, self.cache.limit_bytes))
+        out += [Row(lambda ch, s=spec: -float(matches(s, ch.candidate)), -float(n))
+                for spec, n in self.min_count]
+        out += [Row(lambda ch, s=spec: float(matches(s, ch.candidate)), float(n))
+                for spec, n in self.max_count]
+        out.append(Row(lambda ch: -float(ch.candidate.spec.counts_tokens), -1.0))
+        return out
 
-# ---- KEY=VALUE and operator specs, as the CLI gives them -----------------------------------------
+    @property
+    def constraints(self) -> dict:
+        """The constraints as given, which a plan records (`constraints`)."""
+        c = self.cache
+        return {"workloads": [w.name for w in self.workloads], "metric": self.metric,
+                "max_cache_bytes": c.limit_bytes if c else None, "cache_batch": c.batch if c else None,
+                "cache_workload": c.workload if c else None, "ops": [str(s) for s in self.ops] or None,
+                "pins": {str(layer): str(spec) for layer, spec in self.pins} or None,
+                "min_count": {str(s): n for s, n in self.min_count} or None,
+                "max_count": {str(s): n for s, n in self.max_count} or None, **self.speedups.to_json()}
 
-def matches(spec, c: Candidate) -> bool:
-    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself."""
-    return c == spec if isinstance(spec, Candidate) else c.op == spec
+    def with_speedups(self, speedup=None, ttft_speedup=None, tpot_speedup=None) -> "Problem":
+        """The same problem under other speedup targets (as `prepare` takes them)."""
+        return dataclasses.replace(self, speedups=speedup_targets(self.profile, self.workloads, speedup,
+                                                                   ttft_speedup, tpot_speedup))
 
-
-def parse_spec(text, where: str = "") -> str | Candidate:
-    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion."""
-    if isinstance(text, Candidate):
-        return text
-    text = str(text).strip()
-    try:
-        if ":" in text:
-            return Candidate.parse(text)
-        if text not in REGISTRY:
-            raise UsageError(f'unknown operator "{text}"{did_you_mean(text, REGISTRY)}; known: {", ".join(REGISTRY)}')
-    except UsageError as e:
-        raise UsageError(f"{where}: {e}" if where else str(e)) from None
-    return text
-
-
-def pairs(items, what: str) -> list[tuple[str, str]]:
-    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs; `what` names the option
-    in the UsageError raised for a string without '=' or with an empty side."""
-    if not items:
-        return []
-    if isinstance(items, dict):
-        return [(str(k), v) for k, v in items.items()]
-    out = []
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f'{what}: cannot parse "{item}", expected KEY=VALUE')
-        out.append((key.strip(), value.strip()))
-    return out
+    def with_pins(self, pins) -> "Problem":
+        """The same problem with more layers pinned: `pins` as `prepare` takes them ({layer: Candidate or op} or
+        "LAYER=OP" strings), each checked against what its layer still allows (UsageError)."""
+        return dataclasses.replace(self, pins=self.pins + check_pins(self.options, pins, self.pins))
 
 
-def _counts(items, what: str, layers: int) -> list:
-    out = []
-    for key, value in pairs(items, what):
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"{what} {key}: count must be an integer, got {value!r}") from None
-        if n < 0 or (what == "--min" and n > layers):  # a --max above the layers is merely no bound
-            raise UsageError(f"{what} {key}={value}: a count of layers must be within 0..{layers}")
-        out.append((parse_spec(key, f"{what} {key}={value}"), n))
-    return out
+# ---- the problem, step by step ------------------------------------------------------------------
+# Each step checks its own arguments, in the order `prepare` takes them, so the first bad one is the one reported.
 
+def _scope(profile: LatencyProfile, workloads) -> tuple[Workload, ...]:
+    """The workloads in scope (names; default: all the profile declares)."""
+    by_name = {w.name: w for w in profile.workloads}
+    names = [workloads] if isinstance(workloads, str) else list(workloads or by_name)
+    for name in names:
+        if name not in by_name:
+            raise UsageError(f'unknown workload "{name}"{did_you_mean(name, by_name)}; the profile has: '
+                             f'{", ".join(by_name) or "none"}')
+    scope = tuple(by_name[n] for n in dict.fromkeys(names))
+    if not scope:
+        raise UsageError("the profile declares no workloads")
+    return scope
 
-def positive(name: str, value, integer: bool = False):
-    """`value` as a positive float (or int), None for None; UsageError naming the option `name` otherwise."""
-    if value is None:
-        return None
-    try:
-        v = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a positive number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0 or (integer and v != value):
-        raise UsageError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
-    return v
-
-
-# ---- inputs --------------------------------------------------------------------------------------
-
-def _ranked(folder, kind: str, want=None) -> list[Path]:
-    """Artifacts of `kind` under `folder`, newest `created_at` first, optionally only those for the model `want`."""
-    found = []
-    for path in Path(folder).glob("**/*.json"):
-        try:
-            obj = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # only the chosen file is validated, by its loader; others may belong to other tools
-        if not isinstance(obj, dict) or obj.get("kind") != kind:
-            continue
-        m = obj.get("model") if isinstance(obj.get("model"), dict) else {}
-        if want is not None and (m.get("config_sha256"), m.get("num_hidden_layers")) != (
-                want.config_sha256, want.num_hidden_layers):
-            continue
-        found.append((str(obj.get("created_at", "")), str(path), path))
-    return [p for *_, p in sorted(found, reverse=True)]
-
-
-def _load(thing, loader):
-    if thing is None or isinstance(thing, (LatencyProfile, SensitivityTable)):
-        return thing, None
-    return loader(thing), Path(thing)
-
-
-def _fingerprint(artifact, path) -> str:
-    return sha256_file(path) if path else sha256_json(to_json(artifact))
-
-
-def _env_has(env: dict, key: str, value) -> bool:
-    """Whether a profile's env matches: a device by name fragment ('h100' in 'NVIDIA H100 80GB HBM3'), else exactly."""
-    if key == "device":
-        return any(str(value).lower() in str(env.get(k, "")).lower() for k in ("device_name", "device"))
-    return str(env.get(key, "")) == str(value)
-
-
-def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, target_env=None,
-                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict]:
-    """The profile and the sensitivity table (records, paths, or None for the newest matching ones under
-    `profiles_dir` / `plans_dir`) and {"profile", "scores": sha256}; they are checked to belong together.
-
-    Raises UsageError (exit 2) when none is found or the layer counts differ, StaleInputError (exit 4) for
-    another model, or a profile whose env lacks `device` / `target_env` ("KEY=VALUE"), unless `allow_stale`.
-    """
-    profile, ppath = _load(profile, load_profile)
-    scores, spath = _load(scores, load_sensitivity)
-    if profile is None and scores is not None:
-        ppath = next(iter(_ranked(profiles_dir, LatencyProfile.kind, scores.header.model)), None)
-        if ppath is None:
-            raise UsageError(f"no latency profile for {scores.header.model.id} under {profiles_dir}/; "
-                             "run `mosaic profile` or pass --profile")
-        profile = load_profile(ppath)
-    elif profile is None:
-        for path in _ranked(profiles_dir, LatencyProfile.kind):
-            loaded = load_profile(path)
-            match = _ranked(plans_dir, SensitivityTable.kind, loaded.header.model)
-            if match:
-                profile, ppath, spath = loaded, path, match[0]
-                scores = load_sensitivity(spath)
-                break
-        else:
-            raise UsageError(f"no latency profile under {profiles_dir}/ with a matching sensitivity table under "
-                             f"{plans_dir}/; run `mosaic profile` and `mosaic score`, or pass --profile/--scores")
-    if scores is None:
-        spath = next(iter(_ranked(plans_dir, SensitivityTable.kind, profile.header.model)), None)
-        if spath is None:
-            raise UsageError(f"no sensitivity table for {profile.header.model.id} under {plans_dir}/; "
-                             "run `mosaic score` or pass --scores")
-        scores = load_sensitivity(spath)
-    pm, sm = profile.header.model, scores.header.model
-    if pm.num_hidden_layers != sm.num_hidden_layers:
-        raise UsageError(f"the profile has {pm.num_hidden_layers} layers ({pm.id}) but the sensitivity table has "
-                         f"{sm.num_hidden_layers} ({sm.id}); they cannot describe the same model")
-    check_same_model(pm, sm, "sensitivity table", allow_stale)
-    want = dict(pairs(target_env, "env"))
-    if device:
-        want["device"] = device
-    env = profile.header.env
-    for key, value in want.items():
-        if not allow_stale and not _env_has(env, key, value):
-            have = env.get("device_name", env.get("device")) if key == "device" else env.get(key)
-            raise StaleInputError(f'the profile was measured with {key}="{have}", not "{value}"; '
-                                  "profile on the target or pass --allow-stale")
-    inputs = {"profile": _fingerprint(profile, ppath), "scores": _fingerprint(scores, spath)}
-    return profile, scores, inputs
-
-
-# ---- the problem ---------------------------------------------------------------------------------
 
 def _cache_workload(profile: LatencyProfile, context):
     """The workload whose recorded cache_bytes (per sequence, docs/design.md §2) the cache bound reads."""
@@ -248,40 +197,80 @@ def _cache_workload(profile: LatencyProfile, context):
     return max(fits, key=lambda w: w.phase == "decode")
 
 
-def set_targets(p: Problem, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Problem:
-    """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
-    speedup = positive("--speedup", speedup)
-    by_phase = {"prefill": positive("--ttft-speedup", ttft_speedup),
-                "decode": positive("--tpot-speedup", tpot_speedup)}
-    for phase, name in (("prefill", "--ttft-speedup"), ("decode", "--tpot-speedup")):
-        if by_phase[phase] is not None and not any(w.phase == phase for w in p.workloads):
-            raise UsageError(f"{name} {by_phase[phase]}: no {phase} workload in scope")
-    targets = {}
-    for w in p.workloads:
-        s = by_phase[w.phase] if by_phase[w.phase] is not None else speedup
-        if s is None:
-            continue
-        base, fixed = p.profile.teacher_ms(w.name), p.profile.fixed_ms.get(w.name)
-        if base is None or base <= 0 or fixed is None:
-            raise UsageError(f"workload {w.name}: the profile has no baseline_ms/fixed_ms for it")
-        targets[w.name] = s
-    p.targets = targets
-    p.given.update(speedup=speedup, ttft_speedup=by_phase["prefill"], tpot_speedup=by_phase["decode"],
-                   targets=dict(targets))
-    return p
+def cache_bound(profile: LatencyProfile, max_cache_bytes=None, cache_batch=1,
+                cache_context=None) -> CacheBound | None:
+    """The cache bound: `max_cache_bytes` for `cache_batch` sequences at context `cache_context` (default: the
+    longest profiled); None without `max_cache_bytes`."""
+    limit = positive("--max-cache-bytes", max_cache_bytes)
+    batch = positive("--cache-batch", cache_batch, integer=True)
+    if limit is None and (cache_context is not None or batch != 1):
+        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound; give it too")
+    return None if limit is None else CacheBound(limit, _cache_workload(profile, cache_context).name, batch)
 
 
-def _scope(profile: LatencyProfile, workloads) -> tuple[Workload, ...]:
-    by_name = {w.name: w for w in profile.workloads}
-    names = [workloads] if isinstance(workloads, str) else list(workloads or by_name)
-    for name in names:
-        if name not in by_name:
-            raise UsageError(f'unknown workload "{name}"{did_you_mean(name, by_name)}; the profile has: '
-                             f'{", ".join(by_name) or "none"}')
-    scope = tuple(by_name[n] for n in dict.fromkeys(names))
-    if not scope:
-        raise UsageError("the profile declares no workloads")
-    return scope
+def _measured(profile: LatencyProfile, scores: SensitivityTable, scope, metric: str) -> tuple[dict, set, dict]:
+    """What the inputs say of each (layer, candidate): {key: {workload in scope: ms}} of its ok entries, the keys with
+    an entry not ok in scope, and {key: loss under `metric`}."""
+    names = {w.name for w in scope}
+    lat, failed = {}, set()
+    for e in profile.entries:
+        if e.workload in names:
+            if e.status == "ok" and e.latency_ms is not None:
+                lat.setdefault((e.layer, e.candidate), {})[e.workload] = e.latency_ms
+            else:
+                failed.add((e.layer, e.candidate))
+    return lat, failed, {(e.layer, e.candidate): float(getattr(e, metric)) for e in scores.entries}
+
+
+def _ops(ops, held: set) -> tuple:
+    """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs."""
+    items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
+    keep = tuple(parse_spec(t, "--ops") for t in items if str(t).strip())
+    if ops is not None and not keep:
+        raise UsageError("--ops: empty operator list")
+    for spec in keep:
+        if not any(matches(spec, c) for c in held):
+            raise UsageError(f"--ops {spec}: not in both the profile and the sensitivity table (they hold: "
+                             f"{', '.join(c.label for c in sorted(held))})")
+    return keep
+
+
+def allowed_choices(profile: LatencyProfile, scores: SensitivityTable, scope, metric: str, ops=(),
+                    cache=None) -> tuple:
+    """The choices the inputs allow at each layer, in Candidate order: a candidate that ran ok on every workload in
+    `scope`, was scored, has a cache entry under the `cache` bound and is one of `ops` (empty: any)."""
+    lat, failed, loss = _measured(profile, scores, scope, metric)
+    kept = {}
+    if cache is not None:
+        kept = {(e.layer, e.candidate): cache.batch * e.cache_bytes for e in profile.entries
+                if e.workload == cache.workload}
+    out = [[] for _ in range(profile.header.model.num_hidden_layers)]
+    for key in sorted(lat):
+        if (len(lat[key]) == len(scope) and key not in failed and key in loss and (cache is None or key in kept)
+                and (not ops or any(matches(s, key[1]) for s in ops))):
+            out[key[0]].append(Choice(*key, loss=loss[key], latency_ms=lat[key], cache_bytes=kept.get(key, 0)))
+    return tuple(map(tuple, out))
+
+
+def pinned(options: tuple, pins) -> tuple:
+    """`options` (choices per layer) with each pinned layer ((layer, spec), ...) kept to those matching its spec."""
+    out = list(options)
+    for layer, spec in pins:
+        out[layer] = tuple(ch for ch in out[layer] if matches(spec, ch.candidate))
+    return tuple(out)
+
+
+def check_pins(options: tuple, pins, earlier=()) -> tuple:
+    """`pins` ("LAYER=OP" strings or {layer: spec}) as ((layer, spec), ...), each checked against what its layer
+    allows after the `earlier` pins and those before it; UsageError for a bad one or a layer left with nothing."""
+    out = list(earlier)
+    for layer_text, spec_text in pairs(pins, "--pin"):
+        out.append(_pin([[ch.candidate for ch in cs] for cs in pinned(options, out)], str(layer_text), spec_text))
+    for layer, cs in enumerate(pinned(options, out)):
+        if not cs:
+            raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
+                             "scope, scored, and in --ops")
+    return tuple(out[len(earlier):])
 
 
 def _pin(allowed: list, layer_text: str, spec_text: str):
@@ -299,6 +288,26 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
     return layer, spec
 
 
+def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Speedups:
+    """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
+    speedup = positive("--speedup", speedup)
+    by_phase = {"prefill": positive("--ttft-speedup", ttft_speedup),
+                "decode": positive("--tpot-speedup", tpot_speedup)}
+    for phase, name in (("prefill", "--ttft-speedup"), ("decode", "--tpot-speedup")):
+        if by_phase[phase] is not None and not any(w.phase == phase for w in scope):
+            raise UsageError(f"{name} {by_phase[phase]}: no {phase} workload in scope")
+    targets = {}
+    for w in scope:
+        s = by_phase[w.phase] if by_phase[w.phase] is not None else speedup
+        if s is None:
+            continue
+        base, fixed = profile.teacher_ms(w.name), profile.fixed_ms.get(w.name)
+        if base is None or base <= 0 or fixed is None:
+            raise UsageError(f"workload {w.name}: the profile has no baseline_ms/fixed_ms for it")
+        targets[w.name] = s
+    return Speedups(speedup, by_phase["prefill"], by_phase["decode"], targets)
+
+
 def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_speedup=None, tpot_speedup=None,
             max_cache_bytes=None, cache_batch=1, cache_context=None, ops=None, pins=None, min_count=None,
             max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
@@ -306,7 +315,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     """Check every input and turn the profile and the sensitivity table into one Problem.
 
     `profile` / `scores`: records, paths, or None (see `load_inputs`); `workloads`: names in scope (default:
-    all); speedups are targets over the teacher (`set_targets`); `max_cache_bytes` bounds the cache of
+    all); speedups are targets over the teacher (`speedup_targets`); `max_cache_bytes` bounds the cache of
     `cache_batch` sequences at context `cache_context` (default: the longest profiled); `ops`: "gqa,swa" or a
     list, the candidates allowed; `pins`, `min_count`, `max_count`: "LAYER=OP" / "OP=N" strings or mappings.
     Raises UsageError (exit 2) for any bad value, StaleInputError (exit 4) as `load_inputs` does.
@@ -316,55 +325,15 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     profile, scores, inputs = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
                                           target_env=target_env, profiles_dir=profiles_dir, plans_dir=plans_dir)
     scope = _scope(profile, workloads)
-    names = {w.name for w in scope}
-    lat, failed = {}, set()
-    for e in profile.entries:
-        if e.workload in names:
-            if e.status == "ok" and e.latency_ms is not None:
-                lat.setdefault((e.layer, e.candidate), {})[e.workload] = e.latency_ms
-            else:
-                failed.add((e.layer, e.candidate))
-    loss = {(e.layer, e.candidate): float(getattr(e, metric)) for e in scores.entries}
-    cache, cache_limit, ref = {}, positive("--max-cache-bytes", max_cache_bytes), None
-    batch = positive("--cache-batch", cache_batch, integer=True)
-    if cache_limit is None and (cache_context is not None or batch != 1):
-        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound; give it too")
-    if cache_limit is not None:
-        ref = _cache_workload(profile, cache_context)
-        cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}
-    items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
-    keep = [parse_spec(t, "--ops") for t in items if str(t).strip()]
-    if ops is not None and not keep:
-        raise UsageError("--ops: empty operator list")
-    held = {c for _, c in lat} & {c for _, c in loss}
-    for spec in keep:
-        if not any(matches(spec, c) for c in held):
-            raise UsageError(f"--ops {spec}: not in both the profile and the sensitivity table (they hold: "
-                             f"{', '.join(c.label for c in sorted(held))})")
-    choices = [[] for _ in range(profile.header.model.num_hidden_layers)]
-    # A candidate is allowed at a layer only if it ran (status ok) on every workload in scope and was scored.
-    for key in sorted(lat):
-        if (len(lat[key]) == len(scope) and key not in failed and key in loss and (cache_limit is None or key in cache)
-                and (not keep or any(matches(s, key[1]) for s in keep))):
-            choices[key[0]].append(Choice(*key, loss=loss[key], latency_ms=lat[key], cache_bytes=cache.get(key, 0)))
-    given_pins = {}
-    for layer_text, spec_text in pairs(pins, "--pin"):
-        layer, spec = _pin([[ch.candidate for ch in cs] for cs in choices], layer_text, spec_text)
-        choices[layer], given_pins[str(layer)] = [ch for ch in choices[layer] if matches(spec, ch.candidate)], str(spec)
-    for layer, cs in enumerate(choices):
-        if not cs:
-            raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
-                             "scope, scored, and in --ops")
-    mins, maxs = _counts(min_count, "--min", len(choices)), _counts(max_count, "--max", len(choices))
-    given = {"workloads": [w.name for w in scope], "metric": metric, "max_cache_bytes": cache_limit,
-             "cache_batch": cache_batch if ref else None, "cache_workload": ref.name if ref else None,
-             "ops": [str(s) for s in keep] or None, "pins": given_pins or None,
-             "min_count": {str(s): n for s, n in mins} or None, "max_count": {str(s): n for s, n in maxs} or None}
-    p = Problem(profile=profile, scores=scores, inputs=inputs, workloads=scope,
-                choices=tuple(map(tuple, choices)), metric=metric, cache_limit=cache_limit,
-                cache_workload=ref.name if ref else None, cache_batch=batch, min_count=mins, max_count=maxs,
-                given=given)
-    return set_targets(p, speedup, ttft_speedup, tpot_speedup)
+    cache = cache_bound(profile, max_cache_bytes, cache_batch, cache_context)
+    lat, _, loss = _measured(profile, scores, scope, metric)
+    keep = _ops(ops, {c for _, c in lat} & {c for _, c in loss})
+    allowed = allowed_choices(profile, scores, scope, metric, keep, cache)
+    layers = len(allowed)
+    return Problem(profile=profile, scores=scores, inputs=inputs, workloads=scope, metric=metric, options=allowed,
+                   ops=keep, pins=check_pins(allowed, pins), min_count=tuple(counts(min_count, "--min", layers)),
+                   max_count=tuple(counts(max_count, "--max", layers)),
+                   speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache)
 
 
 # ---- what an assignment costs, and which rules it breaks -----------------------------------------
@@ -392,9 +361,9 @@ def predicted(p: Problem, layers) -> dict:
 def cache_bytes(p: Problem, layers) -> int | None:
     """What one allowed candidate per layer keeps for the cache bound's batch at its context (bytes); None
     when the problem has no cache bound."""
-    if p.cache_limit is None:
+    if p.cache is None:
         return None
-    return sum(p.cache_batch * p.profile.entry(l, c, p.cache_workload).cache_bytes for l, c in enumerate(layers))
+    return sum(p.cache.batch * p.profile.entry(l, c, p.cache.workload).cache_bytes for l, c in enumerate(layers))
 
 
 def violations(p: Problem, layers, tol: float) -> list[str]:
@@ -416,8 +385,8 @@ def violations(p: Problem, layers, tol: float) -> list[str]:
         if ms is not None and ms > limit + tol * max(1.0, limit):
             out.append(f"{w} reaches {row['speedup']:.3f}x (target {target:.3f}x)")
     cache = cache_bytes(p, layers)
-    if cache is not None and cache > p.cache_limit * (1 + tol):
-        out.append(f"cache {cache} bytes over the bound of {p.cache_limit:.0f}")
+    if cache is not None and cache > p.cache.limit_bytes * (1 + tol):
+        out.append(f"cache {cache} bytes over the bound of {p.cache.limit_bytes:.0f}")
     for specs, sense in ((p.min_count, 1), (p.max_count, -1)):
         for spec, n in specs:
             count = sum(matches(spec, c) for c in layers)

@@ -1,7 +1,7 @@
 """Stage 3: one candidate per layer, least predicted loss under latency, cache and count budgets (PuLP + HiGHS).
 
 The problem itself (inputs, budgets, predicted latency, the constraint check) is `problem.py`; this module
-solves it, re-checks the answer, and writes plans and the Pareto frontier.
+solves it, re-checks the answer, and writes plans and the Pareto frontier (its plot: `cli/plots.py`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from pathlib import Path
 
 from ..artifacts import files, frames
 from ..artifacts.files import PLANS_DIR
-from ..artifacts.header import Header, save, to_json
+from ..artifacts.header import Header, save
 from ..artifacts.pareto import Pareto
 from ..artifacts.plan import LayerPlan
 from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean
 from ..hf.models import slug
-from ..operators import REGISTRY, Candidate, pattern_string, plot_color
+from ..operators import pattern_string
 from . import baselines
-from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
+from .problem import Problem, cache_bytes, predicted, prepare, violations
+from .specs import positive
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
 # Search settings, not the model: with a near-optimal warm start, HiGHS's sub-MIP heuristics, restarts and
@@ -46,20 +47,9 @@ def _rows(p: Problem, columns: list, minimize, budgets: bool, avoid, min_distanc
 
     cost = [ch.loss if minimize is None else ch.latency_ms[minimize] for ch in columns]
     rows, rhs = [], []
-    if budgets:
-        for w in p.targets:
-            rows.append([ch.latency_ms[w] for ch in columns])
-            rhs.append(p.budget(w))
-    if p.cache_limit is not None:
-        rows.append([ch.cache_bytes for ch in columns])
-        rhs.append(p.cache_limit)
-    for specs, sign in ((p.min_count, -1.0), (p.max_count, 1.0)):  # min counts as -count <= -n
-        for spec, n in specs:
-            rows.append([sign * matches(spec, ch.candidate) for ch in columns])
-            rhs.append(sign * n)
-    # operators.unbuildable: >= 1 attention layer
-    rows.append([-float(ch.candidate.spec.counts_tokens) for ch in columns])
-    rhs.append(-1.0)
+    for row in p.rows(latency=budgets):
+        rows.append([row.usage(ch) for ch in columns])
+        rhs.append(row.limit)
     for prev in avoid:
         rows.append([float(ch.candidate == prev[ch.layer]) for ch in columns])
         rhs.append(p.num_layers - min_distance)
@@ -224,12 +214,15 @@ def _plan(p: Problem, check: dict, info: dict) -> LayerPlan:
     header = Header.new(p.profile.header.model, env=p.profile.header.env, inputs=p.inputs)
     solver = {**info, "cache_bytes": check["cache_bytes"], "per_layer": check["per_layer"]}
     return LayerPlan(header=header, layers=tuple(check["layers"]), predicted=check["predicted"],
-                     objective=check["objective"], constraints=dict(p.given), solver=solver)
+                     objective=check["objective"], constraints=p.constraints, solver=solver)
 
 
 def plan_path(model_id: str, out=None, rank: int = 1, plans_dir=PLANS_DIR, name="plan.json") -> Path:
     """Where a plan is written: `out`, or layer_plans/<model>/plan.json; the k-th of several gets '-k'."""
-    path = files.output_path(out, Path(plans_dir) / slug(model_id) / name)
+    return _ranked(files.output_path(out, Path(plans_dir) / slug(model_id) / name), rank)
+
+
+def _ranked(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.stem}-{rank}{path.suffix}") if rank > 1 else path
 
 
@@ -249,10 +242,21 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     raise UsageError(f'unknown strategy "{strategy}"{did_you_mean(strategy, ("mip", "greedy"))}; known: {STRATEGIES}')
 
 
-def _needs_target(p: Problem, strategy: str) -> None:
-    if not strategy.startswith("pattern:") and not (p.targets or p.cache_limit or p.min_count or p.max_count):
+def _begin(inputs: dict, time_limit_s, out, write: bool, overwrite: bool, strategy: str | None = "mip",
+           name: str = "plan.json", outputs=lambda path: [path]) -> tuple[Problem, list[Path]]:
+    """Every entry's first steps, before any solving: the problem (`problem.prepare`'s keywords), something to trade
+    quality for (unless `strategy` is None: the sweep sets the speedups itself), the time limit, and the output
+    files (`outputs` of the first one's path, `name` under layer_plans/<model>/ or `out`), checked writable."""
+    p = prepare(**inputs)
+    if strategy is not None and not strategy.startswith("pattern:") and not (
+            p.targets or p.cache or p.min_count or p.max_count):
         raise UsageError("nothing to trade quality for: give --speedup, --ttft-speedup, --tpot-speedup or "
                          "--max-cache-bytes")
+    positive("--time-limit", time_limit_s)
+    paths = outputs(plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name=name))
+    for path in paths if write else ():
+        files.check_output(path, overwrite=overwrite)
+    return p, paths
 
 
 def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap=1e-4, out=None, write=True,
@@ -264,12 +268,7 @@ def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap
     existing one is replaced only with `overwrite` (as `build` replaces a model directory). Raises UsageError
     (exit 2) for bad input, StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
-    p = prepare(profile, scores, **inputs)
-    _needs_target(p, strategy)
-    positive("--time-limit", time_limit_s)
-    path = plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR))
-    if write:
-        files.check_output(path, overwrite=overwrite)
+    p, (path,) = _begin(dict(inputs, profile=profile, scores=scores), time_limit_s, out, write, overwrite, strategy)
     chosen, info = _assign(p, strategy, time_limit_s, mip_gap)
     plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": strategy, **info})
     if write:
@@ -283,16 +282,11 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 
     Other keywords are those of `problem.prepare` (as in `solve`). Fewer plans come back when no more exist.
     """
-    p = prepare(**inputs)
-    _needs_target(p, "mip")
     solutions = positive("--solutions", solutions, integer=True)
+    p, paths = _begin(inputs, time_limit_s, out, write, overwrite,
+                      outputs=lambda path: [_ranked(path, rank) for rank in range(1, solutions + 1)])
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or not 1 <= min_distance <= p.num_layers:
         raise UsageError(f"--min-distance must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
-    positive("--time-limit", time_limit_s)
-    paths = [plan_path(p.profile.header.model.id, out, rank, inputs.get("plans_dir", PLANS_DIR))
-             for rank in range(1, solutions + 1)]
-    for path in paths if write else ():
-        files.check_output(path, overwrite=overwrite)
     plans, seen = [], []
     for rank in range(1, solutions + 1):
         chosen, info = run_mip(p, avoid=seen, min_distance=min_distance, time_limit_s=time_limit_s, mip_gap=mip_gap)
@@ -330,96 +324,44 @@ def parse_sweep(text) -> list[float]:
     return [round(start + i * step, 9) for i in range(count)]
 
 
-def plot_frontier(points: list, title: str, path, num_layers: int, measured: dict | None = None) -> Path:
-    """The frontier's predicted loss per target and each plan's layers, written atomically as a PNG at `path`
-    (returned); `points` as a sweep's; `measured` ({label: [(target speedup, measured KL), ...]}) adds models
-    measured after building or distilling."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
-
-    ok = [pt for pt in points if pt["feasible"]]
-    xs = [pt["target_speedup"] for pt in ok]
-    fig, (front, plans) = plt.subplots(2, 1, figsize=(7, 3 + 0.12 * num_layers), sharex=True,
-                                       gridspec_kw={"height_ratios": [2, 1 + 0.06 * num_layers]})
-    front.plot(xs, [pt["objective"] for pt in ok], "o-", color="black")  # black: no operator's colour
-    for (label, pts), marker in zip((measured or {}).items(), "xs^v"):
-        front.plot([x for x, _ in pts], [y for _, y in pts], marker, linestyle="none", color="black", label=label)
-    if measured:
-        front.legend(fontsize=7, loc="upper left")
-    front.set_ylabel("predicted loss (sum of scores)" + ("; measured KL" if measured else ""))
-    front.set_title(title)
-    front.grid(alpha=0.3)
-    # Each plan as a column of its layers, in the colours every mosaic plot gives these operators.
-    width = 0.8 * min((b - a for a, b in zip(xs, xs[1:])), default=0.1)
-    ops = [[Candidate.parse(c).op for c in pt["layers"]] for pt in ok]
-    for x, layer_ops in zip(xs, ops):
-        plans.bar([x] * len(layer_ops), 1, bottom=range(len(layer_ops)), width=width,
-                  color=[plot_color(op) for op in layer_ops])
-    plans.set_ylim(num_layers, 0)
-    plans.yaxis.set_major_locator(MaxNLocator(integer=True))
-    plans.set_ylabel("layer")
-    plans.set_xlabel("target speedup (every constrained workload)")
-    used = [op for op in REGISTRY if any(op in layer_ops for layer_ops in ops)]
-    if used:
-        plans.legend(handles=[Patch(color=plot_color(op), label=op) for op in used], fontsize=7,
-                     loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    try:
-        with files.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return Path(path)
-
-
-def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, out=None, write=True,
-          overwrite=False, **inputs) -> dict:
-    """The Pareto frontier: the least predicted loss at each speedup target, saved as JSON + CSV (+ PNG).
+def sweep(speedups="1.1:3.0:0.1", *, reserve=(), time_limit_s=60, mip_gap=1e-4, out=None, write=True,
+          overwrite=False, **inputs) -> Pareto:
+    """The Pareto frontier: the least predicted loss at each speedup target, saved as JSON + CSV.
 
     `speedups`: as `parse_sweep` takes them; other keywords are those of `problem.prepare`, except the
-    speedups, which the sweep sets. Returns the `Pareto` record as its JSON object (`to_json`);
-    the files go to `out` (default layer_plans/<model>/pareto.json) and its .csv / .png siblings.
+    speedups, which the sweep sets. Returns the `Pareto` record; the files go to `out` (default
+    layer_plans/<model>/pareto.json) and its .csv sibling. `reserve`: suffixes of siblings the caller writes from
+    the record (the CLI's plot, `cli.plots.plot_frontier`: (".png",)), checked writable with the others before
+    any solving and listed in the record's `files`.
     """
     for key in ("speedup", "ttft_speedup", "tpot_speedup"):
         if inputs.get(key) is not None:
             raise UsageError(f"--sweep sets the speedup itself; drop --{key.replace('_', '-')} and narrow with "
                              "--workload instead")
     values = parse_sweep(speedups)
-    positive("--time-limit", time_limit_s)
-    p = prepare(**inputs)
-    model = p.profile.header.model
-    path = plan_path(model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name="pareto.json")
-    csv_path, png_path = path.with_suffix(".csv"), path.with_suffix(".png")
-    written = [path, csv_path] + ([png_path] if plot else []) if write else []
-    for target in written:
-        files.check_output(target, overwrite=overwrite)
+    p, written = _begin(inputs, time_limit_s, out, write, overwrite, strategy=None, name="pareto.json",
+                        outputs=lambda path: [path] + [path.with_suffix(x) for x in (".csv", *reserve)])
     points, start = [], None
     # Tightest first: each plan is feasible for the next, looser target and warm-starts it, so the
     # frontier's loss never rises as the target loosens, whatever the MIP gap.
     for s in sorted(values, reverse=True):
-        set_targets(p, speedup=s)
-        chosen, info = run_mip(p, time_limit_s=time_limit_s, mip_gap=mip_gap, start=start)
+        q = p.with_speedups(speedup=s)
+        chosen, info = run_mip(q, time_limit_s=time_limit_s, mip_gap=mip_gap, start=start)
         if chosen is None:
             points.append({"target_speedup": s, "feasible": False})
             continue
-        check = verify(p, chosen, info["objective"])
+        check = verify(q, chosen, info["objective"])
         start = check["layers"]
         points.append({"target_speedup": s, "feasible": True, "objective": check["objective"],
                        "pattern": pattern_string(check["layers"]),
                        "layers": [str(c) for c in check["layers"]], "predicted": check["predicted"],
                        "seconds": info["seconds"], "mip_gap": info["mip_gap"]})
     points.sort(key=lambda pt: pt["target_speedup"])
-    given = {k: v for k, v in p.given.items() if k not in ("speedup", "ttft_speedup", "tpot_speedup", "targets")}
+    model = p.profile.header.model
+    given = {k: v for k, v in p.constraints.items() if k not in p.speedups.to_json()}
     front = Pareto(header=Header.new(model, env=p.profile.header.env, inputs=p.inputs), constraints=given,
                    speedups=tuple(values), points=tuple(points), files=tuple(map(str, written)))
-    result = to_json(front)
     if write:
-        frames.write_table(front, csv_path)
-        if plot:
-            plot_frontier(points, f"{model.id}: predicted loss vs speedup", png_path, model.num_hidden_layers)
-        save(front, path)
-    return result
+        frames.write_table(front, written[1])
+        save(front, written[0])
+    return front
