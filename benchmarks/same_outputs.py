@@ -5,8 +5,8 @@
 
 `record` runs the demo's chain through the command line (`python -m mosaic_search`, so it works on any version):
 profile (the demo's workloads), score, solve at the demo's two TPOT targets and the sweep, build, a short distill,
-eval. With `--profile` it solves on that profile instead of its own, so that two versions' plans can be compared
-on the same measured latencies. `compare` strips what differs between any two runs (dates, versions, argv,
+eval. With `--profile` it takes that profile instead of timing its own, so that two versions' plans are compared on
+the same measured latencies (compare two runs' own profiles, without it, for the profile's structure). `compare` strips what differs between any two runs (dates, versions, argv,
 timings, durations) and compares the rest: every JSON artifact field by field, every weight tensor bit by bit.
 To run an older version: `git worktree add /tmp/old REV` and `PYTHONPATH=/tmp/old python benchmarks/...`.
 """
@@ -44,10 +44,13 @@ def record(d: Path, profile: str | None) -> None:
     where = subprocess.run([sys.executable, "-c", "import mosaic_search, pathlib; "
                             "print(pathlib.Path(mosaic_search.__file__).parents[1])"], capture_output=True, text=True)
     (d / CHECKOUT).write_text(where.stdout.strip())
-    _mosaic("profile", "--device", "cpu", *[a for w in WORKLOADS for a in ("--workload", w)],
-            "--out", str(d / "profile.json"), "--seed", "0")
+    if profile:  # timing is the slow, load-sensitive stage: reuse the other run's and compare the rest
+        shutil.copyfile(profile, d / "profile.json")
+    else:
+        _mosaic("profile", "--device", "cpu", *[a for w in WORKLOADS for a in ("--workload", w)],
+                "--out", str(d / "profile.json"), "--seed", "0")
     _mosaic("score", "--out", str(d / "sensitivity.json"), "--seed", "0")
-    solve_on = profile or str(d / "profile.json")
+    solve_on = str(d / "profile.json")
     for t in TARGETS:
         _mosaic("solve", "--tpot-speedup", str(t), "--profile", solve_on, "--scores", str(d / "sensitivity.json"),
                 "--workload", "decode-b1-c1k", "--workload", "decode-b4-c256", "--out", str(d / f"plan-{t}.json"))
