@@ -11,7 +11,7 @@ transformers compiles the decode step and replays it from a CUDA graph). The sto
 measured and predicted.
 
     python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda \\
-        --profile profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --contexts 1k,16k,96k --out DIR
+        --profile benchmarks/results/profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --contexts 1k,16k,96k --out DIR
     python benchmarks/bench_generate.py --model tiny --profile profiles/tiny--<cpu>.json --contexts 256 \\
         --targets 1.1,1.2,1.05 --every-op-min gdn=1,kda=1,mla=1 --out DIR   (a CPU dry run of the same script)
 
@@ -28,9 +28,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 
 def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dict:
