@@ -4,7 +4,7 @@ gets, next to what the profiler's harness predicted.
 Plans: TPOT 1.5x and 2.5x at decode-b1-c96k, and one with every operator (gqa, swa, gdn, kda, mla with minimum
 counts, TPOT 1.3x; `--targets` changes the three), all solved on a committed profile with `gpu_plans.py`'s SYNTHETIC scores (latency check only:
 there are no teacher weights on these machines). Every model has random weights of the teacher's dimensions and is
-the built model class in memory (`builder.as_built`: the same remote code a built directory loads, without writing
+the built model class in memory (`hf.assembly.as_built`: the same remote code a built directory loads, without writing
 8 GB per plan), called through `generate` with its default generation config (the static cache: on CUDA,
 transformers compiles the decode step and replays it from a CUDA graph). The stock teacher runs in its best mode
 (`bench.stock_mode`). Per context and batch: TTFT, TPOT, tokens/s (medians), TPOT speedup over the all-gqa build
