@@ -10,8 +10,8 @@ transformers compiles the decode step and replays it from a CUDA graph). The sto
 (`bench.stock_mode`). Per context and batch: TTFT, TPOT, tokens/s (medians), TPOT speedup over the all-gqa build
 measured and predicted.
 
-    python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda \\
-        --profile benchmarks/results/profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --contexts 1k,16k,96k --out DIR
+    python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda --contexts 1k,16k,96k \\
+        --profile benchmarks/results/profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --out DIR
     python benchmarks/bench_generate.py --model tiny --profile profiles/tiny--<cpu>.json --contexts 256 \\
         --targets 1.1,1.2,1.05 --every-op-min gdn=1,kda=1,mla=1 --out DIR   (a CPU dry run of the same script)
 
