@@ -10,7 +10,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import invalid
 from ..operators import REGISTRY
 from . import files
 from .schema import PARETO_KIND, LatencyProfile, LayerPlan, Pareto, SensitivityTable, to_json
@@ -46,7 +46,7 @@ def to_frame(artifact):
     raise TypeError(f"not an artifact: {type(artifact).__name__}")
 
 
-def check_table(path: str | os.PathLike, flag: str = "--table") -> Path:
+def check_table(path: str | os.PathLike, param: str = "path") -> Path:
     """Refuse, before any work, a table path `write_table` cannot write; return it as a Path.
 
     Raises UsageError (exit 2) for a suffix other than .csv or .parquet, for .parquet without pyarrow
@@ -55,10 +55,10 @@ def check_table(path: str | os.PathLike, flag: str = "--table") -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise UsageError(f"{flag} {path}: expected a file name ending in {' or '.join(SUFFIXES)}")
+        raise invalid(param, f"{path}: expected a file name ending in {' or '.join(SUFFIXES)}")
     if suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise UsageError(f"{flag} {path}: writing .parquet needs pyarrow (pip install pyarrow)")
-    return files.check_output(path, flag)
+        raise invalid(param, f"{path}: writing .parquet needs pyarrow (pip install pyarrow)")
+    return files.check_output(path, param)
 
 
 def write_table(artifact, path: str | os.PathLike) -> Path:

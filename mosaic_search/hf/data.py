@@ -14,14 +14,16 @@ loses the text after its last image, and a sample whose images do not fit in `se
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..assets import TINY_DIR
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 from ..modeling.architectures import image_architectures
 from . import distributed
+
+log = logging.getLogger(__name__)
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -36,17 +38,17 @@ def default_source(teacher: str) -> str:
     return str(TINY_CALIBRATION) if teacher == TINY and TINY_CALIBRATION.is_file() else SELF
 
 
-def check_source(source: str, flag: str = "--data") -> str:
-    """`self`, or an existing, non-empty file of a known kind; a one-line error naming `flag` otherwise."""
+def check_source(source: str, param: str = "data") -> str:
+    """`self`, or an existing, non-empty file of a known kind; a one-line error naming parameter `param` otherwise."""
     if source == SELF:
         return source
     path = Path(source)
     if path.suffix.lower() not in SUFFIXES:
-        raise UsageError(f'{flag} {source}: expected "self" or a {", ".join(SUFFIXES)} file')
+        raise invalid(param, f'{source}: expected "self" or a {", ".join(SUFFIXES)} file')
     if not path.is_file():
-        raise UsageError(f"{flag} {source}: no such file")
+        raise invalid(param, f"{source}: no such file")
     if path.stat().st_size == 0:
-        raise UsageError(f"{flag} {source}: the file is empty")
+        raise invalid(param, f"{source}: the file is empty")
     return source
 
 
@@ -253,7 +255,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     import torch
 
     if tokenizer is None:
-        raise UsageError(f"--data {source}: the teacher has no tokenizer to read text with; use --data self")
+        raise invalid("data", f"{source}: the teacher has no tokenizer to read text with; use `data` self")
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = next((t for t in (getattr(tokenizer, "pad_token_id", None), eos) if t is not None), 0)
     need = n_score + n_align
@@ -282,13 +284,13 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
             stream = stream[seq_len:]
     if not rows:
         if notes.get("image_rows_skipped"):
-            raise UsageError(f"--data {source}: no window: the images of every sample run past --seq-len {seq_len}")
+            raise invalid("data", f"{source}: no window: the images of every sample run past `seq_len` {seq_len}")
         if not read:
-            raise UsageError(f"--data {source}: no text in the file")
-        raise UsageError(f"--data {source}: {read} tokens, fewer than one --seq-len window of {seq_len}")
+            raise invalid("data", f"{source}: no text in the file")
+        raise invalid("data", f"{source}: {read} tokens, fewer than one `seq_len` window of {seq_len}")
     windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
     if len(windows) < n_score:
-        print(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them", file=sys.stderr)
+        log.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
     score = windows[:n_score]
     align = windows[len(score): len(score) + n_align]
     if len(align) == 0:
@@ -315,8 +317,8 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
         notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
-        print(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len {seq_len}",
-              file=sys.stderr)
+        log.info(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len "
+                 f"{seq_len}")
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1

@@ -5,20 +5,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from ..artifacts import files
 from ..artifacts.schema import LayerPlan, load_plan, parse_workload, workload_from_name, workload_name
-from ..errors import MosaicError, UsageError
+from ..errors import MosaicError, UsageError, invalid
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype
 from ..hf.models import load_config, model_from_config
 from ..operators import unbuildable
 from .harness import Bench, load_bench
 from .timing import Pool, busy_machine, default_rounds, default_timer
+
+log = logging.getLogger(__name__)
 
 
 def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dtype: str | None = None,
@@ -40,7 +42,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     teacher = vs or plan.header.model.id
     names = workloads or list(plan.predicted)
     if not names:
-        raise UsageError("no workloads: the plan predicts none; pass --workload")
+        raise UsageError("no workloads: the plan predicts none; pass `workloads`")
     wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))
            for w in names]
     timer = timer or default_timer(device)
@@ -65,7 +67,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
         (_, w), (status, reason) = next(iter(pool.failed.items()))
         raise MosaicError(f"{w}: {status}: {reason}")
     if busy := busy_machine(device):
-        print(busy, file=sys.stderr)
+        log.warning(busy)
     stats = pool.stats()
     rows = []
     for w in wls:
@@ -172,9 +174,9 @@ def stock_teacher(teacher: str, device: str, dtype: str, seed: int = 0):
 
 def _check_generate_args(new_tokens: int, batch_size: int) -> None:
     if new_tokens < 2:
-        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
+        raise invalid("new_tokens", f"must be 2 or more (TPOT needs a second token), got {new_tokens}")
     if batch_size < 1:
-        raise UsageError(f"--batch must be 1 or more, got {batch_size}")
+        raise invalid("batch_size", f"must be 1 or more, got {batch_size}")
 
 
 def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, device: str, rounds: int = 3,

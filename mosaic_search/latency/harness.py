@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..artifacts.schema import Workload
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 from ..hf import surgery
 from ..hf.device import default_dtype
 from ..hf.models import load_config, model_from_config
@@ -136,7 +136,7 @@ class Bench:
             return None
         inner = getattr(self.model, "model", None)
         if not hasattr(inner, "get_image_features"):
-            raise UsageError(f"--image-tokens {self.image_tokens}: the model has no vision tower")
+            raise invalid("image_tokens", f"{self.image_tokens}: the model has no vision tower")
         vc = self.model.config.vision_config
         m = vc.spatial_merge_size
         rows = next(d for d in range(int(self.image_tokens ** 0.5), 0, -1) if self.image_tokens % d == 0)
@@ -267,11 +267,11 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
     dtype = dtype or default_dtype(device)
     config = load_config(model, shipped_ok=True)
     if image_tokens < 0:
-        raise UsageError(f"--image-tokens must be 0 or more, got {image_tokens}")
+        raise invalid("image_tokens", f"must be 0 or more, got {image_tokens}")
     if image_tokens and getattr(config, "vision_config", None) is None:
-        raise UsageError(f"--image-tokens {image_tokens}: {model} is a text-only model")
+        raise invalid("image_tokens", f"{image_tokens}: {model} is a text-only model")
     if image_tokens and not surgery.architecture(config).record.image_inputs:
-        raise UsageError(f"--image-tokens {image_tokens}: mosaic encodes images only through the vision towers of "
+        raise invalid("image_tokens", f"{image_tokens}: mosaic encodes images only through the vision towers of "
                          f"{', '.join(image_architectures())} (profile {model} without it: its text layers)")
     with torch.device(device):
         net = model_from_config(config, dtype=dtype, seed=seed)

@@ -14,21 +14,23 @@ runs right after a step of an untouched copy of the teacher, and is recorded at 
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..artifacts.files import PROFILES_DIR, check_output, output_path
 from ..artifacts.schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, parse_workload, save
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 from ..hf import surgery
 from ..hf.device import check_device, environment
 from ..hf.models import load_config, model_ref, slug
 from ..operators import Candidate, parse_candidates, pattern_string
 from . import timing
 from .harness import Bench, load_bench
+
+log = logging.getLogger(__name__)
 
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
 CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",
@@ -128,7 +130,7 @@ def _depth(device: str, num_layers: int, layers_per_sample: int | None) -> int:
     """Layers per sample: as asked, or `default_layers_per_sample`; UsageError outside 1..num_layers."""
     depth = default_layers_per_sample(device, num_layers) if layers_per_sample is None else layers_per_sample
     if not 1 <= depth <= num_layers:
-        raise UsageError(f"--layers-per-sample must be 1..{num_layers} (the model's layers), got {depth}")
+        raise invalid("layers_per_sample", f"must be 1..{num_layers} (the model's layers), got {depth}")
     return depth
 
 
@@ -203,12 +205,12 @@ def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: 
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
     """Say on stderr when the machine was shared, or the timings too spread to rank close candidates."""
     if busy := timing.busy_machine(device):
-        print(busy, file=sys.stderr)
+        log.warning(busy)
     noise = spread(result)
     if noise and noise["median"] > NOISY_SPREAD:
-        print(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
+        log.warning(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
               f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine (no other "
-              "jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)", file=sys.stderr)
+                    "jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)")
 
 
 def default_layers_per_sample(device: str, num_layers: int) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, check_output, json_text, output_path, write_text
 from ..artifacts.schema import Header, SensitivityEntry, SensitivityTable
-from ..errors import MosaicError, UsageError
+from ..errors import MosaicError, UsageError, invalid
 from ..hf import distributed
 from ..hf.models import slug
 from ..operators import Candidate, parse_candidates
@@ -50,7 +50,7 @@ def table_path(teacher: str, out=None) -> Path:
     """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
     path = output_path(out, Path(PLANS_DIR) / slug(teacher) / "sensitivity.json")
     if path.suffix != ".json":
-        raise UsageError(f"--out {path}: expected a .json file path")
+        raise invalid("out", f"{path}: expected a .json file path")
     return path
 
 
@@ -79,7 +79,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     from ..hf.device import check_device, default_dtype, environment
     from ..hf.models import load_config, model_ref
 
-    align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
+    align_steps = _count("align_steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
     path = check_output(table_path(teacher, out), kind=schema.SENSITIVITY_KIND)
     config = load_config(teacher)
@@ -87,12 +87,12 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     dims = surgery.dims_of(config)
     teacher_ops = surgery.teacher_ops(config)  # each layer's own operator: its reference row, scoring 0
     cands = _candidates(ops, dims, teacher_ops)
-    seq_len = _count("--seq-len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
-    tokens = _count("--tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
+    seq_len = _count("seq_len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
+    tokens = _count("tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
     if tokens < seq_len:
-        raise UsageError(f"--tokens {tokens} is less than one --seq-len window ({seq_len})")
+        raise invalid("tokens", f"{tokens} is less than one `seq_len` window ({seq_len})")
     if seq_len > dims.max_position:
-        raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {dims.max_position} positions")
+        raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
     n_score = tokens // seq_len
     windows = align_windows = None
     notes: dict = {}
@@ -148,7 +148,7 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
     finished = store.finished(fps)
     missing = [f"layer {layer} {c}" for layer, c in fps if (layer, c) not in finished]
     if missing:
-        raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with --resume")
+        raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with `resume`")
     header = Header.new(ref, env=env, inputs={} if source == SELF else {"data": schema.sha256_file(source)})
     entries = []
     for layer in range(ctx.num_layers):
@@ -416,7 +416,7 @@ def _seeded(seed: int, device: str):
 
 def _count(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise invalid(name, f"must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -442,7 +442,7 @@ def _load_teacher(teacher: str, device: str, device_map, dtype: str):
         try:
             model = auto.from_pretrained(teacher, dtype=getattr(torch, dtype), device_map=device_map).eval()
         except (OSError, ValueError) as e:
-            raise UsageError(f"cannot load {teacher} with --device-map {device_map}: {str(e).splitlines()[0][:160]}"
+            raise UsageError(f"cannot load {teacher} with `device_map` {device_map}: {str(e).splitlines()[0][:160]}"
                              ) from None
     if getattr(model.config, "_attn_implementation", None) == "eager":
         model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is

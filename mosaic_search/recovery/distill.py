@@ -112,7 +112,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     plan = [s for s in stages for _ in range(per_stage)]
     tokenizer = _same_tokenizer(model, teacher, oracle)
     source = data_mod.check_source(data or data_mod.SELF)
-    evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, flag="--eval-data")
+    evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, param="eval_data")
              if quality and (eval_data or teacher == TINY) else None)
     check_device(device)
     ckpt = checkpoint_path(out)
