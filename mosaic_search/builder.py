@@ -52,10 +52,10 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     teacher = teacher or plan.header.model.id
     if dtype not in DTYPES:
         raise UsageError(f'unknown dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
-    source = resolve(teacher)  # once: every step below reads this record
-    if source.built:
+    resolved = resolve(teacher)  # once: every step below reads this record
+    if resolved.built:
         raise UsageError(f"{teacher} is already a model built by mosaic; build from its teacher")
-    ref = source.ref
+    ref = resolved.ref
     if len(plan.layers) != ref.num_hidden_layers:
         raise UsageError(f"{plan_name}: the plan has {len(plan.layers)} layers but {teacher} has "
                          f"{ref.num_hidden_layers}")
@@ -63,8 +63,8 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     if why := unbuildable(plan.layers):
         raise UsageError(f"{plan_name}: {why}")
     for candidate in plan.layers:
-        candidate.check_fits(source.dims)  # before minutes of loading the teacher
-    out = output_path(out, _default_out(source, plan, plan_name), folder=True)
+        candidate.check_fits(resolved.dims)  # before minutes of loading the teacher
+    out = output_path(out, _default_out(resolved, plan, plan_name), folder=True)
     _check_out(out, overwrite)
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
@@ -72,7 +72,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
             log.info(f"note: using {library}, the candidate library written with this plan's scores")
     weights = library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
-    model = load_model(source, dtype=dtype)
+    model = load_model(resolved, dtype=dtype)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
         torch.manual_seed(seed)
         for layer, candidate in enumerate(plan.layers):
@@ -91,11 +91,11 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
 
     if new_tokens < 1:
         raise invalid("new_tokens", f"must be 1 or more, got {new_tokens}")
-    source = resolve(model_id)
-    if source.built:
+    resolved = resolve(model_id)
+    if resolved.built:
         raise UsageError(f"{model_id} is already a model built by mosaic; check its teacher")
-    model = load_model(source)
-    dims = source.dims
+    model = load_model(resolved)
+    dims = resolved.dims
     if not 0 <= layer < dims.num_layers:
         raise UsageError(f"layer {layer} is out of range: the model has {dims.num_layers} layers "
                          f"(0..{dims.num_layers - 1})")
@@ -106,7 +106,7 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     prompt = torch.randint(3, dims.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                   attention_mask=torch.ones_like(prompt))
-    own = source.teacher_ops
+    own = resolved.teacher_ops
     for i, c in enumerate(own):  # every layer as the built class holds it (e.g. Phi-3's fused qkv split)
         surgery.swap(model, i, c)
     results = []

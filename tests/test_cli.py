@@ -120,7 +120,8 @@ def test_every_command_takes_the_same_ops_strings(command, ops, monkeypatch, tmp
     if command in ("profile", "score"):
         module = profiler if command == "profile" else scorer
         seen = []
-        monkeypatch.setattr(module, "parse_candidates", lambda o, d: seen.append(operators.parse_candidates(o, d))
+        # both stages parse --ops in surgery.candidates, the one place that adds the teacher's own operators
+        monkeypatch.setattr(surgery, "parse_candidates", lambda o, d: seen.append(operators.parse_candidates(o, d))
                             or seen[-1])
         monkeypatch.setattr(module, "load_bench" if command == "profile" else "_load_teacher",
                             lambda *a, **k: (_ for _ in ()).throw(_Reached()))

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..assets import TINY_DIR
 from ..errors import UsageError, invalid
 from ..modeling.architectures import image_architectures
 from . import distributed
+from .vision import Vision
 
 log = logging.getLogger(__name__)
 
@@ -104,27 +105,6 @@ class Windows:
     def select(self, rows: list) -> "Windows":
         """The windows at these indices, in this order (an index may repeat)."""
         return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows])
-
-
-@dataclass
-class Vision:
-    """A VLM teacher's side of reading image rows: where its image processor is saved, and its image token."""
-
-    where: str
-    image_token_id: int
-    _processor: object = field(default=None, repr=False)
-
-    def processor(self):
-        """The teacher's Qwen2-VL image processor, loaded once. The PIL implementation is used on every machine:
-        transformers' auto classes (and the full processor, which also wants a video processor) need torchvision."""
-        if self._processor is None:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-            try:
-                self._processor = Qwen2VLImageProcessorPil.from_pretrained(self.where)
-            except (OSError, ValueError) as e:
-                raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
-        return self._processor
 
 
 @dataclass
@@ -244,10 +224,6 @@ def _load_image(ref, where: str, base: Path):
         raise UsageError(f"{where}: cannot read image {ref} ({type(e).__name__})") from None
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:160]
-
-
 def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None,
                   verb: str = "scoring on"):
     """(score windows, align windows, notes) cut from a data file, in file order; alignment reuses the scored
@@ -323,6 +299,16 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
     return ids[:seq_len], {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+
+
+def shared_samples(model, n: int, seq_len: int, seed: int, world: int, every_rank: bool = False):
+    """`sample_from_teacher`'s `n` sequences, the same on every process: rank 0 samples and sends them to the
+    others, or with `every_rank` (a sharded teacher, whose forward is collective) every process samples the same ones
+    in step (returned on the host)."""
+    if every_rank:
+        return sample_from_teacher(model, n, seq_len, seed).cpu()
+    sampled = sample_from_teacher(model, n, seq_len, seed) if distributed.rank() == 0 else None
+    return distributed.broadcast(sampled, world)
 
 
 def sample_from_teacher(model, n: int, seq_len: int, seed: int, batch: int = 32):

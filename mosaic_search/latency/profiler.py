@@ -25,8 +25,8 @@ from ..artifacts.schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntr
 from ..errors import UsageError, invalid
 from ..hf import surgery
 from ..hf.device import check_device, environment
-from ..hf.models import load_config, model_ref, slug
-from ..operators import Candidate, parse_candidates, pattern_string
+from ..hf.models import resolve, slug
+from ..operators import Candidate, pattern_string
 from . import timing
 from .harness import Bench, load_bench
 
@@ -66,14 +66,15 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=PROFILE_KIND)  # before minutes of measuring
     wls = _workloads(workloads, device)
-    cands = _candidates(model, ops)
-    config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
-    dims = surgery.dims_of(config)
+    resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
+    cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
+    _, bench = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)
+    dims = resolved.dims
     timer = timer or timing.default_timer(device)
     rounds = rounds or timing.default_rounds(device)
     depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
-    reference = load_bench(model, device, dtype, seed, compile_decode, image_tokens)[1] \
+    reference = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)[1] \
         if timing.is_paired(timer) else None
     pool = timing.Pool(timer)
     pool.failed.update(_unsupported(cands, wls, device))
@@ -87,7 +88,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     baseline = {w.name: median(("baseline", w.name)) for w in wls}
     fixed = {w.name: median(("fixed", w.name)) for w in wls}
     entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size())
-    header = Header.new(model_ref(model, config), env={
+    header = Header.new(resolved.ref, env={
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
@@ -116,14 +117,6 @@ class _Schedule:
         """How many measurements the whole schedule takes (for progress)."""
         per_workload = len(self.candidates) + (1 if paired else 2) + len(self.checks)
         return self.rounds * (len(self.workloads) * per_workload - len(self.same_as_gqa))
-
-
-def _candidates(model: str, ops) -> list[Candidate]:
-    """`ops` parsed for the model's dimensions (bad --ops: before any work), plus the teacher's own operators,
-    always timed: the baseline every speedup is predicted against sums them."""
-    first = load_config(model, shipped_ok=True)
-    cands = parse_candidates(ops, surgery.dims_of(first))
-    return cands + [c for c in dict.fromkeys(surgery.teacher_ops(first)) if c not in cands]
 
 
 def _depth(device: str, num_layers: int, layers_per_sample: int | None) -> int:
@@ -281,13 +274,14 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
     `profile(validate=True)` times both in the same passes."""
     device = check_device(device)
     env = profile_obj.header.env
-    config, bench = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
+    resolved = resolve(model, shipped_ok=True)
+    _, bench = load_bench(resolved, device, dtype, seed, env.get("compiled_decode", False),
                                env.get("image_tokens", 0))
-    n = surgery.dims_of(config).num_layers
+    n = resolved.dims.num_layers
     table = layer_table(profile_obj.entries)
     assignments = assignments or default_assignments(sorted({c for _, c, _ in table}), n, bench.teacher)
     timer = timer or timing.default_timer(device)
-    reference = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
+    reference = load_bench(resolved, device, dtype, seed, env.get("compiled_decode", False),
                            env.get("image_tokens", 0))[1] if timing.is_paired(timer) else None
     pool = timing.Pool(timer)
     for _ in range(env.get("rounds") or timing.default_rounds(device)):  # as the profile was taken
