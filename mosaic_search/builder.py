@@ -27,7 +27,7 @@ from .hf.models import TINY, Resolved, load_model, resolve
 from .operators import Candidate, unbuildable
 from .quality.library import find_library, library_weights
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
 # what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
@@ -69,7 +69,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
         if library is not None:
-            log.info(f"note: using {library}, the candidate library written with this plan's scores")
+            logger.info(f"note: using {library}, the candidate library written with this plan's scores")
     weights = library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
     model = load_model(resolved, dtype=dtype)
@@ -171,8 +171,8 @@ def _teacher_dir(teacher: str) -> Path | None:
 
         return Path(snapshot_download(teacher, allow_patterns=list(TEACHER_FILES)))
     except Exception as e:  # offline and not cached, gated, ...: the model still builds
-        log.warning(f"warning: cannot fetch the tokenizer of {teacher} ({type(e).__name__}); the built model has "
-                    "none")
+        logger.warning(f"warning: cannot fetch the tokenizer of {teacher} ({type(e).__name__}); the built model has "
+                       "none")
         return None
 
 
@@ -187,4 +187,4 @@ def _copy_teacher_files(teacher: str, dest: Path) -> None:
                 shutil.copyfile(f, dest / f.name)
                 copied.add(f.name)
     if not any(n.startswith("tokenizer") for n in copied):
-        log.info(f"note: {teacher} has no tokenizer files; the built model has none")
+        logger.info(f"note: {teacher} has no tokenizer files; the built model has none")

@@ -289,7 +289,8 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
     with interruptible(lambda: f"the checkpoint in {ckpt} is kept; rerun with --resume to continue"
                        if ckpt.is_dir() else f"{NOTHING_WRITTEN} (no checkpoint yet)"), \
             progress("distilling", show) as tick:
-        path = distill_lib.distill(model, teacher=teacher, oracle=oracle, oracle_weight=oracle_weight, data=data, stage=stage,
+        path = distill_lib.distill(model, teacher=teacher, oracle=oracle, oracle_weight=oracle_weight, data=data,
+                                   stage=stage,
                            steps=steps, tokens=tokens, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
                            divergence=divergence, batch_size=batch_size, seq_len=seq_len, out=out, resume=resume,
                            overwrite=overwrite, checkpoint_every=checkpoint_every, eval_data=eval_data,
@@ -364,7 +365,8 @@ def ops(as_json: JsonOpt = False):
 
 
 @app.command()
-def check(model: ModelOpt = PROFILE["model"], layer: Annotated[int, typer.Option(help="Layer to swap.")] = CHECK["layer"],
+def check(model: ModelOpt = PROFILE["model"],
+          layer: Annotated[int, typer.Option(help="Layer to swap.")] = CHECK["layer"],
           tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = CHECK["new_tokens"],
           as_json: JsonOpt = False):
     """Swap every operator into one layer and check generate() with the static and dynamic caches equals no cache."""

@@ -24,7 +24,7 @@ from ..modeling.architectures import image_architectures
 from . import distributed
 from .vision import Vision
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -266,7 +266,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
         raise invalid("data", f"{source}: {read} tokens, fewer than one `seq_len` window of {seq_len}")
     windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
     if len(windows) < n_score:
-        log.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
+        logger.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
     score = windows[:n_score]
     align = windows[len(score): len(score) + n_align]
     if len(align) == 0:
@@ -293,8 +293,8 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
         notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
-        log.info(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len "
-                 f"{seq_len}")
+        logger.info(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len "
+                    f"{seq_len}")
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1

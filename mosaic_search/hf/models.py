@@ -17,7 +17,7 @@ from ..modeling.architectures import BUILT_PREFIX, is_built
 from ..modeling.dims import ModelDims
 from .surgery import Arch, architecture, teacher_ops
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 TINY = "tiny"
 # Config keys that say how a file was written, not what the model is.
 _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "auto_map",
@@ -40,8 +40,8 @@ def load_config(model_id: str, shipped_ok: bool = False):
     except (OSError, ValueError) as e:
         shipped = shipped_config_path(model_id)
         if shipped_ok and shipped is not None:
-            log.info("note: %s is not reachable (%s); using the shipped config (dimensions only)", model_id,
-                     _first_line(e))
+            logger.info("note: %s is not reachable (%s); using the shipped config (dimensions only)", model_id,
+                        _first_line(e))
             return _config_from_file(shipped)
         raise _unresolvable(model_id, e) from None
 

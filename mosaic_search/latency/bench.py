@@ -20,7 +20,7 @@ from ..operators import unbuildable
 from .harness import Bench, load_bench
 from .timing import Pool, busy_machine, default_rounds, default_timer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dtype: str | None = None,
@@ -67,7 +67,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
         (_, w), (status, reason) = next(iter(pool.failed.items()))
         raise MosaicError(f"{w}: {status}: {reason}")
     if busy := busy_machine(device):
-        log.warning(busy)
+        logger.warning(busy)
     stats = pool.stats()
     rows = []
     for w in wls:

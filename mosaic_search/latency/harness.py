@@ -252,7 +252,8 @@ def _eager(fn):
 
 def load_bench(model, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None,
                image_tokens: int = 0):
-    """The teacher (an id, or a stage's `Resolved` record; a shipped config will do) with random weights and mosaic's mixer of the teacher's own operator in every layer
+    """The teacher (an id, or a stage's `Resolved` record; a shipped config will do) with random weights and
+    mosaic's mixer of the teacher's own operator in every layer
     (`surgery.teacher_ops`: gqa, or swa where the teacher slides), on `device`.
 
     `compile_decode` (default: on CUDA) runs decode steps through torch.compile (see `Bench`); a VLM's

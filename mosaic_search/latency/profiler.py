@@ -30,7 +30,7 @@ from ..operators import Candidate, pattern_string
 from . import timing
 from .harness import Bench, load_bench
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
 CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",
@@ -198,12 +198,12 @@ def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: 
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
     """Say on stderr when the machine was shared, or the timings too spread to rank close candidates."""
     if busy := timing.busy_machine(device):
-        log.warning(busy)
+        logger.warning(busy)
     noise = spread(result)
     if noise and noise["median"] > NOISY_SPREAD:
-        log.warning(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
-              f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine (no other "
-                    "jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)")
+        logger.warning(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
+                       f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine "
+                       "(no other jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)")
 
 
 def default_layers_per_sample(device: str, num_layers: int) -> int:

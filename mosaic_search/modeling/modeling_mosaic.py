@@ -223,7 +223,7 @@ class MosaicQwen2_5_VLForConditionalGeneration(_MosaicMixin, Qwen2_5_VLForCondit
     config_class = MosaicQwen2_5_VLConfig
 
 
-# base model_type -> model class, keyed by the config each class reads (`configuration_mosaic.CONFIGS` has the same keys)
+# base model_type -> model class, keyed by the config each class reads (`configuration_mosaic.CONFIGS`: same keys)
 MODELS = {cls.config_class.model_type[len(BUILT_PREFIX):]: cls for cls in (
     MosaicQwen3ForCausalLM, MosaicLlamaForCausalLM, MosaicQwen3VLForConditionalGeneration, MosaicQwen2ForCausalLM,
     MosaicMistralForCausalLM, MosaicPhi3ForCausalLM, MosaicGemma3ForCausalLM, MosaicGemma3ForConditionalGeneration,

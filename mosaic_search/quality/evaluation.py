@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UsageError, invalid
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 EVAL_WINDOWS = 8
 EVAL_SEQ_LEN = 1024  # twice tiny's largest default SWA window: a windowed layer is not full attention here
@@ -172,7 +172,8 @@ def _probes(path: str, tokenizer) -> tuple:
     """(prompt ids, answer ids, distance) of every line of a probe file, or a one-line error naming the line."""
     p = Path(path)
     if not p.is_file():
-        raise invalid("probes", f"{path}: " + ("a folder; give a .jsonl file of probes" if p.is_dir() else "no such file"))
+        raise invalid("probes", f"{path}: " + ("a folder; give a .jsonl file of probes" if p.is_dir() else
+                                               "no such file"))
     out = []
     for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -187,5 +188,5 @@ def _probes(path: str, tokenizer) -> tuple:
             raise invalid("probes", f"{path}: line {n}: empty prompt or answer")
         out.append((enc[0], enc[1], distance))
     if not out:
-        log.info(f"note: --probes {path} has no probes; recall is not measured")
+        logger.info(f"note: --probes {path} has no probes; recall is not measured")
     return tuple(out)

@@ -31,7 +31,7 @@ from ..errors import UsageError
 from ..hf.models import slug
 from ..operators import Candidate
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def library_path(table: str | os.PathLike) -> Path:
@@ -96,14 +96,14 @@ def library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sh
     if library is None:
         if aligned:
             ops = sorted({layers[i].op for i in aligned})
-            log.warning(f"warning: no candidate library (--library, or one written with this plan's scores): "
-                        f"{', '.join(ops)} layers start from the teacher initialisation, without aligned weights")
+            logger.warning(f"warning: no candidate library (--library, or one written with this plan's scores): "
+                           f"{', '.join(ops)} layers start from the teacher initialisation, without aligned weights")
         return {}
     path = Path(library)
     written_with = _check_sidecar(path, ref, allow_stale)
     if written_with and scores_sha256 and written_with != scores_sha256:
-        log.warning(f"warning: {path} was written with another sensitivity table than the one the plan was solved "
-                    "on; its weights were aligned for that table's data")
+        logger.warning(f"warning: {path} was written with another sensitivity table than the one the plan was solved "
+                       "on; its weights were aligned for that table's data")
     weights = {i: w for i, c in enumerate(layers) if (w := load_library_entry(path, i, c)) is not None}
     missing = [f"layer {i} {layers[i]}" for i in aligned if i not in weights]
     if missing:
@@ -151,8 +151,8 @@ class ItemStore:
         """Forget unfinished runs: their item logs and per-item weights (`note`: say so on stderr)."""
         logs = self.logs()
         if note and logs:
-            log.info(f"note: starting afresh; {self.table}'s unfinished earlier run is discarded (--resume keeps "
-                     "it)")
+            logger.info(f"note: starting afresh; {self.table}'s unfinished earlier run is discarded (--resume keeps "
+                        "it)")
         for log in logs:
             log.unlink(missing_ok=True)
         shutil.rmtree(self.parts, ignore_errors=True)
