@@ -24,7 +24,6 @@ from . import views
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0, show_notes
 
 
-
 def defaults(*functions) -> dict:
     """{parameter: default} of library functions (the later wins): every option that forwards to a parameter
     defaults to the library's value by construction, never to a number restated here. The library modules import
