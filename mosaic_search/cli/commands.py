@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
 from ..operators import OPS_HELP
 from ..quality import evaluation as eval_defaults
+from ..quality import refine as refine_defaults  # no torch at top level
 from ..recovery import distill as distill_defaults  # defaults shown in --help; the module imports no torch at top level
 from . import views
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0
@@ -183,6 +184,64 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
     save_table(plans[0])
     paths = [solver.plan_path(p.header.model.id, out, rank) for rank, p in enumerate(plans, 1)]
     views.plans(plans, paths, table_out, as_json, many=solutions > 1)
+
+
+@app.command()
+def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")] = None,
+           plan: Annotated[Optional[str], typer.Option(
+               help="A plan solve wrote: refine under its targets and constraints (on its profile and table).")] = None,
+           profile: Annotated[Optional[str], typer.Option(help="Latency profile (default: newest).")] = None,
+           scores: Annotated[Optional[str], typer.Option(help="Sensitivity table (default: newest matching).")] = None,
+           workload: WorkloadOpt = None,
+           ttft_speedup: Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")] = None,
+           tpot_speedup: Annotated[Optional[float], typer.Option(help="Target for decode workloads.")] = None,
+           max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")] = None,
+           ops: OpsOpt = None,
+           pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = None,
+           min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")] = None,
+           max_count: Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")] = None,
+           teacher: TeacherOpt = None,
+           library: Annotated[Optional[str], typer.Option(
+               help="Aligned weights from score (default: the library written with the table).")] = None,
+           data: Annotated[Optional[str], typer.Option(
+               help="Calibration text (default: the table's; never the held-out text eval reads).")] = None,
+           seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per window (default: the table's).")]
+           = None,
+           evaluations: Annotated[int, typer.Option(help="Budget: plans measured (screening and full together).")]
+           = refine_defaults.DEFAULT_EVALUATIONS,
+           seconds: Annotated[Optional[float], typer.Option(help="Budget: seconds of measuring (also).")] = None,
+           solutions: Annotated[int, typer.Option(help="Seeds from the MIP: K diverse plans.")]
+           = refine_defaults.DEFAULT_SOLUTIONS,
+           min_distance: Annotated[int, typer.Option(help="Layers in which the MIP's seeds differ.")]
+           = refine_defaults.DEFAULT_MIN_DISTANCE,
+           low_windows: Annotated[int, typer.Option(help="Screening fidelity: calibration windows per plan.")]
+           = refine_defaults.DEFAULT_LOW_WINDOWS,
+           high_windows: Annotated[int, typer.Option(help="Full fidelity: calibration windows per plan.")]
+           = refine_defaults.DEFAULT_HIGH_WINDOWS,
+           offspring: Annotated[int, typer.Option(help="Moves screened per generation.")]
+           = refine_defaults.DEFAULT_OFFSPRING,
+           survivors: Annotated[int, typer.Option(help="Of them, measured at full fidelity.")]
+           = refine_defaults.DEFAULT_SURVIVORS,
+           resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress file.")] = False,
+           device: DeviceOpt = "cpu", allow_stale: AllowStaleOpt = False, overwrite: OverwriteOpt = False,
+           out: OutOpt = None, table_out: TableOpt = None, seed: SeedOpt = 0, as_json: JsonOpt = False):
+    """Between solve and build: search around the MIP's plans on the true KL to the teacher, every budget kept."""
+    from ..artifacts.search_record import load_search_record
+    from ..quality import refine as lib
+
+    save_table = _table_writer(table_out)
+    with progress("refining") as tick:  # refine says itself what an interruption kept
+        result = lib.refine(profile, scores, plan=plan, teacher=teacher, library=library, data=data, seq_len=seq_len,
+                            evaluations=evaluations, seconds=seconds, solutions=solutions, min_distance=min_distance,
+                            low_windows=low_windows, high_windows=high_windows, offspring=offspring,
+                            survivors=survivors, seed=seed, resume=resume, out=out, overwrite=overwrite,
+                            allow_stale=allow_stale, device=device, progress=tick, speedup=speedup, workloads=workload,
+                            ttft_speedup=ttft_speedup, tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes,
+                            ops=ops, pins=pin, min_count=min_count, max_count=max_count)
+    path, record_path, _ = lib.refine_paths(result.header.model.id, out)
+    record = load_search_record(record_path)
+    save_table(record)
+    views.refined(result, path, record, record_path, table_out, as_json)
 
 
 @app.command()
