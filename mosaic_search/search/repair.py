@@ -43,19 +43,26 @@ def predicted_loss(p: Problem, layers) -> float:
 
 
 def mutate(p: Problem, plan, pins: dict, rng: random.Random, max_changed: int = 3) -> dict:
-    """New pins near `pins` around `plan`: 1..`max_changed` layers each take another allowed candidate than the
-    plan has there (pinned), or lose their pin; old pins beyond MAX_PINS_FACTOR of the layers are let go, oldest
-    first. Returns {} only when no layer has a choice."""
+    """New pins near `pins` around `plan`: 1..`max_changed` layers (one most often) each take another allowed
+    candidate than the plan has there (pinned), or lose their pin; old pins beyond MAX_PINS_FACTOR of the layers are
+    let go, oldest first. A layer's alternatives are drawn by rank of their single-swap score, each half as likely as
+    the one before: the scores mislead on interactions, not on which swaps are hopeless. Returns {} only when no
+    layer has a choice."""
     free = [layer for layer, cs in enumerate(p.allowed) if len(cs) > 1]
     if not free:
         return {}
     out = dict(pins)
-    for layer in rng.sample(free, min(len(free), rng.randint(1, max_changed))):
+    changed = min(len(free), 1 + sum(rng.random() < 0.4 for _ in range(max_changed - 1)))
+    for layer in rng.sample(free, changed):
         if layer in out and rng.random() < 0.25:
             del out[layer]
             continue
+        others = sorted((c for c in p.allowed[layer] if c != plan[layer]), key=lambda c: (p.choice(layer, c).loss, c))
+        k = 0
+        while k < len(others) - 1 and rng.random() < 0.5:
+            k += 1
         out.pop(layer, None)  # re-inserted last: the newest pins are kept longest
-        out[layer] = rng.choice([c for c in p.allowed[layer] if c != plan[layer]])
+        out[layer] = others[k]
     limit = max(1, int(MAX_PINS_FACTOR * p.num_layers))
     while len(out) > limit:
         del out[next(iter(out))]
