@@ -196,10 +196,14 @@ def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup
            ttft_speedup: Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")] = None,
            tpot_speedup: Annotated[Optional[float], typer.Option(help="Target for decode workloads.")] = None,
            max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")] = None,
+           cache_batch: Annotated[int, typer.Option(help="Sequences the cache bound holds.")] = 1,
+           cache_context: Annotated[Optional[int], typer.Option(help="Context of the cache bound.")] = None,
            ops: OpsOpt = None,
            pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = None,
            min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")] = None,
            max_count: Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")] = None,
+           metric: Annotated[str, typer.Option(help="Score the MIP repairs with: kl or delta_loss.")] = "kl",
+           time_limit: Annotated[float, typer.Option(help="MIP time limit per repair, seconds.")] = 60.0,
            teacher: TeacherOpt = None,
            library: Annotated[Optional[str], typer.Option(
                help="Aligned weights from score (default: the library written with the table).")] = None,
@@ -223,7 +227,8 @@ def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup
            survivors: Annotated[int, typer.Option(help="Of them, measured at full fidelity.")]
            = refine_defaults.DEFAULT_SURVIVORS,
            resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress file.")] = False,
-           device: DeviceOpt = "cpu", allow_stale: AllowStaleOpt = False, overwrite: OverwriteOpt = False,
+           device: Annotated[str, typer.Option(help="Where plans are measured: cpu or cuda.")] = "cpu",
+           allow_stale: AllowStaleOpt = False, overwrite: OverwriteOpt = False,
            out: OutOpt = None, table_out: TableOpt = None, seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Between solve and build: search around the MIP's plans on the true KL to the teacher, every budget kept."""
     from ..artifacts.search_record import load_search_record
@@ -237,7 +242,8 @@ def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup
                             survivors=survivors, seed=seed, resume=resume, out=out, overwrite=overwrite,
                             allow_stale=allow_stale, device=device, progress=tick, speedup=speedup, workloads=workload,
                             ttft_speedup=ttft_speedup, tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes,
-                            ops=ops, pins=pin, min_count=min_count, max_count=max_count)
+                            cache_batch=cache_batch, cache_context=cache_context, ops=ops, pins=pin,
+                            min_count=min_count, max_count=max_count, metric=metric, time_limit_s=time_limit)
     path, record_path, _ = lib.refine_paths(result.header.model.id, out)
     record = load_search_record(record_path)
     save_table(record)
