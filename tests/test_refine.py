@@ -160,6 +160,8 @@ def test_bad_input(setup, tmp_path):
     with pytest.raises(StaleInputError, match="another profile or sensitivity table"):
         lib.refine(setup["profile"], setup["scores"], plan=str(other), data=setup["data"], out=str(tmp_path / "d.json"),
                    **SMALL)
+    with pytest.raises(StaleInputError, match="made for .*qwen3.*but this is tiny"):  # a table of another teacher
+        _run(setup, tmp_path / "e.json", teacher="tiny")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "p2.json", "short.txt"]
 
 
