@@ -91,7 +91,7 @@ def evopress(p, fit, budget_rows, low_n, survivors, seed):
     """(1+lambda) from the teacher with multi-step selection, as many measurements at each fidelity as refine used."""
     rng = random.Random(seed)
     parent = random_feasible(p, rng, p.profile.teacher_layers())
-    rows, best = [], None
+    rows = []
     high_left, low_left = sum(r["fidelity"] == "high" for r in budget_rows), low_n
     best = (fit.measure(parent, True)[0], parent)
     rows.append(best)
@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/refine")
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
     ap.add_argument("--evaluations", type=int, default=refine.DEFAULT_EVALUATIONS)
+    ap.add_argument("--data", help="Calibration text of every search (default: the table's, as refine's default).")
     ap.add_argument("--tables", action="store_true", help="Only print the tables of every refine-*.json in --out.")
     args = ap.parse_args()
     out = Path(args.out)
@@ -172,7 +173,8 @@ def main():
         plans = {"MIP": tuple(solver.solve(**inputs, write=False).layers),
                  "greedy": tuple(solver.solve(**inputs, strategy="greedy", write=False).layers)}
         began = time.perf_counter()
-        ref = refine.refine(**inputs, evaluations=args.evaluations, out=str(out / f"refined-{target}x.json"),
+        ref = refine.refine(**inputs, evaluations=args.evaluations, data=args.data,
+                            out=str(out / f"refined-{target}x.json"),
                             overwrite=True)
         refine_s = time.perf_counter() - began
         plans["refined"] = tuple(ref.layers)
@@ -180,7 +182,7 @@ def main():
         rows = record.evaluations
         searched += [dict(r, target=target, search="refine") for r in rows if r["fidelity"] == "high"]
         s = record.settings
-        windows = fitness.calibration_windows("tiny", _source(table), s["data"]["seq_len"],
+        windows = fitness.calibration_windows("tiny", args.data or _source(table), s["data"]["seq_len"],
                                               s["high_windows"])
         weights = fitness.library_weights(library, p.allowed, table.header.model, False, p.inputs["scores"])
         fit = fitness.Fitness("tiny", windows, s["low_windows"], weights)
@@ -213,8 +215,8 @@ def main():
                                if name == "refined" else {})})
             print(json.dumps(results[-1]), flush=True)
     machine["load_avg_end"] = os.getloadavg()
-    (out / f"refine-{args.targets}.json").write_text(json.dumps({"machine": machine, "command": sys.argv, "results": results,
-                                                 "searched": searched}, indent=2))
+    (out / f"refine-{args.targets}.json").write_text(json.dumps(
+        {"machine": machine, "command": sys.argv, "results": results, "searched": searched}, indent=2))
     _tables(results, searched)
 
 

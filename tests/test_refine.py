@@ -145,7 +145,8 @@ def test_bad_input(setup, tmp_path):
         _run(setup, tmp_path / "a.json", tpot_speedup=50)
     short = tmp_path / "short.txt"
     short.write_text("w5 " * 40)
-    with pytest.raises(UsageError, match=r"short.txt: 40 tokens, fewer than the 48 the high fidelity needs \(3 windows of 16\)"):
+    with pytest.raises(UsageError, match=r"short.txt: 40 tokens, fewer than the 48 the high fidelity needs "
+                                         r"\(3 windows of 16\)"):
         _run(setup, tmp_path / "b.json", data=str(short))
     with pytest.raises(UsageError, match="low_windows must be at most high_windows"):
         _run(setup, tmp_path / "c.json", low_windows=4)

@@ -209,7 +209,8 @@ def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup
                help="Aligned weights from score (default: the library written with the table).")] = None,
            data: Annotated[Optional[str], typer.Option(
                help="Calibration text (default: the table's; never the held-out text eval reads).")] = None,
-           seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per window (default: the table's).")]
+           seq_len: Annotated[Optional[int], typer.Option(
+               "--seq-len", help="Tokens per window (default: the table's).")]
            = None,
            evaluations: Annotated[int, typer.Option(help="Budget: plans measured (screening and full together).")]
            = refine_defaults.DEFAULT_EVALUATIONS,

@@ -96,7 +96,8 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
                         ("offspring", offspring), ("survivors", survivors), ("min_distance", min_distance)):
         check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
               f"must be a positive integer, got {value!r}")
-    check(low_windows <= high_windows, "low_windows", f"must be at most high_windows ({high_windows}), got {low_windows}")
+    check(low_windows <= high_windows, "low_windows",
+          f"must be at most high_windows ({high_windows}), got {low_windows}")
     check(survivors <= offspring, "survivors", f"must be at most offspring ({offspring}), got {survivors}")
     if plan is not None:
         plan_obj = plan if isinstance(plan, LayerPlan) else schema.load_plan(plan)
