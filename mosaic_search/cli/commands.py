@@ -35,8 +35,8 @@ ModelOutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help=(
 OpsOpt = Annotated[Optional[str], typer.Option("--ops", help=OPS_HELP + " Default: every operator.")]
 WorkloadOpt = Annotated[Optional[list[str]], typer.Option(help=(
     "A workload (repeatable). profile: phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (default: the device's "
-    "set); solve, refine: only this workload of the profile, by name, e.g. decode-b1-c96k; bench: a spec or name (default: "
-    "those the plan predicts)."))]
+    "set); solve, refine: only this workload of the profile, by name, e.g. decode-b1-c96k; bench: a spec or name "
+    "(default: those the plan predicts)."))]
 ImageTokensOpt = Annotated[int, typer.Option(
     "--image-tokens", help="VLM only: TTFT also encodes one image of this many tokens per sequence (as profiled).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
