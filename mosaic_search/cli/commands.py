@@ -48,6 +48,19 @@ AllowStaleOpt = Annotated[bool, typer.Option(help="Use a profile, table or plan 
 TableOpt = Annotated[Optional[str], typer.Option(
     "--table", help="Also write the rows (to_frame) as PATH.csv or PATH.parquet (parquet needs pyarrow).")]
 
+# the targets and constraints `solve` and `refine` both take
+SpeedupOpt = Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")]
+ProfileOpt = Annotated[Optional[str], typer.Option(help="Latency profile (default: newest).")]
+ScoresOpt = Annotated[Optional[str], typer.Option(help="Sensitivity table (default: newest matching).")]
+TtftOpt = Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")]
+TpotOpt = Annotated[Optional[float], typer.Option(help="Target for decode workloads.")]
+CacheBytesOpt = Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")]
+CacheBatchOpt = Annotated[int, typer.Option(help="Sequences the cache bound holds.")]
+CacheContextOpt = Annotated[Optional[int], typer.Option(help="Context of the cache bound.")]
+PinOpt = Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")]
+MinOpt = Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")]
+MaxOpt = Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")]
+
 
 def _version(value: bool):
     if value:
@@ -143,19 +156,11 @@ def _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out
 
 
 @app.command()
-def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")] = None,
-          profile: Annotated[Optional[str], typer.Option(help="Latency profile (default: newest).")] = None,
-          scores: Annotated[Optional[str], typer.Option(help="Sensitivity table (default: newest matching).")] = None,
-          workload: WorkloadOpt = None,
-          ttft_speedup: Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")] = None,
-          tpot_speedup: Annotated[Optional[float], typer.Option(help="Target for decode workloads.")] = None,
-          max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")] = None,
-          cache_batch: Annotated[int, typer.Option(help="Sequences the cache bound holds.")] = 1,
-          cache_context: Annotated[Optional[int], typer.Option(help="Context of the cache bound.")] = None,
-          ops: OpsOpt = None,
-          pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = None,
-          min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")] = None,
-          max_count: Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")] = None,
+def solve(speedup: SpeedupOpt = None, profile: ProfileOpt = None, scores: ScoresOpt = None,
+          workload: WorkloadOpt = None, ttft_speedup: TtftOpt = None, tpot_speedup: TpotOpt = None,
+          max_cache_bytes: CacheBytesOpt = None, cache_batch: CacheBatchOpt = 1,
+          cache_context: CacheContextOpt = None, ops: OpsOpt = None, pin: PinOpt = None, min_count: MinOpt = None,
+          max_count: MaxOpt = None,
           strategy: Annotated[str, typer.Option(help="mip, greedy or pattern:SYMBOLS (e.g. pattern:DDDG).")] = "mip",
           sweep: Annotated[Optional[str], typer.Option(help="START:STOP:STEP: the Pareto frontier.")] = None,
           plot: Annotated[bool, typer.Option(help="With --sweep, also draw it to PNG.")] = False,
@@ -187,21 +192,13 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
 
 
 @app.command()
-def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")] = None,
+def refine(speedup: SpeedupOpt = None,
            plan: Annotated[Optional[str], typer.Option(
                help="A plan solve wrote: refine under its targets and constraints (on its profile and table).")] = None,
-           profile: Annotated[Optional[str], typer.Option(help="Latency profile (default: newest).")] = None,
-           scores: Annotated[Optional[str], typer.Option(help="Sensitivity table (default: newest matching).")] = None,
-           workload: WorkloadOpt = None,
-           ttft_speedup: Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")] = None,
-           tpot_speedup: Annotated[Optional[float], typer.Option(help="Target for decode workloads.")] = None,
-           max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")] = None,
-           cache_batch: Annotated[int, typer.Option(help="Sequences the cache bound holds.")] = 1,
-           cache_context: Annotated[Optional[int], typer.Option(help="Context of the cache bound.")] = None,
-           ops: OpsOpt = None,
-           pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = None,
-           min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")] = None,
-           max_count: Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")] = None,
+           profile: ProfileOpt = None, scores: ScoresOpt = None, workload: WorkloadOpt = None,
+           ttft_speedup: TtftOpt = None, tpot_speedup: TpotOpt = None, max_cache_bytes: CacheBytesOpt = None,
+           cache_batch: CacheBatchOpt = 1, cache_context: CacheContextOpt = None, ops: OpsOpt = None,
+           pin: PinOpt = None, min_count: MinOpt = None, max_count: MaxOpt = None,
            metric: Annotated[str, typer.Option(help="Score the MIP repairs with: kl or delta_loss.")] = "kl",
            time_limit: Annotated[float, typer.Option(help="MIP time limit per repair, seconds.")] = 60.0,
            teacher: TeacherOpt = None,
@@ -210,8 +207,7 @@ def refine(speedup: Annotated[Optional[float], typer.Option(help="Target speedup
            data: Annotated[Optional[str], typer.Option(
                help="Calibration text (default: the table's; never the held-out text eval reads).")] = None,
            seq_len: Annotated[Optional[int], typer.Option(
-               "--seq-len", help="Tokens per window (default: the table's).")]
-           = None,
+               "--seq-len", help="Tokens per window (default: the table's).")] = None,
            evaluations: Annotated[int, typer.Option(help="Budget: plans measured (screening and full together).")]
            = refine_defaults.DEFAULT_EVALUATIONS,
            seconds: Annotated[Optional[float], typer.Option(help="Budget: seconds of measuring (also).")] = None,
