@@ -31,7 +31,7 @@ def test_help_does_not_import_torch():
 def test_help_lists_the_commands_in_pipeline_order(capsys):
     assert main(["--help"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.split("Commands:")[1].splitlines() if line.strip()]
-    pipeline = ["profile", "score", "solve", "build", "distill", "eval", "bench", "demo", "ops", "check"]
+    pipeline = ["profile", "score", "solve", "refine", "build", "distill", "eval", "bench", "demo", "ops", "check"]
     assert set(listed) <= set(pipeline), "a new command: give it its place in the pipeline order"
     assert listed == [c for c in pipeline if c in listed]
 

@@ -91,6 +91,20 @@ def test_every_option_left_out_forwards_the_library_default(argv, module, name, 
     assert {k for k in forwarded if k not in want} <= {"model", "model_id", "plan", "target", "model_dir"}
 
 
+def test_refine_options_default_to_the_library():
+    """refine reads its result back from disk, so its options are compared where typer declares them."""
+    import typer.main
+
+    from mosaic_search.quality import refine as refine_mod
+
+    command = typer.main.get_command(app).commands["refine"]
+    want = _defaults(problem.prepare, refine_mod.refine)
+    library_name = {"workload": "workloads", "pin": "pins", "time_limit": "time_limit_s"}
+    compared = {p.name: p.default for p in command.params if library_name.get(p.name, p.name) in want}
+    assert len(compared) >= 25
+    assert compared == {name: want[library_name.get(name, name)] for name in compared}
+
+
 def test_every_command_is_covered():
-    assert {c.name or c.callback.__name__ for c in app.registered_commands} - {"ops"} <= \
+    assert {c.name or c.callback.__name__ for c in app.registered_commands} - {"ops", "refine"} <= \
         {argv[0] for argv, *_ in CASES}

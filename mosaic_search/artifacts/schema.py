@@ -319,6 +319,8 @@ def to_json(artifact) -> dict:
         out["speedups"] = list(artifact.speedups)
         out["points"] = [dict(pt) for pt in artifact.points]
         out["files"] = list(artifact.files)
+    elif hasattr(artifact, "body"):  # a record kept in its own module (search_record.py)
+        out.update(artifact.body())
     else:
         raise TypeError(f"not an artifact: {type(artifact).__name__}")
     return out

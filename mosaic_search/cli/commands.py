@@ -16,11 +16,15 @@ from .. import demo as demo_lib
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
 from ..latency import bench as bench_lib
 from ..latency import profiler
-from ..operators import OPS_HELP
 from ..quality import evaluation, scorer
+from ..quality import refine as refine_lib  # no torch at top level
 from ..recovery import distill as distill_lib
 from ..search import problem, solver
 from . import views
+from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, DeviceOpt, ImageTokensOpt,
+                      JsonOpt, MaxOpt, MinOpt, ModelOpt, ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt, PinOpt,
+                      ProfileOpt, ResumeOpt, ScoresOpt, SeedOpt, SpeedupOpt, TableOpt, TeacherOpt, TpotOpt, TtftOpt,
+                      WorkloadOpt)
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0, show_notes
 
 
@@ -38,6 +42,7 @@ SOLVE = defaults(problem.prepare, solver.solve_many, solver.solve)
 SWEEP = defaults(solver.sweep)
 BUILD = defaults(builder.build)
 DISTILL = defaults(distill_lib.distill)
+REFINE = defaults(problem.prepare, refine_lib.refine)
 EVAL = defaults(evaluation.evaluate)
 BENCH = defaults(bench_lib.bench_generate, bench_lib.bench)
 DEMO = defaults(demo_lib.demo)
@@ -45,33 +50,6 @@ CHECK = defaults(builder.check_generation)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Hardware-aware architecture search: profile -> score -> solve -> build -> distill.")
-
-# Option types, declared once and shared by every command.
-ModelOpt = Annotated[str, typer.Option("--model", "--teacher", "-m",
-                                       help="Hub id, local directory, or 'tiny' (the embedded teacher).")]
-TeacherOpt = Annotated[Optional[str], typer.Option(help="Teacher (default: the one the plan records).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in outputs).")]
-OutOpt = Annotated[Optional[str], typer.Option(
-    "--out", "-o", help="Output path (default: under profiles/ or layer_plans/).")]
-ModelOutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help=(
-    "Model directory (default: build/<model>-<pattern> for build, <model>-distilled for distill)."))]
-OpsOpt = Annotated[Optional[str], typer.Option("--ops", help=OPS_HELP + " Default: every operator.")]
-WorkloadOpt = Annotated[Optional[list[str]], typer.Option(help=(
-    "A workload (repeatable). profile: phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (default: the device's "
-    "set); solve: only this workload of the profile, by name, e.g. decode-b1-c96k; bench: a spec or name (default: "
-    "those the plan predicts)."))]
-ImageTokensOpt = Annotated[int, typer.Option(
-    "--image-tokens", help="VLM only: TTFT also encodes one image of this many tokens per sequence (as profiled).")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
-ResumeOpt = Annotated[bool, typer.Option(help=(
-    "Continue an interrupted run: score keeps the finished items that still match, distill continues from the last "
-    "checkpoint of the same run."))]
-OverwriteOpt = Annotated[bool, typer.Option(help="Replace the output at --out (plan / sweep files, model directory).")]
-AllowStaleOpt = Annotated[bool, typer.Option(help="Use a profile, table or plan made for another model or device.")]
-TableOpt = Annotated[Optional[str], typer.Option(
-    "--table", help="Also write the rows (to_frame) as PATH.csv or PATH.parquet (parquet needs pyarrow).")]
-
 
 def _version(value: bool):
     if value:
@@ -167,27 +145,12 @@ def _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out
 
 
 @app.command()
-def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")]
-          = SOLVE["speedup"],
-          profile: Annotated[Optional[str], typer.Option(help="Latency profile (default: newest).")] = SOLVE["profile"],
-          scores: Annotated[Optional[str], typer.Option(help="Sensitivity table (default: newest matching).")]
-          = SOLVE["scores"],
-          workload: WorkloadOpt = SOLVE["workloads"],
-          ttft_speedup: Annotated[Optional[float], typer.Option(help="Target for prefill workloads.")]
-          = SOLVE["ttft_speedup"],
-          tpot_speedup: Annotated[Optional[float], typer.Option(help="Target for decode workloads.")]
-          = SOLVE["tpot_speedup"],
-          max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")]
-          = SOLVE["max_cache_bytes"],
-          cache_batch: Annotated[int, typer.Option(help="Sequences the cache bound holds.")] = SOLVE["cache_batch"],
-          cache_context: Annotated[Optional[int], typer.Option(help="Context of the cache bound.")]
-          = SOLVE["cache_context"],
-          ops: OpsOpt = SOLVE["ops"],
-          pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = SOLVE["pins"],
-          min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")]
-          = SOLVE["min_count"],
-          max_count: Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")]
-          = SOLVE["max_count"],
+def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["profile"],
+          scores: ScoresOpt = SOLVE["scores"], workload: WorkloadOpt = SOLVE["workloads"],
+          ttft_speedup: TtftOpt = SOLVE["ttft_speedup"], tpot_speedup: TpotOpt = SOLVE["tpot_speedup"],
+          max_cache_bytes: CacheBytesOpt = SOLVE["max_cache_bytes"], cache_batch: CacheBatchOpt = SOLVE["cache_batch"],
+          cache_context: CacheContextOpt = SOLVE["cache_context"], ops: OpsOpt = SOLVE["ops"],
+          pin: PinOpt = SOLVE["pins"], min_count: MinOpt = SOLVE["min_count"], max_count: MaxOpt = SOLVE["max_count"],
           strategy: Annotated[str, typer.Option(help="mip, greedy or pattern:SYMBOLS (e.g. pattern:DDDG).")]
           = SOLVE["strategy"],
           sweep: Annotated[Optional[str], typer.Option(help="START:STOP:STEP: the Pareto frontier.")] = None,
@@ -217,6 +180,67 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
     save_table(plans[0])
     paths = [solver.plan_path(p.header.model.id, out, rank) for rank, p in enumerate(plans, 1)]
     views.plans(plans, paths, table_out, as_json, many=solutions > 1)
+
+
+@app.command()
+def refine(speedup: SpeedupOpt = REFINE["speedup"],
+           plan: Annotated[Optional[str], typer.Option(
+               help="A plan solve wrote: refine under its targets and constraints (on its profile and table).")]
+           = REFINE["plan"],
+           profile: ProfileOpt = REFINE["profile"], scores: ScoresOpt = REFINE["scores"],
+           workload: WorkloadOpt = REFINE["workloads"], ttft_speedup: TtftOpt = REFINE["ttft_speedup"],
+           tpot_speedup: TpotOpt = REFINE["tpot_speedup"], max_cache_bytes: CacheBytesOpt = REFINE["max_cache_bytes"],
+           cache_batch: CacheBatchOpt = REFINE["cache_batch"], cache_context: CacheContextOpt = REFINE["cache_context"],
+           ops: OpsOpt = REFINE["ops"], pin: PinOpt = REFINE["pins"], min_count: MinOpt = REFINE["min_count"],
+           max_count: MaxOpt = REFINE["max_count"],
+           metric: Annotated[str, typer.Option(help="Score the MIP repairs with: kl or delta_loss.")]
+           = REFINE["metric"],
+           time_limit: Annotated[float, typer.Option(help="MIP time limit per repair, seconds.")]
+           = REFINE["time_limit_s"],
+           teacher: TeacherOpt = REFINE["teacher"],
+           library: Annotated[Optional[str], typer.Option(
+               help="Aligned weights from score (default: the library written with the table).")] = REFINE["library"],
+           data: Annotated[Optional[str], typer.Option(
+               help="Calibration text (default: the table's; never the held-out text eval reads).")] = REFINE["data"],
+           seq_len: Annotated[Optional[int], typer.Option(
+               "--seq-len", help="Tokens per window (default: the table's).")] = REFINE["seq_len"],
+           evaluations: Annotated[int, typer.Option(help="Budget: plans measured (screening and full together).")]
+           = REFINE["evaluations"],
+           seconds: Annotated[Optional[float], typer.Option(help="Budget: seconds of measuring (also).")]
+           = REFINE["seconds"],
+           solutions: Annotated[int, typer.Option(help="Seeds from the MIP: K diverse plans.")] = REFINE["solutions"],
+           min_distance: Annotated[int, typer.Option(help="Layers in which the MIP's seeds differ.")]
+           = REFINE["min_distance"],
+           low_windows: Annotated[int, typer.Option(help="Screening fidelity: calibration windows per plan.")]
+           = REFINE["low_windows"],
+           high_windows: Annotated[int, typer.Option(help="Full fidelity: calibration windows per plan.")]
+           = REFINE["high_windows"],
+           offspring: Annotated[int, typer.Option(help="Moves screened per generation.")] = REFINE["offspring"],
+           survivors: Annotated[int, typer.Option(help="Of them, measured at full fidelity.")] = REFINE["survivors"],
+           resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress file.")]
+           = REFINE["resume"],
+           device: Annotated[str, typer.Option(help="Where plans are measured: cpu or cuda.")] = REFINE["device"],
+           allow_stale: AllowStaleOpt = REFINE["allow_stale"], overwrite: OverwriteOpt = REFINE["overwrite"],
+           out: OutOpt = REFINE["out"], table_out: TableOpt = None, seed: SeedOpt = REFINE["seed"],
+           as_json: JsonOpt = False):
+    """Between solve and build: search around the MIP's plans on the true KL to the teacher, every budget kept."""
+    from ..artifacts.search_record import load_search_record
+
+    save_table = _table_writer(table_out)
+    with progress("refining") as tick:  # refine says itself what an interruption kept
+        result = refine_lib.refine(profile, scores, plan=plan, teacher=teacher, library=library, data=data,
+                                   seq_len=seq_len,
+                            evaluations=evaluations, seconds=seconds, solutions=solutions, min_distance=min_distance,
+                            low_windows=low_windows, high_windows=high_windows, offspring=offspring,
+                            survivors=survivors, seed=seed, resume=resume, out=out, overwrite=overwrite,
+                            allow_stale=allow_stale, device=device, progress=tick, speedup=speedup, workloads=workload,
+                            ttft_speedup=ttft_speedup, tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes,
+                            cache_batch=cache_batch, cache_context=cache_context, ops=ops, pins=pin,
+                            min_count=min_count, max_count=max_count, metric=metric, time_limit_s=time_limit)
+    path, record_path, _ = refine_lib.refine_paths(result.header.model.id, out)
+    record = load_search_record(record_path)
+    save_table(record)
+    views.refined(result, path, record, record_path, table_out, as_json)
 
 
 @app.command()
