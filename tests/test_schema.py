@@ -14,6 +14,7 @@ from mosaic_search.artifacts.library import CandidateLibrary, LibraryEntry
 from mosaic_search.artifacts.pareto import Pareto
 from mosaic_search.artifacts.plan import PLAN_FILE, LayerPlan, load_plan
 from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload, load_profile
+from mosaic_search.artifacts.search_record import SearchRecord
 from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
 from mosaic_search.errors import UsageError
 from mosaic_search.operators import Candidate
@@ -66,8 +67,16 @@ def _record():
                          quality={"before": {"kl": 0.5}, "after": None})
 
 
+def _search():
+    row = {"index": 0, "origin": "mip-1", "pattern": "GSD", "layers": ["gqa", "swa:window=64", "gdn"], "pins": {},
+           "fidelity": "high", "tokens": 512, "predicted_kl": 0.25, "measured_kl": 0.3, "predicted": {},
+           "seconds": 1.5}
+    return SearchRecord(header=Header.new(MODEL), constraints={"speedup": 1.5}, settings={"seed": 0},
+                        evaluations=(row,), best=0)
+
+
 MAKERS = {LatencyProfile: _profile, SensitivityTable: _table, CandidateLibrary: _library, LayerPlan: _plan,
-          Pareto: _pareto, DistillRecord: _record}
+          Pareto: _pareto, SearchRecord: _search, DistillRecord: _record}
 
 
 @pytest.mark.parametrize("make,load", [(_plan, load_plan), (_profile, load_profile),
@@ -170,7 +179,7 @@ def test_stale_model_check():
     other = ModelRef(id="Qwen/Qwen3-4B", config_sha256="cd" * 32, num_hidden_layers=36)
     from mosaic_search.errors import StaleInputError
 
-    with pytest.raises(StaleInputError, match="--allow-stale"):
+    with pytest.raises(StaleInputError, match="`allow_stale`"):
         check_same_model(MODEL, other, "profile.json")
     check_same_model(MODEL, other, "profile.json", allow_stale=True)
 

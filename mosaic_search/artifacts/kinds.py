@@ -10,10 +10,11 @@ from .library import CandidateLibrary
 from .pareto import Pareto
 from .plan import LayerPlan
 from .profile import LatencyProfile
+from .search_record import SearchRecord
 from .sensitivity import SensitivityTable
 
 KINDS = {record.kind: record for record in (LatencyProfile, SensitivityTable, CandidateLibrary, LayerPlan, Pareto,
-                                             DistillRecord)}
+                                             SearchRecord, DistillRecord)}
 
 
 def load_any(path: str | os.PathLike):

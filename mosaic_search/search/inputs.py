@@ -63,7 +63,7 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
         ppath = next(iter(_ranked(profiles_dir, LatencyProfile.kind, scores.header.model)), None)
         if ppath is None:
             raise UsageError(f"no latency profile for {scores.header.model.id} under {profiles_dir}/; "
-                             "run `mosaic profile` or pass --profile")
+                             "run `mosaic profile` or pass `profile`")
         profile = load_profile(ppath)
     elif profile is None:
         for path in _ranked(profiles_dir, LatencyProfile.kind):
@@ -75,19 +75,19 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
                 break
         else:
             raise UsageError(f"no latency profile under {profiles_dir}/ with a matching sensitivity table under "
-                             f"{plans_dir}/; run `mosaic profile` and `mosaic score`, or pass --profile/--scores")
+                             f"{plans_dir}/; run `mosaic profile` and `mosaic score`, or pass `profile`/`scores`")
     if scores is None:
         spath = next(iter(_ranked(plans_dir, SensitivityTable.kind, profile.header.model)), None)
         if spath is None:
             raise UsageError(f"no sensitivity table for {profile.header.model.id} under {plans_dir}/; "
-                             "run `mosaic score` or pass --scores")
+                             "run `mosaic score` or pass `scores`")
         scores = load_sensitivity(spath)
     pm, sm = profile.header.model, scores.header.model
     if pm.num_hidden_layers != sm.num_hidden_layers:
         raise UsageError(f"the profile has {pm.num_hidden_layers} layers ({pm.id}) but the sensitivity table has "
                          f"{sm.num_hidden_layers} ({sm.id}); they cannot describe the same model")
     check_same_model(pm, sm, "sensitivity table", allow_stale)
-    want = dict(pairs(target_env, "env"))
+    want = dict(pairs(target_env, "target_env"))
     if device:
         want["device"] = device
     env = profile.header.env
@@ -95,6 +95,6 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
         if not allow_stale and not _env_has(env, key, value):
             have = env.get("device_name", env.get("device")) if key == "device" else env.get(key)
             raise StaleInputError(f'the profile was measured with {key}="{have}", not "{value}"; '
-                                  "profile on the target or pass --allow-stale")
+                                  "profile on the target or pass `allow_stale`")
     inputs = {"profile": _fingerprint(profile, ppath), "scores": _fingerprint(scores, spath)}
     return profile, scores, inputs

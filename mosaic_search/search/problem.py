@@ -15,7 +15,7 @@ from typing import Callable
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.profile import LatencyProfile, Workload
 from ..artifacts.sensitivity import SensitivityTable
-from ..errors import UsageError, did_you_mean
+from ..errors import UsageError, did_you_mean, invalid
 from ..operators import Candidate, unbuildable
 from .inputs import load_inputs
 from .specs import counts, matches, pairs, parse_spec, positive
@@ -193,7 +193,7 @@ def _cache_workload(profile: LatencyProfile, context):
     fits = [w for w in profile.workloads if w.seq_len == context]
     if not fits:
         have = ", ".join(sorted({str(w.seq_len) for w in profile.workloads}))
-        raise UsageError(f"--cache-context {context}: the profile has no workload at that context (has: {have})")
+        raise invalid("cache_context", f"{context}: the profile has no workload at that context (has: {have})")
     return max(fits, key=lambda w: w.phase == "decode")
 
 
@@ -201,10 +201,10 @@ def cache_bound(profile: LatencyProfile, max_cache_bytes=None, cache_batch=1,
                 cache_context=None) -> CacheBound | None:
     """The cache bound: `max_cache_bytes` for `cache_batch` sequences at context `cache_context` (default: the
     longest profiled); None without `max_cache_bytes`."""
-    limit = positive("--max-cache-bytes", max_cache_bytes)
-    batch = positive("--cache-batch", cache_batch, integer=True)
+    limit = positive("max_cache_bytes", max_cache_bytes)
+    batch = positive("cache_batch", cache_batch, integer=True)
     if limit is None and (cache_context is not None or batch != 1):
-        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound; give it too")
+        raise UsageError("`cache_context` and `cache_batch` describe the `max_cache_bytes` bound; give it too")
     return None if limit is None else CacheBound(limit, _cache_workload(profile, cache_context).name, batch)
 
 
@@ -225,12 +225,12 @@ def _measured(profile: LatencyProfile, scores: SensitivityTable, scope, metric: 
 def _ops(ops, held: set) -> tuple:
     """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs."""
     items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
-    keep = tuple(parse_spec(t, "--ops") for t in items if str(t).strip())
+    keep = tuple(parse_spec(t, "ops") for t in items if str(t).strip())
     if ops is not None and not keep:
-        raise UsageError("--ops: empty operator list")
+        raise invalid("ops", ": empty operator list")
     for spec in keep:
         if not any(matches(spec, c) for c in held):
-            raise UsageError(f"--ops {spec}: not in both the profile and the sensitivity table (they hold: "
+            raise invalid("ops", f"{spec}: not in both the profile and the sensitivity table (they hold: "
                              f"{', '.join(c.label for c in sorted(held))})")
     return keep
 
@@ -264,38 +264,38 @@ def check_pins(options: tuple, pins, earlier=()) -> tuple:
     """`pins` ("LAYER=OP" strings or {layer: spec}) as ((layer, spec), ...), each checked against what its layer
     allows after the `earlier` pins and those before it; UsageError for a bad one or a layer left with nothing."""
     out = list(earlier)
-    for layer_text, spec_text in pairs(pins, "--pin"):
+    for layer_text, spec_text in pairs(pins, "pins"):
         out.append(_pin([[ch.candidate for ch in cs] for cs in pinned(options, out)], str(layer_text), spec_text))
     for layer, cs in enumerate(pinned(options, out)):
         if not cs:
             raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
-                             "scope, scored, and in --ops")
+                             "scope, scored, and in `ops`")
     return tuple(out[len(earlier):])
 
 
 def _pin(allowed: list, layer_text: str, spec_text: str):
-    """Layer and spec of one --pin, checked against what that layer allows."""
+    """Layer and spec of one of `pins`, checked against what that layer allows."""
     try:
         layer = int(layer_text)
     except ValueError:
-        raise UsageError(f'--pin "{layer_text}={spec_text}": the layer must be an integer') from None
+        raise invalid("pins", f'"{layer_text}={spec_text}": the layer must be an integer') from None
     if not 0 <= layer < len(allowed):
-        raise UsageError(f"--pin {layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
-    spec = parse_spec(spec_text, f"--pin {layer}={spec_text}")
+        raise invalid("pins", f"{layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
+    spec = parse_spec(spec_text, "pins", f"{layer}={spec_text}")
     if not any(matches(spec, c) for c in allowed[layer]):
-        raise UsageError(f"--pin {layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
+        raise invalid("pins", f"{layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
                          f"{', '.join(map(str, allowed[layer])) or 'none'})")
     return layer, spec
 
 
 def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Speedups:
     """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
-    speedup = positive("--speedup", speedup)
-    by_phase = {"prefill": positive("--ttft-speedup", ttft_speedup),
-                "decode": positive("--tpot-speedup", tpot_speedup)}
-    for phase, name in (("prefill", "--ttft-speedup"), ("decode", "--tpot-speedup")):
+    speedup = positive("speedup", speedup)
+    by_phase = {"prefill": positive("ttft_speedup", ttft_speedup),
+                "decode": positive("tpot_speedup", tpot_speedup)}
+    for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in scope):
-            raise UsageError(f"{name} {by_phase[phase]}: no {phase} workload in scope")
+            raise invalid(name, f"{by_phase[phase]}: no {phase} workload in scope")
     targets = {}
     for w in scope:
         s = by_phase[w.phase] if by_phase[w.phase] is not None else speedup
@@ -331,8 +331,8 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     allowed = allowed_choices(profile, scores, scope, metric, keep, cache)
     layers = len(allowed)
     return Problem(profile=profile, scores=scores, inputs=inputs, workloads=scope, metric=metric, options=allowed,
-                   ops=keep, pins=check_pins(allowed, pins), min_count=tuple(counts(min_count, "--min", layers)),
-                   max_count=tuple(counts(max_count, "--max", layers)),
+                   ops=keep, pins=check_pins(allowed, pins), min_count=tuple(counts(min_count, "min_count", layers)),
+                   max_count=tuple(counts(max_count, "max_count", layers)),
                    speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache)
 
 

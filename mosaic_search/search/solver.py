@@ -15,7 +15,7 @@ from ..artifacts.files import PLANS_DIR
 from ..artifacts.header import Header, save
 from ..artifacts.pareto import Pareto
 from ..artifacts.plan import LayerPlan
-from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean
+from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean, invalid
 from ..hf.models import slug
 from ..operators import pattern_string
 from . import baselines
@@ -144,7 +144,7 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     if pulp.LpStatus[prob.status] == "Infeasible":
         return None, info
     if hinfo.primal_solution_status != 2:  # 2 = feasible: a time limit can end the search with nothing
-        raise MosaicError(f"HiGHS found no assignment within {time_limit_s} s ({status}); raise --time-limit")
+        raise MosaicError(f"HiGHS found no assignment within {time_limit_s} s ({status}); raise `time_limit_s`")
     info["objective"] = float(hinfo.objective_function_value)
     picked = {(columns[j].layer, columns[j].candidate) for j in cols if (y[j].varValue or 0) > 0.5}
     return [[c for c in cs if (l, c) in picked] for l, cs in enumerate(p.allowed)], info
@@ -250,9 +250,9 @@ def _begin(inputs: dict, time_limit_s, out, write: bool, overwrite: bool, strate
     p = prepare(**inputs)
     if strategy is not None and not strategy.startswith("pattern:") and not (
             p.targets or p.cache or p.min_count or p.max_count):
-        raise UsageError("nothing to trade quality for: give --speedup, --ttft-speedup, --tpot-speedup or "
-                         "--max-cache-bytes")
-    positive("--time-limit", time_limit_s)
+        raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup` or "
+                         "`max_cache_bytes`")
+    positive("time_limit_s", time_limit_s)
     paths = outputs(plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name=name))
     for path in paths if write else ():
         files.check_output(path, overwrite=overwrite)
@@ -282,11 +282,11 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 
     Other keywords are those of `problem.prepare` (as in `solve`). Fewer plans come back when no more exist.
     """
-    solutions = positive("--solutions", solutions, integer=True)
+    solutions = positive("solutions", solutions, integer=True)
     p, paths = _begin(inputs, time_limit_s, out, write, overwrite,
                       outputs=lambda path: [_ranked(path, rank) for rank in range(1, solutions + 1)])
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or not 1 <= min_distance <= p.num_layers:
-        raise UsageError(f"--min-distance must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
+        raise invalid("min_distance", f"must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
     plans, seen = [], []
     for rank in range(1, solutions + 1):
         chosen, info = run_mip(p, avoid=seen, min_distance=min_distance, time_limit_s=time_limit_s, mip_gap=mip_gap)
@@ -311,16 +311,16 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 def parse_sweep(text) -> list[float]:
     """'1.1:3.0:0.1' (start:stop:step, stop included) or a list of speedups."""
     if not isinstance(text, str):
-        return [positive("--sweep speedup", v) for v in text]
+        return [positive("speedups", v) for v in text]
     try:
         start, stop, step = (float(v) for v in text.split(":"))
     except ValueError:
-        raise UsageError(f'--sweep "{text}": expected START:STOP:STEP, e.g. 1.1:3.0:0.1') from None
+        raise invalid("speedups", f'"{text}": expected START:STOP:STEP, e.g. 1.1:3.0:0.1') from None
     if not (start > 0 and step > 0 and stop >= start) or not all(map(math.isfinite, (start, stop, step))):
-        raise UsageError(f'--sweep "{text}": need 0 < START <= STOP and STEP > 0')
+        raise invalid("speedups", f'"{text}": need 0 < START <= STOP and STEP > 0')
     count = int(math.floor((stop - start) / step + 1e-9)) + 1
     if count > 1000:
-        raise UsageError(f'--sweep "{text}": {count} points; at most 1000')
+        raise invalid("speedups", f'"{text}": {count} points; at most 1000')
     return [round(start + i * step, 9) for i in range(count)]
 
 
@@ -336,8 +336,7 @@ def sweep(speedups="1.1:3.0:0.1", *, reserve=(), time_limit_s=60, mip_gap=1e-4, 
     """
     for key in ("speedup", "ttft_speedup", "tpot_speedup"):
         if inputs.get(key) is not None:
-            raise UsageError(f"--sweep sets the speedup itself; drop --{key.replace('_', '-')} and narrow with "
-                             "--workload instead")
+            raise invalid("speedups", f"sets the speedup itself; drop `{key}` and narrow with `workloads` instead")
     values = parse_sweep(speedups)
     p, written = _begin(inputs, time_limit_s, out, write, overwrite, strategy=None, name="pareto.json",
                         outputs=lambda path: [path] + [path.with_suffix(x) for x in (".csv", *reserve)])

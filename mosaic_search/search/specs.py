@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UsageError, did_you_mean
+from ..errors import UsageError, did_you_mean, invalid
 from ..operators import REGISTRY, Candidate
 
 
@@ -14,8 +14,9 @@ def matches(spec, c: Candidate) -> bool:
     return c == spec if isinstance(spec, Candidate) else c.op == spec
 
 
-def parse_spec(text, where: str = "") -> str | Candidate:
-    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion."""
+def parse_spec(text, param: str | None = None, given: str = "") -> str | Candidate:
+    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion, naming library
+    parameter `param` (and the `given` text of it, e.g. a pin's '0=gqa') when there is one."""
     if isinstance(text, Candidate):
         return text
     text = str(text).strip()
@@ -25,13 +26,13 @@ def parse_spec(text, where: str = "") -> str | Candidate:
         if text not in REGISTRY:
             raise UsageError(f'unknown operator "{text}"{did_you_mean(text, REGISTRY)}; known: {", ".join(REGISTRY)}')
     except UsageError as e:
-        raise UsageError(f"{where}: {e}" if where else str(e)) from None
+        raise (invalid(param, f"{given}: {e}") if param else UsageError(str(e))) from None
     return text
 
 
 def pairs(items, what: str) -> list[tuple[str, str]]:
-    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs; `what` names the option
-    in the UsageError raised for a string without '=' or with an empty side."""
+    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs; `what` names the library
+    parameter in the UsageError raised for a string without '=' or with an empty side."""
     if not items:
         return []
     if isinstance(items, dict):
@@ -40,33 +41,33 @@ def pairs(items, what: str) -> list[tuple[str, str]]:
     for item in items:
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise UsageError(f'{what}: cannot parse "{item}", expected KEY=VALUE')
+            raise invalid(what, f': cannot parse "{item}", expected KEY=VALUE')
         out.append((key.strip(), value.strip()))
     return out
 
 
 def counts(items, what: str, layers: int) -> list:
-    """"OP=N" strings or {op: n} as [(spec, n)], each n a count of layers (`what` names the option in errors)."""
+    """"OP=N" strings or {op: n} as [(spec, n)], each n a count of layers (`what` names the parameter in errors)."""
     out = []
     for key, value in pairs(items, what):
         try:
             n = int(value)
         except (TypeError, ValueError):
-            raise UsageError(f"{what} {key}: count must be an integer, got {value!r}") from None
-        if n < 0 or (what == "--min" and n > layers):  # a --max above the layers is merely no bound
-            raise UsageError(f"{what} {key}={value}: a count of layers must be within 0..{layers}")
-        out.append((parse_spec(key, f"{what} {key}={value}"), n))
+            raise invalid(what, f"{key}: count must be an integer, got {value!r}") from None
+        if n < 0 or (what == "min_count" and n > layers):  # a max_count above the layers is merely no bound
+            raise invalid(what, f"{key}={value}: a count of layers must be within 0..{layers}")
+        out.append((parse_spec(key, what, f"{key}={value}"), n))
     return out
 
 
 def positive(name: str, value, integer: bool = False):
-    """`value` as a positive float (or int), None for None; UsageError naming the option `name` otherwise."""
+    """`value` as a positive float (or int), None for None; UsageError naming the parameter `name` otherwise."""
     if value is None:
         return None
     try:
         v = int(value) if integer else float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a positive number, got {value!r}") from None
+        raise invalid(name, f"must be a positive number, got {value!r}") from None
     if not math.isfinite(v) or v <= 0 or (integer and v != value):
-        raise UsageError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        raise invalid(name, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
     return v
