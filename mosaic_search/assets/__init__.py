@@ -1,4 +1,4 @@
-"""Shipped assets: the embedded default teacher and the configs (dimensions only) of known public models."""
+"""Shipped assets: the embedded teachers (`tiny`, `tiny-vl`) and the configs (dimensions only) of known public models."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 ASSETS = Path(__file__).parent
 CONFIGS = ASSETS / "configs"
 TINY_DIR = ASSETS / "tiny"  # the embedded teacher (alias `tiny`)
+TINY_VL_DIR = ASSETS / "tiny-vl"  # the embedded vision-language teacher (alias `tiny-vl`)
 
 
 def shipped_config_path(model_id: str) -> Path | None:

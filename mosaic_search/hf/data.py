@@ -25,15 +25,24 @@ from . import distributed
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
-TINY_HELDOUT = TINY_DIR / "heldout.txt"
-TINY_CALIBRATION = TINY_DIR / "calibration.txt"  # held-out text with recall sequences (see the model card)
+TINY_HELDOUT = TINY_DIR / "heldout.txt"  # tiny-vl reads the same held-out text: its byte tokens are tiny's
 
 
 def default_source(teacher: str) -> str:
-    """The embedded teacher's calibration file (held-out text and recall) when it ships, else `self`."""
-    from .models import TINY
+    """An embedded teacher's calibration file (tiny: held-out text and recall; tiny-vl: image conversations
+    alternating with those, see the model cards) when it ships, else `self`."""
+    from .models import embedded_dir
 
-    return str(TINY_CALIBRATION) if teacher == TINY and TINY_CALIBRATION.is_file() else SELF
+    where = embedded_dir(teacher)
+    found = sorted(Path(where).glob("calibration.*")) if where else []
+    return str(found[0]) if found else SELF
+
+
+def default_distill_source(teacher: str) -> str:
+    """`distill`'s default data: samples of the teacher (`self`), except for an embedded teacher that reads images,
+    whose calibration file's image rows train off-policy and its text rows prompt on-policy."""
+    source = default_source(teacher)
+    return source if source.endswith(".jsonl") else SELF
 
 
 def check_source(source: str, flag: str = "--data") -> str:
@@ -66,10 +75,10 @@ def tokenizer_of(teacher: str):
     """The tokenizer of a teacher or of a model mosaic wrote (offline-aware), or None when it has none."""
     from transformers import AutoTokenizer
 
-    from .models import TINY, is_mosaic_dir
+    from .models import embedded_dir, is_mosaic_dir
 
-    where = TINY_DIR if teacher == TINY else teacher
-    if teacher == TINY and not (Path(where) / "tokenizer_config.json").is_file():
+    where = embedded_dir(teacher) or teacher
+    if where != teacher and not (Path(where) / "tokenizer_config.json").is_file():
         return None
     try:  # a mosaic model's config names our remote code, which transformers reads before the tokenizer files
         tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=is_mosaic_dir(str(where)))
@@ -132,9 +141,10 @@ class _ImageSample:
     images: list  # PIL images, in order
 
 
-def documents(path: str | Path, tokenizer, vision: Vision | None = None):
+def documents(path: str | Path, tokenizer, vision: Vision | None = None, prompt: bool = False):
     """The documents of a data file, lazily: text in blocks of whole lines, chat messages through the tokenizer's
-    chat template (a row with images, for a VLM teacher: an `_ImageSample`).
+    chat template (a row with images, for a VLM teacher: an `_ImageSample`); `prompt`: each chat ends with the
+    template's generation prompt (a question for the model to answer).
 
     A .jsonl line (or .parquet row) is {"text": ...} or {"messages": [...]}; an image part is {"type": "image",
     "image": path} (relative to the data file). Every image must be a readable file; a text-only teacher refuses
@@ -146,7 +156,7 @@ def documents(path: str | Path, tokenizer, vision: Vision | None = None):
         return
     rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _parquet_rows(path)
     for where, row in rows:
-        yield _document(row, where, tokenizer, vision, path.parent)
+        yield _document(row, where, tokenizer, vision, path.parent, prompt)
 
 
 def _text_blocks(path: Path, block: int = 1 << 16):
@@ -190,7 +200,7 @@ def _parquet_rows(path: Path):
         yield f"{path}: row {n}", row
 
 
-def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
+def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, prompt: bool = False):
     if not isinstance(row, dict) or not ({"text", "messages"} & set(row)):
         raise UsageError(f'{where}: expected an object with "text" or "messages"')
     if "text" in row:
@@ -223,9 +233,10 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
     if images:
         if not getattr(tokenizer, "chat_template", None):
             raise UsageError(f"{where}: has an image but the teacher's tokenizer has no chat template to place it")
-        return _ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False), images)
+        return _ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt),
+                            images)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(flat, tokenize=False)
+        return tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
     return "\n".join(m["content"] for m in flat)
 
 
@@ -298,9 +309,10 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     return score, align, notes
 
 
-def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
-    """(token ids, image inputs) of one image sample, its text after the last image cut to `seq_len`; None (and a
-    note) when its images themselves do not fit."""
+def image_tokens(sample: _ImageSample, tokenizer, vision: Vision) -> tuple[list, dict]:
+    """(token ids, image inputs) of an image sample as Qwen3-VL's processor makes them: each image token of the
+    chat template repeated once per merged patch of its image; a one-line error naming the row when the template
+    placed a different number of image tokens than the row has images."""
     processor = vision.processor()
     inputs = processor(images=sample.images, return_tensors="pt")
     per_image = (inputs["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist()
@@ -311,7 +323,14 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
     counts, expanded = iter(per_image), []
     for tok in ids:
         expanded += [tok] * next(counts) if tok == vision.image_token_id else [tok]
-    ids = expanded + ([] if eos is None else [eos])
+    return expanded, {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+
+
+def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
+    """(token ids, image inputs) of one image sample, its text after the last image cut to `seq_len`; None (and a
+    note) when its images themselves do not fit."""
+    ids, inputs = image_tokens(sample, tokenizer, vision)
+    ids = ids + ([] if eos is None else [eos])
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
         notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
@@ -320,7 +339,7 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
-    return ids[:seq_len], {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+    return ids[:seq_len], inputs
 
 
 def sample_from_teacher(model, n: int, seq_len: int, seed: int, batch: int = 32):

@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from ..artifacts.schema import ModelRef, sha256_json
-from ..assets import TINY_DIR, shipped_config_path, shipped_ids
+from ..assets import TINY_DIR, TINY_VL_DIR, shipped_config_path, shipped_ids
 from ..errors import MosaicError, UsageError
 from .surgery import architecture
 
 TINY = "tiny"
+TINY_VL = "tiny-vl"
+# The aliases of the embedded teachers: (directory, the script that trains it). The one list of them.
+EMBEDDED = {TINY: (TINY_DIR, "train_tiny"), TINY_VL: (TINY_VL_DIR, "train_tiny_vl")}
 # Config keys that say how a file was written, not what the model is.
 _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "auto_map",
              "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "use_cache"}
@@ -27,8 +30,8 @@ def load_config(model_id: str, shipped_ok: bool = False):
     unreachable (enough for profiling, which needs dimensions only)."""
     from transformers import AutoConfig
 
-    if model_id == TINY:
-        return AutoConfig.from_pretrained(_tiny_dir())
+    if model_id in EMBEDDED:
+        return AutoConfig.from_pretrained(embedded_dir(model_id))
     try:
         return AutoConfig.from_pretrained(model_id, trust_remote_code=is_mosaic_dir(model_id))
     except (OSError, ValueError) as e:
@@ -46,12 +49,12 @@ def load_model(model_id: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     torch_dtype = getattr(torch, dtype)
-    if model_id == TINY:
-        model = AutoModelForCausalLM.from_pretrained(_tiny_dir(), dtype=torch_dtype)
-        model.name_or_path = TINY
-        return model.eval().to(device)
     config = load_config(model_id)
     auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    if model_id in EMBEDDED:
+        model = auto.from_pretrained(embedded_dir(model_id), dtype=torch_dtype)
+        model.name_or_path = model_id
+        return model.eval().to(device)
     try:
         model = auto.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=is_mosaic_dir(model_id))
     except (OSError, ValueError) as e:
@@ -97,12 +100,16 @@ def _config_from_file(path: Path):
     return AutoConfig.for_model(model_type, **obj)
 
 
-def _tiny_dir() -> str:
-    """The embedded teacher's directory, or a one-line error saying how to recreate it."""
-    if not (TINY_DIR / "config.json").is_file() or not (TINY_DIR / "model.safetensors").is_file():
-        raise MosaicError(f"the embedded teacher is missing from {TINY_DIR} (a broken install?); recreate it with "
-                          f"`python -m mosaic_search.assets.train_tiny --out {TINY_DIR}`")
-    return str(TINY_DIR)
+def embedded_dir(model_id: str) -> str | None:
+    """The directory of an embedded teacher's alias (None for any other id), or a one-line error saying how to
+    recreate a missing one."""
+    if model_id not in EMBEDDED:
+        return None
+    where, script = EMBEDDED[model_id]
+    if not (where / "config.json").is_file() or not (where / "model.safetensors").is_file():
+        raise MosaicError(f"the embedded teacher {model_id} is missing from {where} (a broken install?); recreate it "
+                          f"with `python -m mosaic_search.assets.{script} --out {where}`")
+    return str(where)
 
 
 def is_mosaic_dir(model_id: str) -> bool:

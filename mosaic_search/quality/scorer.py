@@ -429,9 +429,9 @@ def _candidates(ops, dims, teacher_ops) -> list[Candidate]:
 def _load_teacher(teacher: str, device: str, device_map, dtype: str):
     import torch
 
-    from ..hf.models import TINY, load_config, load_model
+    from ..hf.models import EMBEDDED, load_config, load_model
 
-    if device_map is None or teacher == TINY:
+    if device_map is None or teacher in EMBEDDED:
         model = load_model(teacher, dtype=dtype, device=device)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText

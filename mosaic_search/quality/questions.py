@@ -1,0 +1,107 @@
+"""Held-out questions with known answers (image questions for a VLM): exact match of the model's greedy answer.
+
+A question file is .jsonl: {"messages": [...], "answer": "...", "kind": optional group name}; the messages end with
+the user's turn (an image part {"type": "image", "image": path relative to the file} for a VLM), the chat template
+adds the generation prompt, and the model answers greedily until an end-of-sequence token. The answer counts when
+the decoded text (special tokens skipped) equals `answer` exactly: generation, not log-likelihood, because a model
+can rank the right answer first token by token and still not write it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+QUESTION_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Question:
+    """One prompt (token ids, image tokens expanded), its image inputs (None for a text question), the expected
+    answer and its group."""
+
+    ids: tuple
+    images: dict | None
+    answer: str
+    kind: str
+
+
+def load_questions(path, tokenizer, vision=None, flag: str = "--questions") -> list[Question]:
+    """The questions of a .jsonl file, read through the teacher's chat template (and its image processor, `vision`:
+    hf.data.Vision); a one-line UsageError naming the row for anything unreadable."""
+    from ..hf.data import _ImageSample, check_source, documents, image_tokens
+
+    path = Path(check_source(str(path), flag))
+    if path.suffix.lower() != ".jsonl":
+        raise UsageError(f"{flag} {path}: expected a .jsonl file of questions")
+    import json
+
+    answers = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line) if line.lstrip().startswith("{") else None
+            if not isinstance(row, dict) or not isinstance(row.get("answer"), str) or "messages" not in row:
+                raise UsageError(f'{flag} {path}: line {n}: expected {{"messages", "answer"}}')
+            answers.append((row["answer"], str(row.get("kind", "all"))))
+    out = []
+    for doc, (answer, kind) in zip(documents(path, tokenizer, vision, prompt=True), answers):
+        if isinstance(doc, _ImageSample):
+            ids, images = image_tokens(doc, tokenizer, vision)
+        else:
+            ids, images = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"], None
+        out.append(Question(tuple(ids), images, answer, kind))
+    if not out:
+        raise UsageError(f"{flag} {path}: no questions in the file")
+    return out
+
+
+def answer_accuracy(model, questions: list[Question], tokenizer=None, blank: bool = False) -> dict:
+    """{"accuracy", "n", "by_question": {kind: {"accuracy", "n"}}}: the share of `questions` whose greedy answer
+    equals the expected one. Prompts of one length are generated as one batch (no padding: a built model refuses
+    padded prompts). `blank`: every image replaced by plain mid-grey pixels (what the question alone gives)."""
+    import torch
+
+    tokenizer = tokenizer or _tokenizer_of(model)
+    device = next(model.parameters()).device
+    image_token = getattr(model.config, "image_token_id", None)
+    groups: dict = {}
+    for q in questions:
+        groups.setdefault((len(q.ids), q.images is None), []).append(q)
+    hits: dict = {}
+    for group in groups.values():
+        for start in range(0, len(group), QUESTION_BATCH):
+            batch = group[start:start + QUESTION_BATCH]
+            ids = torch.tensor([q.ids for q in batch], device=device)
+            kwargs = {}
+            if batch[0].images is not None:
+                pixels = torch.cat([q.images["pixel_values"] for q in batch])
+                kwargs = dict(pixel_values=(torch.zeros_like(pixels) if blank else pixels).to(device),
+                              image_grid_thw=torch.cat([q.images["image_grid_thw"] for q in batch]).to(device),
+                              mm_token_type_ids=(ids == image_token).int())
+            longest = max(len(tokenizer(q.answer, add_special_tokens=False)["input_ids"]) for q in batch)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=longest + 1, **kwargs)
+            for q, new in zip(batch, out[:, ids.shape[1]:].tolist()):
+                text = tokenizer.decode(_until_end(new, model.generation_config.eos_token_id),
+                                        skip_special_tokens=True)
+                hits.setdefault(q.kind, []).append(text == q.answer)
+    every = [h for v in hits.values() for h in v]
+    return {"accuracy": sum(every) / len(every), "n": len(every),
+            "by_question": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(hits.items())}}
+
+
+def _until_end(tokens: list, eos) -> list:
+    ends = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return next((tokens[:i] for i, t in enumerate(tokens) if t in ends), tokens)
+
+
+def _tokenizer_of(model):
+    from ..hf.data import tokenizer_of
+
+    tok = tokenizer_of(model.name_or_path)
+    if tok is None:
+        raise UsageError(f"{model.name_or_path}: no tokenizer to decode answers with")
+    return tok
