@@ -194,7 +194,7 @@ def test_bench_generate(monkeypatch, capsys):
 def test_demo(monkeypatch, tmp_path, capsys):
     seen = _fake(monkeypatch, demo_mod, "demo", tmp_path)
     assert main(["demo", "--out", "r", "--seed", "6"]) == EXIT_OK
-    assert _progress(seen) == dict(args=(), out="r", seed=6)
+    assert _progress(seen) == dict(args=(), out="r", seed=6, teacher="tiny")
     assert f"wrote {tmp_path / 'report.md'}" in capsys.readouterr().out
 
 

@@ -99,7 +99,7 @@ def test_every_file_of_the_report_has_the_umask_mode(report):
 def test_rerun_replaces_an_earlier_report(report):
     (report / "stale.txt").write_text("from an earlier run")
     mp = pytest.MonkeyPatch()
-    mp.setattr("mosaic_search.demo._run", lambda d, seed, progress: (d / "report.md").write_text("again\n"))
+    mp.setattr("mosaic_search.demo._run", lambda d, *rest: (d / "report.md").write_text("again\n"))
     try:
         assert main(["demo", "--out", str(report)]) == 0
     finally:

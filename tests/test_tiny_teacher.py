@@ -42,12 +42,14 @@ def test_config_is_a_qwen3_with_at_least_8_layers_and_gqa():
     assert set(config.layer_types) == {"full_attention"}
 
 
-def test_missing_folder_is_one_line_naming_the_training_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "TINY_DIR", tmp_path / "tiny")
+@pytest.mark.parametrize("alias", list(models.EMBEDDED))
+def test_missing_folder_is_one_line_naming_the_training_command(monkeypatch, tmp_path, alias):
+    script = models.EMBEDDED[alias][1]
+    monkeypatch.setitem(models.EMBEDDED, alias, (tmp_path / alias, script))
     for load in (load_config, load_model):
-        with pytest.raises(MosaicError, match="python -m mosaic_search.assets.train_tiny") as e:
-            load("tiny")
-        assert "\n" not in str(e.value)
+        with pytest.raises(MosaicError, match=f"python -m mosaic_search.assets.{script} --out ") as e:
+            load(alias)
+        assert "\n" not in str(e.value) and alias in str(e.value)
 
 
 def test_auto_classes_load_the_folder_directly():

@@ -273,12 +273,15 @@ def eval_(model: Annotated[str, typer.Argument(help="A model directory (built or
           windows: Annotated[int, typer.Option(help="Held-out windows.")] = eval_defaults.EVAL_WINDOWS,
           seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per held-out window.")]
           = eval_defaults.EVAL_SEQ_LEN,
+          questions: Annotated[Optional[str], typer.Option(
+              help="Questions with answers, JSON lines {messages, answer} (images for a VLM), scored by exact match of "
+                   "the greedy answer (default: tiny-vl's image_eval.jsonl for tiny-vl).")] = None,
           device: DeviceOpt = "cpu", as_json: JsonOpt = False):
-    """Measured quality against the teacher: KL, held-out loss and recall (the numbers every report uses)."""
+    """Measured quality against the teacher: KL, held-out loss, recall and question accuracy (every report's)."""
     from ..quality.evaluation import evaluate
 
     result = evaluate(model, teacher=teacher, data=data, probes=probes, windows=windows, seq_len=seq_len,
-                      device=device)
+                      device=device, questions=questions)
     views.evaluated(model, result, as_json)
 
 
@@ -312,13 +315,15 @@ def bench(target: Annotated[str, typer.Argument(
 
 @app.command()
 def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (replaced if it holds an earlier demo).")]
-         = "demo_report", seed: SeedOpt = 0):
-    """The whole pipeline on the embedded teacher on CPU: profile, score, solve, build, bench, report."""
+         = "demo_report", seed: SeedOpt = 0,
+         teacher: Annotated[str, typer.Option(help="The embedded teacher: 'tiny', or 'tiny-vl' (a VLM that reads its "
+                                                   "images; the report adds image-question accuracy).")] = "tiny"):
+    """The whole pipeline on an embedded teacher on CPU: profile, score, solve, build, distill, bench, report."""
     from .. import demo as lib
 
     with interruptible(lambda: f"{NOTHING_WRITTEN}: the report replaces {out} only once complete"), \
             progress("mosaic demo") as tick:
-        path = lib.demo(out=out, seed=seed, progress=tick)
+        path = lib.demo(out=out, seed=seed, progress=tick, teacher=teacher)
     views.demo(path)
 
 

@@ -133,6 +133,19 @@ class Vision:
                 raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
         return self._processor
 
+    def check(self, image, ref: str, where: str) -> None:
+        """A one-line error naming the row when an image holds more pixels than the image processor takes (it would
+        shrink it, and with it what there is to read)."""
+        processor = self.processor()
+        limit = (getattr(processor, "size", None) or {}).get("longest_edge") or getattr(processor, "max_pixels", None)
+        if limit and image.width * image.height > limit:
+            raise UsageError(f"{where}: image {ref} is {image.width}x{image.height} = {image.width * image.height} "
+                             f"pixels, more than the teacher's image processor takes ({limit})")
+
+    def token(self, tokenizer) -> str:
+        """The image token as the chat template writes it."""
+        return tokenizer.convert_ids_to_tokens(self.image_token_id)
+
 
 @dataclass
 class _ImageSample:
@@ -206,7 +219,7 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, pro
     if "text" in row:
         if not isinstance(row["text"], str):
             raise UsageError(f'{where}: "text" must be a string')
-        return row["text"]
+        return _no_image_tokens(row["text"], where, tokenizer, vision)
     messages = row["messages"]
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
         raise UsageError(f'{where}: "messages" must be a list of {{"role", "content"}} objects')
@@ -217,11 +230,12 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, pro
             parts = []
             for part in content:
                 if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-                    images.append(_load_image(part.get("image") or part.get("image_url") or part.get("path"), where,
-                                              base))
                     if vision is None:
-                        raise UsageError(f"{where}: has an image, and mosaic feeds calibration images only to "
+                        raise UsageError(f"{where}: has an image, and mosaic feeds images only to "
                                          f"{', '.join(image_architectures())} teachers (this one reads text only)")
+                    ref = part.get("image") or part.get("image_url") or part.get("path")
+                    images.append(_load_image(ref, where, base))
+                    vision.check(images[-1], ref, where)
                     parts.append({"type": "image"})
                 elif isinstance(part, dict) and isinstance(part.get("text"), str):
                     parts.append({"type": "text", "text": part["text"]})
@@ -236,8 +250,18 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, pro
         return _ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt),
                             images)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
-    return "\n".join(m["content"] for m in flat)
+        text = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
+    else:
+        text = "\n".join(m["content"] for m in flat)
+    return _no_image_tokens(text, where, tokenizer, vision)
+
+
+def _no_image_tokens(text: str, where: str, tokenizer, vision: Vision | None) -> str:
+    """`text` of a row without images, or a one-line error when it writes the image token itself (the model would
+    look for image features that no image gives)."""
+    if vision is not None and (n := text.count(vision.token(tokenizer))):
+        raise UsageError(f"{where}: its text holds {n} image tokens ({vision.token(tokenizer)}) for 0 images")
+    return text
 
 
 def _load_image(ref, where: str, base: Path):
@@ -248,9 +272,12 @@ def _load_image(ref, where: str, base: Path):
     path = Path(ref) if Path(ref).is_absolute() else base / ref
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            image = im.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UsageError(f"{where}: cannot read image {ref} ({type(e).__name__})") from None
+    if image.width == 0 or image.height == 0:
+        raise UsageError(f"{where}: image {ref} is {image.width}x{image.height} pixels: nothing to read")
+    return image
 
 
 def _first_line(e: Exception) -> str:
@@ -314,7 +341,10 @@ def image_tokens(sample: _ImageSample, tokenizer, vision: Vision) -> tuple[list,
     chat template repeated once per merged patch of its image; a one-line error naming the row when the template
     placed a different number of image tokens than the row has images."""
     processor = vision.processor()
-    inputs = processor(images=sample.images, return_tensors="pt")
+    try:
+        inputs = processor(images=sample.images, return_tensors="pt")
+    except ValueError as e:  # e.g. an aspect ratio the processor refuses
+        raise UsageError(f"{sample.where}: the teacher's image processor refuses an image ({_first_line(e)})") from None
     per_image = (inputs["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist()
     ids = tokenizer(sample.text, add_special_tokens=False, verbose=False)["input_ids"]
     if ids.count(vision.image_token_id) != len(per_image):

@@ -57,22 +57,39 @@ def load_questions(path, tokenizer, vision=None, flag: str = "--questions") -> l
     return out
 
 
-def answer_accuracy(model, questions: list[Question], tokenizer=None, blank: bool = False) -> dict:
+def answer_accuracy(model, questions: list[Question], tokenizer=None, blank: bool = False,
+                    max_new_tokens: int | None = None) -> dict:
     """{"accuracy", "n", "by_question": {kind: {"accuracy", "n"}}}: the share of `questions` whose greedy answer
-    equals the expected one. Prompts of one length are generated as one batch (no padding: a built model refuses
-    padded prompts). `blank`: every image replaced by plain mid-grey pixels (what the question alone gives)."""
+    (`answers`) equals the expected one."""
+    got = answers(model, questions, tokenizer, blank, max_new_tokens)
+    hits: dict = {}
+    for q, text in zip(questions, got):
+        hits.setdefault(q.kind, []).append(text == q.answer)
+    every = [h for v in hits.values() for h in v]
+    return {"accuracy": sum(every) / len(every), "n": len(every),
+            "by_question": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(hits.items())}}
+
+
+def answers(model, questions: list[Question], tokenizer=None, blank: bool = False,
+            max_new_tokens: int | None = None) -> list[str]:
+    """The model's greedy answer to each question, in order: at most `max_new_tokens` new tokens (default: one more
+    than the longest expected answer), cut at the first end-of-sequence token, decoded without special tokens.
+    Prompts of one length are generated as one batch (no padding: a built model refuses padded prompts). `blank`:
+    every image replaced by plain mid-grey pixels (what the question alone gives)."""
     import torch
 
     tokenizer = tokenizer or _tokenizer_of(model)
+    if max_new_tokens is None:
+        max_new_tokens = 1 + max(len(tokenizer(q.answer, add_special_tokens=False)["input_ids"]) for q in questions)
     device = next(model.parameters()).device
     image_token = getattr(model.config, "image_token_id", None)
     groups: dict = {}
-    for q in questions:
-        groups.setdefault((len(q.ids), q.images is None), []).append(q)
-    hits: dict = {}
+    for i, q in enumerate(questions):
+        groups.setdefault((len(q.ids), q.images is None), []).append(i)
+    out: list = [None] * len(questions)
     for group in groups.values():
         for start in range(0, len(group), QUESTION_BATCH):
-            batch = group[start:start + QUESTION_BATCH]
+            batch = [questions[i] for i in group[start:start + QUESTION_BATCH]]
             ids = torch.tensor([q.ids for q in batch], device=device)
             kwargs = {}
             if batch[0].images is not None:
@@ -80,17 +97,13 @@ def answer_accuracy(model, questions: list[Question], tokenizer=None, blank: boo
                 kwargs = dict(pixel_values=(torch.zeros_like(pixels) if blank else pixels).to(device),
                               image_grid_thw=torch.cat([q.images["image_grid_thw"] for q in batch]).to(device),
                               mm_token_type_ids=(ids == image_token).int())
-            longest = max(len(tokenizer(q.answer, add_special_tokens=False)["input_ids"]) for q in batch)
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=longest + 1, **kwargs)
-            for q, new in zip(batch, out[:, ids.shape[1]:].tolist()):
-                text = tokenizer.decode(_until_end(new, model.generation_config.eos_token_id),
-                                        skip_special_tokens=True)
-                hits.setdefault(q.kind, []).append(text == q.answer)
-    every = [h for v in hits.values() for h in v]
-    return {"accuracy": sum(every) / len(every), "n": len(every),
-            "by_question": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(hits.items())}}
+                new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=max_new_tokens, **kwargs)[:, ids.shape[1]:]
+            for i, tokens in zip(group[start:start + QUESTION_BATCH], new.tolist()):
+                out[i] = tokenizer.decode(_until_end(tokens, model.generation_config.eos_token_id),
+                                          skip_special_tokens=True)
+    return out
 
 
 def _until_end(tokens: list, eos) -> list:
