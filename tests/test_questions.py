@@ -10,6 +10,7 @@ import random
 import pytest
 import torch
 
+from mosaic_search.assets import TINY_DIR
 from mosaic_search.assets import train_tiny_vl as tvl
 from mosaic_search.cli import main
 from mosaic_search.hf.data import Vision, tokenizer_of
@@ -45,6 +46,7 @@ def teacher(tmp_path_factory):
     images.save_pretrained(path)
     rows = tvl.write_image_set(path, random.Random(0), 6, 1, "eval")
     (path / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tvl.write_calibration(path, random.Random(3), (TINY_DIR / "heldout.txt").read_bytes())
     return path
 
 
@@ -145,3 +147,35 @@ def test_bad_question_files_are_one_line_exit_2(teacher, tmp_path, capsys):
                      "--seq-len", "64", "--questions", str(path)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], (name, err)
+
+
+def test_tiny_vl_starts_from_tinys_language_model_exactly():
+    """Before training, tiny-vl's language path is tiny: on text its mRoPE rotates as tiny's RoPE, and its logits
+    over tiny's 259 tokens equal tiny's (the model card's claim, and why text quality is kept from step 0)."""
+    from transformers import AutoModelForCausalLM, Qwen3VLForConditionalGeneration
+
+    from mosaic_search.assets.train_tiny import encode
+
+    tokenizer, _ = tvl.build_processor()
+    vl = Qwen3VLForConditionalGeneration(tvl.vl_config(tokenizer)).eval()
+    tvl.from_tiny(vl, TINY_DIR)
+    tiny = AutoModelForCausalLM.from_pretrained(TINY_DIR).eval()
+    ids = encode(b"def f(x):\n    return {'a': x}  # tiny\n" * 4)[None]
+    with torch.no_grad():
+        ours, theirs = vl(input_ids=ids).logits[..., :259], tiny(input_ids=ids).logits
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_the_tiny_vl_alias_scores_on_its_image_and_text_calibration_by_default(teacher, monkeypatch, tmp_path):
+    """`score --teacher tiny-vl` with no --data: the alias resolves to its folder for the weights, the tokenizer and
+    the image processor, and the default data alternates image conversations and text."""
+    from mosaic_search.hf import data, models
+    from mosaic_search.quality import scorer
+
+    monkeypatch.setitem(models.EMBEDDED, "tiny-vl", (teacher, "train_tiny_vl"))
+    assert data.default_source("tiny-vl") == str(teacher / "calibration.jsonl")
+    assert data.default_distill_source("tiny-vl") == str(teacher / "calibration.jsonl")
+    table = scorer.score("tiny-vl", ops="gqa,none", tokens=4 * 512, seq_len=512, align_steps=0,
+                         out=tmp_path / "s.json")
+    assert table.data["image_windows"] == 2  # image, text, text (a 1024-byte text row), image
+    assert all(e.kl > 0 for e in table.entries if e.candidate.op == "none")

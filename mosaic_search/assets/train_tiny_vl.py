@@ -136,6 +136,24 @@ class Chats:
         return inputs, weight[:, 1:]
 
 
+def vl_config(tokenizer) -> Qwen3VLConfig:
+    """tiny-vl's config: tiny's language model dimensions with interleaved mRoPE, the vision tower of VISION, and
+    the token ids of `tokenizer` (build_processor's)."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in CHAT_TOKENS}
+    assert min(ids.values()) == 256 + OFFSET, ids  # the byte ids are tiny's, so its weights carry over
+    tiny_cfg = json.loads((TINY_DIR / "config.json").read_text())
+    text = {k: tiny_cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                      "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps")}
+    half = text["head_dim"] // 2  # mRoPE splits the rotary frequencies between time, height and width
+    return Qwen3VLConfig(
+        text_config=dict(text, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                                          "mrope_section": [half // 2, half // 4, half // 4]}),
+        vision_config=dict(VISION, out_hidden_size=text["hidden_size"]), tie_word_embeddings=True,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
 def from_tiny(model, tiny_dir: Path) -> None:
     """Copy tiny's decoder, norm and embeddings into the language model; the new tokens' embeddings stay random."""
     state = load_file(str(tiny_dir / "model.safetensors"))
@@ -196,18 +214,7 @@ def main(argv=None) -> None:
     tokenizer, image_processor = build_processor()
     chats = Chats(tokenizer, image_processor)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in CHAT_TOKENS}
-    assert min(ids.values()) == 256 + OFFSET, ids  # the byte ids are tiny's, so its weights carry over
-    tiny_cfg = json.loads((TINY_DIR / "config.json").read_text())
-    text = {k: tiny_cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                                      "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps")}
-    half = text["head_dim"] // 2  # mRoPE splits the rotary frequencies between time, height and width
-    config = Qwen3VLConfig(
-        text_config=dict(text, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
-                                          "mrope_section": [half // 2, half // 4, half // 4]}),
-        vision_config=dict(VISION, out_hidden_size=text["hidden_size"]), tie_word_embeddings=True,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    config = vl_config(tokenizer)
     model = Qwen3VLForConditionalGeneration(config)
     from_tiny(model, TINY_DIR)
     lm = set(model.model.language_model.parameters())

@@ -115,7 +115,8 @@ class Windows:
 
 @dataclass
 class Vision:
-    """A VLM teacher's side of reading image rows: where its image processor is saved, and its image token."""
+    """A VLM teacher's side of reading image rows: where its image processor is saved (a directory or an embedded
+    teacher's alias), and its image token."""
 
     where: str
     image_token_id: int
@@ -127,8 +128,10 @@ class Vision:
         if self._processor is None:
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+            from .models import embedded_dir
+
             try:
-                self._processor = Qwen2VLImageProcessorPil.from_pretrained(self.where)
+                self._processor = Qwen2VLImageProcessorPil.from_pretrained(embedded_dir(self.where) or self.where)
             except (OSError, ValueError) as e:
                 raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
         return self._processor
@@ -148,7 +151,9 @@ class Vision:
 
 
 @dataclass
-class _ImageSample:
+class ImageSample:
+    """A chat row with images: where it is (errors name it), its chat-template text and its images."""
+
     where: str
     text: str  # the chat template's text: one image token per image
     images: list  # PIL images, in order
@@ -156,7 +161,7 @@ class _ImageSample:
 
 def documents(path: str | Path, tokenizer, vision: Vision | None = None, prompt: bool = False):
     """The documents of a data file, lazily: text in blocks of whole lines, chat messages through the tokenizer's
-    chat template (a row with images, for a VLM teacher: an `_ImageSample`); `prompt`: each chat ends with the
+    chat template (a row with images, for a VLM teacher: an `ImageSample`); `prompt`: each chat ends with the
     template's generation prompt (a question for the model to answer).
 
     A .jsonl line (or .parquet row) is {"text": ...} or {"messages": [...]}; an image part is {"type": "image",
@@ -247,7 +252,7 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, pro
     if images:
         if not getattr(tokenizer, "chat_template", None):
             raise UsageError(f"{where}: has an image but the teacher's tokenizer has no chat template to place it")
-        return _ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt),
+        return ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt),
                             images)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
@@ -301,7 +306,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     for doc in documents(source, tokenizer, vision):
         if len(rows) >= need:
             break
-        if isinstance(doc, _ImageSample):
+        if isinstance(doc, ImageSample):
             window = _image_window(doc, tokenizer, vision, seq_len, eos, notes)
             if window is not None:
                 rows.append(window[0] + [pad] * (seq_len - len(window[0])))
@@ -336,7 +341,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     return score, align, notes
 
 
-def image_tokens(sample: _ImageSample, tokenizer, vision: Vision) -> tuple[list, dict]:
+def image_tokens(sample: ImageSample, tokenizer, vision: Vision) -> tuple[list, dict]:
     """(token ids, image inputs) of an image sample as Qwen3-VL's processor makes them: each image token of the
     chat template repeated once per merged patch of its image; a one-line error naming the row when the template
     placed a different number of image tokens than the row has images."""
@@ -356,7 +361,7 @@ def image_tokens(sample: _ImageSample, tokenizer, vision: Vision) -> tuple[list,
     return expanded, {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
 
 
-def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
+def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
     """(token ids, image inputs) of one image sample, its text after the last image cut to `seq_len`; None (and a
     note) when its images themselves do not fit."""
     ids, inputs = image_tokens(sample, tokenizer, vision)

@@ -86,7 +86,7 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
     if question_file:
         vision = None
         if getattr(config, "vision_config", None) is not None:
-            vision = data_mod.Vision(embedded_dir(teacher) or teacher, config.image_token_id)
+            vision = data_mod.Vision(teacher, config.image_token_id)
         asked = tuple(load_questions(question_file, tokenizer, vision))
     return EvalSet(windows=ids.view(-1, seq_len), probes=_probes(probe_file, tokenizer) if probe_file else (),
                    split=min(swa, default=seq_len), source=display_name(source), questions=asked, tokenizer=tokenizer)

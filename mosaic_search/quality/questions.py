@@ -9,6 +9,7 @@ can rank the right answer first token by token and still not write it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +32,11 @@ class Question:
 def load_questions(path, tokenizer, vision=None, flag: str = "--questions") -> list[Question]:
     """The questions of a .jsonl file, read through the teacher's chat template (and its image processor, `vision`:
     hf.data.Vision); a one-line UsageError naming the row for anything unreadable."""
-    from ..hf.data import _ImageSample, check_source, documents, image_tokens
+    from ..hf.data import ImageSample, check_source, documents, image_tokens
 
     path = Path(check_source(str(path), flag))
     if path.suffix.lower() != ".jsonl":
         raise UsageError(f"{flag} {path}: expected a .jsonl file of questions")
-    import json
-
     answers = []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
@@ -47,7 +46,7 @@ def load_questions(path, tokenizer, vision=None, flag: str = "--questions") -> l
             answers.append((row["answer"], str(row.get("kind", "all"))))
     out = []
     for doc, (answer, kind) in zip(documents(path, tokenizer, vision, prompt=True), answers):
-        if isinstance(doc, _ImageSample):
+        if isinstance(doc, ImageSample):
             ids, images = image_tokens(doc, tokenizer, vision)
         else:
             ids, images = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"], None
