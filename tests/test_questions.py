@@ -119,6 +119,7 @@ def test_blank_feeds_mid_grey_images_of_the_same_size(teacher, monkeypatch):
     assert fed.shape == pixels.shape and not fed.any() and pixels.any()  # 0 after normalisation: grey 0.5
 
 
+@pytest.mark.slow  # whole stages: the unit suite keeps its two minutes
 def test_eval_reports_question_accuracy_next_to_text_quality(teacher, tmp_path, capsys):
     text = tmp_path / "held.txt"
     text.write_text("".join(f"line {i}: the quick brown fox\n" for i in range(200)))
@@ -166,6 +167,7 @@ def test_tiny_vl_starts_from_tinys_language_model_exactly():
     assert (ours - theirs).abs().max() < 1e-4
 
 
+@pytest.mark.slow  # whole stages: the unit suite keeps its two minutes
 def test_the_tiny_vl_alias_scores_on_its_image_and_text_calibration_by_default(teacher, monkeypatch, tmp_path):
     """`score --teacher tiny-vl` with no --data: the alias resolves to its folder for the weights, the tokenizer and
     the image processor, and the default data alternates image conversations and text."""
