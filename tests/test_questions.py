@@ -28,7 +28,8 @@ def teacher(tmp_path_factory):
 
     tokenizer, images = tvl.build_processor()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tvl.CHAT_TOKENS}
-    text = dict(vocab_size=len(tokenizer), hidden_size=64, initializer_range=0.3, intermediate_size=128, num_hidden_layers=2,
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, initializer_range=0.3, intermediate_size=128,
+                num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
                                  "mrope_section": [4, 2, 2]})

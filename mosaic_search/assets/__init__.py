@@ -1,4 +1,4 @@
-"""Shipped assets: the embedded teachers (`tiny`, `tiny-vl`) and the configs (dimensions only) of known public models."""
+"""Shipped assets: the embedded teachers (`tiny`, `tiny-vl`) and the configs (dimensions only) of known models."""
 
 from __future__ import annotations
 

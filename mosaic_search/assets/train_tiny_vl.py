@@ -1,4 +1,4 @@
-"""Train the embedded VLM teacher `tiny-vl` (`python -m mosaic_search.assets.train_tiny_vl --out mosaic_search/assets/tiny-vl`).
+"""Train the embedded VLM teacher `tiny-vl` (`python -m mosaic_search.assets.train_tiny_vl`).
 
 A Qwen3-VL (transformers' `qwen3_vl`: vision tower, patch merger, DeepStack, interleaved mRoPE) whose language model
 starts from `tiny`'s weights. Its images are short strings rendered with Pillow's built-in font, and its questions
@@ -37,7 +37,8 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth")
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 VISION = dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=PATCH, spatial_merge_size=MERGE,
               temporal_patch_size=2, in_channels=3, num_position_embeddings=256, deepstack_visual_indexes=[0, 1])
-# Qwen's chat layout: a turn is <|im_start|>role\n...<|im_end|>\n, an image is <|vision_start|><|image_pad|><|vision_end|>
+# Qwen's chat layout: a turn is <|im_start|>role\n...<|im_end|>\n; an image,
+# <|vision_start|><|image_pad|><|vision_end|>
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
@@ -176,7 +177,8 @@ def weighted_ce(model, inputs: dict, weight: torch.Tensor) -> torch.Tensor:
 
 def write_image_set(out: Path, rng: random.Random, n: int, turns: int, name: str, images_dir: str = "images") -> list:
     """`n` conversations of `turns` image turns written as chat rows (images as PNG files beside them): for one turn,
-    a question row {"messages": [user turn], "answer", "kind"}; otherwise a calibration row with the assistant's answers."""
+    a question row {"messages": [user turn], "answer", "kind"}; otherwise a calibration row with the assistant's
+    answers."""
     (out / images_dir).mkdir(exist_ok=True)
     rows = []
     for r in range(n):

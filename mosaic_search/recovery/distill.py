@@ -70,7 +70,8 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     (default `<model>-distilled`); return its path.
 
     `teacher` defaults to the one recorded in the model's plan; `data` to "self", sequences sampled from the teacher
-    (a file: .txt/.jsonl/.parquet, for VLM image rows too; for `tiny-vl`, its calibration.jsonl of image and text rows); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
+    (a file: .txt/.jsonl/.parquet, for VLM image rows too; for `tiny-vl`, its calibration.jsonl of image and text
+    rows); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
     `all` (the default: on the embedded teacher it recovered more than `mixers` at the same steps), `mixers` (every
     layer's token mixer) or `replaced` (the mixers the plan swapped in; nothing for a plan of none/drop layers). Errors before any training: bad data,
     a tokenizer or oracle vocabulary that differs from the teacher's, an existing `out` without `overwrite`.
