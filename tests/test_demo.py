@@ -118,6 +118,13 @@ def test_refuses_a_folder_that_is_not_a_demo_report(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name != "thesis"]  # no temporary folder left behind
 
 
+def test_refuses_a_teacher_that_is_not_embedded_naming_the_flag(tmp_path, capsys):
+    assert main(["demo", "--teacher", "Qwen/Qwen3-VL-4B-Instruct", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--teacher must be an embedded teacher (tiny, tiny-vl)" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_failing_stage_leaves_the_earlier_report_untouched(tmp_path, monkeypatch):
     out = tmp_path / "report"
     out.mkdir()
