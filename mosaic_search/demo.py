@@ -26,12 +26,13 @@ DISTILL_STEPS = 30
 def demo(out="demo_report", seed: int = 0, progress=None, teacher: str = "tiny") -> Path:
     """Run every stage on the embedded `teacher` and write the report folder `out` (replacing an earlier demo report
     there)."""
-    from .hf.models import EMBEDDED
+    from .assets import EMBEDDED, embedded_dir
 
     check(teacher in EMBEDDED, "teacher", f"must be an embedded teacher ({', '.join(EMBEDDED)}), got {teacher!r}")
+    embedded_dir(teacher)  # an untrained one stops here, naming its training command, before any work
     out = check_output(out, folder=True)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise UsageError(f"{out} exists and is not a mosaic demo report; choose another --out or remove it")
+        raise UsageError(f"{out} exists and is not a mosaic demo report; choose another `out` or remove it")
     with atomic_dir(out) as tmp:
         _run(tmp, seed, progress or (lambda *a: None), teacher)
         write_text(tmp / MARKER, "written by mosaic demo\n")

@@ -13,7 +13,8 @@ import torch
 from mosaic_search.assets import TINY_DIR
 from mosaic_search.assets import train_tiny_vl as tvl
 from mosaic_search.cli import main
-from mosaic_search.hf.data import Vision, tokenizer_of
+from mosaic_search.hf.data import tokenizer_of
+from mosaic_search.hf.vision import Vision
 from mosaic_search.quality.questions import answer_accuracy, answers, load_questions
 
 pytestmark = pytest.mark.usefixtures("one_thread")

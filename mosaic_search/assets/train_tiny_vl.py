@@ -289,7 +289,7 @@ def evaluate(model, out: Path, held_text: bytes, args) -> dict:
     question alone scores), text held-out loss and recall next to tiny's on the same text."""
     from transformers import AutoModelForCausalLM
 
-    from ..hf.data import Vision
+    from ..hf.vision import Vision
     from ..quality.questions import answer_accuracy, load_questions
 
     tokenizer = build_processor()[0]

@@ -14,14 +14,17 @@ loses the text after its last image, and a sample whose images do not fit in `se
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..assets import TINY_DIR
-from ..errors import UsageError
+from ..assets import TINY_DIR, embedded_dir
+from ..errors import UsageError, invalid
 from ..modeling.architectures import image_architectures
 from . import distributed
+from .vision import ImageSample, Vision, image_tokens
+
+logger = logging.getLogger(__name__)
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -31,8 +34,6 @@ TINY_HELDOUT = TINY_DIR / "heldout.txt"  # tiny-vl reads the same held-out text:
 def default_source(teacher: str) -> str:
     """An embedded teacher's calibration file (tiny: held-out text and recall; tiny-vl: image conversations
     alternating with those, see the model cards) when it ships, else `self`."""
-    from .models import embedded_dir
-
     where = embedded_dir(teacher)
     found = sorted(Path(where).glob("calibration.*")) if where else []
     return str(found[0]) if found else SELF
@@ -45,17 +46,17 @@ def default_distill_source(teacher: str) -> str:
     return source if source.endswith(".jsonl") else SELF
 
 
-def check_source(source: str, flag: str = "--data") -> str:
-    """`self`, or an existing, non-empty file of a known kind; a one-line error naming `flag` otherwise."""
+def check_source(source: str, param: str = "data") -> str:
+    """`self`, or an existing, non-empty file of a known kind; a one-line error naming parameter `param` otherwise."""
     if source == SELF:
         return source
     path = Path(source)
     if path.suffix.lower() not in SUFFIXES:
-        raise UsageError(f'{flag} {source}: expected "self" or a {", ".join(SUFFIXES)} file')
+        raise invalid(param, f'{source}: expected "self" or a {", ".join(SUFFIXES)} file')
     if not path.is_file():
-        raise UsageError(f"{flag} {source}: no such file")
+        raise invalid(param, f"{source}: no such file")
     if path.stat().st_size == 0:
-        raise UsageError(f"{flag} {source}: the file is empty")
+        raise invalid(param, f"{source}: the file is empty")
     return source
 
 
@@ -75,7 +76,7 @@ def tokenizer_of(teacher: str):
     """The tokenizer of a teacher or of a model mosaic wrote (offline-aware), or None when it has none."""
     from transformers import AutoTokenizer
 
-    from .models import embedded_dir, is_mosaic_dir
+    from .models import is_mosaic_dir
 
     where = embedded_dir(teacher) or teacher
     if where != teacher and not (Path(where) / "tokenizer_config.json").is_file():
@@ -111,52 +112,6 @@ class Windows:
     def select(self, rows: list) -> "Windows":
         """The windows at these indices, in this order (an index may repeat)."""
         return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows])
-
-
-@dataclass
-class Vision:
-    """A VLM teacher's side of reading image rows: where its image processor is saved (a directory or an embedded
-    teacher's alias), and its image token."""
-
-    where: str
-    image_token_id: int
-    _processor: object = field(default=None, repr=False)
-
-    def processor(self):
-        """The teacher's Qwen2-VL image processor, loaded once. The PIL implementation is used on every machine:
-        transformers' auto classes (and the full processor, which also wants a video processor) need torchvision."""
-        if self._processor is None:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-            from .models import embedded_dir
-
-            try:
-                self._processor = Qwen2VLImageProcessorPil.from_pretrained(embedded_dir(self.where) or self.where)
-            except (OSError, ValueError) as e:
-                raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
-        return self._processor
-
-    def check(self, image, ref: str, where: str) -> None:
-        """A one-line error naming the row when an image holds more pixels than the image processor takes (it would
-        shrink it, and with it what there is to read)."""
-        processor = self.processor()
-        limit = (getattr(processor, "size", None) or {}).get("longest_edge") or getattr(processor, "max_pixels", None)
-        if limit and image.width * image.height > limit:
-            raise UsageError(f"{where}: image {ref} is {image.width}x{image.height} = {image.width * image.height} "
-                             f"pixels, more than the teacher's image processor takes ({limit})")
-
-    def token(self, tokenizer) -> str:
-        """The image token as the chat template writes it."""
-        return tokenizer.convert_ids_to_tokens(self.image_token_id)
-
-
-@dataclass
-class ImageSample:
-    """A chat row with images: where it is (errors name it), its chat-template text and its images."""
-
-    where: str
-    text: str  # the chat template's text: one image token per image
-    images: list  # PIL images, in order
 
 
 def documents(path: str | Path, tokenizer, vision: Vision | None = None, prompt: bool = False):
@@ -285,10 +240,6 @@ def _load_image(ref, where: str, base: Path):
     return image
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:160]
-
-
 def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None,
                   verb: str = "scoring on"):
     """(score windows, align windows, notes) cut from a data file, in file order; alignment reuses the scored
@@ -296,7 +247,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     import torch
 
     if tokenizer is None:
-        raise UsageError(f"--data {source}: the teacher has no tokenizer to read text with; use --data self")
+        raise invalid("data", f"{source}: the teacher has no tokenizer to read text with; use `data` self")
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = next((t for t in (getattr(tokenizer, "pad_token_id", None), eos) if t is not None), 0)
     need = n_score + n_align
@@ -325,13 +276,13 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
             stream = stream[seq_len:]
     if not rows:
         if notes.get("image_rows_skipped"):
-            raise UsageError(f"--data {source}: no window: the images of every sample run past --seq-len {seq_len}")
+            raise invalid("data", f"{source}: no window: the images of every sample run past `seq_len` {seq_len}")
         if not read:
-            raise UsageError(f"--data {source}: no text in the file")
-        raise UsageError(f"--data {source}: {read} tokens, fewer than one --seq-len window of {seq_len}")
+            raise invalid("data", f"{source}: no text in the file")
+        raise invalid("data", f"{source}: {read} tokens, fewer than one `seq_len` window of {seq_len}")
     windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
     if len(windows) < n_score:
-        print(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them", file=sys.stderr)
+        logger.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
     score = windows[:n_score]
     align = windows[len(score): len(score) + n_align]
     if len(align) == 0:
@@ -339,26 +290,6 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     if any(im is not None for im in score.images):
         notes["image_windows"] = sum(im is not None for im in score.images)
     return score, align, notes
-
-
-def image_tokens(sample: ImageSample, tokenizer, vision: Vision) -> tuple[list, dict]:
-    """(token ids, image inputs) of an image sample as Qwen3-VL's processor makes them: each image token of the
-    chat template repeated once per merged patch of its image; a one-line error naming the row when the template
-    placed a different number of image tokens than the row has images."""
-    processor = vision.processor()
-    try:
-        inputs = processor(images=sample.images, return_tensors="pt")
-    except ValueError as e:  # e.g. an aspect ratio the processor refuses
-        raise UsageError(f"{sample.where}: the teacher's image processor refuses an image ({_first_line(e)})") from None
-    per_image = (inputs["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist()
-    ids = tokenizer(sample.text, add_special_tokens=False, verbose=False)["input_ids"]
-    if ids.count(vision.image_token_id) != len(per_image):
-        raise UsageError(f"{sample.where}: the chat template placed {ids.count(vision.image_token_id)} image tokens "
-                         f"for {len(per_image)} images")
-    counts, expanded = iter(per_image), []
-    for tok in ids:
-        expanded += [tok] * next(counts) if tok == vision.image_token_id else [tok]
-    return expanded, {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
 
 
 def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
@@ -369,12 +300,22 @@ def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, 
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
         notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
-        print(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len {seq_len}",
-              file=sys.stderr)
+        logger.info(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len "
+                    f"{seq_len}")
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
     return ids[:seq_len], inputs
+
+
+def shared_samples(model, n: int, seq_len: int, seed: int, world: int, every_rank: bool = False):
+    """`sample_from_teacher`'s `n` sequences, the same on every process: rank 0 samples and sends them to the
+    others, or with `every_rank` (a sharded teacher, whose forward is collective) every process samples the same ones
+    in step (returned on the host)."""
+    if every_rank:
+        return sample_from_teacher(model, n, seq_len, seed).cpu()
+    sampled = sample_from_teacher(model, n, seq_len, seed) if distributed.rank() == 0 else None
+    return distributed.broadcast(sampled, world)
 
 
 def sample_from_teacher(model, n: int, seq_len: int, seed: int, batch: int = 32):

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 
 QUESTION_BATCH = 32
 
@@ -29,20 +29,21 @@ class Question:
     kind: str
 
 
-def load_questions(path, tokenizer, vision=None, flag: str = "--questions") -> list[Question]:
+def load_questions(path, tokenizer, vision=None, param: str = "questions") -> list[Question]:
     """The questions of a .jsonl file, read through the teacher's chat template (and its image processor, `vision`:
-    hf.data.Vision); a one-line UsageError naming the row for anything unreadable."""
-    from ..hf.data import ImageSample, check_source, documents, image_tokens
+    hf.vision.Vision); a one-line UsageError naming parameter `param` and the row for anything unreadable."""
+    from ..hf.data import check_source, documents
+    from ..hf.vision import ImageSample, image_tokens
 
-    path = Path(check_source(str(path), flag))
+    path = Path(check_source(str(path), param))
     if path.suffix.lower() != ".jsonl":
-        raise UsageError(f"{flag} {path}: expected a .jsonl file of questions")
+        raise invalid(param, f"{path}: expected a .jsonl file of questions")
     answers = []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
             row = json.loads(line) if line.lstrip().startswith("{") else None
             if not isinstance(row, dict) or not isinstance(row.get("answer"), str) or "messages" not in row:
-                raise UsageError(f'{flag} {path}: line {n}: expected {{"messages", "answer"}}')
+                raise invalid(param, f'{path}: line {n}: expected {{"messages", "answer"}}')
             answers.append((row["answer"], str(row.get("kind", "all"))))
     out = []
     for doc, (answer, kind) in zip(documents(path, tokenizer, vision, prompt=True), answers):
@@ -52,7 +53,7 @@ def load_questions(path, tokenizer, vision=None, flag: str = "--questions") -> l
             ids, images = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"], None
         out.append(Question(tuple(ids), images, answer, kind))
     if not out:
-        raise UsageError(f"{flag} {path}: no questions in the file")
+        raise invalid(param, f"{path}: no questions in the file")
     return out
 
 
@@ -77,6 +78,8 @@ def answers(model, questions: list[Question], tokenizer=None, blank: bool = Fals
     every image replaced by plain mid-grey pixels (what the question alone gives)."""
     import torch
 
+    from ..hf.vision import model_inputs
+
     tokenizer = tokenizer or _tokenizer_of(model)
     if max_new_tokens is None:
         max_new_tokens = 1 + max(len(tokenizer(q.answer, add_special_tokens=False)["input_ids"]) for q in questions)
@@ -89,16 +92,14 @@ def answers(model, questions: list[Question], tokenizer=None, blank: bool = Fals
     for group in groups.values():
         for start in range(0, len(group), QUESTION_BATCH):
             batch = [questions[i] for i in group[start:start + QUESTION_BATCH]]
-            ids = torch.tensor([q.ids for q in batch], device=device)
-            kwargs = {}
-            if batch[0].images is not None:
-                pixels = torch.cat([q.images["pixel_values"] for q in batch])
-                kwargs = dict(pixel_values=(torch.zeros_like(pixels) if blank else pixels).to(device),
-                              image_grid_thw=torch.cat([q.images["image_grid_thw"] for q in batch]).to(device),
-                              mm_token_type_ids=(ids == image_token).int())
+            ids = torch.tensor([q.ids for q in batch])
+            rows = [q.images for q in batch]
+            if blank:
+                rows = [im and {**im, "pixel_values": torch.zeros_like(im["pixel_values"])} for im in rows]
+            inputs = model_inputs(ids, rows, image_token, device)
             with torch.no_grad():
-                new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_new_tokens, **kwargs)[:, ids.shape[1]:]
+                new = model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]), do_sample=False,
+                                     max_new_tokens=max_new_tokens)[:, ids.shape[1]:]
             for i, tokens in zip(group[start:start + QUESTION_BATCH], new.tolist()):
                 out[i] = tokenizer.decode(_until_end(tokens, model.generation_config.eos_token_id),
                                           skip_special_tokens=True)
