@@ -34,6 +34,7 @@ from .configuration_mosaic import (
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
 from .mixers import mixer_for, replaces_layer
+from .paged import check_servable, paged_slots, serving_config
 
 
 def install_mixers(model) -> None:
@@ -153,6 +154,24 @@ class _MosaicMixin:
         """transformers' `generate`, refused in one line for a mode this mix cannot serve exactly (see
         `generation.generate_kwargs`); pass `generation_config` by keyword."""
         return super().generate(*args, **generate_kwargs(self, self.mosaic_mixers(), args, kwargs))
+
+    def init_continuous_batching(self, generation_config=None, continuous_batching_config=None, **kwargs):
+        """transformers' continuous batching (what `generate_batch` and `transformers serve --continuous-batching` run),
+        refused in one line before any request for a mix its paged cache cannot hold (`paged.check_servable`)."""
+        text = self.config.get_text_config(decoder=True)
+        check_servable(self.mosaic_mixers(), text)
+        with paged_slots(text):
+            manager = super().init_continuous_batching(generation_config, serving_config(continuous_batching_config),
+                                                       **kwargs)
+        if not getattr(manager, "_mosaic_slots", False):
+            create = manager._create_batch_processor  # makes the paged cache, at warmup or when the loop starts
+
+            def create_with_paged_slots():
+                with paged_slots(text):
+                    return create()
+
+            manager._create_batch_processor, manager._mosaic_slots = create_with_paged_slots, True
+        return manager
 
 
 class MosaicQwen3ForCausalLM(_MosaicMixin, Qwen3ForCausalLM):
