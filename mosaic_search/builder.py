@@ -23,11 +23,11 @@ from .assets import TINY_DIR
 from .errors import UsageError
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
+from .hf.device import DTYPES
 from .hf.models import TINY, load_config, load_model, model_ref, slug
 from .operators import Candidate, unbuildable
 from .quality.library import find_library, library_weights
 
-DTYPES = ("float32", "bfloat16", "float16")
 # what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
 # config is the loaded teacher's, saved with the model)
 TEACHER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",

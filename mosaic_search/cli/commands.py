@@ -244,6 +244,9 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             parallel: Annotated[str, typer.Option(
                 help="Under torchrun: ddp (a replica per process) or fsdp (FSDP2: each process holds a shard).")]
             = "ddp",
+            dtype: Annotated[Optional[str], typer.Option(
+                help="The output's dtype: float32, bfloat16 or float16 (default: the build's; training runs in "
+                     "float32).")] = None,
             device: DeviceOpt = "cpu", seed: SeedOpt = 0, as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
     from ..recovery import distill as lib
@@ -256,7 +259,8 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                            steps=steps, tokens=tokens, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
                            divergence=divergence, batch_size=batch_size, seq_len=seq_len, out=out, resume=resume,
                            overwrite=overwrite, checkpoint_every=checkpoint_every, eval_data=eval_data,
-                           quality=quality, seed=seed, device=device, parallel=parallel, progress=tick)
+                           quality=quality, seed=seed, device=device, parallel=parallel,
+                           dtype=dtype, progress=tick)
     if show:
         views.distilled(model, path, lib.load_record(path), as_json)
 
