@@ -33,7 +33,7 @@ from .configuration_mosaic import (
 )
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
-from .mixers import mixer_for, replaces_layer
+from .mixers import mixer_for, replaces_layer, stand_in
 from .paged import check_servable, paged_slots, serving_config
 
 
@@ -50,7 +50,7 @@ def install_mixers(model) -> None:
     for idx, entry in enumerate(entries):
         module = mixer_for(entry, dims, idx)
         if replaces_layer(module):
-            layers[idx] = module
+            layers[idx] = stand_in(module, layers[idx])
         else:
             layers[idx].self_attn = module
 
@@ -103,6 +103,10 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
     mask code that knows nothing of linear-attention layers)."""
 
     def hook(module, args, kwargs):
+        if kwargs.get("output_attentions", module.config.output_attentions):
+            raise ValueError("output_attentions: mosaic's mixers never materialise attention weights (and gdn, kda, "
+                             "none and drop layers have none), so none can be returned per layer; request "
+                             "output_hidden_states instead")
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is None:

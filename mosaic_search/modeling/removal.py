@@ -39,7 +39,7 @@ class SkipLayer(nn.Module):
     paged_width = 0
 
     def __init__(self, dims=None, layer_idx: int = 0):
-        super().__init__()
+        nn.Module.__init__(self)  # not the decoder layer class it may also stand in for (`modeling_mosaic`)
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states, *args, past_key_values=None, cache=None, **kwargs):
