@@ -167,6 +167,11 @@ def test_nonsensical_numbers_are_refused_naming_their_flag(tmp_path, monkeypatch
              (solve + ["--max-cache-bytes", "0"], "--max-cache-bytes must be a positive"),
              (solve + ["--pin", "9=gqa"], "--pin 9=gqa: layer 9 is outside 0..3"),
              (["solve", "--profile", p, "--scores", s], "give --speedup, --ttft-speedup, --tpot-speedup or"),
+             (["solve", "--profile", p, "--scores", s, "--speedup", "0.5"], "--speedup must be at least 1 (a "
+                                                                              "speedup over the teacher), got 0.5"),
+             (["solve", "--profile", p, "--scores", s, "--tpot-speedup", "0.9"], "--tpot-speedup must be at least 1"),
+             (["score", "--device-map", "auto"], "--device-map auto spreads a teacher over GPUs and runs it there, "
+                                                 "but device is cpu"),
              (["solve", "--profile", p, "--scores", s, "--sweep", "1:2:0"], '--sweep "1:2:0": need'),
              (["profile", "--ops", "mla:rank=100000"], "mla:rank=100000: rank must be at most "),
              (["score", "--ops", "gqa,mla:rank=100000"], "rank must be at most "),

@@ -121,9 +121,16 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert target.with_suffix(".json").read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
 
 
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm here")
+def test_tmpfs_under_dev_is_a_place_for_output_files():
+    assert files.check_output("/dev/shm/mosaic-test/plan.json") == Path("/dev/shm/mosaic-test/plan.json")
+    assert files.check_output("/dev/shm/mosaic-test-build", folder=True, overwrite=False).name == "mosaic-test-build"
+
+
 @pytest.mark.parametrize("where,folder,message", [
     ("/proc/x.json", False, "pseudo file system"),
     ("/sys/kernel/x", True, "pseudo file system"),
+    ("/dev/null", False, "pseudo file system"),
     ("afile/x.json", False, "is a file, not a folder"),
     ("afile", True, "is a file, expected a folder"),
     ("adir", False, "is a folder, expected a file name"),

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from ..errors import UsageError
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
+_WRITABLE_UNDER_DEV = ("/dev/shm",)  # tmpfs: ordinary files live there
 # where the stages write by default, relative to the working directory (docs/design.md §5)
 PROFILES_DIR, PLANS_DIR = "profiles", "layer_plans"
 
@@ -208,7 +209,10 @@ def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool =
     """
     path = Path(path)
     full = path.absolute()
-    if any(str(full) == p or str(full).startswith(p + "/") for p in _PSEUDO_FS):
+    def under(roots):
+        return any(str(full) == p or str(full).startswith(p + "/") for p in roots)
+
+    if under(_PSEUDO_FS) and not under(_WRITABLE_UNDER_DEV):
         raise UsageError(f"{flag} {path}: not a place for output files (pseudo file system)")
     try:
         if path.exists():

@@ -24,6 +24,7 @@ Longer than the house's ~450 lines: the teacher pass, the items and the table sh
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, check_output, json_text, output_path, write_text
 from ..artifacts.schema import Header, SensitivityEntry, SensitivityTable
-from ..errors import MosaicError, UsageError
+from ..errors import MosaicError, UsageError, check
 from ..hf import distributed
 from ..hf.models import slug
 from ..operators import Candidate, parse_candidates
@@ -103,6 +104,11 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
             vision = data_mod.Vision(str(teacher), config.image_token_id)
         windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
+    check(device_map is None or device != "cpu", "device_map",
+          f"{device_map} spreads a teacher over GPUs and runs it there, but device is cpu: leave it out on CPU, or "
+          "pass device cuda with it")
+    check(device_map is None or importlib.util.find_spec("accelerate") is not None, "device_map",
+          "needs the accelerate package (pip install accelerate)")
 
     with distributed.session(device) as (rank, world, device):
         model = _load_teacher(teacher, device, device_map, dtype or default_dtype(device))

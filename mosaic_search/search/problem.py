@@ -12,7 +12,7 @@ from pathlib import Path
 from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
-from ..errors import StaleInputError, UsageError, did_you_mean
+from ..errors import StaleInputError, UsageError, check, did_you_mean
 from ..operators import REGISTRY, Candidate, unbuildable
 
 METRICS = ("kl", "delta_loss")
@@ -252,6 +252,10 @@ def set_targets(p: Problem, speedup=None, ttft_speedup=None, tpot_speedup=None) 
     speedup = positive("--speedup", speedup)
     by_phase = {"prefill": positive("--ttft-speedup", ttft_speedup),
                 "decode": positive("--tpot-speedup", tpot_speedup)}
+    for param, value in (("speedup", speedup), ("ttft_speedup", by_phase["prefill"]),
+                         ("tpot_speedup", by_phase["decode"])):
+        check(value is None or value >= 1, param, f"must be at least 1 (a speedup over the teacher), got {value}: "
+                                                  "below 1 it would allow a model slower than the teacher")
     for phase, name in (("prefill", "--ttft-speedup"), ("decode", "--tpot-speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in p.workloads):
             raise UsageError(f"{name} {by_phase[phase]}: no {phase} workload in scope")
