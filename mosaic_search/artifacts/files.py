@@ -161,6 +161,37 @@ def append_line(path: str | os.PathLike, line: str) -> Path:
 
 
 @contextlib.contextmanager
+def claimed(out: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
+    """Hold `out` for one run while it works towards it (a run that appends its progress beside `out` before writing
+    it, as `score` does): a second run naming the same `out` meanwhile is refused (UsageError, exit 2) instead of
+    mixing its progress into this one's. The claim is a `.<name>.lock` file holding the claimant's pid; one left by a
+    killed run is taken over."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                raise UsageError(f"{flag} {out}: another run (pid {holder}) is writing it; wait for it to finish or "
+                                 f"choose another {flag}") from None
+            lock.unlink(missing_ok=True)  # left by a killed run (or unreadable): take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out` (an old `out` is moved
     aside first and removed only after the rename), with the umask's modes throughout; on failure it is
