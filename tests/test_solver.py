@@ -435,8 +435,14 @@ def test_pareto_record_round_trips_and_older_files_still_load(tmp_path):
     assert schema.load_pareto(tmp_path / "old.json").points == back.points
     short = dict(old, points=[{"target_speedup": 1.2, "feasible": True, "objective": 0.1, "layers": ["gqa"]}])
     (tmp_path / "short.json").write_text(json.dumps(short))
-    with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but the model has 6"):
+    with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but model.num_hidden_layers in the "
+                                         r"same file says 6"):
         schema.load_pareto(tmp_path / "short.json")
+    point = next(p for p in old["points"] if p["feasible"])
+    edited = dict(old, points=[dict(point, pattern="X" * 6)])
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(UsageError, match=r'points\[0\]\.pattern: "XXXXXX" contradicts the layers in the same file'):
+        schema.load_pareto(tmp_path / "edited.json")
 
 
 def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
