@@ -255,3 +255,18 @@ def test_default_candidates_are_distinct_for_every_operator_at_every_size(kv_dim
     assert REGISTRY["mla"].defaults(dims) == {16: [{"rank": 16}], 32: [{"rank": 16}], 64: [{"rank": 32}, {"rank": 16}],
                                               128: [{"rank": 64}, {"rank": 32}],
                                               1024: [{"rank": 512}, {"rank": 256}]}[kv_dim]
+
+
+def test_the_registry_keeps_its_documented_order():
+    """Registration order is the order of every table, profile and plot (and of the MIP's candidates): a sorted
+    import in operators/__init__.py must not reorder it."""
+    from mosaic_search.operators import REGISTRY
+
+    assert list(REGISTRY) == ["gqa", "swa", "mla", "gdn", "kda", "none", "drop"]
+
+
+def test_a_shipped_data_file_is_named_by_its_path_in_the_package():
+    from mosaic_search.hf.data import TINY_HELDOUT, display_name
+
+    assert display_name(TINY_HELDOUT) == "mosaic_search/assets/tiny/heldout.txt"
+    assert display_name("/somewhere/on/this/machine/notes.txt") == "notes.txt"
