@@ -97,6 +97,7 @@ def sweep(front: dict, table=None, as_json: bool = False) -> None:
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
     """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
     from ..artifacts.schema import to_json
+    from ..search.problem import describe
 
     if as_json:
         return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else
@@ -112,6 +113,8 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
                     f"{s['seconds'] * 1000:.0f} ms, gap {gap}); ms saved per layer, by workload",
                     [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
                     rows, lead=2)
+        for name, src in s.get("read", {}).items():
+            print(f"{name}: {describe(src)}")
         _wrote(path, table)
 
 

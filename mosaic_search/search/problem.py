@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +57,7 @@ class Problem:
     max_count: list = field(default_factory=list)
     targets: dict = field(default_factory=dict)
     given: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # what was read: `load_inputs`' sources, named in the plan
 
     @property
     def num_layers(self) -> int:
@@ -182,13 +184,16 @@ def _env_has(env: dict, key: str, value) -> bool:
 
 
 def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, target_env=None,
-                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict]:
+                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict, dict]:
     """The profile and the sensitivity table (records, paths, or None for the newest matching ones under
-    `profiles_dir` / `plans_dir`) and {"profile", "scores": sha256}; they are checked to belong together.
+    `profiles_dir` / `plans_dir`), {"profile", "scores": sha256}, and {"profile", "scores": `source`}: which file
+    each is, for which model and device, made when, and whether it was discovered (a note on stderr says so too).
+    They are checked to belong together.
 
     Raises UsageError (exit 2) when none is found or the layer counts differ, StaleInputError (exit 4) for
     another model, or a profile whose env lacks `device` / `target_env` ("KEY=VALUE"), unless `allow_stale`.
     """
+    given_profile, given_scores = profile, scores
     profile, ppath = _load(profile, schema.load_profile)
     scores, spath = _load(scores, schema.load_sensitivity)
     if profile is None and scores is not None:
@@ -229,7 +234,25 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
             raise StaleInputError(f'the profile was measured with {key}="{have}", not "{value}"; '
                                   "profile on the target or pass --allow-stale")
     inputs = {"profile": _fingerprint(profile, ppath), "scores": _fingerprint(scores, spath)}
-    return profile, scores, inputs
+    sources = {"profile": source(profile, ppath, given_profile), "scores": source(scores, spath, given_scores)}
+    for name, src in sources.items():
+        if src["discovered"]:
+            print(f"note: using the newest matching {name}: {describe(src)}", file=sys.stderr)
+    return profile, scores, inputs, sources
+
+
+def source(artifact, path, given) -> dict:
+    """What one input is: {path (None for a record passed in memory), model, device, created_at, discovered}."""
+    env = artifact.header.env
+    return {"path": None if path is None else str(path), "model": artifact.header.model.id,
+            "device": env.get("device_name") or env.get("device"), "created_at": artifact.header.created_at,
+            "discovered": given is None}
+
+
+def describe(src: dict) -> str:
+    """One input in words: 'profiles/tiny--cpu.json (model tiny, device cpu, made 2026-12-06T21:00:00Z)'."""
+    device = f", device {src['device']}" if src.get("device") else ""
+    return f"{src['path'] or 'in memory'} (model {src['model']}{device}, made {src['created_at']})"
 
 
 # ---- the problem ---------------------------------------------------------------------------------
@@ -316,7 +339,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     """
     if metric not in METRICS:
         raise UsageError(f'unknown metric "{metric}"{did_you_mean(metric, METRICS)}; known: {", ".join(METRICS)}')
-    profile, scores, inputs = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
+    profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
                                           target_env=target_env, profiles_dir=profiles_dir, plans_dir=plans_dir)
     scope = _scope(profile, workloads)
     names = {w.name for w in scope}
@@ -366,7 +389,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     p = Problem(profile=profile, scores=scores, inputs=inputs, workloads=scope,
                 choices=tuple(map(tuple, choices)), metric=metric, cache_limit=cache_limit,
                 cache_workload=ref.name if ref else None, cache_batch=batch, min_count=mins, max_count=maxs,
-                given=given)
+                given=given, sources=sources)
     return set_targets(p, speedup, ttft_speedup, tpot_speedup)
 
 
