@@ -56,3 +56,35 @@ def test_attention_weights_are_refused_in_one_line(mixed, how):
         else:
             model.generate(_ids(), max_new_tokens=2, output_attentions=True, return_dict_in_generate=True)
     assert "\n" not in str(e.value)
+
+
+def test_a_build_with_windows_per_layer_warns_nothing_false(tmp_path):
+    """A fresh process (transformers warns once per process) builds and loads a Qwen2.5-VL with two windows: no
+    warning about reading the global window, nor about sliding windows not implemented for sdpa."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_builder import LAYERS, Teacher, _load_built
+        from mosaic_search import builder
+        from mosaic_search.operators import Candidate
+        root = Path({str(tmp_path)!r})
+        teacher = Teacher("qwen2_5_vl", root)
+        layers = [Candidate.of("swa", {{"window": 4}}), Candidate.of("swa", {{"window": 8}})]
+        layers += [Candidate.of("gqa")] * (LAYERS - 2)
+        model = _load_built(builder.build(teacher.plan(layers, "w"), out=root / "w"))
+        with torch.no_grad():
+            model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
+        print("generated")
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0 and "generated" in run.stdout, run.stderr[-2000:]
+    assert "sliding_window" not in run.stderr and "Sliding Window Attention" not in run.stderr, run.stderr

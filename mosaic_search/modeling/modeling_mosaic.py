@@ -6,6 +6,9 @@ imports only torch, transformers and the sibling files of this folder.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 from transformers import (
     Gemma3ForCausalLM,
@@ -21,6 +24,7 @@ from transformers import (
 
 from .architectures import ARCHITECTURES, base_model_type, rope_layer_types, teacher_rotary, text_config
 from .configuration_mosaic import (
+    FalseWarnings,
     MosaicGemma3Config,
     MosaicGemma3TextConfig,
     MosaicLlamaConfig,
@@ -130,9 +134,28 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
     return hook
 
 
+@contextlib.contextmanager
+def _teacher_built_quietly(teacher_class):
+    """While the teacher class builds its layers (and its attention classes, replaced right after by mixers that do
+    their own windowing), drop the warnings `FalseWarnings` names from the logger of the teacher's module: some (Qwen2-VL
+    family) say sliding windows are not implemented for sdpa, which is false of the mixers."""
+    logger, quiet = logging.getLogger(teacher_class.__module__), FalseWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 class _MosaicMixin:
     """Builds the teacher, then swaps in the mixers of `config.mosaic`, takes over masking and checks that each
     `generate` call asks for a mode the mix serves exactly (`generation.generate_kwargs`)."""
+
+    def __init__(self, config):
+        teacher_class = next(c for c in type(self).__mro__ if c.__module__.startswith("transformers.models."))
+        with _teacher_built_quietly(teacher_class):
+            super().__init__(config)
+        self._install_mosaic()
 
     def _install_mosaic(self) -> None:
         install_mixers(self)
@@ -183,19 +206,11 @@ class MosaicQwen3ForCausalLM(_MosaicMixin, Qwen3ForCausalLM):
 
     config_class = MosaicQwen3Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicLlamaForCausalLM(_MosaicMixin, LlamaForCausalLM):
     """Llama causal LM with per-layer mosaic mixers."""
 
     config_class = MosaicLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 class MosaicQwen3VLForConditionalGeneration(_MosaicMixin, Qwen3VLForConditionalGeneration):
@@ -203,19 +218,11 @@ class MosaicQwen3VLForConditionalGeneration(_MosaicMixin, Qwen3VLForConditionalG
 
     config_class = MosaicQwen3VLConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicQwen2ForCausalLM(_MosaicMixin, Qwen2ForCausalLM):
     """Qwen2 / Qwen2.5 causal LM with per-layer mosaic mixers."""
 
     config_class = MosaicQwen2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 class MosaicMistralForCausalLM(_MosaicMixin, MistralForCausalLM):
@@ -223,29 +230,17 @@ class MosaicMistralForCausalLM(_MosaicMixin, MistralForCausalLM):
 
     config_class = MosaicMistralConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicPhi3ForCausalLM(_MosaicMixin, Phi3ForCausalLM):
     """Phi-3 / Phi-4-mini causal LM with per-layer mosaic mixers (q/k/v split from the teacher's fused qkv_proj)."""
 
     config_class = MosaicPhi3Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicGemma3ForCausalLM(_MosaicMixin, Gemma3ForCausalLM):
     """Gemma 3 causal LM with per-layer mosaic mixers, each layer keeping its teacher layer's RoPE."""
 
     config_class = MosaicGemma3TextConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 class MosaicGemma3ForConditionalGeneration(_MosaicMixin, Gemma3ForConditionalGeneration):
@@ -256,9 +251,6 @@ class MosaicGemma3ForConditionalGeneration(_MosaicMixin, Gemma3ForConditionalGen
 
     config_class = MosaicGemma3Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
     def forward(self, *args, pixel_values=None, **kwargs):
         if pixel_values is not None:
@@ -271,10 +263,6 @@ class MosaicQwen2_5_VLForConditionalGeneration(_MosaicMixin, Qwen2_5_VLForCondit
     """Qwen2.5-VL with mosaic mixers in its language model; vision tower and mRoPE are the teacher's."""
 
     config_class = MosaicQwen2_5_VLConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 # base model_type -> model class
