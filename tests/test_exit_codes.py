@@ -18,7 +18,7 @@ from test_solver import make, save_pair
 from mosaic_search import builder
 from mosaic_search.artifacts import schema
 from mosaic_search.cli import main, terminal
-from mosaic_search.errors import EXIT_INTERRUPTED
+from mosaic_search.errors import EXIT_INTERRUPTED, UsageError
 from mosaic_search.hf.models import load_config, model_ref
 from mosaic_search.latency import profiler
 from mosaic_search.operators import Candidate
@@ -177,11 +177,30 @@ def test_nonsensical_numbers_are_refused_naming_their_flag(tmp_path, monkeypatch
              (["score", "--ops", "gqa,mla:rank=100000"], "rank must be at most "),
              (["bench", "x.json", "--generate", "--new-tokens", "0"], "--new-tokens must be 2 or more"),
              (["bench", "x.json", "--generate", "--batch", "0"], "--batch must be 1 or more, got 0"),
-             (["check", "--tokens", "0"], "--tokens must be 1 or more")]
+             (["check", "--tokens", "0"], "--tokens must be 1 or more"),
+             (["profile", "--workload", "prefill:99999999999"], "profiling needs at least ")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in _err(capsys), argv
     assert sorted(os.listdir(tmp_path)) == sorted([Path(p).name, Path(s).name])
+
+
+def test_a_profile_that_cannot_fit_is_refused_naming_need_and_limit():
+    """Qwen3-VL-4B in float32 with a paired timer (two copies) on a 24 GiB machine: refused before any allocation,
+    naming the need, its parts and the limit; in bfloat16 with one copy and a short workload it fits."""
+    from mosaic_search.hf import surgery
+    from mosaic_search.hf.models import _config_from_file, shipped_config_path
+    from mosaic_search.latency.memory import GIB, check_fits, weight_bytes
+
+    dims = surgery.dims_of(_config_from_file(shipped_config_path("Qwen/Qwen3-VL-4B-Instruct")))
+    assert weight_bytes(dims, 4) / GIB == pytest.approx(16.43, abs=0.01)  # 4.41e9 decoder parameters
+    # the decode cache: 8 x 98304 tokens x K and V of 1024 x 36 layers x 4 bytes = 216 GiB
+    decode = [schema.parse_workload("decode:96k:b8")]
+    with pytest.raises(UsageError, match=r"^profiling needs at least 248\.9 GiB \(2 copies of the model: 32\.9 GiB; "
+                                         r"workload decode-b8-c96k: 216\.0 GiB\) but cpu has 24\.0 GiB available; "
+                                         r"the model alone does not fit"):
+        check_fits(dims, decode, 4, 2, "cpu", available=24 * GIB)
+    check_fits(dims, [schema.parse_workload("prefill:2k")], 2, 1, "cpu", available=24 * GIB)
 
 
 def test_a_plan_with_a_rank_above_the_model_is_refused_by_build(tmp_path, capsys):

@@ -10,6 +10,7 @@ from ..errors import UsageError
 
 # the dtypes a model directory is written in (build, distill)
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def default_dtype(device: str) -> str:

@@ -24,11 +24,12 @@ from ..artifacts.files import PROFILES_DIR, check_output, output_path
 from ..artifacts.schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, parse_workload, save
 from ..errors import UsageError
 from ..hf import surgery
-from ..hf.device import check_device, environment
+from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import load_config, model_ref, slug
 from ..operators import Candidate, parse_candidates, pattern_string
 from . import timing
 from .harness import Bench, load_bench
+from .memory import check_fits
 
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
 CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",
@@ -65,9 +66,12 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     path = check_output(profile_path(model, machine, out), kind=PROFILE_KIND)  # before minutes of measuring
     wls = _workloads(workloads, device)
     cands = _candidates(model, ops)
+    timer = timer or timing.default_timer(device)
+    # before any allocation: the timed model, a paired timer's reference and the largest workload must fit
+    check_fits(surgery.dims_of(load_config(model, shipped_ok=True)), wls,
+               DTYPE_BYTES[dtype or default_dtype(device)], 2 if timing.is_paired(timer) else 1, device)
     config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
     dims = surgery.dims_of(config)
-    timer = timer or timing.default_timer(device)
     rounds = rounds or timing.default_rounds(device)
     depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
