@@ -7,6 +7,8 @@ before and after recovery), and each plan per layer.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from .artifacts.files import atomic_dir, atomic_path, check_output, write_text
@@ -20,6 +22,7 @@ SWEEP = "1.05:2.0:0.05"
 # Recovery steps per distillation stage: fewer than `mosaic distill`'s default so that the whole demo, both
 # distillations included, stays within 8 minutes on 2 cores; BENCHMARKS.md "Recovery" measures the default budget.
 DISTILL_STEPS = 30
+HEARTBEAT_S = 30.0  # a silent stage still says it runs at least this often
 
 
 def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
@@ -34,8 +37,6 @@ def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
 
 
 def _run(d: Path, seed: int, progress) -> None:
-    import time
-
     from . import builder
     from .latency.bench import bench, bench_generate
     from .latency.profiler import profile
@@ -47,35 +48,44 @@ def _run(d: Path, seed: int, progress) -> None:
 
     steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]
     clock = {}
+    report = _Stages(progress, len(steps))
 
     def stage(i, name):
-        progress(i, len(steps), name)
+        report.start(i, name)
         clock[name] = time.perf_counter()
 
-    stage(0, "profile")
-    prof = profile("tiny", device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed)
-    stage(1, "score")
-    table = scorer.score("tiny", out=d / "sensitivity.json", seed=seed)
-    stage(2, "solve")
-    decode = [w.name for w in prof.workloads if w.phase == "decode"]
-    inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
-    plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
-             for t in TARGETS}
-    frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
-                            **inputs)
-    stage(3, "build")
-    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
-                              out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
-    stage(4, "distill")
-    distilled = {t: distill(str(built[t]), out=d / "models" / f"tiny-tpot-{t}x-distilled", steps=DISTILL_STEPS,
-                            seed=seed) for t in TARGETS}
-    quality = {t: load_record(distilled[t])["quality"] for t in TARGETS}
-    teacher = evaluate("tiny", teacher="tiny")
-    stage(5, "bench")
-    measured = {t: bench(str(built[t])) for t in TARGETS}
-    contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
-    generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed)
+    try:
+        stage(0, "profile")
+        prof = profile("tiny", device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed,
+                       progress=report.tick)
+        stage(1, "score")
+        table = scorer.score("tiny", out=d / "sensitivity.json", seed=seed, progress=report.tick)
+        stage(2, "solve")
+        decode = [w.name for w in prof.workloads if w.phase == "decode"]
+        inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
+        plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
                  for t in TARGETS}
+        frontier = solver.sweep(SWEEP, plot=True, workloads=decode, out=str(d / "pareto.json"),
+                                **inputs)
+        stage(3, "build")
+        built = {}
+        for k, t in enumerate(TARGETS):
+            report.tick(k, len(TARGETS), f"tiny-tpot-{t}x")
+            built[t] = builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
+                                     out=d / "models" / f"tiny-tpot-{t}x", seed=seed)
+        stage(4, "distill")
+        distilled = {t: distill(str(built[t]), out=d / "models" / f"tiny-tpot-{t}x-distilled", steps=DISTILL_STEPS,
+                                seed=seed, progress=report.under(f"tiny-tpot-{t}x")) for t in TARGETS}
+        quality = {t: load_record(distilled[t])["quality"] for t in TARGETS}
+        report.tick(0, 1, "the teacher's own quality")
+        teacher = evaluate("tiny", teacher="tiny")
+        stage(5, "bench")
+        measured = {t: bench(str(built[t]), progress=report.under(f"tiny-tpot-{t}x")) for t in TARGETS}
+        contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
+        generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed,
+                                       progress=report.under(f"generate tiny-tpot-{t}x")) for t in TARGETS}
+    finally:
+        report.stop()
     stage(6, "report")
     _plots(d, table, prof, plans)
     with atomic_path(d / "pareto.png") as tmp:
@@ -87,6 +97,48 @@ def _run(d: Path, seed: int, progress) -> None:
     write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
                                         quality, teacher, distilled))
     progress(len(steps), len(steps), "done")
+
+
+class _Stages:
+    """The demo's progress: `progress(stage, stages, what)` when each stage starts (a stage index that changes, which
+    the CLI always prints), each stage's own progress forwarded under it, and at least one line per HEARTBEAT_S while
+    a stage is silent (sampling, loading, one long item), from a background thread."""
+
+    def __init__(self, progress, stages: int):
+        self.progress, self.stages = progress, stages
+        self.index, self.name, self.what, self.last = 0, "", "", time.monotonic()
+        self.lock, self.done = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _say(self, what: str) -> None:
+        with self.lock:
+            self.last = time.monotonic()
+            self.progress(self.index, self.stages, what)
+
+    def start(self, index: int, name: str) -> None:
+        """Stage `index` (0-based) called `name` begins."""
+        self.index, self.name, self.what, self.began = index, name, "", time.monotonic()
+        self._say(name)
+
+    def tick(self, done: int, total: int, what: str) -> None:
+        """The running stage's own progress callback."""
+        self.what = f"{done}/{total} {what}" if total else f"{done} {what}"
+        self._say(f"{self.name}: {self.what}")
+
+    def under(self, prefix: str):
+        """A progress callback for one part of the stage, its lines prefixed with `prefix`."""
+        return lambda done, total, what: self.tick(done, total, f"{prefix}: {what}")
+
+    def _beat(self) -> None:
+        while not self.done.wait(HEARTBEAT_S / 4):
+            if time.monotonic() - self.last >= HEARTBEAT_S and self.name:
+                elapsed = time.monotonic() - self.began
+                self._say(f"{self.name}: {self.what + ', ' if self.what else ''}still running ({elapsed:.0f} s)")
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _plots(d: Path, table, prof, plans) -> None:

@@ -225,6 +225,34 @@ def test_progress_without_a_terminal_is_plain_rate_limited_lines(monkeypatch, ca
     assert terminal.PROGRESS_EVERY_S == 5 and len(lines) == 6  # at 0.25 s, then 5.25, 10.25, 15.25, 20.25, and the last
 
 
+def test_the_demo_announces_every_stage_and_a_silent_stage_still_reports(monkeypatch, capsys):
+    """Off a terminal every stage start is printed however soon after the last line; a stage's own progress is
+    forwarded under its name; a stage that says nothing for HEARTBEAT_S still gets a line."""
+    import time
+
+    from mosaic_search import demo
+
+    now = [100.0]
+    monkeypatch.setattr(terminal, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(demo, "HEARTBEAT_S", 0.2)
+    with terminal.progress("mosaic demo", every_step=True) as tick:
+        stages = demo._Stages(tick, 7)
+        try:
+            stages.start(2, "solve")
+            stages.start(3, "build")  # at the same instant: printed all the same
+            stages.start(4, "distill")
+            now[0] += 6
+            stages.under("tiny-tpot-1.5x")(3, 60, "offpolicy loss 1.2")
+            now[0] += 6
+            time.sleep(0.6)  # real seconds: the heartbeat's clock
+        finally:
+            stages.stop()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:4] == ["mosaic demo: 2/7 solve (0 s)", "mosaic demo: 3/7 build (0 s)", "mosaic demo: 4/7 distill (0 s)",
+                         "mosaic demo: 4/7 distill: 3/60 tiny-tpot-1.5x: offpolicy loss 1.2 (6 s)"]
+    assert lines[4].startswith("mosaic demo: 4/7 distill: 3/60 tiny-tpot-1.5x: offpolicy loss 1.2, still running (")
+
+
 def test_profile_prints_progress_lines_and_its_timing_spread(tmp_path, monkeypatch, capsys):
     samples = {"quiet": [1.0, 1.01, 0.99, 1.02, 1.0], "busy": [1.0, 2.0, 3.0, 4.0, 5.0]}
     for machine, ms in samples.items():

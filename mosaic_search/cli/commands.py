@@ -321,7 +321,7 @@ def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (re
     from .. import demo as lib
 
     with interruptible(lambda: f"{NOTHING_WRITTEN}: the report replaces {out} only once complete"), \
-            progress("mosaic demo") as tick:
+            progress("mosaic demo", every_step=True) as tick:
         path = lib.demo(out=out, seed=seed, progress=tick)
     views.demo(path)
 
