@@ -23,6 +23,8 @@ SWEEP = "1.05:2.0:0.05"
 # distillations included, stays within 8 minutes on 2 cores; BENCHMARKS.md "Recovery" measures the default budget.
 DISTILL_STEPS = 30
 HEARTBEAT_S = 30.0  # a silent stage still says it runs at least this often
+FAR_FROM_PREDICTION = 0.25  # a measured speedup off its prediction by more than this share is flagged with a cause
+NOISY = "⚠"  # marks a figure the timing noise affects
 
 
 def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
@@ -38,6 +40,7 @@ def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
 
 def _run(d: Path, seed: int, progress) -> None:
     from . import builder
+    from .latency import timing
     from .latency.bench import bench, bench_generate
     from .latency.profiler import profile
     from .quality import scorer
@@ -58,6 +61,7 @@ def _run(d: Path, seed: int, progress) -> None:
         stage(0, "profile")
         prof = profile("tiny", device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed,
                        progress=report.tick)
+        busy = [timing.busy_machine("cpu")]
         stage(1, "score")
         table = scorer.score("tiny", out=d / "sensitivity.json", seed=seed, progress=report.tick)
         stage(2, "solve")
@@ -81,6 +85,7 @@ def _run(d: Path, seed: int, progress) -> None:
         teacher = evaluate("tiny", teacher="tiny")
         stage(5, "bench")
         measured = {t: bench(str(built[t]), progress=report.under(f"tiny-tpot-{t}x")) for t in TARGETS}
+        busy.append(timing.busy_machine("cpu"))
         contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
         generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed,
                                        progress=report.under(f"generate tiny-tpot-{t}x")) for t in TARGETS}
@@ -95,7 +100,7 @@ def _run(d: Path, seed: int, progress) -> None:
                                        for when, name in (("before", "built"), ("after", "distilled"))})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
     write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
-                                        quality, teacher, distilled))
+                                        quality, teacher, distilled, _noise(prof, busy)))
     progress(len(steps), len(steps), "done")
 
 
@@ -186,9 +191,9 @@ def _plots(d: Path, table, prof, plans) -> None:
 
 
 def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
-            distilled) -> str:
+            distilled, noise: dict) -> str:
     env = prof.header.env
-    lines = ["# mosaic demo report", "",
+    lines = ["# mosaic demo report", "", *_noise_notice(noise),
              f"Teacher: embedded `tiny` ({table.header.model.num_hidden_layers} layers); device: CPU "
              f"({env.get('device_name')}, torch {env.get('torch')}); mosaic {prof.header.created_by}.", "",
              "Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()), "",
@@ -198,8 +203,8 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
     for c in dict.fromkeys(c for c, _ in layer0):
         lines.append(f"| {c.label} | " + " | ".join(
-            f"{layer0[(c, w)].latency_ms:.3f}" if layer0[(c, w)].status == "ok" else layer0[(c, w)].status
-            for w in names) + " |")
+            (f"{layer0[(c, w)].latency_ms:.3f}" + (f" {NOISY}" if (c, w) in noise["entries"] else ""))
+            if layer0[(c, w)].status == "ok" else layer0[(c, w)].status for w in names) + " |")
     lines += ["| whole teacher | " + " | ".join(f"{prof.baseline_ms[w]:.3f}" for w in names) + " |", "",
               "## Sensitivity (KL to the teacher when one layer is swapped)", "",
               *_data_table(table.data), "", "![sensitivity](sensitivity.png)", ""]
@@ -212,21 +217,22 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     for t, plan in plans.items():
         lines += [f"### {t}x TPOT: `{plan.pattern}`", "",
                   f"Predicted loss (sum of single-swap KL): {plan.objective:.4f}. Model: `{built[t].relative_to(d)}`.",
-                  "", "| workload | predicted speedup | measured speedup | error |", "|---|---|---|---|"]
+                  "", "| workload | predicted speedup | measured speedup | error | note |", "|---|---|---|---|---|"]
         for r in measured[t]:
             lines.append(f"| {r['workload']} | {r['predicted_speedup']:.3f}x | {r['measured_speedup']:.3f}x | "
-                         f"{r['error_pct']:+.1f}% |")
+                         f"{r['error_pct']:+.1f}% | {_far(r['measured_speedup'], r['predicted_speedup'], noise)} |")
         lines += ["", f"Through `model.generate` (the directory loaded with `trust_remote_code=True`, greedy, batch 1, "
                       f"{GENERATE_TOKENS} new tokens, its default static cache), against the teacher built with every "
                       "layer gqa and the stock teacher class:", "",
                   "| context | TTFT ms | TPOT ms | all-gqa TPOT ms | stock TPOT ms | TPOT speedup vs all-gqa | "
-                  "vs stock | predicted |", "|---|---|---|---|---|---|---|---|"]
+                  "vs stock | predicted | note |", "|---|---|---|---|---|---|---|---|---|"]
         for r in generated[t]:
             pred = "-" if r["predicted_tpot_speedup"] is None else f"{r['predicted_tpot_speedup']:.3f}x"
             ratios = " | ".join("-" if r[f"tpot_speedup_vs_{ref}"] is None else f"{r[f'tpot_speedup_vs_{ref}']:.3f}x"
                                 for ref in ("all-gqa", "stock"))
             lines.append(f"| {r['context']} | {r['model_ttft_ms']:.1f} | {r['model_tpot_ms']:.2f} | "
-                         f"{r['all-gqa_tpot_ms']:.2f} | {r['stock_tpot_ms']:.2f} | {ratios} | {pred} |")
+                         f"{r['all-gqa_tpot_ms']:.2f} | {r['stock_tpot_ms']:.2f} | {ratios} | {pred} | "
+                         f"{_far(r['tpot_speedup_vs_all-gqa'], r['predicted_tpot_speedup'], noise)} |")
         lines.append("")
     lines += _quality_section(plans, quality, teacher, distilled, d)
     lines += ["![plans](plans.png)", "", "## Pareto frontier (predicted loss vs TPOT target)", "",
@@ -236,6 +242,48 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
         loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"
         lines.append(f"| {pt['target_speedup']:.2f}x | {loss} | `{pt.get('pattern', '')}` |")
     return "\n".join(lines) + "\n"
+
+
+def _noise(prof, busy: list) -> dict:
+    """How far the demo's timings can be trusted: the profile's spread (`profiler.spread`), the busy-machine
+    warnings taken after profiling and after benchmarking, and the (candidate, workload) entries of the profile whose
+    own p80/p20 exceeds `profiler.NOISY_SPREAD`."""
+    from .latency.profiler import NOISY_SPREAD, spread
+
+    sp, busy = spread(prof), [b for b in busy if b]
+    entries = {(e.candidate, e.workload) for e in prof.entries
+               if e.status == "ok" and e.p20_ms and e.p80_ms is not None and e.p80_ms / e.p20_ms > NOISY_SPREAD}
+    return {"spread": sp, "busy": busy, "entries": entries, "limit": NOISY_SPREAD,
+            "noisy": bool(busy) or (sp is not None and sp["median"] > NOISY_SPREAD)}
+
+
+def _noise_notice(noise: dict) -> list[str]:
+    """The report's opening warning when its timings were noisy (nothing when they were not)."""
+    if not noise["noisy"]:
+        return []
+    why = [b.removeprefix("warning: ").split(":")[0] for b in noise["busy"]]  # "the machine was busy (load ...)"
+    sp = noise["spread"]
+    if sp is not None and sp["median"] > noise["limit"]:
+        why.append(f"the typical profile entry's p80/p20 is {sp['median']:.2f}x, above {noise['limit']}x (worst: "
+                   f"{sp['worst']}, {sp['max']:.2f}x)")
+    return [f"> **{NOISY} Timings were noisy**: {'; '.join(why)}. Latencies, speedups and their errors below are "
+            f"not to be trusted, those marked {NOISY} least; candidates closer than the spread cannot be ranked. "
+            "Re-run on a quiet machine (nothing else running; on CPU pin the threads, e.g. taskset with "
+            "OMP_NUM_THREADS).", ""]
+
+
+def _far(measured, predicted, noise: dict) -> str:
+    """A note for a measured speedup far from its prediction, naming the likely cause; '' when close."""
+    if measured is None or predicted is None or abs(measured - predicted) <= FAR_FROM_PREDICTION * predicted:
+        return ""
+    if noise["noisy"]:
+        cause = "noisy timings (see the warning at the top)"
+    elif measured < predicted:
+        cause = ("time outside the decoder layers that the profile's fixed part does not capture (per-call "
+                 "overhead weighs most on a model this small)")
+    else:
+        cause = "the replaced layers cost less inside the whole model than timed alone in the profile"
+    return f"{NOISY} {abs(measured / predicted - 1):.0%} off the prediction; likely cause: {cause}"
 
 
 def _quality_section(plans, quality, teacher, distilled, d: Path) -> list[str]:
