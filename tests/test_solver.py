@@ -578,3 +578,30 @@ def test_mosaic_solve_does_not_import_torch(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "plan.json").exists() and (tmp_path / "front.png").exists()
+
+
+def test_the_frontier_plot_keeps_every_label_inside_its_panel_and_the_figure(tmp_path, monkeypatch):
+    """The y label of the top panel stays beside that panel (it used to run into the lower one) and every text,
+    the legend right of the panels included, lies inside the saved image."""
+    import matplotlib.figure
+
+    prof, sens = make(6, seed=9)
+    res = solver.sweep("1.2:2.0:0.4", profile=prof, scores=sens, write=False)
+    saved = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.update(fig=fig, kwargs=kwargs)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    solver.plot_frontier(res["points"], "t", str(tmp_path / "f.png"), 6,
+                         measured={"measured KL, built": [(1.2, 0.1)], "measured KL, distilled": [(1.2, 0.05)]})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = saved["fig"]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    front, plans = fig.axes[:2]
+    label = front.yaxis.label.get_window_extent(renderer)
+    assert label.y0 >= plans.get_window_extent(renderer).y1  # beside the top panel only
+    assert saved["kwargs"].get("bbox_inches") == "tight"  # the saved image grows to hold labels and legend
