@@ -155,7 +155,8 @@ def test_distill(monkeypatch, tmp_path, capsys):
                                    divergence="jsd", batch_size=8, seq_len=128, out="o", resume=True, overwrite=True,
                                    checkpoint_every=5, eval_data="E", quality=False, seed=3, device="cuda",
                                    parallel="fsdp", dtype="bfloat16")
-    assert _json(capsys) == {"model_dir": str(out), "losses": [1.0], "quality": {"before": None, "after": None}}
+    assert _json(capsys) == {"model_dir": str(out), "losses": [1.0], "quality": {"before": None, "after": None},
+                             "teacher": "tiny", "data": None, "dtype": None}
 
 
 def test_eval(monkeypatch, capsys):

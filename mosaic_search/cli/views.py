@@ -119,20 +119,32 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
 
 
 def model_dir(path, as_json: bool = False) -> None:
-    """Stage 4: where the built model went, and how to load it."""
+    """Stage 4: where the built model went, from which teacher and plan (the plan it carries), and how to load it."""
+    import json
+
+    from ..artifacts.schema import PLAN_FILE
+
+    plan = Path(path) / PLAN_FILE
+    carried = json.loads(plan.read_text()) if plan.is_file() else {}
+    made = {"teacher": carried.get("model", {}).get("id"), "pattern": carried.get("pattern")} if carried else {}
     if as_json:
-        return emit_json({"model_dir": str(path)})
+        return emit_json({"model_dir": str(path), **made})
+    if made:
+        console.print(f"built {made['pattern']} from {made['teacher']}")
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 
 def distilled(model: str, path, record: dict, as_json: bool = False) -> None:
     """Stage 5: quality before and after distillation (when measured) and the recovered model's directory."""
     if as_json:
-        return emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"]})
+        return emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"],
+                          "teacher": record.get("teacher"), "data": record.get("data"), "dtype": record.get("dtype")})
     measured = record["quality"]
     if measured["after"] is not None:
         quality(f"{Path(model).name}: quality against {record['teacher']} before and after distillation",
                 {"before": measured["before"], "after": measured["after"]})
+    data = (record.get("data") or {}).get("source", "?")
+    console.print(f"distilled from {record.get('teacher')} on {data}; weights in {record.get('dtype') or 'float32'}")
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 
