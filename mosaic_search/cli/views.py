@@ -97,7 +97,7 @@ def sweep(front: dict, table=None, as_json: bool = False) -> None:
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
     """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
     from ..artifacts.schema import to_json
-    from ..search.problem import describe
+    from ..search.sources import describe
 
     if as_json:
         return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else

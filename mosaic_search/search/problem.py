@@ -15,6 +15,7 @@ from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
 from ..errors import StaleInputError, UsageError, check, did_you_mean
 from ..operators import REGISTRY, Candidate, unbuildable
+from .sources import describe, source
 
 METRICS = ("kl", "delta_loss")
 
@@ -239,20 +240,6 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
         if src["discovered"]:
             print(f"note: using the newest matching {name}: {describe(src)}", file=sys.stderr)
     return profile, scores, inputs, sources
-
-
-def source(artifact, path, given) -> dict:
-    """What one input is: {path (None for a record passed in memory), model, device, created_at, discovered}."""
-    env = artifact.header.env
-    return {"path": None if path is None else str(path), "model": artifact.header.model.id,
-            "device": env.get("device_name") or env.get("device"), "created_at": artifact.header.created_at,
-            "discovered": given is None}
-
-
-def describe(src: dict) -> str:
-    """One input in words: 'profiles/tiny--cpu.json (model tiny, device cpu, made 2026-12-06T21:00:00Z)'."""
-    device = f", device {src['device']}" if src.get("device") else ""
-    return f"{src['path'] or 'in memory'} (model {src['model']}{device}, made {src['created_at']})"
 
 
 # ---- the problem ---------------------------------------------------------------------------------
