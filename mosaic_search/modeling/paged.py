@@ -93,11 +93,13 @@ def paged_slots(text_config):
 
 
 def serving_config(continuous_batching_config):
-    """The continuous-batching config without the decode fast path: that path lets a flash kernel read and write the
-    cache behind the mixers' back (by block table), where the mixers must do both themselves."""
+    """The continuous-batching config without the decode fast path, which lets a flash kernel read and write the
+    cache behind the mixers' back (by block table) where the mixers must do both themselves, and without CUDA graphs:
+    the mixers read the requests' boundaries on the host, which a captured graph would replay stale."""
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     config = copy.deepcopy(continuous_batching_config) if continuous_batching_config is not None \
         else ContinuousBatchingConfig()
     config.max_blocks_per_request = 0
+    config.use_cuda_graph = False
     return config
