@@ -114,7 +114,7 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
                     [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
                     rows, lead=2)
         for name, src in s.get("read", {}).items():
-            print(f"{name}: {describe(src)}")
+            console.print(f"{name}: {describe(src)}", markup=False, highlight=False)  # wrapped to the terminal
         _wrote(path, table)
 
 
