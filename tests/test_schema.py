@@ -74,7 +74,12 @@ def _plan_obj(tmp_path):
     (lambda o: o.update(kind="mosaic/latency-profile"), 'expected "mosaic/layer-plan", got "mosaic/latency-profile"'),
     (lambda o: o.update(schema_version=99), "version 99 is newer than this mosaic reads"),
     (lambda o: o["layers"][0].update(op="gqaa"), 'layers\\[0\\]: unknown operator "gqaa" \\(did you mean "gqa"\\?\\)'),
-    (lambda o: o["layers"].pop(), "has 2 entries but the model has 3 layers"),
+    (lambda o: o["layers"].pop(), "x.json: layers: has 2 entries but model.num_hidden_layers in the same file says 3"),
+    (lambda o: o["model"].update(num_hidden_layers=8), "layers: has 3 entries but model.num_hidden_layers in the same "
+                                                       "file says 8 .*; one of the two was edited"),
+    (lambda o: o.update(pattern="GGD"), 'x.json: pattern: "GGD" contradicts the layers in the same file, which spell '
+                                        '"GSD"'),
+    (lambda o: o["layers"][2].update(op="gqa", params={}), 'pattern: "GSD" contradicts the layers .* spell "GSG"'),
     (lambda o: o["layers"][1]["params"].update(window=0), "window must be a positive integer, got 0"),
     (lambda o: o["layers"][1]["params"].update(window=-5), "window must be a positive integer, got -5"),
     (lambda o: o["layers"][1].update(params={}), "missing param window"),

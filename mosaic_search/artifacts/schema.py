@@ -463,8 +463,8 @@ def load_profile(path: str | os.PathLike) -> LatencyProfile:
                                      for k in ("predicted_ms", "measured_ms", "error_pct")}})
     teacher = [r.candidate(c, f"teacher[{i}]") for i, c in enumerate(r.get(obj, "teacher", list, optional=True,
                                                                               default=[]))]
-    if teacher and len(teacher) != header.model.num_hidden_layers:
-        r.fail("teacher", f"lists {len(teacher)} layers, the model has {header.model.num_hidden_layers}")
+    if teacher:
+        _check_count(r, "teacher", len(teacher), header)
     return LatencyProfile(header=header, workloads=tuple(workloads),
                           baseline_ms={k: None if v is None else float(v) for k, v in baseline.items()},
                           fixed_ms={k: None if v is None else float(v) for k, v in fixed.items()},
@@ -516,14 +516,30 @@ def load_plan(path: str | os.PathLike, num_layers: int | None = None) -> LayerPl
     header = _header(r, obj, PLAN_KIND)
     raw = r.get(obj, "layers", list)
     layers = tuple(r.candidate(c, f"layers[{i}]") for i, c in enumerate(raw))
-    if len(layers) != header.model.num_hidden_layers:
-        r.fail("layers", f"has {len(layers)} entries but the model has {header.model.num_hidden_layers} layers")
+    _check_count(r, "layers", len(layers), header)
+    _check_pattern(r, "pattern", obj.get("pattern"), layers)
     if num_layers is not None and len(layers) != num_layers:
         r.fail("layers", f"has {len(layers)} entries but the target model has {num_layers} layers")
     return LayerPlan(header=header, layers=layers, predicted=r.get(obj, "predicted", dict, optional=True, default={}),
                      objective=r.get(obj, "objective", float, optional=True, default=0.0),
                      constraints=r.get(obj, "constraints", dict, optional=True, default={}),
                      solver=r.get(obj, "solver", dict, optional=True, default={}))
+
+
+def _check_count(r: _Reader, where: str, count: int, header: Header) -> None:
+    """A per-layer list must have one entry per layer of the model the same file's header names."""
+    if count != header.model.num_hidden_layers:
+        r.fail(where, f"has {count} entries but model.num_hidden_layers in the same file says "
+                      f"{header.model.num_hidden_layers} ({header.model.id}); one of the two was edited")
+
+
+def _check_pattern(r: _Reader, where: str, pattern, layers) -> None:
+    """A `pattern` restates its layers' operators, one symbol each: it must say what they say."""
+    from ..operators import pattern_string
+
+    if pattern is not None and pattern != pattern_string(layers):
+        r.fail(where, f'"{pattern}" contradicts the layers in the same file, which spell "{pattern_string(layers)}"; '
+                      "one of the two was edited (the layers are what is built: fix or remove the pattern)")
 
 
 def load_pareto(path: str | os.PathLike) -> Pareto:
@@ -544,13 +560,14 @@ def load_pareto(path: str | os.PathLike) -> Pareto:
             continue
         r.get(pt, "objective", float, where)
         layers = r.get(pt, "layers", list, where)
-        if len(layers) != header.model.num_hidden_layers:
-            r.fail(f"{where}.layers", f"has {len(layers)} entries but the model has {header.model.num_hidden_layers}")
+        _check_count(r, f"{where}.layers", len(layers), header)
+        parsed = []
         for j, text in enumerate(layers):
             try:
-                Candidate.parse(str(text))
+                parsed.append(Candidate.parse(str(text)))
             except UsageError as e:
                 r.fail(f"{where}.layers[{j}]", str(e))
+        _check_pattern(r, f"{where}.pattern", pt.get("pattern"), parsed)
     return Pareto(header=header, constraints=r.get(obj, "constraints", dict), speedups=tuple(speedups),
                   points=tuple(points), files=tuple(r.get(obj, "files", list, optional=True, default=[])))
 

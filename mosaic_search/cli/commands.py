@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -24,17 +23,8 @@ from . import views
 from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, DeviceOpt, EmbeddedOpt,
                       ImageTokensOpt, JsonOpt, MaxOpt, MinOpt, ModelOpt, ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt,
                       PinOpt, ProfileOpt, QuestionsOpt, ResumeOpt, ScoresOpt, SeedOpt, SpeedupOpt, TableOpt,
-                      TeacherOpt, TpotOpt, TtftOpt, WorkloadOpt)
+                      TeacherOpt, TpotOpt, TtftOpt, WorkloadOpt, defaults)
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0, show_notes
-
-
-def defaults(*functions) -> dict:
-    """{parameter: default} of library functions (the later wins): every option that forwards to a parameter
-    defaults to the library's value by construction, never to a number restated here. The library modules import
-    no torch at top level, so reading their signatures keeps `mosaic --help` light."""
-    return {k: p.default for fn in functions for k, p in inspect.signature(fn).parameters.items()
-            if p.default is not p.empty}
-
 
 PROFILE = defaults(profiler.profile)
 SCORE = defaults(scorer.score)
@@ -306,6 +296,9 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             parallel: Annotated[str, typer.Option(
                 help="Under torchrun: ddp (a replica per process) or fsdp (FSDP2: each process holds a shard).")]
             = DISTILL["parallel"],
+            dtype: Annotated[Optional[str], typer.Option(
+                help="The output's dtype: float32, bfloat16 or float16 (default: the build's; training runs in "
+                     "float32).")] = DISTILL["dtype"],
             device: DeviceOpt = DISTILL["device"], seed: SeedOpt = DISTILL["seed"], as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
     ckpt, show = distill_lib.checkpoint_path(distill_lib.default_out(model, out)), rank0()
@@ -317,7 +310,8 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                            steps=steps, tokens=tokens, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
                            divergence=divergence, batch_size=batch_size, seq_len=seq_len, out=out, resume=resume,
                            overwrite=overwrite, checkpoint_every=checkpoint_every, eval_data=eval_data,
-                           quality=quality, seed=seed, device=device, parallel=parallel, progress=tick)
+                           quality=quality, seed=seed, device=device, parallel=parallel,
+                           dtype=dtype, progress=tick)
     if show:
         views.distilled(model, path, distill_lib.load_record(path), as_json)
 
@@ -374,7 +368,7 @@ def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (re
          = DEMO["out"], seed: SeedOpt = DEMO["seed"], teacher: EmbeddedOpt = DEMO["teacher"]):
     """The whole pipeline on an embedded teacher on CPU: profile, score, solve, build, distill, bench, report."""
     with interruptible(lambda: f"{NOTHING_WRITTEN}: the report replaces {out} only once complete"), \
-            progress("mosaic demo") as tick:
+            progress("mosaic demo", every_step=True) as tick:
         path = demo_lib.demo(out=out, seed=seed, progress=tick, teacher=teacher)
     views.demo(path)
 

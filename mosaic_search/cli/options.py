@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Optional
 
 import typer
@@ -53,3 +54,10 @@ PinOpt = Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa 
 MinOpt = Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")]
 MaxOpt = Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")]
 
+
+def defaults(*functions) -> dict:
+    """{parameter: default} of library functions (the later wins): every option that forwards to a parameter
+    defaults to the library's value by construction, never to a number restated here. The library modules import
+    no torch at top level, so reading their signatures keeps `mosaic --help` light."""
+    return {k: p.default for fn in functions for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not p.empty}

@@ -97,6 +97,7 @@ def sweep(front: dict, table=None, as_json: bool = False) -> None:
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
     """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
     from ..artifacts.schema import to_json
+    from ..search.sources import describe
 
     if as_json:
         return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else
@@ -112,24 +113,38 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
                     f"{s['seconds'] * 1000:.0f} ms, gap {gap}); ms saved per layer, by workload",
                     [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
                     rows, lead=2)
+        for name, src in s.get("read", {}).items():
+            console.print(f"{name}: {describe(src)}", markup=False, highlight=False)  # wrapped to the terminal
         _wrote(path, table)
 
 
 def model_dir(path, as_json: bool = False) -> None:
-    """Stage 4: where the built model went, and how to load it."""
+    """Stage 4: where the built model went, from which teacher and plan (the plan it carries), and how to load it."""
+    import json
+
+    from ..artifacts.schema import PLAN_FILE
+
+    plan = Path(path) / PLAN_FILE
+    carried = json.loads(plan.read_text()) if plan.is_file() else {}
+    made = {"teacher": carried.get("model", {}).get("id"), "pattern": carried.get("pattern")} if carried else {}
     if as_json:
-        return emit_json({"model_dir": str(path)})
+        return emit_json({"model_dir": str(path), **made})
+    if made:
+        console.print(f"built {made['pattern']} from {made['teacher']}")
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 
 def distilled(model: str, path, record: dict, as_json: bool = False) -> None:
     """Stage 5: quality before and after distillation (when measured) and the recovered model's directory."""
     if as_json:
-        return emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"]})
+        return emit_json({"model_dir": str(path), "quality": record["quality"], "losses": record["losses"],
+                          "teacher": record.get("teacher"), "data": record.get("data"), "dtype": record.get("dtype")})
     measured = record["quality"]
     if measured["after"] is not None:
         quality(f"{Path(model).name}: quality against {record['teacher']} before and after distillation",
                 {"before": measured["before"], "after": measured["after"]})
+    data = (record.get("data") or {}).get("source", "?")
+    console.print(f"distilled from {record.get('teacher')} on {data}; weights in {record.get('dtype') or 'float32'}")
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 

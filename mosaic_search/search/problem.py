@@ -4,6 +4,7 @@ predicted latency and the one constraint check that the solver, its baselines an
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -12,8 +13,11 @@ from pathlib import Path
 from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
-from ..errors import StaleInputError, UsageError, did_you_mean, invalid
+from ..errors import StaleInputError, UsageError, check, did_you_mean, invalid
 from ..operators import REGISTRY, Candidate, unbuildable
+from .sources import describe, source
+
+logger = logging.getLogger(__name__)
 
 METRICS = ("kl", "delta_loss")
 
@@ -56,6 +60,7 @@ class Problem:
     max_count: list = field(default_factory=list)
     targets: dict = field(default_factory=dict)
     given: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # what was read: `load_inputs`' sources, named in the plan
 
     @property
     def num_layers(self) -> int:
@@ -183,13 +188,16 @@ def _env_has(env: dict, key: str, value) -> bool:
 
 
 def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, target_env=None,
-                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict]:
+                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict, dict]:
     """The profile and the sensitivity table (records, paths, or None for the newest matching ones under
-    `profiles_dir` / `plans_dir`) and {"profile", "scores": sha256}; they are checked to belong together.
+    `profiles_dir` / `plans_dir`), {"profile", "scores": sha256}, and {"profile", "scores": `source`}: which file
+    each is, for which model and device, made when, and whether it was discovered (a note on stderr says so too).
+    They are checked to belong together.
 
     Raises UsageError (exit 2) when none is found or the layer counts differ, StaleInputError (exit 4) for
     another model, or a profile whose env lacks `device` / `target_env` ("KEY=VALUE"), unless `allow_stale`.
     """
+    given_profile, given_scores = profile, scores
     profile, ppath = _load(profile, schema.load_profile)
     scores, spath = _load(scores, schema.load_sensitivity)
     if profile is None and scores is not None:
@@ -230,7 +238,11 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
             raise StaleInputError(f'the profile was measured with {key}="{have}", not "{value}"; '
                                   "profile on the target or pass `allow_stale`")
     inputs = {"profile": _fingerprint(profile, ppath), "scores": _fingerprint(scores, spath)}
-    return profile, scores, inputs
+    sources = {"profile": source(profile, ppath, given_profile), "scores": source(scores, spath, given_scores)}
+    for name, src in sources.items():
+        if src["discovered"]:
+            logger.info("note: using the newest matching %s: %s", name, describe(src))
+    return profile, scores, inputs, sources
 
 
 # ---- the problem ---------------------------------------------------------------------------------
@@ -253,6 +265,10 @@ def set_targets(p: Problem, speedup=None, ttft_speedup=None, tpot_speedup=None) 
     speedup = positive("speedup", speedup)
     by_phase = {"prefill": positive("ttft_speedup", ttft_speedup),
                 "decode": positive("tpot_speedup", tpot_speedup)}
+    for param, value in (("speedup", speedup), ("ttft_speedup", by_phase["prefill"]),
+                         ("tpot_speedup", by_phase["decode"])):
+        check(value is None or value >= 1, param, f"must be at least 1 (a speedup over the teacher), got {value}: "
+                                                  "below 1 it would allow a model slower than the teacher")
     for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in p.workloads):
             raise invalid(name, f"{by_phase[phase]}: no {phase} workload in scope")
@@ -313,7 +329,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     """
     if metric not in METRICS:
         raise UsageError(f'unknown metric "{metric}"{did_you_mean(metric, METRICS)}; known: {", ".join(METRICS)}')
-    profile, scores, inputs = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
+    profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
                                           target_env=target_env, profiles_dir=profiles_dir, plans_dir=plans_dir)
     scope = _scope(profile, workloads)
     names = {w.name for w in scope}
@@ -363,7 +379,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     p = Problem(profile=profile, scores=scores, inputs=inputs, workloads=scope,
                 choices=tuple(map(tuple, choices)), metric=metric, cache_limit=cache_limit,
                 cache_workload=ref.name if ref else None, cache_batch=batch, min_count=mins, max_count=maxs,
-                given=given)
+                given=given, sources=sources)
     return set_targets(p, speedup, ttft_speedup, tpot_speedup)
 
 

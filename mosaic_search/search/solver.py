@@ -220,7 +220,7 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
 
 def _plan(p: Problem, check: dict, info: dict) -> LayerPlan:
     header = Header.new(p.profile.header.model, env=p.profile.header.env, inputs=p.inputs)
-    solver = {**info, "cache_bytes": check["cache_bytes"], "per_layer": check["per_layer"]}
+    solver = {**info, "cache_bytes": check["cache_bytes"], "per_layer": check["per_layer"], "read": p.sources}
     return LayerPlan(header=header, layers=tuple(check["layers"]), predicted=check["predicted"],
                      objective=check["objective"], constraints=dict(p.given), solver=solver)
 
@@ -348,7 +348,8 @@ def plot_frontier(points: list, title: str, path, num_layers: int, measured: dic
         front.plot([x for x, _ in pts], [y for _, y in pts], marker, linestyle="none", color="black", label=label)
     if measured:
         front.legend(fontsize=7, loc="upper left")
-    front.set_ylabel("predicted loss (sum of scores)" + ("; measured KL" if measured else ""))
+    # on two short lines: one long line overran the short top panel into the lower one, and off the figure
+    front.set_ylabel("predicted loss\n(sum of scores)" + ("\nand measured KL" if measured else ""), fontsize=9)
     front.set_title(title)
     front.grid(alpha=0.3)
     # Each plan as a column of its layers, in the colours every mosaic plot gives these operators.
@@ -368,7 +369,7 @@ def plot_frontier(points: list, title: str, path, num_layers: int, measured: dic
     fig.tight_layout()
     try:
         with files.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # the legend right of the panels too
     finally:
         plt.close(fig)
     return Path(path)
