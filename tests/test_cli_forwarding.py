@@ -179,13 +179,14 @@ def test_distill(monkeypatch, tmp_path, capsys):
                  "--stage", "onpolicy", "--tokens", "700", "--lr", "0.01", "--trainable", "mixers",
                  "--hidden-weight", "0", "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o",
                  "--resume", "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval",
-                 "--parallel", "fsdp", "--device", "cuda", "--seed", "3", "--json"]) == EXIT_OK
+                 "--parallel", "fsdp", "--device", "cuda", "--seed", "3", "--dtype", "bfloat16", "--json"]) == EXIT_OK
     assert _progress(seen) == dict(args=("m",), teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy",
                                    steps=None, tokens=700, lr=0.01, trainable="mixers", hidden_weight=0.0,
                                    divergence="jsd", batch_size=8, seq_len=128, out="o", resume=True, overwrite=True,
                                    checkpoint_every=5, eval_data="E", quality=False, seed=3, device="cuda",
-                                   parallel="fsdp")
-    assert _json(capsys) == {"model_dir": str(out), "losses": [loss], "quality": {"before": None, "after": None}}
+                                   parallel="fsdp", dtype="bfloat16")
+    assert _json(capsys) == {"model_dir": str(out), "losses": [loss], "quality": {"before": None, "after": None},
+                             "teacher": "tiny", "data": None, "dtype": None}
 
 
 def test_eval(monkeypatch, capsys):

@@ -97,6 +97,24 @@ def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
     assert {k.split(".")[2] for k in moved} == {"0", "1", "3", "4", "5"}  # the layers that have attention weights
 
 
+def test_the_output_keeps_the_builds_dtype_unless_asked(tmp_path):
+    """A bfloat16 build distills (in float32) into a bfloat16 directory, as large as the build; `dtype` overrides."""
+    from safetensors import safe_open
+
+    build = builder.build(EXAMPLES / "plan-tpot-1.5x.json", library=False, dtype="bfloat16", out=tmp_path / "bf16")
+    fast = dict(QUICK, steps=1, stage="offpolicy")
+    for out, dtype, want, stored in ((tmp_path / "kept", None, "bfloat16", "BF16"),
+                                     (tmp_path / "asked", "float32", "float32", "F32")):
+        distill_mod.distill(str(build), out=out, dtype=dtype, **fast)
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {stored}
+        assert json.loads((out / "config.json").read_text())["dtype"] == want
+        assert load_distill_record(out).settings["dtype"] == want
+    assert (tmp_path / "kept" / "model.safetensors").stat().st_size == (build / "model.safetensors").stat().st_size
+    with pytest.raises(distill_mod.UsageError, match='^dtype must be one of float32, bfloat16, float16, got "int8"'):
+        distill_mod.distill(str(build), out=tmp_path / "bad", dtype="int8", **fast)
+
+
 def test_trainable_replaced_trains_only_the_swapped_in_mixers(builds, tmp_path):
     out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", trainable="replaced", stage="offpolicy",
                               **QUICK)
@@ -287,12 +305,12 @@ def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
                  "--stage", "onpolicy", "--steps", "7", "--lr", "0.01", "--trainable", "all", "--hidden-weight", "0",
                  "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o", "--resume",
                  "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval", "--seed", "3",
-                 "--parallel", "fsdp"]) == 0
+                 "--parallel", "fsdp", "--dtype", "float16"]) == 0
     seen.pop("progress")
     assert seen == dict(model="m", teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy", steps=7,
                         tokens=None, lr=0.01, trainable="all", hidden_weight=0.0, divergence="jsd", batch_size=8,
                         seq_len=128, out="o", resume=True, overwrite=True, checkpoint_every=5, eval_data="E",
-                        quality=False, seed=3, device="cpu", parallel="fsdp")
+                        quality=False, seed=3, device="cpu", parallel="fsdp", dtype="float16")
     capsys.readouterr()
     got = {}
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda model, **kw: got.update(model=model, **kw) or {

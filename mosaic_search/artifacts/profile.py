@@ -198,8 +198,7 @@ class LatencyProfile:
             validation.append({**row, **{k: r.get(v, k, float, where)
                                          for k in ("predicted_ms", "measured_ms", "error_pct")}})
         teacher = [r.candidate(c, f"teacher[{i}]") for i, c in enumerate(r.get(obj, "teacher", list))]
-        if len(teacher) != layers:
-            r.fail("teacher", f"lists {len(teacher)} layers, the model has {layers}")
+        r.per_layer("teacher", len(teacher), header)
         return cls(header=header, workloads=tuple(workloads), baseline_ms=ms["baseline_ms"], fixed_ms=ms["fixed_ms"],
                    entries=tuple(entries), teacher=tuple(teacher), validation=tuple(validation))
 

@@ -177,7 +177,7 @@ def install(model, layer: int, candidate: Candidate, module):
     return the module."""
     from torch import nn
 
-    from ..modeling.mixers import replaces_layer
+    from ..modeling.mixers import replaces_layer, stand_in
 
     layers = decoder_layers(model)
     box = _originals(model, create=True)
@@ -186,7 +186,7 @@ def install(model, layer: int, candidate: Candidate, module):
         box[str(layer)] = nn.ModuleDict({"layer": layers[layer], "attention": layers[layer].self_attn})
     original = box[str(layer)]["layer"]
     if replaces_layer(module):
-        layers[layer] = module
+        layers[layer] = stand_in(module, original)
     else:
         layers[layer] = original
         original.self_attn = module

@@ -36,8 +36,9 @@ from ..artifacts.distill_record import RECORD_FILE, DistillRecord
 from ..artifacts.files import atomic_dir, check_output, output_path, write_json
 from ..artifacts.header import Header, save, sha256_file, sha256_json
 from ..artifacts.plan import PLAN_FILE, load_plan
-from ..errors import StaleInputError, UsageError
+from ..errors import StaleInputError, UsageError, check
 from ..hf import distributed
+from ..hf.device import DTYPES
 
 STAGES = ("offpolicy", "onpolicy", "both")
 TRAINABLE = ("replaced", "mixers", "all")
@@ -65,7 +66,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
             divergence: str = "forward", batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
             out=None, resume: bool = False, overwrite: bool = False, checkpoint_every: int = CHECKPOINT_EVERY,
             eval_data: str | None = None, quality: bool = True, seed: int = 0, device: str = "cpu",
-            parallel: str = "ddp", progress=None) -> Path:
+            parallel: str = "ddp", dtype: str | None = None, progress=None) -> Path:
     """Distill the mosaic model directory `model` from its teacher and write the recovered model to `out`
     (default `<model>-distilled`); return its path.
 
@@ -80,6 +81,8 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     `parallel` (under torchrun): `ddp`, a replica per process, or `fsdp`, PyTorch FSDP2 sharding the student, the
     teacher and the oracle layer by layer over the processes (for models that do not fit one device; each is read
     into host memory first, then its shards moved to `device`).
+    Training runs in float32 (its optimizer states and updates need it); the output is written in `dtype`
+    (float32, bfloat16 or float16), by default the dtype of the model directory's weights, so it loads as the build did.
     """
     import torch
 
@@ -93,6 +96,8 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     _choice("--trainable", trainable, TRAINABLE)
     _choice("--divergence", divergence, DIVERGENCES)
     _choice("--parallel", parallel, distributed.PARALLEL)
+    dtype = dtype or _saved_dtype(model)
+    check(dtype in DTYPES, "dtype", f'must be one of {", ".join(DTYPES)}, got "{dtype}"')
     for flag, value in (("--lr", lr), ("--batch-size", batch_size), ("--checkpoint-every", checkpoint_every)):
         if not value > 0:
             raise UsageError(f"{flag} must be positive, got {value}")
@@ -164,11 +169,13 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
         if rank == 0:
             if sharded:  # written from one whole copy, in host memory
                 student = _load_plain(model, state)
+            # the output's dtype is not a training setting (a resumed run may write another): kept beside them
             record = DistillRecord(header=Header.new(load_plan(Path(model) / PLAN_FILE).header.model),
-                                   settings=settings, trainable_parameters=sum(p.numel() for _, p in params),
+                                   settings={**settings, "dtype": dtype},
+                                   trainable_parameters=sum(p.numel() for _, p in params),
                                    losses=tuple(losses), quality={"before": before, "after": after},
                                    eval=evals.describe() if evals else None)
-            _write(student, model, out, record, overwrite)
+            _write(student.to(getattr(torch, dtype)), model, out, record, overwrite)
             shutil.rmtree(ckpt, ignore_errors=True)
         distributed.barrier(world)
     return out
@@ -562,6 +569,15 @@ def _quality(student, ref, evals):
         return measure(student, ref, evals)
     finally:
         student.train(was)
+
+
+def _saved_dtype(model: str) -> str:
+    """The dtype a model directory's weights were written in (its config's `dtype`; float32 where it names none)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"  # no readable config: `is_mosaic_dir` refuses the directory next
+    return config.get("dtype") or config.get("torch_dtype") or "float32"
 
 
 def _write(student, model: str, out: Path, record: DistillRecord, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.profile import LatencyProfile, Workload
 from ..artifacts.sensitivity import SensitivityTable
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, check, did_you_mean, invalid
 from ..operators import Candidate, unbuildable
 from .inputs import load_inputs
 from .specs import counts, matches, pairs, parse_spec, positive
@@ -97,6 +97,7 @@ class Problem:
     cache: CacheBound | None = None
     min_count: tuple = ()
     max_count: tuple = ()
+    sources: dict = field(default_factory=dict)  # what was read: `load_inputs`' sources, named in the plan
 
     @property
     def num_layers(self) -> int:
@@ -293,6 +294,10 @@ def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=N
     speedup = positive("speedup", speedup)
     by_phase = {"prefill": positive("ttft_speedup", ttft_speedup),
                 "decode": positive("tpot_speedup", tpot_speedup)}
+    for param, value in (("speedup", speedup), ("ttft_speedup", by_phase["prefill"]),
+                         ("tpot_speedup", by_phase["decode"])):
+        check(value is None or value >= 1, param, f"must be at least 1 (a speedup over the teacher), got {value}: "
+                                                  "below 1 it would allow a model slower than the teacher")
     for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in scope):
             raise invalid(name, f"{by_phase[phase]}: no {phase} workload in scope")
@@ -322,8 +327,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     """
     if metric not in METRICS:
         raise UsageError(f'unknown metric "{metric}"{did_you_mean(metric, METRICS)}; known: {", ".join(METRICS)}')
-    profile, scores, inputs = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
-                                          target_env=target_env, profiles_dir=profiles_dir, plans_dir=plans_dir)
+    profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
+                                                   target_env=target_env, profiles_dir=profiles_dir,
+                                                   plans_dir=plans_dir)
     scope = _scope(profile, workloads)
     cache = cache_bound(profile, max_cache_bytes, cache_batch, cache_context)
     lat, _, loss = _measured(profile, scores, scope, metric)
@@ -333,7 +339,8 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     return Problem(profile=profile, scores=scores, inputs=inputs, workloads=scope, metric=metric, options=allowed,
                    ops=keep, pins=check_pins(allowed, pins), min_count=tuple(counts(min_count, "min_count", layers)),
                    max_count=tuple(counts(max_count, "max_count", layers)),
-                   speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache)
+                   speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache,
+                   sources=sources)
 
 
 # ---- what an assignment costs, and which rules it breaks -----------------------------------------
