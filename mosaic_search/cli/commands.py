@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -14,7 +16,8 @@ from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
 from ..operators import OPS_HELP
 from ..quality import evaluation as eval_defaults
-from ..recovery import distill as distill_defaults  # defaults shown in --help; the module imports no torch at top level
+from ..recovery.settings import DEFAULT_STEPS as DISTILL_STEPS
+from ..recovery.settings import DEFAULTS as DISTILL  # distill's defaults: torch-free
 from . import views
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0
 
@@ -210,45 +213,48 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
 
 @app.command()
 def distill(model: Annotated[str, typer.Argument(help="A model directory written by mosaic build.")],
-            teacher: TeacherOpt = None,
+            teacher: TeacherOpt = DISTILL.teacher,
             oracle: Annotated[Optional[str], typer.Option(
-                help="A stronger teacher with the same tokenizer, mixed into the on-policy stage.")] = None,
-            oracle_weight: Annotated[float, typer.Option(help="Weight of the oracle's divergence (0..1).")] = 0.5,
+                help="A stronger teacher with the same tokenizer, mixed into the on-policy stage.")] = DISTILL.oracle,
+            oracle_weight: Annotated[float, typer.Option(help="Weight of the oracle's divergence (0..1).")]
+            = DISTILL.oracle_weight,
             data: Annotated[Optional[str], typer.Option(
                 help="Training data: .txt, .jsonl or .parquet, or 'self' (default: sampled from the teacher).")]
-            = None,
-            stage: Annotated[str, typer.Option(help="offpolicy, onpolicy or both.")] = "both",
+            = DISTILL.data,
+            stage: Annotated[str, typer.Option(help="offpolicy, onpolicy or both.")] = DISTILL.stage,
             steps: Annotated[Optional[int], typer.Option(
-                help=f"Optimizer steps per stage (default {distill_defaults.DEFAULT_STEPS}).")] = None,
+                help=f"Optimizer steps per stage (default {DISTILL_STEPS}).")] = DISTILL.steps,
             tokens: Annotated[Optional[int], typer.Option(help="Instead of --steps: training tokens per stage.")]
-            = None,
-            lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")]
-            = distill_defaults.DEFAULT_LR,
+            = DISTILL.tokens,
+            lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = DISTILL.lr,
             trainable: Annotated[str, typer.Option(
-                help="all, mixers (every layer's token mixer) or replaced (the swapped-in mixers).")] = "all",
+                help="all, mixers (every layer's token mixer) or replaced (the swapped-in mixers).")]
+            = DISTILL.trainable,
             hidden_weight: Annotated[float, typer.Option(
                 help="Off-policy: weight of the per-layer hidden-state alignment term (0: off).")]
-            = distill_defaults.DEFAULT_HIDDEN_WEIGHT,
-            divergence: Annotated[str, typer.Option(help="On-policy: forward, reverse or jsd.")] = "forward",
-            batch_size: Annotated[int, typer.Option(help="Windows per step (global, over every process).")]
-            = distill_defaults.DEFAULT_BATCH,
-            seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")]
-            = distill_defaults.DEFAULT_SEQ_LEN,
+            = DISTILL.hidden_weight,
+            divergence: Annotated[str, typer.Option(help="On-policy: forward, reverse or jsd.")] = DISTILL.divergence,
+            batch_size: Annotated[int, typer.Option(help="Sequences per step (global, over every process).")]
+            = DISTILL.batch_size,
+            seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = DISTILL.seq_len,
             out: ModelOutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
             checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")]
-            = distill_defaults.CHECKPOINT_EVERY,
+            = DISTILL.checkpoint_every,
             eval_data: Annotated[Optional[str], typer.Option(
-                help="Held-out text for the quality before/after (default: tiny's; other teachers: none).")] = None,
+                help="Held-out text for the quality before/after (default: tiny's; other teachers: none).")]
+            = DISTILL.eval_data,
             quality: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure quality before and after.")]
-            = True,
+            = DISTILL.quality,
             parallel: Annotated[str, typer.Option(
                 help="Under torchrun: ddp (a replica per process) or fsdp (FSDP2: each process holds a shard).")]
-            = "ddp",
-            device: DeviceOpt = "cpu", seed: SeedOpt = 0, as_json: JsonOpt = False):
+            = DISTILL.parallel,
+            device: DeviceOpt = "cpu", seed: SeedOpt = DISTILL.seed, as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
     from ..recovery import distill as lib
+    from ..recovery.checkpoint import checkpoint_path
+    from ..recovery.output import default_out, load_record
 
-    ckpt, show = lib.checkpoint_path(lib.default_out(model, out)), rank0()
+    ckpt, show = checkpoint_path(default_out(model, out)), rank0()
     with interruptible(lambda: f"the checkpoint in {ckpt} is kept; rerun with --resume to continue"
                        if ckpt.is_dir() else f"{NOTHING_WRITTEN} (no checkpoint yet)"), \
             progress("distilling", show) as tick:
@@ -258,7 +264,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                            overwrite=overwrite, checkpoint_every=checkpoint_every, eval_data=eval_data,
                            quality=quality, seed=seed, device=device, parallel=parallel, progress=tick)
     if show:
-        views.distilled(model, path, lib.load_record(path), as_json)
+        views.distilled(model, path, load_record(path), as_json)
 
 
 @app.command("eval")
@@ -351,9 +357,38 @@ def flag(param: str | None) -> str | None:
     return None if param is None else FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
+class _Notes(logging.Handler):
+    """The library's notes (`logging`, INFO and up) as `note: ...` lines on stderr; a note about one parameter (its
+    record carries `param` and `problem`, as a UsageError does) names the parameter's flag."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        param = getattr(record, "param", None)
+        text = f"{flag(param)}: {record.problem}" if param else record.getMessage()
+        print(f"note: {text}", file=sys.stderr, flush=True)  # the stderr of this moment (tests swap it)
+
+
+@contextmanager
+def _notes():
+    """Print the package's notes while a command runs."""
+    logger, handler = logging.getLogger("mosaic_search"), _Notes(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv=None) -> int:
     """Run the CLI and return its exit code (errors.py lists them); known errors print one line
     (MOSAIC_DEBUG=1 prints the traceback)."""
+    with _notes():
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     debug = bool(os.environ.get("MOSAIC_DEBUG"))
     if not err.is_terminal:  # logs get our plain progress lines, not the hub's and transformers' redrawn bars
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
