@@ -4,7 +4,6 @@ batch of them, a pure function of (seed, step) so that a resumed run trains on w
 from __future__ import annotations
 
 from ..errors import check
-from ..hf import distributed
 
 # `self` data: the off-policy stage's sequences, sampled once (at most this many; fewer are reused by epochs). On the
 # embedded teacher, 400 fresh samples recovered 80.5% of a plan's held-out gap where its 64 calibration sequences,
@@ -22,16 +21,9 @@ class Batch:
 
     def inputs(self, device) -> dict:
         """The keyword inputs of the model's forward, on `device`."""
-        import torch
+        from ..hf.vision import model_inputs
 
-        seqs = self.sequences
-        out = {"input_ids": seqs.ids.to(device)}
-        images = [im for im in seqs.images if im is not None]
-        if images:
-            out["pixel_values"] = torch.cat([im["pixel_values"] for im in images]).to(device)
-            out["image_grid_thw"] = torch.cat([im["image_grid_thw"] for im in images]).to(device)
-            out["mm_token_type_ids"] = (seqs.ids == self.image_token).int().to(device)
-        return out
+        return model_inputs(self.sequences.ids, self.sequences.images, self.image_token, device)
 
     def mask(self, device):
         """[b, T] 1.0 on real tokens, 0.0 on the padding after a short image row."""
@@ -83,12 +75,8 @@ def training_batches(source: str, tokenizer, teacher: str, ref, want: int, seq_l
     positions = dims_of(ref.config).max_position
     check(seq_len <= positions, "seq_len", f"{seq_len} exceeds the teacher's {positions} positions")
     if source == data_mod.SELF:
-        n = min(want, SELF_SEQUENCES)
-        if sharded:
-            sequences = data_mod.Windows.of(data_mod.sample_from_teacher(ref, n, seq_len, seed).cpu())
-        else:
-            sampled = data_mod.sample_from_teacher(ref, n, seq_len, seed) if distributed.rank() == 0 else None
-            sequences = data_mod.Windows.of(distributed.broadcast(sampled, world))
+        sampled = data_mod.shared_samples(ref, min(want, SELF_SEQUENCES), seq_len, seed, world, every_rank=sharded)
+        sequences = data_mod.Windows.of(sampled)
     else:
         vision = None
         if getattr(ref.config, "vision_config", None) is not None:

@@ -29,8 +29,10 @@ from ..errors import UsageError, check, invalid
 from ..hf import distributed
 from . import checkpoint, loading
 from .batches import training_batches
+from .checkpoint import checkpoint_path  # noqa: F401  (the CLI's: where a run keeps its checkpoint)
 from .loop import Trainer, optimizer
-from .output import RECORD_KIND, default_out, plain_copy, write_model
+from .output import RECORD_FILE, RECORD_KIND, default_out, load_record, plain_copy, write_model  # noqa: F401
+from .settings import DEFAULT_STEPS  # noqa: F401  (the CLI's help)
 from .settings import DEFAULTS as D
 from .settings import PARAMETERS, DistillSettings
 
@@ -82,13 +84,12 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     check_output(out, folder=True, overwrite=overwrite)
     tokenizer = loading.same_tokenizer(model, s.teacher, s.oracle)
     source = data_mod.check_source(s.data or data_mod.SELF)
-    evals = (eval_set(s.teacher, s.eval_data, tokenizer=tokenizer, flag="--eval-data")
+    evals = (eval_set(s.teacher, s.eval_data, tokenizer=tokenizer, param="eval_data")
              if s.quality and (s.eval_data or s.teacher == TINY) else None)
     check_device(device)
     ckpt = checkpoint.checkpoint_path(out)
     if resume and not checkpoint.exists(ckpt):
-        problem = f"no checkpoint at {ckpt}; starting from step 0"
-        log.info("resume: %s", problem, extra={"param": "resume", "problem": problem})  # the CLI names its flag
+        log.info("note: --resume: no checkpoint at %s; starting from step 0", ckpt)
 
     with distributed.session(device) as (rank, world, device):
         check(s.batch_size % world == 0, "batch_size", f"{s.batch_size} does not split over {world} processes")
@@ -115,7 +116,7 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
         opt = optimizer(params, s.lr)
         start, losses = checkpoint.restore(ckpt, recorded, params, opt) if resume else (0, [])
         if start and rank == 0:
-            log.info("resuming from %s at step %d of %d", ckpt, start, len(s.step_stages))
+            log.info("note: resuming from %s at step %d of %d", ckpt, start, len(s.step_stages))
         trainer = Trainer(s, loading.Models(student, wrapped, ref, oracle_model), batches, params, opt, rank, world)
         losses = trainer.train(start, losses, progress, lambda step, done: checkpoint.save(
             ckpt, recorded, step, done, params, opt, write=rank == 0) if works else None)
