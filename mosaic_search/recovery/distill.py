@@ -52,7 +52,8 @@ def distill(model: str, teacher: str | None = D.teacher, oracle: str | None = D.
     `progress` is a field of `DistillSettings` (its docstring and defaults).
 
     `teacher` defaults to the one recorded in the model's plan; `data` to "self", sequences sampled from the teacher
-    (a file: .txt/.jsonl/.parquet, for VLM image rows too); `trainable`: `all`, `mixers` (every layer's token mixer)
+    (a file: .txt/.jsonl/.parquet, for VLM image rows too; for `tiny-vl`, its calibration.jsonl of image and text
+    rows); `trainable`: `all`, `mixers` (every layer's token mixer)
     or `replaced` (the mixers the plan swapped in; nothing for a plan of none/drop layers). Errors before any
     training: bad settings or data, a tokenizer or oracle vocabulary that differs from the teacher's, an existing
     `out` without `overwrite`. `quality`: measure the model before and after (`evaluate.measure`) on `eval_data`
@@ -71,7 +72,7 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     """`distill` with its settings as one record."""
     from ..hf import data as data_mod
     from ..hf.device import check_device
-    from ..hf.models import TINY, is_mosaic_dir
+    from ..hf.models import EMBEDDED, is_mosaic_dir
     from ..hf.surgery import decoder_layers
     from ..quality.evaluation import eval_set, recorded_teacher
 
@@ -83,9 +84,9 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     out = default_out(model, out)
     check_output(out, folder=True, overwrite=overwrite)
     tokenizer = loading.same_tokenizer(model, s.teacher, s.oracle)
-    source = data_mod.check_source(s.data or data_mod.SELF)
+    source = data_mod.check_source(s.data or data_mod.default_distill_source(s.teacher))
     evals = (eval_set(s.teacher, s.eval_data, tokenizer=tokenizer, param="eval_data")
-             if s.quality and (s.eval_data or s.teacher == TINY) else None)
+             if s.quality and (s.eval_data or s.teacher in EMBEDDED) else None)
     check_device(device)
     ckpt = checkpoint.checkpoint_path(out)
     if resume and not checkpoint.exists(ckpt):
