@@ -52,7 +52,8 @@ def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
     from .quality import scorer
     from .quality.evaluation import evaluate
     from .quality.library import library_path
-    from .recovery.distill import distill, load_record
+    from .recovery.distill import distill
+    from .recovery.output import load_record
     from .search import solver
 
     steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]

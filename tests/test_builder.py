@@ -617,12 +617,12 @@ def test_check_refuses_a_built_model_and_no_tokens(built):
 def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_path):
     """Both distillation stages through every mixer's PyTorch path (gradients included), on samples of the teacher;
     a sharded build in, a model that loads like a build out."""
-    from mosaic_search.recovery import distill
+    from mosaic_search.recovery import distill, output
 
     t, _, mixed = built[kind]
     out = distill.distill(str(mixed), data="self", steps=1, batch_size=2, seq_len=16, quality=False,
                           trainable="mixers", out=tmp_path / "d")
-    record = distill.load_record(out)
+    record = output.load_record(out)
     assert [r["stage"] for r in record["losses"]] == ["offpolicy", "onpolicy"]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in record["losses"])
     assert record["trainable_parameters"] == sum(

@@ -18,6 +18,7 @@ from mosaic_search.artifacts.schema import PLAN_FILE
 from mosaic_search.cli import main
 from mosaic_search.hf.models import load_model
 from mosaic_search.quality.evaluation import EvalSet, eval_set, evaluate, measure
+from mosaic_search.recovery import checkpoint, output
 from mosaic_search.recovery import distill as distill_mod
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "layer_plans" / "examples" / "tiny"
@@ -75,7 +76,7 @@ def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = distill_mod.distill(str(builds["swa"]), out=tmp_path / "d", trainable="mixers", **QUICK)
-    record = distill_mod.load_record(out)
+    record = output.load_record(out)
     assert [(r["step"], r["stage"]) for r in record["losses"]] == [(1, "offpolicy"), (2, "offpolicy"),
                                                                    (3, "onpolicy"), (4, "onpolicy")]
     assert all(r["loss"] > 0 for r in record["losses"]) and record["teacher"] == "tiny"
@@ -135,7 +136,7 @@ def test_offpolicy_distillation_lowers_kl_on_held_out_text(builds, tmp_path):
 def test_the_record_holds_quality_before_and_after(builds, tmp_path):
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", stage="offpolicy", steps=1, batch_size=1,
                               seq_len=64, trainable="all")
-    q = distill_mod.load_record(out)["quality"]
+    q = output.load_record(out)["quality"]
     for when in ("before", "after"):
         assert set(q[when]) == {"kl", "heldout_loss", "tokens", "recall"} and q[when]["kl"] > 0
     assert q["before"]["kl"] == pytest.approx(evaluate(str(builds["drop"]))["kl"])
@@ -195,10 +196,32 @@ def test_a_model_with_another_tokenizer_is_refused(builds, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_an_oracle_of_the_same_vocabulary_joins_the_onpolicy_stage(builds, tmp_path):
+    """The on-policy loss mixes the oracle's divergence in: an oracle equal to the teacher changes nothing, another
+    model (the `swa` build of the same teacher) changes the loss from the first step (same samples: same seed)."""
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", oracle="tiny", oracle_weight=0.5,
                               stage="onpolicy", divergence="jsd", **QUICK)
-    record = distill_mod.load_record(out)
+    record = output.load_record(out)
     assert record["oracle"] == "tiny" and len(record["losses"]) == 2
+    first = {}
+    for name, oracle in (("none", None), ("other", str(builds["swa"]))):
+        out = distill_mod.distill(str(builds["drop"]), out=tmp_path / name, oracle=oracle, oracle_weight=0.5,
+                                  stage="onpolicy", divergence="jsd", **QUICK)
+        first[name] = output.load_record(out)["losses"][0]["loss"]
+    assert record["losses"][0]["loss"] == pytest.approx(first["none"], rel=1e-5)
+    assert abs(first["other"] - first["none"]) > 1e-3 * first["none"], first
+
+
+def test_divergence_reverse_runs_and_changes_the_onpolicy_loss(builds, tmp_path, capsys):
+    """`--divergence reverse` through the command line: one on-policy step, whose loss differs from the forward
+    KL's on the same samples (the same seed) and is recorded under its name."""
+    quick = ["--stage", "onpolicy", "--steps", "1", "--batch-size", "2", "--seq-len", "32", "--no-eval"]
+    assert main(["distill", str(builds["drop"]), "--out", str(tmp_path / "r"), "--divergence", "reverse",
+                 *quick]) == 0, capsys.readouterr().err
+    forward = distill_mod.distill(str(builds["drop"]), out=tmp_path / "f", stage="onpolicy", steps=1, batch_size=2,
+                                  seq_len=32, quality=False)
+    r, f = output.load_record(tmp_path / "r"), output.load_record(forward)
+    assert (r["divergence"], f["divergence"]) == ("reverse", "forward")
+    assert r["losses"][0]["loss"] > 0 and abs(r["losses"][0]["loss"] - f["losses"][0]["loss"]) > 1e-4, (r, f)
 
 
 def _distill_cmd(model, out, *extra):
@@ -227,24 +250,24 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(builds, tmp_path):
     assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
     a, b = _state(tmp_path / "whole"), _state(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert distill_mod.load_record(out)["losses"] == distill_mod.load_record(tmp_path / "whole")["losses"]
+    assert output.load_record(out)["losses"] == output.load_record(tmp_path / "whole")["losses"]
 
 
 def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(builds, tmp_path, capsys):
     out = tmp_path / "o"
     assert main(_distill_cmd(builds["drop"], out, "--steps", "1", "--resume")[3:]) == 0
     assert f"no checkpoint at {out.with_name('o.checkpoint')}; starting from step 0" in capsys.readouterr().err
-    assert [r["step"] for r in distill_mod.load_record(out)["losses"]] == [1]
+    assert [r["step"] for r in output.load_record(out)["losses"]] == [1]
 
 
 @pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_other_settings(builds, tmp_path, capsys):
     out = tmp_path / "o"
     ckpt = out.with_name("o.checkpoint")
-    distill_mod._checkpoint(ckpt, {"other": 1}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
+    checkpoint.save(ckpt, {"other": 1}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
     assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
     assert "other settings" in capsys.readouterr().err
-    distill_mod._checkpoint(ckpt, {"lr": 0.5}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
+    checkpoint.save(ckpt, {"lr": 0.5}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
     assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
     assert "made with other lr (0.5 there, 0.0003 now);" in capsys.readouterr().err  # names what differs
 
@@ -272,10 +295,10 @@ def test_torchrun_two_processes_follow_one_process(builds, one_process, tmp_path
                           "--master_port", str(port), *cmd[1:]], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-2000:]
-    a = [r["loss"] for r in distill_mod.load_record(one_process)["losses"]]
-    b = [r["loss"] for r in distill_mod.load_record(tmp_path / "two")["losses"]]
+    a = [r["loss"] for r in output.load_record(one_process)["losses"]]
+    b = [r["loss"] for r in output.load_record(tmp_path / "two")["losses"]]
     assert b == pytest.approx(a, rel=1e-3)  # summation order differs; 1.4e-4 seen
-    record = distill_mod.load_record(tmp_path / "two")
+    record = output.load_record(tmp_path / "two")
     assert record["world_size"] == 2 and record["parallel"] == parallel
     x, y = _state(one_process), _state(tmp_path / "two")
     assert x.keys() == y.keys()
@@ -283,40 +306,3 @@ def test_torchrun_two_processes_follow_one_process(builds, one_process, tmp_path
     # summation order can flip that step's sign (0.02% of elements seen), so most, not all, agree closely
     close = sum(int(((x[k] - y[k]).abs() < 1e-5).sum()) for k in x) / sum(x[k].numel() for k in x)
     assert close > 0.999
-
-
-def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
-    from mosaic_search.quality import evaluation as evaluate_mod
-
-    seen = {}
-
-    def fake(model, **kwargs):
-        seen.update(model=model, **kwargs)
-        out = tmp_path / "d"
-        out.mkdir(exist_ok=True)
-        (out / distill_mod.RECORD_FILE).write_text(json.dumps({
-            "kind": distill_mod.RECORD_KIND, "schema_version": 1, "teacher": "tiny", "losses": [],
-            "quality": {"before": None, "after": None}}))
-        return out
-
-    monkeypatch.setattr(distill_mod, "distill", fake)
-    assert main(["distill", "m", "--teacher", "T", "--oracle", "O", "--oracle-weight", "0.3", "--data", "D",
-                 "--stage", "onpolicy", "--steps", "7", "--lr", "0.01", "--trainable", "all", "--hidden-weight", "0",
-                 "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o", "--resume",
-                 "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval", "--seed", "3",
-                 "--parallel", "fsdp", "--dtype", "float16"]) == 0
-    seen.pop("progress")
-    assert seen == dict(model="m", teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy", steps=7,
-                        tokens=None, lr=0.01, trainable="all", hidden_weight=0.0, divergence="jsd", batch_size=8,
-                        seq_len=128, out="o", resume=True, overwrite=True, checkpoint_every=5, eval_data="E",
-                        quality=False, seed=3, device="cpu", parallel="fsdp", dtype="float16")
-    capsys.readouterr()
-    got = {}
-    monkeypatch.setattr(evaluate_mod, "evaluate", lambda model, **kw: got.update(model=model, **kw) or {
-        "model": model, "teacher": "tiny", "kl": 0.5, "heldout_loss": 1.0, "tokens": 9,
-        "eval": {"source": "s", "windows": 1, "seq_len": 9, "probes": 0}})
-    assert main(["eval", "m", "--teacher", "T", "--data", "D", "--probes", "P", "--windows", "3", "--seq-len", "99",
-                 "--json"]) == 0
-    assert got == dict(model="m", teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cpu",
-                       questions=None)
-    assert json.loads(capsys.readouterr().out)["kl"] == 0.5

@@ -223,14 +223,14 @@ def test_distill_trains_on_image_rows_and_prompts_on_text_rows(vl_teacher, image
     """Stage 5 on a Qwen3-VL build: image windows go through the vision tower (off-policy), text windows prompt the
     on-policy samples; a data file of image rows only is refused for on-policy before any training."""
     from mosaic_search.hf.models import load_config, model_ref
-    from mosaic_search.recovery import distill
+    from mosaic_search.recovery import distill, output
 
     ref = schema.LayerPlan(header=schema.Header.new(model_ref(vl_teacher, load_config(vl_teacher))),
                            layers=(Candidate.of("gqa"), Candidate.of("none"), Candidate.of("gqa")), predicted={},
                            objective=0.0, constraints={}, solver={})
     built = builder.build(schema.save(ref, tmp_path / "plan.json"), library=False, out=tmp_path / "built")
     out = distill.distill(str(built), data=str(image_data), steps=2, batch_size=4, seq_len=SEQ, quality=False)
-    record = distill.load_record(out)
+    record = output.load_record(out)
     assert record["data"]["windows"] == 4 and record["data"]["text_windows"] == 1
     assert [r["stage"] for r in record["losses"]] == ["offpolicy"] * 2 + ["onpolicy"] * 2
     assert all(r["loss"] > 0 for r in record["losses"])

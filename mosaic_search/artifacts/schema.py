@@ -1,8 +1,4 @@
-"""The versioned JSON artifacts that chain the stages: frozen records, atomic save, validating load.
-
-Longer than the house's ~450 lines: each artifact's record sits beside its validating loader, and every loader
-shares one reader (`_Reader`) and one set of version rules; split apart, a format and its checks would drift.
-"""
+"""The versioned JSON artifacts that chain the stages: frozen records, atomic save, validating load."""
 
 from __future__ import annotations
 
