@@ -19,6 +19,7 @@ from mosaic_search.latency import profiler
 from mosaic_search.quality import evaluation as evaluate_mod
 from mosaic_search.quality import scorer
 from mosaic_search.recovery import distill as distill_mod
+from mosaic_search.recovery.settings import DEFAULTS as DISTILL_DEFAULTS
 from mosaic_search.search import solver
 
 
@@ -85,14 +86,15 @@ def test_score(artifacts, monkeypatch, tmp_path, capsys):
     assert got["path"] == str(scorer.table_path("T", str(out))) and got["library"] is None and got["table"] is None
 
 
-SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", "--tpot-speedup", "1.2",
-              "--max-cache-bytes", "9", "--cache-batch", "2", "--cache-context", "32", "--ops", "gqa,swa",
-              "--pin", "0=gqa", "--min", "gqa=1", "--max", "swa=2", "--time-limit", "5", "--metric", "delta_loss",
-              "--device", "cuda", "--allow-stale", "--overwrite"]
-SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32"], ttft_speedup=None, tpot_speedup=1.2,
-                max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa", pins=["0=gqa"], min_count=["gqa=1"],
-                max_count=["swa=2"], metric="delta_loss", device="cuda", allow_stale=True, time_limit_s=5.0,
-                overwrite=True)
+SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", "--workload", "prefill-b1-p32",
+              "--ttft-speedup", "1.1", "--tpot-speedup", "1.2", "--max-cache-bytes", "9", "--cache-batch", "2",
+              "--cache-context", "32", "--ops", "gqa,swa", "--pin", "0=gqa", "--pin", "1=swa", "--min", "gqa=1",
+              "--max", "swa=2", "--time-limit", "5", "--metric", "delta_loss", "--device", "cuda", "--allow-stale",
+              "--overwrite"]
+SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32", "prefill-b1-p32"], ttft_speedup=1.1,
+                tpot_speedup=1.2, max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa",
+                pins=["0=gqa", "1=swa"], min_count=["gqa=1"], max_count=["swa=2"], metric="delta_loss", device="cuda",
+                allow_stale=True, time_limit_s=5.0, overwrite=True)
 
 
 def test_solve(artifacts, monkeypatch, tmp_path, capsys):
@@ -187,6 +189,10 @@ def test_distill(monkeypatch, tmp_path, capsys):
                                    parallel="fsdp", dtype="bfloat16")
     assert _json(capsys) == {"model_dir": str(out), "losses": [loss], "quality": {"before": None, "after": None},
                              "teacher": "tiny", "data": None, "dtype": None}
+    seen.clear()
+    assert main(["distill", "m", "--steps", "7", "--json"]) == EXIT_OK  # every other option: the library's default
+    assert _progress(seen) == dict(args=("m",), **{**dataclasses.asdict(DISTILL_DEFAULTS), "steps": 7}, out=None,
+                                   resume=False, overwrite=False, device="cpu", dtype=None)
 
 
 def test_eval(monkeypatch, capsys):
@@ -200,6 +206,8 @@ def test_eval(monkeypatch, capsys):
                         questions="Q")
     out = capsys.readouterr().out
     assert "m against tiny: 3 x 99 tokens of s, 2 probes, 8" in " ".join(out.split()) and "87.5%" in out
+    assert main(["eval", "m", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["kl"] == 0.5
 
 
 def test_bench(monkeypatch, capsys):

@@ -153,10 +153,6 @@ class _MosaicMixin:
     bases, so its `__init__` runs around the teacher class's."""
 
     def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
-    def __init__(self, config):
         teacher_class = next(c for c in type(self).__mro__ if c.__module__.startswith("transformers.models."))
         with _teacher_built_quietly(teacher_class):
             super().__init__(config)

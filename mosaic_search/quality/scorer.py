@@ -15,10 +15,7 @@ candidate library (library.py) that `mosaic build` loads, and the module scored 
 Durability (library.ItemStore): each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per
 rank), its aligned weights written to `<table>.library.d/` before that line; `resume` reuses items whose
 fingerprint (teacher weights, data, candidate, alignment settings, seed) matches. The table and library are
-written atomically at the end.
-
-Longer than the house's ~450 lines: the teacher pass, the items and the table share one batch layout (`_Batch`,
-`_Context`) and one fingerprint scheme; each part is a section below (teacher pass, one item, inputs).
+written atomically at the end. Each part is a section below (teacher pass, one item, inputs).
 """
 
 from __future__ import annotations
