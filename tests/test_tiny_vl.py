@@ -89,3 +89,27 @@ def test_its_text_stays_tinys_within_10_percent_on_the_whole_heldout_text():
     assert vl <= 1.10 * tiny
     card = (TINY_VL_DIR / "README.md").read_text()
     assert f"**{vl:.3f}** nats/byte against tiny's\n  {tiny:.3f}" in card
+
+
+@pytest.mark.slow  # the whole pipeline on the VLM (lighter scoring, 2 distillation steps per stage)
+def test_demo_on_tiny_vl_reports_image_accuracy_before_and_after_distillation(tmp_path, monkeypatch):
+    """`mosaic demo --teacher tiny-vl`: its report puts the held-out image accuracy of the teacher, of each plan as
+    built and after distillation (the distill record's numbers) next to the text quality."""
+    from mosaic_search import demo
+    from mosaic_search.quality import scorer
+
+    monkeypatch.setattr(scorer, "DEFAULT_TOKENS", 2048)
+    monkeypatch.setattr(scorer, "DEFAULT_ALIGN_STEPS", 2)
+    monkeypatch.setattr(demo, "DISTILL_STEPS", 2)
+    out = tmp_path / "report"
+    assert main(["demo", "--teacher", "tiny-vl", "--out", str(out)]) == 0
+    rows = {line.split(" | ")[0]: line for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| teacher | ") or " built | " in line or " distilled (" in line}
+    assert rows["| teacher"].endswith(f"| {_card_accuracy():.1f}% | - |")
+    for target in ("1.25", "1.5"):
+        q = json.loads((out / "models" / f"tiny-vl-tpot-{target}x-distilled" / "distill_record.json").read_text())
+        before, after = q["quality"]["before"], q["quality"]["after"]
+        assert rows[f"| {target}x built"].endswith(f"| {before['questions']['accuracy']:.1%} | - |")
+        distilled = rows[f"| {target}x distilled (`models/tiny-vl-tpot-{target}x-distilled`)"]
+        assert f" | {after['heldout_loss']:.4f} | " in distilled
+        assert f"| {after['questions']['accuracy']:.1%} | " in distilled and after["questions"]["n"] == 256
