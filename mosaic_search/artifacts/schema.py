@@ -22,7 +22,9 @@ from ..errors import StaleInputError, UsageError
 from ..operators import Candidate
 from . import files
 
-SCHEMA_VERSION = 1
+# 2: a layer's candidate may carry an MLP ("mlp": {op, params}) and take fewer KV heads (params.kv_heads); version 1
+# artifacts, which have neither, load as they are
+SCHEMA_VERSION = 2
 PROFILE_KIND = "mosaic/latency-profile"
 SENSITIVITY_KIND = "mosaic/sensitivity"
 LIBRARY_KIND = "mosaic/candidate-library"  # the JSON sidecar of the scorer's aligned weights (library.py)
@@ -361,8 +363,9 @@ class _Reader:
     def candidate(self, obj: dict, where: str) -> Candidate:
         op = self.get(obj, "op", str, where)
         params = self.get(obj, "params", dict, where, optional=True, default={})
+        mlp = self.get(obj, "mlp", dict, where, optional=True)
         try:
-            return Candidate.of(op, params)
+            return Candidate.of(op, params, None if mlp is None else self.candidate(mlp, f"{where}.mlp"))
         except UsageError as e:
             self.fail(where, str(e))
 

@@ -1,4 +1,4 @@
-"""THE operator registry: one `OperatorSpec` per candidate token mixer, used by every stage.
+"""THE operator registry: one `OperatorSpec` per candidate (token mixers and MLPs), used by every stage.
 
 Adding an operator is one new file in this folder that calls `register(...)`, plus one import line at the
 bottom of this module. Nothing here imports torch: `mosaic solve` reads the registry without it.
@@ -6,7 +6,7 @@ bottom of this module. Nothing here imports torch: `mosaic solve` reads the regi
 
 from __future__ import annotations
 
-from . import attention, delta, latent, removal  # noqa: F401  (each file registers its operators)
+from . import attention, delta, latent, mlp, removal  # noqa: F401  (each file registers its operators)
 from .registry import (
                        COUNTING_LAYER_TYPES,
                        OPS_HELP,
