@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StaleInputError, UsageError
-from ..operators import Candidate
+from ..operators import Candidate, compose
 from . import files
 
 # 2: a layer's candidate may carry an MLP ("mlp": {op, params}) and take fewer KV heads (params.kv_heads); version 1
@@ -173,9 +173,22 @@ class LatencyProfile:
         return self._by_key.get((layer, candidate, workload))
 
     def layer_ms(self, layer: int, candidate: Candidate, workload: str) -> float | None:
-        """The latency (ms) of one layer with one candidate for one workload; None unless its entry is ok."""
-        e = self._by_key.get((layer, candidate, workload))
-        return e.latency_ms if e is not None and e.status == "ok" else None
+        """The latency (ms) of one layer with one candidate for one workload (a mixer with an MLP: composed from
+        both axes' entries, `operators.compose`); None unless its entries are ok."""
+        def own(c):
+            e = self._by_key.get((layer, c, workload))
+            return e.latency_ms if e is not None and e.status == "ok" else None
+
+        return compose(own, candidate, self.teacher_layers()[layer])
+
+    def cache_bytes(self, layer: int, candidate: Candidate, workload: str) -> int | None:
+        """The cache (bytes per sequence) of one layer with one candidate at `workload`'s context (composed as
+        `layer_ms`; an MLP changes no cache); None without its entries."""
+        def own(c):
+            e = self._by_key.get((layer, c, workload))
+            return None if e is None else e.cache_bytes
+
+        return compose(own, candidate, self.teacher_layers()[layer])
 
     def predicted_ms(self, workload: str, layers) -> float | None:
         """The additive latency model (docs/design.md §3), in ms, of one candidate per layer: the fixed part plus

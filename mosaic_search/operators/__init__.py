@@ -14,6 +14,7 @@ from .registry import (
                        Candidate,
                        OperatorSpec,
                        cache_layout,
+                       compose,
                        default_candidates,
                        from_symbol,
                        get,
@@ -24,6 +25,6 @@ from .registry import (
                        unbuildable,
 )
 
-__all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout",
+__all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout", "compose",
            "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_string", "plot_color", "register",
            "unbuildable"]

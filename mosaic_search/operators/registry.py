@@ -279,7 +279,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
                 found = [item]
             elif not str(item).strip():
                 continue
-            elif ":" in str(item) or not get(str(item).strip()).params:
+            elif ":" in str(item) or "+" in str(item) or not get(str(item).strip()).params:
                 found = [Candidate.parse(str(item))]
             else:
                 op = str(item).strip()
@@ -297,12 +297,25 @@ def default_candidates(dims) -> list[Candidate]:
     return [Candidate.of(name, p) for name, spec in REGISTRY.items() for p in spec.default_params(dims)]
 
 
+def compose(value: Callable[[Candidate], float | None], candidate: Candidate, teacher: Candidate) -> float | None:
+    """A layer choice's value from the tables, which hold each axis alone: value(mixer) + value(MLP) - value(teacher)
+    for a mixer with an MLP (the MLP's entry was measured under the teacher's own mixer `teacher`, so the teacher's
+    part is counted once), else value(candidate). None when a part has no value. The one additive two-axis model:
+    latency, cache bytes and scores all compose through it."""
+    if not candidate.mlp:
+        return value(candidate)
+    parts = [value(candidate.mixer), value(candidate.mlp_candidate), value(teacher)]
+    return None if any(v is None for v in parts) else parts[0] + parts[1] - parts[2]
+
+
 def unbuildable(layers) -> str | None:
     """Why a per-layer assignment (one Candidate per layer) cannot become a model that generates, or None.
 
     The one validity rule: solve imposes it as a MIP constraint (so the sweep, the reachability report and
     solve_many do too), the baselines and the solver's re-check refuse it, build and bench refuse such a plan.
     """
+    if any(c.spec.axis != "mixer" for c in layers):
+        return "an MLP candidate alone is not a layer choice: give it a mixer (e.g. gqa+mlp:width=256)"
     if not any(REGISTRY[c.op].counts_tokens for c in layers):
         ops = ", ".join(sorted({c.op for c in layers}))
         return (f"only {ops} layers: a model needs at least one attention layer (an operator of layer type "

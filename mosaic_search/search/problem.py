@@ -13,14 +13,14 @@ from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
 from ..errors import StaleInputError, UsageError, did_you_mean
-from ..operators import REGISTRY, Candidate, unbuildable
+from ..operators import REGISTRY, Candidate, compose, unbuildable
 
 METRICS = ("kl", "delta_loss")
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One candidate allowed at one layer and what taking it costs.
+    """One candidate allowed at one layer and what taking it costs (both axes composed, `operators.compose`).
 
     `loss`: its score under the problem's metric (nats); `latency_ms`: {workload in scope: ms of the whole
     decoder layer}; `cache_bytes`: what it keeps for the cache bound's batch at the bound's context (0 when
@@ -83,8 +83,12 @@ class Problem:
 # ---- KEY=VALUE and operator specs, as the CLI gives them -----------------------------------------
 
 def matches(spec, c: Candidate) -> bool:
-    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself."""
-    return c == spec if isinstance(spec, Candidate) else c.op == spec
+    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself; an MLP spec
+    matches a layer choice by its MLP (`--max mlp=4`, `--pin 3=nomlp`)."""
+    mlp = c.mlp_candidate
+    if isinstance(spec, Candidate):
+        return c == spec or (spec.spec.axis == "mlp" and mlp == spec)
+    return c.op == spec or (mlp is not None and mlp.op == spec)
 
 
 def parse_spec(text, where: str = "") -> str | Candidate:
@@ -93,7 +97,7 @@ def parse_spec(text, where: str = "") -> str | Candidate:
         return text
     text = str(text).strip()
     try:
-        if ":" in text:
+        if ":" in text or "+" in text:
             return Candidate.parse(text)
         if text not in REGISTRY:
             raise UsageError(f'unknown operator "{text}"{did_you_mean(text, REGISTRY)}; known: {", ".join(REGISTRY)}')
@@ -165,9 +169,8 @@ def _ranked(folder, kind: str, want=None) -> list[Path]:
 
 
 def _load(thing, loader):
-    if thing is None or isinstance(thing, (LatencyProfile, SensitivityTable)):
-        return thing, None
-    return loader(thing), Path(thing)
+    return (thing, None) if thing is None or isinstance(thing, (LatencyProfile, SensitivityTable)) else (
+        loader(thing), Path(thing))
 
 
 def _fingerprint(artifact, path) -> str:
@@ -298,6 +301,29 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
     return layer, spec
 
 
+def _choices(profile: LatencyProfile, ok: list, lat: dict, loss: dict, cache: dict, keep: list) -> list:
+    """The Choices at each layer: every mixer allowed there, and every mixer but drop with every MLP candidate allowed
+    there, costs composed from both axes against the teacher's own operator (`operators.compose`). Allowed: ran ok on
+    every workload in scope, scored, with a cache entry if bounded (`ok`), and in --ops (`keep`)."""
+    teacher, have = profile.teacher_layers(), set(ok)
+    allowed = [[] for _ in teacher]
+    for layer, c in ok:
+        if not keep or any(matches(s, c) for s in keep):
+            allowed[layer].append(c)
+    out = []
+    for layer, cands in enumerate(allowed):
+        mixers = [c for c in cands if c.spec.axis == "mixer"]
+        mlps = [c for c in cands if c.spec.axis == "mlp"] if (layer, teacher[layer]) in have else []
+        out.append([])
+        for c in sorted(mixers + [m.with_mlp(f) for f in mlps for m in mixers if m.op != "drop"]):
+            def part(table, c=c, layer=layer, get=lambda v: v):
+                return compose(lambda x: get(table.get((layer, x))), c, teacher[layer])
+
+            out[-1].append(Choice(layer, c, loss=part(loss), cache_bytes=part(cache) if cache else 0,
+                                  latency_ms={w: part(lat, get=lambda v, w=w: v[w]) for w in lat[layer, c.mixer]}))
+    return out
+
+
 def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_speedup=None, tpot_speedup=None,
             max_cache_bytes=None, cache_batch=1, cache_context=None, ops=None, pins=None, min_count=None,
             max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
@@ -340,12 +366,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
         if not any(matches(spec, c) for c in held):
             raise UsageError(f"--ops {spec}: not in both the profile and the sensitivity table (they hold: "
                              f"{', '.join(c.label for c in sorted(held))})")
-    choices = [[] for _ in range(profile.header.model.num_hidden_layers)]
-    # A candidate is allowed at a layer only if it ran (status ok) on every workload in scope and was scored.
-    for key in sorted(lat):
-        if (len(lat[key]) == len(scope) and key not in failed and key in loss and (cache_limit is None or key in cache)
-                and (not keep or any(matches(s, key[1]) for s in keep))):
-            choices[key[0]].append(Choice(*key, loss=loss[key], latency_ms=lat[key], cache_bytes=cache.get(key, 0)))
+    ok = [key for key in sorted(lat) if len(lat[key]) == len(scope) and key not in failed and key in loss
+          and (cache_limit is None or key in cache)]
+    choices = _choices(profile, ok, lat, loss, cache, keep)
     given_pins = {}
     for layer_text, spec_text in pairs(pins, "--pin"):
         layer, spec = _pin([[ch.candidate for ch in cs] for cs in choices], layer_text, spec_text)
@@ -393,7 +416,7 @@ def cache_bytes(p: Problem, layers) -> int | None:
     when the problem has no cache bound."""
     if p.cache_limit is None:
         return None
-    return sum(p.cache_batch * p.profile.entry(l, c, p.cache_workload).cache_bytes for l, c in enumerate(layers))
+    return sum(p.cache_batch * p.profile.cache_bytes(l, c, p.cache_workload) for l, c in enumerate(layers))
 
 
 def violations(p: Problem, layers, tol: float) -> list[str]:

@@ -15,7 +15,7 @@ from ..artifacts.files import PLANS_DIR
 from ..artifacts.schema import Header, LayerPlan, Pareto
 from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean
 from ..hf.models import slug
-from ..operators import REGISTRY, Candidate, pattern_string, plot_color
+from ..operators import REGISTRY, Candidate, compose, pattern_string, plot_color
 from . import baselines
 from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
 
@@ -199,15 +199,16 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
     if broken := violations(p, layers, _TOL):
         fail(broken[0])
     # Read the artifacts again rather than the solver's tables, so a bug in building them shows up here.
-    scored = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
-    if any((l, c) not in scored for l, c in enumerate(layers)):
+    table = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
+    teacher = p.profile.teacher_layers()
+    scored = {(l, c): compose(lambda x, l=l: table.get((l, x)), c, teacher[l]) for l, c in enumerate(layers)}
+    if any(v is None for v in scored.values()):
         fail("a chosen candidate has no score")
     objective = float(sum(scored[l, c] for l, c in enumerate(layers)))
     if claimed is not None and abs(claimed - objective) > _TOL * max(1.0, abs(objective)):
         fail(f"the solver's objective {claimed:.6g} differs from the recomputed {objective:.6g}")
     rows = predicted(p, layers)
-    per_layer = []
-    teacher = p.profile.teacher_layers()  # "latency saved" is measured from the teacher's own operator in the layer
+    per_layer = []  # "latency saved" is measured from the teacher's own operator in the layer
     for l, c in enumerate(layers):
         saved = {}
         for w in rows:
