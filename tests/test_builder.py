@@ -259,8 +259,8 @@ def test_one_cache_holds_what_each_operator_needs(built):
     for idx, c in enumerate(MIXED):
         slot = cache.layers[idx]
         keys = getattr(slot, "keys", None)
-        if c.op == "gqa":
-            assert keys.shape[-2] == total
+        if c.op == "gqa":  # its own KV heads: the teacher's 2, or fewer
+            assert keys.shape[-2] == total and keys.shape[1] == c.kwargs.get("kv_heads", 2)
         elif c.op == "swa":
             assert keys.shape[-2] < WINDOW  # the window's past; the new token completes it
         elif c.op == "mla":

@@ -236,3 +236,32 @@ def test_built_model_ships_the_scored_mlps_and_old_configs_still_load(scored, tm
     (old_dir / "config.json").write_text(json.dumps(old))
     first = AutoModelForCausalLM.from_pretrained(old_dir, trust_remote_code=True)
     assert [layer.mlp.down_proj.in_features for layer in first.model.layers] == [128] * 3
+
+
+# ---- fewer KV heads ---------------------------------------------------------------------------------
+
+def test_fewer_kv_heads_pool_each_group_and_shrink_the_cache():
+    """gqa:kv_heads=1 of 2 teacher heads: K/V rows the mean of both heads' rows, q/o and norms the teacher's, a cache
+    half the size, aligned like any derived mixer; kv_heads that does not divide the teacher's is one line naming the
+    valid values; at the teacher's count it is the teacher exactly."""
+    model = tiny_model("qwen3")
+    dims = surgery.dims_of(model.config)
+    teacher = surgery.teacher_attention(model, 0)
+    ids = torch.randint(3, 90, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids).logits
+        one = surgery.swap(model, 0, Candidate.parse("gqa:kv_heads=1"))
+        for name in ("k_proj", "v_proj"):
+            w = getattr(teacher, name).weight
+            torch.testing.assert_close(getattr(one, name).weight, w.view(2, 16, -1).mean(0), rtol=0, atol=1e-7)
+        for name in ("q_proj", "o_proj", "q_norm", "k_norm"):
+            assert all(torch.equal(a, b) for a, b in zip(getattr(one, name).state_dict().values(),
+                                                         getattr(teacher, name).state_dict().values()))
+        surgery.swap(model, 0, Candidate.parse("gqa:kv_heads=2"))
+        torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
+    c = Candidate.parse("swa:window=64:kv_heads=1")
+    assert c.aligned and not Candidate.of("gqa").aligned and c.label == "swa:64:kv_heads=1"
+    assert c.spec.cache_bytes(dims, 512, 2, **c.kwargs) * 2 == Candidate.of("swa", {"window": 64}).spec.cache_bytes(
+        dims, 512, 2, window=64)
+    with pytest.raises(UsageError, match="kv_heads must divide the teacher's 2 KV heads: one of 1, 2; got 3"):
+        parse_candidates("gqa:kv_heads=3", dims)

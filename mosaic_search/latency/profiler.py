@@ -146,7 +146,8 @@ def _same_as_gqa(cands, wls) -> set:
     """A window covering every token a query sees computes exactly what gqa does: it gets gqa's timing, not a second
     measurement of the same work that would differ only by noise (and win or lose a plan on it)."""
     gqa = Candidate.teacher()
-    return {(c, w.name) for c in cands for w in wls if gqa in cands and covers_context(c, w)}
+    return {(c, w.name) for c in cands for w in wls
+            if gqa in cands and covers_context(c, w) and "kv_heads" not in c.kwargs}
 
 
 def _measure(todo: _Schedule, bench: Bench, reference: Bench | None, pool, progress) -> None:

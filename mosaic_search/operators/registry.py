@@ -45,12 +45,6 @@ class OperatorSpec:
     optional: tuple[str, ...] = ()
     check: Callable[[Any, dict], str | None] = lambda dims, params: None
 
-    @property
-    def in_library(self) -> bool:
-        """Whether the scorer stores what it scored of this operator in the candidate library, for build to load:
-        aligned weights of a mixer, or the channels an MLP keeps."""
-        return self.aligned or self.axis == "mlp"
-
     def build(self, dims, layer_idx: int, **params):
         """A fresh (randomly initialised) mixer module for one layer of a model of dimensions `dims` (`ModelDims`)."""
         from ..modeling.mixers import MIXERS  # torch: the registry itself stays importable without it
@@ -197,6 +191,12 @@ class Candidate:
         return dict(self.params)
 
     @property
+    def aligned(self) -> bool:
+        """Whether this candidate is distilled locally before scoring (`OperatorSpec.aligned`, or a teacher operator
+        given fewer KV heads, whose pooled projections are no longer the teacher's)."""
+        return self.spec.aligned or "kv_heads" in self.kwargs
+
+    @property
     def mlp_candidate(self) -> "Candidate | None":
         """The MLP this layer choice takes (None: the teacher's); an MLP candidate by itself is its own."""
         if self.spec.axis == "mlp":
@@ -279,7 +279,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
                 found = [item]
             elif not str(item).strip():
                 continue
-            elif ":" in str(item) or "+" in str(item) or not get(str(item).strip()).params:
+            elif ":" in str(item) or "+" in str(item) or not _required(get(str(item).strip())):
                 found = [Candidate.parse(str(item))]
             else:
                 op = str(item).strip()
@@ -290,6 +290,11 @@ def parse_candidates(ops, dims) -> list[Candidate]:
         return [c.check_fits(dims) for c in out]
     except UsageError as e:  # named as solve names it: the flag every command shares
         raise UsageError(f"--ops: {e}") from None
+
+
+def _required(spec: OperatorSpec) -> tuple:
+    """The params a candidate of `spec` must give: a bare operator whose params are all optional means itself."""
+    return tuple(p for p in spec.params if p not in spec.optional)
 
 
 def default_candidates(dims) -> list[Candidate]:

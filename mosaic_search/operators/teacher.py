@@ -121,3 +121,17 @@ def narrow_from_teacher(new: nn.Module, teacher: nn.Module, channels: torch.Tens
     n_down.weight.copy_(t_down.weight[:, channels.to(t_down.weight.device)])
     if t_down.bias is not None:
         n_down.bias.copy_(t_down.bias)
+
+
+@torch.no_grad()
+def pool_kv_from_teacher(new: nn.Module, teacher: nn.Module) -> None:
+    """Initialise an `Attention` with fewer KV heads than the teacher: q/o projections and q/k norms copied, and each
+    new K/V head the mean of its group of teacher heads (new head j: teacher heads j*g .. j*g+g-1, g = teacher / new
+    heads, the heads whose query heads it now serves), weights and biases alike."""
+    copy_from_teacher(new, teacher, ("q_proj", "o_proj", *NORMS))
+    proj = teacher_projections(teacher, new.dims)
+    k, d = new.num_kv_heads, new.head_dim
+    for name in ("k_proj", "v_proj"):
+        for key, value in proj[name].items():
+            pooled = value.reshape(k, -1, d, *value.shape[1:]).mean(dim=1)
+            getattr(new, name).state_dict()[key].copy_(pooled.reshape(k * d, *value.shape[1:]))

@@ -234,9 +234,9 @@ class ItemStore:
 
 
 def stores(candidate: Candidate) -> bool:
-    """Whether the scorer keeps this scored candidate's weights in the library: an aligned mixer's, or the channels
-    of a narrower MLP (nomlp has none)."""
-    return candidate.spec.in_library and (candidate.spec.axis == "mixer" or bool(candidate.params))
+    """Whether the scorer keeps this scored candidate's weights in the library: an aligned mixer's (fewer KV heads
+    included), or the channels of a narrower MLP (nomlp has none)."""
+    return candidate.aligned or (candidate.spec.axis == "mlp" and bool(candidate.params))
 
 
 def write_library(store: ItemStore, header: Header, items, scores_sha256: str) -> None:

@@ -189,7 +189,7 @@ def cost(dims, candidates, tokens: int, seq_len: int, align_steps: int) -> dict:
     head = dims.vocab_size * h
     full = L * layer + head
     scored = len(candidates) - 1  # per layer, every candidate but the teacher's own (`_candidates` includes it)
-    n_aligned = sum(c.spec.aligned for c in candidates)  # the teacher's own operators are never aligned
+    n_aligned = sum(c.aligned for c in candidates)  # the teacher's own operators are never aligned
     teacher = (full + head) / full
     items = scored * sum((L - i) * layer + head for i in range(L)) / full
     pool, step = ALIGN_WINDOWS * seq_len, align_mod.BATCH_ROWS * seq_len
@@ -392,12 +392,12 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
 
     from ..hf import surgery
 
-    steps = steps if cand.spec.aligned else 0
+    steps = steps if cand.aligned else 0
     extra, weights, part = {}, None, None
     if library.stores(cand) and cand.spec.axis == "mlp":
         weights = {"channels": ctx.mlp_order[layer][:cand.kwargs["width"]].clone()}
         part = store.save_part(layer, cand, weights, fp)
-    elif cand.spec.aligned:
+    elif cand.aligned:
         item_seed = int(hashlib.sha256(f"{seed}/{layer}/{cand}".encode()).hexdigest()[:8], 16)
         with _seeded(item_seed, ctx.device):
             mixer = surgery.build_mixer(ctx.model, layer, cand)
@@ -511,7 +511,7 @@ def _weights_fingerprint(model, ref) -> str:
 
 
 def _item_fingerprint(teacher_fp: str, data_sha: str, layer: int, cand: Candidate, steps: int, seed: int) -> str:
-    aligned = cand.spec.aligned
+    aligned = cand.aligned
     obj = {"version": SCORER_VERSION, "teacher": teacher_fp, "data": data_sha, "layer": layer, "candidate": str(cand),
            "seed": seed,
            "align": {"steps": steps, "lr": align_mod.LR, "rows": align_mod.BATCH_ROWS} if aligned else None}
