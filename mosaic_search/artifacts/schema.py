@@ -158,6 +158,11 @@ class LatencyProfile:
     # the teacher's own operator per layer (`surgery.teacher_ops`); empty in profiles of older versions, whose
     # teachers were all gqa
     teacher: tuple[Candidate, ...] = ()
+    # the bytes of one decoder layer's weights with each candidate (every layer alike), and of the rest of the model
+    # (embeddings, head, norms, a vision tower): what serving holds in memory besides the cache; empty / None in
+    # profiles of older versions
+    weight_bytes: tuple[tuple[Candidate, int], ...] = ()
+    fixed_weight_bytes: int | None = None
     kind = PROFILE_KIND
 
     def teacher_layers(self) -> tuple[Candidate, ...]:
@@ -198,6 +203,11 @@ class LatencyProfile:
         if fixed is None or any(v is None for v in own):
             return None
         return fixed + sum(own)
+
+    def layer_weight_bytes(self, layer: int, candidate: Candidate) -> int | None:
+        """The bytes of one layer's weights with one candidate (composed as `layer_ms`); None when not recorded."""
+        table = dict(self.weight_bytes)
+        return compose(table.get, candidate, self.teacher_layers()[layer])
 
     def teacher_ms(self, workload: str) -> float | None:
         """The teacher's latency under the same additive model as a plan's: fixed part + its own layers' operators.
@@ -313,6 +323,9 @@ def to_json(artifact) -> dict:
         out["validation"] = [dict(v) for v in artifact.validation]
         if artifact.teacher:
             out["teacher"] = [c.to_json() for c in artifact.teacher]
+        if artifact.weight_bytes:
+            out["weight_bytes"] = [{**c.to_json(), "weight_bytes": n} for c, n in artifact.weight_bytes]
+            out["fixed_weight_bytes"] = artifact.fixed_weight_bytes
     elif isinstance(artifact, SensitivityTable):
         out["metric"] = artifact.metric
         out["data"] = dict(artifact.data)
@@ -479,10 +492,14 @@ def load_profile(path: str | os.PathLike) -> LatencyProfile:
                                                                               default=[]))]
     if teacher and len(teacher) != header.model.num_hidden_layers:
         r.fail("teacher", f"lists {len(teacher)} layers, the model has {header.model.num_hidden_layers}")
+    weights = tuple((r.candidate(w, f"weight_bytes[{i}]"), r.get(w, "weight_bytes", int, f"weight_bytes[{i}]"))
+                    for i, w in enumerate(r.get(obj, "weight_bytes", list, optional=True, default=[])))
     return LatencyProfile(header=header, workloads=tuple(workloads),
                           baseline_ms={k: None if v is None else float(v) for k, v in baseline.items()},
                           fixed_ms={k: None if v is None else float(v) for k, v in fixed.items()},
-                          entries=tuple(entries), validation=tuple(validation), teacher=tuple(teacher))
+                          entries=tuple(entries), validation=tuple(validation), teacher=tuple(teacher),
+                          weight_bytes=weights, fixed_weight_bytes=r.get(obj, "fixed_weight_bytes", int,
+                                                                         optional=True))
 
 
 def load_sensitivity(path: str | os.PathLike) -> SensitivityTable:

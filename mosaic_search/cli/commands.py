@@ -151,6 +151,15 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
           max_cache_bytes: Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")] = None,
           cache_batch: Annotated[int, typer.Option(help="Sequences the cache bound holds.")] = 1,
           cache_context: Annotated[Optional[int], typer.Option(help="Context of the cache bound.")] = None,
+          max_memory: Annotated[Optional[float], typer.Option(
+              help="Bound on weights + cache at --cache-batch and --cache-context: bytes, or at most 1 a fraction of "
+                   "the teacher's.")] = None,
+          throughput_speedup: Annotated[Optional[float], typer.Option(
+              help="Serving: batch / TPOT at least this times the teacher's within --memory (chooses the batch).")
+          ] = None,
+          memory: Annotated[Optional[float], typer.Option(
+              help="Serving: bytes for weights + cache (at most 1: a fraction of the teacher's).")] = None,
+          context: Annotated[Optional[int], typer.Option(help="Serving: the context the cache holds.")] = None,
           ops: OpsOpt = None,
           pin: Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")] = None,
           min_count: Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")] = None,
@@ -173,7 +182,13 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
     kw = dict(speedup=speedup, profile=profile, scores=scores, workloads=workload, ttft_speedup=ttft_speedup,
               tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes, cache_batch=cache_batch,
               cache_context=cache_context, ops=ops, pins=pin, min_count=min_count, max_count=max_count, metric=metric,
-              device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite)
+              device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite,
+              max_memory=max_memory)
+    if throughput_speedup is not None or memory is not None:
+        plan = solver.solve(strategy=strategy, throughput_speedup=throughput_speedup, memory=memory, context=context,
+                            **kw)
+        save_table(plan)
+        return views.plans([plan], [solver.plan_path(plan.header.model.id, out)], table_out, as_json, many=False)
     if sweep:
         front = solver.sweep(sweep, plot=plot, **kw)
         save_table(front)

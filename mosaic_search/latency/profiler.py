@@ -89,8 +89,10 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
+    weights, fixed_weights = weight_bytes(bench, [c for c in cands if (c, wls[0].name) not in pool.failed])
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
-                            entries=tuple(entries), teacher=tuple(bench.teacher))
+                            entries=tuple(entries), teacher=tuple(bench.teacher), weight_bytes=weights,
+                            fixed_weight_bytes=fixed_weights)
     measured = {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls}
     result = replace(result, validation=tuple(additivity(result, checks, measured)))
     save(result, path)
@@ -201,6 +203,23 @@ def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: 
                                             p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
                                             cache_bytes=cache_bytes, reason=reason))
     return entries
+
+
+def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
+    """((candidate, bytes of layer 0's weights with it installed), ...) and the bytes of every other weight of the
+    model (embeddings and a tied head once, norms, a vision tower), from the modules the profile timed."""
+    def nbytes(params) -> int:
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values())
+
+    out = []
+    for c in candidates:
+        bench.assign([c] + bench.teacher[1:])
+        out.append((c, nbytes(bench.stack.layers[0].parameters())))
+    bench.assign(bench.teacher)
+    inside = {id(p) for layer in bench.stack.layers for p in layer.parameters()}
+    kept = getattr(bench.model, surgery.ORIGINALS, None)
+    inside |= {id(p) for p in kept.parameters()} if kept is not None else set()
+    return tuple(out), nbytes(p for p in bench.model.parameters() if id(p) not in inside)
 
 
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:

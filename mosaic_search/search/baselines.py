@@ -16,6 +16,8 @@ def _resources(p: Problem) -> list:
     out = [(lambda ch, w=w: ch.latency_ms[w], p.budget(w), p.profile.teacher_ms(w) / p.targets[w]) for w in p.targets]
     if p.cache_limit is not None:
         out.append((lambda ch: ch.cache_bytes, p.cache_limit, p.cache_limit))
+    if p.memory_limit is not None:
+        out.append((lambda ch: p.memory[ch.layer, ch.candidate], p.memory_limit, p.memory_limit))
     out += [(lambda ch, s=spec: float(matches(s, ch.candidate)), float(n), 1.0) for spec, n in p.max_count]
     # operators.unbuildable, as -count <= -1
     out.append((lambda ch: -float(ch.candidate.spec.counts_tokens), -1.0, 1.0))

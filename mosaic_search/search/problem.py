@@ -13,25 +13,10 @@ from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
 from ..errors import StaleInputError, UsageError, did_you_mean
-from ..operators import REGISTRY, Candidate, compose, unbuildable
+from ..operators import REGISTRY, Candidate, unbuildable
+from .choices import Choice, layer_choices, matches
 
 METRICS = ("kl", "delta_loss")
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One candidate allowed at one layer and what taking it costs (both axes composed, `operators.compose`).
-
-    `loss`: its score under the problem's metric (nats); `latency_ms`: {workload in scope: ms of the whole
-    decoder layer}; `cache_bytes`: what it keeps for the cache bound's batch at the bound's context (0 when
-    the problem has no cache bound).
-    """
-
-    layer: int
-    candidate: Candidate
-    loss: float
-    latency_ms: dict
-    cache_bytes: int = 0
 
 
 @dataclass
@@ -56,6 +41,8 @@ class Problem:
     max_count: list = field(default_factory=list)
     targets: dict = field(default_factory=dict)
     given: dict = field(default_factory=dict)
+    memory_limit: float | None = None  # bytes for the layers' weights + cache (`serving.set_memory`), fixed part out
+    memory: dict = field(default_factory=dict)  # {(layer, candidate): its weights + batch x cache bytes}
 
     @property
     def num_layers(self) -> int:
@@ -81,15 +68,6 @@ class Problem:
 
 
 # ---- KEY=VALUE and operator specs, as the CLI gives them -----------------------------------------
-
-def matches(spec, c: Candidate) -> bool:
-    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself; an MLP spec
-    matches a layer choice by its MLP (`--max mlp=4`, `--pin 3=nomlp`)."""
-    mlp = c.mlp_candidate
-    if isinstance(spec, Candidate):
-        return c == spec or (spec.spec.axis == "mlp" and mlp == spec)
-    return c.op == spec or (mlp is not None and mlp.op == spec)
-
 
 def parse_spec(text, where: str = "") -> str | Candidate:
     """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion."""
@@ -301,38 +279,16 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
     return layer, spec
 
 
-def _choices(profile: LatencyProfile, ok: list, lat: dict, loss: dict, cache: dict, keep: list) -> list:
-    """The Choices at each layer: every mixer allowed there, and every mixer but drop with every MLP candidate allowed
-    there, costs composed from both axes against the teacher's own operator (`operators.compose`). Allowed: ran ok on
-    every workload in scope, scored, with a cache entry if bounded (`ok`), and in --ops (`keep`)."""
-    teacher, have = profile.teacher_layers(), set(ok)
-    allowed = [[] for _ in teacher]
-    for layer, c in ok:
-        if not keep or any(matches(s, c) for s in keep):
-            allowed[layer].append(c)
-    out = []
-    for layer, cands in enumerate(allowed):
-        mixers = [c for c in cands if c.spec.axis == "mixer"]
-        mlps = [c for c in cands if c.spec.axis == "mlp"] if (layer, teacher[layer]) in have else []
-        out.append([])
-        for c in sorted(mixers + [m.with_mlp(f) for f in mlps for m in mixers if m.op != "drop"]):
-            def part(table, c=c, layer=layer, get=lambda v: v):
-                return compose(lambda x: get(table.get((layer, x))), c, teacher[layer])
-
-            out[-1].append(Choice(layer, c, loss=part(loss), cache_bytes=part(cache) if cache else 0,
-                                  latency_ms={w: part(lat, get=lambda v, w=w: v[w]) for w in lat[layer, c.mixer]}))
-    return out
-
-
 def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_speedup=None, tpot_speedup=None,
-            max_cache_bytes=None, cache_batch=1, cache_context=None, ops=None, pins=None, min_count=None,
+            max_cache_bytes=None, cache_batch=1, cache_context=None, max_memory=None, ops=None, pins=None, min_count=None,
             max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
             profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> Problem:
     """Check every input and turn the profile and the sensitivity table into one Problem.
 
     `profile` / `scores`: records, paths, or None (see `load_inputs`); `workloads`: names in scope (default:
     all); speedups are targets over the teacher (`set_targets`); `max_cache_bytes` bounds the cache of
-    `cache_batch` sequences at context `cache_context` (default: the longest profiled); `ops`: "gqa,swa" or a
+    `cache_batch` sequences at context `cache_context` (default: the longest profiled), `max_memory` the weights
+    and that cache together (`serving.set_memory`); `ops`: "gqa,swa" or a
     list, the candidates allowed; `pins`, `min_count`, `max_count`: "LAYER=OP" / "OP=N" strings or mappings.
     Raises UsageError (exit 2) for any bad value, StaleInputError (exit 4) as `load_inputs` does.
     """
@@ -352,8 +308,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     loss = {(e.layer, e.candidate): float(getattr(e, metric)) for e in scores.entries}
     cache, cache_limit, ref = {}, positive("--max-cache-bytes", max_cache_bytes), None
     batch = positive("--cache-batch", cache_batch, integer=True)
-    if cache_limit is None and (cache_context is not None or batch != 1):
-        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound; give it too")
+    if cache_limit is None and max_memory is None and (cache_context is not None or batch != 1):
+        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes / --max-memory bound; "
+                         "give one")
     if cache_limit is not None:
         ref = _cache_workload(profile, cache_context)
         cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}
@@ -368,7 +325,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                              f"{', '.join(c.label for c in sorted(held))})")
     ok = [key for key in sorted(lat) if len(lat[key]) == len(scope) and key not in failed and key in loss
           and (cache_limit is None or key in cache)]
-    choices = _choices(profile, ok, lat, loss, cache, keep)
+    choices = layer_choices(profile, ok, lat, loss, cache, keep)
     given_pins = {}
     for layer_text, spec_text in pairs(pins, "--pin"):
         layer, spec = _pin([[ch.candidate for ch in cs] for cs in choices], layer_text, spec_text)
@@ -386,7 +343,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                 choices=tuple(map(tuple, choices)), metric=metric, cache_limit=cache_limit,
                 cache_workload=ref.name if ref else None, cache_batch=batch, min_count=mins, max_count=maxs,
                 given=given)
-    return set_targets(p, speedup, ttft_speedup, tpot_speedup)
+    from .serving import set_memory  # it builds on this module
+
+    return set_memory(set_targets(p, speedup, ttft_speedup, tpot_speedup), max_memory, batch, cache_context)
 
 
 # ---- what an assignment costs, and which rules it breaks -----------------------------------------
@@ -440,6 +399,9 @@ def violations(p: Problem, layers, tol: float) -> list[str]:
     cache = cache_bytes(p, layers)
     if cache is not None and cache > p.cache_limit * (1 + tol):
         out.append(f"cache {cache} bytes over the bound of {p.cache_limit:.0f}")
+    if p.memory_limit is not None and (mem := sum(p.memory[l, c] for l, c in enumerate(layers))) > p.memory_limit * (
+            1 + tol):
+        out.append(f"layers' weights + cache {mem} bytes over the memory left them, {p.memory_limit:.0f}")
     for specs, sense in ((p.min_count, 1), (p.max_count, -1)):
         for spec, n in specs:
             count = sum(matches(spec, c) for c in layers)

@@ -18,6 +18,7 @@ from ..hf.models import slug
 from ..operators import REGISTRY, Candidate, compose, pattern_string, plot_color
 from . import baselines
 from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
+from .serving import MEMORY, memory_bytes, memory_note, solve_serving
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
 # Search settings, not the model: with a near-optimal warm start, HiGHS's sub-MIP heuristics, restarts and
@@ -42,7 +43,8 @@ def _rows(p: Problem, columns: list, minimize, budgets: bool, avoid, min_distanc
     """Objective and every constraint but one-per-layer, as dense `A x <= b` rows over `columns` (Choices)."""
     import numpy as np
 
-    cost = [ch.loss if minimize is None else ch.latency_ms[minimize] for ch in columns]
+    cost = [ch.loss if minimize is None else p.memory[ch.layer, ch.candidate] if minimize == MEMORY else
+            ch.latency_ms[minimize] for ch in columns]
     rows, rhs = [], []
     if budgets:
         for w in p.targets:
@@ -51,6 +53,9 @@ def _rows(p: Problem, columns: list, minimize, budgets: bool, avoid, min_distanc
     if p.cache_limit is not None:
         rows.append([ch.cache_bytes for ch in columns])
         rhs.append(p.cache_limit)
+    if p.memory_limit is not None:
+        rows.append([p.memory[ch.layer, ch.candidate] for ch in columns])
+        rhs.append(p.memory_limit)
     for specs, sign in ((p.min_count, -1.0), (p.max_count, 1.0)):  # min counts as -count <= -n
         for spec, n in specs:
             rows.append([sign * matches(spec, ch.candidate) for ch in columns])
@@ -104,7 +109,7 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     """Solve the MIP: (chosen candidates per layer, solver info), or (None, info) when infeasible.
 
     `minimize=None` minimises the summed scores; a workload name minimises its latency instead (the best
-    reachable speedup). `avoid` lists assignments the answer must differ from in >= `min_distance` layers.
+    reachable speedup), `MEMORY` the layers' weights + cache (`serving`). `avoid` lists assignments the answer must differ from in >= `min_distance` layers.
     `start` (one candidate per layer), if feasible, is a warm start: the answer is never worse than it.
     Exact speed-up, measured in benchmarks/bench_solver.py: the LP relaxation gives a bound and a rounded
     incumbent; a column whose LP reduced cost exceeds (incumbent - bound) cannot be in any optimum and is
@@ -216,12 +221,13 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
             saved[w] = t - p.profile.layer_ms(l, c, w) if t is not None else None
         per_layer.append({"layer": l, "candidate": str(c), "loss": float(scored[l, c]), "saved_ms": saved})
     return {"layers": layers, "predicted": rows, "objective": objective, "cache_bytes": cache_bytes(p, layers),
-            "per_layer": per_layer}
+            "memory_bytes": memory_bytes(p, layers), "per_layer": per_layer}
 
 
 def _plan(p: Problem, check: dict, info: dict) -> LayerPlan:
     header = Header.new(p.profile.header.model, env=p.profile.header.env, inputs=p.inputs)
-    solver = {**info, "cache_bytes": check["cache_bytes"], "per_layer": check["per_layer"]}
+    solver = {**info, "cache_bytes": check["cache_bytes"], "memory_bytes": check["memory_bytes"],
+              "per_layer": check["per_layer"]}
     return LayerPlan(header=header, layers=tuple(check["layers"]), predicted=check["predicted"],
                      objective=check["objective"], constraints=dict(p.given), solver=solver)
 
@@ -236,7 +242,7 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     if strategy == "mip":
         chosen, info = run_mip(p, time_limit_s=time_limit_s, mip_gap=mip_gap)
         if chosen is None:
-            raise InfeasibleError(reachability(p, time_limit_s))
+            raise InfeasibleError(memory_note(p, time_limit_s) or reachability(p, time_limit_s))
         return chosen, info
     if strategy == "greedy":
         chosen, info = baselines.greedy(p)
@@ -255,14 +261,28 @@ def _needs_target(p: Problem, strategy: str) -> None:
 
 
 def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap=1e-4, out=None, write=True,
-          overwrite=False, **inputs) -> LayerPlan:
+          overwrite=False, throughput_speedup=None, memory=None, context=None, **inputs) -> LayerPlan:
     """The least-loss plan meeting every target (or a greedy / fixed-pattern baseline), verified and saved.
 
     `strategy`: "mip", "greedy" or "pattern:SYMBOLS"; other keywords are those of `problem.prepare` (the
     inputs, speedup targets and constraints). The plan goes to `out` or layer_plans/<model>/plan.json; an
     existing one is replaced only with `overwrite` (as `build` replaces a model directory). Raises UsageError
     (exit 2) for bad input, StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
+    `throughput_speedup` with `memory` (and `context`) solves the serving regime instead (`serving.solve_serving`):
+    the plan records the batch it was solved for in `constraints["serving"]`.
     """
+    if throughput_speedup is not None or memory is not None:
+        if throughput_speedup is None or memory is None or strategy != "mip":
+            raise UsageError("--throughput-speedup and --memory go together, with the mip strategy")
+        p, chosen, info, _ = solve_serving(throughput_speedup, memory, context, time_limit_s=time_limit_s,
+                                           mip_gap=mip_gap, profile=profile, scores=scores, **inputs)
+        path = plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR))
+        if write:
+            files.check_output(path, overwrite=overwrite)
+        plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": "mip", **info})
+        if write:
+            schema.save(plan, path)
+        return plan
     p = prepare(profile, scores, **inputs)
     _needs_target(p, strategy)
     positive("--time-limit", time_limit_s)
