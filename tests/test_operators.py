@@ -234,3 +234,18 @@ def test_short_labels_parse_back_and_every_operator_has_its_own_colour():
     assert Candidate.of("swa", {"window": 1024}).label == "swa:1024" and Candidate.of("gqa").label == "gqa"
     colours = [plot_color(op) for op in REGISTRY]
     assert len(set(colours)) == len(colours) and plot_color("gqa") == "#1f77b4"  # matplotlib's first colour
+
+
+def test_the_registry_keeps_its_documented_order():
+    """Registration order is the order of every table, profile and plot (and of the MIP's candidates): a sorted
+    import in operators/__init__.py must not reorder it."""
+    from mosaic_search.operators import REGISTRY
+
+    assert list(REGISTRY) == ["gqa", "swa", "mla", "gdn", "kda", "none", "drop", "mlp", "nomlp"]
+
+
+def test_a_shipped_data_file_is_named_by_its_path_in_the_package():
+    from mosaic_search.hf.data import TINY_HELDOUT, display_name
+
+    assert display_name(TINY_HELDOUT) == "mosaic_search/assets/tiny/heldout.txt"
+    assert display_name("/somewhere/on/this/machine/notes.txt") == "notes.txt"

@@ -57,7 +57,7 @@ def display_name(source: str) -> str:
         return "sampled from the teacher"
     path = Path(source).resolve()
     try:
-        return str(path.relative_to(Path(__file__).resolve().parents[1]))
+        return str(path.relative_to(Path(__file__).resolve().parents[2]))  # beside mosaic_search/
     except ValueError:
         return path.name
 
