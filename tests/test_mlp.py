@@ -265,3 +265,14 @@ def test_fewer_kv_heads_pool_each_group_and_shrink_the_cache():
         dims, 512, 2, window=64)
     with pytest.raises(UsageError, match="kv_heads must divide the teacher's 2 KV heads: one of 1, 2; got 3"):
         parse_candidates("gqa:kv_heads=3", dims)
+
+
+@pytest.mark.parametrize("command", ["profile", "score"])
+@pytest.mark.parametrize("ops, why", [("mlp:width=1000", "at most 384"), ("mlp:width=100", "a multiple of 32"),
+                                      ("gqa:kv_heads=3", "one of 1, 2")])
+def test_bad_widths_and_kv_heads_exit_2_in_one_line_writing_nothing(command, ops, why, tmp_path, capsys):
+    from mosaic_search.cli import main
+
+    assert main([command, "--ops", ops, "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert why in err and "\n" not in err and not list(tmp_path.iterdir())
