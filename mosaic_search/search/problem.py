@@ -280,8 +280,8 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
 
 
 def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_speedup=None, tpot_speedup=None,
-            max_cache_bytes=None, cache_batch=1, cache_context=None, max_memory=None, ops=None, pins=None, min_count=None,
-            max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
+            max_cache_bytes=None, cache_batch=1, cache_context=None, max_memory=None, ops=None, pins=None,
+            min_count=None, max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
             profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> Problem:
     """Check every input and turn the profile and the sensitivity table into one Problem.
 

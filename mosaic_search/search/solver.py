@@ -109,7 +109,8 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     """Solve the MIP: (chosen candidates per layer, solver info), or (None, info) when infeasible.
 
     `minimize=None` minimises the summed scores; a workload name minimises its latency instead (the best
-    reachable speedup), `MEMORY` the layers' weights + cache (`serving`). `avoid` lists assignments the answer must differ from in >= `min_distance` layers.
+    reachable speedup), `MEMORY` the layers' weights + cache (`serving`). `avoid` lists assignments the answer
+    must differ from in >= `min_distance` layers.
     `start` (one candidate per layer), if feasible, is a warm start: the answer is never worse than it.
     Exact speed-up, measured in benchmarks/bench_solver.py: the LP relaxation gives a bound and a rounded
     incumbent; a column whose LP reduced cost exceeds (incumbent - bound) cannot be in any optimum and is
