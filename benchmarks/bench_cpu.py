@@ -13,11 +13,9 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = (1.3, 1.6)  # TPOT speedups solved for (every decode workload)
 

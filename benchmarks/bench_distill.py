@@ -1,4 +1,4 @@
-"""Recovery on the embedded teacher (issue 15): how much of a plan's quality loss `mosaic distill` wins back, against
+"""Recovery on the embedded teacher: how much of a plan's quality loss `mosaic distill` wins back, against
 stage 1 alone and against plain cross-entropy fine-tuning on the same text (the INTERLACE recipe).
 
     python benchmarks/bench_distill.py --scores S.json [--profile P.json] --out DIR [--runs both,offpolicy,ce]
@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = (1.4, 1.6)
 LRS = (3e-4, 1e-3)

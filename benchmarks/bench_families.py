@@ -15,12 +15,10 @@ import datetime
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODELS = ("Qwen/Qwen2.5-7B-Instruct", "mistralai/Mistral-7B-Instruct-v0.3", "microsoft/Phi-4-mini-instruct",
           "google/gemma-3-1b-it", "google/gemma-3-4b-it", "Qwen/Qwen2.5-VL-7B-Instruct")

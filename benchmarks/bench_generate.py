@@ -4,14 +4,14 @@ gets, next to what the profiler's harness predicted.
 Plans: TPOT 1.5x and 2.5x at decode-b1-c96k, and one with every operator (gqa, swa, gdn, kda, mla with minimum
 counts, TPOT 1.3x; `--targets` changes the three), all solved on a committed profile with `gpu_plans.py`'s SYNTHETIC scores (latency check only:
 there are no teacher weights on these machines). Every model has random weights of the teacher's dimensions and is
-the built model class in memory (`builder.as_built`: the same remote code a built directory loads, without writing
+the built model class in memory (`hf.assembly.as_built`: the same remote code a built directory loads, without writing
 8 GB per plan), called through `generate` with its default generation config (the static cache: on CUDA,
 transformers compiles the decode step and replays it from a CUDA graph). The stock teacher runs in its best mode
 (`bench.stock_mode`). Per context and batch: TTFT, TPOT, tokens/s (medians), TPOT speedup over the all-gqa build
 measured and predicted.
 
-    python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda \\
-        --profile profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --contexts 1k,16k,96k --out DIR
+    python benchmarks/bench_generate.py --model Qwen/Qwen3-VL-4B-Instruct --device cuda --contexts 1k,16k,96k \\
+        --profile benchmarks/results/profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json --out DIR
     python benchmarks/bench_generate.py --model tiny --profile profiles/tiny--<cpu>.json --contexts 256 \\
         --targets 1.1,1.2,1.05 --every-op-min gdn=1,kda=1,mla=1 --out DIR   (a CPU dry run of the same script)
 
@@ -28,9 +28,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 
 def solve_plans(profile_path: str, out: Path, targets, every_op_min: str) -> dict:

@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def copy_bandwidth_gbs(n_bytes: int = 2 << 30, reps: int = 20) -> float:

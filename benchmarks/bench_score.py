@@ -12,12 +12,10 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BIG = "Qwen/Qwen3-VL-4B-Instruct"  # the 36-layer reference: its shipped config, dimensions only
 

@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mosaic_search.artifacts import schema
-from mosaic_search.artifacts.schema import (  # noqa: E402
+from mosaic_search.artifacts.schema import (
     Header,
     LatencyProfile,
     ModelRef,
@@ -34,8 +32,8 @@ from mosaic_search.artifacts.schema import (  # noqa: E402
     SensitivityTable,
     Workload,
 )
-from mosaic_search.operators import Candidate  # noqa: E402
-from mosaic_search.search import problem, solver  # noqa: E402
+from mosaic_search.operators import Candidate
+from mosaic_search.search import problem, solver
 
 WORKLOADS = (Workload("prefill_8k", "prefill", 1, 8192), Workload("prefill_32k", "prefill", 1, 32768),
              Workload("decode_8k", "decode", 1, 8192), Workload("decode_32k", "decode", 1, 32768))

@@ -24,9 +24,16 @@ def main():
     p.add_argument("--out", required=True, help="folder for the sensitivity table")
     args = p.parse_args()
     if args.mla_rope_fraction:
-        import mosaic_search.modeling.attention as attention
+        from mosaic_search.modeling import attention, dims
+        from mosaic_search.operators import latent
 
-        attention.mla_rope_dims = lambda head_dim: max(2, head_dim // args.mla_rope_fraction // 2 * 2)
+        def rope_dims(d: dims.ModelDims) -> int:
+            """head_dim / F key dims (even, at least 2, at most the teacher's rotated dims)."""
+            return max(2, min(d.head_dim // args.mla_rope_fraction, d.rope_dims) // 2 * 2)
+
+        # every module that imported the name holds its own reference: the mixer and the cache-size formulas
+        for module in (dims, attention, latent):
+            module.mla_rope_dims = rope_dims
     from mosaic_search.quality import scorer
 
     start = time.perf_counter()

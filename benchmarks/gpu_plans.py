@@ -1,4 +1,4 @@
-"""Plans for the GPU speedup check (issue 8): solved on the committed H100 profile of Qwen3-VL-4B dimensions.
+"""Plans for the GPU speedup check: solved on the committed H100 profile of Qwen3-VL-4B dimensions.
 
 There are no Qwen3-VL-4B weights on these machines, so the sensitivity table here is SYNTHETIC, made only so
 the solver has something to minimise; the check these plans serve is latency (measured vs predicted
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROFILE = "profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json"
+PROFILE = "benchmarks/results/profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json"
 SCORES = Path("benchmarks/results/h100_plans/synthetic_scores.json")
 BASE_LOSS = {"gqa": 0.0, "swa": 0.02, "mla": 0.05, "gdn": 0.06, "kda": 0.05, "none": 0.3, "drop": 0.6}
 TARGETS = {"tpot-1.5x-c96k": dict(tpot_speedup=1.5, workloads=["decode-b1-c96k"]),

@@ -1,4 +1,4 @@
-"""Quality evidence on the embedded teacher (issue 7): at equal predicted latency, what each strategy's plan
+"""Quality evidence on the embedded teacher: at equal predicted latency, what each strategy's plan
 costs in held-out KL to the teacher, held-out loss and long-range recall.
 
     python benchmarks/quality.py [--out benchmarks/results/quality]
@@ -17,10 +17,8 @@ import argparse
 import datetime
 import json
 import platform
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = (1.2, 1.4, 1.6)
 PATTERNS = {"3 GDN : 1 GQA": "DDDG", "3 KDA : 1 MLA": "KKKM", "5 SWA : 1 GQA": "SSSSSG", "all SWA": "S"}
