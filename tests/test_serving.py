@@ -21,6 +21,7 @@ from mosaic_search.artifacts.schema import (
 from mosaic_search.cli import main
 from mosaic_search.errors import InfeasibleError, UsageError
 from mosaic_search.operators import Candidate, unbuildable
+from mosaic_search.search import memory as memory_mod
 from mosaic_search.search import problem, serving, solver
 
 G, D, X = Candidate.of("gqa"), Candidate.of("gdn"), Candidate.of("drop")
@@ -73,7 +74,7 @@ def test_memory_row_is_weights_plus_batch_cache_and_the_mip_is_exact(tmp_path):
         assert p.given["teacher_memory_bytes"] == teacher and p.given["max_memory_bytes"] == bound
         best = None
         for combo in itertools.product(*p.allowed):
-            assert serving.memory_bytes(p, combo) == memory_of(combo, 4)
+            assert memory_mod.memory_bytes(p, combo) == memory_of(combo, 4)
             if not unbuildable(combo) and memory_of(combo, 4) <= bound:
                 obj = sum(p.choice(l, c).loss for l, c in enumerate(combo))
                 best = obj if best is None else min(best, obj)
@@ -119,13 +120,13 @@ def test_throughput_target_picks_the_plan_and_the_largest_fitting_batch():
                 if b / tpot[b](combo) >= x * teacher * (1 - 1e-9):
                     key = (round(cost(combo), 9), -b)
                     best = key if best is None else min(best, key)
-        plan = solver.solve(prof, sens, throughput_speedup=x, memory=memory, context=256, write=False)
+        plan = serving.solve_serving(x, memory, 256, profile=prof, scores=sens, write=False)
         record = plan.constraints["serving"]
         assert (round(plan.objective, 9), -record["batch"]) == best
         assert record["teacher_batch"] == 4 and record["memory_bytes"] <= memory
         assert record["throughput_tokens_per_s"] >= x * record["teacher_throughput_tokens_per_s"] * (1 - 1e-9)
     with pytest.raises(InfeasibleError, match=r"throughput speedup 100.000x not reachable .* the best is"):
-        solver.solve(prof, sens, throughput_speedup=100, memory=memory, context=256, write=False)
+        serving.solve_serving(100, memory, 256, profile=prof, scores=sens, write=False)
 
 
 def test_serving_flags_on_the_command_line(tmp_path, capsys):

@@ -185,8 +185,11 @@ def solve(speedup: Annotated[Optional[float], typer.Option(help="Target speedup 
               device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite,
               max_memory=max_memory)
     if throughput_speedup is not None or memory is not None:
-        plan = solver.solve(strategy=strategy, throughput_speedup=throughput_speedup, memory=memory, context=context,
-                            **kw)
+        from ..search.serving import solve_serving
+
+        if throughput_speedup is None or memory is None or strategy != "mip" or sweep or solutions != 1:
+            raise UsageError("--throughput-speedup and --memory go together, with the mip strategy, one plan")
+        plan = solve_serving(throughput_speedup, memory, context, **kw)
         save_table(plan)
         return views.plans([plan], [solver.plan_path(plan.header.model.id, out)], table_out, as_json, many=False)
     if sweep:

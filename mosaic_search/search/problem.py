@@ -15,6 +15,7 @@ from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
 from ..errors import StaleInputError, UsageError, did_you_mean
 from ..operators import REGISTRY, Candidate, unbuildable
 from .choices import Choice, layer_choices, matches
+from .memory import set_memory
 
 METRICS = ("kl", "delta_loss")
 
@@ -41,7 +42,7 @@ class Problem:
     max_count: list = field(default_factory=list)
     targets: dict = field(default_factory=dict)
     given: dict = field(default_factory=dict)
-    memory_limit: float | None = None  # bytes for the layers' weights + cache (`serving.set_memory`), fixed part out
+    memory_limit: float | None = None  # bytes for the layers' weights + cache (`memory.set_memory`), fixed part out
     memory: dict = field(default_factory=dict)  # {(layer, candidate): its weights + batch x cache bytes}
 
     @property
@@ -288,7 +289,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     `profile` / `scores`: records, paths, or None (see `load_inputs`); `workloads`: names in scope (default:
     all); speedups are targets over the teacher (`set_targets`); `max_cache_bytes` bounds the cache of
     `cache_batch` sequences at context `cache_context` (default: the longest profiled), `max_memory` the weights
-    and that cache together (`serving.set_memory`); `ops`: "gqa,swa" or a
+    and that cache together (`memory.set_memory`); `ops`: "gqa,swa" or a
     list, the candidates allowed; `pins`, `min_count`, `max_count`: "LAYER=OP" / "OP=N" strings or mappings.
     Raises UsageError (exit 2) for any bad value, StaleInputError (exit 4) as `load_inputs` does.
     """
@@ -309,8 +310,8 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     cache, cache_limit, ref = {}, positive("--max-cache-bytes", max_cache_bytes), None
     batch = positive("--cache-batch", cache_batch, integer=True)
     if cache_limit is None and max_memory is None and (cache_context is not None or batch != 1):
-        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes / --max-memory bound; "
-                         "give one")
+        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound (or --max-memory's); "
+                         "give it too")
     if cache_limit is not None:
         ref = _cache_workload(profile, cache_context)
         cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}
@@ -343,9 +344,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                 choices=tuple(map(tuple, choices)), metric=metric, cache_limit=cache_limit,
                 cache_workload=ref.name if ref else None, cache_batch=batch, min_count=mins, max_count=maxs,
                 given=given)
-    from .serving import set_memory  # it builds on this module
-
-    return set_memory(set_targets(p, speedup, ttft_speedup, tpot_speedup), max_memory, batch, cache_context)
+    if (memory := positive("--max-memory", max_memory)) is not None:
+        set_memory(p, memory, batch, _cache_workload(profile, cache_context))
+    return set_targets(p, speedup, ttft_speedup, tpot_speedup)
 
 
 # ---- what an assignment costs, and which rules it breaks -----------------------------------------

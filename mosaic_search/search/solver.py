@@ -18,7 +18,7 @@ from ..hf.models import slug
 from ..operators import REGISTRY, Candidate, compose, pattern_string, plot_color
 from . import baselines
 from .problem import Problem, cache_bytes, matches, positive, predicted, prepare, set_targets, violations
-from .serving import MEMORY, memory_bytes, memory_note, solve_serving
+from .memory import MEMORY, memory_bytes
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
 # Search settings, not the model: with a near-optimal warm start, HiGHS's sub-MIP heuristics, restarts and
@@ -109,7 +109,7 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     """Solve the MIP: (chosen candidates per layer, solver info), or (None, info) when infeasible.
 
     `minimize=None` minimises the summed scores; a workload name minimises its latency instead (the best
-    reachable speedup), `MEMORY` the layers' weights + cache (`serving`). `avoid` lists assignments the answer
+    reachable speedup), `MEMORY` the layers' weights + cache (`memory`). `avoid` lists assignments the answer
     must differ from in >= `min_distance` layers.
     `start` (one candidate per layer), if feasible, is a warm start: the answer is never worse than it.
     Exact speed-up, measured in benchmarks/bench_solver.py: the LP relaxation gives a bound and a rounded
@@ -162,6 +162,24 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     info["objective"] = float(hinfo.objective_function_value)
     picked = {(columns[j].layer, columns[j].candidate) for j in cols if (y[j].varValue or 0) > 0.5}
     return [[c for c in cs if (l, c) in picked] for l, cs in enumerate(p.allowed)], info
+
+
+def smallest_memory(p: Problem, time_limit_s=60) -> int | None:
+    """The least memory any buildable assignment allowed by `p` takes (its other budgets dropped), or None."""
+    limit, p.memory_limit = p.memory_limit, 1e300
+    chosen, _ = run_mip(p, minimize=MEMORY, budgets=False, time_limit_s=time_limit_s)
+    p.memory_limit = limit
+    return None if chosen is None else memory_bytes(p, [cs[0] for cs in chosen])
+
+
+def memory_note(p: Problem, time_limit_s=60) -> str | None:
+    """One line when a memory-bounded problem's bound is below every plan's memory (naming the smallest), else None."""
+    least = None if p.memory_limit is None else smallest_memory(p, time_limit_s)
+    have = None if p.memory_limit is None else p.memory_limit + p.profile.fixed_weight_bytes
+    if have is None or (least is not None and least <= have * (1 + 1e-9)):
+        return None
+    return (f"memory limit {have:.0f} bytes is below the smallest reachable memory, {least} bytes (weights + cache "
+            f"at batch {p.given['memory_batch']}, workload {p.given['memory_workload']})")
 
 
 def reachability(p: Problem, time_limit_s=60) -> str:
@@ -262,28 +280,14 @@ def _needs_target(p: Problem, strategy: str) -> None:
 
 
 def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap=1e-4, out=None, write=True,
-          overwrite=False, throughput_speedup=None, memory=None, context=None, **inputs) -> LayerPlan:
+          overwrite=False, **inputs) -> LayerPlan:
     """The least-loss plan meeting every target (or a greedy / fixed-pattern baseline), verified and saved.
 
     `strategy`: "mip", "greedy" or "pattern:SYMBOLS"; other keywords are those of `problem.prepare` (the
     inputs, speedup targets and constraints). The plan goes to `out` or layer_plans/<model>/plan.json; an
     existing one is replaced only with `overwrite` (as `build` replaces a model directory). Raises UsageError
     (exit 2) for bad input, StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
-    `throughput_speedup` with `memory` (and `context`) solves the serving regime instead (`serving.solve_serving`):
-    the plan records the batch it was solved for in `constraints["serving"]`.
     """
-    if throughput_speedup is not None or memory is not None:
-        if throughput_speedup is None or memory is None or strategy != "mip":
-            raise UsageError("--throughput-speedup and --memory go together, with the mip strategy")
-        p, chosen, info, _ = solve_serving(throughput_speedup, memory, context, time_limit_s=time_limit_s,
-                                           mip_gap=mip_gap, profile=profile, scores=scores, **inputs)
-        path = plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR))
-        if write:
-            files.check_output(path, overwrite=overwrite)
-        plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": "mip", **info})
-        if write:
-            schema.save(plan, path)
-        return plan
     p = prepare(profile, scores, **inputs)
     _needs_target(p, strategy)
     positive("--time-limit", time_limit_s)
