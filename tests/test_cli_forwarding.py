@@ -90,7 +90,7 @@ SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", 
 SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32"], ttft_speedup=None, tpot_speedup=1.2,
                 max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa", pins=["0=gqa"], min_count=["gqa=1"],
                 max_count=["swa=2"], metric="delta_loss", device="cuda", allow_stale=True, time_limit_s=5.0,
-                overwrite=True)
+                overwrite=True, max_memory=None)
 
 
 def test_solve(artifacts, monkeypatch, tmp_path, capsys):
