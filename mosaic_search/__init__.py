@@ -9,6 +9,7 @@ _LAZY = {
     "profile": ("latency.profiler", "profile"),
     "score": ("quality.scorer", "score"),
     "solve": ("search.solver", "solve"),
+    "refine": ("quality.refine", "refine"),
     "build": ("builder", "build"),
     "distill": ("recovery.distill", "distill"),
     "evaluate": ("quality.evaluation", "evaluate"),

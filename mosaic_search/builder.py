@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 from .artifacts import schema
 from .artifacts.files import atomic_dir, check_output, output_path
 from .artifacts.schema import PLAN_FILE, LayerPlan
 from .assets import TINY_DIR
-from .errors import UsageError
+from .errors import UsageError, invalid
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
-from .hf.models import TINY, load_config, load_model, model_ref, slug
+from .hf.models import TINY, Resolved, load_model, resolve
 from .operators import Candidate, unbuildable
 from .quality.library import find_library, library_weights
+
+logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
 # what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
@@ -50,28 +52,27 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     teacher = teacher or plan.header.model.id
     if dtype not in DTYPES:
         raise UsageError(f'unknown dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
-    config = load_config(teacher)
-    if getattr(config, "model_type", "").startswith("mosaic_"):
+    resolved = resolve(teacher)  # once: every step below reads this record
+    if resolved.built:
         raise UsageError(f"{teacher} is already a model built by mosaic; build from its teacher")
-    ref = model_ref(teacher, config)
+    ref = resolved.ref
     if len(plan.layers) != ref.num_hidden_layers:
         raise UsageError(f"{plan_name}: the plan has {len(plan.layers)} layers but {teacher} has "
                          f"{ref.num_hidden_layers}")
     schema.check_same_model(ref, plan.header.model, f"plan {plan_name}", allow_stale)
     if why := unbuildable(plan.layers):
         raise UsageError(f"{plan_name}: {why}")
-    dims = surgery.dims_of(config)
     for candidate in plan.layers:
-        candidate.check_fits(dims)  # before minutes of loading the teacher
-    out = output_path(out, _default_out(teacher, plan, plan_name), folder=True)
+        candidate.check_fits(resolved.dims)  # before minutes of loading the teacher
+    out = output_path(out, _default_out(resolved, plan, plan_name), folder=True)
     _check_out(out, overwrite)
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
         if library is not None:
-            print(f"note: using {library}, the candidate library written with this plan's scores", file=sys.stderr)
+            logger.info(f"note: using {library}, the candidate library written with this plan's scores")
     weights = library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
-    model = load_model(teacher, dtype=dtype)
+    model = load_model(resolved, dtype=dtype)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
         torch.manual_seed(seed)
         for layer, candidate in enumerate(plan.layers):
@@ -89,11 +90,12 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     from .operators import default_candidates
 
     if new_tokens < 1:
-        raise UsageError(f"--tokens must be 1 or more, got {new_tokens}")
-    if getattr(load_config(model_id), "model_type", "").startswith("mosaic_"):
+        raise invalid("new_tokens", f"must be 1 or more, got {new_tokens}")
+    resolved = resolve(model_id)
+    if resolved.built:
         raise UsageError(f"{model_id} is already a model built by mosaic; check its teacher")
-    model = load_model(model_id)
-    dims = surgery.dims_of(model.config)
+    model = load_model(resolved)
+    dims = resolved.dims
     if not 0 <= layer < dims.num_layers:
         raise UsageError(f"layer {layer} is out of range: the model has {dims.num_layers} layers "
                          f"(0..{dims.num_layers - 1})")
@@ -104,7 +106,7 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     prompt = torch.randint(3, dims.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                   attention_mask=torch.ones_like(prompt))
-    own = surgery.teacher_ops(model.config)
+    own = resolved.teacher_ops
     for i, c in enumerate(own):  # every layer as the built class holds it (e.g. Phi-3's fused qkv split)
         surgery.swap(model, i, c)
     # an MLP candidate is checked as a layer choice: under the teacher's own mixer
@@ -135,10 +137,10 @@ def _read_plan(plan) -> tuple[LayerPlan, bytes, str]:
     return loaded, path.read_bytes(), str(path)
 
 
-def _default_out(teacher: str, plan: LayerPlan, plan_name: str) -> Path:
+def _default_out(teacher: Resolved, plan: LayerPlan, plan_name: str) -> Path:
     stem = "plan" if plan_name.startswith("<") else Path(plan_name).stem
     name = plan.pattern if len(plan.pattern) <= 64 else stem
-    return Path("build") / f"{slug(teacher)}-{name}"
+    return Path("build") / f"{teacher.slug}-{name}"
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -171,8 +173,8 @@ def _teacher_dir(teacher: str) -> Path | None:
 
         return Path(snapshot_download(teacher, allow_patterns=list(TEACHER_FILES)))
     except Exception as e:  # offline and not cached, gated, ...: the model still builds
-        print(f"warning: cannot fetch the tokenizer of {teacher} ({type(e).__name__}); the built model has none",
-              file=sys.stderr)
+        logger.warning(f"warning: cannot fetch the tokenizer of {teacher} ({type(e).__name__}); the built model has "
+                       "none")
         return None
 
 
@@ -187,4 +189,4 @@ def _copy_teacher_files(teacher: str, dest: Path) -> None:
                 shutil.copyfile(f, dest / f.name)
                 copied.add(f.name)
     if not any(n.startswith("tokenizer") for n in copied):
-        print(f"note: {teacher} has no tokenizer files; the built model has none", file=sys.stderr)
+        logger.info(f"note: {teacher} has no tokenizer files; the built model has none")

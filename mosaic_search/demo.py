@@ -26,7 +26,7 @@ def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
     """Run every stage on `tiny` and write the report folder `out` (replacing an earlier demo report there)."""
     out = check_output(out, folder=True)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise UsageError(f"{out} exists and is not a mosaic demo report; choose another --out or remove it")
+        raise UsageError(f"{out} exists and is not a mosaic demo report; choose another `out` or remove it")
     with atomic_dir(out) as tmp:
         _run(tmp, seed, progress or (lambda *a: None))
         write_text(tmp / MARKER, "written by mosaic demo\n")

@@ -8,6 +8,7 @@ malformed input files, an output location that cannot be written), 3 infeasible 
 from __future__ import annotations
 
 import difflib
+import re
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -17,10 +18,20 @@ EXIT_STALE = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
+# a library parameter named inside a message, as `name`: the command line says its flag there instead
+_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
 class MosaicError(Exception):
-    """A failure the user can act on; `main()` prints it as one line and exits with `exit_code`."""
+    """A failure the user can act on; `main()` prints it as one line and exits with `exit_code`.
+
+    A parameter its message names is written `name` (in backquotes), which the CLI says as its flag (`for_cli`)."""
 
     exit_code = EXIT_RUNTIME
+
+    def for_cli(self, flag_of) -> str:
+        """The message as the command line says it: each parameter named through `flag_of` (`lr` -> `--lr`)."""
+        return _MENTION.sub(lambda m: flag_of(m.group(1)), str(self))
 
 
 class UsageError(MosaicError):
@@ -28,7 +39,7 @@ class UsageError(MosaicError):
 
     `param` names the library parameter at fault and `problem` what is wrong with it, when the error is about one
     argument (`invalid`): the library's message names the parameter (`lr must be positive, got -1`), and the CLI,
-    which knows its flags, says the same with the flag (`--lr must be positive, got -1`) through `for_flag`.
+    which knows its flags, says the same with the flag (`--lr must be positive, got -1`) through `for_cli`.
     """
 
     exit_code = EXIT_USAGE
@@ -37,9 +48,11 @@ class UsageError(MosaicError):
         super().__init__(message)
         self.param, self.problem = param, problem
 
-    def for_flag(self, flag: str) -> str:
-        """The message as the command line says it, naming `flag` where the library names its parameter."""
-        return f"{flag} {self.problem}" if self.param and self.problem else str(self)
+    def for_cli(self, flag_of) -> str:
+        """The message as the command line says it: the parameter at fault and any other named through `flag_of`."""
+        if not self.param or self.problem is None:
+            return super().for_cli(flag_of)
+        return _MENTION.sub(lambda m: flag_of(m.group(1)), _join(flag_of(self.param), self.problem))
 
 
 class InfeasibleError(MosaicError):
@@ -61,8 +74,13 @@ class Interrupted(MosaicError):
 
 
 def invalid(param: str, problem: str) -> UsageError:
-    """The error for a bad value of library parameter `param`, e.g. invalid("lr", "must be positive, got -1")."""
-    return UsageError(f"{param} {problem}", param=param, problem=problem)
+    """The error for a bad value of library parameter `param`, e.g. invalid("lr", "must be positive, got -1"), or
+    invalid("ops", ": empty operator list") (a `problem` starting with ':' follows the name directly)."""
+    return UsageError(_join(param, problem), param=param, problem=problem)
+
+
+def _join(name: str, problem: str) -> str:
+    return f"{name}{problem}" if problem.startswith(":") else f"{name} {problem}"
 
 
 def check(ok: bool, param: str, problem: str) -> None:

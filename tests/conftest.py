@@ -10,7 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from mosaic_search.cli.terminal import show_notes  # noqa: E402
 from mosaic_search.operators import REGISTRY, Candidate  # noqa: E402
+
+# library notes and warnings on stderr, as the command line prints them (tests of library calls read them there)
+show_notes()
 
 
 def tiny_config(kind: str):

@@ -461,7 +461,7 @@ def _leftovers(folder: Path):
 def test_plan_for_another_teacher_is_stale(built, tmp_path):
     qwen, llama = built["qwen3"][0], built["llama"][0]
     plan = qwen.plan([Candidate.of("gqa")] * LAYERS, "for-qwen")
-    with pytest.raises(StaleInputError, match="allow-stale") as e:
+    with pytest.raises(StaleInputError, match="allow_stale") as e:
         builder.build(plan, teacher=str(llama.dir), out=tmp_path / "x")
     assert e.value.exit_code == 4 and not (tmp_path / "x").exists()
     out = builder.build(plan, teacher=str(llama.dir), out=tmp_path / "x", allow_stale=True)
@@ -609,7 +609,7 @@ def test_check_refuses_a_built_model_and_no_tokens(built):
     _, _, mixed = built["qwen3"]
     with pytest.raises(UsageError, match="already a model built by mosaic; check its teacher"):
         builder.check_generation(str(mixed))
-    with pytest.raises(UsageError, match="--tokens must be 1 or more"):
+    with pytest.raises(UsageError, match="new_tokens must be 1 or more"):
         builder.check_generation("tiny", new_tokens=0)
 
 

@@ -31,7 +31,7 @@ def test_help_does_not_import_torch():
 def test_help_lists_the_commands_in_pipeline_order(capsys):
     assert main(["--help"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.split("Commands:")[1].splitlines() if line.strip()]
-    pipeline = ["profile", "score", "solve", "build", "distill", "eval", "bench", "demo", "ops", "check"]
+    pipeline = ["profile", "score", "solve", "refine", "build", "distill", "eval", "bench", "demo", "ops", "check"]
     assert set(listed) <= set(pipeline), "a new command: give it its place in the pipeline order"
     assert listed == [c for c in pipeline if c in listed]
 
@@ -123,7 +123,8 @@ def test_every_command_takes_the_same_ops_strings(command, ops, monkeypatch, tmp
     if command in ("profile", "score"):
         module = profiler if command == "profile" else scorer
         seen = []
-        monkeypatch.setattr(module, "parse_candidates", lambda o, d: seen.append(operators.parse_candidates(o, d))
+        # both stages parse --ops in surgery.candidates, the one place that adds the teacher's own operators
+        monkeypatch.setattr(surgery, "parse_candidates", lambda o, d: seen.append(operators.parse_candidates(o, d))
                             or seen[-1])
         monkeypatch.setattr(module, "load_bench" if command == "profile" else "_load_teacher",
                             lambda *a, **k: (_ for _ in ()).throw(_Reached()))

@@ -123,6 +123,33 @@ def test_solve_solutions(artifacts, monkeypatch, tmp_path, capsys):
     assert [p["path"] for p in _json(capsys)] == [str(out), str(tmp_path / "plan-2.json")]
 
 
+def test_refine(artifacts, monkeypatch, tmp_path, capsys):
+    from mosaic_search.artifacts.search_record import SearchRecord, save_search_record
+    from mosaic_search.quality import refine as refine_mod
+
+    plan = artifacts[2]
+    out = tmp_path / "r.json"
+    row = {"index": 0, "origin": "mip-1", "pattern": plan.pattern, "layers": [str(c) for c in plan.layers],
+           "pins": {}, "fidelity": "high", "tokens": 8, "swapped_layers": 1, "predicted_kl": plan.objective,
+           "measured_kl": 0.5, "predicted": {}, "seconds": 0.1}
+    save_search_record(SearchRecord(plan.header, {}, {}, (row,), 0), tmp_path / "r.search.json")
+    seen = _fake(monkeypatch, refine_mod, "refine", plan)
+    argv = [a for a in SOLVE_ARGV if a not in ("--device", "cuda")]
+    assert main(["refine", "--speedup", "1.1", *argv, "--plan", "PL", "--teacher", "T", "--library", "L",
+                 "--data", "D", "--seq-len", "64", "--evaluations", "9", "--seconds", "30", "--solutions", "3",
+                 "--min-distance", "2", "--low-windows", "1", "--high-windows", "4", "--offspring", "5",
+                 "--survivors", "2", "--resume", "--device", "cuda", "--seed", "7", "--out", str(out),
+                 "--table", str(tmp_path / "r.csv"), "--json"]) == EXIT_OK
+    kw = {k: v for k, v in SOLVE_KW.items() if k not in ("device", "max_memory")}  # refine bounds no memory
+    assert _progress(seen) == dict(args=("P", "S"), speedup=1.1, plan="PL", teacher="T", library="L", data="D",
+                                   seq_len=64, evaluations=9, seconds=30.0, solutions=3, min_distance=2, low_windows=1,
+                                   high_windows=4, offspring=5, survivors=2, seed=7, resume=True, out=str(out),
+                                   device="cuda", **{k: v for k, v in kw.items() if k not in ("profile", "scores")})
+    got = _json(capsys)
+    assert got["plan"]["path"] == str(out) and got["search_record"] == str(tmp_path / "r.search.json")
+    assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("0,mip-1,")
+
+
 def test_build(monkeypatch, tmp_path, capsys):
     seen = _fake(monkeypatch, builder, "build", tmp_path / "m")
     assert main(["build", "plan.json", "--teacher", "T", "--library", "L.safetensors", "--out", "o",

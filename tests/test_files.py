@@ -148,7 +148,7 @@ def test_check_output_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch):
 
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(Path, "touch", read_only)
-    with pytest.raises(UsageError, match=r"--out .*ro/x.json: cannot write there \(Read-only file system\)"):
+    with pytest.raises(UsageError, match=r"out .*ro/x.json: cannot write there \(Read-only file system\)"):
         files.check_output(tmp_path / "ro" / "x.json")
     assert files.check_output(tmp_path / "new" / "deeper" / "x.json") == tmp_path / "new" / "deeper" / "x.json"
     assert not (tmp_path / "new").exists()
@@ -162,7 +162,7 @@ def test_read_text_refuses_binary_and_missing_files(tmp_path):
         files.read_text(tmp_path / "y.json")
 
 
-@pytest.mark.parametrize("out, message", [("", "--out: empty path"), (".", "names a folder"),
+@pytest.mark.parametrize("out, message", [("", "out: empty path"), (".", "names a folder"),
                                           ("plans/", "names a folder")])
 def test_an_output_path_named_like_a_folder_is_refused(out, message):
     with pytest.raises(UsageError, match=message):

@@ -85,6 +85,7 @@ def test_the_import_graph_has_no_cycle():
 
 def test_every_module_imports_in_a_fresh_interpreter():
     names = [n for n in sorted(_modules()) if n != "mosaic_search.__main__"]  # that one runs the CLI when imported
+    names += [f"mosaic_search.assets.{p.stem}" for p in sorted((PACKAGE / "assets").glob("train_*.py"))]
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
     run = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr.strip().splitlines()[-1:]

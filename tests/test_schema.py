@@ -140,6 +140,6 @@ def test_stale_model_check():
     other = schema.ModelRef(id="Qwen/Qwen3-4B", config_sha256="cd" * 32, num_hidden_layers=36)
     from mosaic_search.errors import StaleInputError
 
-    with pytest.raises(StaleInputError, match="--allow-stale"):
+    with pytest.raises(StaleInputError, match="`allow_stale`"):
         schema.check_same_model(MODEL, other, "profile.json")
     schema.check_same_model(MODEL, other, "profile.json", allow_stale=True)

@@ -92,7 +92,7 @@ def test_memory_below_every_plan_exits_3_naming_the_smallest(tmp_path):
         solver.solve(prof, sens, speedup=1.0, max_memory=least - 1, write=False)
     plan = solver.solve(prof, sens, speedup=1.0, max_memory=least, write=False)
     assert plan.solver["memory_bytes"] == least
-    with pytest.raises(UsageError, match="--max-memory must be a positive number"):
+    with pytest.raises(UsageError, match="max_memory must be a positive number"):
         solver.solve(prof, sens, speedup=1.0, max_memory=-1, write=False)
 
 

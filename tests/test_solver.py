@@ -222,7 +222,7 @@ def test_cache_bound_reads_the_longest_context_per_sequence():
     assert G not in plan.layers  # one gqa layer alone holds 2 x 16000 bytes
     plan = solver.solve(prof, sens, speedup=1.0, max_cache_bytes=8000, cache_context=4096, write=False)
     assert plan.constraints["cache_workload"] == "decode_4k" and plan.solver["cache_bytes"] <= 8000
-    with pytest.raises(UsageError, match="--cache-context 999"):
+    with pytest.raises(UsageError, match="cache_context 999"):
         solver.solve(prof, sens, speedup=1.0, max_cache_bytes=1, cache_context=999, write=False)
 
 
@@ -245,16 +245,16 @@ def test_infeasible_reports_the_best_reachable_speedup_and_writes_nothing(tmp_pa
     (dict(speedup=0), "speedup must be a positive number, got 0"),
     (dict(speedup=-1.5), "got -1.5"),
     (dict(speedup=float("nan")), "speedup must be a positive"),
-    (dict(speedup=1.5, pins=["2=gqq"]), 'pin 2=gqq: unknown operator "gqq" \\(did you mean "gqa"\\?\\)'),
-    (dict(speedup=1.5, pins=["9=gqa"]), "pin 9=gqa: layer 9 is outside 0..3"),
+    (dict(speedup=1.5, pins=["2=gqq"]), 'pins 2=gqq: unknown operator "gqq" \\(did you mean "gqa"\\?\\)'),
+    (dict(speedup=1.5, pins=["9=gqa"]), "pins 9=gqa: layer 9 is outside 0..3"),
     (dict(speedup=1.5, pins=["x=gqa"]), "the layer must be an integer"),
-    (dict(speedup=1.5, pins=["1=mla:rank=64"]), "pin 1=mla:rank=64: not an allowed candidate at layer 1"),
-    (dict(speedup=1.5, max_count=["gdn=-1"]), "--max gdn=-1: a count of layers must be within 0..4"),
-    (dict(speedup=1.5, min_count=["gqa=5"]), "--min gqa=5: a count of layers must be within 0..4"),
+    (dict(speedup=1.5, pins=["1=mla:rank=64"]), "pins 1=mla:rank=64: not an allowed candidate at layer 1"),
+    (dict(speedup=1.5, max_count=["gdn=-1"]), "max_count gdn=-1: a count of layers must be within 0..4"),
+    (dict(speedup=1.5, min_count=["gqa=5"]), "min_count gqa=5: a count of layers must be within 0..4"),
     (dict(strategy="pattern:GGDDG"), "pattern GGDDG: 5 symbols for a model of 4 layers"),
-    (dict(speedup=1.5, ops=""), "--ops: empty operator list"),
-    (dict(speedup=1.5, cache_context=4096), "describe the --max-cache-bytes bound"),
-    (dict(speedup=1.5, ops="mla:rank=100000"), "--ops mla:rank=100000: not in both the profile and the sensitivity"),
+    (dict(speedup=1.5, ops=""), "ops: empty operator list"),
+    (dict(speedup=1.5, cache_context=4096), "describe the `max_cache_bytes` bound"),
+    (dict(speedup=1.5, ops="mla:rank=100000"), "ops mla:rank=100000: not in both the profile and the sensitivity"),
     (dict(speedup=1.5, min_count=["gdm=1"]), 'did you mean "gdn"'),
     (dict(speedup=1.5, ops="gqa,sw"), 'ops: unknown operator "sw"'),
     (dict(speedup=1.5, metric="ppl"), 'unknown metric "ppl"'),
@@ -272,7 +272,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, kw, match):
 def test_mismatched_and_stale_inputs(tmp_path):
     prof, sens = make(4)
     _, other = make(4, sha="another-config", model="org/other")
-    with pytest.raises(StaleInputError, match="pass --allow-stale") as e:
+    with pytest.raises(StaleInputError, match="pass `allow_stale`") as e:
         solver.solve(prof, other, speedup=1.2, write=False)
     assert e.value.exit_code == 4
     assert solver.solve(prof, other, speedup=1.2, allow_stale=True, write=False).objective >= 0
@@ -416,9 +416,9 @@ def test_sweep_is_monotone_and_writes_json_csv_png(tmp_path):
     rows = list(csv.DictReader((tmp_path / "front.csv").open()))
     assert len(rows) == 20 and rows[0]["pattern"] == ok[0]["pattern"]
     assert json.loads((tmp_path / "front.json").read_text())["points"] == json.loads(json.dumps(pts))
-    with pytest.raises(UsageError, match="sweep sets the speedup itself"):
+    with pytest.raises(UsageError, match="speedups sets the speedup itself"):
         solver.sweep("1.1:2:0.1", profile=prof, scores=sens, speedup=2, write=False)
-    with pytest.raises(UsageError, match='sweep "3:1:0.1"'):
+    with pytest.raises(UsageError, match='speedups "3:1:0.1"'):
         solver.sweep("3:1:0.1", profile=prof, scores=sens, write=False)
 
 
@@ -451,7 +451,7 @@ def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
     # two layers, three candidates: only 3 plans pairwise differ in both layers
     prof, sens = make(2, cands=[G, S512, S2K], seed=1)
     assert len(solver.solve_many(5, 2, profile=prof, scores=sens, speedup=1.0, write=False)) == 3
-    with pytest.raises(UsageError, match="--min-distance must be within 1..2"):
+    with pytest.raises(UsageError, match="min_distance must be within 1..2"):
         solver.solve_many(2, 3, profile=prof, scores=sens, speedup=1.0, write=False)
 
 

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
 # where the stages write by default, relative to the working directory (docs/design.md §5)
@@ -180,7 +180,7 @@ def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
                 if replace or not out.exists():
                     raise
                 raise UsageError(f"{out} was written by another run meanwhile; it is kept and this result "
-                                 "discarded (pass --overwrite to replace it)") from None
+                                 "discarded (pass `overwrite` to replace it)") from None
             return
         old = _temp_sibling(out, ".old")
         os.replace(out, old)
@@ -195,11 +195,11 @@ def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
         raise
 
 
-def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool = False,
+def check_output(path: str | os.PathLike, param: str = "out", *, folder: bool = False,
                  overwrite: bool | None = None, kind: str | None = None) -> Path:
     """Refuse, before any work, an output location that cannot be written; return it as a Path.
 
-    `flag` names the option in the message; `folder` says the output is a directory (else a file);
+    `param` names the caller's parameter in the message; `folder` says the output is a directory (else a file);
     `overwrite=False` refuses an existing output (the rule of the commands with --overwrite: a plan or a
     build is never replaced unasked); `kind` lets an existing file be replaced only by a newer artifact of
     that kind (a profile re-measured, a table re-scored), never a file of something else. Raises UsageError
@@ -209,28 +209,28 @@ def check_output(path: str | os.PathLike, flag: str = "--out", *, folder: bool =
     path = Path(path)
     full = path.absolute()
     if any(str(full) == p or str(full).startswith(p + "/") for p in _PSEUDO_FS):
-        raise UsageError(f"{flag} {path}: not a place for output files (pseudo file system)")
+        raise invalid(param, f"{path}: not a place for output files (pseudo file system)")
     try:
         if path.exists():
             if folder and not path.is_dir():
-                raise UsageError(f"{flag} {path}: is a file, expected a folder")
+                raise invalid(param, f"{path}: is a file, expected a folder")
             if not folder and path.is_dir():
-                raise UsageError(f"{flag} {path}: is a folder, expected a file name")
+                raise invalid(param, f"{path}: is a folder, expected a file name")
             if overwrite is False:
-                raise UsageError(f"{path} already exists; pass --overwrite to replace it, or {flag} elsewhere")
+                raise UsageError(f"{path} already exists; pass `overwrite` to replace it, or `{param}` elsewhere")
             if kind is not None and not folder and _json_kind(path) != kind:
-                raise UsageError(f"{flag} {path}: exists and is not a {kind} file; refusing to replace it")
+                raise invalid(param, f"{path}: exists and is not a {kind} file; refusing to replace it")
         ancestor = full.parent
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
-            raise UsageError(f"{flag} {path}: {ancestor} is a file, not a folder")
+            raise invalid(param, f"{path}: {ancestor} is a file, not a folder")
         # os.access is not enough: read-only mounts and root both fool it
         probe = _temp_sibling(ancestor / "mosaic-probe")
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+        raise invalid(param, f"{path}: cannot write there ({e.strerror or type(e).__name__})") from None
     return path
 
 
@@ -243,7 +243,7 @@ def _json_kind(path: Path) -> str | None:
     return obj.get("kind") if isinstance(obj, dict) else None
 
 
-def output_path(out, default: str | os.PathLike, flag: str = "--out", *, folder: bool = False) -> Path:
+def output_path(out, default: str | os.PathLike, param: str = "out", *, folder: bool = False) -> Path:
     """`out` as an output's path, or `default` when `out` is None. Raises UsageError (exit 2) for an empty `out`
     and, unless the output is a `folder`, for one that names a folder (a trailing '/', '.' or '..'): Path() would
     drop the slash and write a file of the folder's name."""
@@ -251,9 +251,9 @@ def output_path(out, default: str | os.PathLike, flag: str = "--out", *, folder:
         return Path(default)
     text = os.fspath(out)
     if not text.strip():
-        raise UsageError(f"{flag}: empty path")
+        raise invalid(param, ": empty path")
     if not folder and (text.endswith(("/", os.sep)) or Path(text).name in ("", ".", "..")):
-        raise UsageError(f"{flag} {text}: names a folder; give a file name")
+        raise invalid(param, f"{text}: names a folder; give a file name")
     return Path(text)
 
 

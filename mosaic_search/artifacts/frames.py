@@ -10,9 +10,10 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import invalid
 from ..operators import REGISTRY
 from . import files
+from .search_record import SearchRecord
 from .schema import PARETO_KIND, LatencyProfile, LayerPlan, Pareto, SensitivityTable, to_json
 
 SUFFIXES = (".csv", ".parquet")
@@ -26,7 +27,9 @@ def to_frame(artifact):
 
     One row per entry of a LatencyProfile (layer x candidate x workload: `latency_ms`, `p20_ms`, `p80_ms`,
     `cache_bytes`, ...), SensitivityTable (layer x candidate: `kl_nats`, `delta_loss_nats`), LayerPlan (layer:
-    its candidate, `<metric>_nats` and `saved_ms_<workload>`) or Pareto (the record, or its JSON object as
+    its candidate, `<metric>_nats` and `saved_ms_<workload>`), SearchRecord (evaluated plan at one fidelity:
+    `pattern`, `origin`, `fidelity`, `tokens`, `predicted_kl_nats`, `measured_kl_nats`, `speedup_<workload>`,
+    `chosen`) or Pareto (the record, or its JSON object as
     `solver.sweep` returns it; target speedup: `<metric>_nats`, `speedup_<workload>`, `latency_ms_<workload>`).
     Every frame has `candidate` (as in the
     artifact, e.g. swa:window=1024), `op`, `mlp` (the layer's MLP candidate, e.g. mlp:width=256; empty: the teacher's)
@@ -44,10 +47,12 @@ def to_frame(artifact):
         return _pareto(to_json(artifact))
     if isinstance(artifact, dict) and artifact.get("kind") == PARETO_KIND:
         return _pareto(artifact)
+    if isinstance(artifact, SearchRecord):
+        return _search(artifact)
     raise TypeError(f"not an artifact: {type(artifact).__name__}")
 
 
-def check_table(path: str | os.PathLike, flag: str = "--table") -> Path:
+def check_table(path: str | os.PathLike, param: str = "path") -> Path:
     """Refuse, before any work, a table path `write_table` cannot write; return it as a Path.
 
     Raises UsageError (exit 2) for a suffix other than .csv or .parquet, for .parquet without pyarrow
@@ -56,10 +61,10 @@ def check_table(path: str | os.PathLike, flag: str = "--table") -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise UsageError(f"{flag} {path}: expected a file name ending in {' or '.join(SUFFIXES)}")
+        raise invalid(param, f"{path}: expected a file name ending in {' or '.join(SUFFIXES)}")
     if suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise UsageError(f"{flag} {path}: writing .parquet needs pyarrow (pip install pyarrow)")
-    return files.check_output(path, flag)
+        raise invalid(param, f"{path}: writing .parquet needs pyarrow (pip install pyarrow)")
+    return files.check_output(path, param)
 
 
 def write_table(artifact, path: str | os.PathLike) -> Path:
@@ -140,3 +145,19 @@ def _pareto(result: dict):
         f"{metric}_nats": ("float64", [pt.get("objective") for pt in points]),
         **{f"speedup_{w}": ("float64", predicted("speedup", w)) for w in workloads},
         **{f"latency_ms_{w}": ("float64", predicted("latency_ms", w)) for w in workloads}})
+
+
+def _search(record: SearchRecord):
+    rows = record.evaluations
+    workloads = list(dict.fromkeys(w for e in rows for w in e.get("predicted", {})))
+    return _frame({
+        "index": ("int64", [e["index"] for e in rows]), "origin": ("string", [e.get("origin") for e in rows]),
+        "pattern": ("string", [e.get("pattern") for e in rows]), "fidelity": ("string", [e["fidelity"] for e in rows]),
+        "tokens": ("int64", [e["tokens"] for e in rows]),
+        "swapped_layers": ("Int64", [e.get("swapped_layers") for e in rows]),
+        "predicted_kl_nats": ("float64", [e["predicted_kl"] for e in rows]),
+        "measured_kl_nats": ("float64", [e["measured_kl"] for e in rows]),
+        **{f"speedup_{w}": ("float64", [e.get("predicted", {}).get(w, {}).get("speedup") for e in rows])
+           for w in workloads},
+        "seconds": ("float64", [e.get("seconds") for e in rows]),
+        "chosen": ("bool", [e["index"] == record.best for e in rows])})

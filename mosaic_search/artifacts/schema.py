@@ -347,6 +347,8 @@ def to_json(artifact) -> dict:
         out["speedups"] = list(artifact.speedups)
         out["points"] = [dict(pt) for pt in artifact.points]
         out["files"] = list(artifact.files)
+    elif hasattr(artifact, "body"):  # a record kept in its own module (search_record.py)
+        out.update(artifact.body())
     else:
         raise TypeError(f"not an artifact: {type(artifact).__name__}")
     return out
@@ -593,4 +595,4 @@ def check_same_model(a: ModelRef, b: ModelRef, what: str, allow_stale: bool = Fa
     if a.num_hidden_layers != b.num_hidden_layers or a.config_sha256 != b.config_sha256:
         raise StaleInputError(
             f"{what}: made for {b.id} ({b.num_hidden_layers} layers, config {b.config_sha256[:12]}) but this is "
-            f"{a.id} ({a.num_hidden_layers} layers, config {a.config_sha256[:12]}); pass --allow-stale to use it anyway")
+            f"{a.id} ({a.num_hidden_layers} layers, config {a.config_sha256[:12]}); pass `allow_stale` to use it anyway")

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> printable character map
 
-from ..files import atomic_dir
+from ..artifacts.files import atomic_dir
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2; byte b is id b + 3
 OFFSET = len(SPECIALS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -21,6 +22,22 @@ err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=
 
 PROGRESS_EVERY_S = 5.0  # plain progress lines at most this often (plus the last): logs stay short
 NOTHING_WRITTEN = "nothing was written"  # what an interrupted command without its own note kept
+
+
+class _Stderr(logging.Handler):
+    """Prints each record's message as it is, one line on the stderr of the moment (which tests capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
+def show_notes() -> None:
+    """Print the library's notes and warnings (its `logging` records, which say "note: ..." / "warning: ...") on
+    stderr; installed once, however often called."""
+    logger = logging.getLogger("mosaic_search")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+    logger.setLevel(logging.INFO)
 
 
 def emit_json(obj) -> None:

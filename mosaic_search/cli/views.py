@@ -218,3 +218,25 @@ def check(results: list, model: str, layer: int, tokens: int, as_json: bool = Fa
                 [("candidate", "label"), ("cache == no cache", "label"), ("tokens", "text")],
                 [(Candidate.parse(r["candidate"]).label, "yes" if r["match"] else "NO",
                   " ".join(map(str, r["tokens"]))) for r in results], lead=3)
+
+
+def refined(plan, path, record, record_path, table=None, as_json: bool = False) -> None:
+    """`refine`: the plan chosen by measured KL next to its seeds (additive prediction vs measured), then the plan."""
+    from ..artifacts.schema import to_json
+
+    if as_json:
+        return emit_json({"plan": {**to_json(plan), "path": str(path)}, "search_record": str(record_path),
+                          "table": table})
+    high = [r for r in record.evaluations if r["fidelity"] == "high"]
+    seeds = [r for r in high if r["origin"] != "move"]
+    best = record.evaluations[record.best]
+    shown = seeds + ([best] if best["origin"] == "move" else [])
+    rows = [(r["origin"] + (" (chosen)" if r["index"] == record.best else ""), r["pattern"], f"{r['predicted_kl']:.4g}",
+             f"{r['measured_kl']:.4g}", *(x(v["speedup"]) for v in r["predicted"].values())) for r in shown]
+    workloads = list(best["predicted"])
+    print_table(f"refine: {len(record.evaluations)} measurements ({len(high)} on every window, {best['tokens']} tokens "
+                f"each); predicted = sum of single-swap scores, measured = KL(teacher || plan)",
+                [("plan", "label"), ("pattern", "label"), ("predicted KL", "num"), ("measured KL", "num"),
+                 *((w, "num") for w in workloads)], rows, lead=2)
+    plans([plan], [path], table)
+    _wrote(record_path)

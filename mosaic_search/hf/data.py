@@ -14,14 +14,17 @@ loses the text after its last image, and a sample whose images do not fit in `se
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..assets import TINY_DIR
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 from ..modeling.architectures import image_architectures
 from . import distributed
+from .vision import Vision
+
+logger = logging.getLogger(__name__)
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -36,17 +39,17 @@ def default_source(teacher: str) -> str:
     return str(TINY_CALIBRATION) if teacher == TINY and TINY_CALIBRATION.is_file() else SELF
 
 
-def check_source(source: str, flag: str = "--data") -> str:
-    """`self`, or an existing, non-empty file of a known kind; a one-line error naming `flag` otherwise."""
+def check_source(source: str, param: str = "data") -> str:
+    """`self`, or an existing, non-empty file of a known kind; a one-line error naming parameter `param` otherwise."""
     if source == SELF:
         return source
     path = Path(source)
     if path.suffix.lower() not in SUFFIXES:
-        raise UsageError(f'{flag} {source}: expected "self" or a {", ".join(SUFFIXES)} file')
+        raise invalid(param, f'{source}: expected "self" or a {", ".join(SUFFIXES)} file')
     if not path.is_file():
-        raise UsageError(f"{flag} {source}: no such file")
+        raise invalid(param, f"{source}: no such file")
     if path.stat().st_size == 0:
-        raise UsageError(f"{flag} {source}: the file is empty")
+        raise invalid(param, f"{source}: the file is empty")
     return source
 
 
@@ -102,27 +105,6 @@ class Windows:
     def select(self, rows: list) -> "Windows":
         """The windows at these indices, in this order (an index may repeat)."""
         return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows])
-
-
-@dataclass
-class Vision:
-    """A VLM teacher's side of reading image rows: where its image processor is saved, and its image token."""
-
-    where: str
-    image_token_id: int
-    _processor: object = field(default=None, repr=False)
-
-    def processor(self):
-        """The teacher's Qwen2-VL image processor, loaded once. The PIL implementation is used on every machine:
-        transformers' auto classes (and the full processor, which also wants a video processor) need torchvision."""
-        if self._processor is None:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-            try:
-                self._processor = Qwen2VLImageProcessorPil.from_pretrained(self.where)
-            except (OSError, ValueError) as e:
-                raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
-        return self._processor
 
 
 @dataclass
@@ -242,10 +224,6 @@ def _load_image(ref, where: str, base: Path):
         raise UsageError(f"{where}: cannot read image {ref} ({type(e).__name__})") from None
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:160]
-
-
 def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None,
                   verb: str = "scoring on"):
     """(score windows, align windows, notes) cut from a data file, in file order; alignment reuses the scored
@@ -253,7 +231,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     import torch
 
     if tokenizer is None:
-        raise UsageError(f"--data {source}: the teacher has no tokenizer to read text with; use --data self")
+        raise invalid("data", f"{source}: the teacher has no tokenizer to read text with; use `data` self")
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = next((t for t in (getattr(tokenizer, "pad_token_id", None), eos) if t is not None), 0)
     need = n_score + n_align
@@ -282,13 +260,13 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
             stream = stream[seq_len:]
     if not rows:
         if notes.get("image_rows_skipped"):
-            raise UsageError(f"--data {source}: no window: the images of every sample run past --seq-len {seq_len}")
+            raise invalid("data", f"{source}: no window: the images of every sample run past `seq_len` {seq_len}")
         if not read:
-            raise UsageError(f"--data {source}: no text in the file")
-        raise UsageError(f"--data {source}: {read} tokens, fewer than one --seq-len window of {seq_len}")
+            raise invalid("data", f"{source}: no text in the file")
+        raise invalid("data", f"{source}: {read} tokens, fewer than one `seq_len` window of {seq_len}")
     windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
     if len(windows) < n_score:
-        print(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them", file=sys.stderr)
+        logger.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
     score = windows[:n_score]
     align = windows[len(score): len(score) + n_align]
     if len(align) == 0:
@@ -315,12 +293,22 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
         notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
-        print(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len {seq_len}",
-              file=sys.stderr)
+        logger.info(f"note: {sample.where}: skipped: its images end at token {last + 1}, past --seq-len "
+                    f"{seq_len}")
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
     return ids[:seq_len], {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+
+
+def shared_samples(model, n: int, seq_len: int, seed: int, world: int, every_rank: bool = False):
+    """`sample_from_teacher`'s `n` sequences, the same on every process: rank 0 samples and sends them to the
+    others, or with `every_rank` (a sharded teacher, whose forward is collective) every process samples the same ones
+    in step (returned on the host)."""
+    if every_rank:
+        return sample_from_teacher(model, n, seq_len, seed).cpu()
+    sampled = sample_from_teacher(model, n, seq_len, seed) if distributed.rank() == 0 else None
+    return distributed.broadcast(sampled, world)
 
 
 def sample_from_teacher(model, n: int, seq_len: int, seed: int, batch: int = 32):

@@ -55,6 +55,6 @@ def check_device(device: str) -> str:
         return device
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"device {device} is not available on this machine (no CUDA device); use --device cpu")
+            raise UsageError(f"device {device} is not available on this machine (no CUDA device); use `device` cpu")
         return device
     raise UsageError(f'unknown device "{device}": use cpu or cuda')

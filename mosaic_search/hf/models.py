@@ -1,17 +1,23 @@
-"""Resolving `--model/--teacher`: the `tiny` alias, a local directory, or a hub id via `from_pretrained`."""
+"""Resolving a model argument (`model`, `teacher`): the `tiny` alias, a local directory, or a hub id via
+`from_pretrained`, once per stage into a `Resolved` record that the stage passes down."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..artifacts.schema import ModelRef, sha256_json
 from ..assets import TINY_DIR, shipped_config_path, shipped_ids
 from ..errors import MosaicError, UsageError
-from .surgery import architecture
+from ..modeling.architectures import BUILT_PREFIX, is_built
+from ..modeling.dims import ModelDims
+from .surgery import Arch, architecture, teacher_ops
 
+logger = logging.getLogger(__name__)
 TINY = "tiny"
 # Config keys that say how a file was written, not what the model is.
 _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "auto_map",
@@ -34,39 +40,95 @@ def load_config(model_id: str, shipped_ok: bool = False):
     except (OSError, ValueError) as e:
         shipped = shipped_config_path(model_id)
         if shipped_ok and shipped is not None:
-            print(f"note: {model_id} is not reachable ({_first_line(e)}); using the shipped config "
-                  "(dimensions only)", file=sys.stderr)
+            logger.info("note: %s is not reachable (%s); using the shipped config (dimensions only)", model_id,
+                        _first_line(e))
             return _config_from_file(shipped)
         raise _unresolvable(model_id, e) from None
 
 
-def load_model(model_id: str, dtype: str = "float32", device: str = "cpu"):
-    """Load a teacher with its weights."""
-    import torch
+@dataclass(frozen=True)
+class Resolved:
+    """A model argument resolved once at a stage's entry: its id, config and what stages read from it (architecture,
+    dimensions, each layer's own operator, the artifact `model` block, a folder name), computed on first use."""
+
+    id: str
+    config: object
+
+    @cached_property
+    def arch(self) -> Arch:
+        """The supported architecture (UsageError for an unsupported one)."""
+        return architecture(self.config)
+
+    @cached_property
+    def dims(self) -> ModelDims:
+        """Decoder dimensions."""
+        return ModelDims.from_text_config(self.arch.text(self.config), self.arch.record)
+
+    @cached_property
+    def teacher_ops(self) -> list:
+        """Each decoder layer's own operator (`surgery.teacher_ops`)."""
+        return teacher_ops(self.config)
+
+    @cached_property
+    def ref(self) -> ModelRef:
+        """The `model` block of an artifact."""
+        return model_ref(self.id, self.config)
+
+    @property
+    def slug(self) -> str:
+        """A folder name for the model (`slug`)."""
+        return slug(self.id)
+
+    @property
+    def built(self) -> bool:
+        """Whether it is a model mosaic built."""
+        return is_built(self.config)
+
+
+def resolve(model, shipped_ok: bool = False) -> Resolved:
+    """`model` (an id, or an already `Resolved` record, returned as is) with its config loaded (`load_config`)."""
+    if isinstance(model, Resolved):
+        return model
+    return Resolved(model, load_config(model, shipped_ok=shipped_ok))
+
+
+def auto_class(config):
+    """The transformers auto class a model of this config (or config.json's dict) loads through: image-text-to-text
+    for a model with a vision tower, causal LM otherwise."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    if isinstance(config, dict):
+        vision = "vision_config" in config
+    else:
+        vision = getattr(config, "vision_config", None) is not None
+    return AutoModelForImageTextToText if vision else AutoModelForCausalLM
+
+
+def load_model(model, dtype: str = "float32", device: str = "cpu"):
+    """Load a model (an id, or a `Resolved` record whose config is not read again) with its weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch_dtype = getattr(torch, dtype)
-    if model_id == TINY:
-        model = AutoModelForCausalLM.from_pretrained(_tiny_dir(), dtype=torch_dtype)
-        model.name_or_path = TINY
-        return model.eval().to(device)
-    config = load_config(model_id)
-    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    if (model.id if isinstance(model, Resolved) else model) == TINY:
+        loaded = AutoModelForCausalLM.from_pretrained(_tiny_dir(), dtype=torch_dtype)
+        loaded.name_or_path = TINY
+        return loaded.eval().to(device)
+    model = resolve(model)
     try:
-        model = auto.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=is_mosaic_dir(model_id))
+        loaded = auto_class(model.config).from_pretrained(model.id, dtype=torch_dtype,
+                                                          trust_remote_code=is_mosaic_dir(model.id))
     except (OSError, ValueError) as e:
-        raise _unresolvable(model_id, e) from None
-    return model.eval().to(device)
+        raise _unresolvable(model.id, e) from None
+    return loaded.eval().to(device)
 
 
 def model_from_config(config, dtype: str = "float32", seed: int = 0):
     """A randomly initialised model of this config (for latency work, where values do not matter)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     torch.manual_seed(seed)
-    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
-    return auto.from_config(config, dtype=getattr(torch, dtype)).eval()
+    return auto_class(config).from_config(config, dtype=getattr(torch, dtype)).eval()
 
 
 def config_sha256(config) -> str:
@@ -108,7 +170,8 @@ def _tiny_dir() -> str:
 def is_mosaic_dir(model_id: str) -> bool:
     """Whether `model_id` is a local directory holding a model mosaic built (its config names our remote code)."""
     cfg = Path(model_id) / "config.json"
-    return cfg.is_file() and b'"mosaic_' in cfg.read_bytes()  # bytes: a binary file is transformers' to refuse
+    # bytes: a binary file is transformers' to refuse
+    return cfg.is_file() and f'"{BUILT_PREFIX}'.encode() in cfg.read_bytes()
 
 
 def _first_line(e: Exception) -> str:

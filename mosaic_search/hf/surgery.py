@@ -1,4 +1,5 @@
-"""The only place that knows Hugging Face decoder internals: find layers, read dims, swap mixers and MLPs.
+"""The only place that knows Hugging Face decoder internals: find layers, read dims, swap mixers and MLPs (how a VLM's
+image inputs are built is `vision.py`'s).
 
 The scorer and the builder both call `swap`, so what is scored is exactly what is shipped.
 """
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from ..errors import UsageError, did_you_mean
 from ..modeling import architectures as arch_mod
 from ..modeling.dims import ModelDims
-from ..operators import Candidate
+from ..operators import Candidate, parse_candidates
+from .vision import image_tensors
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,14 @@ def teacher_ops(config) -> list[Candidate]:
         except UsageError as e:
             raise UsageError(f"layer {i} of the teacher: {e}") from None
     return out
+
+
+def candidates(ops, config) -> list[Candidate]:
+    """The candidates a stage measures: each layer's own operator (`teacher_ops`: the reference every other is
+    measured against, always timed and scored), then `ops` parsed for this model's dimensions; one order for every
+    stage. Raises UsageError for bad `ops`."""
+    cands = parse_candidates(ops, dims_of(config))
+    return [c for c in dict.fromkeys(teacher_ops(config)) if c not in cands] + cands
 
 
 def own_mixers(model) -> None:
@@ -317,11 +327,10 @@ class TextStack:
         import torch
 
         hidden = self.embed(ids)
-        rows = [im for im in images or () if im is not None]
-        if not rows:
+        tensors = image_tensors(images or (), hidden.device)
+        if tensors is None:
             return hidden, self.position_embeddings(hidden, 0), None
-        pixels = torch.cat([im["pixel_values"] for im in rows]).to(hidden.device)
-        grid = torch.cat([im["image_grid_thw"] for im in rows]).to(hidden.device)
+        pixels, grid = tensors
         out = self.vlm.get_image_features(pixels, grid, return_dict=True)
         mask = ids == self.vlm.config.image_token_id
         hidden = hidden.masked_scatter(mask[..., None], torch.cat(out.pooler_output).to(hidden.dtype))

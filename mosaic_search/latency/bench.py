@@ -5,20 +5,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from ..artifacts import files
 from ..artifacts.schema import LayerPlan, load_plan, parse_workload, workload_from_name, workload_name
-from ..errors import MosaicError, UsageError
+from ..errors import MosaicError, UsageError, invalid
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype
-from ..hf.models import load_config, model_from_config
+from ..hf.models import auto_class, model_from_config, resolve
 from ..operators import unbuildable
 from .harness import Bench, load_bench
 from .timing import Pool, busy_machine, default_rounds, default_timer
+
+logger = logging.getLogger(__name__)
 
 
 def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dtype: str | None = None,
@@ -37,13 +39,13 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     """
     device = check_device(device)
     plan, model_dir = _resolve(target)
-    teacher = vs or plan.header.model.id
     names = workloads or list(plan.predicted)
     if not names:
-        raise UsageError("no workloads: the plan predicts none; pass --workload")
+        raise UsageError("no workloads: the plan predicts none; pass `workloads`")
     wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))
            for w in names]
     timer = timer or default_timer(device)
+    teacher = resolve(vs or plan.header.model.id, shipped_ok=True)  # once, for both benches
     _, base = load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
     if model_dir is None:
         _, mine = load_bench(teacher, device, dtype, seed, compile_decode, image_tokens)
@@ -65,7 +67,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
         (_, w), (status, reason) = next(iter(pool.failed.items()))
         raise MosaicError(f"{w}: {status}: {reason}")
     if busy := busy_machine(device):
-        print(busy, file=sys.stderr)
+        logger.warning(busy)
     stats = pool.stats()
     rows = []
     for w in wls:
@@ -124,7 +126,7 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     dtype = dtype or default_dtype(device)
     lengths = [parse_workload(f"decode:{c}").seq_len if isinstance(c, str) else int(c)
                for c in (contexts or [w.seq_len for w in _decode_workloads(plan)] or [256])]
-    teacher = plan.header.model.id
+    teacher = resolve(plan.header.model.id, shipped_ok=True)  # once, for both references
     models = {"model": (_load_user_model(path, device, dtype), {}),
               "all-gqa": (random_build(teacher, device, dtype, seed), {}),
               "stock": (stock_teacher(teacher, device, dtype, seed), stock_mode(device))}
@@ -146,14 +148,14 @@ def stock_mode(device: str) -> dict:
     return {"cache_implementation": "static"} if device.startswith("cuda") else {}
 
 
-def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=None):
-    """`teacher` with `layers` (default: the teacher's own operator in every layer, `surgery.teacher_ops`: gqa
-    unless the teacher slides) as the built model class in memory (`assembly.as_built`),
+def random_build(teacher, device: str, dtype: str, seed: int = 0, layers=None):
+    """`teacher` (an id or a `Resolved` record) with `layers` (default: the teacher's own operator in every layer,
+    `surgery.teacher_ops`: gqa unless the teacher slides) as the built model class in memory (`assembly.as_built`),
     with random weights of the teacher's dimensions on `device`: what `build` would write, without its weights."""
     import torch
 
     with torch.device(device):
-        swapped = model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
+        swapped = model_from_config(resolve(teacher, shipped_ok=True).config, dtype=dtype, seed=seed)
     layers = layers or surgery.teacher_ops(swapped.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -162,19 +164,20 @@ def random_build(teacher: str, device: str, dtype: str, seed: int = 0, layers=No
     return assembly.as_built(swapped, layers, seed).to(device)
 
 
-def stock_teacher(teacher: str, device: str, dtype: str, seed: int = 0):
-    """The teacher's own transformers class with random weights of its dimensions on `device`."""
+def stock_teacher(teacher, device: str, dtype: str, seed: int = 0):
+    """The teacher's (an id or a `Resolved` record) own transformers class with random weights of its dimensions on
+    `device`."""
     import torch
 
     with torch.device(device):
-        return model_from_config(load_config(teacher, shipped_ok=True), dtype=dtype, seed=seed)
+        return model_from_config(resolve(teacher, shipped_ok=True).config, dtype=dtype, seed=seed)
 
 
 def _check_generate_args(new_tokens: int, batch_size: int) -> None:
     if new_tokens < 2:
-        raise UsageError(f"--new-tokens must be 2 or more (TPOT needs a second token), got {new_tokens}")
+        raise invalid("new_tokens", f"must be 2 or more (TPOT needs a second token), got {new_tokens}")
     if batch_size < 1:
-        raise UsageError(f"--batch must be 1 or more, got {batch_size}")
+        raise invalid("batch_size", f"must be 1 or more, got {batch_size}")
 
 
 def time_generate(models: dict, contexts, new_tokens: int, batch_size: int, device: str, rounds: int = 3,
@@ -238,11 +241,8 @@ def _sync(device: str) -> None:
 
 def _load_user_model(model_dir: Path, device: str, dtype):
     """A built model loaded exactly as its card shows: the Auto class, `trust_remote_code=True`."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
     try:
         config = json.loads(files.read_text(model_dir / "config.json"))
     except json.JSONDecodeError as e:
         raise UsageError(f"{model_dir / 'config.json'}: not valid JSON ({e.msg})") from None
-    auto = AutoModelForImageTextToText if "vision_config" in config else AutoModelForCausalLM
-    return auto.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval().to(device)
+    return auto_class(config).from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval().to(device)

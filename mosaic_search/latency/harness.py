@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..artifacts.schema import Workload
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 from ..hf import surgery
 from ..hf.device import default_dtype
-from ..hf.models import load_config, model_from_config
+from ..hf.models import model_from_config, resolve
+from ..hf.vision import image_encoder, random_image
 from ..modeling.architectures import image_architectures
 from ..operators import cache_layout
 from .timing import is_oom
@@ -131,20 +132,14 @@ class Bench:
 
         Part of TTFT, so it belongs to the fixed part and to the whole model's prefill; the text stack is
         timed on `w.seq_len` tokens either way (the image's tokens are not added to the prompt)."""
-        import torch
-
         if w.phase != "prefill" or not self.image_tokens:
             return None
-        inner = getattr(self.model, "model", None)
-        if not hasattr(inner, "get_image_features"):
-            raise UsageError(f"--image-tokens {self.image_tokens}: the model has no vision tower")
-        vc = self.model.config.vision_config
-        m = vc.spatial_merge_size
-        rows = next(d for d in range(int(self.image_tokens ** 0.5), 0, -1) if self.image_tokens % d == 0)
-        grid = torch.tensor([[1, rows * m, self.image_tokens // rows * m]] * w.batch_size, device=self.device)
-        patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
-        pixels = torch.randn(int(grid.prod(-1).sum()), patch, device=self.device, dtype=self.dtype)
-        return lambda: inner.get_image_features(pixels, grid)
+        encode = image_encoder(self.model)
+        if encode is None:
+            raise invalid("image_tokens", f"{self.image_tokens}: the model has no vision tower")
+        pixels, grid = random_image(self.model.config.vision_config, self.image_tokens, w.batch_size, self.device,
+                                    self.dtype)
+        return lambda: encode(pixels, grid)
 
     def layers_fn(self, count: int, w: Workload):
         """A closure running decoder layers 0..count-1 once, in sequence, for workload `w`."""
@@ -256,9 +251,10 @@ def _eager(fn):
     return fn
 
 
-def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None,
+def load_bench(model, device: str, dtype: str | None = None, seed: int = 0, compile_decode: bool | None = None,
                image_tokens: int = 0):
-    """The teacher with random weights and mosaic's mixer of the teacher's own operator in every layer
+    """The teacher (an id, or a stage's `Resolved` record; a shipped config will do) with random weights and
+    mosaic's mixer of the teacher's own operator in every layer
     (`surgery.teacher_ops`: gqa, or swa where the teacher slides), on `device`.
 
     `compile_decode` (default: on CUDA) runs decode steps through torch.compile (see `Bench`); a VLM's
@@ -266,17 +262,18 @@ def load_bench(model: str, device: str, dtype: str | None = None, seed: int = 0,
     import torch
 
     dtype = dtype or default_dtype(device)
-    config = load_config(model, shipped_ok=True)
+    resolved = resolve(model, shipped_ok=True)
+    config, model = resolved.config, resolved.id
     if image_tokens < 0:
-        raise UsageError(f"--image-tokens must be 0 or more, got {image_tokens}")
+        raise invalid("image_tokens", f"must be 0 or more, got {image_tokens}")
     if image_tokens and getattr(config, "vision_config", None) is None:
-        raise UsageError(f"--image-tokens {image_tokens}: {model} is a text-only model")
-    if image_tokens and not surgery.architecture(config).record.image_inputs:
-        raise UsageError(f"--image-tokens {image_tokens}: mosaic encodes images only through the vision towers of "
+        raise invalid("image_tokens", f"{image_tokens}: {model} is a text-only model")
+    if image_tokens and not resolved.arch.record.image_inputs:
+        raise invalid("image_tokens", f"{image_tokens}: mosaic encodes images only through the vision towers of "
                          f"{', '.join(image_architectures())} (profile {model} without it: its text layers)")
     with torch.device(device):
         net = model_from_config(config, dtype=dtype, seed=seed)
-    teacher = surgery.teacher_ops(config)
+    teacher = resolved.teacher_ops
     for i, c in enumerate(teacher):
         surgery.swap(net, i, c)
     return config, Bench(net, surgery.text_stack(net), device, getattr(torch, dtype),

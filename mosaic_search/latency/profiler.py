@@ -14,21 +14,23 @@ runs right after a step of an untouched copy of the teacher, and is recorded at 
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..artifacts.files import PROFILES_DIR, check_output, output_path
 from ..artifacts.schema import PROFILE_KIND, Header, LatencyProfile, ProfileEntry, Workload, parse_workload, save
-from ..errors import UsageError
+from ..errors import UsageError, invalid
 from ..hf import surgery
 from ..hf.device import check_device, environment
-from ..hf.models import load_config, model_ref, slug
-from ..operators import Candidate, parse_candidates, pattern_string
+from ..hf.models import resolve, slug
+from ..operators import Candidate, pattern_string
 from . import timing
 from .harness import Bench, load_bench
+
+logger = logging.getLogger(__name__)
 
 CPU_WORKLOADS = ("prefill:256", "prefill:1k", "decode:256", "decode:2k", "decode:512:b4")
 CUDA_WORKLOADS = ("prefill:4k", "prefill:32k", "prefill:96k", "prefill:4k:b8",
@@ -64,14 +66,15 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=PROFILE_KIND)  # before minutes of measuring
     wls = _workloads(workloads, device)
-    cands = _candidates(model, ops)
-    config, bench = load_bench(model, device, dtype, seed, compile_decode, image_tokens)
-    dims = surgery.dims_of(config)
+    resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
+    cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
+    _, bench = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)
+    dims = resolved.dims
     timer = timer or timing.default_timer(device)
     rounds = rounds or timing.default_rounds(device)
     depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
-    reference = load_bench(model, device, dtype, seed, compile_decode, image_tokens)[1] \
+    reference = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)[1] \
         if timing.is_paired(timer) else None
     pool = timing.Pool(timer)
     pool.failed.update(_unsupported(cands, wls, device))
@@ -85,7 +88,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     baseline = {w.name: median(("baseline", w.name)) for w in wls}
     fixed = {w.name: median(("fixed", w.name)) for w in wls}
     entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size(), bench.teacher)
-    header = Header.new(model_ref(model, config), env={
+    header = Header.new(resolved.ref, env={
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
@@ -118,19 +121,11 @@ class _Schedule:
         return self.rounds * (len(self.workloads) * per_workload - len(self.same_as_gqa))
 
 
-def _candidates(model: str, ops) -> list[Candidate]:
-    """`ops` parsed for the model's dimensions (bad --ops: before any work), plus the teacher's own operators,
-    always timed: the baseline every speedup is predicted against sums them."""
-    first = load_config(model, shipped_ok=True)
-    cands = parse_candidates(ops, surgery.dims_of(first))
-    return cands + [c for c in dict.fromkeys(surgery.teacher_ops(first)) if c not in cands]
-
-
 def _depth(device: str, num_layers: int, layers_per_sample: int | None) -> int:
     """Layers per sample: as asked, or `default_layers_per_sample`; UsageError outside 1..num_layers."""
     depth = default_layers_per_sample(device, num_layers) if layers_per_sample is None else layers_per_sample
     if not 1 <= depth <= num_layers:
-        raise UsageError(f"--layers-per-sample must be 1..{num_layers} (the model's layers), got {depth}")
+        raise invalid("layers_per_sample", f"must be 1..{num_layers} (the model's layers), got {depth}")
     return depth
 
 
@@ -225,12 +220,12 @@ def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
     """Say on stderr when the machine was shared, or the timings too spread to rank close candidates."""
     if busy := timing.busy_machine(device):
-        print(busy, file=sys.stderr)
+        logger.warning(busy)
     noise = spread(result)
     if noise and noise["median"] > NOISY_SPREAD:
-        print(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
-              f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine (no other "
-              "jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)", file=sys.stderr)
+        logger.warning(f"warning: noisy timings: the typical entry's p80/p20 is {noise['median']:.2f}x (above "
+                       f"{NOISY_SPREAD}x), so candidates that close cannot be told apart; re-run on a quiet machine "
+                       "(no other jobs; on CPU pin the threads, e.g. taskset -c 0-3 with OMP_NUM_THREADS=4)")
 
 
 def default_layers_per_sample(device: str, num_layers: int) -> int:
@@ -301,13 +296,14 @@ def validate(profile_obj: LatencyProfile, model: str = "tiny", device: str = "cp
     `profile(validate=True)` times both in the same passes."""
     device = check_device(device)
     env = profile_obj.header.env
-    config, bench = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
+    resolved = resolve(model, shipped_ok=True)
+    _, bench = load_bench(resolved, device, dtype, seed, env.get("compiled_decode", False),
                                env.get("image_tokens", 0))
-    n = surgery.dims_of(config).num_layers
+    n = resolved.dims.num_layers
     table = layer_table(profile_obj.entries)
     assignments = assignments or default_assignments(sorted({c for _, c, _ in table}), n, bench.teacher)
     timer = timer or timing.default_timer(device)
-    reference = load_bench(model, device, dtype, seed, env.get("compiled_decode", False),
+    reference = load_bench(resolved, device, dtype, seed, env.get("compiled_decode", False),
                            env.get("image_tokens", 0))[1] if timing.is_paired(timer) else None
     pool = timing.Pool(timer)
     for _ in range(env.get("rounds") or timing.default_rounds(device)):  # as the profile was taken

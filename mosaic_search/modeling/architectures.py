@@ -79,15 +79,29 @@ ARCHITECTURES = {a.model_type: a for a in (
 )}
 
 
+# a model mosaic built has model_type "mosaic_<its teacher's model_type>"
+BUILT_PREFIX = "mosaic_"
+
+
+def is_built(config) -> bool:
+    """Whether a config is that of a model mosaic built (the one test of it, for the package and the remote code)."""
+    return getattr(config, "model_type", "").startswith(BUILT_PREFIX)
+
+
 def base_model_type(config) -> str:
     """The teacher's model_type, also for a model built by mosaic (model_type 'mosaic_<base>')."""
     model_type = getattr(config, "model_type", "")
-    return model_type[len("mosaic_"):] if model_type.startswith("mosaic_") else model_type
+    return model_type[len(BUILT_PREFIX):] if is_built(config) else model_type
 
 
 def find_architecture(config) -> Architecture | None:
     """The architecture record for this config, or None if unsupported."""
     return ARCHITECTURES.get(base_model_type(config))
+
+
+def architecture_of(config) -> Architecture:
+    """The architecture record of a supported (teacher or built) config: the remote code's one lookup."""
+    return ARCHITECTURES[base_model_type(config)]
 
 
 def text_config(config, arch: Architecture):

@@ -19,7 +19,7 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from .architectures import ARCHITECTURES, base_model_type, rope_layer_types, teacher_rotary, text_config
+from .architectures import BUILT_PREFIX, architecture_of, rope_layer_types, teacher_rotary, text_config
 from .configuration_mosaic import (
     MOSAIC_FORMAT,
     MosaicGemma3Config,
@@ -43,7 +43,7 @@ def install_mixers(model) -> None:
     of its `config.mosaic["layers"]` entry ({op, params}; older entries' extra keys are ignored), and its MLP with the
     entry's `mlp` where it has one (`mlps.mlp_for`)."""
     config = model.config
-    record = ARCHITECTURES[base_model_type(config)]
+    record = architecture_of(config)
     dims = ModelDims.from_text_config(text_config(config, record), record)
     layers = record.decoder_layers(model)
     entries = config.mosaic["layers"]
@@ -73,7 +73,7 @@ def install_teacher_rope(model) -> None:
     and hands layer i that type's cos/sin; a forward pre-hook on each layer replaces them with its teacher type's,
     computed once per forward (a pre-hook on the text model empties the memo). A built type the teacher lacks
     (linear_attention) is answered with a teacher type's tables, which no layer reads."""
-    record = ARCHITECTURES[base_model_type(model.config)]
+    record = architecture_of(model.config)
     kinds = rope_layer_types(model.config, record)
     if kinds is None:
         return
@@ -137,13 +137,18 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
 
 class _MosaicMixin:
     """Builds the teacher, then swaps in the mixers of `config.mosaic`, takes over masking and checks that each
-    `generate` call asks for a mode the mix serves exactly (`generation.generate_kwargs`)."""
+    `generate` call asks for a mode the mix serves exactly (`generation.generate_kwargs`). Listed first among the
+    bases, so its `__init__` runs around the teacher class's."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_mosaic()
 
     def _install_mosaic(self) -> None:
         install_mixers(self)
         install_teacher_rope(self)
         # whether the text model looks its masks up by `layer_types` (Qwen3) or builds one causal mask (Llama)
-        record = ARCHITECTURES[base_model_type(self.config)]
+        record = architecture_of(self.config)
         record.text_model(self).register_forward_pre_hook(_masks_done_by_mixers(record.masks_by_layer_type),
                                                           with_kwargs=True)
 
@@ -155,7 +160,7 @@ class _MosaicMixin:
 
     def mosaic_mixers(self) -> list:
         """(layer index, op, mixer module) for every decoder layer, as `config.mosaic` lists them."""
-        layers = ARCHITECTURES[base_model_type(self.config)].decoder_layers(self)
+        layers = architecture_of(self.config).decoder_layers(self)
         return [(i, entry["op"], layers[i] if replaces_layer(layers[i]) else layers[i].self_attn)
                 for i, entry in enumerate(self.config.mosaic["layers"])]
 
@@ -170,19 +175,11 @@ class MosaicQwen3ForCausalLM(_MosaicMixin, Qwen3ForCausalLM):
 
     config_class = MosaicQwen3Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicLlamaForCausalLM(_MosaicMixin, LlamaForCausalLM):
     """Llama causal LM with per-layer mosaic mixers."""
 
     config_class = MosaicLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 class MosaicQwen3VLForConditionalGeneration(_MosaicMixin, Qwen3VLForConditionalGeneration):
@@ -190,19 +187,11 @@ class MosaicQwen3VLForConditionalGeneration(_MosaicMixin, Qwen3VLForConditionalG
 
     config_class = MosaicQwen3VLConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicQwen2ForCausalLM(_MosaicMixin, Qwen2ForCausalLM):
     """Qwen2 / Qwen2.5 causal LM with per-layer mosaic mixers."""
 
     config_class = MosaicQwen2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 class MosaicMistralForCausalLM(_MosaicMixin, MistralForCausalLM):
@@ -210,29 +199,17 @@ class MosaicMistralForCausalLM(_MosaicMixin, MistralForCausalLM):
 
     config_class = MosaicMistralConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicPhi3ForCausalLM(_MosaicMixin, Phi3ForCausalLM):
     """Phi-3 / Phi-4-mini causal LM with per-layer mosaic mixers (q/k/v split from the teacher's fused qkv_proj)."""
 
     config_class = MosaicPhi3Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
-
 
 class MosaicGemma3ForCausalLM(_MosaicMixin, Gemma3ForCausalLM):
     """Gemma 3 causal LM with per-layer mosaic mixers, each layer keeping its teacher layer's RoPE."""
 
     config_class = MosaicGemma3TextConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
 
 class MosaicGemma3ForConditionalGeneration(_MosaicMixin, Gemma3ForConditionalGeneration):
@@ -242,10 +219,6 @@ class MosaicGemma3ForConditionalGeneration(_MosaicMixin, Gemma3ForConditionalGen
     images is refused rather than answered differently from the teacher."""
 
     config_class = MosaicGemma3Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
     def forward(self, *args, pixel_values=None, **kwargs):
         if pixel_values is not None:
@@ -259,20 +232,9 @@ class MosaicQwen2_5_VLForConditionalGeneration(_MosaicMixin, Qwen2_5_VLForCondit
 
     config_class = MosaicQwen2_5_VLConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._install_mosaic()
 
-
-# base model_type -> model class
-MODELS = {
-    "qwen3": MosaicQwen3ForCausalLM,
-    "llama": MosaicLlamaForCausalLM,
-    "qwen3_vl": MosaicQwen3VLForConditionalGeneration,
-    "qwen2": MosaicQwen2ForCausalLM,
-    "mistral": MosaicMistralForCausalLM,
-    "phi3": MosaicPhi3ForCausalLM,
-    "gemma3_text": MosaicGemma3ForCausalLM,
-    "gemma3": MosaicGemma3ForConditionalGeneration,
-    "qwen2_5_vl": MosaicQwen2_5_VLForConditionalGeneration,
-}
+# base model_type -> model class, keyed by the config each class reads (`configuration_mosaic.CONFIGS`: same keys)
+MODELS = {cls.config_class.model_type[len(BUILT_PREFIX):]: cls for cls in (
+    MosaicQwen3ForCausalLM, MosaicLlamaForCausalLM, MosaicQwen3VLForConditionalGeneration, MosaicQwen2ForCausalLM,
+    MosaicMistralForCausalLM, MosaicPhi3ForCausalLM, MosaicGemma3ForCausalLM, MosaicGemma3ForConditionalGeneration,
+    MosaicQwen2_5_VLForConditionalGeneration)}

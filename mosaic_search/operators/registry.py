@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UsageError, did_you_mean
+from ..errors import UsageError, did_you_mean, invalid
 
 
 @dataclass(frozen=True)
@@ -288,8 +288,8 @@ def parse_candidates(ops, dims) -> list[Candidate]:
         if not out:
             raise UsageError("empty operator list")
         return [c.check_fits(dims) for c in out]
-    except UsageError as e:  # named as solve names it: the flag every command shares
-        raise UsageError(f"--ops: {e}") from None
+    except UsageError as e:  # named as every stage names it
+        raise invalid("ops", f": {e}") from None
 
 
 def _required(spec: OperatorSpec) -> tuple:

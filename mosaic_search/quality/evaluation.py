@@ -14,11 +14,13 @@ its start and evaluation from its end. Text only: a VLM is evaluated on its lang
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, invalid
+
+logger = logging.getLogger(__name__)
 
 EVAL_WINDOWS = 8
 EVAL_SEQ_LEN = 1024  # twice tiny's largest default SWA window: a windowed layer is not full attention here
@@ -43,9 +45,10 @@ class EvalSet:
 
 
 def eval_set(teacher: str, data: str | None = None, probes: str | None = None, windows: int = EVAL_WINDOWS,
-             seq_len: int = EVAL_SEQ_LEN, tokenizer=None, flag: str = "--data") -> EvalSet:
+             seq_len: int = EVAL_SEQ_LEN, tokenizer=None, param: str = "data") -> EvalSet:
     """The evaluation set of `teacher`: defaults for `tiny` (heldout.txt, recall_eval.jsonl); any other teacher
-    needs `data` (a .txt/.jsonl/.parquet file) and takes `probes` optionally. Errors are one-line UsageErrors."""
+    needs `data` (a .txt/.jsonl/.parquet file) and takes `probes` optionally. Errors are one-line UsageErrors, naming
+    `data` as the caller's parameter `param`."""
     from ..hf import data as data_mod
     from ..hf.data import display_name
     from ..hf.models import TINY, load_config
@@ -54,18 +57,18 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
 
     tiny = teacher == TINY
     if data is None and not tiny:
-        raise UsageError(f"{flag}: {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
-    source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT), flag)
+        raise invalid(param, f": {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
+    source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT), param)
     if source == data_mod.SELF:
-        raise UsageError(f"{flag} self: evaluation needs held-out text, not samples of the teacher")
+        raise invalid(param, "self: evaluation needs held-out text, not samples of the teacher")
     if windows < 1 or seq_len < 2:
-        raise UsageError(f"--windows and --seq-len must be at least 1 and 2, got {windows} and {seq_len}")
+        raise UsageError(f"`windows` and `seq_len` must be at least 1 and 2, got {windows} and {seq_len}")
     tokenizer = tokenizer or data_mod.tokenizer_of(teacher)
     if tokenizer is None:
         raise UsageError(f"{teacher} has no tokenizer to read the evaluation text with")
     dims = dims_of(load_config(teacher))
     if seq_len > dims.max_position:
-        raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {dims.max_position} positions")
+        raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
     ids = _tail(source, tokenizer, windows * seq_len)
     swa = [c.kwargs["window"] for c in default_candidates(dims) if "window" in c.kwargs]
     probe_file = probes or (str(data_mod.TINY_HELDOUT.parent / TINY_PROBES) if tiny else None)
@@ -139,7 +142,7 @@ def recorded_teacher(model: str) -> str:
         raise UsageError(f"{model}: no such model directory")
     plan = Path(model) / PLAN_FILE
     if not plan.is_file():
-        raise UsageError(f"{model}: not a model built by mosaic (no {PLAN_FILE}); pass --teacher")
+        raise UsageError(f"{model}: not a model built by mosaic (no {PLAN_FILE}); pass `teacher`")
     return schema.load_plan(plan).header.model.id
 
 
@@ -154,14 +157,14 @@ def _tail(source: str, tokenizer, n: int):
     stream: list = []
     for doc in documents(source, tokenizer):
         if not isinstance(doc, str):
-            raise UsageError(f"--data {source}: evaluation reads text rows only; this row has images")
+            raise invalid("data", f"{source}: evaluation reads text rows only; this row has images")
         stream += tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
         if eos is not None and not text:
             stream.append(eos)
         stream = stream[-n:]
     if len(stream) < n:
-        raise UsageError(f"--data {source}: {len(stream)} tokens, fewer than the {n} evaluation needs "
-                         "(--windows x --seq-len)")
+        raise invalid("data", f"{source}: {len(stream)} tokens, fewer than the {n} evaluation needs "
+                      "(`windows` x `seq_len`)")
     return torch.tensor(stream, dtype=torch.long)
 
 
@@ -169,7 +172,8 @@ def _probes(path: str, tokenizer) -> tuple:
     """(prompt ids, answer ids, distance) of every line of a probe file, or a one-line error naming the line."""
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"--probes {path}: " + ("a folder; give a .jsonl file of probes" if p.is_dir() else "no such file"))
+        raise invalid("probes", f"{path}: " + ("a folder; give a .jsonl file of probes" if p.is_dir() else
+                                               "no such file"))
     out = []
     for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -178,11 +182,11 @@ def _probes(path: str, tokenizer) -> tuple:
             row = json.loads(line)
             prompt, answer, distance = str(row["prompt"]), str(row["answer"]), int(row["distance"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise UsageError(f'--probes {path}: line {n}: expected {{"prompt", "answer", "distance"}}') from None
+            raise invalid("probes", f'{path}: line {n}: expected {{"prompt", "answer", "distance"}}') from None
         enc = [tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"] for s in (prompt, answer)]
         if not enc[0] or not enc[1]:
-            raise UsageError(f"--probes {path}: line {n}: empty prompt or answer")
+            raise invalid("probes", f"{path}: line {n}: empty prompt or answer")
         out.append((enc[0], enc[1], distance))
     if not out:
-        print(f"note: --probes {path} has no probes; recall is not measured", file=sys.stderr)
+        logger.info(f"note: --probes {path} has no probes; recall is not measured")
     return tuple(out)

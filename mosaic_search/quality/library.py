@@ -19,10 +19,10 @@ rank), its aligned weights a file in `<table>.library.d/` written before that li
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from ..artifacts import schema
@@ -31,6 +31,8 @@ from ..artifacts.schema import CandidateLibrary, Header, LayerPlan, LibraryEntry
 from ..errors import UsageError
 from ..hf.models import slug
 from ..operators import Candidate
+
+logger = logging.getLogger(__name__)
 
 
 def library_path(table: str | os.PathLike) -> Path:
@@ -113,15 +115,15 @@ def library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sh
             ops = sorted({c.op for _, c, _ in stored})
             mlp = " (narrower MLPs keep channels by weight norms, not by importance on calibration data)" \
                 if "mlp" in ops else ""
-            print(f"warning: no candidate library (--library, or one written with this plan's scores): "
-                  f"{', '.join(ops)} layers start from the teacher initialisation, without aligned weights{mlp}",
-                  file=sys.stderr)
+            logger.warning(f"warning: no candidate library (--library, or one written with this plan's scores): "
+                           f"{', '.join(ops)} layers start from the teacher initialisation, without aligned "
+                           f"weights{mlp}")
         return {}
     path = Path(library)
     written_with = _check_sidecar(path, ref, allow_stale)
     if written_with and scores_sha256 and written_with != scores_sha256:
-        print(f"warning: {path} was written with another sensitivity table than the one the plan was solved on; "
-              "its weights were aligned for that table's data", file=sys.stderr)
+        logger.warning(f"warning: {path} was written with another sensitivity table than the one the plan was solved "
+                       "on; its weights were aligned for that table's data")
     weights, missing = {}, []
     for i, c, prefix in stored:
         found = load_library_entry(path, i, c)
@@ -132,7 +134,7 @@ def library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sh
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise UsageError(f"{path}: no aligned weights for {', '.join(missing[:3])}{more}; re-run score for these "
-                         "candidates or build without --library")
+                         "candidates or build without `library`")
     return weights
 
 
@@ -174,8 +176,8 @@ class ItemStore:
         """Forget unfinished runs: their item logs and per-item weights (`note`: say so on stderr)."""
         logs = self.logs()
         if note and logs:
-            print(f"note: starting afresh; {self.table}'s unfinished earlier run is discarded (--resume keeps it)",
-                  file=sys.stderr)
+            logger.info(f"note: starting afresh; {self.table}'s unfinished earlier run is discarded (--resume keeps "
+                        "it)")
         for log in logs:
             log.unlink(missing_ok=True)
         shutil.rmtree(self.parts, ignore_errors=True)

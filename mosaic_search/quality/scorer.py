@@ -34,10 +34,10 @@ from pathlib import Path
 from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, check_output, json_text, output_path, write_text
 from ..artifacts.schema import Header, SensitivityEntry, SensitivityTable
-from ..errors import MosaicError, UsageError
+from ..errors import MosaicError, UsageError, invalid
 from ..hf import distributed
 from ..hf.models import slug
-from ..operators import Candidate, parse_candidates
+from ..operators import Candidate
 from . import align as align_mod
 from . import library
 
@@ -53,7 +53,7 @@ def table_path(teacher: str, out=None) -> Path:
     """Where the table goes: `out`, or layer_plans/<model>/sensitivity.json."""
     path = output_path(out, Path(PLANS_DIR) / slug(teacher) / "sensitivity.json")
     if path.suffix != ".json":
-        raise UsageError(f"--out {path}: expected a .json file path")
+        raise invalid("out", f"{path}: expected a .json file path")
     return path
 
 
@@ -80,38 +80,36 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     from ..hf import data as data_mod
     from ..hf import surgery
     from ..hf.device import check_device, default_dtype, environment
-    from ..hf.models import load_config, model_ref
+    from ..hf.models import resolve
 
-    align_steps = _count("--align-steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
+    align_steps = _count("align_steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
     path = check_output(table_path(teacher, out), kind=schema.SENSITIVITY_KIND)
-    config = load_config(teacher)
-    ref = model_ref(teacher, config)
-    dims = surgery.dims_of(config)
-    teacher_ops = surgery.teacher_ops(config)  # each layer's own operator: its reference row, scoring 0
-    cands = _candidates(ops, dims, teacher_ops)
-    seq_len = _count("--seq-len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
-    tokens = _count("--tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
+    resolved = resolve(teacher)  # once: every step below reads this record
+    ref, dims = resolved.ref, resolved.dims
+    teacher_ops = resolved.teacher_ops  # each layer's own operator: its reference row, scoring 0
+    cands = surgery.candidates(ops, resolved.config)
+    seq_len = _count("seq_len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
+    tokens = _count("tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
     if tokens < seq_len:
-        raise UsageError(f"--tokens {tokens} is less than one --seq-len window ({seq_len})")
+        raise invalid("tokens", f"{tokens} is less than one `seq_len` window ({seq_len})")
     if seq_len > dims.max_position:
-        raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {dims.max_position} positions")
+        raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
     n_score = tokens // seq_len
     windows = align_windows = None
     notes: dict = {}
     if source != data_mod.SELF:
         tok = data_mod.tokenizer_of(teacher)
         vision = None
-        if surgery.architecture(config).record.image_inputs:  # other VLMs score on text (data.py refuses images)
-            vision = data_mod.Vision(str(teacher), config.image_token_id)
+        if resolved.arch.record.image_inputs:  # other VLMs score on text (data.py refuses images)
+            vision = data_mod.Vision(str(teacher), resolved.config.image_token_id)
         windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
 
     with distributed.session(device) as (rank, world, device):
-        model = _load_teacher(teacher, device, device_map, dtype or default_dtype(device))
+        model = _load_teacher(resolved, device, device_map, dtype or default_dtype(device))
         if windows is None:
-            sampled = data_mod.sample_from_teacher(model, n_score + ALIGN_WINDOWS, seq_len, seed) if rank == 0 else None
-            sampled = distributed.broadcast(sampled, world)
+            sampled = data_mod.shared_samples(model, n_score + ALIGN_WINDOWS, seq_len, seed, world)
             windows, align_windows = data_mod.Windows.of(sampled[:n_score]), data_mod.Windows.of(sampled[n_score:])
         info = {"source": source, "tokens": sum(windows.lengths), "seq_len": seq_len, "seed": seed,
                 "sha256": _sha_windows(windows, align_windows), "align_windows": len(align_windows), **notes}
@@ -152,7 +150,7 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
     finished = store.finished(fps)
     missing = [f"layer {layer} {c}" for layer, c in fps if (layer, c) not in finished]
     if missing:
-        raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with --resume")
+        raise MosaicError(f"items missing after the run: {', '.join(missing[:3])}; re-run with `resume`")
     header = Header.new(ref, env=env, inputs={} if source == SELF else {"data": schema.sha256_file(source)})
     entries = []
     for layer in range(ctx.num_layers):
@@ -458,34 +456,25 @@ def _seeded(seed: int, device: str):
 
 def _count(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise invalid(name, f"must be an integer >= {minimum}, got {value!r}")
     return value
 
 
-def _candidates(ops, dims, teacher_ops) -> list[Candidate]:
-    cands = parse_candidates(ops, dims)
-    # the reference rows every table carries: each layer's own operator (gqa, or the teacher's window)
-    return [c for c in dict.fromkeys(teacher_ops) if c not in cands] + cands
-
-
-def _load_teacher(teacher: str, device: str, device_map, dtype: str):
+def _load_teacher(teacher, device: str, device_map, dtype: str):
+    """The teacher (a `Resolved` record) loaded for scoring: on `device`, or spread by `device_map`."""
     import torch
 
-    from ..hf.models import TINY, load_config, load_model
+    from ..hf.models import TINY, auto_class, load_model
 
-    if device_map is None or teacher == TINY:
+    if device_map is None or teacher.id == TINY:
         model = load_model(teacher, dtype=dtype, device=device)
     else:
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-        config = load_config(teacher)
-        vision = getattr(config, "vision_config", None) is not None
-        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         try:
-            model = auto.from_pretrained(teacher, dtype=getattr(torch, dtype), device_map=device_map).eval()
+            model = auto_class(teacher.config).from_pretrained(teacher.id, dtype=getattr(torch, dtype),
+                                                               device_map=device_map).eval()
         except (OSError, ValueError) as e:
-            raise UsageError(f"cannot load {teacher} with --device-map {device_map}: {str(e).splitlines()[0][:160]}"
-                             ) from None
+            raise UsageError(f"cannot load {teacher.id} with `device_map` {device_map}: "
+                             f"{str(e).splitlines()[0][:160]}") from None
     if getattr(model.config, "_attn_implementation", None) == "eager":
         model.set_attn_implementation("sdpa")  # eager attention is not causal without a mask; sdpa is
     from ..hf.surgery import own_mixers

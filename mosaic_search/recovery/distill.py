@@ -112,7 +112,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     plan = [s for s in stages for _ in range(per_stage)]
     tokenizer = _same_tokenizer(model, teacher, oracle)
     source = data_mod.check_source(data or data_mod.SELF)
-    evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, flag="--eval-data")
+    evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, param="eval_data")
              if quality and (eval_data or teacher == TINY) else None)
     check_device(device)
     ckpt = checkpoint_path(out)
@@ -319,12 +319,8 @@ def _windows(source: str, tokenizer, teacher: str, ref, want: int, seq_len: int,
     if seq_len > positions:
         raise UsageError(f"--seq-len {seq_len} exceeds the teacher's {positions} positions")
     if source == data_mod.SELF:
-        n = min(want, SELF_WINDOWS)
-        if sharded:
-            windows = data_mod.Windows.of(data_mod.sample_from_teacher(ref, n, seq_len, seed).cpu())
-        else:
-            sampled = data_mod.sample_from_teacher(ref, n, seq_len, seed) if distributed.rank() == 0 else None
-            windows = data_mod.Windows.of(distributed.broadcast(sampled, world))
+        sampled = data_mod.shared_samples(ref, min(want, SELF_WINDOWS), seq_len, seed, world, every_rank=sharded)
+        windows = data_mod.Windows.of(sampled)
     else:
         vision = None
         if getattr(ref.config, "vision_config", None) is not None:
@@ -486,15 +482,9 @@ class _Rows:
         self.w, self.image_token = windows, image_token
 
     def inputs(self, device) -> dict:
-        import torch
+        from ..hf.vision import model_inputs
 
-        out = {"input_ids": self.w.ids.to(device)}
-        images = [im for im in self.w.images if im is not None]
-        if images:
-            out["pixel_values"] = torch.cat([im["pixel_values"] for im in images]).to(device)
-            out["image_grid_thw"] = torch.cat([im["image_grid_thw"] for im in images]).to(device)
-            out["mm_token_type_ids"] = (self.w.ids == self.image_token).int().to(device)
-        return out
+        return model_inputs(self.w.ids, self.w.images, self.image_token, device)
 
     def mask(self, device):
         """[b, T] 1.0 on real tokens, 0.0 on the padding after a short image row."""

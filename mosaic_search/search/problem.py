@@ -12,7 +12,7 @@ from pathlib import Path
 from ..artifacts import schema
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.schema import LatencyProfile, SensitivityTable, Workload
-from ..errors import StaleInputError, UsageError, did_you_mean
+from ..errors import StaleInputError, UsageError, did_you_mean, invalid
 from ..operators import REGISTRY, Candidate, unbuildable
 from .choices import Choice, layer_choices, matches
 from .memory import set_memory
@@ -70,8 +70,9 @@ class Problem:
 
 # ---- KEY=VALUE and operator specs, as the CLI gives them -----------------------------------------
 
-def parse_spec(text, where: str = "") -> str | Candidate:
-    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion."""
+def parse_spec(text, param: str | None = None, given: str = "") -> str | Candidate:
+    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion, naming library
+    parameter `param` (and the `given` text of it, e.g. a pin's '0=gqa') when there is one."""
     if isinstance(text, Candidate):
         return text
     text = str(text).strip()
@@ -81,13 +82,13 @@ def parse_spec(text, where: str = "") -> str | Candidate:
         if text not in REGISTRY:
             raise UsageError(f'unknown operator "{text}"{did_you_mean(text, REGISTRY)}; known: {", ".join(REGISTRY)}')
     except UsageError as e:
-        raise UsageError(f"{where}: {e}" if where else str(e)) from None
+        raise (invalid(param, f"{given}: {e}") if param else UsageError(str(e))) from None
     return text
 
 
 def pairs(items, what: str) -> list[tuple[str, str]]:
-    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs; `what` names the option
-    in the UsageError raised for a string without '=' or with an empty side."""
+    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs; `what` names the library
+    parameter in the UsageError raised for a string without '=' or with an empty side."""
     if not items:
         return []
     if isinstance(items, dict):
@@ -96,7 +97,7 @@ def pairs(items, what: str) -> list[tuple[str, str]]:
     for item in items:
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise UsageError(f'{what}: cannot parse "{item}", expected KEY=VALUE')
+            raise invalid(what, f': cannot parse "{item}", expected KEY=VALUE')
         out.append((key.strip(), value.strip()))
     return out
 
@@ -107,23 +108,23 @@ def _counts(items, what: str, layers: int) -> list:
         try:
             n = int(value)
         except (TypeError, ValueError):
-            raise UsageError(f"{what} {key}: count must be an integer, got {value!r}") from None
-        if n < 0 or (what == "--min" and n > layers):  # a --max above the layers is merely no bound
-            raise UsageError(f"{what} {key}={value}: a count of layers must be within 0..{layers}")
-        out.append((parse_spec(key, f"{what} {key}={value}"), n))
+            raise invalid(what, f"{key}: count must be an integer, got {value!r}") from None
+        if n < 0 or (what == "min_count" and n > layers):  # a max_count above the layers is merely no bound
+            raise invalid(what, f"{key}={value}: a count of layers must be within 0..{layers}")
+        out.append((parse_spec(key, what, f"{key}={value}"), n))
     return out
 
 
 def positive(name: str, value, integer: bool = False):
-    """`value` as a positive float (or int), None for None; UsageError naming the option `name` otherwise."""
+    """`value` as a positive float (or int), None for None; UsageError naming the parameter `name` otherwise."""
     if value is None:
         return None
     try:
         v = int(value) if integer else float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a positive number, got {value!r}") from None
+        raise invalid(name, f"must be a positive number, got {value!r}") from None
     if not math.isfinite(v) or v <= 0 or (integer and v != value):
-        raise UsageError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        raise invalid(name, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
     return v
 
 
@@ -177,7 +178,7 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
         ppath = next(iter(_ranked(profiles_dir, schema.PROFILE_KIND, scores.header.model)), None)
         if ppath is None:
             raise UsageError(f"no latency profile for {scores.header.model.id} under {profiles_dir}/; "
-                             "run `mosaic profile` or pass --profile")
+                             "run `mosaic profile` or pass `profile`")
         profile = schema.load_profile(ppath)
     elif profile is None:
         for path in _ranked(profiles_dir, schema.PROFILE_KIND):
@@ -189,19 +190,19 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
                 break
         else:
             raise UsageError(f"no latency profile under {profiles_dir}/ with a matching sensitivity table under "
-                             f"{plans_dir}/; run `mosaic profile` and `mosaic score`, or pass --profile/--scores")
+                             f"{plans_dir}/; run `mosaic profile` and `mosaic score`, or pass `profile`/`scores`")
     if scores is None:
         spath = next(iter(_ranked(plans_dir, schema.SENSITIVITY_KIND, profile.header.model)), None)
         if spath is None:
             raise UsageError(f"no sensitivity table for {profile.header.model.id} under {plans_dir}/; "
-                             "run `mosaic score` or pass --scores")
+                             "run `mosaic score` or pass `scores`")
         scores = schema.load_sensitivity(spath)
     pm, sm = profile.header.model, scores.header.model
     if pm.num_hidden_layers != sm.num_hidden_layers:
         raise UsageError(f"the profile has {pm.num_hidden_layers} layers ({pm.id}) but the sensitivity table has "
                          f"{sm.num_hidden_layers} ({sm.id}); they cannot describe the same model")
     schema.check_same_model(pm, sm, "sensitivity table", allow_stale)
-    want = dict(pairs(target_env, "env"))
+    want = dict(pairs(target_env, "target_env"))
     if device:
         want["device"] = device
     env = profile.header.env
@@ -209,7 +210,7 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
         if not allow_stale and not _env_has(env, key, value):
             have = env.get("device_name", env.get("device")) if key == "device" else env.get(key)
             raise StaleInputError(f'the profile was measured with {key}="{have}", not "{value}"; '
-                                  "profile on the target or pass --allow-stale")
+                                  "profile on the target or pass `allow_stale`")
     inputs = {"profile": _fingerprint(profile, ppath), "scores": _fingerprint(scores, spath)}
     return profile, scores, inputs
 
@@ -225,18 +226,18 @@ def _cache_workload(profile: LatencyProfile, context):
     fits = [w for w in profile.workloads if w.seq_len == context]
     if not fits:
         have = ", ".join(sorted({str(w.seq_len) for w in profile.workloads}))
-        raise UsageError(f"--cache-context {context}: the profile has no workload at that context (has: {have})")
+        raise invalid("cache_context", f"{context}: the profile has no workload at that context (has: {have})")
     return max(fits, key=lambda w: w.phase == "decode")
 
 
 def set_targets(p: Problem, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Problem:
     """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
-    speedup = positive("--speedup", speedup)
-    by_phase = {"prefill": positive("--ttft-speedup", ttft_speedup),
-                "decode": positive("--tpot-speedup", tpot_speedup)}
-    for phase, name in (("prefill", "--ttft-speedup"), ("decode", "--tpot-speedup")):
+    speedup = positive("speedup", speedup)
+    by_phase = {"prefill": positive("ttft_speedup", ttft_speedup),
+                "decode": positive("tpot_speedup", tpot_speedup)}
+    for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in p.workloads):
-            raise UsageError(f"{name} {by_phase[phase]}: no {phase} workload in scope")
+            raise invalid(name, f"{by_phase[phase]}: no {phase} workload in scope")
     targets = {}
     for w in p.workloads:
         s = by_phase[w.phase] if by_phase[w.phase] is not None else speedup
@@ -266,16 +267,16 @@ def _scope(profile: LatencyProfile, workloads) -> tuple[Workload, ...]:
 
 
 def _pin(allowed: list, layer_text: str, spec_text: str):
-    """Layer and spec of one --pin, checked against what that layer allows."""
+    """Layer and spec of one of `pins`, checked against what that layer allows."""
     try:
         layer = int(layer_text)
     except ValueError:
-        raise UsageError(f'--pin "{layer_text}={spec_text}": the layer must be an integer') from None
+        raise invalid("pins", f'"{layer_text}={spec_text}": the layer must be an integer') from None
     if not 0 <= layer < len(allowed):
-        raise UsageError(f"--pin {layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
-    spec = parse_spec(spec_text, f"--pin {layer}={spec_text}")
+        raise invalid("pins", f"{layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
+    spec = parse_spec(spec_text, "pins", f"{layer}={spec_text}")
     if not any(matches(spec, c) for c in allowed[layer]):
-        raise UsageError(f"--pin {layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
+        raise invalid("pins", f"{layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
                          f"{', '.join(map(str, allowed[layer])) or 'none'})")
     return layer, spec
 
@@ -307,35 +308,35 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
             else:
                 failed.add((e.layer, e.candidate))
     loss = {(e.layer, e.candidate): float(getattr(e, metric)) for e in scores.entries}
-    cache, cache_limit, ref = {}, positive("--max-cache-bytes", max_cache_bytes), None
-    batch = positive("--cache-batch", cache_batch, integer=True)
+    cache, cache_limit, ref = {}, positive("max_cache_bytes", max_cache_bytes), None
+    batch = positive("cache_batch", cache_batch, integer=True)
     if cache_limit is None and max_memory is None and (cache_context is not None or batch != 1):
-        raise UsageError("--cache-context and --cache-batch describe the --max-cache-bytes bound (or --max-memory's); "
-                         "give it too")
+        raise UsageError("`cache_context` and `cache_batch` describe the `max_cache_bytes` bound; give it too (or "
+                         "`max_memory`)")
     if cache_limit is not None:
         ref = _cache_workload(profile, cache_context)
         cache = {(e.layer, e.candidate): batch * e.cache_bytes for e in profile.entries if e.workload == ref.name}
     items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
-    keep = [parse_spec(t, "--ops") for t in items if str(t).strip()]
+    keep = [parse_spec(t, "ops") for t in items if str(t).strip()]
     if ops is not None and not keep:
-        raise UsageError("--ops: empty operator list")
+        raise invalid("ops", ": empty operator list")
     held = {c for _, c in lat} & {c for _, c in loss}
     for spec in keep:
         if not any(matches(spec, c) for c in held):
-            raise UsageError(f"--ops {spec}: not in both the profile and the sensitivity table (they hold: "
+            raise invalid("ops", f"{spec}: not in both the profile and the sensitivity table (they hold: "
                              f"{', '.join(c.label for c in sorted(held))})")
     ok = [key for key in sorted(lat) if len(lat[key]) == len(scope) and key not in failed and key in loss
           and (cache_limit is None or key in cache)]
     choices = layer_choices(profile, ok, lat, loss, cache, keep)
     given_pins = {}
-    for layer_text, spec_text in pairs(pins, "--pin"):
+    for layer_text, spec_text in pairs(pins, "pins"):
         layer, spec = _pin([[ch.candidate for ch in cs] for cs in choices], layer_text, spec_text)
         choices[layer], given_pins[str(layer)] = [ch for ch in choices[layer] if matches(spec, ch.candidate)], str(spec)
     for layer, cs in enumerate(choices):
         if not cs:
             raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
-                             "scope, scored, and in --ops")
-    mins, maxs = _counts(min_count, "--min", len(choices)), _counts(max_count, "--max", len(choices))
+                             "scope, scored, and in `ops`")
+    mins, maxs = _counts(min_count, "min_count", len(choices)), _counts(max_count, "max_count", len(choices))
     given = {"workloads": [w.name for w in scope], "metric": metric, "max_cache_bytes": cache_limit,
              "cache_batch": cache_batch if ref else None, "cache_workload": ref.name if ref else None,
              "ops": [str(s) for s in keep] or None, "pins": given_pins or None,
@@ -344,7 +345,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                 choices=tuple(map(tuple, choices)), metric=metric, cache_limit=cache_limit,
                 cache_workload=ref.name if ref else None, cache_batch=batch, min_count=mins, max_count=maxs,
                 given=given)
-    if (memory := positive("--max-memory", max_memory)) is not None:
+    if (memory := positive("max_memory", max_memory)) is not None:
         set_memory(p, memory, batch, _cache_workload(profile, cache_context))
     return set_targets(p, speedup, ttft_speedup, tpot_speedup)
 

@@ -30,8 +30,8 @@ def solve_serving(throughput_speedup, memory, context=None, *, time_limit_s=60, 
     throughputs (tokens/s) and memory. Raises InfeasibleError (exit 3) naming the smallest reachable memory when
     nothing fits, or the best reachable throughput speedup.
     """
-    x = positive("--throughput-speedup", throughput_speedup)
-    positive("--memory", memory)
+    x = positive("throughput_speedup", throughput_speedup)
+    positive("memory", memory)
     for key in ("speedup", "ttft_speedup", "tpot_speedup", "workloads", "max_memory", "cache_batch", "cache_context",
                 "max_cache_bytes"):
         if inputs.pop(key, None) not in (None, 1 if key == "cache_batch" else None):

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..artifacts import files, frames, schema
 from ..artifacts.files import PLANS_DIR
 from ..artifacts.schema import Header, LayerPlan, Pareto
-from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean
+from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean, invalid
 from ..hf.models import slug
 from ..operators import REGISTRY, Candidate, compose, pattern_string, plot_color
 from . import baselines
@@ -158,7 +158,7 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     if pulp.LpStatus[prob.status] == "Infeasible":
         return None, info
     if hinfo.primal_solution_status != 2:  # 2 = feasible: a time limit can end the search with nothing
-        raise MosaicError(f"HiGHS found no assignment within {time_limit_s} s ({status}); raise --time-limit")
+        raise MosaicError(f"HiGHS found no assignment within {time_limit_s} s ({status}); raise `time_limit_s`")
     info["objective"] = float(hinfo.objective_function_value)
     picked = {(columns[j].layer, columns[j].candidate) for j in cols if (y[j].varValue or 0) > 0.5}
     return [[c for c in cs if (l, c) in picked] for l, cs in enumerate(p.allowed)], info
@@ -275,8 +275,8 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
 
 def _needs_target(p: Problem, strategy: str) -> None:
     if not strategy.startswith("pattern:") and not (p.targets or p.cache_limit or p.min_count or p.max_count):
-        raise UsageError("nothing to trade quality for: give --speedup, --ttft-speedup, --tpot-speedup or "
-                         "--max-cache-bytes")
+        raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup` or "
+                         "`max_cache_bytes`")
 
 
 def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap=1e-4, out=None, write=True,
@@ -290,7 +290,7 @@ def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap
     """
     p = prepare(profile, scores, **inputs)
     _needs_target(p, strategy)
-    positive("--time-limit", time_limit_s)
+    positive("time_limit_s", time_limit_s)
     path = plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR))
     if write:
         files.check_output(path, overwrite=overwrite)
@@ -309,10 +309,10 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
     """
     p = prepare(**inputs)
     _needs_target(p, "mip")
-    solutions = positive("--solutions", solutions, integer=True)
+    solutions = positive("solutions", solutions, integer=True)
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or not 1 <= min_distance <= p.num_layers:
-        raise UsageError(f"--min-distance must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
-    positive("--time-limit", time_limit_s)
+        raise invalid("min_distance", f"must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
+    positive("time_limit_s", time_limit_s)
     paths = [plan_path(p.profile.header.model.id, out, rank, inputs.get("plans_dir", PLANS_DIR))
              for rank in range(1, solutions + 1)]
     for path in paths if write else ():
@@ -341,16 +341,16 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 def parse_sweep(text) -> list[float]:
     """'1.1:3.0:0.1' (start:stop:step, stop included) or a list of speedups."""
     if not isinstance(text, str):
-        return [positive("--sweep speedup", v) for v in text]
+        return [positive("speedups", v) for v in text]
     try:
         start, stop, step = (float(v) for v in text.split(":"))
     except ValueError:
-        raise UsageError(f'--sweep "{text}": expected START:STOP:STEP, e.g. 1.1:3.0:0.1') from None
+        raise invalid("speedups", f'"{text}": expected START:STOP:STEP, e.g. 1.1:3.0:0.1') from None
     if not (start > 0 and step > 0 and stop >= start) or not all(map(math.isfinite, (start, stop, step))):
-        raise UsageError(f'--sweep "{text}": need 0 < START <= STOP and STEP > 0')
+        raise invalid("speedups", f'"{text}": need 0 < START <= STOP and STEP > 0')
     count = int(math.floor((stop - start) / step + 1e-9)) + 1
     if count > 1000:
-        raise UsageError(f'--sweep "{text}": {count} points; at most 1000')
+        raise invalid("speedups", f'"{text}": {count} points; at most 1000')
     return [round(start + i * step, 9) for i in range(count)]
 
 
@@ -410,10 +410,9 @@ def sweep(speedups="1.1:3.0:0.1", *, plot=False, time_limit_s=60, mip_gap=1e-4, 
     """
     for key in ("speedup", "ttft_speedup", "tpot_speedup"):
         if inputs.get(key) is not None:
-            raise UsageError(f"--sweep sets the speedup itself; drop --{key.replace('_', '-')} and narrow with "
-                             "--workload instead")
+            raise invalid("speedups", f"sets the speedup itself; drop `{key}` and narrow with `workloads` instead")
     values = parse_sweep(speedups)
-    positive("--time-limit", time_limit_s)
+    positive("time_limit_s", time_limit_s)
     p = prepare(**inputs)
     model = p.profile.header.model
     path = plan_path(model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name="pareto.json")

@@ -1,0 +1,76 @@
+"""How a VLM's image inputs are built, in one place: the teacher's image processor (calibration and training rows),
+the processor's per-row outputs batched into model inputs, and a random image of a given size for timing.
+
+The layout is Qwen-VL's: `pixel_values` [patches, channels x temporal patch x patch^2], `image_grid_thw` [images,
+3] (frames, rows, columns of patches), one image token per merged patch in the ids, and `mm_token_type_ids`
+marking those tokens for the 3-D rotary positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+
+
+@dataclass
+class Vision:
+    """A VLM teacher's side of reading image rows: where its image processor is saved, and its image token."""
+
+    where: str
+    image_token_id: int
+    _processor: object = field(default=None, repr=False)
+
+    def processor(self):
+        """The teacher's Qwen2-VL image processor, loaded once. The PIL implementation is used on every machine:
+        transformers' auto classes (and the full processor, which also wants a video processor) need torchvision."""
+        if self._processor is None:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+            try:
+                self._processor = Qwen2VLImageProcessorPil.from_pretrained(self.where)
+            except (OSError, ValueError) as e:
+                first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+                raise UsageError(f"{self.where}: no image processor to read images with ({first})") from None
+        return self._processor
+
+
+def image_tensors(images, device):
+    """(pixel_values, image_grid_thw) of the rows that have images (per row: None or the processor's
+    {"pixel_values", "image_grid_thw"}), concatenated in row order on `device`; None when no row has one."""
+    import torch
+
+    rows = [im for im in images if im is not None]
+    if not rows:
+        return None
+    return (torch.cat([im["pixel_values"] for im in rows]).to(device),
+            torch.cat([im["image_grid_thw"] for im in rows]).to(device))
+
+
+def model_inputs(ids, images, image_token: int | None, device) -> dict:
+    """The keyword inputs of a whole VLM forward for token ids [b, T] and their rows' images (see `image_tensors`):
+    the ids, and with any image its pixels, grid and the `mm_token_type_ids` that mark its tokens."""
+    out = {"input_ids": ids.to(device)}
+    tensors = image_tensors(images, device)
+    if tensors is not None:
+        out["pixel_values"], out["image_grid_thw"] = tensors
+        out["mm_token_type_ids"] = (ids == image_token).int().to(device)
+    return out
+
+
+def image_encoder(model):
+    """The model's vision-tower call `get_image_features(pixels, grid)`, or None for a model without one."""
+    inner = getattr(model, "model", None)
+    return inner.get_image_features if hasattr(inner, "get_image_features") else None
+
+
+def random_image(vision_config, image_tokens: int, batch: int, device, dtype):
+    """(pixel_values, image_grid_thw) of one random image per sequence that the vision tower turns into
+    `image_tokens` tokens: a grid of as square a shape as divides them (rows x columns merged patches)."""
+    import torch
+
+    m = vision_config.spatial_merge_size
+    rows = next(d for d in range(int(image_tokens ** 0.5), 0, -1) if image_tokens % d == 0)
+    grid = torch.tensor([[1, rows * m, image_tokens // rows * m]] * batch, device=device)
+    patch = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size ** 2
+    return torch.randn(int(grid.prod(-1).sum()), patch, device=device, dtype=dtype), grid

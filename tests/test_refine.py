@@ -1,0 +1,179 @@
+"""`mosaic refine`: a true-KL search around the MIP that keeps every budget, deterministic, resumable, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import tiny_model
+
+from mosaic_search import to_frame
+from mosaic_search.artifacts import schema
+from mosaic_search.artifacts.schema import Header, LatencyProfile, ProfileEntry, Workload
+from mosaic_search.artifacts.search_record import load_search_record
+from mosaic_search.cli import main
+from mosaic_search.errors import InfeasibleError, Interrupted, StaleInputError, UsageError
+from mosaic_search.operators import Candidate
+from mosaic_search.quality import refine as lib
+from mosaic_search.quality import scorer
+from mosaic_search.search import problem, solver
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SEQ = 16
+OPS = "gqa,swa:window=4,gdn,none,drop"
+WORKLOADS = (Workload("decode-b1-c1k", "decode", 1, 1024), Workload("prefill-b1-p512", "prefill", 1, 512))
+FAST = {"gqa": 10.0, "swa": 7.0, "gdn": 5.0, "none": 3.0, "drop": 1.0}
+SMALL = dict(evaluations=14, low_windows=1, high_windows=3, offspring=3, survivors=1, solutions=2, seq_len=SEQ)
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(97)}, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w3", pad_token="w0", bos_token="w1",
+                                   eos_token="w2")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A saved 3-layer Qwen3 teacher, its table (scored with a library), a profile built in code, calibration text."""
+    d = tmp_path_factory.mktemp("refine")
+    teacher = d / "qwen3"
+    tiny_model("qwen3").save_pretrained(teacher)
+    _tokenizer().save_pretrained(teacher)
+    rng = random.Random(0)
+    text = d / "calib.txt"
+    text.write_text(" ".join(f"w{rng.randrange(4, 97)}" for _ in range(400)))
+    scores = d / "scores.json"
+    table = scorer.score(str(teacher), data=str(text), ops=OPS, tokens=2 * SEQ, seq_len=SEQ, align_steps=3,
+                         out=scores)
+    ref = table.header.model
+    cands = sorted({e.candidate for e in table.entries})
+    entries = tuple(ProfileEntry(layer, c, w.name, FAST[c.op] + 0.1 * layer, None, None, "ok", 0)
+                    for w in WORKLOADS for layer in range(ref.num_hidden_layers) for c in cands)
+    fixed = {w.name: 2.0 for w in WORKLOADS}
+    base = {w.name: 2.0 + sum(10.0 + 0.1 * layer for layer in range(ref.num_hidden_layers)) for w in WORKLOADS}
+    profile = d / "profile.json"
+    schema.save(LatencyProfile(Header.new(ref, env={"device": "cpu"}), WORKLOADS, base, fixed, entries), profile)
+    return {"teacher": str(teacher), "data": str(text), "scores": str(scores), "profile": str(profile), "dir": d}
+
+
+def _run(setup, out, **kw):
+    args = dict(profile=setup["profile"], scores=setup["scores"], data=setup["data"], tpot_speedup=1.6,
+                workloads=["decode-b1-c1k"], out=str(out), **SMALL)
+    return lib.refine(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    out = setup["dir"] / "ref" / "plan.json"
+    plan = _run(setup, out)
+    return plan, load_search_record(out.with_name("plan.search.json")), out
+
+
+def test_every_plan_meets_every_budget_and_beats_its_seeds(setup, reference):
+    plan, record, out = reference
+    p = problem.prepare(setup["profile"], setup["scores"], tpot_speedup=1.6, workloads=["decode-b1-c1k"])
+    assert len(record.evaluations) == SMALL["evaluations"]
+    for row in record.evaluations:
+        layers = [Candidate.parse(c) for c in row["layers"]]
+        assert problem.violations(p, layers, 1e-6) == []
+        assert row["predicted_kl"] == pytest.approx(sum(p.choice(i, c).loss for i, c in enumerate(layers)))
+    best = record.evaluations[record.best]
+    assert best["fidelity"] == "high" and [str(c) for c in plan.layers] == best["layers"]
+    seeds = [r for r in record.evaluations if r["origin"] != "move"]
+    assert seeds and all(r["fidelity"] == "high" for r in seeds)
+    assert best["measured_kl"] <= min(r["measured_kl"] for r in seeds)
+    assert min(r["measured_kl"] for r in record.evaluations if r["fidelity"] == "high") == best["measured_kl"]
+    assert plan.solver["measured"]["kl"] == best["measured_kl"]
+    assert plan.objective == pytest.approx(best["predicted_kl"])  # the additive prediction stays the objective
+    assert solver.verify(p, [[c] for c in plan.layers])  # a plan solve's own re-check accepts
+    # the first seed is the MIP's own plan
+    mip = solver.solve(setup["profile"], setup["scores"], tpot_speedup=1.6, workloads=["decode-b1-c1k"], write=False)
+    assert seeds[0]["origin"] == "mip-1" and seeds[0]["layers"] == [str(c) for c in mip.layers]
+    assert not out.with_name("plan.progress.jsonl").exists()
+    frame = to_frame(record)
+    assert len(frame) == len(record.evaluations) and frame["chosen"].sum() == 1
+    assert list(frame["measured_kl_nats"]) == [r["measured_kl"] for r in record.evaluations]
+
+
+def test_deterministic_for_a_seed(setup, reference):
+    plan, record, _ = reference
+    again = _run(setup, setup["dir"] / "again" / "plan.json")
+    rows = load_search_record(setup["dir"] / "again" / "plan.search.json").evaluations
+    assert again.layers == plan.layers
+    assert [(r["layers"], r["fidelity"], r["measured_kl"]) for r in rows] == \
+        [(r["layers"], r["fidelity"], r["measured_kl"]) for r in record.evaluations]
+
+
+def test_resume_after_interruption_gives_the_same_result(setup, reference):
+    plan, record, _ = reference
+    out = setup["dir"] / "resumed" / "plan.json"
+
+    def stop(done, total, what):
+        if done == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"6 measured plans are kept in .*plan.progress.jsonl; rerun with --resume"):
+        _run(setup, out, progress=stop)
+    log = out.with_name("plan.progress.jsonl")
+    assert not out.exists() and len(log.read_text().splitlines()) == 6
+    with log.open("a") as f:
+        f.write('{"fingerprint": "cut sh')  # a line cut short by kill -9
+    resumed = _run(setup, out, resume=True)
+    rows = load_search_record(out.with_name("plan.search.json")).evaluations
+    assert resumed.layers == plan.layers
+    assert [r["measured_kl"] for r in rows] == [r["measured_kl"] for r in record.evaluations]
+    assert not log.exists()
+
+
+def test_refine_a_solved_plan_reuses_its_constraints(setup, reference):
+    plan, _, _ = reference
+    solved = setup["dir"] / "solved.json"
+    solver.solve(setup["profile"], setup["scores"], tpot_speedup=1.6, workloads=["decode-b1-c1k"], out=str(solved))
+    again = lib.refine(setup["profile"], setup["scores"], plan=str(solved), data=setup["data"],
+                       out=str(setup["dir"] / "from-plan" / "plan.json"), **SMALL)
+    assert again.layers == plan.layers and again.constraints == plan.constraints
+
+
+def test_bad_input(setup, tmp_path):
+    with pytest.raises(InfeasibleError, match="largest reachable speedup"):
+        _run(setup, tmp_path / "a.json", tpot_speedup=50)
+    short = tmp_path / "short.txt"
+    short.write_text("w5 " * 40)
+    with pytest.raises(UsageError, match=r"short.txt: 40 tokens, fewer than the 48 the high fidelity needs "
+                                         r"\(3 windows of 16\)"):
+        _run(setup, tmp_path / "b.json", data=str(short))
+    with pytest.raises(UsageError, match="low_windows must be at most high_windows"):
+        _run(setup, tmp_path / "c.json", low_windows=4)
+    other = tmp_path / "other.json"  # a plan solved on another profile
+    prof = schema.load_profile(setup["profile"])
+    schema.save(prof, tmp_path / "p2.json")
+    solver.solve(str(tmp_path / "p2.json"), setup["scores"], tpot_speedup=1.6, workloads=["decode-b1-c1k"],
+                 out=str(other))
+    doc = json.loads(other.read_text())
+    doc["inputs"]["profile"] = "0" * 64
+    other.write_text(json.dumps(doc))
+    with pytest.raises(StaleInputError, match="another profile or sensitivity table"):
+        lib.refine(setup["profile"], setup["scores"], plan=str(other), data=setup["data"], out=str(tmp_path / "d.json"),
+                   **SMALL)
+    with pytest.raises(StaleInputError, match="made for .*qwen3.*but this is tiny"):  # a table of another teacher
+        _run(setup, tmp_path / "e.json", teacher="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "p2.json", "short.txt"]
+
+
+def test_cli(setup, tmp_path, capsys):
+    base = ["refine", "--profile", setup["profile"], "--scores", setup["scores"], "--data", setup["data"],
+            "--workload", "decode-b1-c1k", "--evaluations", "4", "--low-windows", "1", "--high-windows", "3",
+            "--seq-len", str(SEQ), "--solutions", "1"]
+    assert main(base + ["--tpot-speedup", "1.6", "--out", str(tmp_path / "p.json"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["plan"]["pattern"] == schema.load_plan(tmp_path / "p.json").pattern
+    assert main(base + ["--tpot-speedup", "50", "--out", str(tmp_path / "q.json")]) == 3
+    assert "largest reachable" in capsys.readouterr().err
+    assert main(base + ["--tpot-speedup", "1.6", "--evaluations", "0", "--out", str(tmp_path / "r.json")]) == 2
+    assert "--evaluations must be a positive integer" in capsys.readouterr().err
