@@ -19,11 +19,11 @@ from pathlib import Path
 from .artifacts import schema
 from .artifacts.files import atomic_dir, check_output, output_path
 from .artifacts.schema import PLAN_FILE, LayerPlan
-from .assets import TINY_DIR
+from .assets import EMBEDDED, embedded_dir
 from .errors import UsageError, invalid
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
-from .hf.models import TINY, Resolved, load_model, resolve
+from .hf.models import Resolved, load_model, resolve
 from .operators import Candidate, unbuildable
 from .quality.library import find_library, library_weights
 
@@ -164,8 +164,8 @@ def _write(model, config, teacher: str, plan_bytes: bytes, out: Path, max_shard_
 
 
 def _teacher_dir(teacher: str) -> Path | None:
-    if teacher == TINY:
-        return TINY_DIR  # its byte-level tokenizer ships beside the weights
+    if teacher in EMBEDDED:
+        return Path(embedded_dir(teacher))  # its tokenizer (and processor) ship beside the weights
     if Path(teacher).is_dir():
         return Path(teacher)
     try:

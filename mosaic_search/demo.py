@@ -1,4 +1,5 @@
-"""`mosaic demo`: the whole pipeline on the embedded teacher on CPU, written up as a report folder.
+"""`mosaic demo`: the whole pipeline on an embedded teacher (`tiny`, or `tiny-vl` to see what a plan keeps of what a
+VLM reads) on CPU, written up as a report folder.
 
 profile -> score -> solve (two TPOT targets, and the Pareto frontier) -> build -> distill -> bench, then
 `report.md` with the tables and three plots: the sensitivity heat map, the frontier (with each model's measured KL
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifacts.files import atomic_dir, atomic_path, check_output, write_text
-from .errors import UsageError
+from .errors import UsageError, check
 
 MARKER = ".mosaic-demo"
 WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")
@@ -22,18 +23,23 @@ SWEEP = "1.05:2.0:0.05"
 DISTILL_STEPS = 30
 
 
-def demo(out="demo_report", seed: int = 0, progress=None) -> Path:
-    """Run every stage on `tiny` and write the report folder `out` (replacing an earlier demo report there)."""
+def demo(out="demo_report", seed: int = 0, progress=None, teacher: str = "tiny") -> Path:
+    """Run every stage on the embedded `teacher` and write the report folder `out` (replacing an earlier demo report
+    there)."""
+    from .assets import EMBEDDED, embedded_dir
+
+    check(teacher in EMBEDDED, "teacher", f"must be an embedded teacher ({', '.join(EMBEDDED)}), got {teacher!r}")
+    embedded_dir(teacher)  # an untrained one stops here, naming its training command, before any work
     out = check_output(out, folder=True)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise UsageError(f"{out} exists and is not a mosaic demo report; choose another `out` or remove it")
     with atomic_dir(out) as tmp:
-        _run(tmp, seed, progress or (lambda *a: None))
+        _run(tmp, seed, progress or (lambda *a: None), teacher)
         write_text(tmp / MARKER, "written by mosaic demo\n")
     return out
 
 
-def _run(d: Path, seed: int, progress) -> None:
+def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
     import time
 
     from . import builder
@@ -53,9 +59,9 @@ def _run(d: Path, seed: int, progress) -> None:
         clock[name] = time.perf_counter()
 
     stage(0, "profile")
-    prof = profile("tiny", device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed)
+    prof = profile(teacher, device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed)
     stage(1, "score")
-    table = scorer.score("tiny", out=d / "sensitivity.json", seed=seed)
+    table = scorer.score(teacher, out=d / "sensitivity.json", seed=seed)
     stage(2, "solve")
     decode = [w.name for w in prof.workloads if w.phase == "decode"]
     inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
@@ -65,12 +71,12 @@ def _run(d: Path, seed: int, progress) -> None:
                             **inputs)
     stage(3, "build")
     built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
-                              out=d / "models" / f"tiny-tpot-{t}x", seed=seed) for t in TARGETS}
+                              out=d / "models" / f"{teacher}-tpot-{t}x", seed=seed) for t in TARGETS}
     stage(4, "distill")
-    distilled = {t: distill(str(built[t]), out=d / "models" / f"tiny-tpot-{t}x-distilled", steps=DISTILL_STEPS,
+    distilled = {t: distill(str(built[t]), out=d / "models" / f"{teacher}-tpot-{t}x-distilled", steps=DISTILL_STEPS,
                             seed=seed) for t in TARGETS}
     quality = {t: load_record(distilled[t])["quality"] for t in TARGETS}
-    teacher = evaluate("tiny", teacher="tiny")
+    reference = evaluate(teacher, teacher=teacher)
     stage(5, "bench")
     measured = {t: bench(str(built[t])) for t in TARGETS}
     contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
@@ -79,13 +85,13 @@ def _run(d: Path, seed: int, progress) -> None:
     stage(6, "report")
     _plots(d, table, prof, plans)
     with atomic_path(d / "pareto.png") as tmp:
-        solver.plot_frontier(frontier["points"], "tiny: predicted loss vs TPOT target", str(tmp),
+        solver.plot_frontier(frontier["points"], f"{teacher}: predicted loss vs TPOT target", str(tmp),
                              table.header.model.num_hidden_layers,
                              measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
                                        for when, name in (("before", "built"), ("after", "distilled"))})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
     write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
-                                        quality, teacher, distilled))
+                                        quality, reference, distilled, teacher))
     progress(len(steps), len(steps), "done")
 
 
@@ -134,10 +140,10 @@ def _plots(d: Path, table, prof, plans) -> None:
 
 
 def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
-            distilled) -> str:
+            distilled, name: str = "tiny") -> str:
     env = prof.header.env
     lines = ["# mosaic demo report", "",
-             f"Teacher: embedded `tiny` ({table.header.model.num_hidden_layers} layers); device: CPU "
+             f"Teacher: embedded `{name}` ({table.header.model.num_hidden_layers} layers); device: CPU "
              f"({env.get('device_name')}, torch {env.get('torch')}); mosaic {prof.header.created_by}.", "",
              "Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()), "",
              "## Latency per decoder layer (ms, median)", ""]
@@ -190,15 +196,20 @@ def _quality_section(plans, quality, teacher, distilled, d: Path) -> list[str]:
     """Predicted loss next to measured quality, as built and after `mosaic distill` (`evaluate.measure`)."""
     ev = teacher["eval"]
     buckets = list(teacher.get("recall", {}))
+    asked = "questions" in teacher  # a VLM teacher's image questions: greedy answers, exact match
     lines = ["## Quality: predicted, measured as built, measured after recovery", "",
              f"Measured with `mosaic eval` on {ev['windows']} held-out windows of {ev['seq_len']} tokens of "
              f"`{ev['source']}` and its {ev['probes']} recall probes (split at distance {ev['recall_split']}, the "
-             f"smallest SWA window); distilled with `mosaic distill` (both stages, {DISTILL_STEPS} steps each). Gap "
+             f"smallest SWA window)"
+             + (f" and its {ev['questions']} held-out image questions (exact match of the greedy answer)" if asked
+                else "") + f"; distilled with `mosaic distill` (both stages, {DISTILL_STEPS} steps each). Gap "
              "recovered: the share of the held-out loss gap to the teacher that distillation closed.", "",
              "| model | predicted loss | KL | held-out loss | " + " | ".join(f"recall {b}" for b in buckets)
-             + " | gap recovered |", "|---" * (5 + len(buckets)) + "|",
+             + (" | image questions" if asked else "") + " | gap recovered |",
+             "|---" * (5 + len(buckets) + asked) + "|",
              f"| teacher | 0 | 0 | {teacher['heldout_loss']:.4f} | "
-             + " | ".join(f"{teacher['recall'][b]:.0%}" for b in buckets) + " | - |"]
+             + " | ".join(f"{teacher['recall'][b]:.0%}" for b in buckets)
+             + (f" | {teacher['questions']['accuracy']:.1%}" if asked else "") + " | - |"]
     for t, plan in plans.items():
         before, after = quality[t]["before"], quality[t]["after"]
         gap = before["heldout_loss"] - teacher["heldout_loss"]
@@ -206,7 +217,8 @@ def _quality_section(plans, quality, teacher, distilled, d: Path) -> list[str]:
         for name, q, pred, rec in ((f"{t}x built", before, f"{plan.objective:.4f}", "-"),
                                    (f"{t}x distilled (`{distilled[t].relative_to(d)}`)", after, "-", recovered)):
             lines.append(f"| {name} | {pred} | {q['kl']:.4f} | {q['heldout_loss']:.4f} | "
-                         + " | ".join(f"{q['recall'][b]:.0%}" for b in buckets) + f" | {rec} |")
+                         + " | ".join(f"{q['recall'][b]:.0%}" for b in buckets)
+                         + (f" | {q['questions']['accuracy']:.1%}" if asked else "") + f" | {rec} |")
     return lines + [""]
 
 

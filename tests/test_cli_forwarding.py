@@ -187,13 +187,15 @@ def test_distill(monkeypatch, tmp_path, capsys):
 
 def test_eval(monkeypatch, capsys):
     result = {"model": "m", "teacher": "tiny", "kl": 0.5, "heldout_loss": 1.0, "recall": {"1k": 0.5},
-              "eval": {"source": "s", "windows": 3, "seq_len": 99, "probes": 2}}
+              "questions": {"accuracy": 0.875, "n": 8, "by_question": {}},
+              "eval": {"source": "s", "windows": 3, "seq_len": 99, "probes": 2, "questions": 8}}
     seen = _fake(monkeypatch, evaluate_mod, "evaluate", result)
     assert main(["eval", "m", "--teacher", "T", "--data", "D", "--probes", "P", "--windows", "3", "--seq-len", "99",
-                 "--device", "cuda"]) == EXIT_OK
-    assert seen == dict(args=("m",), teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cuda")
+                 "--questions", "Q", "--device", "cuda"]) == EXIT_OK
+    assert seen == dict(args=("m",), teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cuda",
+                        questions="Q")
     out = capsys.readouterr().out
-    assert "m against tiny: 3 x 99 tokens of s" in out and "50.0%" in out
+    assert "m against tiny: 3 x 99 tokens of s, 2 probes, 8" in " ".join(out.split()) and "87.5%" in out
 
 
 def test_bench(monkeypatch, capsys):
@@ -221,7 +223,7 @@ def test_bench_generate(monkeypatch, capsys):
 def test_demo(monkeypatch, tmp_path, capsys):
     seen = _fake(monkeypatch, demo_mod, "demo", tmp_path)
     assert main(["demo", "--out", "r", "--seed", "6"]) == EXIT_OK
-    assert _progress(seen) == dict(args=(), out="r", seed=6)
+    assert _progress(seen) == dict(args=(), out="r", seed=6, teacher="tiny")
     assert f"wrote {tmp_path / 'report.md'}" in capsys.readouterr().out
 
 

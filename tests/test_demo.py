@@ -99,7 +99,7 @@ def test_every_file_of_the_report_has_the_umask_mode(report):
 def test_rerun_replaces_an_earlier_report(report):
     (report / "stale.txt").write_text("from an earlier run")
     mp = pytest.MonkeyPatch()
-    mp.setattr("mosaic_search.demo._run", lambda d, seed, progress: (d / "report.md").write_text("again\n"))
+    mp.setattr("mosaic_search.demo._run", lambda d, *rest: (d / "report.md").write_text("again\n"))
     try:
         assert main(["demo", "--out", str(report)]) == 0
     finally:
@@ -116,6 +116,13 @@ def test_refuses_a_folder_that_is_not_a_demo_report(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a mosaic demo report" in err
     assert [p.name for p in mine.iterdir()] == ["chapter1.tex"]
     assert not [p for p in tmp_path.iterdir() if p.name != "thesis"]  # no temporary folder left behind
+
+
+def test_refuses_a_teacher_that_is_not_embedded_naming_the_flag(tmp_path, capsys):
+    assert main(["demo", "--teacher", "Qwen/Qwen3-VL-4B-Instruct", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--teacher must be an embedded teacher (tiny, tiny-vl)" in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_failing_stage_leaves_the_earlier_report_untouched(tmp_path, monkeypatch):

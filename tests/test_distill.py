@@ -299,5 +299,6 @@ def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
         "eval": {"source": "s", "windows": 1, "seq_len": 9, "probes": 0}})
     assert main(["eval", "m", "--teacher", "T", "--data", "D", "--probes", "P", "--windows", "3", "--seq-len", "99",
                  "--json"]) == 0
-    assert got == dict(model="m", teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cpu")
+    assert got == dict(model="m", teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cpu",
+                       questions=None)
     assert json.loads(capsys.readouterr().out)["kl"] == 0.5

@@ -282,7 +282,8 @@ def _bad_inputs(tmp_path, teacher, bare):
     return {
         "missing file": (["--teacher", teacher, "--data", str(tmp_path / "nope.txt")], "no such file"),
         "empty file": (["--teacher", teacher, "--data", str(empty)], "empty"),
-        "unreadable image": (["--teacher", teacher, "--data", str(image_rows)], "cannot read image"),
+        # refused before its image is read (test_scorer_vlm.py: unreadable images for a VLM teacher)
+        "image rows for a text-only teacher": (["--teacher", teacher, "--data", str(image_rows)], "reads text only"),
         "no tokenizer": (["--teacher", bare, "--data", str(tmp_path / "a.txt")], "no tokenizer"),
         "unresolvable teacher": (["--teacher", "no-such-org/no-such-model"], "pass a local model directory"),
         "zero tokens": (["--teacher", teacher, "--tokens", "0"], "--tokens"),

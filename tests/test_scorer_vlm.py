@@ -170,6 +170,19 @@ def _bad_image_rows(tmp_path):
     return tmp_path / "junk.jsonl", tmp_path / "fine.jsonl", tmp_path / "missing.jsonl"
 
 
+def _zero_size_png(path):
+    """A PNG whose header says 0 x 0 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path.name
+
+
 def test_bad_images_are_one_line_exit_2_and_write_nothing(vl_teacher, tmp_path, capsys):
     from conftest import tiny_model
 
@@ -177,9 +190,26 @@ def test_bad_images_are_one_line_exit_2_and_write_nothing(vl_teacher, tmp_path, 
     tiny_model("qwen3").save_pretrained(text_only)
     _tokenizer().save_pretrained(text_only)
     junk, fine, missing = _bad_image_rows(tmp_path)
+    rows = {"zero": _row("w5", _zero_size_png(tmp_path / "zero.png")),
+            "huge": _row(_image(tmp_path / "huge.png", 80, 80, 1), "w5"),  # 6400 pixels; the processor takes 4096
+            "two_tokens": _row("fine.png", "w5 <|image_pad|> w6"),
+            "no_image": json.dumps({"messages": [{"role": "user", "content": "w5 <|image_pad|> w6"}]}),
+            "text_row": json.dumps({"text": "w5 <|image_pad|> w6 w7"})}
+    for name, row in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text(_row("fine.png", "w5") + "\n" + row + "\n")
     cases = {"unreadable image": (vl_teacher, junk, "cannot read image junk.png"),
              "missing image": (vl_teacher, missing, "line 2: cannot read image gone.png"),
-             "text-only teacher": (str(text_only), fine, "has an image, and mosaic feeds calibration images only to qwen3_vl")}
+             "text-only teacher": (str(text_only), fine, "has an image, and mosaic feeds images only to qwen3_vl"),
+             "zero-size image": (vl_teacher, tmp_path / "zero.jsonl", "line 2: cannot read image zero.png"),
+             "over the processor's limit": (vl_teacher, tmp_path / "huge.jsonl", "line 2: image huge.png is 80x80 = "
+                                            "6400 pixels, more than the teacher's image processor takes (4096)"),
+             "more image tokens than images": (vl_teacher, tmp_path / "two_tokens.jsonl",
+                                               "line 2: the chat template placed 2 image tokens for 1 images"),
+             "image token in a chat row without images": (vl_teacher, tmp_path / "no_image.jsonl",
+                                                          "line 2: its text holds 1 image tokens (<|image_pad|>) for "
+                                                          "0 images"),
+             "image token in a text row": (vl_teacher, tmp_path / "text_row.jsonl",
+                                           "line 2: its text holds 1 image tokens")}
     out = tmp_path / "out" / "s.json"
     capsys.readouterr()
     for name, (teacher, rows, words) in cases.items():

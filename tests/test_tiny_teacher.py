@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from mosaic_search.errors import MosaicError
+from mosaic_search.assets import TINY_DIR
 from mosaic_search.hf import models
-from mosaic_search.hf.models import TINY_DIR, load_config, load_model
+from mosaic_search.hf.models import load_config, load_model
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "heldout.txt", "recall_eval.jsonl", "calibration.txt", "README.md")
@@ -42,12 +43,32 @@ def test_config_is_a_qwen3_with_at_least_8_layers_and_gqa():
     assert set(config.layer_types) == {"full_attention"}
 
 
-def test_missing_folder_is_one_line_naming_the_training_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "TINY_DIR", tmp_path / "tiny")
+@pytest.mark.parametrize("alias", list(models.EMBEDDED))
+def test_missing_folder_is_one_line_naming_the_training_command(monkeypatch, tmp_path, alias):
+    script = models.EMBEDDED[alias][1]
+    monkeypatch.setitem(models.EMBEDDED, alias, (tmp_path / alias, script))
     for load in (load_config, load_model):
-        with pytest.raises(MosaicError, match="python -m mosaic_search.assets.train_tiny") as e:
-            load("tiny")
-        assert "\n" not in str(e.value)
+        with pytest.raises(MosaicError, match=f"train it first with `python -m mosaic_search.assets.{script}`") as e:
+            load(alias)
+        assert "\n" not in str(e.value) and alias in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [["eval", "tiny-vl"], ["score", "--teacher", "tiny-vl"],
+                                  ["demo", "--teacher", "tiny-vl", "--out", "{tmp}/report"]])
+def test_an_untrained_tiny_vl_stops_in_one_line_naming_its_training_command_exit_1(monkeypatch, tmp_path, capsys,
+                                                                                    argv):
+    """Until its weights are trained, every use of `tiny-vl` is one line naming the command that trains it, exit 1,
+    before any work (nothing written)."""
+    from mosaic_search.cli import main
+    from mosaic_search.errors import EXIT_RUNTIME
+
+    monkeypatch.setitem(models.EMBEDDED, "tiny-vl", (tmp_path / "untrained", "train_tiny_vl"))
+    monkeypatch.chdir(tmp_path)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == EXIT_RUNTIME
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "tiny-vl has no trained weights" in err and "`python -m mosaic_search.assets.train_tiny_vl`" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_auto_classes_load_the_folder_directly():

@@ -26,9 +26,10 @@ from ..recovery import distill as distill_lib
 from ..search import problem, serving, solver
 from . import views
 from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, ContextOpt, DeviceOpt,
-                      ImageTokensOpt, JsonOpt, MaxMemoryOpt, MaxOpt, MemoryOpt, MinOpt, ModelOpt, ModelOutOpt, OpsOpt,
-                      OutOpt, OverwriteOpt, PinOpt, ProfileOpt, ResumeOpt, ScoresOpt, SeedOpt, SpeedupOpt, TableOpt,
-                      TeacherOpt, ThroughputOpt, TpotOpt, TtftOpt, WorkloadOpt)
+                      EmbeddedOpt, ImageTokensOpt, JsonOpt, MaxMemoryOpt, MaxOpt, MemoryOpt, MinOpt, ModelOpt,
+                      ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt, PinOpt, ProfileOpt, QuestionsOpt, ResumeOpt,
+                      ScoresOpt, SeedOpt, SpeedupOpt, TableOpt, TeacherOpt, ThroughputOpt, TpotOpt, TtftOpt,
+                      WorkloadOpt)
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0, show_notes
 
 
@@ -343,10 +344,10 @@ def eval_(model: Annotated[str, typer.Argument(help="A model directory (built or
           = EVAL["probes"],
           windows: Annotated[int, typer.Option(help="Held-out windows.")] = EVAL["windows"],
           seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per held-out window.")] = EVAL["seq_len"],
-          device: DeviceOpt = EVAL["device"], as_json: JsonOpt = False):
-    """Measured quality against the teacher: KL, held-out loss and recall (the numbers every report uses)."""
+          questions: QuestionsOpt = EVAL["questions"], device: DeviceOpt = EVAL["device"], as_json: JsonOpt = False):
+    """Measured quality against the teacher: KL, held-out loss, recall and question accuracy (every report's)."""
     result = evaluation.evaluate(model, teacher=teacher, data=data, probes=probes, windows=windows, seq_len=seq_len,
-                      device=device)
+                                 device=device, questions=questions)
     views.evaluated(model, result, as_json)
 
 
@@ -381,11 +382,11 @@ def bench(target: Annotated[str, typer.Argument(
 
 @app.command()
 def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (replaced if it holds an earlier demo).")]
-         = DEMO["out"], seed: SeedOpt = DEMO["seed"]):
-    """The whole pipeline on the embedded teacher on CPU: profile, score, solve, build, bench, report."""
+         = DEMO["out"], seed: SeedOpt = DEMO["seed"], teacher: EmbeddedOpt = DEMO["teacher"]):
+    """The whole pipeline on an embedded teacher on CPU: profile, score, solve, build, distill, bench, report."""
     with interruptible(lambda: f"{NOTHING_WRITTEN}: the report replaces {out} only once complete"), \
             progress("mosaic demo") as tick:
-        path = demo_lib.demo(out=out, seed=seed, progress=tick)
+        path = demo_lib.demo(out=out, seed=seed, progress=tick, teacher=teacher)
     views.demo(path)
 
 

@@ -139,16 +139,19 @@ def evaluated(model: str, result: dict, as_json: bool = False) -> None:
         return emit_json(result)
     e = result["eval"]
     quality(f"{model} against {result['teacher']}: {e['windows']} x {e['seq_len']} tokens of {e['source']}"
-            + (f", {e['probes']} probes" if e["probes"] else ""), {"model": result})
+            + (f", {e['probes']} probes" if e["probes"] else "")
+            + (f", {e['questions']} questions" if e.get("questions") else ""), {"model": result})
 
 
 def quality(title: str, rows: dict) -> None:
-    """KL, held-out loss and recall per bucket, one row per measured model."""
+    """KL, held-out loss, recall per bucket and question accuracy (when measured), one row per measured model."""
     buckets = list(dict.fromkeys(b for q in rows.values() for b in q.get("recall", {})))
+    asked = any("questions" in q for q in rows.values())
     print_table(title, [("", "label"), ("KL", "num"), ("held-out loss", "num"),
-                        *((f"recall {b}", "num") for b in buckets)],
+                        *((f"recall {b}", "num") for b in buckets), *([("questions", "num")] if asked else [])],
                 [(name, f"{q['kl']:.4f}", f"{q['heldout_loss']:.4f}",
-                  *(f"{q['recall'][b]:.1%}" if b in q.get("recall", {}) else "-" for b in buckets))
+                  *(f"{q['recall'][b]:.1%}" if b in q.get("recall", {}) else "-" for b in buckets),
+                  *([f"{q['questions']['accuracy']:.1%}" if "questions" in q else "-"] if asked else []))
                  for name, q in rows.items()])
 
 

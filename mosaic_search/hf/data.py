@@ -18,25 +18,32 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..assets import TINY_DIR
+from ..assets import TINY_DIR, embedded_dir
 from ..errors import UsageError, invalid
 from ..modeling.architectures import image_architectures
 from . import distributed
-from .vision import Vision
+from .vision import ImageSample, Vision, image_tokens
 
 logger = logging.getLogger(__name__)
 
 SELF = "self"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
-TINY_HELDOUT = TINY_DIR / "heldout.txt"
-TINY_CALIBRATION = TINY_DIR / "calibration.txt"  # held-out text with recall sequences (see the model card)
+TINY_HELDOUT = TINY_DIR / "heldout.txt"  # tiny-vl reads the same held-out text: its byte tokens are tiny's
 
 
 def default_source(teacher: str) -> str:
-    """The embedded teacher's calibration file (held-out text and recall) when it ships, else `self`."""
-    from .models import TINY
+    """An embedded teacher's calibration file (tiny: held-out text and recall; tiny-vl: image conversations
+    alternating with those, see the model cards) when it ships, else `self`."""
+    where = embedded_dir(teacher)
+    found = sorted(Path(where).glob("calibration.*")) if where else []
+    return str(found[0]) if found else SELF
 
-    return str(TINY_CALIBRATION) if teacher == TINY and TINY_CALIBRATION.is_file() else SELF
+
+def default_distill_source(teacher: str) -> str:
+    """`distill`'s default data: samples of the teacher (`self`), except for an embedded teacher that reads images,
+    whose calibration file's image rows train off-policy and its text rows prompt on-policy."""
+    source = default_source(teacher)
+    return source if source.endswith(".jsonl") else SELF
 
 
 def check_source(source: str, param: str = "data") -> str:
@@ -69,10 +76,10 @@ def tokenizer_of(teacher: str):
     """The tokenizer of a teacher or of a model mosaic wrote (offline-aware), or None when it has none."""
     from transformers import AutoTokenizer
 
-    from .models import TINY, is_mosaic_dir
+    from .models import is_mosaic_dir
 
-    where = TINY_DIR if teacher == TINY else teacher
-    if teacher == TINY and not (Path(where) / "tokenizer_config.json").is_file():
+    where = embedded_dir(teacher) or teacher
+    if where != teacher and not (Path(where) / "tokenizer_config.json").is_file():
         return None
     try:  # a mosaic model's config names our remote code, which transformers reads before the tokenizer files
         tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=is_mosaic_dir(str(where)))
@@ -107,16 +114,10 @@ class Windows:
         return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows])
 
 
-@dataclass
-class _ImageSample:
-    where: str
-    text: str  # the chat template's text: one image token per image
-    images: list  # PIL images, in order
-
-
-def documents(path: str | Path, tokenizer, vision: Vision | None = None):
+def documents(path: str | Path, tokenizer, vision: Vision | None = None, prompt: bool = False):
     """The documents of a data file, lazily: text in blocks of whole lines, chat messages through the tokenizer's
-    chat template (a row with images, for a VLM teacher: an `_ImageSample`).
+    chat template (a row with images, for a VLM teacher: an `ImageSample`); `prompt`: each chat ends with the
+    template's generation prompt (a question for the model to answer).
 
     A .jsonl line (or .parquet row) is {"text": ...} or {"messages": [...]}; an image part is {"type": "image",
     "image": path} (relative to the data file). Every image must be a readable file; a text-only teacher refuses
@@ -128,7 +129,7 @@ def documents(path: str | Path, tokenizer, vision: Vision | None = None):
         return
     rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _parquet_rows(path)
     for where, row in rows:
-        yield _document(row, where, tokenizer, vision, path.parent)
+        yield _document(row, where, tokenizer, vision, path.parent, prompt)
 
 
 def _text_blocks(path: Path, block: int = 1 << 16):
@@ -172,13 +173,13 @@ def _parquet_rows(path: Path):
         yield f"{path}: row {n}", row
 
 
-def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
+def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, prompt: bool = False):
     if not isinstance(row, dict) or not ({"text", "messages"} & set(row)):
         raise UsageError(f'{where}: expected an object with "text" or "messages"')
     if "text" in row:
         if not isinstance(row["text"], str):
             raise UsageError(f'{where}: "text" must be a string')
-        return row["text"]
+        return _no_image_tokens(row["text"], where, tokenizer, vision)
     messages = row["messages"]
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
         raise UsageError(f'{where}: "messages" must be a list of {{"role", "content"}} objects')
@@ -189,11 +190,12 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
             parts = []
             for part in content:
                 if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-                    images.append(_load_image(part.get("image") or part.get("image_url") or part.get("path"), where,
-                                              base))
                     if vision is None:
-                        raise UsageError(f"{where}: has an image, and mosaic feeds calibration images only to "
+                        raise UsageError(f"{where}: has an image, and mosaic feeds images only to "
                                          f"{', '.join(image_architectures())} teachers (this one reads text only)")
+                    ref = part.get("image") or part.get("image_url") or part.get("path")
+                    images.append(_load_image(ref, where, base))
+                    vision.check(images[-1], ref, where)
                     parts.append({"type": "image"})
                 elif isinstance(part, dict) and isinstance(part.get("text"), str):
                     parts.append({"type": "text", "text": part["text"]})
@@ -205,10 +207,21 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path):
     if images:
         if not getattr(tokenizer, "chat_template", None):
             raise UsageError(f"{where}: has an image but the teacher's tokenizer has no chat template to place it")
-        return _ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False), images)
+        return ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt),
+                            images)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(flat, tokenize=False)
-    return "\n".join(m["content"] for m in flat)
+        text = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
+    else:
+        text = "\n".join(m["content"] for m in flat)
+    return _no_image_tokens(text, where, tokenizer, vision)
+
+
+def _no_image_tokens(text: str, where: str, tokenizer, vision: Vision | None) -> str:
+    """`text` of a row without images, or a one-line error when it writes the image token itself (the model would
+    look for image features that no image gives)."""
+    if vision is not None and (n := text.count(vision.token(tokenizer))):
+        raise UsageError(f"{where}: its text holds {n} image tokens ({vision.token(tokenizer)}) for 0 images")
+    return text
 
 
 def _load_image(ref, where: str, base: Path):
@@ -219,9 +232,12 @@ def _load_image(ref, where: str, base: Path):
     path = Path(ref) if Path(ref).is_absolute() else base / ref
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            image = im.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UsageError(f"{where}: cannot read image {ref} ({type(e).__name__})") from None
+    if image.width == 0 or image.height == 0:
+        raise UsageError(f"{where}: image {ref} is {image.width}x{image.height} pixels: nothing to read")
+    return image
 
 
 def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: int, vision: Vision | None = None,
@@ -241,7 +257,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     for doc in documents(source, tokenizer, vision):
         if len(rows) >= need:
             break
-        if isinstance(doc, _ImageSample):
+        if isinstance(doc, ImageSample):
             window = _image_window(doc, tokenizer, vision, seq_len, eos, notes)
             if window is not None:
                 rows.append(window[0] + [pad] * (seq_len - len(window[0])))
@@ -276,20 +292,11 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     return score, align, notes
 
 
-def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
+def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
     """(token ids, image inputs) of one image sample, its text after the last image cut to `seq_len`; None (and a
     note) when its images themselves do not fit."""
-    processor = vision.processor()
-    inputs = processor(images=sample.images, return_tensors="pt")
-    per_image = (inputs["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist()
-    ids = tokenizer(sample.text, add_special_tokens=False, verbose=False)["input_ids"]
-    if ids.count(vision.image_token_id) != len(per_image):
-        raise UsageError(f"{sample.where}: the chat template placed {ids.count(vision.image_token_id)} image tokens "
-                         f"for {len(per_image)} images")
-    counts, expanded = iter(per_image), []
-    for tok in ids:
-        expanded += [tok] * next(counts) if tok == vision.image_token_id else [tok]
-    ids = expanded + ([] if eos is None else [eos])
+    ids, inputs = image_tokens(sample, tokenizer, vision)
+    ids = ids + ([] if eos is None else [eos])
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
         notes["image_rows_skipped"] = notes.get("image_rows_skipped", 0) + 1
@@ -298,7 +305,7 @@ def _image_window(sample: _ImageSample, tokenizer, vision: Vision, seq_len: int,
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
-    return ids[:seq_len], {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+    return ids[:seq_len], inputs
 
 
 def shared_samples(model, n: int, seq_len: int, seed: int, world: int, every_rank: bool = False):

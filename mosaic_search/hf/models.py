@@ -11,14 +11,13 @@ from functools import cached_property
 from pathlib import Path
 
 from ..artifacts.schema import ModelRef, sha256_json
-from ..assets import TINY_DIR, shipped_config_path, shipped_ids
-from ..errors import MosaicError, UsageError
+from ..assets import EMBEDDED, TINY, embedded_dir, shipped_config_path, shipped_ids
+from ..errors import UsageError
 from ..modeling.architectures import BUILT_PREFIX, is_built
 from ..modeling.dims import ModelDims
 from .surgery import Arch, architecture, teacher_ops
 
 logger = logging.getLogger(__name__)
-TINY = "tiny"
 # Config keys that say how a file was written, not what the model is.
 _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "auto_map",
              "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "use_cache"}
@@ -33,8 +32,8 @@ def load_config(model_id: str, shipped_ok: bool = False):
     unreachable (enough for profiling, which needs dimensions only)."""
     from transformers import AutoConfig
 
-    if model_id == TINY:
-        return AutoConfig.from_pretrained(_tiny_dir())
+    if model_id in EMBEDDED:
+        return AutoConfig.from_pretrained(embedded_dir(model_id))
     try:
         return AutoConfig.from_pretrained(model_id, trust_remote_code=is_mosaic_dir(model_id))
     except (OSError, ValueError) as e:
@@ -107,13 +106,18 @@ def auto_class(config):
 def load_model(model, dtype: str = "float32", device: str = "cpu"):
     """Load a model (an id, or a `Resolved` record whose config is not read again) with its weights."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype)
-    if (model.id if isinstance(model, Resolved) else model) == TINY:
-        loaded = AutoModelForCausalLM.from_pretrained(_tiny_dir(), dtype=torch_dtype)
-        loaded.name_or_path = TINY
-        return loaded.eval().to(device)
+    model = resolve(model)
+    where = embedded_dir(model.id)
+    try:
+        loaded = auto_class(model.config).from_pretrained(where or model.id, dtype=torch_dtype,
+                                                          trust_remote_code=is_mosaic_dir(model.id))
+    except (OSError, ValueError) as e:
+        raise _unresolvable(model.id, e) from None
+    if where is not None:
+        loaded.name_or_path = model.id
+    return loaded.eval().to(device)
     model = resolve(model)
     try:
         loaded = auto_class(model.config).from_pretrained(model.id, dtype=torch_dtype,
@@ -157,14 +161,6 @@ def _config_from_file(path: Path):
     obj = json.loads(path.read_text())
     model_type = obj.pop("model_type")
     return AutoConfig.for_model(model_type, **obj)
-
-
-def _tiny_dir() -> str:
-    """The embedded teacher's directory, or a one-line error saying how to recreate it."""
-    if not (TINY_DIR / "config.json").is_file() or not (TINY_DIR / "model.safetensors").is_file():
-        raise MosaicError(f"the embedded teacher is missing from {TINY_DIR} (a broken install?); recreate it with "
-                          f"`python -m mosaic_search.assets.train_tiny --out {TINY_DIR}`")
-    return str(TINY_DIR)
 
 
 def is_mosaic_dir(model_id: str) -> bool:

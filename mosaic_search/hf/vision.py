@@ -1,5 +1,6 @@
-"""How a VLM's image inputs are built, in one place: the teacher's image processor (calibration and training rows),
-the processor's per-row outputs batched into model inputs, and a random image of a given size for timing.
+"""How a VLM's image inputs are built, in one place: the teacher's image processor and its limits, a chat row's
+images expanded into image tokens and patches (calibration, training and question rows), the processor's per-row
+outputs batched into model inputs, and a random image of a given size for timing.
 
 The layout is Qwen-VL's: `pixel_values` [patches, channels x temporal patch x patch^2], `image_grid_thw` [images,
 3] (frames, rows, columns of patches), one image token per merged patch in the ids, and `mm_token_type_ids`
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..assets import embedded_dir
 from ..errors import UsageError
 
 
 @dataclass
 class Vision:
-    """A VLM teacher's side of reading image rows: where its image processor is saved, and its image token."""
+    """A VLM teacher's side of reading image rows: where its image processor is saved (a directory or an embedded
+    teacher's alias), and its image token."""
 
     where: str
     image_token_id: int
@@ -28,11 +31,52 @@ class Vision:
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
             try:
-                self._processor = Qwen2VLImageProcessorPil.from_pretrained(self.where)
+                self._processor = Qwen2VLImageProcessorPil.from_pretrained(embedded_dir(self.where) or self.where)
             except (OSError, ValueError) as e:
-                first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-                raise UsageError(f"{self.where}: no image processor to read images with ({first})") from None
+                raise UsageError(f"{self.where}: no image processor to read images with ({_first_line(e)})") from None
         return self._processor
+
+    def check(self, image, ref: str, where: str) -> None:
+        """A one-line error naming the row when an image holds more pixels than the image processor takes (it would
+        shrink it, and with it what there is to read)."""
+        processor = self.processor()
+        limit = (getattr(processor, "size", None) or {}).get("longest_edge") or getattr(processor, "max_pixels", None)
+        if limit and image.width * image.height > limit:
+            raise UsageError(f"{where}: image {ref} is {image.width}x{image.height} = {image.width * image.height} "
+                             f"pixels, more than the teacher's image processor takes ({limit})")
+
+    def token(self, tokenizer) -> str:
+        """The image token as the chat template writes it."""
+        return tokenizer.convert_ids_to_tokens(self.image_token_id)
+
+
+@dataclass
+class ImageSample:
+    """A chat row with images: where it is (errors name it), its chat-template text and its images."""
+
+    where: str
+    text: str  # the chat template's text: one image token per image
+    images: list  # PIL images, in order
+
+
+def image_tokens(sample: ImageSample, tokenizer, vision: Vision) -> tuple[list, dict]:
+    """(token ids, image inputs) of an image sample as Qwen3-VL's processor makes them: each image token of the
+    chat template repeated once per merged patch of its image; a one-line error naming the row when the template
+    placed a different number of image tokens than the row has images."""
+    processor = vision.processor()
+    try:
+        inputs = processor(images=sample.images, return_tensors="pt")
+    except ValueError as e:  # e.g. an aspect ratio the processor refuses
+        raise UsageError(f"{sample.where}: the teacher's image processor refuses an image ({_first_line(e)})") from None
+    per_image = (inputs["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist()
+    ids = tokenizer(sample.text, add_special_tokens=False, verbose=False)["input_ids"]
+    if ids.count(vision.image_token_id) != len(per_image):
+        raise UsageError(f"{sample.where}: the chat template placed {ids.count(vision.image_token_id)} image tokens "
+                         f"for {len(per_image)} images")
+    counts, expanded = iter(per_image), []
+    for tok in ids:
+        expanded += [tok] * next(counts) if tok == vision.image_token_id else [tok]
+    return expanded, {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
 
 
 def image_tensors(images, device):
@@ -74,3 +118,7 @@ def random_image(vision_config, image_tokens: int, batch: int, device, dtype):
     grid = torch.tensor([[1, rows * m, image_tokens // rows * m]] * batch, device=device)
     patch = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size ** 2
     return torch.randn(int(grid.prod(-1).sum()), patch, device=device, dtype=dtype), grid
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]

@@ -1,14 +1,16 @@
 """Measured quality of a model against its teacher: the one function every report, record and benchmark uses.
 
-Three numbers, on text the model was never searched, aligned or distilled on:
+Three numbers, on text the model was never searched, aligned or distilled on (a fourth for a VLM teacher):
 - `kl`: mean KL(teacher || model) per token, teacher-forced, over held-out windows (nats);
 - `heldout_loss`: the model's own next-token loss on the same windows (nats per token; per byte for `tiny`);
 - `recall`: greedy exact-match recall of key-value probes (`{"prompt", "answer", "distance"}` JSON lines),
-  split at the smallest default SWA window of the model's dimensions: the distance a windowed layer stops seeing.
+  split at the smallest default SWA window of the model's dimensions: the distance a windowed layer stops seeing;
+- `questions`: exact match of the greedy generated answer to held-out questions (`questions.py`; for `tiny-vl`: its
+  image questions, which only reading the image answers).
 
 Held-out windows are the *last* `windows` x `seq_len` tokens of the data file (for `tiny`: its `heldout.txt`,
 whose first half is the calibration text `score` and `distill` read by default), so one file can feed training from
-its start and evaluation from its end. Text only: a VLM is evaluated on its language path.
+its start and evaluation from its end. `tiny-vl` reads the same text and probes as `tiny` (its byte tokens are tiny's).
 """
 
 from __future__ import annotations
@@ -19,44 +21,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError, invalid
+from .questions import answer_accuracy, load_questions
 
 logger = logging.getLogger(__name__)
 
 EVAL_WINDOWS = 8
 EVAL_SEQ_LEN = 1024  # twice tiny's largest default SWA window: a windowed layer is not full attention here
 TINY_PROBES = "recall_eval.jsonl"
+QUESTIONS = "image_eval.jsonl"  # an embedded teacher's held-out questions, when it has them (tiny-vl)
 PROBE_BATCH = 16
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """Held-out token windows [n, seq_len], recall probes (prompt ids, answer ids, distance) and the distance
-    that splits them into short and long recall."""
+    """Held-out token windows [n, seq_len], recall probes (prompt ids, answer ids, distance), the distance that
+    splits them into short and long recall, and questions with known answers (`questions.Question`, with the
+    tokenizer that decodes the answers)."""
 
     windows: object
     probes: tuple
     split: int
     source: str
+    questions: tuple = ()
+    tokenizer: object = None
 
     def describe(self) -> dict:
         """What the numbers were measured on (for records and reports)."""
-        return {"source": self.source, "windows": len(self.windows), "seq_len": int(self.windows.shape[1]),
-                "probes": len(self.probes), "recall_split": self.split}
+        out = {"source": self.source, "windows": len(self.windows), "seq_len": int(self.windows.shape[1]),
+               "probes": len(self.probes), "recall_split": self.split}
+        return {**out, "questions": len(self.questions)} if self.questions else out
 
 
 def eval_set(teacher: str, data: str | None = None, probes: str | None = None, windows: int = EVAL_WINDOWS,
-             seq_len: int = EVAL_SEQ_LEN, tokenizer=None, param: str = "data") -> EvalSet:
-    """The evaluation set of `teacher`: defaults for `tiny` (heldout.txt, recall_eval.jsonl); any other teacher
-    needs `data` (a .txt/.jsonl/.parquet file) and takes `probes` optionally. Errors are one-line UsageErrors, naming
-    `data` as the caller's parameter `param`."""
+             seq_len: int = EVAL_SEQ_LEN, tokenizer=None, param: str = "data", questions: str | None = None
+             ) -> EvalSet:
+    """The evaluation set of `teacher`: defaults for the embedded teachers (tiny's heldout.txt and
+    recall_eval.jsonl; tiny-vl's image_eval.jsonl too); any other teacher needs `data` (a .txt/.jsonl/.parquet
+    file) and takes `probes` and `questions` optionally. Errors are one-line UsageErrors, naming `data` as the
+    caller's parameter `param`."""
     from ..hf import data as data_mod
     from ..hf.data import display_name
-    from ..hf.models import TINY, load_config
+    from ..assets import EMBEDDED, embedded_dir
+    from ..hf.models import load_config
     from ..hf.surgery import dims_of
     from ..operators import default_candidates
 
-    tiny = teacher == TINY
-    if data is None and not tiny:
+    embedded = teacher in EMBEDDED
+    if data is None and not embedded:
         raise invalid(param, f": {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
     source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT), param)
     if source == data_mod.SELF:
@@ -66,19 +77,29 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
     tokenizer = tokenizer or data_mod.tokenizer_of(teacher)
     if tokenizer is None:
         raise UsageError(f"{teacher} has no tokenizer to read the evaluation text with")
-    dims = dims_of(load_config(teacher))
+    config = load_config(teacher)
+    dims = dims_of(config)
     if seq_len > dims.max_position:
         raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
     ids = _tail(source, tokenizer, windows * seq_len)
     swa = [c.kwargs["window"] for c in default_candidates(dims) if "window" in c.kwargs]
-    probe_file = probes or (str(data_mod.TINY_HELDOUT.parent / TINY_PROBES) if tiny else None)
+    probe_file = probes or (str(data_mod.TINY_HELDOUT.parent / TINY_PROBES) if embedded else None)
+    shipped = Path(embedded_dir(teacher) or ".") / QUESTIONS if embedded else None
+    question_file = questions or (str(shipped) if shipped and shipped.is_file() else None)
+    asked = ()
+    if question_file:
+        vision = None
+        if getattr(config, "vision_config", None) is not None:
+            vision = data_mod.Vision(teacher, config.image_token_id)
+        asked = tuple(load_questions(question_file, tokenizer, vision))
     return EvalSet(windows=ids.view(-1, seq_len), probes=_probes(probe_file, tokenizer) if probe_file else (),
-                   split=min(swa, default=seq_len), source=display_name(source))
+                   split=min(swa, default=seq_len), source=display_name(source), questions=asked, tokenizer=tokenizer)
 
 
 def measure(model, teacher, evals: EvalSet, batch: int = 4) -> dict:
-    """`{"kl", "heldout_loss", "tokens", "recall": {"<split": ..., ">=split": ...}}` of `model` against `teacher`
-    (both loaded, same tokenizer) on `evals`; recall is absent without probes. No gradients, no cache."""
+    """`{"kl", "heldout_loss", "tokens", "recall": {"<split": ..., ">=split": ...}, "questions": {"accuracy", "n",
+    "by_question"}}` of `model` against `teacher` (both loaded, same tokenizer) on `evals`; recall is absent without
+    probes, questions without questions. No gradients; no cache but in the greedy generation of answers."""
     import torch
     import torch.nn.functional as F
 
@@ -110,11 +131,14 @@ def measure(model, teacher, evals: EvalSet, batch: int = 4) -> dict:
                     bucket = f"<{evals.split}" if distance < evals.split else f">={evals.split}"
                     hits.setdefault(bucket, []).append(pred[row, len(p) - 1:len(p) + len(a) - 1].tolist() == a)
             out["recall"] = {k: sum(v) / len(v) for k, v in sorted(hits.items(), key=lambda kv: kv[0][0] != "<")}
+    if evals.questions:
+        out["questions"] = answer_accuracy(model, list(evals.questions), evals.tokenizer)
     return out
 
 
 def evaluate(model: str, teacher: str | None = None, data: str | None = None, probes: str | None = None,
-             windows: int = EVAL_WINDOWS, seq_len: int = EVAL_SEQ_LEN, device: str = "cpu") -> dict:
+             windows: int = EVAL_WINDOWS, seq_len: int = EVAL_SEQ_LEN, device: str = "cpu",
+             questions: str | None = None) -> dict:
     """Measure `model` (a directory built or distilled by mosaic, or any model of the teacher's family) against
     `teacher` (default: the teacher recorded in the model's plan): `measure`'s numbers plus what they were measured
     on (`eval`) and both model names."""
@@ -122,7 +146,7 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
     from ..hf.models import load_model
 
     teacher = teacher or recorded_teacher(model)
-    evals = eval_set(teacher, data, probes, windows, seq_len)
+    evals = eval_set(teacher, data, probes, windows, seq_len, questions=questions)
     check_device(device)
     student = load_model(model, device=device)
     reference = student if model == teacher else load_model(teacher, device=device)
@@ -130,14 +154,14 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
 
 
 def recorded_teacher(model: str) -> str:
-    """The teacher id a mosaic model directory was built from (its plan record); `tiny` is its own teacher; a
-    one-line error otherwise."""
+    """The teacher id a mosaic model directory was built from (its plan record); an embedded teacher is its own;
+    a one-line error otherwise."""
     from ..artifacts import schema
     from ..artifacts.schema import PLAN_FILE
-    from ..hf.models import TINY
+    from ..hf.models import EMBEDDED
 
-    if model == TINY:
-        return TINY
+    if model in EMBEDDED:
+        return model
     if not Path(model).is_dir():
         raise UsageError(f"{model}: no such model directory")
     plan = Path(model) / PLAN_FILE

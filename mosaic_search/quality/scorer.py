@@ -70,7 +70,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
           ) -> SensitivityTable:
     """Score every (layer, candidate) swap of `teacher` on calibration `data` and write the sensitivity table.
 
-    `data`: a .txt/.jsonl/.parquet file or "self" (default: the embedded teacher's calibration.txt, else self); for
+    `data`: a .txt/.jsonl/.parquet file or "self" (default: an embedded teacher's calibration file, else self); for
     a VLM teacher, chat rows may hold images (data.py: one window each, through the vision tower, never swapped);
     `ops`: candidates ("gqa,swa:window=128,gdn" or a list; default every operator); defaults: windows of
     `default_seq_len` tokens, DEFAULT_TOKENS tokens (at least two windows), DEFAULT_ALIGN_STEPS alignment steps.
@@ -464,9 +464,9 @@ def _load_teacher(teacher, device: str, device_map, dtype: str):
     """The teacher (a `Resolved` record) loaded for scoring: on `device`, or spread by `device_map`."""
     import torch
 
-    from ..hf.models import TINY, auto_class, load_model
+    from ..hf.models import EMBEDDED, auto_class, load_model
 
-    if device_map is None or teacher.id == TINY:
+    if device_map is None or teacher.id in EMBEDDED:
         model = load_model(teacher, dtype=dtype, device=device)
     else:
         try:

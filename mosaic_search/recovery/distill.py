@@ -70,7 +70,8 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     (default `<model>-distilled`); return its path.
 
     `teacher` defaults to the one recorded in the model's plan; `data` to "self", sequences sampled from the teacher
-    (a file: .txt/.jsonl/.parquet, for VLM image rows too); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
+    (a file: .txt/.jsonl/.parquet, for VLM image rows too; for `tiny-vl`, its calibration.jsonl of image and text
+    rows); `steps` (per stage, default DEFAULT_STEPS) or `tokens` (per stage) sets the budget; `trainable`:
     `all` (the default: on the embedded teacher it recovered more than `mixers` at the same steps), `mixers` (every
     layer's token mixer) or `replaced` (the mixers the plan swapped in; nothing for a plan of none/drop layers). Errors before any training: bad data,
     a tokenizer or oracle vocabulary that differs from the teacher's, an existing `out` without `overwrite`.
@@ -84,7 +85,7 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
 
     from ..hf import data as data_mod
     from ..hf.device import check_device
-    from ..hf.models import TINY, is_mosaic_dir
+    from ..hf.models import EMBEDDED, is_mosaic_dir
     from ..hf.surgery import decoder_layers
     from ..quality.evaluation import eval_set, recorded_teacher
 
@@ -111,9 +112,9 @@ def distill(model: str, teacher: str | None = None, oracle: str | None = None, o
     stages = ("offpolicy", "onpolicy") if stage == "both" else (stage,)
     plan = [s for s in stages for _ in range(per_stage)]
     tokenizer = _same_tokenizer(model, teacher, oracle)
-    source = data_mod.check_source(data or data_mod.SELF)
+    source = data_mod.check_source(data or data_mod.default_distill_source(teacher))
     evals = (eval_set(teacher, eval_data, tokenizer=tokenizer, param="eval_data")
-             if quality and (eval_data or teacher == TINY) else None)
+             if quality and (eval_data or teacher in EMBEDDED) else None)
     check_device(device)
     ckpt = checkpoint_path(out)
     if resume and not (ckpt / "state.json").is_file():
