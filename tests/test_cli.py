@@ -61,6 +61,9 @@ def test_ops_lists_every_operator():
     assert {"gqa", "swa", "gdn", "kda", "mla", "none", "drop"} <= {row["op"] for row in rows}
     gdn = next(row for row in rows if row["op"] == "gdn")
     assert gdn["layer_type"] == "linear_attention" and gdn["fast_path"] is False and gdn["fast_path_note"]
+    axes = {row["op"]: (row["axis"], row["params"]) for row in rows}
+    assert axes["mlp"] == ("mlp", ["width"]) and axes["nomlp"] == ("mlp", [])
+    assert axes["gqa"] == ("mixer", ["kv_heads?"]) and axes["swa"] == ("mixer", ["window", "kv_heads?"])
     table = _run("ops", env={"NO_COLOR": "1", "COLUMNS": "200"})
     assert table.returncode == 0 and all(op in table.stdout for op in REGISTRY)
 

@@ -92,7 +92,7 @@ SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", 
 SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32"], ttft_speedup=None, tpot_speedup=1.2,
                 max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa", pins=["0=gqa"], min_count=["gqa=1"],
                 max_count=["swa=2"], metric="delta_loss", device="cuda", allow_stale=True, time_limit_s=5.0,
-                overwrite=True)
+                overwrite=True, max_memory=None)
 
 
 def test_solve(artifacts, monkeypatch, tmp_path, capsys):
@@ -143,7 +143,7 @@ def test_refine(artifacts, monkeypatch, tmp_path, capsys):
                  "--min-distance", "2", "--low-windows", "1", "--high-windows", "4", "--offspring", "5",
                  "--survivors", "2", "--resume", "--device", "cuda", "--seed", "7", "--out", str(out),
                  "--table", str(tmp_path / "r.csv"), "--json"]) == EXIT_OK
-    kw = {k: v for k, v in SOLVE_KW.items() if k != "device"}
+    kw = {k: v for k, v in SOLVE_KW.items() if k not in ("device", "max_memory")}  # refine bounds no memory
     assert _progress(seen) == dict(args=("P", "S"), speedup=1.1, plan="PL", teacher="T", library="L", data="D",
                                    seq_len=64, evaluations=9, seconds=30.0, solutions=3, min_distance=2, low_windows=1,
                                    high_windows=4, offspring=5, survivors=2, seed=7, resume=True, out=str(out),

@@ -241,7 +241,7 @@ def test_the_registry_keeps_its_documented_order():
     import in operators/__init__.py must not reorder it."""
     from mosaic_search.operators import REGISTRY
 
-    assert list(REGISTRY) == ["gqa", "swa", "mla", "gdn", "kda", "none", "drop"]
+    assert list(REGISTRY) == ["gqa", "swa", "mla", "gdn", "kda", "none", "drop", "mlp", "nomlp"]
 
 
 def test_a_shipped_data_file_is_named_by_its_path_in_the_package():

@@ -543,13 +543,14 @@ def test_cli_forwards_every_option(monkeypatch, capsys):
             "--workload", "b", "--ttft-speedup", "1.2", "--tpot-speedup", "2", "--max-cache-bytes", "99",
             "--cache-batch", "4", "--cache-context", "4096", "--ops", "gqa,gdn", "--pin", "0=gqa", "--pin", "1=gdn",
             "--min", "gqa=2", "--max", "drop=0", "--strategy", "greedy", "--time-limit", "5", "--metric",
-            "delta_loss", "--device", "h100", "--allow-stale", "--out", "o.json", "--overwrite"]
+            "delta_loss", "--device", "h100", "--allow-stale", "--out", "o.json", "--overwrite",
+            "--max-memory", "0.5"]
     assert main(argv) == 2
     assert seen == dict(speedup=1.5, profile="p.json", scores="s.json", workloads=["a", "b"], ttft_speedup=1.2,
                         tpot_speedup=2.0, max_cache_bytes=99, cache_batch=4, cache_context=4096, ops="gqa,gdn",
                         pins=["0=gqa", "1=gdn"], min_count=["gqa=2"], max_count=["drop=0"], strategy="greedy",
                         time_limit_s=5.0, metric="delta_loss", device="h100", allow_stale=True, out="o.json",
-                        overwrite=True)
+                        overwrite=True, max_memory=0.5)
 
 
 def test_cli_sweep_and_solutions(tmp_path, monkeypatch, capsys):

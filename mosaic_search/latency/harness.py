@@ -96,9 +96,10 @@ class Bench:
         for i, c in enumerate(candidates):
             if self.current[i] != c:
                 if (i, c) not in self._built:
-                    self._built[i, c] = surgery.build_mixer(self.model, i, c)
-                surgery.install(self.model, i, c, self._built[i, c])
-                self.layer_types[i] = c.spec.layer_type
+                    self._built[i, c] = surgery.build_modules(self.model, i, c)
+                surgery.install(self.model, i, c, *self._built[i, c])
+                # an MLP candidate alone keeps the teacher's mixer, and its cache slot
+                self.layer_types[i] = (c if c.spec.axis == "mixer" else self.teacher[i]).spec.layer_type
                 self.current[i] = c
 
     def prefill_caches(self):

@@ -20,6 +20,11 @@ from transformers import (
 )
 
 
+# the `mosaic` block's format: 2 adds a layer's "mlp" ({op, params}) and its mixer's "kv_heads" param; a block without
+# "format" is 1, which this code reads as it is
+MOSAIC_FORMAT = 2
+
+
 class MosaicQwen3Config(Qwen3Config):
     """A Qwen3 config whose decoder layers follow `mosaic["layers"]`."""
 
