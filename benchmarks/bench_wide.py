@@ -47,7 +47,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mosaic_search import builder
-    from mosaic_search.artifacts import schema
+    from mosaic_search.artifacts.profile import load_profile
     from mosaic_search.errors import InfeasibleError
     from mosaic_search.latency.bench import bench
     from mosaic_search.latency.profiler import profile
@@ -63,7 +63,7 @@ def main() -> None:
     if not (out / "sensitivity.json").is_file():
         _, times["score"] = _timed(lambda: scorer.score("tiny", out=out / "sensitivity.json", **score_kw))
     (out / "times.json").write_text(json.dumps(times, indent=2))
-    prof = schema.load_profile(out / "profile.json")
+    prof = load_profile(out / "profile.json")
     decode = [w.name for w in prof.workloads if w.phase == "decode"]
     inputs = dict(profile=str(out / "profile.json"), scores=str(out / "sensitivity.json"))
     rows = []
