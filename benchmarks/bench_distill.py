@@ -27,15 +27,16 @@ LRS = (3e-4, 1e-3)
 WORKLOADS = ("decode-b1-c2k", "decode-b4-c512")  # the committed CPU profile's decode workloads at tiny's contexts
 
 
-def ce_loss(wrapped, ref, rows, hidden_weight):
+def ce_loss(wrapped, ref, batch, hidden_weight):
     """Next-token cross-entropy on the data, the teacher unused: plain fine-tuning in distill's own loop."""
     import torch.nn.functional as F
 
-    from mosaic_search.recovery.distill import _forward
+    from mosaic_search.recovery.losses import forward
 
-    logits = _forward(wrapped, rows, False)[0][:, :-1]
-    mask = rows.mask(logits.device)[:, 1:]
-    nll = F.cross_entropy(logits.flatten(0, 1), rows.w.ids[:, 1:].flatten().to(logits.device), reduction="none")
+    logits = forward(wrapped, batch, False)[0][:, :-1]
+    mask = batch.mask(logits.device)[:, 1:]
+    nll = F.cross_entropy(logits.flatten(0, 1), batch.sequences.ids[:, 1:].flatten().to(logits.device),
+                          reduction="none")
     return (nll * mask.flatten()).sum() / mask.sum()
 
 
@@ -60,12 +61,14 @@ def main() -> None:
     from mosaic_search.hf.models import load_model
     from mosaic_search.quality.evaluation import eval_set, measure
     from mosaic_search.quality.library import library_path
+    from mosaic_search.recovery import batches, losses
     from mosaic_search.recovery import distill as distill_mod
+    from mosaic_search.recovery.settings import DEFAULT_STEPS, DEFAULTS
     from mosaic_search.search import solver
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = args.steps or distill_mod.DEFAULT_STEPS
+    steps = args.steps or DEFAULT_STEPS
     runs = set(args.runs.split(","))
     if not runs <= {"both", "offpolicy", "ce"}:
         ap.error(f"--runs: unknown {', '.join(sorted(runs - {'both', 'offpolicy', 'ce'}))}")
@@ -104,14 +107,14 @@ def main() -> None:
         say(f"{d.name} built {plan.pattern}: KL {before['kl']:.4f} loss {before['heldout_loss']:.4f} "
             f"recall {before['recall']} predicted loss {plan.objective:.4f}")
         rows = [run(stage, built, d, stage=stage, steps=steps) for stage in ("both", "offpolicy") if stage in runs]
-        kl_loss, windows = distill_mod._offpolicy_loss, distill_mod.SELF_WINDOWS
-        distill_mod._offpolicy_loss = ce_loss
-        distill_mod.SELF_WINDOWS = steps * distill_mod.DEFAULT_BATCH  # the same samples as the distill runs
+        kl_loss, sequences = losses.offpolicy_loss, batches.SELF_SEQUENCES
+        losses.offpolicy_loss = ce_loss
+        batches.SELF_SEQUENCES = steps * DEFAULTS.batch_size  # the same samples as the distill runs
         try:
             rows += [run(f"ce-lr{lr:g}", built, d, stage="offpolicy", steps=2 * steps, lr=lr)
                      for lr in LRS if "ce" in runs]
         finally:
-            distill_mod._offpolicy_loss, distill_mod.SELF_WINDOWS = kl_loss, windows
+            losses.offpolicy_loss, batches.SELF_SEQUENCES = kl_loss, sequences
         gap = before["heldout_loss"] - results["teacher"]["heldout_loss"]
         for r in rows:
             r["gap_recovered"] = (before["heldout_loss"] - r["heldout_loss"]) / gap

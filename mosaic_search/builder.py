@@ -23,13 +23,13 @@ from .assets import EMBEDDED, embedded_dir
 from .errors import UsageError, invalid
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
+from .hf.device import DTYPES
 from .hf.models import Resolved, load_model, resolve
 from .operators import Candidate, unbuildable
 from .quality.library import find_library, library_weights
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
 # what is copied from the teacher besides weights and config: tokenizer, processor, chat template (its generation
 # config is the loaded teacher's, saved with the model)
 TEACHER_FILES = ("tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",

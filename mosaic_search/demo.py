@@ -8,6 +8,8 @@ before and after recovery), and each plan per layer.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from .artifacts.files import atomic_dir, check_output, write_text
@@ -21,6 +23,9 @@ SWEEP = "1.05:2.0:0.05"
 # Recovery steps per distillation stage: fewer than `mosaic distill`'s default so that the whole demo, both
 # distillations included, stays within 8 minutes on 2 cores; BENCHMARKS.md "Recovery" measures the default budget.
 DISTILL_STEPS = 30
+HEARTBEAT_S = 30.0  # a silent stage still says it runs at least this often
+FAR_FROM_PREDICTION = 0.25  # a measured speedup off its prediction by more than this share is flagged with a cause
+NOISY = "⚠"  # marks a figure the timing noise affects
 
 
 def demo(out="demo_report", seed: int = 0, progress=None, teacher: str = "tiny") -> Path:
@@ -40,49 +45,59 @@ def demo(out="demo_report", seed: int = 0, progress=None, teacher: str = "tiny")
 
 
 def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
-    import time
-
     from . import builder
+    from .artifacts.distill_record import load_distill_record
+    from .cli import plots
+    from .latency import timing
     from .latency.bench import bench, bench_generate
     from .latency.profiler import profile
     from .quality import scorer
     from .quality.evaluation import evaluate
     from .quality.library import library_path
-    from .artifacts.distill_record import load_distill_record
-    from .cli import plots
     from .recovery.distill import distill
     from .search import solver
 
     steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]
     clock = {}
+    report = _Stages(progress, len(steps))
 
     def stage(i, name):
-        progress(i, len(steps), name)
+        report.start(i, name)
         clock[name] = time.perf_counter()
 
-    stage(0, "profile")
-    prof = profile(teacher, device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed)
-    stage(1, "score")
-    table = scorer.score(teacher, out=d / "sensitivity.json", seed=seed)
-    stage(2, "solve")
-    decode = [w.name for w in prof.workloads if w.phase == "decode"]
-    inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
-    plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
-             for t in TARGETS}
-    frontier = solver.sweep(SWEEP, reserve=(".png",), workloads=decode, out=str(d / "pareto.json"), **inputs)
-    stage(3, "build")
-    built = {t: builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
-                              out=d / "models" / f"{teacher}-tpot-{t}x", seed=seed) for t in TARGETS}
-    stage(4, "distill")
-    distilled = {t: distill(str(built[t]), out=d / "models" / f"{teacher}-tpot-{t}x-distilled", steps=DISTILL_STEPS,
-                            seed=seed) for t in TARGETS}
-    quality = {t: load_distill_record(distilled[t]).quality for t in TARGETS}
-    reference = evaluate(teacher, teacher=teacher)
-    stage(5, "bench")
-    measured = {t: bench(str(built[t])) for t in TARGETS}
-    contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
-    generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed)
+    try:
+        stage(0, "profile")
+        prof = profile(teacher, device="cpu", workloads=list(WORKLOADS), out=d / "profile.json", seed=seed,
+                       progress=report.tick)
+        busy = [timing.busy_machine("cpu")]
+        stage(1, "score")
+        table = scorer.score(teacher, out=d / "sensitivity.json", seed=seed, progress=report.tick)
+        stage(2, "solve")
+        decode = [w.name for w in prof.workloads if w.phase == "decode"]
+        inputs = dict(profile=str(d / "profile.json"), scores=str(d / "sensitivity.json"))
+        plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
                  for t in TARGETS}
+        frontier = solver.sweep(SWEEP, reserve=(".png",), workloads=decode, out=str(d / "pareto.json"), **inputs)
+        stage(3, "build")
+        built = {}
+        for k, t in enumerate(TARGETS):
+            report.tick(k, len(TARGETS), f"{teacher}-tpot-{t}x")
+            built[t] = builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
+                                     out=d / "models" / f"{teacher}-tpot-{t}x", seed=seed)
+        stage(4, "distill")
+        distilled = {t: distill(str(built[t]), out=d / "models" / f"{teacher}-tpot-{t}x-distilled", steps=DISTILL_STEPS,
+                                seed=seed, progress=report.under(f"{teacher}-tpot-{t}x")) for t in TARGETS}
+        quality = {t: load_distill_record(distilled[t]).quality for t in TARGETS}
+        report.tick(0, 1, "the teacher's own quality")
+        reference = evaluate(teacher, teacher=teacher)
+        stage(5, "bench")
+        measured = {t: bench(str(built[t]), progress=report.under(f"{teacher}-tpot-{t}x")) for t in TARGETS}
+        busy.append(timing.busy_machine("cpu"))
+        contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
+        generated = {t: bench_generate(built[t], contexts=contexts, new_tokens=GENERATE_TOKENS, seed=seed,
+                                       progress=report.under(f"generate {teacher}-tpot-{t}x")) for t in TARGETS}
+    finally:
+        report.stop()
     stage(6, "report")
     plots.plot_sensitivity(table, d / "sensitivity.png")
     plots.plot_savings(plans, next(w.name for w in prof.workloads if w.phase == "decode"), d / "plans.png")
@@ -91,14 +106,56 @@ def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
                                   for when, name in (("before", "built"), ("after", "distilled"))})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
     write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
-                                        quality, reference, distilled, teacher))
+                                        quality, reference, distilled, teacher, _noise(prof, busy)))
     progress(len(steps), len(steps), "done")
 
 
+class _Stages:
+    """The demo's progress: `progress(stage, stages, what)` when each stage starts (a stage index that changes, which
+    the CLI always prints), each stage's own progress forwarded under it, and at least one line per HEARTBEAT_S while
+    a stage is silent (sampling, loading, one long item), from a background thread."""
+
+    def __init__(self, progress, stages: int):
+        self.progress, self.stages = progress, stages
+        self.index, self.name, self.what, self.last = 0, "", "", time.monotonic()
+        self.lock, self.done = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _say(self, what: str) -> None:
+        with self.lock:
+            self.last = time.monotonic()
+            self.progress(self.index, self.stages, what)
+
+    def start(self, index: int, name: str) -> None:
+        """Stage `index` (0-based) called `name` begins."""
+        self.index, self.name, self.what, self.began = index, name, "", time.monotonic()
+        self._say(name)
+
+    def tick(self, done: int, total: int, what: str) -> None:
+        """The running stage's own progress callback."""
+        self.what = f"{done}/{total} {what}" if total else f"{done} {what}"
+        self._say(f"{self.name}: {self.what}")
+
+    def under(self, prefix: str):
+        """A progress callback for one part of the stage, its lines prefixed with `prefix`."""
+        return lambda done, total, what: self.tick(done, total, f"{prefix}: {what}")
+
+    def _beat(self) -> None:
+        while not self.done.wait(HEARTBEAT_S / 4):
+            if time.monotonic() - self.last >= HEARTBEAT_S and self.name:
+                elapsed = time.monotonic() - self.began
+                self._say(f"{self.name}: {self.what + ', ' if self.what else ''}still running ({elapsed:.0f} s)")
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
-            distilled, name: str = "tiny") -> str:
+            distilled, name: str, noise: dict) -> str:
     env = prof.header.env
-    lines = ["# mosaic demo report", "",
+    lines = ["# mosaic demo report", "", *_noise_notice(noise),
              f"Teacher: embedded `{name}` ({table.header.model.num_hidden_layers} layers); device: CPU "
              f"({env.get('device_name')}, torch {env.get('torch')}); mosaic {prof.header.created_by}.", "",
              "Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()), "",
@@ -108,8 +165,8 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     layer0 = {(e.candidate, e.workload): e for e in prof.entries if e.layer == 0}
     for c in dict.fromkeys(c for c, _ in layer0):
         lines.append(f"| {c.label} | " + " | ".join(
-            f"{layer0[(c, w)].latency_ms:.3f}" if layer0[(c, w)].status == "ok" else layer0[(c, w)].status
-            for w in names) + " |")
+            (f"{layer0[(c, w)].latency_ms:.3f}" + (f" {NOISY}" if (c, w) in noise["entries"] else ""))
+            if layer0[(c, w)].status == "ok" else layer0[(c, w)].status for w in names) + " |")
     lines += ["| whole teacher | " + " | ".join(f"{prof.baseline_ms[w]:.3f}" for w in names) + " |", "",
               "## Sensitivity (KL to the teacher when one layer is swapped)", "",
               *_data_table(table.data), "", "![sensitivity](sensitivity.png)", ""]
@@ -122,21 +179,22 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     for t, plan in plans.items():
         lines += [f"### {t}x TPOT: `{plan.pattern}`", "",
                   f"Predicted loss (sum of single-swap KL): {plan.objective:.4f}. Model: `{built[t].relative_to(d)}`.",
-                  "", "| workload | predicted speedup | measured speedup | error |", "|---|---|---|---|"]
+                  "", "| workload | predicted speedup | measured speedup | error | note |", "|---|---|---|---|---|"]
         for r in measured[t]:
             lines.append(f"| {r['workload']} | {r['predicted_speedup']:.3f}x | {r['measured_speedup']:.3f}x | "
-                         f"{r['error_pct']:+.1f}% |")
+                         f"{r['error_pct']:+.1f}% | {_far(r['measured_speedup'], r['predicted_speedup'], noise)} |")
         lines += ["", f"Through `model.generate` (the directory loaded with `trust_remote_code=True`, greedy, batch 1, "
                       f"{GENERATE_TOKENS} new tokens, its default static cache), against the teacher built with every "
                       "layer gqa and the stock teacher class:", "",
                   "| context | TTFT ms | TPOT ms | all-gqa TPOT ms | stock TPOT ms | TPOT speedup vs all-gqa | "
-                  "vs stock | predicted |", "|---|---|---|---|---|---|---|---|"]
+                  "vs stock | predicted | note |", "|---|---|---|---|---|---|---|---|---|"]
         for r in generated[t]:
             pred = "-" if r["predicted_tpot_speedup"] is None else f"{r['predicted_tpot_speedup']:.3f}x"
             ratios = " | ".join("-" if r[f"tpot_speedup_vs_{ref}"] is None else f"{r[f'tpot_speedup_vs_{ref}']:.3f}x"
                                 for ref in ("all-gqa", "stock"))
             lines.append(f"| {r['context']} | {r['model_ttft_ms']:.1f} | {r['model_tpot_ms']:.2f} | "
-                         f"{r['all-gqa_tpot_ms']:.2f} | {r['stock_tpot_ms']:.2f} | {ratios} | {pred} |")
+                         f"{r['all-gqa_tpot_ms']:.2f} | {r['stock_tpot_ms']:.2f} | {ratios} | {pred} | "
+                         f"{_far(r['tpot_speedup_vs_all-gqa'], r['predicted_tpot_speedup'], noise)} |")
         lines.append("")
     lines += _quality_section(plans, quality, teacher, distilled, d)
     lines += ["![plans](plans.png)", "", "## Pareto frontier (predicted loss vs TPOT target)", "",
@@ -146,6 +204,48 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
         loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"
         lines.append(f"| {pt['target_speedup']:.2f}x | {loss} | `{pt.get('pattern', '')}` |")
     return "\n".join(lines) + "\n"
+
+
+def _noise(prof, busy: list) -> dict:
+    """How far the demo's timings can be trusted: the profile's spread (`profiler.spread`), the busy-machine
+    warnings taken after profiling and after benchmarking, and the (candidate, workload) entries of the profile whose
+    own p80/p20 exceeds `profiler.NOISY_SPREAD`."""
+    from .latency.profiler import NOISY_SPREAD, spread
+
+    sp, busy = spread(prof), [b for b in busy if b]
+    entries = {(e.candidate, e.workload) for e in prof.entries
+               if e.status == "ok" and e.p20_ms and e.p80_ms is not None and e.p80_ms / e.p20_ms > NOISY_SPREAD}
+    return {"spread": sp, "busy": busy, "entries": entries, "limit": NOISY_SPREAD,
+            "noisy": bool(busy) or (sp is not None and sp["median"] > NOISY_SPREAD)}
+
+
+def _noise_notice(noise: dict) -> list[str]:
+    """The report's opening warning when its timings were noisy (nothing when they were not)."""
+    if not noise["noisy"]:
+        return []
+    why = [b.removeprefix("warning: ").split(":")[0] for b in noise["busy"]]  # "the machine was busy (load ...)"
+    sp = noise["spread"]
+    if sp is not None and sp["median"] > noise["limit"]:
+        why.append(f"the typical profile entry's p80/p20 is {sp['median']:.2f}x, above {noise['limit']}x (worst: "
+                   f"{sp['worst']}, {sp['max']:.2f}x)")
+    return [f"> **{NOISY} Timings were noisy**: {'; '.join(why)}. Latencies, speedups and their errors below are "
+            f"not to be trusted, those marked {NOISY} least; candidates closer than the spread cannot be ranked. "
+            "Re-run on a quiet machine (nothing else running; on CPU pin the threads, e.g. taskset with "
+            "OMP_NUM_THREADS).", ""]
+
+
+def _far(measured, predicted, noise: dict) -> str:
+    """A note for a measured speedup far from its prediction, naming the likely cause; '' when close."""
+    if measured is None or predicted is None or abs(measured - predicted) <= FAR_FROM_PREDICTION * predicted:
+        return ""
+    if noise["noisy"]:
+        cause = "noisy timings (see the warning at the top)"
+    elif measured < predicted:
+        cause = ("time outside the decoder layers that the profile's fixed part does not capture (per-call "
+                 "overhead weighs most on a model this small)")
+    else:
+        cause = "the replaced layers cost less inside the whole model than timed alone in the profile"
+    return f"{NOISY} {abs(measured / predicted - 1):.0%} off the prediction; likely cause: {cause}"
 
 
 def _quality_section(plans, quality, teacher, distilled, d: Path) -> list[str]:

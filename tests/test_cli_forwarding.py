@@ -19,6 +19,7 @@ from mosaic_search.latency import profiler
 from mosaic_search.quality import evaluation as evaluate_mod
 from mosaic_search.quality import scorer
 from mosaic_search.recovery import distill as distill_mod
+from mosaic_search.recovery.settings import DEFAULTS as DISTILL_DEFAULTS
 from mosaic_search.search import solver
 
 
@@ -85,14 +86,15 @@ def test_score(artifacts, monkeypatch, tmp_path, capsys):
     assert got["path"] == str(scorer.table_path("T", str(out))) and got["library"] is None and got["table"] is None
 
 
-SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", "--tpot-speedup", "1.2",
-              "--max-cache-bytes", "9", "--cache-batch", "2", "--cache-context", "32", "--ops", "gqa,swa",
-              "--pin", "0=gqa", "--min", "gqa=1", "--max", "swa=2", "--time-limit", "5", "--metric", "delta_loss",
-              "--device", "cuda", "--allow-stale", "--overwrite"]
-SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32"], ttft_speedup=None, tpot_speedup=1.2,
-                max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa", pins=["0=gqa"], min_count=["gqa=1"],
-                max_count=["swa=2"], metric="delta_loss", device="cuda", allow_stale=True, time_limit_s=5.0,
-                overwrite=True, max_memory=None)
+SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", "--workload", "prefill-b1-p32",
+              "--ttft-speedup", "1.1", "--tpot-speedup", "1.2", "--max-cache-bytes", "9", "--cache-batch", "2",
+              "--cache-context", "32", "--ops", "gqa,swa", "--pin", "0=gqa", "--pin", "1=swa", "--min", "gqa=1",
+              "--max", "swa=2", "--time-limit", "5", "--metric", "delta_loss", "--device", "cuda", "--allow-stale",
+              "--overwrite", "--max-memory", "0.5"]
+SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32", "prefill-b1-p32"], ttft_speedup=1.1,
+                tpot_speedup=1.2, max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa",
+                pins=["0=gqa", "1=swa"], min_count=["gqa=1"], max_count=["swa=2"], metric="delta_loss", device="cuda",
+                allow_stale=True, time_limit_s=5.0, overwrite=True, max_memory=0.5)
 
 
 def test_solve(artifacts, monkeypatch, tmp_path, capsys):
@@ -137,7 +139,7 @@ def test_refine(artifacts, monkeypatch, tmp_path, capsys):
            "measured_kl": 0.5, "predicted": {}, "seconds": 0.1}
     save_search_record(SearchRecord(plan.header, {}, {}, (row,), 0), tmp_path / "r.search.json")
     seen = _fake(monkeypatch, refine_mod, "refine", plan)
-    argv = [a for a in SOLVE_ARGV if a not in ("--device", "cuda")]
+    argv = [a for a in SOLVE_ARGV if a not in ("--device", "cuda", "--max-memory", "0.5")]
     assert main(["refine", "--speedup", "1.1", *argv, "--plan", "PL", "--teacher", "T", "--library", "L",
                  "--data", "D", "--seq-len", "64", "--evaluations", "9", "--seconds", "30", "--solutions", "3",
                  "--min-distance", "2", "--low-windows", "1", "--high-windows", "4", "--offspring", "5",
@@ -179,13 +181,18 @@ def test_distill(monkeypatch, tmp_path, capsys):
                  "--stage", "onpolicy", "--tokens", "700", "--lr", "0.01", "--trainable", "mixers",
                  "--hidden-weight", "0", "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o",
                  "--resume", "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval",
-                 "--parallel", "fsdp", "--device", "cuda", "--seed", "3", "--json"]) == EXIT_OK
+                 "--parallel", "fsdp", "--device", "cuda", "--seed", "3", "--dtype", "bfloat16", "--json"]) == EXIT_OK
     assert _progress(seen) == dict(args=("m",), teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy",
                                    steps=None, tokens=700, lr=0.01, trainable="mixers", hidden_weight=0.0,
                                    divergence="jsd", batch_size=8, seq_len=128, out="o", resume=True, overwrite=True,
                                    checkpoint_every=5, eval_data="E", quality=False, seed=3, device="cuda",
-                                   parallel="fsdp")
-    assert _json(capsys) == {"model_dir": str(out), "losses": [loss], "quality": {"before": None, "after": None}}
+                                   parallel="fsdp", dtype="bfloat16")
+    assert _json(capsys) == {"model_dir": str(out), "losses": [loss], "quality": {"before": None, "after": None},
+                             "teacher": "tiny", "data": None, "dtype": None}
+    seen.clear()
+    assert main(["distill", "m", "--steps", "7", "--json"]) == EXIT_OK  # every other option: the library's default
+    assert _progress(seen) == dict(args=("m",), **{**dataclasses.asdict(DISTILL_DEFAULTS), "steps": 7}, out=None,
+                                   resume=False, overwrite=False, device="cpu", dtype=None)
 
 
 def test_eval(monkeypatch, capsys):
@@ -199,6 +206,8 @@ def test_eval(monkeypatch, capsys):
                         questions="Q")
     out = capsys.readouterr().out
     assert "m against tiny: 3 x 99 tokens of s, 2 probes, 8" in " ".join(out.split()) and "87.5%" in out
+    assert main(["eval", "m", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["kl"] == 0.5
 
 
 def test_bench(monkeypatch, capsys):

@@ -139,3 +139,31 @@ def test_a_failing_stage_leaves_the_earlier_report_untouched(tmp_path, monkeypat
     assert main(["demo", "--out", str(out)]) == 1
     assert (out / "report.md").read_text() == "the earlier report\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+class NoisyTimer:
+    """A timer whose samples of one closure spread 1x..5x (a machine busy with other jobs): p80/p20 is far above
+    the profile's noisy limit for every entry."""
+
+    def __call__(self, fn, phase):
+        fn()
+        return [1.0, 1.2, 2.0, 4.0, 5.0]
+
+
+def test_a_noisy_profile_is_said_at_the_top_of_the_report_and_beside_what_it_affects(tmp_path):
+    from mosaic_search.latency.profiler import profile
+
+    prof = profile("tiny", workloads=["decode:64"], ops="gqa,none", timer=NoisyTimer(), rounds=1,
+                   out=tmp_path / "p.json")
+    noise = demo._noise(prof, [None, "warning: the machine was busy (load average 5.0 on 2 cores): timings ..."])
+    assert noise["noisy"] and noise["entries"]
+    notice = demo._noise_notice(noise)[0]
+    assert notice.startswith("> **⚠ Timings were noisy**: the machine was busy (load average 5.0 on 2 cores); the "
+                             "typical profile entry's p80/p20 is ")
+    # a measured speedup far from its prediction is flagged with the likely cause; a close one is not
+    assert demo._far(1.08, 1.50, noise) == "⚠ 28% off the prediction; likely cause: noisy timings (see the warning " \
+                                           "at the top)"
+    assert demo._far(1.45, 1.50, noise) == "" and demo._far(None, 1.5, noise) == ""
+    quiet = dict(noise, noisy=False, busy=[], entries=set())
+    assert demo._noise_notice(quiet) == []
+    assert "time outside the decoder layers" in demo._far(1.08, 1.50, quiet)

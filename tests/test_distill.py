@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from mosaic_search import builder
-from mosaic_search.artifacts.distill_record import RECORD_FILE, DistillRecord, load_distill_record
-from mosaic_search.artifacts.header import Header, ModelRef, save
+from mosaic_search.artifacts.distill_record import load_distill_record
 from mosaic_search.artifacts.plan import PLAN_FILE
 from mosaic_search.cli import main
 from mosaic_search.hf.models import load_model
 from mosaic_search.quality.evaluation import EvalSet, eval_set, evaluate, measure
+from mosaic_search.recovery import checkpoint
 from mosaic_search.recovery import distill as distill_mod
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "layer_plans" / "examples" / "tiny"
@@ -95,6 +95,24 @@ def test_distill_writes_a_model_that_loads_like_a_build(builds, tmp_path):
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(".self_attn." in k for k in moved)
     assert {k.split(".")[2] for k in moved} == {"0", "1", "3", "4", "5"}  # the layers that have attention weights
+
+
+def test_the_output_keeps_the_builds_dtype_unless_asked(tmp_path):
+    """A bfloat16 build distills (in float32) into a bfloat16 directory, as large as the build; `dtype` overrides."""
+    from safetensors import safe_open
+
+    build = builder.build(EXAMPLES / "plan-tpot-1.5x.json", library=False, dtype="bfloat16", out=tmp_path / "bf16")
+    fast = dict(QUICK, steps=1, stage="offpolicy")
+    for out, dtype, want, stored in ((tmp_path / "kept", None, "bfloat16", "BF16"),
+                                     (tmp_path / "asked", "float32", "float32", "F32")):
+        distill_mod.distill(str(build), out=out, dtype=dtype, **fast)
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {stored}
+        assert json.loads((out / "config.json").read_text())["dtype"] == want
+        assert load_distill_record(out).settings["dtype"] == want
+    assert (tmp_path / "kept" / "model.safetensors").stat().st_size == (build / "model.safetensors").stat().st_size
+    with pytest.raises(distill_mod.UsageError, match='^dtype must be one of float32, bfloat16, float16, got "int8"'):
+        distill_mod.distill(str(build), out=tmp_path / "bad", dtype="int8", **fast)
 
 
 def test_trainable_replaced_trains_only_the_swapped_in_mixers(builds, tmp_path):
@@ -179,10 +197,32 @@ def test_a_model_with_another_tokenizer_is_refused(builds, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_an_oracle_of_the_same_vocabulary_joins_the_onpolicy_stage(builds, tmp_path):
+    """The on-policy loss mixes the oracle's divergence in: an oracle equal to the teacher changes nothing, another
+    model (the `swa` build of the same teacher) changes the loss from the first step (same samples: same seed)."""
     out = distill_mod.distill(str(builds["drop"]), out=tmp_path / "d", oracle="tiny", oracle_weight=0.5,
                               stage="onpolicy", divergence="jsd", **QUICK)
     record = load_distill_record(out)
     assert record.settings["oracle"] == "tiny" and len(record.losses) == 2
+    first = {}
+    for name, oracle in (("none", None), ("other", str(builds["swa"]))):
+        out = distill_mod.distill(str(builds["drop"]), out=tmp_path / name, oracle=oracle, oracle_weight=0.5,
+                                  stage="onpolicy", divergence="jsd", **QUICK)
+        first[name] = load_distill_record(out).losses[0]["loss"]
+    assert record.losses[0]["loss"] == pytest.approx(first["none"], rel=1e-5)
+    assert abs(first["other"] - first["none"]) > 1e-3 * first["none"], first
+
+
+def test_divergence_reverse_runs_and_changes_the_onpolicy_loss(builds, tmp_path, capsys):
+    """`--divergence reverse` through the command line: one on-policy step, whose loss differs from the forward
+    KL's on the same samples (the same seed) and is recorded under its name."""
+    quick = ["--stage", "onpolicy", "--steps", "1", "--batch-size", "2", "--seq-len", "32", "--no-eval"]
+    assert main(["distill", str(builds["drop"]), "--out", str(tmp_path / "r"), "--divergence", "reverse",
+                 *quick]) == 0, capsys.readouterr().err
+    forward = distill_mod.distill(str(builds["drop"]), out=tmp_path / "f", stage="onpolicy", steps=1, batch_size=2,
+                                  seq_len=32, quality=False)
+    r, f = load_distill_record(tmp_path / "r"), load_distill_record(forward)
+    assert (r.settings["divergence"], f.settings["divergence"]) == ("reverse", "forward")
+    assert r.losses[0]["loss"] > 0 and abs(r.losses[0]["loss"] - f.losses[0]["loss"]) > 1e-4, (r, f)
 
 
 def _distill_cmd(model, out, *extra):
@@ -225,10 +265,10 @@ def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(builds, tmp_pa
 def test_resume_refuses_a_checkpoint_of_other_settings(builds, tmp_path, capsys):
     out = tmp_path / "o"
     ckpt = out.with_name("o.checkpoint")
-    distill_mod._checkpoint(ckpt, {"other": 1}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
+    checkpoint.save(ckpt, {"other": 1}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
     assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
     assert "other settings" in capsys.readouterr().err
-    distill_mod._checkpoint(ckpt, {"lr": 0.5}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
+    checkpoint.save(ckpt, {"lr": 0.5}, 1, [], [], torch.optim.SGD([torch.zeros(1)], lr=1))
     assert main(_distill_cmd(builds["drop"], out, "--steps", "2", "--resume")[3:]) == 4
     assert "made with other lr (0.5 there, 0.0003 now);" in capsys.readouterr().err  # names what differs
 
@@ -267,39 +307,3 @@ def test_torchrun_two_processes_follow_one_process(builds, one_process, tmp_path
     # summation order can flip that step's sign (0.02% of elements seen), so most, not all, agree closely
     close = sum(int(((x[k] - y[k]).abs() < 1e-5).sum()) for k in x) / sum(x[k].numel() for k in x)
     assert close > 0.999
-
-
-def test_cli_forwards_to_distill_and_eval(monkeypatch, tmp_path, capsys):
-    from mosaic_search.quality import evaluation as evaluate_mod
-
-    seen = {}
-
-    def fake(model, **kwargs):
-        seen.update(model=model, **kwargs)
-        out = tmp_path / "d"
-        out.mkdir(exist_ok=True)
-        save(DistillRecord(Header.new(ModelRef("tiny", "0" * 64, 3)), {"teacher": "tiny"}, 0, (),
-                           {"before": None, "after": None}), out / RECORD_FILE)
-        return out
-
-    monkeypatch.setattr(distill_mod, "distill", fake)
-    assert main(["distill", "m", "--teacher", "T", "--oracle", "O", "--oracle-weight", "0.3", "--data", "D",
-                 "--stage", "onpolicy", "--steps", "7", "--lr", "0.01", "--trainable", "all", "--hidden-weight", "0",
-                 "--divergence", "jsd", "--batch-size", "8", "--seq-len", "128", "--out", "o", "--resume",
-                 "--overwrite", "--checkpoint-every", "5", "--eval-data", "E", "--no-eval", "--seed", "3",
-                 "--parallel", "fsdp"]) == 0
-    seen.pop("progress")
-    assert seen == dict(model="m", teacher="T", oracle="O", oracle_weight=0.3, data="D", stage="onpolicy", steps=7,
-                        tokens=None, lr=0.01, trainable="all", hidden_weight=0.0, divergence="jsd", batch_size=8,
-                        seq_len=128, out="o", resume=True, overwrite=True, checkpoint_every=5, eval_data="E",
-                        quality=False, seed=3, device="cpu", parallel="fsdp")
-    capsys.readouterr()
-    got = {}
-    monkeypatch.setattr(evaluate_mod, "evaluate", lambda model, **kw: got.update(model=model, **kw) or {
-        "model": model, "teacher": "tiny", "kl": 0.5, "heldout_loss": 1.0, "tokens": 9,
-        "eval": {"source": "s", "windows": 1, "seq_len": 9, "probes": 0}})
-    assert main(["eval", "m", "--teacher", "T", "--data", "D", "--probes", "P", "--windows", "3", "--seq-len", "99",
-                 "--json"]) == 0
-    assert got == dict(model="m", teacher="T", data="D", probes="P", windows=3, seq_len=99, device="cpu",
-                       questions=None)
-    assert json.loads(capsys.readouterr().out)["kl"] == 0.5

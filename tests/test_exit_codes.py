@@ -18,9 +18,9 @@ from test_solver import make, save_pair
 from mosaic_search import builder
 from mosaic_search.artifacts.header import Header, ModelRef, save
 from mosaic_search.artifacts.plan import LayerPlan
-from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
+from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
 from mosaic_search.cli import main, terminal
-from mosaic_search.errors import EXIT_INTERRUPTED
+from mosaic_search.errors import EXIT_INTERRUPTED, UsageError
 from mosaic_search.hf.models import load_config, model_ref
 from mosaic_search.latency import profiler
 from mosaic_search.operators import Candidate
@@ -169,16 +169,40 @@ def test_nonsensical_numbers_are_refused_naming_their_flag(tmp_path, monkeypatch
              (solve + ["--max-cache-bytes", "0"], "--max-cache-bytes must be a positive"),
              (solve + ["--pin", "9=gqa"], "--pin 9=gqa: layer 9 is outside 0..3"),
              (["solve", "--profile", p, "--scores", s], "give --speedup, --ttft-speedup, --tpot-speedup or"),
+             (["solve", "--profile", p, "--scores", s, "--speedup", "0.5"], "--speedup must be at least 1 (a "
+                                                                              "speedup over the teacher), got 0.5"),
+             (["solve", "--profile", p, "--scores", s, "--tpot-speedup", "0.9"], "--tpot-speedup must be at least 1"),
+             (["score", "--device-map", "auto"], "--device-map auto spreads a teacher over GPUs and runs it there, "
+                                                 "but device is cpu"),
              (["solve", "--profile", p, "--scores", s, "--sweep", "1:2:0"], '--sweep "1:2:0": need'),
              (["profile", "--ops", "mla:rank=100000"], "mla:rank=100000: rank must be at most "),
              (["score", "--ops", "gqa,mla:rank=100000"], "rank must be at most "),
              (["bench", "x.json", "--generate", "--new-tokens", "0"], "--new-tokens must be 2 or more"),
              (["bench", "x.json", "--generate", "--batch", "0"], "--batch must be 1 or more, got 0"),
-             (["check", "--tokens", "0"], "--tokens must be 1 or more")]
+             (["check", "--tokens", "0"], "--tokens must be 1 or more"),
+             (["profile", "--workload", "prefill:99999999999"], "profiling needs at least ")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in _err(capsys), argv
     assert sorted(os.listdir(tmp_path)) == sorted([Path(p).name, Path(s).name])
+
+
+def test_a_profile_that_cannot_fit_is_refused_naming_need_and_limit():
+    """Qwen3-VL-4B in float32 with a paired timer (two copies) on a 24 GiB machine: refused before any allocation,
+    naming the need, its parts and the limit; in bfloat16 with one copy and a short workload it fits."""
+    from mosaic_search.hf import surgery
+    from mosaic_search.hf.models import _config_from_file, shipped_config_path
+    from mosaic_search.latency.memory import GIB, check_fits, weight_bytes
+
+    dims = surgery.dims_of(_config_from_file(shipped_config_path("Qwen/Qwen3-VL-4B-Instruct")))
+    assert weight_bytes(dims, 4) / GIB == pytest.approx(16.43, abs=0.01)  # 4.41e9 decoder parameters
+    # the decode cache: 8 x 98304 tokens x K and V of 1024 x 36 layers x 4 bytes = 216 GiB
+    decode = [parse_workload("decode:96k:b8")]
+    with pytest.raises(UsageError, match=r"^profiling needs at least 248\.9 GiB \(2 copies of the model: 32\.9 GiB; "
+                                         r"workload decode-b8-c96k: 216\.0 GiB\) but cpu has 24\.0 GiB available; "
+                                         r"the model alone does not fit"):
+        check_fits(dims, decode, 4, 2, "cpu", available=24 * GIB)
+    check_fits(dims, [parse_workload("prefill:2k")], 2, 1, "cpu", available=24 * GIB)
 
 
 def test_a_plan_with_a_rank_above_the_model_is_refused_by_build(tmp_path, capsys):
@@ -201,6 +225,34 @@ def test_progress_without_a_terminal_is_plain_rate_limited_lines(monkeypatch, ca
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "scoring: 1/100 item 1 (0 s)" and lines[-1] == "scoring: 100/100 item 100 (25 s)"
     assert terminal.PROGRESS_EVERY_S == 5 and len(lines) == 6  # at 0.25 s, then 5.25, 10.25, 15.25, 20.25, and the last
+
+
+def test_the_demo_announces_every_stage_and_a_silent_stage_still_reports(monkeypatch, capsys):
+    """Off a terminal every stage start is printed however soon after the last line; a stage's own progress is
+    forwarded under its name; a stage that says nothing for HEARTBEAT_S still gets a line."""
+    import time
+
+    from mosaic_search import demo
+
+    now = [100.0]
+    monkeypatch.setattr(terminal, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(demo, "HEARTBEAT_S", 0.2)
+    with terminal.progress("mosaic demo", every_step=True) as tick:
+        stages = demo._Stages(tick, 7)
+        try:
+            stages.start(2, "solve")
+            stages.start(3, "build")  # at the same instant: printed all the same
+            stages.start(4, "distill")
+            now[0] += 6
+            stages.under("tiny-tpot-1.5x")(3, 60, "offpolicy loss 1.2")
+            now[0] += 6
+            time.sleep(0.6)  # real seconds: the heartbeat's clock
+        finally:
+            stages.stop()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:4] == ["mosaic demo: 2/7 solve (0 s)", "mosaic demo: 3/7 build (0 s)", "mosaic demo: 4/7 distill (0 s)",
+                         "mosaic demo: 4/7 distill: 3/60 tiny-tpot-1.5x: offpolicy loss 1.2 (6 s)"]
+    assert lines[4].startswith("mosaic demo: 4/7 distill: 3/60 tiny-tpot-1.5x: offpolicy loss 1.2, still running (")
 
 
 def test_profile_prints_progress_lines_and_its_timing_spread(tmp_path, monkeypatch, capsys):

@@ -126,9 +126,16 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert target.with_suffix(".json").read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
 
 
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm here")
+def test_tmpfs_under_dev_is_a_place_for_output_files():
+    assert files.check_output("/dev/shm/mosaic-test/plan.json") == Path("/dev/shm/mosaic-test/plan.json")
+    assert files.check_output("/dev/shm/mosaic-test-build", folder=True, overwrite=False).name == "mosaic-test-build"
+
+
 @pytest.mark.parametrize("where,folder,message", [
     ("/proc/x.json", False, "pseudo file system"),
     ("/sys/kernel/x", True, "pseudo file system"),
+    ("/dev/null", False, "pseudo file system"),
     ("afile/x.json", False, "is a file, not a folder"),
     ("afile", True, "is a file, expected a folder"),
     ("adir", False, "is a folder, expected a file name"),
@@ -205,3 +212,27 @@ def test_a_folder_written_meanwhile_is_kept_unless_replacing(tmp_path):
     with files.atomic_dir(out) as tmp:
         (tmp / "mine").write_text("third\n")
     assert sorted(p.name for p in out.iterdir()) == ["mine"]
+
+
+def test_a_claimed_output_refuses_a_second_run_and_is_taken_over_from_a_killed_one(tmp_path, monkeypatch, capsys):
+    from mosaic_search.cli import main
+
+    out = tmp_path / "table.json"
+    lock = tmp_path / ".table.json.lock"
+    with files.claimed(out):
+        assert lock.read_text() == str(os.getpid())
+        lock.write_text(str(os.getppid()))  # as if a live other run held it
+        with pytest.raises(UsageError, match=rf"^out {out}: another run \(pid {os.getppid()}\) is writing it"):
+            with files.claimed(out):
+                pass
+        # the CLI: one line, exit 2, before loading anything
+        assert main(["score", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out {out}: another run" in err
+        lock.write_text(str(os.getpid()))
+    assert not lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # a killed run's claim
+    with files.claimed(out):
+        assert lock.read_text() == str(os.getpid())
+    assert not out.exists()

@@ -1,5 +1,5 @@
 """Checks of the package's shape that anyone can run: the import graph has no cycle and no module grows past the
-house's size without saying why at its top."""
+house's size unless LONG_MODULES says why."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mosaic_search"
 MAX_LINES = 450
 # ground modules that hold torch code and are imported only inside the functions that need it
 TORCH_INSIDE = {"mosaic_search.operators.teacher"}  # a mixer's initialisation from the teacher's weights
-REASON = "Longer than the house's ~450 lines:"  # how a module's docstring says why it is longer
+# The modules allowed past MAX_LINES, each with why; an entry whose module is back under the limit is an error, so
+# that the list says only what is true.
+LONG_MODULES = {
+    "mosaic_search.quality.scorer": "the teacher pass, the items and the table share one batch layout (`_Batch`, "
+                                    "`_Context`) and one fingerprint scheme",
+    "mosaic_search.cli.commands": "every command's signature lists its flags (solve's serving regime adds four) and "
+                                  "forwards them in a few lines; split, a command's flags would sit apart from their "
+                                  "forwarding",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -91,13 +99,14 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert run.returncode == 0, run.stderr.strip().splitlines()[-1:]
 
 
-def test_no_module_is_longer_than_the_house_without_a_reason_at_its_top():
-    long = []
-    for name, path in _modules().items():
-        text = path.read_text()
-        if text.count("\n") > MAX_LINES and REASON not in (ast.get_docstring(ast.parse(text)) or ""):
-            long.append(f"{name} ({text.count(chr(10))} lines)")
-    assert not long, f"over {MAX_LINES} lines with no reason in the docstring: {', '.join(long)}"
+def test_no_module_is_longer_than_the_house_unless_allowed_with_a_reason():
+    modules = _modules()
+    lines = {name: path.read_text().count("\n") for name, path in modules.items()}
+    long = [f"{name} ({n} lines)" for name, n in lines.items() if n > MAX_LINES and name not in LONG_MODULES]
+    assert not long, f"over {MAX_LINES} lines and not in LONG_MODULES: {', '.join(long)}"
+    stale = [name for name in LONG_MODULES if lines.get(name, 0) <= MAX_LINES]
+    assert not stale, f"in LONG_MODULES but missing or within {MAX_LINES} lines (remove them): {', '.join(stale)}"
+    assert all(why.strip() for why in LONG_MODULES.values())
 
 
 @pytest.mark.parametrize("folder", ["artifacts", "operators", "search"])

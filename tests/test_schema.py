@@ -113,7 +113,12 @@ def _plan_obj(tmp_path):
     (lambda o: o.update(kind="mosaic/latency-profile"), 'expected "mosaic/layer-plan", got "mosaic/latency-profile"'),
     (lambda o: o.update(schema_version=99), "version 99 is newer than this mosaic reads"),
     (lambda o: o["layers"][0].update(op="gqaa"), 'layers\\[0\\]: unknown operator "gqaa" \\(did you mean "gqa"\\?\\)'),
-    (lambda o: o["layers"].pop(), "has 2 entries but the model has 3 layers"),
+    (lambda o: o["layers"].pop(), "x.json: layers: has 2 entries but model.num_hidden_layers in the same file says 3"),
+    (lambda o: o["model"].update(num_hidden_layers=8), "layers: has 3 entries but model.num_hidden_layers in the same "
+                                                       "file says 8 .*; one of the two was edited"),
+    (lambda o: o.update(pattern="GGD"), 'x.json: pattern: "GGD" contradicts the layers in the same file, which spell '
+                                        '"GSD"'),
+    (lambda o: o["layers"][2].update(op="gqa", params={}), 'pattern: "GSD" contradicts the layers .* spell "GSG"'),
     (lambda o: o["layers"][1]["params"].update(window=0), "window must be a positive integer, got 0"),
     (lambda o: o["layers"][1]["params"].update(window=-5), "window must be a positive integer, got -5"),
     (lambda o: o["layers"][1].update(params={}), "missing param window"),
@@ -225,7 +230,7 @@ def test_a_version_1_profile_loads_with_its_teacher_all_gqa(tmp_path):
 def test_a_version_2_profile_must_list_every_layer_of_its_teacher(tmp_path):
     obj = to_json(_profile())
     obj["teacher"].pop()
-    with pytest.raises(UsageError, match="teacher: lists 2 layers, the model has 3"):
+    with pytest.raises(UsageError, match="teacher: has 2 entries but model.num_hidden_layers in the same file says 3"):
         load_profile(_write(tmp_path, obj))
     del obj["teacher"]
     with pytest.raises(UsageError, match="teacher: missing field"):

@@ -15,10 +15,10 @@ import torch
 from conftest import tiny_model
 
 from mosaic_search import builder
-from mosaic_search.artifacts.header import Header, save, sha256_file, to_json
+from mosaic_search.artifacts.header import Header, ModelRef, save, sha256_file, to_json
 from mosaic_search.artifacts.library import CandidateLibrary, load_library_sidecar
 from mosaic_search.artifacts.plan import LayerPlan
-from mosaic_search.artifacts.sensitivity import SensitivityTable, load_sensitivity
+from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.hf import data, surgery
@@ -92,7 +92,30 @@ def test_reference_zero_swaps_positive_and_alignment(reference):
             assert e.align_steps == 12 and e.extra["align_nmse"] < e.extra["align_nmse_init"], (layer, cand, e.extra)
         assert _cell(table, layer, "swa:window=2").align_steps == 0
     assert not list(out.parent.glob("*.items*.jsonl")) and not out.with_suffix(".library.d").exists()
-    assert -1 <= scorer.proxy_agreement(table) <= 1
+    # Spearman over 3 layers without ties: 1 - 6 sum(d^2) / (3 (9 - 1)) = 1 - sum(d^2) / 4, d the rank differences
+    by_bi = sorted(range(3), key=lambda i: _cell(table, i, "gqa").extra["block_influence"])
+    by_drop = sorted(range(3), key=lambda i: _cell(table, i, "drop").kl)
+    assert scorer.proxy_agreement(table) == 1 - sum((by_bi.index(i) - by_drop.index(i)) ** 2 for i in range(3)) / 4
+
+
+def _influence_table(bi, drop):
+    """A table of len(bi) layers: the teacher's entry holds block influence bi[i], the `drop` entry KL drop[i]."""
+    entries = [e for i, (b, d) in enumerate(zip(bi, drop)) for e in (
+        SensitivityEntry(i, Candidate.of("gqa"), 0.0, 0.0, 0, {"block_influence": b}),
+        SensitivityEntry(i, Candidate.of("drop"), d, 0.0, 0))]
+    return SensitivityTable(Header.new(ModelRef("m", "sha", len(bi))), "kl", {}, tuple(entries))
+
+
+@pytest.mark.parametrize("bi, drop, expected", [
+    ((0.1, 0.2, 0.3), (1.0, 2.0, 3.0), 1.0),  # the proxy ranks the layers as the measurement does
+    ((0.1, 0.2, 0.3), (3.0, 2.0, 1.0), -1.0),  # the opposite order
+    ((0.1, 0.2, 0.3), (2.0, 1.0, 3.0), 0.5),  # one adjacent swap: 1 - 6 x 2 / 24
+    ((0.1, 0.2, 0.3, 0.4), (1.0, 2.0, 4.0, 3.0), 0.8),  # 1 - 6 x 2 / 60
+    ((0.1, 0.2), (1.0, 2.0), None),  # fewer than 3 layers: no rank correlation
+])
+def test_proxy_agreement_is_spearmans_rank_correlation(bi, drop, expected):
+    got = scorer.proxy_agreement(_influence_table(bi, drop))
+    assert got == (None if expected is None else pytest.approx(expected, abs=1e-12))
 
 
 def test_library_weights_rebuild_the_scored_module(teacher, reference):

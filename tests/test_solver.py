@@ -21,7 +21,7 @@ from mosaic_search.artifacts.header import Header, ModelRef, save, sha256_file, 
 from mosaic_search.artifacts.pareto import load_pareto
 from mosaic_search.artifacts.plan import load_plan
 from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
-from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
+from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
 from mosaic_search.cli import main
 from mosaic_search.cli.plots import plot_frontier
 from mosaic_search.errors import InfeasibleError, MosaicError, StaleInputError, UsageError
@@ -89,7 +89,7 @@ def save_pair(tmp_path, prof, sens, name="a"):
 
 instances = st.fixed_dictionaries({
     "layers": st.integers(1, 4), "cands": st.integers(1, 4), "workloads": st.integers(1, 3),
-    "seed": st.integers(0, 10_000), "speedup": st.sampled_from([0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]),
+    "seed": st.integers(0, 10_000), "speedup": st.sampled_from([1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]),
     "max_gqa": st.none() | st.integers(0, 2)})
 
 
@@ -452,8 +452,14 @@ def test_pareto_record_round_trips_and_older_files_still_load(tmp_path):
     assert load_pareto(tmp_path / "old.json").points == back.points
     short = dict(old, points=[{"target_speedup": 1.2, "feasible": True, "objective": 0.1, "layers": ["gqa"]}])
     (tmp_path / "short.json").write_text(json.dumps(short))
-    with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but the model has 6"):
+    with pytest.raises(UsageError, match=r"points\[0\]\.layers: has 1 entries but model.num_hidden_layers in the "
+                                         r"same file says 6"):
         load_pareto(tmp_path / "short.json")
+    point = next(p for p in old["points"] if p["feasible"])
+    edited = dict(old, points=[dict(point, pattern="X" * 6)])
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(UsageError, match=r'points\[0\]\.pattern: "XXXXXX" contradicts the layers in the same file'):
+        load_pareto(tmp_path / "edited.json")
 
 
 def test_solve_many_gives_distinct_plans_far_enough_apart(tmp_path):
@@ -496,8 +502,18 @@ def test_cli_solve_takes_the_newest_matching_artifacts(tmp_path, monkeypatch, ca
     newest = tmp_path / "layer_plans" / "org--tiny" / "sensitivity.json"
     assert plan.header.inputs["scores"] == sha256_file(newest)
     assert plan.objective > 0  # the older table scores every swap 0
-    shown = capsys.readouterr().out
+    captured = capsys.readouterr()
+    shown = captured.out
     assert plan.pattern in shown and "wrote layer_plans/org--tiny/plan.json" in shown
+    # what was discovered is named, with its model, device and date: in the output, on stderr and in the plan
+    made = load_sensitivity(newest).header.created_at
+    words = " ".join(shown.split())  # the lines wrap at the terminal's width
+    assert "profile: profiles/org--tiny--h100.json (model org/tiny, device NVIDIA H100 80GB HBM3, made " in words
+    assert f"scores: layer_plans/org--tiny/sensitivity.json (model org/tiny, made {made})" in words
+    assert "note: using the newest matching profile: profiles/org--tiny--h100.json (model org/tiny" in captured.err
+    assert plan.solver["read"]["scores"] == {"path": "layer_plans/org--tiny/sensitivity.json", "model": "org/tiny",
+                                             "device": plan.solver["read"]["scores"]["device"], "created_at": made,
+                                             "discovered": True}
     before = (tmp_path / "layer_plans" / "org--tiny" / "plan.json").read_bytes()
     # a plan is replaced only when asked, as a build is
     assert main(["solve", "--speedup", "1.6"]) == 2
@@ -506,6 +522,7 @@ def test_cli_solve_takes_the_newest_matching_artifacts(tmp_path, monkeypatch, ca
     assert main(["solve", "--speedup", "1.3", "--json", "--overwrite"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["kind"] == "mosaic/layer-plan" and obj["path"] == "layer_plans/org--tiny/plan.json"
+    assert obj["solver"]["read"]["profile"]["path"] == "profiles/org--tiny--h100.json"
 
 
 def test_cli_exit_codes_and_one_line_errors(tmp_path, monkeypatch, capsys):
@@ -529,28 +546,6 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, monkeypatch, capsys):
         assert text in errline and errline.count("\n") == 1, errline
     assert files(tmp_path) == before
     assert main(["solve", "--profile", p, "--speedup", "1.2", "--scores", a, "--allow-stale", "--out", "x.json"]) == 0
-
-
-def test_cli_forwards_every_option(monkeypatch, capsys):
-    seen = {}
-
-    def fake(**kw):
-        seen.update(kw)
-        raise UsageError("stop")
-
-    monkeypatch.setattr(solver, "solve", fake)
-    argv = ["solve", "--speedup", "1.5", "--profile", "p.json", "--scores", "s.json", "--workload", "a",
-            "--workload", "b", "--ttft-speedup", "1.2", "--tpot-speedup", "2", "--max-cache-bytes", "99",
-            "--cache-batch", "4", "--cache-context", "4096", "--ops", "gqa,gdn", "--pin", "0=gqa", "--pin", "1=gdn",
-            "--min", "gqa=2", "--max", "drop=0", "--strategy", "greedy", "--time-limit", "5", "--metric",
-            "delta_loss", "--device", "h100", "--allow-stale", "--out", "o.json", "--overwrite",
-            "--max-memory", "0.5"]
-    assert main(argv) == 2
-    assert seen == dict(speedup=1.5, profile="p.json", scores="s.json", workloads=["a", "b"], ttft_speedup=1.2,
-                        tpot_speedup=2.0, max_cache_bytes=99, cache_batch=4, cache_context=4096, ops="gqa,gdn",
-                        pins=["0=gqa", "1=gdn"], min_count=["gqa=2"], max_count=["drop=0"], strategy="greedy",
-                        time_limit_s=5.0, metric="delta_loss", device="h100", allow_stale=True, out="o.json",
-                        overwrite=True, max_memory=0.5)
 
 
 def test_cli_sweep_and_solutions(tmp_path, monkeypatch, capsys):
@@ -580,3 +575,32 @@ def test_mosaic_solve_does_not_import_torch(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "plan.json").exists() and (tmp_path / "front.png").exists()
+
+
+def test_the_frontier_plot_keeps_every_label_inside_its_panel_and_the_figure(tmp_path, monkeypatch):
+    """The y label of the top panel stays beside that panel (it used to run into the lower one) and every text,
+    the legend right of the panels included, lies inside the saved image."""
+    import matplotlib.figure
+
+    prof, sens = make(6, seed=9)
+    res = solver.sweep("1.2:2.0:0.4", profile=prof, scores=sens, write=False)
+    saved = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.update(fig=fig, kwargs=kwargs)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    from mosaic_search.cli.plots import plot_frontier
+
+    plot_frontier(res, tmp_path / "f.png", title="t",
+                  measured={"measured KL, built": [(1.2, 0.1)], "measured KL, distilled": [(1.2, 0.05)]})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = saved["fig"]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    front, plans = fig.axes[:2]
+    label = front.yaxis.label.get_window_extent(renderer)
+    assert label.y0 >= plans.get_window_extent(renderer).y1  # beside the top panel only
+    assert saved["kwargs"].get("bbox_inches") == "tight"  # the saved image grows to hold labels and legend

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from ..errors import UsageError, invalid
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
+_WRITABLE_UNDER_DEV = ("/dev/shm",)  # tmpfs: ordinary files live there
 # where the stages write by default, relative to the working directory (docs/design.md §5)
 PROFILES_DIR, PLANS_DIR = "profiles", "layer_plans"
 
@@ -160,6 +161,37 @@ def append_line(path: str | os.PathLike, line: str) -> Path:
 
 
 @contextlib.contextmanager
+def claimed(out: str | os.PathLike, param: str = "out") -> Iterator[Path]:
+    """Hold `out` for one run while it works towards it (a run that appends its progress beside `out` before writing
+    it, as `score` does): a second run naming the same `out` meanwhile is refused (UsageError, exit 2) instead of
+    mixing its progress into this one's. The claim is a `.<name>.lock` file holding the claimant's pid; one left by a
+    killed run is taken over."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                raise invalid(param, f"{out}: another run (pid {holder}) is writing it; wait for it to finish or "
+                                     f"choose another `{param}`") from None
+            lock.unlink(missing_ok=True)  # left by a killed run (or unreadable): take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out` (an old `out` is moved
     aside first and removed only after the rename), with the umask's modes throughout; on failure it is
@@ -208,7 +240,10 @@ def check_output(path: str | os.PathLike, param: str = "out", *, folder: bool = 
     """
     path = Path(path)
     full = path.absolute()
-    if any(str(full) == p or str(full).startswith(p + "/") for p in _PSEUDO_FS):
+    def under(roots):
+        return any(str(full) == p or str(full).startswith(p + "/") for p in roots)
+
+    if under(_PSEUDO_FS) and not under(_WRITABLE_UNDER_DEV):
         raise invalid(param, f"{path}: not a place for output files (pseudo file system)")
     try:
         if path.exists():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StaleInputError, UsageError
-from ..operators import Candidate
+from ..operators import Candidate, pattern_string
 from . import files
 
 
@@ -91,6 +91,19 @@ class Reader:
             return Candidate.of(op, params, None if mlp is None else self.candidate(mlp, f"{where}.mlp"))
         except UsageError as e:
             self.fail(where, str(e))
+
+    def per_layer(self, where: str, count: int, header: "Header") -> None:
+        """A per-layer list must have one entry per layer of the model the same file's header names."""
+        if count != header.model.num_hidden_layers:
+            self.fail(where, f"has {count} entries but model.num_hidden_layers in the same file says "
+                             f"{header.model.num_hidden_layers} ({header.model.id}); one of the two was edited")
+
+    def pattern(self, where: str, pattern, layers) -> None:
+        """A `pattern` restates its layers' operators, one symbol each: it must say what they say."""
+        if pattern is not None and pattern != pattern_string(layers):
+            self.fail(where, f'"{pattern}" contradicts the layers in the same file, which spell '
+                             f'"{pattern_string(layers)}"; one of the two was edited (the layers are what is built: '
+                             "fix or remove the pattern)")
 
     def layer(self, obj: dict, where: str, num_layers: int) -> int:
         """An entry's `layer`, checked to be one of the model's."""

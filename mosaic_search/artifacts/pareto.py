@@ -43,7 +43,6 @@ class Pareto:
                 r.fail(f"speedups[{i}]", f"expected a number, got {v!r}")
             speedups.append(float(v))
         points = r.get(obj, "points", list)
-        layers_n = header.model.num_hidden_layers
         for i, pt in enumerate(points):
             where = f"points[{i}]"
             r.get(pt, "target_speedup", float, where)
@@ -51,13 +50,14 @@ class Pareto:
                 continue
             r.get(pt, "objective", float, where)
             layers = r.get(pt, "layers", list, where)
-            if len(layers) != layers_n:
-                r.fail(f"{where}.layers", f"has {len(layers)} entries but the model has {layers_n}")
+            r.per_layer(f"{where}.layers", len(layers), header)
+            parsed = []
             for j, text in enumerate(layers):
                 try:
-                    Candidate.parse(str(text))
+                    parsed.append(Candidate.parse(str(text)))
                 except UsageError as e:
                     r.fail(f"{where}.layers[{j}]", str(e))
+            r.pattern(f"{where}.pattern", pt.get("pattern"), parsed)
         return cls(header=header, constraints=r.get(obj, "constraints", dict), speedups=tuple(speedups),
                    points=tuple(points), files=tuple(r.get(obj, "files", list, optional=True, default=[])))
 

@@ -42,8 +42,8 @@ class LayerPlan:
     def read(cls, r: Reader, obj: dict, header: Header) -> "LayerPlan":
         """The validating inverse of `body`: one candidate per layer of the model."""
         layers = tuple(r.candidate(c, f"layers[{i}]") for i, c in enumerate(r.get(obj, "layers", list)))
-        if len(layers) != header.model.num_hidden_layers:
-            r.fail("layers", f"has {len(layers)} entries but the model has {header.model.num_hidden_layers} layers")
+        r.per_layer("layers", len(layers), header)
+        r.pattern("pattern", obj.get("pattern"), layers)
         return cls(header=header, layers=layers, predicted=r.get(obj, "predicted", dict, optional=True, default={}),
                    objective=r.get(obj, "objective", float, optional=True, default=0.0),
                    constraints=r.get(obj, "constraints", dict, optional=True, default={}),

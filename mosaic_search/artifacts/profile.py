@@ -224,8 +224,7 @@ class LatencyProfile:
             validation.append({**row, **{k: r.get(v, k, float, where)
                                          for k in ("predicted_ms", "measured_ms", "error_pct")}})
         teacher = [r.candidate(c, f"teacher[{i}]") for i, c in enumerate(r.get(obj, "teacher", list))]
-        if len(teacher) != layers:
-            r.fail("teacher", f"lists {len(teacher)} layers, the model has {layers}")
+        r.per_layer("teacher", len(teacher), header)
         weights = tuple((r.candidate(w, f"weight_bytes[{i}]"), r.get(w, "weight_bytes", int, f"weight_bytes[{i}]"))
                         for i, w in enumerate(r.get(obj, "weight_bytes", list, optional=True, default=[])))
         fixed_weights = r.get(obj, "fixed_weight_bytes", int, optional=True)

@@ -1,8 +1,4 @@
-"""The `mosaic` command: a thin Typer shell over the library (tables in views.py, terminal plumbing in terminal.py).
-
-Longer than the house's ~450 lines: every command's signature lists its flags (solve's serving regime adds four),
-and each command is a few lines forwarding them; split, one command's flags would sit apart from its forwarding.
-"""
+"""The `mosaic` command: a thin Typer shell over the library (tables in views.py, terminal plumbing in terminal.py)."""
 
 from __future__ import annotations
 
@@ -311,6 +307,9 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             parallel: Annotated[str, typer.Option(
                 help="Under torchrun: ddp (a replica per process) or fsdp (FSDP2: each process holds a shard).")]
             = DISTILL["parallel"],
+            dtype: Annotated[Optional[str], typer.Option(
+                help="The output's dtype: float32, bfloat16 or float16 (default: the build's; training runs in "
+                     "float32).")] = DISTILL["dtype"],
             device: DeviceOpt = DISTILL["device"], seed: SeedOpt = DISTILL["seed"], as_json: JsonOpt = False):
     """Stage 5: recover quality by distillation from the teacher (off-policy, then on-policy; torchrun scales out)."""
     from ..artifacts.distill_record import load_distill_record
@@ -324,7 +323,8 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
                            steps=steps, tokens=tokens, lr=lr, trainable=trainable, hidden_weight=hidden_weight,
                            divergence=divergence, batch_size=batch_size, seq_len=seq_len, out=out, resume=resume,
                            overwrite=overwrite, checkpoint_every=checkpoint_every, eval_data=eval_data,
-                           quality=quality, seed=seed, device=device, parallel=parallel, progress=tick)
+                           quality=quality, seed=seed, device=device, parallel=parallel,
+                           dtype=dtype, progress=tick)
     if show:
         views.distilled(model, path, load_distill_record(path), as_json)
 
@@ -381,7 +381,7 @@ def demo(out: Annotated[str, typer.Option("--out", "-o", help="Report folder (re
          = DEMO["out"], seed: SeedOpt = DEMO["seed"], teacher: EmbeddedOpt = DEMO["teacher"]):
     """The whole pipeline on an embedded teacher on CPU: profile, score, solve, build, distill, bench, report."""
     with interruptible(lambda: f"{NOTHING_WRITTEN}: the report replaces {out} only once complete"), \
-            progress("mosaic demo") as tick:
+            progress("mosaic demo", every_step=True) as tick:
         path = demo_lib.demo(out=out, seed=seed, progress=tick, teacher=teacher)
     views.demo(path)
 

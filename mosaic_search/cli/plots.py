@@ -19,10 +19,10 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path, dpi: int) -> Path:
+def _save(plt, fig, path, dpi: int, **savefig) -> Path:
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi)
+            fig.savefig(tmp, format="png", dpi=dpi, **savefig)
     finally:
         plt.close(fig)
     return Path(path)
@@ -51,7 +51,8 @@ def plot_frontier(front, path, measured: dict | None = None, title: str | None =
         top.plot([x for x, _ in pts], [y for _, y in pts], marker, linestyle="none", color="black", label=label)
     if measured:
         top.legend(fontsize=7, loc="upper left")
-    top.set_ylabel("predicted loss (sum of scores)" + ("; measured KL" if measured else ""))
+    # on two short lines: one long line overran the short top panel into the lower one, and off the figure
+    top.set_ylabel("predicted loss\n(sum of scores)" + ("\nand measured KL" if measured else ""), fontsize=9)
     top.set_title(title or f"{front.header.model.id}: predicted loss vs speedup")
     top.grid(alpha=0.3)
     # Each plan as a column of its layers, in the colours every mosaic plot gives these operators.
@@ -68,7 +69,7 @@ def plot_frontier(front, path, measured: dict | None = None, title: str | None =
     if used:
         plans.legend(handles=_legend(used), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    return _save(plt, fig, path, dpi=120)
+    return _save(plt, fig, path, dpi=120, bbox_inches="tight")  # the legend right of the panels too
 
 
 def plot_sensitivity(table, path) -> Path:

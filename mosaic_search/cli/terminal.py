@@ -96,7 +96,7 @@ def rank0() -> bool:
 
 
 @contextlib.contextmanager
-def progress(label: str, show: bool = True):
+def progress(label: str, show: bool = True, every_step: bool = False):
     """Progress on stderr; yields the library's `progress(done, total, what)` callback (None when not `show`). A bar
     on a terminal; elsewhere (CI, `tee`), where rich's transient bar prints nothing, plain lines (`plain_progress`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -105,7 +105,7 @@ def progress(label: str, show: bool = True):
         yield None
         return
     if not err.is_terminal:
-        yield plain_progress(label)
+        yield plain_progress(label, every_step)
         return
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}", markup=False),
@@ -118,17 +118,19 @@ def progress(label: str, show: bool = True):
         yield tick
 
 
-def plain_progress(label: str):
+def plain_progress(label: str, every_step: bool = False):
     """A progress callback printing `label: done/total what (elapsed s)` lines: the first, then at most one per
-    PROGRESS_EVERY_S, and the last (done == total)."""
-    start, last = time.monotonic(), None
+    PROGRESS_EVERY_S, and the last (done == total); with `every_step`, also every line whose `done` differs from the
+    last printed one (the demo's stages, each of which must be seen to start)."""
+    start, last, last_done = time.monotonic(), None, None
 
     def tick(done, total, what):
-        nonlocal last
+        nonlocal last, last_done
         now = time.monotonic()
-        if last is not None and now - last < PROGRESS_EVERY_S and done != total:
+        new_step = every_step and done != last_done
+        if last is not None and now - last < PROGRESS_EVERY_S and done != total and not new_step:
             return
-        last = now
+        last, last_done = now, done
         sys.stderr.write(f"{label}: {done}{f'/{total}' if total else ''} {what} ({now - start:.0f} s)\n")
         sys.stderr.flush()
 

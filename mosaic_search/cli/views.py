@@ -99,6 +99,7 @@ def sweep(front, table=None, as_json: bool = False) -> None:
 def plans(plans: list, paths: list, table=None, as_json: bool = False, many: bool = False) -> None:
     """Stage 3: each plan's operator per layer, the loss it adds and the ms it saves, then predicted ms and speedup."""
     from ..artifacts.header import to_json
+    from ..search.sources import describe
 
     if as_json:
         return emit_json([{**to_json(p), "path": str(path)} for p, path in zip(plans, paths)] if many else
@@ -114,13 +115,24 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
                     f"{s['seconds'] * 1000:.0f} ms, gap {gap}); ms saved per layer, by workload",
                     [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
                     rows, lead=2)
+        for name, src in s.get("read", {}).items():
+            console.print(f"{name}: {describe(src)}", markup=False, highlight=False)  # wrapped to the terminal
         _wrote(path, table)
 
 
 def model_dir(path, as_json: bool = False) -> None:
-    """Stage 4: where the built model went, and how to load it."""
+    """Stage 4: where the built model went, from which teacher and plan (the plan it carries), and how to load it."""
+    import json
+
+    from ..artifacts.plan import PLAN_FILE
+
+    plan = Path(path) / PLAN_FILE
+    carried = json.loads(plan.read_text()) if plan.is_file() else {}
+    made = {"teacher": carried.get("model", {}).get("id"), "pattern": carried.get("pattern")} if carried else {}
     if as_json:
-        return emit_json({"model_dir": str(path)})
+        return emit_json({"model_dir": str(path), **made})
+    if made:
+        console.print(f"built {made['pattern']} from {made['teacher']}")
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 
@@ -128,11 +140,16 @@ def distilled(model: str, path, record, as_json: bool = False) -> None:
     """Stage 5: quality before and after distillation (when measured) and the recovered model's directory, from
     its `DistillRecord`."""
     if as_json:
-        return emit_json({"model_dir": str(path), "quality": record.quality, "losses": list(record.losses)})
+        return emit_json({"model_dir": str(path), "quality": record.quality, "losses": list(record.losses),
+                          "teacher": record.settings.get("teacher"), "data": record.settings.get("data"),
+                          "dtype": record.settings.get("dtype")})
     measured = record.quality
     if measured["after"] is not None:
         quality(f"{Path(model).name}: quality against {record.settings['teacher']} before and after distillation",
                 {"before": measured["before"], "after": measured["after"]})
+    data = (record.settings.get("data") or {}).get("source", "?")
+    console.print(f"distilled from {record.settings.get('teacher')} on {data}; weights in "
+                  f"{record.settings.get('dtype') or 'float32'}")
     console.print(f"wrote {path}  (load with from_pretrained(..., trust_remote_code=True))")
 
 

@@ -8,6 +8,10 @@ import subprocess
 
 from ..errors import UsageError
 
+# the dtypes a model directory is written in (build, distill)
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
 
 def default_dtype(device: str) -> str:
     """bfloat16 on CUDA (what the kernels and a served model use), float32 elsewhere (CPU bf16 matmuls are slow)."""

@@ -23,6 +23,9 @@ _VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "a
              "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "use_cache"}
 
 
+_NOTED: set = set()  # models whose shipped config stood in, already said on stderr
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
@@ -39,8 +42,11 @@ def load_config(model_id: str, shipped_ok: bool = False):
     except (OSError, ValueError) as e:
         shipped = shipped_config_path(model_id)
         if shipped_ok and shipped is not None:
-            logger.info("note: %s is not reachable (%s); using the shipped config (dimensions only)", model_id,
-                        _first_line(e))
+            if model_id not in _NOTED:  # a stage may read the config more than once: one note per process
+                _NOTED.add(model_id)
+                why = "HF_HUB_OFFLINE is set and it is not in the local cache" if _offline() else _first_line(e)
+                logger.info("note: %s is not reachable (%s); using the shipped config (dimensions only)", model_id,
+                            why)
             return _config_from_file(shipped)
         raise _unresolvable(model_id, e) from None
 

@@ -237,7 +237,7 @@ def install(model, layer: int, candidate: Candidate, module, mlp=None):
     candidate `module` is the MLP and the layer keeps the teacher's mixer."""
     from torch import nn
 
-    from ..modeling.mixers import replaces_layer
+    from ..modeling.mixers import replaces_layer, stand_in
 
     layers = decoder_layers(model)
     box = _originals(model, create=True)
@@ -252,7 +252,7 @@ def install(model, layer: int, candidate: Candidate, module, mlp=None):
     if candidate.spec.axis == "mlp":
         original.mlp = module
     elif replaces_layer(module):
-        layers[layer] = module
+        layers[layer] = stand_in(module, original)
     else:
         original.self_attn = module
         if mlp is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..artifacts.profile import Workload
-from ..errors import UsageError, invalid
+from ..errors import invalid
 from ..hf import surgery
 from ..hf.device import default_dtype
 from ..hf.models import model_from_config, resolve

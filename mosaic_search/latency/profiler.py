@@ -25,11 +25,12 @@ from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
 from ..errors import UsageError, invalid
 from ..hf import surgery
-from ..hf.device import check_device, environment
+from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import resolve, slug
 from ..operators import Candidate, pattern_string
 from . import timing
 from .harness import Bench, load_bench
+from .memory import check_fits
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,12 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     wls = _workloads(workloads, device)
     resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
     cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
+    timer = timer or timing.default_timer(device)
+    # before any allocation: the timed model, a paired timer's reference and the largest workload must fit
+    check_fits(resolved.dims, wls, DTYPE_BYTES[dtype or default_dtype(device)], 2 if timing.is_paired(timer) else 1,
+               device)
     _, bench = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)
     dims = resolved.dims
-    timer = timer or timing.default_timer(device)
     rounds = rounds or timing.default_rounds(device)
     depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)

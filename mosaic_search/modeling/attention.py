@@ -16,6 +16,7 @@ from torch import nn
 from .cache import layer_cache, tokens_seen
 from .dims import ModelDims, mla_rope_dims
 from .norm import RMSNorm
+from .paged import is_paged, pack_latent, paged_update, per_request, unpack_latent
 
 # Queries from which a CUDA window goes through FlexAttention: fewer fit in one of its 128-row blocks, where the
 # blocked SDPA below already reads only the window, and decode steps would build a block mask per position.
@@ -143,6 +144,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dims.hidden_size, self.num_kv_heads * dims.head_dim, bias=bias)
         self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
         self.q_norm, self.k_norm = qk_norms(dims)
+        self.paged_width = 2 * self.num_kv_heads * dims.head_dim  # one K and one V per token (`paged.check_servable`)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
                 **kwargs):
@@ -153,6 +155,11 @@ class Attention(nn.Module):
         v = self.v_proj(hidden_states).view(b, t, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if is_paged(kwargs):  # continuous batching: requests packed in one row, each attends to its own keys
+            k, v, spans = paged_update(cache, self.layer_idx, k, v, kwargs)
+            out = per_request(spans, t, lambda qs, ks: attend(q[..., qs, :], k[..., ks, :], v[..., ks, :],
+                                                              self.window, self.scaling))
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
         past = tokens_seen(cache, self.layer_idx)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
@@ -204,6 +211,7 @@ class LatentAttention(nn.Module):
         self.v_up = nn.Linear(rank, dims.kv_dim, bias=bias)
         self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
         self.q_norm, self.k_norm = qk_norms(dims)
+        self.paged_width = rank + dims.num_kv_heads * (self.rope_dims + 1)  # latent + side (`paged.pack_latent`)
 
     def _norm_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The k_norm weight split as (nope, rope); ones when the teacher has no k_norm."""
@@ -233,24 +241,39 @@ class LatentAttention(nn.Module):
         key_nope = self.k_up(latent).view(b, t, hkv, self.nope_dims)
         key_rope = self.k_rope(hidden_states).view(b, t, hkv, dr)
         scale = self._key_scale(key_nope, key_rope)
-        g_nope, g_rope = self._norm_weights(latent)
+        _, g_rope = self._norm_weights(latent)
         key_rope = apply_rotary((g_rope * (key_rope.float() * scale).to(key_rope.dtype)).transpose(1, 2), cos, sin)
         side = torch.cat([key_rope.transpose(1, 2), scale.to(key_rope.dtype)], dim=-1)  # [B, T, Hkv, rope + 1]
-        past = tokens_seen(cache, self.layer_idx)
         latent, side = latent.unsqueeze(1), side.reshape(b, 1, t, -1)
+        if is_paged(kwargs):  # continuous batching: requests packed in one row, each attends to its own latents
+            width = side.shape[-1]
+            k, v, spans = paged_update(cache, self.layer_idx, *pack_latent(latent, side, hkv, self.head_dim), kwargs)
+            latent, side = unpack_latent(k, v, self.rank, width)
+            out = per_request(spans, t, lambda qs, ks: self._attend(q_nope[..., qs, :], q_rope[..., qs, :],
+                                                                    latent[..., ks, :], side[..., ks, :], None))
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
+        past = tokens_seen(cache, self.layer_idx)
         if cache is not None:
             latent, side = cache.update(latent, side, self.layer_idx)
+        out = self._attend(q_nope, q_rope, latent, side, past)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
+
+    def _attend(self, q_nope, q_rope, latent, side, past) -> torch.Tensor:
+        """Attention of the queries (q_nope [B, H, T, nope], q_rope [B, H, T, rope]) over cached latents [B, 1, Tk, r]
+        and sides [B, 1, Tk, Hkv * (rope + 1)]; `past`: tokens before the queries (None: Tk - T). [B, H, T, head_dim]."""
+        b, _, t, _ = q_nope.shape
+        hkv, dr = self.num_kv_heads, self.rope_dims
+        g_nope, _ = self._norm_weights(latent)
+        if past is None:
+            past = latent.shape[-2] - t
         tk = latent.shape[-2]
-        side = side[:, 0].view(b, tk, hkv, dr + 1).transpose(1, 2)  # [B, Hkv, Tk, rope + 1]
+        side = side[:, 0].reshape(b, tk, hkv, dr + 1).transpose(1, 2)  # [B, Hkv, Tk, rope + 1]
         key_rope, scale = side[..., :dr], side[..., dr:]
         if 2 * self.num_heads * t <= hkv * (self.nope_dims + self.head_dim):  # fewer FLOPs than decoding K and V
-            out = self._absorbed(q_nope * g_nope, q_rope, latent[:, 0], key_rope, scale, past)
-        else:
-            k_nope = g_nope * (self.k_up(latent[:, 0]).view(b, tk, hkv, -1).transpose(1, 2) * scale).to(q_nope.dtype)
-            v = self.v_up(latent[:, 0]).view(b, tk, hkv, self.head_dim).transpose(1, 2)
-            out = attend(torch.cat([q_nope, q_rope], -1), torch.cat([k_nope, key_rope], -1), v, None,
-                         self.scaling, past)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), None
+            return self._absorbed(q_nope * g_nope, q_rope, latent[:, 0], key_rope, scale, past)
+        k_nope = g_nope * (self.k_up(latent[:, 0]).view(b, tk, hkv, -1).transpose(1, 2) * scale).to(q_nope.dtype)
+        v = self.v_up(latent[:, 0]).view(b, tk, hkv, self.head_dim).transpose(1, 2)
+        return attend(torch.cat([q_nope, q_rope], -1), torch.cat([k_nope, key_rope], -1), v, None, self.scaling, past)
 
     def _absorbed(self, q_nope, q_rope, latent, key_rope, scale, past) -> torch.Tensor:
         """Attention in the latent space. q_nope: [B, H, T, nope] (k_norm weight applied), q_rope: [B, H, T, rope],

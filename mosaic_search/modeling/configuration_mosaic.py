@@ -7,6 +7,8 @@ The config carries everything the remote code needs, so a built model loads with
 
 from __future__ import annotations
 
+import logging
+
 from transformers import (
     Gemma3Config,
     Gemma3TextConfig,
@@ -23,6 +25,25 @@ from transformers import (
 # the `mosaic` block's format: 2 adds a layer's "mlp" ({op, params}) and its mixer's "kv_heads" param; a block without
 # "format" is 1, which this code reads as it is
 MOSAIC_FORMAT = 2
+
+
+class FalseWarnings(logging.Filter):
+    """transformers' warnings that are false for a mosaic model. A built config's windows differ per layer: it
+    allows reading the global `sliding_window` (the largest, which is what the caches that read it need), yet
+    transformers' own config validation reads it and warns; the mixers never read it. And a teacher class's
+    attention, replaced right after by a mixer that does its own windowing, may say windows are not implemented."""
+
+    FALSE = ("Sliding Window Attention is enabled but not implemented", "per-layer attribute `sliding_window`")
+
+    def filter(self, record) -> bool:
+        return not any(phrase in record.getMessage() for phrase in self.FALSE)
+
+
+# installed as the first mosaic config class is imported (before any mosaic config is made), once per process
+# however many built models' copies of this file are imported
+_HETEROGENEITY = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
+if not any(type(f).__name__ == "FalseWarnings" for f in _HETEROGENEITY.filters):
+    _HETEROGENEITY.addFilter(FalseWarnings())
 
 
 class MosaicQwen3Config(Qwen3Config):

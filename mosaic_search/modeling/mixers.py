@@ -6,6 +6,8 @@ Registry keys are stable and never renamed (`mosaic_search.operators`), so a mod
 
 from __future__ import annotations
 
+import functools
+
 from .attention import Attention, LatentAttention
 from .linear_attention import GatedDeltaNet, KimiDeltaAttention
 from .removal import NoAttention, SkipLayer
@@ -33,3 +35,18 @@ def mixer_for(entry: dict, dims, layer_idx: int):
 def replaces_layer(module) -> bool:
     """Whether a mixer module stands in for its whole decoder layer (`drop`) rather than for the layer's attention."""
     return getattr(module, "replaces_layer", False)
+
+
+def stand_in(module, layer):
+    """`module` (a mixer that `replaces_layer`) made an instance of `layer`'s class too, its own forward first, to be
+    installed in `layer`'s place: what transformers records per decoder layer by that class (`output_hidden_states`)
+    then counts it, so every layer keeps its one entry and every later index stays put."""
+    module.__class__ = _standing_in_for(type(module), type(layer))
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def _standing_in_for(mixer_class: type, layer_class: type) -> type:
+    if issubclass(mixer_class, layer_class):  # installed before (a restore and a new swap)
+        return mixer_class
+    return type(f"{mixer_class.__name__}As{layer_class.__name__}", (mixer_class, layer_class), {})

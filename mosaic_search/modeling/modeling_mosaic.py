@@ -6,6 +6,9 @@ imports only torch, transformers and the sibling files of this folder.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 from transformers import (
     Gemma3ForCausalLM,
@@ -22,6 +25,7 @@ from transformers import (
 from .architectures import BUILT_PREFIX, architecture_of, rope_layer_types, teacher_rotary, text_config
 from .configuration_mosaic import (
     MOSAIC_FORMAT,
+    FalseWarnings,
     MosaicGemma3Config,
     MosaicGemma3TextConfig,
     MosaicLlamaConfig,
@@ -34,8 +38,9 @@ from .configuration_mosaic import (
 )
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
-from .mixers import mixer_for, replaces_layer
+from .mixers import mixer_for, replaces_layer, stand_in
 from .mlps import mlp_for
+from .paged import check_servable, paged_slots, serving_config
 
 
 def install_mixers(model) -> None:
@@ -56,7 +61,7 @@ def install_mixers(model) -> None:
     for idx, entry in enumerate(entries):
         module = mixer_for(entry, dims, idx)
         if replaces_layer(module):
-            layers[idx] = module
+            layers[idx] = stand_in(module, layers[idx])
             continue
         layers[idx].self_attn = module
         mlp = mlp_for(entry, layers[idx].mlp, text)
@@ -112,6 +117,10 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
     mask code that knows nothing of linear-attention layers)."""
 
     def hook(module, args, kwargs):
+        if kwargs.get("output_attentions", module.config.output_attentions):
+            raise ValueError("output_attentions: mosaic's mixers never materialise attention weights (and gdn, kda, "
+                             "none and drop layers have none), so none can be returned per layer; request "
+                             "output_hidden_states instead")
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is None:
@@ -135,13 +144,28 @@ def _masks_done_by_mixers(masks_by_layer_type: bool):
     return hook
 
 
+@contextlib.contextmanager
+def _teacher_built_quietly(teacher_class):
+    """While the teacher class builds its layers (and its attention classes, replaced right after by mixers that do
+    their own windowing), drop the warnings `FalseWarnings` names from the logger of the teacher's module: some (Qwen2-VL
+    family) say sliding windows are not implemented for sdpa, which is false of the mixers."""
+    logger, quiet = logging.getLogger(teacher_class.__module__), FalseWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 class _MosaicMixin:
     """Builds the teacher, then swaps in the mixers of `config.mosaic`, takes over masking and checks that each
     `generate` call asks for a mode the mix serves exactly (`generation.generate_kwargs`). Listed first among the
     bases, so its `__init__` runs around the teacher class's."""
 
     def __init__(self, config):
-        super().__init__(config)
+        teacher_class = next(c for c in type(self).__mro__ if c.__module__.startswith("transformers.models."))
+        with _teacher_built_quietly(teacher_class):
+            super().__init__(config)
         self._install_mosaic()
 
     def _install_mosaic(self) -> None:
@@ -168,6 +192,24 @@ class _MosaicMixin:
         """transformers' `generate`, refused in one line for a mode this mix cannot serve exactly (see
         `generation.generate_kwargs`); pass `generation_config` by keyword."""
         return super().generate(*args, **generate_kwargs(self, self.mosaic_mixers(), args, kwargs))
+
+    def init_continuous_batching(self, generation_config=None, continuous_batching_config=None, **kwargs):
+        """transformers' continuous batching (what `generate_batch` and `transformers serve --continuous-batching` run),
+        refused in one line before any request for a mix its paged cache cannot hold (`paged.check_servable`)."""
+        text = self.config.get_text_config(decoder=True)
+        check_servable(self.mosaic_mixers(), text)
+        with paged_slots(text):
+            manager = super().init_continuous_batching(generation_config, serving_config(continuous_batching_config),
+                                                       **kwargs)
+        if not getattr(manager, "_mosaic_slots", False):
+            create = manager._create_batch_processor  # makes the paged cache, at warmup or when the loop starts
+
+            def create_with_paged_slots():
+                with paged_slots(text):
+                    return create()
+
+            manager._create_batch_processor, manager._mosaic_slots = create_with_paged_slots, True
+        return manager
 
 
 class MosaicQwen3ForCausalLM(_MosaicMixin, Qwen3ForCausalLM):

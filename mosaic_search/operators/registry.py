@@ -51,6 +51,15 @@ class OperatorSpec:
 
         return MIXERS[self.name](dims, layer_idx, **params)
 
+    def defaults(self, dims) -> list[dict]:
+        """`default_params(dims)` with repeats dropped, in order: at small sizes two rules can give one value (mla's
+        rank floor), and a repeated candidate would be profiled, scored and listed twice."""
+        out: list[dict] = []
+        for params in self.default_params(dims):
+            if params not in out:
+                out.append(params)
+        return out
+
     def fast_path(self) -> tuple[bool, str]:
         """Whether this operator's CUDA fast path can run here, and why not."""
         import importlib
@@ -283,7 +292,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
                 found = [Candidate.parse(str(item))]
             else:
                 op = str(item).strip()
-                found = [Candidate.of(op, p) for p in REGISTRY[op].default_params(dims)]
+                found = [Candidate.of(op, p) for p in REGISTRY[op].defaults(dims)]
             out += [c for c in found if c not in out]
         if not out:
             raise UsageError("empty operator list")
@@ -299,7 +308,7 @@ def _required(spec: OperatorSpec) -> tuple:
 
 def default_candidates(dims) -> list[Candidate]:
     """Every registered operator with its default params for a model of these dimensions."""
-    return [Candidate.of(name, p) for name, spec in REGISTRY.items() for p in spec.default_params(dims)]
+    return [Candidate.of(name, p) for name, spec in REGISTRY.items() for p in spec.defaults(dims)]
 
 
 def compose(value: Callable[[Candidate], float | None], candidate: Candidate, teacher: Candidate) -> float | None:

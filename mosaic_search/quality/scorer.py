@@ -18,23 +18,23 @@ library too.
 Durability (library.ItemStore): each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per
 rank), its aligned weights written to `<table>.library.d/` before that line; `resume` reuses items whose
 fingerprint (teacher weights, data, candidate, alignment settings, seed) matches. The table and library are
-written atomically at the end.
-
-Longer than the house's ~450 lines: the teacher pass, the items and the table share one batch layout (`_Batch`,
-`_Context`) and one fingerprint scheme; each part is a section below (teacher pass, one item, inputs).
+written atomically at the end. Each part is a section below (teacher pass, one item, inputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts.files import PLANS_DIR, check_output, json_text, output_path, write_text
+from ..artifacts.files import PLANS_DIR, check_output, claimed, json_text, output_path, write_text
 from ..artifacts.header import Header, sha256_file, sha256_json, to_json
 from ..artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
-from ..errors import MosaicError, UsageError, invalid
+from ..errors import MosaicError, UsageError, check, invalid
 from ..hf import distributed
 from ..hf.models import slug
 from ..operators import Candidate
@@ -105,8 +105,15 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
             vision = data_mod.Vision(str(teacher), resolved.config.image_token_id)
         windows, align_windows, notes = data_mod.tokenize_file(source, tok, n_score, ALIGN_WINDOWS, seq_len, vision)
     check_device(device)
+    check(device_map is None or device != "cpu", "device_map",
+          f"{device_map} spreads a teacher over GPUs and runs it there, but device is cpu: leave it out on CPU, or "
+          "pass device cuda with it")
+    check(device_map is None or importlib.util.find_spec("accelerate") is not None, "device_map",
+          "needs the accelerate package (pip install accelerate)")
 
-    with distributed.session(device) as (rank, world, device):
+    # one claim per run: torchrun's other ranks append to rank 0's progress files
+    held = claimed(path) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with held, distributed.session(device) as (rank, world, device):
         model = _load_teacher(resolved, device, device_map, dtype or default_dtype(device))
         if windows is None:
             sampled = data_mod.shared_samples(model, n_score + ALIGN_WINDOWS, seq_len, seed, world)

@@ -4,6 +4,7 @@ and to the target, with their fingerprints."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
@@ -11,7 +12,10 @@ from ..artifacts.header import check_same_model, sha256_file, sha256_json, to_js
 from ..artifacts.profile import LatencyProfile, load_profile
 from ..artifacts.sensitivity import SensitivityTable, load_sensitivity
 from ..errors import StaleInputError, UsageError
+from .sources import describe, source
 from .specs import pairs
+
+logger = logging.getLogger(__name__)
 
 
 def _ranked(folder, kind: str, want=None) -> list[Path]:
@@ -50,13 +54,16 @@ def _env_has(env: dict, key: str, value) -> bool:
 
 
 def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, target_env=None,
-                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict]:
+                profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> tuple[LatencyProfile, SensitivityTable, dict, dict]:
     """The profile and the sensitivity table (records, paths, or None for the newest matching ones under
-    `profiles_dir` / `plans_dir`) and {"profile", "scores": sha256}; they are checked to belong together.
+    `profiles_dir` / `plans_dir`), {"profile", "scores": sha256}, and {"profile", "scores": `source`}: which file
+    each is, for which model and device, made when, and whether it was discovered (a note on stderr says so too).
+    They are checked to belong together.
 
     Raises UsageError (exit 2) when none is found or the layer counts differ, StaleInputError (exit 4) for
     another model, or a profile whose env lacks `device` / `target_env` ("KEY=VALUE"), unless `allow_stale`.
     """
+    given_profile, given_scores = profile, scores
     profile, ppath = _load(profile, load_profile)
     scores, spath = _load(scores, load_sensitivity)
     if profile is None and scores is not None:
@@ -97,4 +104,8 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
             raise StaleInputError(f'the profile was measured with {key}="{have}", not "{value}"; '
                                   "profile on the target or pass `allow_stale`")
     inputs = {"profile": _fingerprint(profile, ppath), "scores": _fingerprint(scores, spath)}
-    return profile, scores, inputs
+    sources = {"profile": source(profile, ppath, given_profile), "scores": source(scores, spath, given_scores)}
+    for name, src in sources.items():
+        if src["discovered"]:
+            logger.info("note: using the newest matching %s: %s", name, describe(src))
+    return profile, scores, inputs, sources

@@ -16,7 +16,7 @@ from typing import Callable
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.profile import LatencyProfile, Workload
 from ..artifacts.sensitivity import SensitivityTable
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, check, did_you_mean, invalid
 from ..operators import Candidate, unbuildable
 from .choices import Choice, layer_choices
 from .inputs import load_inputs
@@ -86,6 +86,7 @@ class Problem:
     min_count: tuple = ()
     max_count: tuple = ()
     memory: MemoryBound | None = None
+    sources: dict = field(default_factory=dict)  # what was read: `load_inputs`' sources, named in the plan
 
     @property
     def num_layers(self) -> int:
@@ -148,10 +149,10 @@ class Problem:
                 "max_count": {str(s): n for s, n in self.max_count} or None, **self.speedups.to_json(),
                 **(self.memory.to_json() if self.memory else {})}
 
-    def with_speedups(self, speedup=None, ttft_speedup=None, tpot_speedup=None) -> "Problem":
-        """The same problem under other speedup targets (as `prepare` takes them)."""
+    def with_speedups(self, speedup=None, ttft_speedup=None, tpot_speedup=None, floor: float = 1.0) -> "Problem":
+        """The same problem under other speedup targets (as `prepare` takes them; `floor`: as `speedup_targets`)."""
         return dataclasses.replace(self, speedups=speedup_targets(self.profile, self.workloads, speedup,
-                                                                   ttft_speedup, tpot_speedup))
+                                                                   ttft_speedup, tpot_speedup, floor))
 
     def with_pins(self, pins) -> "Problem":
         """The same problem with more layers pinned: `pins` as `prepare` takes them ({layer: Candidate or op} or
@@ -279,11 +280,17 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
     return layer, spec
 
 
-def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Speedups:
-    """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
+def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=None, tpot_speedup=None,
+                    floor: float = 1.0) -> Speedups:
+    """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest; each at
+    least `floor` (the serving solve lowers it: at a larger batch than the teacher's, a slower TPOT may still pay)."""
     speedup = positive("speedup", speedup)
     by_phase = {"prefill": positive("ttft_speedup", ttft_speedup),
                 "decode": positive("tpot_speedup", tpot_speedup)}
+    for param, value in (("speedup", speedup), ("ttft_speedup", by_phase["prefill"]),
+                         ("tpot_speedup", by_phase["decode"])):
+        check(value is None or value >= floor, param, f"must be at least 1 (a speedup over the teacher), got {value}: "
+                                                  "below 1 it would allow a model slower than the teacher")
     for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in scope):
             raise invalid(name, f"{by_phase[phase]}: no {phase} workload in scope")
@@ -315,8 +322,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     """
     if metric not in METRICS:
         raise UsageError(f'unknown metric "{metric}"{did_you_mean(metric, METRICS)}; known: {", ".join(METRICS)}')
-    profile, scores, inputs = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
-                                          target_env=target_env, profiles_dir=profiles_dir, plans_dir=plans_dir)
+    profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
+                                                   target_env=target_env, profiles_dir=profiles_dir,
+                                                   plans_dir=plans_dir)
     scope = _scope(profile, workloads)
     cache = cache_bound(profile, max_cache_bytes, cache_batch, cache_context, max_memory)
     lat, _, loss = _measured(profile, scores, scope, metric)
@@ -327,7 +335,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                    ops=keep, pins=check_pins(allowed, pins), min_count=tuple(counts(min_count, "min_count", layers)),
                    max_count=tuple(counts(max_count, "max_count", layers)),
                    speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache,
-                   memory=_memory(profile, allowed, max_memory, cache_batch, cache_context))
+                   memory=_memory(profile, allowed, max_memory, cache_batch, cache_context), sources=sources)
 
 
 def _memory(profile: LatencyProfile, options: tuple, max_memory, cache_batch, cache_context) -> MemoryBound | None:

@@ -57,8 +57,8 @@ def solve_serving(throughput_speedup, memory, context=None, *, time_limit_s=60, 
     found, best_reach = [], {}
     for w in reversed(decode):
         need = x * ref * base.profile.teacher_ms(w.name) / (1000 * w.batch_size)  # TPOT speedup over the teacher
-        p = prepare(workloads=[w.name], tpot_speedup=need, max_memory=limit, cache_batch=w.batch_size,
-                    cache_context=ctx, **inputs)
+        p = prepare(workloads=[w.name], max_memory=limit, cache_batch=w.batch_size, cache_context=ctx,
+                    **inputs).with_speedups(tpot_speedup=need, floor=0)
         chosen, info = run_mip(p, time_limit_s=time_limit_s, mip_gap=mip_gap)
         if chosen is not None:
             found.append((info["objective"], -w.batch_size, w, p, chosen, info))

@@ -237,7 +237,7 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
 def _plan(p: Problem, check: dict, info: dict) -> LayerPlan:
     header = Header.new(p.profile.header.model, env=p.profile.header.env, inputs=p.inputs)
     solver = {**info, "cache_bytes": check["cache_bytes"], "memory_bytes": check["memory_bytes"],
-              "per_layer": check["per_layer"]}
+              "per_layer": check["per_layer"], "read": p.sources}
     return LayerPlan(header=header, layers=tuple(check["layers"]), predicted=check["predicted"],
                      objective=check["objective"], constraints=p.constraints, solver=solver)
 
