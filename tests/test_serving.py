@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import op_key
 from test_generate import OPERATORS, models  # noqa: F401  (its fixture: one build per operator, for the slow tests)
 
 # prompts longer than the SWA window and than a batch (`max_batch_tokens`): prefills are split across steps
@@ -55,7 +56,7 @@ def _servable(c) -> bool:
 
 # a model per operator is slow (each generate_batch starts and stops a serving thread): the unit suite serves every
 # servable operator at once in one model and refuses a recurrent mix; the slow suite serves each operator's build
-@pytest.mark.parametrize("op", [pytest.param(c.op, marks=pytest.mark.slow) for c in OPERATORS]
+@pytest.mark.parametrize("op", [pytest.param(op_key(c), marks=pytest.mark.slow) for c in OPERATORS]
                          + ["servable", "recurrent", "fewer_kv"])
 def test_continuous_batching_gives_each_request_the_tokens_of_generate(request, mixes, op):
     model = mixes[op] if op in mixes else request.getfixturevalue("models")[op]
