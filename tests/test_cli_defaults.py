@@ -3,11 +3,10 @@ parameter it feeds, for every command (a changed library default cannot stay old
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 
 import pytest
-from test_solver import make
+from test_cli_forwarding import artifacts  # noqa: F401  (the fixture: a profile, table, plan, sweep)
 
 from mosaic_search import builder
 from mosaic_search import demo as demo_mod
@@ -27,14 +26,9 @@ def _defaults(*functions) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(artifacts, tmp_path_factory):  # noqa: F811  (the fixture, asked for by name)
     """What each library function returns to the views, small and in memory."""
-    prof, sens = make(3)
-    sens = dataclasses.replace(sens, data={"source": "self", "tokens": 64, "seq_len": 32, "seed": 0,
-                                           "cost": {"done_full_forwards": 1.0, "naive_full_forwards": 2.0,
-                                                    "ratio": 0.5}})
-    plan = solver.solve(prof, sens, speedup=1.1, write=False)
-    front = solver.sweep("1.1:1.2:0.1", profile=prof, scores=sens, write=False)
+    prof, sens, plan, front = artifacts
     distilled = tmp_path_factory.mktemp("d")
     save(DistillRecord(Header.new(prof.header.model), {"teacher": "tiny"}, 0, ({"step": 1, "stage": "offpolicy",
                                                                               "loss": 1.0},),

@@ -14,8 +14,8 @@ with the same answer.
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from ..errors import Interrupted, StaleInputError, UsageError, check
 from ..operators import pattern_string
 from ..search import repair
 from ..search.problem import predicted, prepare
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_EVALUATIONS = 60  # measurements, screening and full together: about 1.5 minutes for tiny on 2 cores
 DEFAULT_SOLUTIONS = 4  # the MIP's pool of seeds
@@ -138,7 +140,7 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
                              **{k: v for k, v in settings.items() if k not in ("evaluations", "seconds", "library")}})
     done = _replayed(log, fp) if resume else {}
     if not resume and write and log.exists():
-        print(f"note: starting afresh; {log} of an unfinished run is discarded (--resume keeps it)", file=sys.stderr)
+        logger.info("note: starting afresh; %s of an unfinished run is discarded (--resume keeps it)", log)
         log.unlink()
     fit = fitness.Fitness(teacher, windows, low_windows, weights, device, seed)
     search = _Search(p, fit, settings, fp, done, log if write else None, progress)
