@@ -11,7 +11,7 @@ import pytest
 
 from mosaic_search import __version__
 from mosaic_search.cli import main
-from mosaic_search.operators import REGISTRY
+from mosaic_search.operators import REGISTRY, Candidate
 
 
 def _run(*args, env=None):
@@ -96,7 +96,10 @@ def test_check_runs_every_operator_on_tiny():
     r = _run("check", "--json", "--tokens", "4")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert {row["candidate"].split(":")[0] for row in rows} == set(REGISTRY)
+    checked = [Candidate.parse(row["candidate"]) for row in rows]
+    # every registered operator, each MLP candidate as a layer choice under the teacher's gqa
+    assert {c.op for c in checked} | {c.mlp_candidate.op for c in checked if c.mlp} == set(REGISTRY)
+    assert all(c.op == "gqa" for c in checked if c.mlp)
     assert all(row["match"] for row in rows)
 
 

@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_model
 
 from mosaic_search import builder
-from mosaic_search.artifacts.header import Header, ModelRef, load, save, to_json
-from mosaic_search.artifacts.plan import LayerPlan, load_plan
-from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload, load_profile, workload_name
+from mosaic_search.artifacts.header import Header, ModelRef, save, to_json
+from mosaic_search.artifacts.plan import LayerPlan
+from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload
 from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
 from mosaic_search.errors import UsageError
 from mosaic_search.hf import data, surgery

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from mosaic_search.artifacts.header import Header, ModelRef, load, save, to_json
-from mosaic_search.artifacts.plan import LayerPlan, load_plan
+from mosaic_search.artifacts.header import Header, ModelRef, save
+from mosaic_search.artifacts.plan import load_plan
 from mosaic_search.artifacts.profile import LatencyProfile, ProfileEntry, Workload, load_profile, workload_name
 from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTable
 from mosaic_search.cli import main

@@ -71,9 +71,11 @@ def teacher_ops(config) -> list[Candidate]:
 
 def candidates(ops, config) -> list[Candidate]:
     """The candidates a stage measures: each layer's own operator (`teacher_ops`: the reference every other is
-    measured against, always timed and scored), then `ops` parsed for this model's dimensions; one order for every
-    stage. Raises UsageError for bad `ops`."""
-    cands = parse_candidates(ops, dims_of(config))
+    measured against, always timed and scored), then `ops` parsed for this model's dimensions, a mixer with an MLP
+    (`gqa+mlp:width=256`) as its two parts, since profiles and tables hold each axis alone (`operators.compose`); one
+    order for every stage. Raises UsageError for bad `ops`."""
+    parts = [p for c in parse_candidates(ops, dims_of(config)) for p in (c.mixer, c.mlp_candidate) if p is not None]
+    cands = list(dict.fromkeys(parts))
     return [c for c in dict.fromkeys(teacher_ops(config)) if c not in cands] + cands
 
 
