@@ -109,6 +109,8 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     own = resolved.teacher_ops
     for i, c in enumerate(own):  # every layer as the built class holds it (e.g. Phi-3's fused qkv split)
         surgery.swap(model, i, c)
+    # an MLP candidate is checked as a layer choice: under the teacher's own mixer
+    candidates = [c if c.spec.axis == "mixer" else own[layer].with_mlp(c) for c in candidates]
     results = []
     for cand in candidates:
         layers = list(own)

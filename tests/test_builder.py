@@ -27,8 +27,8 @@ from mosaic_search.hf.models import load_config, load_model, model_from_config, 
 from mosaic_search.operators import REGISTRY, Candidate
 from mosaic_search.quality.library import find_library, library_key, load_library_entry
 
-LAYERS = len(REGISTRY)  # one layer per operator
 WINDOW = 4
+LAYERS = len(every_operator(window=WINDOW))  # one layer per operator (and per optional param, every_operator)
 PROMPT, NEW = 6, 10  # decoding runs well past the SWA window
 IMAGE_TOKENS = 4  # a 16x16 image: 4x4 patches of 4 pixels, merged 2x2
 
@@ -174,7 +174,8 @@ def test_remote_code_imports_every_mixer_file():
 
     modeling = Path(builder.__file__).parent / "modeling"
     copied = {Path(f).stem for f in get_relative_import_files(str(modeling / "modeling_mosaic.py"))}
-    assert {MIXERS[op].__module__.rsplit(".", 1)[-1] for op in REGISTRY} <= copied
+    assert {MIXERS[op].__module__.rsplit(".", 1)[-1] for op, spec in REGISTRY.items() if spec.axis == "mixer"} | {
+        "mlps"} <= copied
 
 
 # ---- parity ---------------------------------------------------------------------------------------
@@ -264,8 +265,8 @@ def test_one_cache_holds_what_each_operator_needs(built):
     for idx, c in enumerate(MIXED):
         slot = cache.layers[idx]
         keys = getattr(slot, "keys", None)
-        if c.op == "gqa":
-            assert keys.shape[-2] == total
+        if c.op == "gqa":  # its own KV heads: the teacher's 2, or fewer
+            assert keys.shape[-2] == total and keys.shape[1] == c.kwargs.get("kv_heads", 2)
         elif c.op == "swa":
             assert keys.shape[-2] < WINDOW  # the window's past; the new token completes it
         elif c.op == "mla":

@@ -14,7 +14,7 @@ import pytest
 from mosaic_search import demo
 from mosaic_search.cli import main
 from mosaic_search.demo import MARKER
-from mosaic_search.operators import plot_color
+from mosaic_search.operators import Candidate, plot_color
 from mosaic_search.quality import scorer
 
 UMASK = 0o027  # not the usual 022: every file of the report must follow the user's umask
@@ -80,7 +80,8 @@ def test_report_names_its_data_and_colours_each_operator_once(report):
 
     planned = {c["op"] for t in ("1.25x", "1.5x")
                for c in json.loads((report / f"plan-tpot-{t}.json").read_text())["layers"]}
-    swept = {c.split(":")[0] for pt in json.loads((report / "pareto.json").read_text())["points"]
+    # a layer is drawn in its mixer's colour (a narrower MLP beside it is not a colour of its own)
+    swept = {Candidate.parse(c).op for pt in json.loads((report / "pareto.json").read_text())["points"]
              for c in pt.get("layers", [])}
     assert {plot_color(op) for op in planned} <= colours("plans.png")
     assert {plot_color(op) for op in swept} <= colours("pareto.png")

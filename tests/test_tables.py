@@ -55,7 +55,8 @@ def _dtypes(frame) -> dict:
 def test_to_frame_of_every_artifact_kind(artifacts):
     prof, sens, plan, front = artifacts
     ws = [w.name for w in WORKLOADS]
-    candidate = {"candidate": "string", "op": "string", "window": "Int64", "rank": "Int64"}
+    candidate = {"candidate": "string", "op": "string", "mlp": "string", "window": "Int64", "kv_heads": "Int64",
+                 "rank": "Int64", "width": "Int64"}
 
     df = to_frame(prof)
     assert len(df) == LAYERS * len(CANDS) * len(WORKLOADS)

@@ -18,12 +18,13 @@ from ..latency import profiler
 from ..quality import evaluation, scorer
 from ..quality import refine as refine_lib  # no torch at top level
 from ..recovery import distill as distill_lib
-from ..search import problem, solver
+from ..search import problem, serving, solver
 from . import views
-from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, DeviceOpt, EmbeddedOpt,
-                      ImageTokensOpt, JsonOpt, MaxOpt, MinOpt, ModelOpt, ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt,
-                      PinOpt, ProfileOpt, QuestionsOpt, ResumeOpt, ScoresOpt, SeedOpt, SpeedupOpt, TableOpt,
-                      TeacherOpt, TpotOpt, TtftOpt, WorkloadOpt, defaults)
+from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, ContextOpt, DeviceOpt,
+                      EmbeddedOpt, ImageTokensOpt, JsonOpt, MaxMemoryOpt, MaxOpt, MemoryOpt, MinOpt, ModelOpt,
+                      ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt, PinOpt, ProfileOpt, QuestionsOpt, ResumeOpt,
+                      ScoresOpt, SeedOpt, SpeedupOpt, TableOpt, TeacherOpt, ThroughputOpt, TpotOpt, TtftOpt,
+                      WorkloadOpt, defaults)
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0, show_notes
 
 
@@ -122,8 +123,10 @@ def score(teacher: ModelOpt = SCORE["teacher"],
         views.score(table, path, time.perf_counter() - start, table_out, as_json)
 
 
-def _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out) -> None:
+def _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out, serving=(None, None)) -> None:
     """The flag combinations `solve` refuses: each library function takes only its own keywords."""
+    if serving != (None, None) and (None in serving or strategy != "mip" or sweep or solutions != 1):
+        raise UsageError("--throughput-speedup and --memory go together, with the mip strategy, for one plan")
     if plot and not sweep:
         raise UsageError("--plot needs --sweep")
     if solutions != 1 and (sweep or strategy != "mip"):
@@ -141,6 +144,8 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
           max_cache_bytes: CacheBytesOpt = SOLVE["max_cache_bytes"], cache_batch: CacheBatchOpt = SOLVE["cache_batch"],
           cache_context: CacheContextOpt = SOLVE["cache_context"], ops: OpsOpt = SOLVE["ops"],
           pin: PinOpt = SOLVE["pins"], min_count: MinOpt = SOLVE["min_count"], max_count: MaxOpt = SOLVE["max_count"],
+          max_memory: MaxMemoryOpt = SOLVE["max_memory"], throughput_speedup: ThroughputOpt = None,
+          memory: MemoryOpt = None, context: ContextOpt = None,
           strategy: Annotated[str, typer.Option(help="mip, greedy or pattern:SYMBOLS (e.g. pattern:DDDG).")]
           = SOLVE["strategy"],
           sweep: Annotated[Optional[str], typer.Option(help="START:STOP:STEP: the Pareto frontier.")] = None,
@@ -155,12 +160,13 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
           allow_stale: AllowStaleOpt = SOLVE["allow_stale"], overwrite: OverwriteOpt = SOLVE["overwrite"],
           out: OutOpt = SOLVE["out"], table_out: TableOpt = None, as_json: JsonOpt = False):
     """Stage 3: the least predicted loss per layer assignment that meets the speedup targets (MIP)."""
-    _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out)
+    _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out, (throughput_speedup, memory))
     save_table = _table_writer(table_out)
     kw = dict(speedup=speedup, profile=profile, scores=scores, workloads=workload, ttft_speedup=ttft_speedup,
               tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes, cache_batch=cache_batch,
               cache_context=cache_context, ops=ops, pins=pin, min_count=min_count, max_count=max_count, metric=metric,
-              device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite)
+              device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite,
+              max_memory=max_memory)
     if sweep:
         front = solver.sweep(sweep, reserve=(".png",) if plot else (), **kw)
         if plot:
@@ -169,7 +175,8 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
             plot_frontier(front, front.files[2])
         save_table(front)
         return views.sweep(front, table_out, as_json)
-    plans = (solver.solve_many(solutions, min_distance, **kw) if solutions != 1 else
+    plans = ([serving.solve_serving(throughput_speedup, memory, context, **kw)] if memory is not None else
+             solver.solve_many(solutions, min_distance, **kw) if solutions != 1 else
              [solver.solve(strategy=strategy, **kw)])
     save_table(plans[0])
     paths = [solver.plan_path(p.header.model.id, out, rank) for rank, p in enumerate(plans, 1)]

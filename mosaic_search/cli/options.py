@@ -54,6 +54,15 @@ CacheContextOpt = Annotated[Optional[int], typer.Option(help="Context of the cac
 PinOpt = Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")]
 MinOpt = Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")]
 MaxOpt = Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")]
+MaxMemoryOpt = Annotated[Optional[float], typer.Option(
+    help="Bound on weights + cache at --cache-batch and --cache-context: bytes, or at most 1 a fraction of the "
+         "teacher's.")]
+# the serving regime (`solve` only)
+ThroughputOpt = Annotated[Optional[float], typer.Option(
+    help="Serving: batch / TPOT at least this times the teacher's within --memory (chooses the batch).")]
+MemoryOpt = Annotated[Optional[float], typer.Option(
+    help="Serving: bytes for weights + cache (at most 1: a fraction of the teacher's).")]
+ContextOpt = Annotated[Optional[int], typer.Option(help="Serving: the context the cache holds.")]
 
 
 def defaults(*functions) -> dict:

@@ -209,20 +209,22 @@ def demo(path) -> None:
 
 
 def ops(specs, as_json: bool = False) -> None:
-    """`ops`: every registered operator, its HF layer type and whether its fast path runs here."""
+    """`ops`: every registered operator, its axis (mixer or MLP), HF layer type, params (optional ones marked '?')
+    and whether its fast path runs here."""
     rows = []
     for spec in specs:
         ok, why = spec.fast_path()
-        rows.append({"op": spec.name, "symbol": spec.symbol, "layer_type": spec.layer_type,
-                     "params": list(spec.params), "fast_path": ok, "fast_path_note": why, "summary": spec.summary})
+        rows.append({"op": spec.name, "symbol": spec.symbol, "axis": spec.axis, "layer_type": spec.layer_type,
+                     "params": [p + "?" * (p in spec.optional) for p in spec.params], "fast_path": ok,
+                     "fast_path_note": why, "summary": spec.summary})
     if as_json:
         return emit_json(rows)
     # why a fast path does not run, once per distinct reason under the table: an install hint stays on one line
     notes = list(dict.fromkeys(r["fast_path_note"] for r in rows if not r["fast_path"]))
-    columns = [("op", "label"), ("sym", "label"), ("HF layer type", "label"), ("params", "label"),
+    columns = [("op", "label"), ("sym", "label"), ("axis", "label"), ("HF layer type", "label"), ("params", "label"),
                ("fast path", "label"), ("what", "text")]
     print_table("mosaic operators", columns, [
-        (r["op"], r["symbol"], r["layer_type"], ",".join(r["params"]) or "-",
+        (r["op"], r["symbol"], r["axis"], r["layer_type"] or "-", ",".join(r["params"]) or "-",
          "yes" if r["fast_path"] else f"no ({notes.index(r['fast_path_note']) + 1})", r["summary"]) for r in rows],
         lead=len(columns))
     for k, note in enumerate(notes, 1):

@@ -92,13 +92,15 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     median = lambda key: stats[key].median_ms if key in stats else None  # noqa: E731
     baseline = {w.name: median(("baseline", w.name)) for w in wls}
     fixed = {w.name: median(("fixed", w.name)) for w in wls}
-    entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size())
+    entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size(), bench.teacher)
     header = Header.new(resolved.ref, env={
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
+    weights, fixed_weights = weight_bytes(bench, [c for c in cands if (c, wls[0].name) not in pool.failed])
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
-                            entries=tuple(entries), teacher=tuple(bench.teacher))
+                            entries=tuple(entries), teacher=tuple(bench.teacher), weight_bytes=weights,
+                            fixed_weight_bytes=fixed_weights)
     measured = {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls}
     result = replace(result, validation=tuple(additivity(result, checks, measured)))
     save(result, path)
@@ -146,7 +148,8 @@ def _same_as_gqa(cands, wls) -> set:
     """A window covering every token a query sees computes exactly what gqa does: it gets gqa's timing, not a second
     measurement of the same work that would differ only by noise (and win or lose a plan on it)."""
     gqa = Candidate.teacher()
-    return {(c, w.name) for c in cands for w in wls if gqa in cands and covers_context(c, w)}
+    return {(c, w.name) for c in cands for w in wls
+            if gqa in cands and covers_context(c, w) and "kv_heads" not in c.kwargs}
 
 
 def _measure(todo: _Schedule, bench: Bench, reference: Bench | None, pool, progress) -> None:
@@ -183,9 +186,9 @@ def _measure(todo: _Schedule, bench: Bench, reference: Bench | None, pool, progr
     bench.assign(bench.teacher)
 
 
-def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: int) -> list[ProfileEntry]:
+def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: int, teacher) -> list[ProfileEntry]:
     """One entry per (candidate, workload) for every layer: its timing (gqa's where `same_as_gqa`), status and
-    cache bytes."""
+    cache bytes (an MLP candidate's layer keeps the teacher's mixer `teacher[layer]`, and its cache)."""
     gqa = Candidate.teacher()
     entries = []
     for c in schedule.candidates:
@@ -193,11 +196,30 @@ def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: 
             key = (gqa, w.name) if (c, w.name) in schedule.same_as_gqa else (c, w.name)
             st = stats.get(key)
             status, reason = failed.get(key, ("ok", ""))
-            cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
-            entries += [ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
-                                     p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
-                                     cache_bytes=cache_bytes, reason=reason) for layer in range(dims.num_layers)]
+            for layer in range(dims.num_layers):
+                mixer = c if c.spec.axis == "mixer" else teacher[layer]
+                cache_bytes = mixer.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **mixer.kwargs)
+                entries.append(ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
+                                            p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
+                                            cache_bytes=cache_bytes, reason=reason))
     return entries
+
+
+def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
+    """((candidate, bytes of layer 0's weights with it installed), ...) and the bytes of every other weight of the
+    model (embeddings and a tied head once, norms, a vision tower), from the modules the profile timed."""
+    def nbytes(params) -> int:
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values())
+
+    out = []
+    for c in candidates:
+        bench.assign([c] + bench.teacher[1:])
+        out.append((c, nbytes(bench.stack.layers[0].parameters())))
+    bench.assign(bench.teacher)
+    inside = {id(p) for layer in bench.stack.layers for p in layer.parameters()}
+    kept = getattr(bench.model, surgery.ORIGINALS, None)
+    inside |= {id(p) for p in kept.parameters()} if kept is not None else set()
+    return tuple(out), nbytes(p for p in bench.model.parameters() if id(p) not in inside)
 
 
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
@@ -307,15 +329,20 @@ def layer_table(entries) -> dict:
 
 
 def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
-    """The teacher (`teacher`: its own operator per layer, default gqa everywhere) and two mixes of the given
-    candidates (interleaved, and reversed)."""
+    """The teacher (`teacher`: its own operator per layer, default gqa everywhere), two mixes of the given mixer
+    candidates (interleaved, and reversed), and with MLP candidates a third whose mixers take them ("mix C": both
+    axes composed, as plans do)."""
     gqa = Candidate.teacher()
     teacher = list(teacher or [gqa] * num_layers)
-    others = [c for c in candidates if c != gqa] or [gqa]
+    others = [c for c in candidates if c != gqa and c.spec.axis == "mixer"] or [gqa]
+    mlps = [c for c in candidates if c.spec.axis == "mlp"]
     mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]
     name = "teacher (all gqa)" if teacher == [gqa] * num_layers else "teacher"
-    return {name: teacher, "mix A": mix,
-            "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
+    out = {name: teacher, "mix A": mix,
+           "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
+    if mlps:
+        out["mix C"] = [c.with_mlp(mlps[i % len(mlps)]) if c.op != "drop" else c for i, c in enumerate(mix)]
+    return out
 
 
 def _workloads(workloads, device: str) -> list[Workload]:

@@ -10,7 +10,10 @@ embeddings with its 3-D mRoPE cos/sin, and every recompute adds DeepStack's visu
 take them, as the model itself does, swapped or not; its padding is never scored. Operators that cannot reuse the
 teacher's weights as they are (`spec.aligned`) are first distilled locally (align.py); their weights go into a
 candidate library (library.py) that `mosaic build` loads, and the module scored is rebuilt from exactly those tensors by
-`surgery.swap`, as the builder does.
+`surgery.swap`, as the builder does. MLP candidates are scored under the teacher's mixer: a narrower MLP keeps the
+first `width` channels of its layer's importance order, each channel's mean |activation| (down_proj's input) on the
+alignment windows times the norm of its down_proj column, measured in the teacher pass; the channels go into the
+library too.
 
 Durability (library.ItemStore): each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per
 rank), its aligned weights written to `<table>.library.d/` before that line; `resume` reuses items whose
@@ -117,7 +120,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
             windows, align_windows = data_mod.Windows.of(sampled[:n_score]), data_mod.Windows.of(sampled[n_score:])
         info = {"source": source, "tokens": sum(windows.lengths), "seq_len": seq_len, "seed": seed,
                 "sha256": _sha_windows(windows, align_windows), "align_windows": len(align_windows), **notes}
-        ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None)
+        ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None,
+                            measure_mlp=any(library.stores(c) and c.spec.axis == "mlp" for c in cands))
         tfp = _weights_fingerprint(model, ref)
         fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
                for layer in range(ctx.num_layers) for c in cands if c != teacher_ops[layer]}
@@ -168,8 +172,8 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
     work = cost(ctx.dims, cands, info["tokens"], info["seq_len"], steps)
     table = SensitivityTable(header=header, metric="kl", data={**info, "cost": work}, entries=tuple(entries))
     text = json_text(to_json(table))
-    if any(c.spec.aligned for c in cands):  # the library first: a table on disk always has its library
-        library.write_library(store, header, [(key, finished[key]) for key in fps if key[1].spec.aligned],
+    if any(library.stores(c) for c in cands):  # the library first: a table on disk always has its library
+        library.write_library(store, header, [(key, finished[key]) for key in fps if library.stores(key[1])],
                               hashlib.sha256(text.encode()).hexdigest())
     write_text(store.table, text)
     store.clear_progress()
@@ -190,7 +194,7 @@ def cost(dims, candidates, tokens: int, seq_len: int, align_steps: int) -> dict:
     head = dims.vocab_size * h
     full = L * layer + head
     scored = len(candidates) - 1  # per layer, every candidate but the teacher's own (`_candidates` includes it)
-    n_aligned = sum(c.spec.aligned for c in candidates)  # the teacher's own operators are never aligned
+    n_aligned = sum(c.aligned for c in candidates)  # the teacher's own operators are never aligned
     teacher = (full + head) / full
     items = scored * sum((L - i) * layer + head for i in range(L)) / full
     pool, step = ALIGN_WINDOWS * seq_len, align_mod.BATCH_ROWS * seq_len
@@ -254,6 +258,7 @@ class _Context:
     block_influence: list
     device: str
     head: tuple  # the LM head's weight and bias in float32
+    mlp_order: list = None  # per layer, the MLP's intermediate channels most important first (None: not measured)
 
     @property
     def num_layers(self) -> int:
@@ -270,7 +275,7 @@ def _rows_per_batch(seq_len: int, device: str) -> int:
     return max(1, (16384 if device.startswith("cuda") else 4096) // seq_len)
 
 
-def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Context:
+def _teacher_pass(model, windows, align_windows, device: str, progress, measure_mlp: bool = False) -> _Context:
     import torch
     import torch.nn.functional as F
 
@@ -278,6 +283,8 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
 
     stack = surgery.text_stack(model)
     L = len(stack.layers)
+    # the MLP channels' mean |activation| on the alignment windows (the scored ones when there are none)
+    activity = _MlpActivity(model, L) if measure_mlp else None
     T = windows.ids.shape[1]
     rows = _rows_per_batch(T, device)
     store = _store_device(device, (len(windows) + len(align_windows)) * T * L * stack.norm.weight.shape[0] * 4)
@@ -290,6 +297,8 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
         for k, (chunk, scored) in enumerate(groups):
             if progress:
                 progress(k, len(groups), "teacher pass")
+            if activity is not None:
+                activity.on = scored == (len(align_windows) == 0)
             x = chunk.ids.to(device)
             h, pe, deepstack = stack.inputs(x, chunk.images)
             keep = None
@@ -313,7 +322,37 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
             else:
                 aligned.append(batch)
     return _Context(model=model, stack=stack, batches=batches, align=aligned, device=device, head=head,
-                    block_influence=[b / sum(windows.lengths) for b in influence])
+                    block_influence=[b / sum(windows.lengths) for b in influence],
+                    mlp_order=None if activity is None else activity.orders())
+
+
+class _MlpActivity:
+    """Forward pre-hooks on every teacher MLP's down_proj summing |input| per channel while `on`; `orders()` removes
+    them and gives each layer's channels by contribution (`operators.teacher.channel_importance`), most first."""
+
+    def __init__(self, model, num_layers: int):
+        from ..hf import surgery
+
+        self.mlps = [surgery.teacher_mlp(model, i) for i in range(num_layers)]
+        self.sums, self.counts, self.on = [None] * num_layers, [0] * num_layers, False
+        self.handles = [mlp.down_proj.register_forward_pre_hook(self._hook(i)) for i, mlp in enumerate(self.mlps)]
+
+    def _hook(self, i: int):
+        def hook(module, args):
+            if self.on:
+                x = args[0].detach().abs().double()
+                x = x.reshape(-1, x.shape[-1])
+                self.sums[i] = x.sum(0) if self.sums[i] is None else self.sums[i] + x.sum(0)
+                self.counts[i] += x.shape[0]
+        return hook
+
+    def orders(self) -> list:
+        from ..operators.teacher import channel_importance, importance_order
+
+        for h in self.handles:
+            h.remove()
+        return [importance_order(channel_importance(mlp, s / max(1, n))) for mlp, s, n in
+                zip(self.mlps, self.sums, self.counts)]
 
 
 def _store_device(device: str, nbytes: int) -> str:
@@ -358,9 +397,12 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
 
     from ..hf import surgery
 
-    steps = steps if cand.spec.aligned else 0
+    steps = steps if cand.aligned else 0
     extra, weights, part = {}, None, None
-    if cand.spec.aligned:
+    if library.stores(cand) and cand.spec.axis == "mlp":
+        weights = {"channels": ctx.mlp_order[layer][:cand.kwargs["width"]].clone()}
+        part = store.save_part(layer, cand, weights, fp)
+    elif cand.aligned:
         item_seed = int(hashlib.sha256(f"{seed}/{layer}/{cand}".encode()).hexdigest()[:8], 16)
         with _seeded(item_seed, ctx.device):
             mixer = surgery.build_mixer(ctx.model, layer, cand)
@@ -465,7 +507,7 @@ def _weights_fingerprint(model, ref) -> str:
 
 
 def _item_fingerprint(teacher_fp: str, data_sha: str, layer: int, cand: Candidate, steps: int, seed: int) -> str:
-    aligned = cand.spec.aligned
+    aligned = cand.aligned
     obj = {"version": SCORER_VERSION, "teacher": teacher_fp, "data": data_sha, "layer": layer, "candidate": str(cand),
            "seed": seed,
            "align": {"steps": steps, "lr": align_mod.LR, "rows": align_mod.BATCH_ROWS} if aligned else None}

@@ -6,6 +6,7 @@ solves it, re-checks the answer, and writes plans and the Pareto frontier (its p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from ..artifacts.pareto import Pareto
 from ..artifacts.plan import LayerPlan
 from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean, invalid
 from ..hf.models import slug
-from ..operators import pattern_string
+from ..operators import compose, pattern_string
 from . import baselines
+from .memory import MEMORY, memory_bytes
 from .problem import Problem, cache_bytes, predicted, prepare, violations
 from .specs import positive
 
@@ -45,7 +47,8 @@ def _rows(p: Problem, columns: list, minimize, budgets: bool, avoid, min_distanc
     """Objective and every constraint but one-per-layer, as dense `A x <= b` rows over `columns` (Choices)."""
     import numpy as np
 
-    cost = [ch.loss if minimize is None else ch.latency_ms[minimize] for ch in columns]
+    cost = [ch.loss if minimize is None else p.memory.per_choice[ch.layer, ch.candidate] if minimize == MEMORY else
+            ch.latency_ms[minimize] for ch in columns]
     rows, rhs = [], []
     for row in p.rows(latency=budgets):
         rows.append([row.usage(ch) for ch in columns])
@@ -96,7 +99,8 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     """Solve the MIP: (chosen candidates per layer, solver info), or (None, info) when infeasible.
 
     `minimize=None` minimises the summed scores; a workload name minimises its latency instead (the best
-    reachable speedup). `avoid` lists assignments the answer must differ from in >= `min_distance` layers.
+    reachable speedup), `MEMORY` the layers' weights + cache (`memory`). `avoid` lists assignments the answer
+    must differ from in >= `min_distance` layers.
     `start` (one candidate per layer), if feasible, is a warm start: the answer is never worse than it.
     Exact speed-up, measured in benchmarks/bench_solver.py: the LP relaxation gives a bound and a rounded
     incumbent; a column whose LP reduced cost exceeds (incumbent - bound) cannot be in any optimum and is
@@ -150,6 +154,25 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     return [[c for c in cs if (l, c) in picked] for l, cs in enumerate(p.allowed)], info
 
 
+def smallest_memory(p: Problem, time_limit_s=60) -> int | None:
+    """The least memory any buildable assignment allowed by `p` takes (its other budgets dropped), or None."""
+    # no bound: PuLP refuses an infinite right-hand side
+    free = dataclasses.replace(p, memory=dataclasses.replace(p.memory, layer_limit=1e300))
+    chosen, _ = run_mip(free, minimize=MEMORY, budgets=False, time_limit_s=time_limit_s)
+    return None if chosen is None else memory_bytes(p, [cs[0] for cs in chosen])
+
+
+def memory_note(p: Problem, time_limit_s=60) -> str | None:
+    """One line when a memory-bounded problem's bound is below every plan's memory (naming the smallest), else None."""
+    if (m := p.memory) is None:
+        return None
+    least = smallest_memory(p, time_limit_s)
+    if least is not None and least <= m.limit_bytes * (1 + 1e-9):
+        return None
+    return (f"memory limit {m.limit_bytes:.0f} bytes is below the smallest reachable memory, {least} bytes (weights + "
+            f"cache at batch {m.batch}, workload {m.workload})")
+
+
 def reachability(p: Problem, time_limit_s=60) -> str:
     """One line: the largest speedup each constrained workload reaches alone (its minimum-latency assignment)."""
     parts, reach_all = [], True
@@ -191,15 +214,16 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
     if broken := violations(p, layers, _TOL):
         fail(broken[0])
     # Read the artifacts again rather than the solver's tables, so a bug in building them shows up here.
-    scored = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
-    if any((l, c) not in scored for l, c in enumerate(layers)):
+    table = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
+    teacher = p.profile.teacher  # a mixer with an MLP is scored as both axes' entries compose
+    scored = {(l, c): compose(lambda x, l=l: table.get((l, x)), c, teacher[l]) for l, c in enumerate(layers)}
+    if any(v is None for v in scored.values()):
         fail("a chosen candidate has no score")
     objective = float(sum(scored[l, c] for l, c in enumerate(layers)))
     if claimed is not None and abs(claimed - objective) > _TOL * max(1.0, abs(objective)):
         fail(f"the solver's objective {claimed:.6g} differs from the recomputed {objective:.6g}")
     rows = predicted(p, layers)
-    per_layer = []
-    teacher = p.profile.teacher  # "latency saved" is measured from the teacher's own operator in the layer
+    per_layer = []  # "latency saved" is measured from the teacher's own operator in the layer
     for l, c in enumerate(layers):
         saved = {}
         for w in rows:
@@ -207,12 +231,13 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
             saved[w] = t - p.profile.layer_ms(l, c, w) if t is not None else None
         per_layer.append({"layer": l, "candidate": str(c), "loss": float(scored[l, c]), "saved_ms": saved})
     return {"layers": layers, "predicted": rows, "objective": objective, "cache_bytes": cache_bytes(p, layers),
-            "per_layer": per_layer}
+            "memory_bytes": memory_bytes(p, layers), "per_layer": per_layer}
 
 
 def _plan(p: Problem, check: dict, info: dict) -> LayerPlan:
     header = Header.new(p.profile.header.model, env=p.profile.header.env, inputs=p.inputs)
-    solver = {**info, "cache_bytes": check["cache_bytes"], "per_layer": check["per_layer"], "read": p.sources}
+    solver = {**info, "cache_bytes": check["cache_bytes"], "memory_bytes": check["memory_bytes"],
+              "per_layer": check["per_layer"], "read": p.sources}
     return LayerPlan(header=header, layers=tuple(check["layers"]), predicted=check["predicted"],
                      objective=check["objective"], constraints=p.constraints, solver=solver)
 
@@ -230,7 +255,7 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     if strategy == "mip":
         chosen, info = run_mip(p, time_limit_s=time_limit_s, mip_gap=mip_gap)
         if chosen is None:
-            raise InfeasibleError(reachability(p, time_limit_s))
+            raise InfeasibleError(memory_note(p, time_limit_s) or reachability(p, time_limit_s))
         return chosen, info
     if strategy == "greedy":
         chosen, info = baselines.greedy(p)

@@ -10,18 +10,23 @@ from ..operators import REGISTRY, Candidate
 
 
 def matches(spec, c: Candidate) -> bool:
-    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself."""
-    return c == spec if isinstance(spec, Candidate) else c.op == spec
+    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself; an MLP spec
+    matches a layer choice by its MLP (`--max mlp=4`, `--pin 3=nomlp`)."""
+    mlp = c.mlp_candidate
+    if isinstance(spec, Candidate):
+        return c == spec or (spec.spec.axis == "mlp" and mlp == spec)
+    return c.op == spec or (mlp is not None and mlp.op == spec)
 
 
 def parse_spec(text, param: str | None = None, given: str = "") -> str | Candidate:
-    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion, naming library
-    parameter `param` (and the `given` text of it, e.g. a pin's '0=gqa') when there is one."""
+    """'swa' (any window), 'swa:window=1024' (that one) or 'gqa+mlp:width=256' (a mixer with an MLP); unknown ops
+    fail with a suggestion, naming library parameter `param` (and the `given` text of it, e.g. a pin's '0=gqa') when
+    there is one."""
     if isinstance(text, Candidate):
         return text
     text = str(text).strip()
     try:
-        if ":" in text:
+        if ":" in text or "+" in text:
             return Candidate.parse(text)
         if text not in REGISTRY:
             raise UsageError(f'unknown operator "{text}"{did_you_mean(text, REGISTRY)}; known: {", ".join(REGISTRY)}')
