@@ -19,11 +19,9 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WORKLOADS = ("prefill:512", "decode:1k", "decode:256:b4")  # the demo's
 TARGETS = (1.25, 1.5, 2.0)
