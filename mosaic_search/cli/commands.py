@@ -54,12 +54,14 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
     """Hardware-aware architecture search: profile -> score -> solve -> build -> distill."""
 
 
-def _table_writer(path):
-    """Check a --table path before any work; return what writes an artifact's rows there (nothing without one)."""
+def _table_writer(path, **inputs):
+    """Check a --table path before any work (writable, and none of the command's `inputs`, {parameter: path}); return
+    what writes an artifact's rows there (nothing without one)."""
     if not path:
         return lambda artifact: None
-    from ..artifacts import frames
+    from ..artifacts import files, frames
 
+    files.check_not_input([path], inputs, "table_out")
     frames.check_table(path, "table_out")
     return lambda artifact: frames.write_table(artifact, path)
 
@@ -77,7 +79,7 @@ def profile(model: ModelOpt = PROFILE["model"], device: DeviceOpt = PROFILE["dev
             image_tokens: ImageTokensOpt = PROFILE["image_tokens"], table_out: TableOpt = None,
             seed: SeedOpt = PROFILE["seed"], as_json: JsonOpt = False):
     """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
-    save_table = _table_writer(table_out)  # a bad --table fails before the profile runs, not after
+    save_table = _table_writer(table_out, model=model)  # a bad --table fails before the profile runs, not after
     with interruptible(lambda: f"{NOTHING_WRITTEN}: a profile is saved only once complete"), \
             progress("profiling") as tick:
         prof = profiler.profile(model=model, device=device, ops=ops, workloads=workload, out=out, seed=seed,
@@ -107,7 +109,7 @@ def score(teacher: ModelOpt = SCORE["teacher"],
           = SCORE["device_map"],
           table_out: TableOpt = None, seed: SeedOpt = SCORE["seed"], as_json: JsonOpt = False):
     """Stage 2: KL to the teacher of every (layer, operator) swap, after local alignment (torchrun splits items)."""
-    save_table, show, start = _table_writer(table_out), rank0(), time.perf_counter()
+    save_table, show, start = _table_writer(table_out, data=data, teacher=teacher), rank0(), time.perf_counter()
     path = scorer.table_path(teacher, out)
     from ..quality.library import ItemStore
 
@@ -161,7 +163,7 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
           out: OutOpt = SOLVE["out"], table_out: TableOpt = None, as_json: JsonOpt = False):
     """Stage 3: the least predicted loss per layer assignment that meets the speedup targets (MIP)."""
     _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out, (throughput_speedup, memory))
-    save_table = _table_writer(table_out)
+    save_table = _table_writer(table_out, profile=profile, scores=scores)
     kw = dict(speedup=speedup, profile=profile, scores=scores, workloads=workload, ttft_speedup=ttft_speedup,
               tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes, cache_batch=cache_batch,
               cache_context=cache_context, ops=ops, pins=pin, min_count=min_count, max_count=max_count, metric=metric,
@@ -227,7 +229,7 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
     """Between solve and build: search around the MIP's plans on the true KL to the teacher, every budget kept."""
     from ..artifacts.search_record import load_search_record
 
-    save_table = _table_writer(table_out)
+    save_table = _table_writer(table_out, plan=plan, profile=profile, scores=scores, library=library, data=data)
     with progress("refining") as tick:  # refine says itself what an interruption kept
         result = refine_lib.refine(profile, scores, plan=plan, teacher=teacher, library=library, data=data,
                                    seq_len=seq_len,

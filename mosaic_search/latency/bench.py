@@ -13,13 +13,13 @@ from pathlib import Path
 from ..artifacts import files
 from ..artifacts.plan import LayerPlan, load_plan
 from ..artifacts.profile import parse_workload, workload_from_name, workload_name
-from ..errors import MosaicError, UsageError, invalid
+from ..errors import MosaicError, UsageError, check, integer, invalid, listed
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype
 from ..hf.models import auto_class, model_from_config, resolve
 from ..operators import unbuildable
 from .harness import Bench, load_bench
-from .timing import Pool, busy_machine, default_rounds, default_timer
+from .timing import Pool, busy_machine, check_settings, default_rounds, default_timer
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,10 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
     Returns one row per workload.
     """
+    check_settings(rounds, dtype, image_tokens, seed)
     device = check_device(device)
     plan, model_dir = _resolve(target)
-    names = workloads or list(plan.predicted)
+    names = listed("workloads", workloads) or list(plan.predicted)
     if not names:
         raise UsageError("no workloads: the plan predicts none; pass `workloads`")
     wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))
@@ -119,6 +120,8 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     the plan's decode workloads. Returns `time_generate`'s rows with, per row, the measured TPOT and TTFT speedups of
     the model over each reference and the plan's predicted TPOT speedup for the matching decode workload.
     """
+    check_settings(rounds, dtype, 0, seed)
+    contexts = listed("contexts", contexts)
     device = check_device(device)
     _check_generate_args(new_tokens, batch_size)  # before minutes of loading three models
     plan, path = _resolve(model_dir)
@@ -175,6 +178,8 @@ def stock_teacher(teacher, device: str, dtype: str, seed: int = 0):
 
 
 def _check_generate_args(new_tokens: int, batch_size: int) -> None:
+    check(integer(new_tokens), "new_tokens", f"must be an integer, got {new_tokens!r}")
+    check(integer(batch_size), "batch_size", f"must be an integer, got {batch_size!r}")
     if new_tokens < 2:
         raise invalid("new_tokens", f"must be 2 or more (TPOT needs a second token), got {new_tokens}")
     if batch_size < 1:

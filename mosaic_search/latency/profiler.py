@@ -20,10 +20,10 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..artifacts.files import PROFILES_DIR, check_output, output_path
+from ..artifacts.files import PROFILES_DIR, check_not_input, check_output, output_path
 from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
-from ..errors import UsageError, invalid
+from ..errors import UsageError, check, integer, invalid, listed
 from ..hf import surgery
 from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import resolve, slug
@@ -64,9 +64,11 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     Bad input (device, workloads, ops, depth, an existing output of another kind) raises UsageError before any
     timing; an operator out of memory is recorded `status: oom` and profiling goes on.
     """
+    timing.check_settings(rounds, dtype, image_tokens, seed)
     device = check_device(device)
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=LatencyProfile.kind)  # before minutes of measuring
+    check_not_input([path], {"model": model})
     wls = _workloads(workloads, device)
     resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
     cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
@@ -129,7 +131,7 @@ class _Schedule:
 def _depth(device: str, num_layers: int, layers_per_sample: int | None) -> int:
     """Layers per sample: as asked, or `default_layers_per_sample`; UsageError outside 1..num_layers."""
     depth = default_layers_per_sample(device, num_layers) if layers_per_sample is None else layers_per_sample
-    if not 1 <= depth <= num_layers:
+    if not integer(depth) or not 1 <= depth <= num_layers:
         raise invalid("layers_per_sample", f"must be 1..{num_layers} (the model's layers), got {depth}")
     return depth
 
@@ -347,7 +349,7 @@ def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
 
 def _workloads(workloads, device: str) -> list[Workload]:
     """Workload specs (or Workloads) parsed, the device's defaults when none; UsageError on a duplicate."""
-    specs = workloads or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    specs = listed("workloads", workloads) or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
     wls = [w if isinstance(w, Workload) else parse_workload(w) for w in specs]
     names = [w.name for w in wls]
     if len(set(names)) != len(names):

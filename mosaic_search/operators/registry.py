@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, did_you_mean, invalid, listed
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,8 @@ class Candidate:
                 key, value = names[i], part
             elif not sep or not key:
                 raise UsageError(f'cannot parse candidate "{text}": expected op:key=value')
+            if key.strip() in params:  # last-wins would silently drop one of the two
+                raise UsageError(f'cannot parse candidate "{text}": {key.strip()} is given twice')
             try:
                 params[key.strip()] = int(value)
             except ValueError:
@@ -280,7 +282,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
     """
     if ops is None:
         return default_candidates(dims)
-    items = ops.split(",") if isinstance(ops, str) else list(ops)
+    items = listed("ops", ops)
     out: list[Candidate] = []
     try:
         for item in items:

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError, invalid
+from ..errors import UsageError, integer, invalid
 from .questions import answer_accuracy, load_questions
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
     source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT), param)
     if source == data_mod.SELF:
         raise invalid(param, "self: evaluation needs held-out text, not samples of the teacher")
-    if windows < 1 or seq_len < 2:
-        raise UsageError(f"`windows` and `seq_len` must be at least 1 and 2, got {windows} and {seq_len}")
+    if not (integer(windows) and integer(seq_len)) or windows < 1 or seq_len < 2:
+        raise UsageError(f"`windows` and `seq_len` must be integers of at least 1 and 2, got {windows!r} and {seq_len!r}")
     tokenizer = tokenizer or data_mod.tokenizer_of(teacher)
     if tokenizer is None:
         raise UsageError(f"{teacher} has no tokenizer to read the evaluation text with")

@@ -166,6 +166,10 @@ class ItemStore:
         self.library = library_path(table)
         self.parts = table.with_suffix(".library.d")
 
+    def outputs(self) -> list[Path]:
+        """Every file and folder a scoring run writes for this table (rank 0's log standing for every rank's)."""
+        return [self.table, self.library, self.library.with_suffix(".json"), self.log(0), self.parts]
+
     def log(self, rank: int) -> Path:
         """The item log of one rank."""
         return self.table.with_suffix(".items.jsonl" if rank == 0 else f".items-rank{rank}.jsonl")

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from ..artifacts.distill_record import DistillRecord
-from ..artifacts.files import check_output
+from ..artifacts.files import check_not_input, check_output
 from ..artifacts.header import Header
 from ..artifacts.plan import PLAN_FILE, load_plan
 from ..errors import UsageError, check, invalid
@@ -92,6 +92,8 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
                                          else "no such model directory"))
     s = dataclasses.replace(s, teacher=s.teacher or recorded_teacher(model))
     out = default_out(model, out)
+    check_not_input([out, checkpoint.checkpoint_path(out)], {"model": model, "teacher": s.teacher, "oracle": s.oracle,
+                                                             "data": s.data, "eval_data": s.eval_data})
     check_output(out, folder=True, overwrite=overwrite)
     tokenizer = loading.same_tokenizer(model, s.teacher, s.oracle)
     source = data_mod.check_source(s.data or data_mod.default_distill_source(s.teacher))
