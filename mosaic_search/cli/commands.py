@@ -413,7 +413,9 @@ def check(model: ModelOpt = PROFILE["model"],
 FLAGS = {"as_json": "--json", "quality": "--eval", "workloads": "--workload", "pins": "--pin", "min_count": "--min",
          "max_count": "--max", "time_limit_s": "--time-limit", "speedups": "--sweep", "contexts": "--context",
          "table_out": "--table"}
-COMMAND_FLAGS = {"bench": {"batch_size": "--batch"}, "check": {"new_tokens": "--tokens"}}
+# (a command's positional argument is named as its help shows it: build's plan is PLAN)
+COMMAND_FLAGS = {"bench": {"batch_size": "--batch", "target": "TARGET"}, "check": {"new_tokens": "--tokens"},
+                 "build": {"plan": "PLAN"}, "distill": {"model": "MODEL"}, "eval": {"model": "MODEL"}}
 
 
 def flag(param: str, command: str | None = None) -> str:
