@@ -39,9 +39,10 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     Returns one row per workload.
     """
     check_settings(rounds, dtype, image_tokens, seed)
+    names = listed("workloads", workloads)
     device = check_device(device)
     plan, model_dir = _resolve(target)
-    names = listed("workloads", workloads) or list(plan.predicted)
+    names = names or list(plan.predicted)
     if not names:
         raise UsageError("no workloads: the plan predicts none; pass `workloads`")
     wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))
