@@ -104,8 +104,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
         raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
     if blind := [str(c) for c in cands if c.window is not None and c.sees_all(seq_len)]:
         logger.warning(f"warning: windows of {seq_len} tokens cannot tell {', '.join(blind)} from full attention (a "
-                       "window as long as the sequence sees all of it): each scores as gqa does; score with a `seq_len` "
-                       "above the largest window to measure them")
+                       "window as long as the sequence sees all of it): each scores as gqa does; score on longer "
+                       "sequences (seq_len above the largest window) to measure them")
     n_score = tokens // seq_len
     windows = align_windows = None
     notes: dict = {}
