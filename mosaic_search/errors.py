@@ -101,6 +101,22 @@ def number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def flags(**values) -> None:
+    """Refuse any of `values` ({parameter: value}) that is neither True nor False (None passes: "not given"): a
+    flag given "no" or 0 would otherwise be read by its truth, `resume="no"` resuming."""
+    for param, value in values.items():
+        check(value is None or isinstance(value, bool), param, f"must be True or False, got {value!r}")
+
+
+def path_arg(param: str, value, optional: bool = False):
+    """`value` as a path argument (a str or os.PathLike; None too when `optional`), else `invalid` naming `param`."""
+    import os
+
+    check((optional and value is None) or isinstance(value, (str, os.PathLike)), param,
+          f"must be a path, got {type(value).__name__} {value!r}")
+    return value
+
+
 def listed(param: str, value) -> list | None:
     """A list-valued argument as a list: a list or a tuple as it is, or one string of comma-separated items as the
     command line writes them ("gqa,swa", "decode:1k,prefill:4k"); None stays None. Anything else (a number, a

@@ -124,3 +124,24 @@ def test_a_candidate_names_each_param_once_and_a_window_within_the_model(capsys)
     assert main(["score", "--ops", "gqa,swa:window=5000"]) == 2  # tiny has 4096 positions
     assert capsys.readouterr().err == "error: --ops: swa:window=5000: window must be at most 4096 for this model, got " \
                                       "5000\n"
+
+
+def test_flags_are_bools_and_paths_are_paths(pair, tmp_path):
+    """A flag is read by its value, not its truth (`resume="no"` would resume), and a path argument given a number
+    is named, not a TypeError from os.fspath."""
+    p, s = pair
+    for call, message in (
+            (lambda: mosaic.score("tiny", resume="no"), "resume must be True or False, got 'no'"),
+            (lambda: mosaic.profile("tiny", validate=1), "validate must be True or False, got 1"),
+            (lambda: builder.build("missing.json", overwrite="yes"), "overwrite must be True or False, got 'yes'"),
+            (lambda: solver.solve(p, s, speedup=1.2, overwrite=0), "overwrite must be True or False, got 0"),
+            (lambda: solver.solve(p, s, speedup=1.2, allow_stale="no", write=False),
+             "allow_stale must be True or False, got 'no'"),
+            (lambda: mosaic.profile("tiny", out=5), "out must be a path, got int 5"),
+            (lambda: mosaic.score("tiny", data=5), "data must be a path, got int 5"),
+            (lambda: builder.build("missing.json", library=5),
+             "library must be a path, None (the plan's own) or False (none), got 5"),
+            (lambda: DistillSettings(eval_data=1.5), "eval_data must be a path, got float 1.5"),
+            (lambda: mosaic.profile("tiny", out=tmp_path / "p.json", workloads=[64]),
+             "workloads items must be specs such as decode:1k, got 64")):
+        _refused(call, message)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import UsageError, invalid
+from ..errors import UsageError, invalid, path_arg
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
 _WRITABLE_UNDER_DEV = ("/dev/shm",)  # tmpfs: ordinary files live there
@@ -307,7 +307,7 @@ def output_path(out, default: str | os.PathLike, param: str = "out", *, folder: 
     drop the slash and write a file of the folder's name."""
     if out is None:
         return Path(default)
-    text = os.fspath(out)
+    text = os.fspath(path_arg(param, out))
     if not text.strip():
         raise invalid(param, ": empty path")
     if not folder and (text.endswith(("/", os.sep)) or Path(text).name in ("", ".", "..")):

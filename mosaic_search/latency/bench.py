@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..artifacts import files
 from ..artifacts.plan import LayerPlan, load_plan
-from ..artifacts.profile import parse_workload, workload_from_name, workload_name
+from ..artifacts.profile import Workload, parse_workload, workload_from_name, workload_name
 from ..errors import MosaicError, UsageError, check, integer, invalid, listed
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype
@@ -43,6 +43,8 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     device = check_device(device)
     plan, model_dir = _resolve(target)
     names = names or list(plan.predicted)
+    for w in names:
+        check(isinstance(w, (Workload, str)), "workloads", f"items must be specs or names of workloads, got {w!r}")
     if not names:
         raise UsageError("no workloads: the plan predicts none; pass `workloads`")
     wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))

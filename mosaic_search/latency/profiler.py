@@ -23,7 +23,7 @@ from pathlib import Path
 from ..artifacts.files import PROFILES_DIR, check_not_input, check_output, output_path
 from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
-from ..errors import UsageError, check, integer, invalid, listed
+from ..errors import UsageError, check, flags, integer, invalid, listed
 from ..hf import surgery
 from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import resolve, slug
@@ -65,6 +65,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     timing; an operator out of memory is recorded `status: oom` and profiling goes on.
     """
     timing.check_settings(rounds, dtype, image_tokens, seed)
+    flags(validate=validate, compile_decode=compile_decode)
     device = check_device(device)
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=LatencyProfile.kind)  # before minutes of measuring
@@ -72,6 +73,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     wls = _workloads(workloads, device)
     resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
     cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
+    depth = _depth(device, resolved.dims.num_layers, layers_per_sample)
     timer = timer or timing.default_timer(device)
     # before any allocation: the timed model, a paired timer's reference and the largest workload must fit
     check_fits(resolved.dims, wls, DTYPE_BYTES[dtype or default_dtype(device)], 2 if timing.is_paired(timer) else 1,
@@ -79,7 +81,6 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     _, bench = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)
     dims = resolved.dims
     rounds = rounds or timing.default_rounds(device)
-    depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
     reference = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)[1] \
         if timing.is_paired(timer) else None
@@ -350,6 +351,8 @@ def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
 def _workloads(workloads, device: str) -> list[Workload]:
     """Workload specs (or Workloads) parsed, the device's defaults when none; UsageError on a duplicate."""
     specs = listed("workloads", workloads) or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    for w in specs:
+        check(isinstance(w, (Workload, str)), "workloads", f"items must be specs such as decode:1k, got {w!r}")
     wls = [w if isinstance(w, Workload) else parse_workload(w) for w in specs]
     names = [w.name for w in wls]
     if len(set(names)) != len(names):

@@ -27,7 +27,7 @@ from ..artifacts.distill_record import DistillRecord
 from ..artifacts.files import check_not_input, check_output
 from ..artifacts.header import Header
 from ..artifacts.plan import PLAN_FILE, load_plan
-from ..errors import UsageError, check, invalid
+from ..errors import UsageError, check, flags, invalid, path_arg
 from ..hf import distributed
 from ..hf.device import DTYPES
 from . import checkpoint, loading
@@ -85,6 +85,8 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     from ..quality.evaluation import eval_set, recorded_teacher
 
     s = settings
+    flags(resume=resume, overwrite=overwrite)
+    path_arg("model", model)
     dtype = dtype or _saved_dtype(model)
     check(dtype in DTYPES, "dtype", f'must be one of {", ".join(DTYPES)}, got "{dtype}"')
     if not is_mosaic_dir(model):

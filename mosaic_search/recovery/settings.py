@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from ..errors import UsageError, check, did_you_mean, integer, number
+from ..errors import UsageError, check, did_you_mean, flags, integer, number, path_arg
 from ..hf.distributed import PARALLEL
 
 STAGES = ("offpolicy", "onpolicy", "both")
@@ -58,7 +58,9 @@ class DistillSettings:
         for param in ("steps", "tokens"):
             value = getattr(self, param)
             check(value is None or integer(value), param, f"must be an integer, got {value!r}")
-        check(isinstance(self.quality, bool), "quality", f"must be True or False, got {self.quality!r}")
+        flags(quality=self.quality)
+        for param in ("teacher", "oracle", "data", "eval_data"):
+            path_arg(param, getattr(self, param), optional=True)
         for param in ("lr", "batch_size", "checkpoint_every"):
             value = getattr(self, param)
             check(value > 0, param, f"must be positive, got {value}")

@@ -16,7 +16,7 @@ from typing import Callable
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.profile import LatencyProfile, Workload
 from ..artifacts.sensitivity import SensitivityTable
-from ..errors import UsageError, check, did_you_mean, invalid, listed
+from ..errors import UsageError, check, did_you_mean, flags, invalid, listed
 from ..operators import Candidate, unbuildable
 from .choices import Choice, layer_choices
 from .inputs import load_inputs
@@ -319,6 +319,7 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     mappings.
     Raises UsageError (exit 2) for any bad value, StaleInputError (exit 4) as `load_inputs` does.
     """
+    flags(allow_stale=allow_stale)
     if metric not in METRICS:
         raise UsageError(f'unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}; known: {", ".join(METRICS)}')
     profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,

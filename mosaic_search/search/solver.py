@@ -16,7 +16,7 @@ from ..artifacts.files import PLANS_DIR
 from ..artifacts.header import Header, save
 from ..artifacts.pareto import Pareto
 from ..artifacts.plan import LayerPlan
-from ..errors import InfeasibleError, MosaicError, UsageError, check, did_you_mean, invalid, listed, number
+from ..errors import InfeasibleError, MosaicError, UsageError, check, did_you_mean, flags, invalid, listed, number
 from ..hf.models import slug
 from ..operators import compose, pattern_string
 from . import baselines
@@ -276,6 +276,7 @@ def _begin(caller, inputs: dict, time_limit_s, mip_gap, out, write: bool, overwr
     layer_plans/<model>/ or `out`), checked writable and none of them an input."""
     check_keywords(caller, inputs)
     check_gap(mip_gap)
+    flags(write=write, overwrite=overwrite)
     check(strategy is None or isinstance(strategy, str), "strategy", f"must be one of {STRATEGIES}, got {strategy!r}")
     p = prepare(**inputs)
     if strategy is not None and not strategy.startswith("pattern:") and not (
