@@ -1,9 +1,10 @@
 """What `mosaic score` says is what happened: the library it names is the one written with the table (an earlier
-run's library left beside a re-scored table is named as kept), and windows the calibration sequences cannot tell from
-full attention are named in a warning."""
+run's library left beside a re-scored table is named as kept), and windows the calibration (or `eval`'s held-out)
+sequences cannot tell from full attention are named in a warning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -48,3 +49,29 @@ def test_windows_as_long_as_the_sequences_are_named_in_a_warning(tmp_path, capsy
     assert all(e["kl"] > 0 for e in entries if e["params"].get("window") == 8)
     assert main(["score", "--ops", "gqa,swa:window=8", "--out", str(out), *SHORT]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_eval_names_the_windows_its_held_out_sequences_cannot_tell_from_full_attention(tmp_path, capsys):
+    from test_solver import make, save_pair
+
+    from mosaic_search.artifacts.header import save
+    from mosaic_search.artifacts.plan import PLAN_FILE
+    from mosaic_search.hf.models import resolve
+    from mosaic_search.operators import Candidate
+    from mosaic_search.quality import evaluation
+    from mosaic_search.search import solver
+
+    p, s = save_pair(tmp_path, *make(8, model="tiny", sha=resolve("tiny").ref.config_sha256))
+    plan = solver.solve(p, s, speedup=1.1, write=False)
+    layers = [Candidate.parse(c) for c in ["gqa", "swa:window=512", "swa:window=2048", "swa:window=2048", "gdn",
+                                           "gqa", "gqa", "gqa"]]
+    (tmp_path / "m").mkdir()
+    save(dataclasses.replace(plan, layers=tuple(layers)), tmp_path / "m" / PLAN_FILE)
+    capsys.readouterr()
+    evaluation._warn_if_blind(str(tmp_path / "m"), "tiny", 1024)
+    assert capsys.readouterr().err == (
+        "warning: held-out windows of 1024 tokens cannot tell swa:window=2048 from full attention (a window as long as "
+        "the sequence sees all of it): the numbers say nothing of what those layers lose on longer contexts; evaluate "
+        "on longer sequences (seq_len above the largest window)\n")
+    evaluation._warn_if_blind(str(tmp_path / "m"), "tiny", 4096)
+    assert capsys.readouterr().err == ""

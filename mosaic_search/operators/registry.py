@@ -324,6 +324,14 @@ def compose(value: Callable[[Candidate], float | None], candidate: Candidate, te
     return None if any(v is None for v in parts) else parts[0] + parts[1] - parts[2]
 
 
+def seen_as_full(candidates, tokens: int, teacher=()) -> list[str]:
+    """The windowed `candidates` that sequences of `tokens` tokens cannot tell from full attention (the window sees
+    all of them, so a measurement on them scores the window as it scores gqa), as strings without repeats; the
+    `teacher`'s own operators are left out: they are the teacher's math whatever the length."""
+    return list(dict.fromkeys(str(c) for c in candidates
+                              if c.window is not None and c.sees_all(tokens) and c not in set(teacher)))
+
+
 def unbuildable(layers) -> str | None:
     """Why a per-layer assignment (one Candidate per layer) cannot become a model that generates, or None.
 

@@ -73,7 +73,8 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
     if source == data_mod.SELF:
         raise invalid(param, "self: evaluation needs held-out text, not samples of the teacher")
     if not (integer(windows) and integer(seq_len)) or windows < 1 or seq_len < 2:
-        raise UsageError(f"`windows` and `seq_len` must be integers of at least 1 and 2, got {windows!r} and {seq_len!r}")
+        raise UsageError(f"`windows` and `seq_len` must be integers of at least 1 and 2, got {windows!r} and "
+                         f"{seq_len!r}")
     tokenizer = tokenizer or data_mod.tokenizer_of(teacher)
     if tokenizer is None:
         raise UsageError(f"{teacher} has no tokenizer to read the evaluation text with")
@@ -147,10 +148,29 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
 
     teacher = teacher or recorded_teacher(model)
     evals = eval_set(teacher, data, probes, windows, seq_len, questions=questions)
+    _warn_if_blind(model, teacher, seq_len)
     check_device(device)
     student = load_model(model, device=device)
     reference = student if model == teacher else load_model(teacher, device=device)
     return {"model": model, "teacher": teacher, "eval": evals.describe(), **measure(student, reference, evals)}
+
+
+def _warn_if_blind(model: str, teacher: str, seq_len: int) -> None:
+    """Warn when the model's plan has windows the held-out windows of `seq_len` tokens cannot tell from full
+    attention: its KL and loss then say nothing of what those layers lose on longer contexts."""
+    from ..artifacts.plan import PLAN_FILE, load_plan
+    from ..hf.models import load_config
+    from ..hf.surgery import teacher_ops
+    from ..operators import seen_as_full
+
+    if not (Path(model) / PLAN_FILE).is_file():
+        return
+    layers = load_plan(Path(model) / PLAN_FILE).layers
+    if blind := seen_as_full(layers, seq_len, teacher_ops(load_config(teacher))):
+        logger.warning(f"warning: held-out windows of {seq_len} tokens cannot tell {', '.join(blind)} from full "
+                       "attention (a window as long as the sequence sees all of it): the numbers say nothing of what "
+                       "those layers lose on longer contexts; evaluate on longer sequences (seq_len above the largest "
+                       "window)")
 
 
 def recorded_teacher(model: str) -> str:

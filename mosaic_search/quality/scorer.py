@@ -38,7 +38,7 @@ from ..artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sen
 from ..errors import MosaicError, UsageError, check, flags, integer, invalid
 from ..hf import distributed
 from ..hf.models import slug
-from ..operators import Candidate
+from ..operators import Candidate, seen_as_full
 from . import align as align_mod
 from . import library
 
@@ -103,7 +103,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
                                              "swap is measured over two windows at least")
     if seq_len > dims.max_position:
         raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
-    if blind := [str(c) for c in cands if c.window is not None and c.sees_all(seq_len)]:
+    if blind := seen_as_full(cands, seq_len, teacher_ops):
         logger.warning(f"warning: windows of {seq_len} tokens cannot tell {', '.join(blind)} from full attention (a "
                        "window as long as the sequence sees all of it): each scores as gqa does; score on longer "
                        "sequences (seq_len above the largest window) to measure them")
