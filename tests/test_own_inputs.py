@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from test_solver import make, save_pair
 from mosaic_search import builder
 from mosaic_search.artifacts import files
 from mosaic_search.artifacts.plan import PLAN_FILE
+from mosaic_search.assets import embedded_dir
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.hf.models import resolve
@@ -106,6 +108,11 @@ def test_build_refuses_an_output_folder_that_holds_its_plan(tiny_pair, tmp_path,
              f"--out plans: would remove the PLAN input of this run ({plan}), which is inside it; choose another --out")
     _refused(capsys, ["build", plan, "--out", ".", "--overwrite"],
              f"--out .: would remove the PLAN input of this run ({plan}), which is inside it; choose another --out")
+    teacher = tmp_path / "teacher"  # a local teacher directory: tiny's own files
+    shutil.copytree(embedded_dir("tiny"), teacher)
+    before = _snapshot(tmp_path)
+    with pytest.raises(UsageError, match=rf"^out {teacher}: would replace the `teacher` input of this run"):
+        builder.build(plan, teacher=str(teacher), out=teacher, overwrite=True, allow_stale=True)
     assert _snapshot(tmp_path) == before
 
 
