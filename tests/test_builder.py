@@ -560,7 +560,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_only_when_complete(buil
 def test_default_output_path_and_bad_dtype(built, tmp_path, monkeypatch):
     t = built["qwen3"][0]
     plan = t.plan(MIXED, "mixed")
-    with pytest.raises(UsageError, match="unknown dtype"):
+    with pytest.raises(UsageError, match='^dtype must be one of float32, bfloat16, float16, got "float8"'):
         builder.build(plan, dtype="float8")
     monkeypatch.chdir(tmp_path)
     out = builder.build(plan)
