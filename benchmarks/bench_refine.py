@@ -238,9 +238,9 @@ def main():
                             **({"refine_seconds": refine_s, "measurements": len(rows), "tokens": tokens}
                                if name == "refined" else {})})
             print(json.dumps(results[-1]), flush=True)
-    machine["load_avg_end"] = os.getloadavg()
-    (out / f"refine-{args.targets}.json").write_text(json.dumps(
-        {"machine": machine, "command": sys.argv, "results": results, "searched": searched}, indent=2))
+        machine["load_avg_end"] = os.getloadavg()  # written after every target: a long run keeps what it finished
+        (out / f"refine-{args.targets}.json").write_text(json.dumps(
+            {"machine": machine, "command": sys.argv, "results": results, "searched": searched}, indent=2))
     _tables(results, searched)
 
 

@@ -202,3 +202,14 @@ def test_rerank_after_distillation_hands_over_the_best_distilled_finalist(setup,
     assert sorted(p.name for p in out.parent.iterdir()) == ["plan.json", "plan.search.json"]  # no temporary models
     with pytest.raises(UsageError, match="rerank_steps must be 0"):
         _run(setup, setup["dir"] / "rerank-bad" / "plan.json", rerank_steps=-1)
+
+
+def test_rerank_refuses_calibration_windows_with_images():
+    from types import SimpleNamespace
+
+    from mosaic_search.quality import rerank
+
+    rerank.check_windows(SimpleNamespace(images=None))
+    rerank.check_windows(SimpleNamespace(images=[None, None]))
+    with pytest.raises(UsageError, match="image rows, which re-ranking after distillation does not measure"):
+        rerank.check_windows(SimpleNamespace(images=[None, object()]))

@@ -179,7 +179,7 @@ def bench(rows: list, target: str, device: str, as_json: bool = False) -> None:
     """`bench`: measured vs predicted speedup per workload."""
     if as_json:
         return emit_json(rows)
-    print_table(f"{target} vs teacher on {device}",
+    print_table(f"{target} vs {rows[0]['teacher']} on {device} (workloads: {rows[0]['workloads_from']})",
                 [("workload", "label"), *((col, "num") for col in ("teacher ms", "model ms", "measured", "predicted",
                                                                    "error %"))],
                 [(r["workload"], ms(r["teacher_ms"]), ms(r["model_ms"]), x(r["measured_speedup"]),
