@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 PROFILE = "benchmarks/results/profiles/Qwen--Qwen3-VL-4B-Instruct--nvidia-h100-80gb-hbm3.json"
@@ -45,6 +46,11 @@ def families(n: int) -> dict:
             "5 swa:window=2048 : 1 gqa": every(6, "swa:window=2048", "gqa"),
             "3 gdn : 1 gqa": every(4, "gdn", "gqa"), "3 kda : 1 mla:rank=512": every(4, "kda", "mla:rank=512"),
             "all gdn but one gqa": ["gqa"] + ["gdn"] * (n - 1)}
+
+
+def mix(layers) -> dict:
+    """{candidate: how many layers take it}."""
+    return dict(Counter(str(c) for c in layers).most_common())
 
 
 def derive(src: str, out: Path):
@@ -113,8 +119,7 @@ def frontier(prof, scores: str, context: int, limit: float) -> dict:
             continue
         layers = [cs[0] for cs in chosen]
         ms = prof.predicted_ms(w.name, layers)
-        fastest.append({"batch": w.batch_size, "fits": True, "pattern": pattern_string(layers),
-                        "layers": [str(c) for c in layers], "tpot_ms": ms, "tokens_per_s": 1000 * w.batch_size / ms,
+        fastest.append({"batch": w.batch_size, "fits": True, "pattern": pattern_string(layers), "mix": mix(layers), "tpot_ms": ms, "tokens_per_s": 1000 * w.batch_size / ms,
                         "throughput_speedup": 1000 * w.batch_size / ms / teacher_ref,
                         "memory_bytes": memory_bytes(p, layers), "solver_status": info["status"]})
     return {"families": rows, "fastest_fitting_plan_per_batch": fastest, "teacher_tokens_per_s": teacher_ref}
@@ -152,8 +157,10 @@ def main() -> None:
         except InfeasibleError as e:
             summary["serving_plans_on_synthetic_scores"].append({"target": x, "feasible": False, "why": str(e)})
             continue
+        got = plan.constraints["serving"]
         summary["serving_plans_on_synthetic_scores"].append(
-            {"target": x, "feasible": True, "pattern": plan.pattern, **plan.constraints["serving"]})
+            {"target": x, "feasible": True, "pattern": plan.pattern, "mix": mix(plan.layers), **got,
+             "predicted_throughput_speedup": got["throughput_tokens_per_s"] / got["teacher_throughput_tokens_per_s"]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(json.dumps(summary, indent=2, sort_keys=True))
 
