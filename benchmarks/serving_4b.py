@@ -71,7 +71,7 @@ def derive(src: str, out: Path):
     if prof.cache_bytes(0, gqa, w.name) != gqa.spec.cache_bytes(resolved.dims, w.seq_len, DTYPE_BYTES[DTYPE]):
         raise SystemExit(f"the profile's cache bytes are not {DTYPE}'s")
     cands = sorted({e.candidate for e in prof.entries})
-    weights, fixed = count_weight_bytes(prof.header.model.id, cands, dtype=DTYPE)
+    weights, fixed = count_weight_bytes(resolved, cands, dtype=DTYPE)
     env = {**prof.header.env, "latencies_measured_at": prof.header.created_at,
            "derived": f"weight_bytes and fixed_weight_bytes computed from the shipped config "
                       f"(mosaic_search/assets/configs) on the meta device by profiler.count_weight_bytes at {DTYPE}, "
@@ -119,7 +119,8 @@ def frontier(prof, scores: str, context: int, limit: float) -> dict:
             continue
         layers = [cs[0] for cs in chosen]
         ms = prof.predicted_ms(w.name, layers)
-        fastest.append({"batch": w.batch_size, "fits": True, "pattern": pattern_string(layers), "mix": mix(layers), "tpot_ms": ms, "tokens_per_s": 1000 * w.batch_size / ms,
+        fastest.append({"batch": w.batch_size, "fits": True, "pattern": pattern_string(layers), "mix": mix(layers),
+                        "tpot_ms": ms, "tokens_per_s": 1000 * w.batch_size / ms,
                         "throughput_speedup": 1000 * w.batch_size / ms / teacher_ref,
                         "memory_bytes": memory_bytes(p, layers), "solver_status": info["status"]})
     return {"families": rows, "fastest_fitting_plan_per_batch": fastest, "teacher_tokens_per_s": teacher_ref}

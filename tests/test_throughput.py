@@ -134,7 +134,8 @@ def test_serving_flags_on_the_command_line(tmp_path, capsys):
     got = record["throughput_tokens_per_s"]
     assert (f"serving: batch {record['batch']} at context 256, {got:.1f} tokens/s predicted, "
             f"{got / record['teacher_throughput_tokens_per_s']:.2f}x the teacher's "
-            f"{record['teacher_throughput_tokens_per_s']:.1f} at batch 4; memory ") in " ".join(capsys.readouterr().out.split())
+            f"{record['teacher_throughput_tokens_per_s']:.1f} at batch 4; memory ") in " ".join(
+        capsys.readouterr().out.split())  # joined: the console wraps to the terminal
     assert main(args + ["--throughput-speedup", "1.5"]) == 2
     assert main(args + ["--speedup", "1.0", "--max-memory", "10", "--overwrite"]) == 3
     assert "smallest reachable memory" in capsys.readouterr().err

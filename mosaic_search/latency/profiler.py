@@ -223,10 +223,11 @@ def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
     return tuple(out), nbytes(p for p in bench.model.parameters() if id(p) not in inside)
 
 
-def count_weight_bytes(model: str = "tiny", ops=None, dtype: str = "bfloat16") -> tuple[tuple, int]:
-    """`weight_bytes` of `model` (an id, a directory or a shipped config) for the candidates `ops` (default: those
-    `profile` times) at `dtype`, counted on the meta device: the profiler's own model and swaps, shapes without
-    values, so a real-size model costs no memory and nothing is timed. UsageError for an unknown dtype or op."""
+def count_weight_bytes(model="tiny", ops=None, dtype: str = "bfloat16") -> tuple[tuple, int]:
+    """`weight_bytes` of `model` (an id, a directory, a shipped config or a `Resolved` record) for the candidates
+    `ops` (default: those `profile` times) at `dtype`, counted on the meta device: the profiler's own model and swaps,
+    shapes without values, so a real-size model costs no memory and nothing is timed. UsageError for an unknown dtype
+    or op."""
     import torch
 
     resolved = resolve(model, shipped_ok=True)
