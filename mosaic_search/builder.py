@@ -23,7 +23,7 @@ from .assets import EMBEDDED, embedded_dir
 from .errors import UsageError, invalid
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
-from .hf.device import DTYPES
+from .hf.device import check_dtype
 from .hf.models import Resolved, load_model, resolve
 from .operators import Candidate, unbuildable
 from .quality.library import find_library, library_weights
@@ -50,8 +50,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
 
     plan, plan_bytes, plan_name = _read_plan(plan)
     teacher = teacher or plan.header.model.id
-    if dtype not in DTYPES:
-        raise UsageError(f'unknown dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
+    check_dtype(dtype)
     resolved = resolve(teacher)  # once: every step below reads this record
     if resolved.built:
         raise UsageError(f"{teacher} is already a model built by mosaic; build from its teacher")

@@ -24,7 +24,7 @@ from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTab
 from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
 from mosaic_search.hf import surgery
 from mosaic_search.hf.models import load_config, load_model, model_from_config, model_ref
-from mosaic_search.operators import REGISTRY, Candidate
+from mosaic_search.operators import REGISTRY, Candidate, pattern_string
 from mosaic_search.quality.library import find_library, library_key, load_library_entry
 
 WINDOW = 4
@@ -560,11 +560,11 @@ def test_existing_output_needs_overwrite_and_is_replaced_only_when_complete(buil
 def test_default_output_path_and_bad_dtype(built, tmp_path, monkeypatch):
     t = built["qwen3"][0]
     plan = t.plan(MIXED, "mixed")
-    with pytest.raises(UsageError, match="unknown dtype"):
+    with pytest.raises(UsageError, match='^dtype must be one of float32, bfloat16, float16, got "float8"'):
         builder.build(plan, dtype="float8")
     monkeypatch.chdir(tmp_path)
     out = builder.build(plan)
-    assert out == Path("build") / f"teacher-qwen3-{''.join(REGISTRY[c.op].symbol for c in MIXED)}"
+    assert out == Path("build") / f"teacher-qwen3-{pattern_string(MIXED)}"  # the plan's pattern, MLP case too
     assert (tmp_path / out / "config.json").is_file()
     loaded = load_plan(plan)
     again = builder.build(loaded, out=tmp_path / "from-object")  # a LayerPlan object, not a file

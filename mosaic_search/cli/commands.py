@@ -13,6 +13,7 @@ import typer
 from .. import __version__, builder
 from .. import demo as demo_lib
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
+from ..hf.device import DTYPES
 from ..latency import bench as bench_lib
 from ..latency import profiler
 from ..quality import evaluation, scorer
@@ -260,7 +261,7 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
           no_library: Annotated[bool, typer.Option(
               "--no-library", help="Build from the teacher initialisation, without aligned weights.")] = False,
           out: ModelOutOpt = BUILD["out"],
-          dtype: Annotated[str, typer.Option(help=", ".join(builder.DTYPES[:-1]) + " or " + builder.DTYPES[-1] + ".")]
+          dtype: Annotated[str, typer.Option(help=", ".join(DTYPES[:-1]) + " or " + DTYPES[-1] + ".")]
           = BUILD["dtype"],
           overwrite: OverwriteOpt = BUILD["overwrite"], allow_stale: AllowStaleOpt = BUILD["allow_stale"],
           seed: SeedOpt = BUILD["seed"], as_json: JsonOpt = False):

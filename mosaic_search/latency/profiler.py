@@ -25,7 +25,7 @@ from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
 from ..errors import UsageError, invalid
 from ..hf import surgery
-from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
+from ..hf.device import DTYPE_BYTES, check_device, check_dtype, default_dtype, environment
 from ..hf.models import resolve, slug
 from ..operators import Candidate, pattern_string
 from . import timing
@@ -68,6 +68,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=LatencyProfile.kind)  # before minutes of measuring
     wls = _workloads(workloads, device)
+    check_dtype(dtype)
     resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
     cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
     timer = timer or timing.default_timer(device)
@@ -220,6 +221,20 @@ def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
     kept = getattr(bench.model, surgery.ORIGINALS, None)
     inside |= {id(p) for p in kept.parameters()} if kept is not None else set()
     return tuple(out), nbytes(p for p in bench.model.parameters() if id(p) not in inside)
+
+
+def count_weight_bytes(model="tiny", ops=None, dtype: str = "bfloat16") -> tuple[tuple, int]:
+    """`weight_bytes` of `model` (an id, a directory, a shipped config or a `Resolved` record) for the candidates
+    `ops` (default: those `profile` times) at `dtype`, counted on the meta device: the profiler's own model and swaps,
+    shapes without values, so a real-size model costs no memory and nothing is timed. UsageError for an unknown dtype
+    or op."""
+    import torch
+
+    resolved = resolve(model, shipped_ok=True)
+    cands = surgery.candidates(ops, resolved.config)
+    with torch.device("meta"):  # every module the swaps build lands there too, not only the teacher's
+        _, bench = load_bench(resolved, "meta", dtype)
+        return weight_bytes(bench, cands)
 
 
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
