@@ -25,7 +25,7 @@ from .assets import EMBEDDED, embedded_dir
 from .errors import UsageError, check, flags, integer, invalid
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
-from .hf.device import DTYPES
+from .hf.device import check_dtype
 from .hf.models import Resolved, load_model, resolve
 from .operators import Candidate, pattern_string, unbuildable
 from .quality.library import find_library, library_weights
@@ -50,7 +50,7 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     """
     import torch
 
-    check(dtype in DTYPES, "dtype", f'"{dtype}": unknown; choose one of {", ".join(DTYPES)}')
+    check_dtype(dtype)
     check(integer(seed), "seed", f"must be an integer, got {seed!r}")
     _check_shard_size(max_shard_size)
     flags(overwrite=overwrite, allow_stale=allow_stale)

@@ -25,7 +25,7 @@ from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTab
 from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
 from mosaic_search.hf import surgery
 from mosaic_search.hf.models import load_config, load_model, model_from_config, model_ref
-from mosaic_search.operators import REGISTRY, Candidate
+from mosaic_search.operators import REGISTRY, Candidate, pattern_string
 from mosaic_search.quality.library import find_library, library_key, load_library_entry
 
 WINDOW = 4
@@ -561,12 +561,12 @@ def test_existing_output_needs_overwrite_and_is_replaced_only_when_complete(buil
 def test_default_output_path_and_bad_dtype(built, tmp_path, monkeypatch):
     t = built["qwen3"][0]
     plan = t.plan(MIXED, "mixed")
-    with pytest.raises(UsageError, match='dtype "float8": unknown; choose one of float32, bfloat16, float16'):
+    with pytest.raises(UsageError, match='^dtype must be one of float32, bfloat16, float16, got "float8"'):
         builder.build(plan, dtype="float8")
     monkeypatch.chdir(tmp_path)
     out = builder.build(plan)
     # the letters do not say MIXED's window, rank, KV heads and MLP width: a digest of the layers follows them
-    assert re.fullmatch(rf"teacher-qwen3-{''.join(REGISTRY[c.op].symbol for c in MIXED)}-[0-9a-f]{{8}}", out.name)
+    assert re.fullmatch(rf"teacher-qwen3-{pattern_string(MIXED)}-[0-9a-f]{{8}}", out.name)
     assert out.parent == Path("build")
     assert (tmp_path / out / "config.json").is_file()
     loaded = load_plan(plan)
@@ -652,5 +652,5 @@ def test_default_folders_of_different_plans_differ():
     names = [builder.default_out("m", [parse(c) for c in layers]) for layers in plans]
     assert len(set(names)) == len(plans)
     assert names[0] == Path("build") / "m-GGX"  # letters that say every choice stay the whole name
-    assert re.fullmatch(r"m-GGX-[0-9a-f]{8}", names[1].name) and re.fullmatch(r"m-G{32}-[0-9a-f]{8}", names[8].name)
+    assert re.fullmatch(r"m-GgX-[0-9a-f]{8}", names[1].name) and re.fullmatch(r"m-G{32}-[0-9a-f]{8}", names[8].name)
     assert builder.default_out("m", [parse(c) for c in plans[1]]) == names[1]  # the same plan, the same folder

@@ -139,17 +139,18 @@ def test_refine(artifacts, monkeypatch, tmp_path, capsys):
            "measured_kl": 0.5, "predicted": {}, "seconds": 0.1}
     save_search_record(SearchRecord(plan.header, {}, {}, (row,), 0), tmp_path / "r.search.json")
     seen = _fake(monkeypatch, refine_mod, "refine", plan)
-    argv = [a for a in SOLVE_ARGV if a not in ("--device", "cuda", "--max-memory", "0.5")]
+    argv = [a for a in SOLVE_ARGV if a not in ("--device", "cuda")]
     assert main(["refine", "--speedup", "1.1", *argv, "--plan", "PL", "--teacher", "T", "--library", "L",
                  "--data", "D", "--seq-len", "64", "--evaluations", "9", "--seconds", "30", "--solutions", "3",
                  "--min-distance", "2", "--low-windows", "1", "--high-windows", "4", "--offspring", "5",
-                 "--survivors", "2", "--resume", "--device", "cuda", "--seed", "7", "--out", str(out),
-                 "--table", str(tmp_path / "r.csv"), "--json"]) == EXIT_OK
-    kw = {k: v for k, v in SOLVE_KW.items() if k not in ("device", "max_memory")}  # refine bounds no memory
+                 "--survivors", "2", "--rerank-steps", "3", "--rerank-finalists", "2", "--resume", "--device", "cuda",
+                 "--seed", "7", "--out", str(out), "--table", str(tmp_path / "r.csv"), "--json"]) == EXIT_OK
+    kw = {k: v for k, v in SOLVE_KW.items() if k != "device"}  # refine keeps every bound solve takes, memory too
     assert _progress(seen) == dict(args=("P", "S"), speedup=1.1, plan="PL", teacher="T", library="L", data="D",
                                    seq_len=64, evaluations=9, seconds=30.0, solutions=3, min_distance=2, low_windows=1,
-                                   high_windows=4, offspring=5, survivors=2, seed=7, resume=True, out=str(out),
-                                   device="cuda", **{k: v for k, v in kw.items() if k not in ("profile", "scores")})
+                                   high_windows=4, offspring=5, survivors=2, rerank_steps=3, rerank_finalists=2,
+                                   seed=7, resume=True, out=str(out), device="cuda",
+                                   **{k: v for k, v in kw.items() if k not in ("profile", "scores")})
     got = _json(capsys)
     assert got["plan"]["path"] == str(out) and got["search_record"] == str(tmp_path / "r.search.json")
     assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("0,mip-1,")

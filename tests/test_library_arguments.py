@@ -38,7 +38,7 @@ def test_profile_refuses_what_it_cannot_time_with_before_any_work(tmp_path):
     for kw, message in (
             (dict(rounds=-1), "rounds must be an integer >= 1, got -1"),
             (dict(rounds=True), "rounds must be an integer >= 1, got True"),
-            (dict(dtype="int8"), "dtype must be one of float32, bfloat16, float16, got 'int8'"),
+            (dict(dtype="int8"), 'dtype must be one of float32, bfloat16, float16, got "int8"'),
             (dict(image_tokens=-4), "image_tokens must be an integer >= 0, got -4"),
             (dict(seed="1"), "seed must be an integer, got '1'"),
             (dict(workloads=64), "workloads must be a list or a comma-separated string, got int 64"),

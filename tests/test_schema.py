@@ -99,6 +99,15 @@ def test_plan_json_has_pattern_and_structured_candidates(tmp_path):
     assert obj["model"]["num_hidden_layers"] == 3 and obj["created_by"]
 
 
+def test_pattern_marks_a_changed_mlp_in_lower_case():
+    from mosaic_search.operators import pattern_string
+
+    g, s = Candidate.of("gqa"), Candidate.of("swa", {"window": 64})
+    narrow, none = Candidate.parse("mlp:width=32"), Candidate.of("nomlp")
+    assert pattern_string([g, g.with_mlp(narrow), s.with_mlp(none), s]) == "GgsS"
+    assert pattern_string([g, g.with_mlp(narrow)]) != pattern_string([g, g])
+
+
 def _write(tmp_path, obj, text=None):
     p = tmp_path / "x.json"
     p.write_text(text if text is not None else json.dumps(obj))

@@ -129,7 +129,13 @@ def test_serving_flags_on_the_command_line(tmp_path, capsys):
     memory = memory_of([G] * LAYERS, 4)
     args = ["solve", "--profile", str(p), "--scores", str(s), "--out", str(tmp_path / "plan.json")]
     assert main(args + ["--throughput-speedup", "1.5", "--memory", str(memory), "--context", "256"]) == 0
-    assert load_plan(tmp_path / "plan.json").constraints["serving"]["batch"] in BATCHES
+    record = load_plan(tmp_path / "plan.json").constraints["serving"]
+    assert record["batch"] in BATCHES
+    got = record["throughput_tokens_per_s"]
+    assert (f"serving: batch {record['batch']} at context 256, {got:.1f} tokens/s predicted, "
+            f"{got / record['teacher_throughput_tokens_per_s']:.2f}x the teacher's "
+            f"{record['teacher_throughput_tokens_per_s']:.1f} at batch 4; memory ") in " ".join(
+        capsys.readouterr().out.split())  # joined: the console wraps to the terminal
     assert main(args + ["--throughput-speedup", "1.5"]) == 2
     assert main(args + ["--speedup", "1.0", "--max-memory", "10", "--overwrite"]) == 3
     assert "smallest reachable memory" in capsys.readouterr().err

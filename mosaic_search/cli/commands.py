@@ -13,6 +13,7 @@ import typer
 from .. import __version__, builder
 from .. import demo as demo_lib
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
+from ..hf.device import DTYPES
 from ..latency import bench as bench_lib
 from ..latency import profiler
 from ..quality import evaluation, scorer
@@ -220,6 +221,12 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
            = REFINE["high_windows"],
            offspring: Annotated[int, typer.Option(help="Moves screened per generation.")] = REFINE["offspring"],
            survivors: Annotated[int, typer.Option(help="Of them, measured at full fidelity.")] = REFINE["survivors"],
+           rerank_steps: Annotated[int, typer.Option(
+               help="Distill the best few plans this many steps and hand over the best after it (0: off).")]
+           = REFINE["rerank_steps"],
+           rerank_finalists: Annotated[int, typer.Option(help="Plans re-ranked after distillation.")]
+           = REFINE["rerank_finalists"],
+           max_memory: MaxMemoryOpt = REFINE["max_memory"],
            resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress file.")]
            = REFINE["resume"],
            device: Annotated[str, typer.Option(help="Where plans are measured: cpu or cuda.")] = REFINE["device"],
@@ -235,7 +242,8 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
                                    seq_len=seq_len,
                             evaluations=evaluations, seconds=seconds, solutions=solutions, min_distance=min_distance,
                             low_windows=low_windows, high_windows=high_windows, offspring=offspring,
-                            survivors=survivors, seed=seed, resume=resume, out=out, overwrite=overwrite,
+                            survivors=survivors, rerank_steps=rerank_steps, rerank_finalists=rerank_finalists,
+                            seed=seed, resume=resume, out=out, overwrite=overwrite, max_memory=max_memory,
                             allow_stale=allow_stale, device=device, progress=tick, speedup=speedup, workloads=workload,
                             ttft_speedup=ttft_speedup, tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes,
                             cache_batch=cache_batch, cache_context=cache_context, ops=ops, pins=pin,
@@ -255,7 +263,7 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
           no_library: Annotated[bool, typer.Option(
               "--no-library", help="Build from the teacher initialisation, without aligned weights.")] = False,
           out: ModelOutOpt = BUILD["out"],
-          dtype: Annotated[str, typer.Option(help=", ".join(builder.DTYPES[:-1]) + " or " + builder.DTYPES[-1] + ".")]
+          dtype: Annotated[str, typer.Option(help=", ".join(DTYPES[:-1]) + " or " + DTYPES[-1] + ".")]
           = BUILD["dtype"],
           overwrite: OverwriteOpt = BUILD["overwrite"], allow_stale: AllowStaleOpt = BUILD["allow_stale"],
           seed: SeedOpt = BUILD["seed"], as_json: JsonOpt = False):

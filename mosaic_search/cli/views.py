@@ -121,9 +121,22 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
                     f"{s['seconds'] * 1000:.0f} ms, gap {gap}); ms saved per layer, by workload",
                     [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
                     rows, lead=2)
+        if serving := plan.constraints.get("serving"):
+            console.print(serving_line(serving), markup=False, highlight=False)
         for name, src in s.get("read", {}).items():
             console.print(f"{name}: {describe(src)}", markup=False, highlight=False)  # wrapped to the terminal
         _wrote(path, table)
+
+
+def serving_line(s: dict) -> str:
+    """What a serving plan (`solve --throughput-speedup`) serves: its batch, predicted throughput against the
+    teacher's at the teacher's own largest fitting batch, and its memory against the limit."""
+    teacher = (f"the teacher's {s['teacher_throughput_tokens_per_s']:.1f} at batch {s['teacher_batch']}"
+               if s["teacher_fits"] else f"the teacher's {s['teacher_throughput_tokens_per_s']:.1f} at batch "
+               f"{s['teacher_batch']}, which does not fit")
+    return (f"serving: batch {s['batch']} at context {s['context']}, {s['throughput_tokens_per_s']:.1f} tokens/s "
+            f"predicted, {s['throughput_tokens_per_s'] / s['teacher_throughput_tokens_per_s']:.2f}x {teacher}; "
+            f"memory {s['memory_bytes'] / 1e9:.2f} GB of {s['memory_bytes_limit'] / 1e9:.2f} GB")
 
 
 def model_dir(path, as_json: bool = False) -> None:
@@ -185,7 +198,7 @@ def bench(rows: list, target: str, device: str, as_json: bool = False) -> None:
     """`bench`: measured vs predicted speedup per workload."""
     if as_json:
         return emit_json(rows)
-    print_table(f"{target} vs teacher on {device}",
+    print_table(f"{target} vs {rows[0]['teacher']} on {device} (workloads: {rows[0]['workloads_from']})",
                 [("workload", "label"), *((col, "num") for col in ("teacher ms", "model ms", "measured", "predicted",
                                                                    "error %"))],
                 [(r["workload"], ms(r["teacher_ms"]), ms(r["model_ms"]), x(r["measured_speedup"]),

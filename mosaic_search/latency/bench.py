@@ -36,7 +36,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     `rounds` passes alternate teacher and model with samples pooled (`timing.default_rounds`), and a
     paired timer (CPU) times each model step right after a teacher step and reports their typical ratio;
     `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
-    Returns one row per workload.
+    Returns one row per workload, naming the teacher timed against and where the workloads came from.
     """
     check_settings(rounds, dtype, image_tokens, seed)
     names = listed("workloads", workloads)
@@ -80,7 +80,9 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
         model_ms = stats["model", w.name].median_ms
         measured = teacher_ms / model_ms
         pred = plan.predicted.get(w.name, {}).get("speedup")
-        rows.append({"workload": w.name, "phase": w.phase, "batch_size": w.batch_size, "seq_len": w.seq_len,
+        # what was discovered is named in every row: the teacher (`vs` or the plan's) and where the workloads came from
+        rows.append({"teacher": teacher.id, "workloads_from": "given" if workloads else "the plan's predictions",
+                     "workload": w.name, "phase": w.phase, "batch_size": w.batch_size, "seq_len": w.seq_len,
                      "teacher_ms": teacher_ms, "model_ms": model_ms, "measured_speedup": measured,
                      "predicted_speedup": pred,
                      "error_pct": None if pred is None else 100 * (pred - measured) / measured})

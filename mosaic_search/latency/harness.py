@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..artifacts.profile import Workload
 from ..errors import invalid
 from ..hf import surgery
-from ..hf.device import default_dtype
+from ..hf.device import check_dtype, default_dtype
 from ..hf.models import model_from_config, resolve
 from ..hf.vision import image_encoder, random_image
 from ..modeling.architectures import image_architectures
@@ -263,7 +263,7 @@ def load_bench(model, device: str, dtype: str | None = None, seed: int = 0, comp
     prefill also encodes an image of `image_tokens` tokens (`Bench.vision_fn`)."""
     import torch
 
-    dtype = dtype or default_dtype(device)
+    dtype = check_dtype(dtype) or default_dtype(device)
     resolved = resolve(model, shipped_ok=True)
     config, model = resolved.config, resolved.id
     if image_tokens < 0:

@@ -225,6 +225,20 @@ def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
     return tuple(out), nbytes(p for p in bench.model.parameters() if id(p) not in inside)
 
 
+def count_weight_bytes(model="tiny", ops=None, dtype: str = "bfloat16") -> tuple[tuple, int]:
+    """`weight_bytes` of `model` (an id, a directory, a shipped config or a `Resolved` record) for the candidates
+    `ops` (default: those `profile` times) at `dtype`, counted on the meta device: the profiler's own model and swaps,
+    shapes without values, so a real-size model costs no memory and nothing is timed. UsageError for an unknown dtype
+    or op."""
+    import torch
+
+    resolved = resolve(model, shipped_ok=True)
+    cands = surgery.candidates(ops, resolved.config)
+    with torch.device("meta"):  # every module the swaps build lands there too, not only the teacher's
+        _, bench = load_bench(resolved, "meta", dtype)
+        return weight_bytes(bench, cands)
+
+
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
     """Say on stderr when the machine was shared, or the timings too spread to rank close candidates."""
     if busy := timing.busy_machine(device):

@@ -95,7 +95,7 @@ def register(spec: OperatorSpec) -> OperatorSpec:
     """Add an operator; names and symbols must be unique."""
     if spec.name in REGISTRY:
         raise ValueError(f"operator {spec.name} registered twice")
-    if any(s.symbol == spec.symbol for s in REGISTRY.values()):
+    if any(s.symbol.lower() == spec.symbol.lower() for s in REGISTRY.values()):  # `pattern_string` lowers them
         raise ValueError(f"symbol {spec.symbol} of {spec.name} is already taken")
     if spec.axis not in AXES:
         raise ValueError(f"operator {spec.name}: axis {spec.axis!r} is not one of {AXES}")
@@ -368,8 +368,10 @@ def cache_layout(layer_types: list, windows: list) -> dict:
 
 
 def pattern_string(candidates) -> str:
-    """One symbol per layer, e.g. 'GGSDG'."""
-    return "".join(REGISTRY[c.op].symbol for c in candidates)
+    """One symbol per layer, its mixer's, e.g. 'GGSDG'; lower case where the layer's MLP is narrower or removed
+    ('GgSdG': layers 1 and 3 changed their MLP too), so plans that differ on the MLP axis alone read differently (the
+    layers themselves say which MLP)."""
+    return "".join(REGISTRY[c.op].symbol.lower() if c.mlp else REGISTRY[c.op].symbol for c in candidates)
 
 
 def from_symbol(symbol: str) -> OperatorSpec:

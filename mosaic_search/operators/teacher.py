@@ -102,7 +102,9 @@ def channel_importance(mlp: nn.Module, mean_abs: torch.Tensor | None = None) -> 
 
 
 def importance_order(importance: torch.Tensor) -> torch.Tensor:
-    """Channel indices, most important first (ties: lower index first), as int64."""
+    """Channel indices, most important first (ties: lower index first), as int64 on the CPU."""
+    if importance.is_meta:  # a model on the meta device, whose weights are counted, not read: no values to order
+        return torch.arange(importance.numel(), device="cpu")
     return torch.argsort(-importance.double().cpu(), stable=True)
 
 

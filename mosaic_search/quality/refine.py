@@ -9,7 +9,8 @@ re-check verifies. Fitness is the true KL(teacher || plan) on calibration window
 windows, the best `survivors` measured on all `high_windows`; the answer is the plan with the least high-fidelity KL,
 so it is never worse on the calibration windows than any seed. Deterministic for a seed under an evaluation budget;
 every measurement is one durable line of a progress file, and `resume` replays them, so an interrupted run finishes
-with the same answer.
+with the same answer. Optionally (`rerank_steps`) the best few plans are distilled briefly and ranked again by their KL
+after it (rerank.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..errors import Interrupted, StaleInputError, UsageError, check
 from ..operators import pattern_string
 from ..search import repair
 from ..search.problem import check_keywords, predicted, prepare, read_paths
+from . import rerank as rerank_mod
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +65,21 @@ def _from_plan(plan, inputs: dict) -> dict:
     got = {"workloads": c.get("workloads"), "speedup": c.get("speedup"), "ttft_speedup": c.get("ttft_speedup"),
            "tpot_speedup": c.get("tpot_speedup"), "max_cache_bytes": c.get("max_cache_bytes"),
            "cache_batch": c.get("cache_batch") or 1, "ops": c.get("ops"), "pins": c.get("pins"),
-           "min_count": c.get("min_count"), "max_count": c.get("max_count"), "metric": c.get("metric", "kl")}
-    if c.get("cache_workload"):
-        got["cache_context"] = workload_from_name(c["cache_workload"]).seq_len
+           "min_count": c.get("min_count"), "max_count": c.get("max_count"), "metric": c.get("metric", "kl"),
+           "max_memory": c.get("max_memory")}
+    # the cache bound and the memory bound share one batch and context (`problem.prepare`)
+    if c.get("cache_workload") or c.get("memory_workload"):
+        got["cache_context"] = workload_from_name(c.get("cache_workload") or c["memory_workload"]).seq_len
+    if c.get("memory_batch"):
+        got["cache_batch"] = c["memory_batch"]
     return {**{k: v for k, v in got.items() if v is not None}, **{k: v for k, v in inputs.items() if v is not None}}
 
 
 def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, data=None, seq_len=None,
            evaluations=DEFAULT_EVALUATIONS, seconds=None, solutions=DEFAULT_SOLUTIONS,
            min_distance=DEFAULT_MIN_DISTANCE, low_windows=DEFAULT_LOW_WINDOWS, high_windows=DEFAULT_HIGH_WINDOWS,
-           offspring=DEFAULT_OFFSPRING, survivors=DEFAULT_SURVIVORS, seed=0, resume=False, out=None, write=True,
+           offspring=DEFAULT_OFFSPRING, survivors=DEFAULT_SURVIVORS, rerank_steps=0,
+           rerank_finalists=rerank_mod.DEFAULT_FINALISTS, seed=0, resume=False, out=None, write=True,
            overwrite=False, allow_stale=False, device="cpu", time_limit_s=60, progress=None, **inputs) -> LayerPlan:
     """Search around the MIP's plans on the true KL and return (and write) the best plan found.
 
@@ -80,7 +87,9 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     wrote, whose constraints are reused (and whose profile and table must be these, else StaleInputError, exit 4,
     unless `allow_stale`). `teacher`: default the table's model; `library`: the candidate library (default: the
     one written with the table); `data` / `seq_len`: calibration text and window (default: the table's). Budget:
-    `evaluations` measurements and/or `seconds`. Writes the plan (`out`, default layer_plans/<model>/
+    `evaluations` measurements and/or `seconds`. `rerank_steps` > 0: the `rerank_finalists` best plans are built,
+    distilled that many steps by `mosaic distill` and the one with the least KL after it is handed over (rerank.py;
+    the plan records the ranking with and without it). Writes the plan (`out`, default layer_plans/<model>/
     plan-refined.json), its search record and, while running, a progress file `resume` continues from. Raises
     UsageError (exit 2), StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
@@ -95,12 +104,15 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
           f"must be a positive number, got {seconds!r}")
     check(evaluations is not None or seconds is not None, "evaluations", "or seconds must be given: the budget")
     for name, value in (("solutions", solutions), ("low_windows", low_windows), ("high_windows", high_windows),
-                        ("offspring", offspring), ("survivors", survivors), ("min_distance", min_distance)):
+                        ("offspring", offspring), ("survivors", survivors), ("min_distance", min_distance),
+                        ("rerank_finalists", rerank_finalists)):
         check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
               f"must be a positive integer, got {value!r}")
     check(low_windows <= high_windows, "low_windows",
           f"must be at most high_windows ({high_windows}), got {low_windows}")
     check(survivors <= offspring, "survivors", f"must be at most offspring ({offspring}), got {survivors}")
+    check(isinstance(rerank_steps, int) and not isinstance(rerank_steps, bool) and rerank_steps >= 0, "rerank_steps",
+          f"must be 0 (off) or a positive integer, got {rerank_steps!r}")
     check_keywords(refine, inputs)
     if plan is not None:
         plan_obj = plan if isinstance(plan, LayerPlan) else load_plan(plan)
@@ -125,6 +137,8 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     seq_len = seq_len or int(p.scores.data.get("seq_len") or 512)
     check(isinstance(seq_len, int) and seq_len >= 2, "seq_len", f"must be an integer >= 2, got {seq_len!r}")
     windows = fitness.calibration_windows(teacher, source, seq_len, high_windows)  # exit 2 before any evaluation
+    if rerank_steps:
+        rerank_mod.check_windows(windows)
     starts = repair.seeds(p, solutions, min_distance, time_limit_s)  # exit 3 when nothing meets the budgets
     first = repair.plan_record(p, starts[0][1], {"name": "seed"})
     if library is None:
@@ -135,11 +149,13 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     settings = {"seed": seed, "evaluations": evaluations, "seconds": seconds, "solutions": solutions,
                 "min_distance": min_distance, "low_windows": low_windows, "high_windows": high_windows,
                 "offspring": offspring, "survivors": survivors, "elite": DEFAULT_ELITE, "max_changed": MAX_CHANGED,
+                "rerank": {"steps": rerank_steps, "finalists": rerank_finalists} if rerank_steps else None,
                 "data": {"source": data_mod.display_name(source), "seq_len": seq_len,
                          "sha256": sha256_json(windows.ids.tolist())},
                 "library": str(library) if library else None}
     fp = sha256_json({"version": PROGRESS_VERSION, "inputs": p.inputs, "constraints": p.constraints,
-                             **{k: v for k, v in settings.items() if k not in ("evaluations", "seconds", "library")}})
+                             **{k: v for k, v in settings.items()
+                                if k not in ("evaluations", "seconds", "library", "rerank")}})
     done = _replayed(log, fp) if resume else {}
     if not resume and write and log.exists():
         logger.info("note: starting afresh; %s of an unfinished run is discarded (--resume keeps it)", log)
@@ -153,14 +169,21 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
         raise Interrupted(f"interrupted after {len(search.rows)} measurements; " + (
             f"{kept} measured plans are kept in {log}; rerun with --resume to continue" if kept
             else "nothing was written")) from None
-    best = search.best()
+    best = reranked = search.best()
+    if rerank_steps:
+        finalists = sorted(search.high.values(), key=lambda r: (r["measured_kl"], r["index"]))[:rerank_finalists]
+        ranks = rerank_mod.rerank(p, finalists, teacher=teacher, library=library, windows=windows, steps=rerank_steps,
+                                  seed=seed, folder=plan_out.parent, progress=progress)
+        chosen = min(ranks, key=lambda r: (r["distilled_kl"], r["measured_kl"], r["index"]))
+        best = next(r for r in finalists if r["index"] == chosen["index"])
+        reranked = {"steps": rerank_steps, "finalists": ranks, "without": reranked["index"], "with": best["index"]}
     measured = {"kl": best["measured_kl"], "tokens": best["tokens"], "data": settings["data"],
                 "windows": high_windows}
     info = {"name": "refine", "strategy": "refine", "status": search.stopped, "mip_gap": None,
             "seconds": round(time.perf_counter() - search.began, 3), "measured": measured,
             "evaluations": len(search.rows), "origin": best["origin"],
             "seeds": {origin: search.high[layers]["measured_kl"] for origin, layers in starts if layers in search.high},
-            "search_record": record_out.name}
+            "search_record": record_out.name, **({"rerank": reranked} if rerank_steps else {})}
     result = repair.plan_record(p, best["layers_c"], info)
     header = Header.new(model, env=p.profile.header.env, inputs={**p.inputs, "data": settings["data"]["sha256"]})
     record = SearchRecord(header=header, constraints=p.constraints, settings=settings,

@@ -82,13 +82,13 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     """
     from ..hf import data as data_mod
     from ..hf import surgery
-    from ..hf.device import DTYPES, check_device, default_dtype, environment
+    from ..hf.device import check_device, check_dtype, default_dtype, environment
     from ..hf.models import resolve
 
     align_steps = _count("align_steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
     check(integer(seed), "seed", f"must be an integer, got {seed!r}")
     flags(resume=resume)
-    check(dtype is None or dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
     path = table_path(teacher, out)
     check_not_input(library.ItemStore(path).outputs(), {"data": source, "teacher": teacher})

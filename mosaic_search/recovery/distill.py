@@ -29,7 +29,7 @@ from ..artifacts.header import Header
 from ..artifacts.plan import PLAN_FILE, load_plan
 from ..errors import UsageError, check, flags, invalid, path_arg
 from ..hf import distributed
-from ..hf.device import DTYPES
+from ..hf.device import check_dtype
 from . import checkpoint, loading
 from .batches import training_batches
 from .checkpoint import checkpoint_path  # noqa: F401  (the CLI's: where a run keeps its checkpoint)
@@ -88,7 +88,7 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     flags(resume=resume, overwrite=overwrite)
     path_arg("model", model)
     dtype = dtype or _saved_dtype(model)
-    check(dtype in DTYPES, "dtype", f'must be one of {", ".join(DTYPES)}, got "{dtype}"')
+    check_dtype(dtype)
     if not is_mosaic_dir(model):
         raise UsageError(f"{model}: " + ("not a model built by mosaic (mosaic build writes one)" if Path(model).is_dir()
                                          else "no such model directory"))
