@@ -208,7 +208,7 @@ def test_bench_check_and_ops_tables_fit_80_columns(columns80, monkeypatch, capsy
     target = f"build/{MODEL.replace('/', '--')}-{'GSDK' * 9}"
     monkeypatch.setattr(bench_mod, "bench", lambda *a, **kw: [
         {"workload": w, "teacher_ms": 1635.7, "model_ms": 1001.25, "measured_speedup": 1.634, "predicted_speedup": 1.6,
-         "error_pct": -2.1} for w in GQA_MS])
+         "error_pct": -2.1, "teacher": MODEL, "workloads_from": "the plan's predictions"} for w in GQA_MS])
     out = _shown(capsys, ["bench", target])
     for text in (*GQA_MS, "1636", "1001", "1.63x", "-2.1"):
         assert text in out, text
