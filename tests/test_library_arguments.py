@@ -122,8 +122,8 @@ def test_a_candidate_names_each_param_once_and_a_window_within_the_model(capsys)
         assert main(["score", "--ops", text]) == 2
         assert capsys.readouterr().err == f'error: --ops: cannot parse candidate "{text}": window is given twice\n'
     assert main(["score", "--ops", "gqa,swa:window=5000"]) == 2  # tiny has 4096 positions
-    assert capsys.readouterr().err == "error: --ops: swa:window=5000: window must be at most 4096 for this model, got " \
-                                      "5000\n"
+    assert capsys.readouterr().err == ("error: --ops: swa:window=5000: window must be at most 4096 for this model, "
+                                       "got 5000\n")
 
 
 def test_flags_are_bools_and_paths_are_paths(pair, tmp_path):
