@@ -108,12 +108,13 @@ def flags(**values) -> None:
         check(value is None or isinstance(value, bool), param, f"must be True or False, got {value!r}")
 
 
-def path_arg(param: str, value, optional: bool = False):
-    """`value` as a path argument (a str or os.PathLike; None too when `optional`), else `invalid` naming `param`."""
+def path_arg(param: str, value, optional: bool = False, what: str = "a path"):
+    """`value` as a path argument (a str or os.PathLike; None too when `optional`), else `invalid` naming `param`
+    and `what` it must be ("a model id or directory" for a model)."""
     import os
 
     check((optional and value is None) or isinstance(value, (str, os.PathLike)), param,
-          f"must be a path, got {type(value).__name__} {value!r}")
+          f"must be {what}, got {type(value).__name__} {value!r}")
     return value
 
 

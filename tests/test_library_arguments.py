@@ -106,6 +106,8 @@ def test_the_other_entries_check_types_too(tmp_path):
     _refused(lambda: bench.bench_generate("x.json", new_tokens="3"), "new_tokens must be an integer, got '3'")
     with pytest.raises(UsageError, match=r"`windows` and `seq_len` must be integers of at least 1 and 2, got '2'"):
         evaluation.evaluate("tiny", windows="2")
+    _refused(lambda: evaluation.evaluate("tiny", probes=5), "probes must be a path, got int 5")
+    _refused(lambda: evaluation.evaluate("tiny", teacher=["tiny"]), "teacher must be a model id or directory, got list ['tiny']")
     _refused(lambda: to_frame(5), "artifact must be a profile, sensitivity table, plan, sweep or search record (or "
                                   "its file's path), got int")
 

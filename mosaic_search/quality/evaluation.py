@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError, integer, invalid
+from ..errors import UsageError, integer, invalid, path_arg
 from .questions import answer_accuracy, load_questions
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
     from ..hf.surgery import dims_of
     from ..operators import default_candidates
 
+    for name, value in ((param, data), ("probes", probes), ("questions", questions)):
+        path_arg(name, value, optional=True)
     embedded = teacher in EMBEDDED
     if data is None and not embedded:
         raise invalid(param, f": {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
@@ -146,6 +148,8 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
     from ..hf.device import check_device
     from ..hf.models import load_model
 
+    path_arg("model", model, what="a model directory")
+    path_arg("teacher", teacher, optional=True, what="a model id or directory")
     teacher = teacher or recorded_teacher(model)
     evals = eval_set(teacher, data, probes, windows, seq_len, questions=questions)
     _warn_if_blind(model, teacher, seq_len)

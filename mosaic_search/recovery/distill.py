@@ -86,7 +86,7 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
 
     s = settings
     flags(resume=resume, overwrite=overwrite)
-    path_arg("model", model)
+    path_arg("model", model, what="a model directory")
     dtype = dtype or _saved_dtype(model)
     check_dtype(dtype)
     if not is_mosaic_dir(model):

@@ -59,7 +59,9 @@ class DistillSettings:
             value = getattr(self, param)
             check(value is None or integer(value), param, f"must be an integer, got {value!r}")
         flags(quality=self.quality)
-        for param in ("teacher", "oracle", "data", "eval_data"):
+        for param in ("teacher", "oracle"):
+            path_arg(param, getattr(self, param), optional=True, what="a model id or directory")
+        for param in ("data", "eval_data"):
             path_arg(param, getattr(self, param), optional=True)
         for param in ("lr", "batch_size", "checkpoint_every"):
             value = getattr(self, param)
