@@ -22,7 +22,7 @@ from .artifacts.files import atomic_dir, check_not_input, check_output, output_p
 from .artifacts.header import check_same_model, to_json
 from .artifacts.plan import PLAN_FILE, LayerPlan, load_plan
 from .assets import EMBEDDED, embedded_dir
-from .errors import UsageError, check, flags, integer, invalid
+from .errors import UsageError, check, flags, integer, invalid, path_arg
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
 from .hf.device import check_dtype
@@ -54,6 +54,9 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     check(integer(seed), "seed", f"must be an integer, got {seed!r}")
     _check_shard_size(max_shard_size)
     flags(overwrite=overwrite, allow_stale=allow_stale)
+    path_arg("teacher", teacher, optional=True, what="a model id or directory")
+    if not isinstance(plan, LayerPlan):
+        path_arg("plan", plan, what="a plan file or a LayerPlan")
     check(library in (None, False) or isinstance(library, (str, os.PathLike)), "library",
           f"must be a path, None (the plan's own) or False (none), got {library!r}")
     plan, plan_bytes, plan_name = _read_plan(plan)

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..artifacts import files
 from ..artifacts.plan import LayerPlan, load_plan
 from ..artifacts.profile import Workload, parse_workload, workload_from_name, workload_name
-from ..errors import MosaicError, UsageError, check, integer, invalid, listed
+from ..errors import MosaicError, UsageError, check, integer, invalid, listed, path_arg
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype
 from ..hf.models import auto_class, model_from_config, resolve
@@ -39,6 +39,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     Returns one row per workload, naming the teacher timed against and where the workloads came from.
     """
     check_settings(rounds, dtype, image_tokens, seed)
+    path_arg("vs", vs, optional=True, what="a model id or directory")
     names = listed("workloads", workloads)
     device = check_device(device)
     plan, model_dir = _resolve(target)
@@ -90,7 +91,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
 
 
 def _resolve(target) -> tuple[LayerPlan, Path | None]:
-    path = Path(target)
+    path = Path(path_arg("target", target, what="a model directory or a plan file"))
     if path.is_dir():
         plan_file = path / "mosaic_plan.json"
         if not plan_file.is_file():

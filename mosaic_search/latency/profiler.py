@@ -23,7 +23,7 @@ from pathlib import Path
 from ..artifacts.files import PROFILES_DIR, check_not_input, check_output, output_path
 from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
-from ..errors import UsageError, check, flags, integer, invalid, listed
+from ..errors import UsageError, check, flags, integer, invalid, listed, path_arg
 from ..hf import surgery
 from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import resolve, slug
@@ -64,6 +64,7 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     Bad input (device, workloads, ops, depth, an existing output of another kind) raises UsageError before any
     timing; an operator out of memory is recorded `status: oom` and profiling goes on.
     """
+    path_arg("model", model, what="a model id or directory")
     timing.check_settings(rounds, dtype, image_tokens, seed)
     flags(validate=validate, compile_decode=compile_decode)
     device = check_device(device)

@@ -35,7 +35,7 @@ from pathlib import Path
 from ..artifacts.files import PLANS_DIR, check_not_input, check_output, claimed, json_text, output_path, write_text
 from ..artifacts.header import Header, sha256_file, sha256_json, to_json
 from ..artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
-from ..errors import MosaicError, UsageError, check, flags, integer, invalid
+from ..errors import MosaicError, UsageError, check, flags, integer, invalid, path_arg
 from ..hf import distributed
 from ..hf.models import slug
 from ..operators import Candidate, seen_as_full
@@ -86,6 +86,7 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     from ..hf.models import resolve
 
     align_steps = _count("align_steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
+    path_arg("teacher", teacher, what="a model id or directory")
     check(integer(seed), "seed", f"must be an integer, got {seed!r}")
     flags(resume=resume)
     check_dtype(dtype)
