@@ -119,16 +119,19 @@ def path_arg(param: str, value, optional: bool = False, what: str = "a path"):
 
 
 def listed(param: str, value) -> list | None:
-    """A list-valued argument as a list: a list or a tuple as it is, or one string of comma-separated items as the
-    command line writes them ("gqa,swa", "decode:1k,prefill:4k"); None stays None. Anything else (a number, a
-    mapping) is `invalid` naming `param`: every list-valued parameter of the library reads its argument here."""
+    """A list-valued argument as a list: a list or a tuple, or one string of comma-separated items as the command line
+    writes them ("gqa,swa", "decode:1k,prefill:4k"), a string in a list split likewise (a repeated flag given
+    "decode:1k,prefill:4k" once); None stays None. Anything else (a number, a mapping) is `invalid` naming `param`:
+    every list-valued parameter of the library reads its argument here."""
     if value is None:
         return None
     if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    raise invalid(param, f"must be a list or a comma-separated string, got {type(value).__name__} {value!r}")
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise invalid(param, f"must be a list or a comma-separated string, got {type(value).__name__} {value!r}")
+    parts = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+    return [part.strip() if isinstance(part, str) else part for part in parts
+            if not isinstance(part, str) or part.strip()]
 
 
 def did_you_mean(word: str, choices) -> str:

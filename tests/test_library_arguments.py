@@ -11,6 +11,7 @@ from test_solver import make, save_pair
 import mosaic_search as mosaic
 from mosaic_search import builder
 from mosaic_search.artifacts.frames import to_frame
+from mosaic_search.artifacts.plan import load_plan
 from mosaic_search.artifacts.profile import load_profile
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
@@ -57,6 +58,11 @@ def test_a_list_valued_parameter_takes_a_comma_separated_string_as_the_command_l
                          write=False)
     assert one.layers == other.layers and [str(c) for c in one.layers[:2]] == ["gqa", "gqa"]
     assert list(one.predicted) == ["decode_4k", "decode_16k"]
+    # a repeated flag given comma-separated items once reads the same (the command line passes a list of strings)
+    assert [w.name for w in profiler._workloads(["decode:64,prefill:32"], "cpu")] == ["decode-b1-c64", "prefill-b1-p32"]
+    assert main(["solve", "--profile", p, "--scores", s, "--speedup", "1.2", "--pin", "0=gqa,1=gqa", "--workload",
+                 "decode_4k,decode_16k", "--out", "cli.json"]) == 0
+    assert load_plan("cli.json").layers == one.layers
 
 
 def test_solve_checks_its_own_arguments_and_names_itself(pair):

@@ -368,7 +368,8 @@ def bench(target: Annotated[str, typer.Argument(
               "--generate", help="Time model.generate end to end (TTFT, TPOT, tokens/s) against an all-gqa build and "
                                  "the stock teacher class, instead of the profiler's harness.")] = False,
           context: Annotated[Optional[list[str]], typer.Option(
-              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable.")]
+              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable, or "
+                   "comma-separated.")]
           = BENCH["contexts"],
           new_tokens: Annotated[int, typer.Option(help="--generate: tokens generated per call.")]
           = BENCH["new_tokens"],
