@@ -74,12 +74,12 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     for candidate in plan.layers:
         candidate.check_fits(resolved.dims)  # before minutes of loading the teacher
     out = output_path(out, default_out(resolved.slug, plan.layers), folder=True)
-    check_not_input([out], {"plan": plan_name, "teacher": teacher, "library": library})
-    _check_out(out, overwrite)
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
         if library is not None:
             logger.info(f"note: using {library}, the candidate library written with this plan's scores")
+    check_not_input([out], {"plan": plan_name, "teacher": teacher, "library": library})  # the one found too
+    _check_out(out, overwrite)
     weights = library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
     model = load_model(resolved, dtype=dtype)

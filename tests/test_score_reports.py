@@ -68,10 +68,10 @@ def test_eval_names_the_windows_its_held_out_sequences_cannot_tell_from_full_att
     (tmp_path / "m").mkdir()
     save(dataclasses.replace(plan, layers=tuple(layers)), tmp_path / "m" / PLAN_FILE)
     capsys.readouterr()
-    evaluation._warn_if_blind(str(tmp_path / "m"), "tiny", 1024)
+    evaluation.warn_if_blind(str(tmp_path / "m"), "tiny", 1024)
     assert capsys.readouterr().err == (
         "warning: held-out windows of 1024 tokens cannot tell swa:window=2048 from full attention (a window as long as "
         "the sequence sees all of it): the numbers say nothing of what those layers lose on longer contexts; evaluate "
         "on longer sequences (seq_len above the largest window)\n")
-    evaluation._warn_if_blind(str(tmp_path / "m"), "tiny", 4096)
+    evaluation.warn_if_blind(str(tmp_path / "m"), "tiny", 4096)
     assert capsys.readouterr().err == ""

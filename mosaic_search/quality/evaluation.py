@@ -152,14 +152,14 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
     path_arg("teacher", teacher, optional=True, what="a model id or directory")
     teacher = teacher or recorded_teacher(model)
     evals = eval_set(teacher, data, probes, windows, seq_len, questions=questions)
-    _warn_if_blind(model, teacher, seq_len)
+    warn_if_blind(model, teacher, seq_len)
     check_device(device)
     student = load_model(model, device=device)
     reference = student if model == teacher else load_model(teacher, device=device)
     return {"model": model, "teacher": teacher, "eval": evals.describe(), **measure(student, reference, evals)}
 
 
-def _warn_if_blind(model: str, teacher: str, seq_len: int) -> None:
+def warn_if_blind(model: str, teacher: str, seq_len: int) -> None:
     """Warn when the model's plan has windows the held-out windows of `seq_len` tokens cannot tell from full
     attention: its KL and loss then say nothing of what those layers lose on longer contexts."""
     from ..artifacts.plan import PLAN_FILE, load_plan

@@ -82,7 +82,7 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     from ..hf.device import check_device
     from ..hf.models import EMBEDDED, is_mosaic_dir
     from ..hf.surgery import decoder_layers
-    from ..quality.evaluation import eval_set, recorded_teacher
+    from ..quality.evaluation import eval_set, recorded_teacher, warn_if_blind
 
     s = settings
     flags(resume=resume, overwrite=overwrite)
@@ -101,6 +101,8 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     source = data_mod.check_source(s.data or data_mod.default_distill_source(s.teacher))
     evals = (eval_set(s.teacher, s.eval_data, tokenizer=tokenizer, param="eval_data")
              if s.quality and (s.eval_data or s.teacher in EMBEDDED) else None)
+    if evals is not None:  # the quality before and after is measured on these windows
+        warn_if_blind(model, s.teacher, int(evals.windows.shape[1]))
     check_device(device)
     ckpt = checkpoint.checkpoint_path(out)
     if resume and not checkpoint.exists(ckpt):
