@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -564,7 +565,9 @@ def test_default_output_path_and_bad_dtype(built, tmp_path, monkeypatch):
         builder.build(plan, dtype="float8")
     monkeypatch.chdir(tmp_path)
     out = builder.build(plan)
-    assert out == Path("build") / f"teacher-qwen3-{pattern_string(MIXED)}"  # the plan's pattern, MLP case too
+    # the letters do not say MIXED's window, rank, KV heads and MLP width: a digest of the layers follows them
+    assert re.fullmatch(rf"teacher-qwen3-{pattern_string(MIXED)}-[0-9a-f]{{8}}", out.name)
+    assert out.parent == Path("build")
     assert (tmp_path / out / "config.json").is_file()
     loaded = load_plan(plan)
     again = builder.build(loaded, out=tmp_path / "from-object")  # a LayerPlan object, not a file
@@ -636,3 +639,18 @@ def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_pa
         for p in layer.self_attn.parameters())
     model = load_model(str(out))
     assert [c["op"] for c in model.config.mosaic["layers"]] == [c.op for c in MIXED]
+
+
+def test_default_folders_of_different_plans_differ():
+    """The letters of a pattern say the operator, not its window, rank, KV heads or MLP: a plan whose layers carry any
+    of those is named by a digest of its layers too, so no two plans share a default folder."""
+    parse = Candidate.parse
+    plans = [["gqa", "gqa", "drop"], ["gqa", "gqa+mlp:width=256", "drop"], ["gqa", "gqa+mlp:width=128", "drop"],
+             ["gqa", "gqa+nomlp", "drop"], ["gqa", "gqa:kv_heads=1", "drop"], ["gqa", "gqa:kv_heads=1+mlp:width=256",
+                                                                              "drop"],
+             ["gqa", "swa:window=4", "drop"], ["gqa", "swa:window=8", "drop"], ["gqa"] * 65, ["gqa"] * 64 + ["gdn"]]
+    names = [builder.default_out("m", [parse(c) for c in layers]) for layers in plans]
+    assert len(set(names)) == len(plans)
+    assert names[0] == Path("build") / "m-GGX"  # letters that say every choice stay the whole name
+    assert re.fullmatch(r"m-GgX-[0-9a-f]{8}", names[1].name) and re.fullmatch(r"m-G{32}-[0-9a-f]{8}", names[8].name)
+    assert builder.default_out("m", [parse(c) for c in plans[1]]) == names[1]  # the same plan, the same folder

@@ -35,9 +35,13 @@ def to_frame(artifact):
     `chosen`) or Pareto (target speedup: `<metric>_nats`, `speedup_<workload>`, `latency_ms_<workload>`). Every
     frame has `candidate` (as in the artifact, e.g. swa:window=1024), `op`, `mlp` (the layer's MLP candidate, e.g.
     mlp:width=256; empty: the teacher's) and one integer column per operator param (`window`, `rank`, `width`; empty
-    where the candidate has none), except the sweep's, whose rows are whole plans.
-    Raises TypeError for anything else.
+    where the candidate has none), except the sweep's, whose rows are whole plans. A path is read as its file's kind
+    says (`kinds.load_any`); anything else is a UsageError naming `artifact`.
     """
+    if isinstance(artifact, (str, os.PathLike)):
+        from .kinds import load_any
+
+        artifact = load_any(artifact)
     if isinstance(artifact, LatencyProfile):
         return _profile(artifact)
     if isinstance(artifact, SensitivityTable):
@@ -48,7 +52,8 @@ def to_frame(artifact):
         return _pareto(artifact)
     if isinstance(artifact, SearchRecord):
         return _search(artifact)
-    raise TypeError(f"not an artifact: {type(artifact).__name__}")
+    raise invalid("artifact", f"must be a profile, sensitivity table, plan, sweep or search record (or its file's "
+                              f"path), got {type(artifact).__name__}")
 
 
 def check_table(path: str | os.PathLike, param: str = "path") -> Path:

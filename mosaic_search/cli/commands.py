@@ -55,12 +55,14 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
     """Hardware-aware architecture search: profile -> score -> solve -> build -> distill."""
 
 
-def _table_writer(path):
-    """Check a --table path before any work; return what writes an artifact's rows there (nothing without one)."""
+def _table_writer(path, **inputs):
+    """Check a --table path before any work (writable, and none of the command's `inputs`, {parameter: path}); return
+    what writes an artifact's rows there (nothing without one)."""
     if not path:
         return lambda artifact: None
-    from ..artifacts import frames
+    from ..artifacts import files, frames
 
+    files.check_not_input([path], inputs, "table_out")
     frames.check_table(path, "table_out")
     return lambda artifact: frames.write_table(artifact, path)
 
@@ -78,7 +80,7 @@ def profile(model: ModelOpt = PROFILE["model"], device: DeviceOpt = PROFILE["dev
             image_tokens: ImageTokensOpt = PROFILE["image_tokens"], table_out: TableOpt = None,
             seed: SeedOpt = PROFILE["seed"], as_json: JsonOpt = False):
     """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
-    save_table = _table_writer(table_out)  # a bad --table fails before the profile runs, not after
+    save_table = _table_writer(table_out, model=model)  # a bad --table fails before the profile runs, not after
     with interruptible(lambda: f"{NOTHING_WRITTEN}: a profile is saved only once complete"), \
             progress("profiling") as tick:
         prof = profiler.profile(model=model, device=device, ops=ops, workloads=workload, out=out, seed=seed,
@@ -108,7 +110,7 @@ def score(teacher: ModelOpt = SCORE["teacher"],
           = SCORE["device_map"],
           table_out: TableOpt = None, seed: SeedOpt = SCORE["seed"], as_json: JsonOpt = False):
     """Stage 2: KL to the teacher of every (layer, operator) swap, after local alignment (torchrun splits items)."""
-    save_table, show, start = _table_writer(table_out), rank0(), time.perf_counter()
+    save_table, show, start = _table_writer(table_out, data=data, teacher=teacher), rank0(), time.perf_counter()
     path = scorer.table_path(teacher, out)
     from ..quality.library import ItemStore
 
@@ -162,7 +164,7 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
           out: OutOpt = SOLVE["out"], table_out: TableOpt = None, as_json: JsonOpt = False):
     """Stage 3: the least predicted loss per layer assignment that meets the speedup targets (MIP)."""
     _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out, (throughput_speedup, memory))
-    save_table = _table_writer(table_out)
+    save_table = _table_writer(table_out, profile=profile, scores=scores)
     kw = dict(speedup=speedup, profile=profile, scores=scores, workloads=workload, ttft_speedup=ttft_speedup,
               tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes, cache_batch=cache_batch,
               cache_context=cache_context, ops=ops, pins=pin, min_count=min_count, max_count=max_count, metric=metric,
@@ -234,7 +236,7 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
     """Between solve and build: search around the MIP's plans on the true KL to the teacher, every budget kept."""
     from ..artifacts.search_record import load_search_record
 
-    save_table = _table_writer(table_out)
+    save_table = _table_writer(table_out, plan=plan, profile=profile, scores=scores, library=library, data=data)
     with progress("refining") as tick:  # refine says itself what an interruption kept
         result = refine_lib.refine(profile, scores, plan=plan, teacher=teacher, library=library, data=data,
                                    seq_len=seq_len,
@@ -366,7 +368,8 @@ def bench(target: Annotated[str, typer.Argument(
               "--generate", help="Time model.generate end to end (TTFT, TPOT, tokens/s) against an all-gqa build and "
                                  "the stock teacher class, instead of the profiler's harness.")] = False,
           context: Annotated[Optional[list[str]], typer.Option(
-              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable.")]
+              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable, or "
+                   "comma-separated.")]
           = BENCH["contexts"],
           new_tokens: Annotated[int, typer.Option(help="--generate: tokens generated per call.")]
           = BENCH["new_tokens"],
@@ -419,7 +422,9 @@ def check(model: ModelOpt = PROFILE["model"],
 FLAGS = {"as_json": "--json", "quality": "--eval", "workloads": "--workload", "pins": "--pin", "min_count": "--min",
          "max_count": "--max", "time_limit_s": "--time-limit", "speedups": "--sweep", "contexts": "--context",
          "table_out": "--table"}
-COMMAND_FLAGS = {"bench": {"batch_size": "--batch"}, "check": {"new_tokens": "--tokens"}}
+# (a command's positional argument is named as its help shows it: build's plan is PLAN)
+COMMAND_FLAGS = {"bench": {"batch_size": "--batch", "target": "TARGET"}, "check": {"new_tokens": "--tokens"},
+                 "build": {"plan": "PLAN"}, "distill": {"model": "MODEL"}, "eval": {"model": "MODEL"}}
 
 
 def flag(param: str, command: str | None = None) -> str:

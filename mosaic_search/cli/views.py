@@ -54,12 +54,15 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
     from ..artifacts.header import to_json
     from ..hf.data import SELF
     from ..quality import scorer
-    from ..quality.library import library_path
+    from ..quality.library import library_of, library_path
 
-    library, rho = library_path(path), scorer.proxy_agreement(table)
+    library, rho = library_of(path), scorer.proxy_agreement(table)
+    # a library beside the table that this run did not write (it scored no aligned candidate) is an earlier table's
+    kept = library_path(path) if library is None and library_path(path).is_file() else None
     if as_json:
         return emit_json({**to_json(table), "path": str(path), "seconds": seconds, "library": str(library)
-                          if library.is_file() else None, "block_influence_vs_drop": rho, "table": table_out})
+                          if library else None, "kept_library": str(kept) if kept else None,
+                          "block_influence_vs_drop": rho, "table": table_out})
     cands = list(dict.fromkeys(e.candidate for e in table.entries))
     cell = {(e.layer, e.candidate): e.kl for e in table.entries}
     top = max(cell.values()) or 1.0
@@ -77,7 +80,10 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
                 caption=f"work {c['done_full_forwards']:.1f} full-forward equivalents vs "
                         f"{c['naive_full_forwards']:.1f} naive ({c['ratio']:.0%}); {seconds:.0f} s"
                         + ("" if rho is None else f"\nBI (block influence) vs drop KL, rank correlation {rho:.2f}"))
-    _wrote(path, library if library.is_file() else None, table_out)
+    _wrote(path, library, table_out)
+    if kept:
+        console.print(f"kept {kept}: an earlier run's library, for another table (no candidate scored now needs "
+                      "aligned weights; plans solved on this table build without it)")
 
 
 def sweep(front, table=None, as_json: bool = False) -> None:

@@ -63,7 +63,7 @@ def check_device(device: str) -> str:
 
     if device == "cpu":
         return device
-    if device.startswith("cuda"):
+    if isinstance(device, str) and device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"device {device} is not available on this machine (no CUDA device); use `device` cpu")
         return device

@@ -20,12 +20,12 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..artifacts.files import PROFILES_DIR, check_output, output_path
+from ..artifacts.files import PROFILES_DIR, check_not_input, check_output, output_path
 from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
-from ..errors import UsageError, invalid
+from ..errors import UsageError, check, flags, integer, invalid, listed, path_arg
 from ..hf import surgery
-from ..hf.device import DTYPE_BYTES, check_device, check_dtype, default_dtype, environment
+from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import resolve, slug
 from ..operators import Candidate, pattern_string
 from . import timing
@@ -64,13 +64,17 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     Bad input (device, workloads, ops, depth, an existing output of another kind) raises UsageError before any
     timing; an operator out of memory is recorded `status: oom` and profiling goes on.
     """
+    path_arg("model", model, what="a model id or directory")
+    timing.check_settings(rounds, dtype, image_tokens, seed)
+    flags(validate=validate, compile_decode=compile_decode)
     device = check_device(device)
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=LatencyProfile.kind)  # before minutes of measuring
+    check_not_input([path], {"model": model})
     wls = _workloads(workloads, device)
-    check_dtype(dtype)
     resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
     cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
+    depth = _depth(device, resolved.dims.num_layers, layers_per_sample)
     timer = timer or timing.default_timer(device)
     # before any allocation: the timed model, a paired timer's reference and the largest workload must fit
     check_fits(resolved.dims, wls, DTYPE_BYTES[dtype or default_dtype(device)], 2 if timing.is_paired(timer) else 1,
@@ -78,7 +82,6 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     _, bench = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)
     dims = resolved.dims
     rounds = rounds or timing.default_rounds(device)
-    depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
     reference = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)[1] \
         if timing.is_paired(timer) else None
@@ -130,7 +133,7 @@ class _Schedule:
 def _depth(device: str, num_layers: int, layers_per_sample: int | None) -> int:
     """Layers per sample: as asked, or `default_layers_per_sample`; UsageError outside 1..num_layers."""
     depth = default_layers_per_sample(device, num_layers) if layers_per_sample is None else layers_per_sample
-    if not 1 <= depth <= num_layers:
+    if not integer(depth) or not 1 <= depth <= num_layers:
         raise invalid("layers_per_sample", f"must be 1..{num_layers} (the model's layers), got {depth}")
     return depth
 
@@ -362,7 +365,9 @@ def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
 
 def _workloads(workloads, device: str) -> list[Workload]:
     """Workload specs (or Workloads) parsed, the device's defaults when none; UsageError on a duplicate."""
-    specs = workloads or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    specs = listed("workloads", workloads) or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    for w in specs:
+        check(isinstance(w, (Workload, str)), "workloads", f"items must be specs such as decode:1k, got {w!r}")
     wls = [w if isinstance(w, Workload) else parse_workload(w) for w in specs]
     names = [w.name for w in wls]
     if len(set(names)) != len(names):

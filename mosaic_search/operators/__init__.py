@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, OperatorSpec, cache_layout, compose,
                        default_candidates, from_symbol, get, parse_candidates, pattern_string, plot_color, register,
-                       unbuildable)
+                       seen_as_full, unbuildable)
 
 # each file registers its operators; the import order is the registry's order (tables, profiles, plots, the MIP's
 # candidate order): not alphabetical, append new files at the end
@@ -16,4 +16,4 @@ from . import attention, latent, delta, removal, mlp  # noqa: E402, F401, I001  
 
 __all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout", "compose",
            "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_string", "plot_color", "register",
-           "unbuildable"]
+           "seen_as_full", "unbuildable"]

@@ -56,4 +56,6 @@ register(OperatorSpec(
         dims, min(window, context), dtype_bytes, kv_heads),
     # up to three windows, each at most an eighth of the model's context (128..8192)
     default_params=lambda dims: [{"window": w} for w in (128, 512, 2048, 8192) if w <= dims.max_position // 8][-3:],
+    # a longer window than the model's positions attends to every token it can ever see: full attention, mislabelled
+    max_params=lambda dims: {"window": dims.max_position},
 ))

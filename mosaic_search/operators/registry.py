@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, did_you_mean, invalid, listed
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,8 @@ class Candidate:
                 key, value = names[i], part
             elif not sep or not key:
                 raise UsageError(f'cannot parse candidate "{text}": expected op:key=value')
+            if key.strip() in params:  # last-wins would silently drop one of the two
+                raise UsageError(f'cannot parse candidate "{text}": {key.strip()} is given twice')
             try:
                 params[key.strip()] = int(value)
             except ValueError:
@@ -280,7 +282,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
     """
     if ops is None:
         return default_candidates(dims)
-    items = ops.split(",") if isinstance(ops, str) else list(ops)
+    items = listed("ops", ops)
     out: list[Candidate] = []
     try:
         for item in items:
@@ -320,6 +322,14 @@ def compose(value: Callable[[Candidate], float | None], candidate: Candidate, te
         return value(candidate)
     parts = [value(candidate.mixer), value(candidate.mlp_candidate), value(teacher)]
     return None if any(v is None for v in parts) else parts[0] + parts[1] - parts[2]
+
+
+def seen_as_full(candidates, tokens: int, teacher=()) -> list[str]:
+    """The windowed `candidates` that sequences of `tokens` tokens cannot tell from full attention (the window sees
+    all of them, so a measurement on them scores the window as it scores gqa), as strings without repeats; the
+    `teacher`'s own operators are left out: they are the teacher's math whatever the length."""
+    return list(dict.fromkeys(str(c) for c in candidates
+                              if c.window is not None and c.sees_all(tokens) and c not in set(teacher)))
 
 
 def unbuildable(layers) -> str | None:

@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from ..artifacts.files import PLANS_DIR, append_line, atomic_path
-from ..artifacts.header import Header, ModelRef, check_same_model, save
+from ..artifacts.header import Header, ModelRef, check_same_model, save, sha256_file
 from ..artifacts.library import CandidateLibrary, LibraryEntry, load_library_sidecar
 from ..artifacts.plan import LayerPlan
 from ..artifacts.sensitivity import load_sensitivity
@@ -40,6 +40,18 @@ logger = logging.getLogger(__name__)
 def library_path(table: str | os.PathLike) -> Path:
     """The candidate library written beside a sensitivity table (its JSON sidecar has the same stem)."""
     return Path(table).with_suffix(".library.safetensors")
+
+
+def library_of(table: str | os.PathLike) -> Path | None:
+    """The library beside a sensitivity table when it was written with that very table (its sidecar names the table
+    file's sha256), else None: a library an earlier run left beside a table re-scored without aligned candidates
+    belongs to the earlier table."""
+    path = library_path(table)
+    try:
+        return path if path.is_file() and load_library_sidecar(path.with_suffix(".json")).scores_sha256 == \
+            sha256_file(table) else None
+    except (UsageError, OSError):
+        return None
 
 
 def library_key(layer: int, candidate: Candidate, param: str) -> str:
@@ -165,6 +177,10 @@ class ItemStore:
         self.table = table
         self.library = library_path(table)
         self.parts = table.with_suffix(".library.d")
+
+    def outputs(self) -> list[Path]:
+        """Every file and folder a scoring run writes for this table (rank 0's log standing for every rank's)."""
+        return [self.table, self.library, self.library.with_suffix(".json"), self.log(0), self.parts]
 
     def log(self, rank: int) -> Path:
         """The item log of one rank."""

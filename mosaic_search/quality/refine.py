@@ -20,14 +20,14 @@ import random
 import time
 from pathlib import Path
 
-from ..artifacts.files import PLANS_DIR, append_line, check_output
+from ..artifacts.files import PLANS_DIR, append_line, check_not_input, check_output
 from ..artifacts.header import Header, check_same_model, save, sha256_json
 from ..artifacts.plan import LayerPlan, load_plan
 from ..artifacts.search_record import SearchRecord, save_search_record
 from ..errors import Interrupted, StaleInputError, UsageError, check
 from ..operators import pattern_string
 from ..search import repair
-from ..search.problem import predicted, prepare
+from ..search.problem import check_keywords, predicted, prepare, read_paths
 from . import rerank as rerank_mod
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     check(survivors <= offspring, "survivors", f"must be at most offspring ({offspring}), got {survivors}")
     check(isinstance(rerank_steps, int) and not isinstance(rerank_steps, bool) and rerank_steps >= 0, "rerank_steps",
           f"must be 0 (off) or a positive integer, got {rerank_steps!r}")
+    check_keywords(refine, inputs)
     if plan is not None:
         plan_obj = plan if isinstance(plan, LayerPlan) else load_plan(plan)
         inputs = _from_plan(plan_obj, inputs)
@@ -128,6 +129,7 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     check_same_model(model_ref(teacher, load_config(teacher)), model, "sensitivity table", allow_stale)
     plan_out, record_out, log = refine_paths(model.id, out, inputs.get("plans_dir", PLANS_DIR))
     if write:
+        check_not_input((plan_out, record_out, log), {**read_paths(p), "plan": plan, "library": library, "data": data})
         for path in (plan_out, record_out):
             check_output(path, overwrite=overwrite)
     source = data or (p.scores.data.get("source") if Path(str(p.scores.data.get("source", ""))).is_file()

@@ -26,20 +26,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts.files import PLANS_DIR, check_output, claimed, json_text, output_path, write_text
+from ..artifacts.files import PLANS_DIR, check_not_input, check_output, claimed, json_text, output_path, write_text
 from ..artifacts.header import Header, sha256_file, sha256_json, to_json
 from ..artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
-from ..errors import MosaicError, UsageError, check, invalid
+from ..errors import MosaicError, UsageError, check, flags, integer, invalid, path_arg
 from ..hf import distributed
 from ..hf.models import slug
-from ..operators import Candidate
+from ..operators import Candidate, seen_as_full
 from . import align as align_mod
 from . import library
+
+logger = logging.getLogger(__name__)
 
 SCORER_VERSION = 2  # in every item fingerprint: bump when a mixer's parameters or maths change (2: mla, gdn, kda)
 DEFAULT_TOKENS = 8192
@@ -79,22 +82,32 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     """
     from ..hf import data as data_mod
     from ..hf import surgery
-    from ..hf.device import check_device, default_dtype, environment
+    from ..hf.device import check_device, check_dtype, default_dtype, environment
     from ..hf.models import resolve
 
     align_steps = _count("align_steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
+    path_arg("teacher", teacher, what="a model id or directory")
+    check(integer(seed), "seed", f"must be an integer, got {seed!r}")
+    flags(resume=resume)
+    check_dtype(dtype)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
-    path = check_output(table_path(teacher, out), kind=SensitivityTable.kind)
+    path = table_path(teacher, out)
+    check_not_input(library.ItemStore(path).outputs(), {"data": source, "teacher": teacher})
+    check_output(path, kind=SensitivityTable.kind)
     resolved = resolve(teacher)  # once: every step below reads this record
     ref, dims = resolved.ref, resolved.dims
     teacher_ops = resolved.teacher_ops  # each layer's own operator: its reference row, scoring 0
     cands = surgery.candidates(ops, resolved.config)
     seq_len = _count("seq_len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
     tokens = _count("tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
-    if tokens < seq_len:
-        raise invalid("tokens", f"{tokens} is less than one `seq_len` window ({seq_len})")
+    check(tokens >= 2 * seq_len, "tokens", f"{tokens} is less than two `seq_len` windows (2 x {seq_len}); the KL of a "
+                                             "swap is measured over two windows at least")
     if seq_len > dims.max_position:
         raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
+    if blind := seen_as_full(cands, seq_len, teacher_ops):
+        logger.warning(f"warning: windows of {seq_len} tokens cannot tell {', '.join(blind)} from full attention (a "
+                       "window as long as the sequence sees all of it): each scores as gqa does; score on longer "
+                       "sequences (seq_len above the largest window) to measure them")
     n_score = tokens // seq_len
     windows = align_windows = None
     notes: dict = {}

@@ -16,7 +16,7 @@ from typing import Callable
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.profile import LatencyProfile, Workload
 from ..artifacts.sensitivity import SensitivityTable
-from ..errors import UsageError, check, did_you_mean, invalid
+from ..errors import UsageError, check, did_you_mean, flags, invalid, listed
 from ..operators import Candidate, unbuildable
 from .choices import Choice, layer_choices
 from .inputs import load_inputs
@@ -166,7 +166,7 @@ class Problem:
 def _scope(profile: LatencyProfile, workloads) -> tuple[Workload, ...]:
     """The workloads in scope (names; default: all the profile declares)."""
     by_name = {w.name: w for w in profile.workloads}
-    names = [workloads] if isinstance(workloads, str) else list(workloads or by_name)
+    names = listed("workloads", workloads) or list(by_name)
     for name in names:
         if name not in by_name:
             raise UsageError(f'unknown workload "{name}"{did_you_mean(name, by_name)}; the profile has: '
@@ -218,8 +218,7 @@ def _measured(profile: LatencyProfile, scores: SensitivityTable, scope, metric: 
 
 def _ops(ops, held: set) -> tuple:
     """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs."""
-    items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
-    keep = tuple(parse_spec(t, "ops") for t in items if str(t).strip())
+    keep = tuple(parse_spec(t, "ops") for t in listed("ops", ops) or [] if str(t).strip())
     if ops is not None and not keep:
         raise invalid("ops", ": empty operator list")
     for spec in keep:
@@ -320,8 +319,9 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
     mappings.
     Raises UsageError (exit 2) for any bad value, StaleInputError (exit 4) as `load_inputs` does.
     """
+    flags(allow_stale=allow_stale)
     if metric not in METRICS:
-        raise UsageError(f'unknown metric "{metric}"{did_you_mean(metric, METRICS)}; known: {", ".join(METRICS)}')
+        raise UsageError(f'unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}; known: {", ".join(METRICS)}')
     profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
                                                    target_env=target_env, profiles_dir=profiles_dir,
                                                    plans_dir=plans_dir)
@@ -336,6 +336,25 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                    max_count=tuple(counts(max_count, "max_count", layers)),
                    speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache,
                    memory=_memory(profile, allowed, max_memory, cache_batch, cache_context), sources=sources)
+
+
+def read_paths(p: Problem) -> dict:
+    """{parameter: path} of the files a problem was read from (`prepare`'s `profile` and `scores`, given or
+    discovered; None for a record passed in memory): what no output of the run may replace."""
+    return {name: src["path"] for name, src in p.sources.items()}
+
+
+def check_keywords(caller, inputs: dict) -> None:
+    """Refuse a keyword that neither `caller` (a function that hands its other keywords to `prepare`) nor `prepare`
+    takes: a UsageError (exit 2) naming `caller`, where Python's TypeError would name `prepare`, which the caller
+    never called."""
+    import inspect
+
+    known = [name for fn in (caller, prepare) for name, p in inspect.signature(fn).parameters.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    for key in inputs:
+        if key not in known:
+            raise UsageError(f'{caller.__name__}() has no parameter "{key}"{did_you_mean(key, known)}')
 
 
 def _memory(profile: LatencyProfile, options: tuple, max_memory, cache_batch, cache_context) -> MemoryBound | None:

@@ -15,11 +15,11 @@ from ..artifacts import files
 from ..artifacts.files import PLANS_DIR
 from ..artifacts.header import save
 from ..artifacts.plan import LayerPlan
-from ..errors import InfeasibleError, UsageError
+from ..errors import InfeasibleError, UsageError, invalid
 from .memory import memory_bytes, teacher_memory
-from .problem import _cache_workload, prepare
+from .problem import _cache_workload, check_keywords, prepare, read_paths
 from .specs import positive
-from .solver import _plan, memory_note, plan_path, run_mip, verify
+from .solver import _plan, check_gap, memory_note, plan_path, run_mip, verify
 
 
 def solve_serving(throughput_speedup, memory, context=None, *, time_limit_s=60, mip_gap=1e-4, out=None, write=True,
@@ -35,20 +35,23 @@ def solve_serving(throughput_speedup, memory, context=None, *, time_limit_s=60, 
     """
     x = positive("throughput_speedup", throughput_speedup)
     positive("memory", memory)
+    check_keywords(solve_serving, inputs)
+    check_gap(mip_gap)
+    positive("time_limit_s", time_limit_s)
     for key in ("speedup", "ttft_speedup", "tpot_speedup", "workloads", "max_memory", "cache_batch", "cache_context",
                 "max_cache_bytes"):
         if inputs.pop(key, None) not in (None, 1 if key == "cache_batch" else None):
-            raise UsageError(f"--throughput-speedup chooses the batch and the TPOT targets itself; drop "
-                             f"--{key.replace('_', '-')}")
+            raise UsageError(f"`throughput_speedup` chooses the batch and the TPOT targets itself; drop `{key}`")
     base = prepare(**inputs)
     path = plan_path(base.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR))
     if write:
+        files.check_not_input([path], read_paths(base))
         files.check_output(path, overwrite=overwrite)
     ctx = _cache_workload(base.profile, context).seq_len
     decode = sorted((w for w in base.profile.workloads if w.phase == "decode" and w.seq_len == ctx),
                     key=lambda w: w.batch_size)
     if not decode:
-        raise UsageError(f"--context {ctx}: the profile has no decode workload at that context")
+        raise invalid("context", f"{ctx}: the profile has no decode workload at that context")
     smallest = decode[0].batch_size
     limit = memory * teacher_memory(base.profile, decode[0].name, smallest) if memory <= 1 else memory
     fits = [w for w in decode if teacher_memory(base.profile, w.name, w.batch_size) <= limit]

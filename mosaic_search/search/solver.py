@@ -16,12 +16,12 @@ from ..artifacts.files import PLANS_DIR
 from ..artifacts.header import Header, save
 from ..artifacts.pareto import Pareto
 from ..artifacts.plan import LayerPlan
-from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean, invalid
+from ..errors import InfeasibleError, MosaicError, UsageError, check, did_you_mean, flags, invalid, listed, number
 from ..hf.models import slug
 from ..operators import compose, pattern_string
 from . import baselines
 from .memory import MEMORY, memory_bytes
-from .problem import Problem, cache_bytes, predicted, prepare, violations
+from .problem import Problem, cache_bytes, check_keywords, predicted, prepare, read_paths, violations
 from .specs import positive
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
@@ -267,11 +267,17 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     raise UsageError(f'unknown strategy "{strategy}"{did_you_mean(strategy, ("mip", "greedy"))}; known: {STRATEGIES}')
 
 
-def _begin(inputs: dict, time_limit_s, out, write: bool, overwrite: bool, strategy: str | None = "mip",
-           name: str = "plan.json", outputs=lambda path: [path]) -> tuple[Problem, list[Path]]:
-    """Every entry's first steps, before any solving: the problem (`problem.prepare`'s keywords), something to trade
-    quality for (unless `strategy` is None: the sweep sets the speedups itself), the time limit, and the output
-    files (`outputs` of the first one's path, `name` under layer_plans/<model>/ or `out`), checked writable."""
+def _begin(caller, inputs: dict, time_limit_s, mip_gap, out, write: bool, overwrite: bool,
+           strategy: str | None = "mip", name: str = "plan.json",
+           outputs=lambda path: [path]) -> tuple[Problem, list[Path]]:
+    """Every entry's first steps, before any solving: the problem (`problem.prepare`'s keywords, any other refused
+    naming the entry, `caller`), something to trade quality for (unless `strategy` is None: the sweep sets the
+    speedups itself), the time limit, and the output files (`outputs` of the first one's path, `name` under
+    layer_plans/<model>/ or `out`), checked writable and none of them an input."""
+    check_keywords(caller, inputs)
+    check_gap(mip_gap)
+    flags(write=write, overwrite=overwrite)
+    check(strategy is None or isinstance(strategy, str), "strategy", f"must be one of {STRATEGIES}, got {strategy!r}")
     p = prepare(**inputs)
     if strategy is not None and not strategy.startswith("pattern:") and not (
             p.targets or p.cache or p.min_count or p.max_count):
@@ -279,9 +285,17 @@ def _begin(inputs: dict, time_limit_s, out, write: bool, overwrite: bool, strate
                          "`max_cache_bytes`")
     positive("time_limit_s", time_limit_s)
     paths = outputs(plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name=name))
-    for path in paths if write else ():
-        files.check_output(path, overwrite=overwrite)
+    if write:
+        files.check_not_input(paths, read_paths(p))
+        for path in paths:
+            files.check_output(path, overwrite=overwrite)
     return p, paths
+
+
+
+def check_gap(mip_gap) -> None:
+    """Refuse a relative MIP gap outside [0, 1] (0: proven optimal; HiGHS's own `mip_rel_gap`)."""
+    check(number(mip_gap) and 0 <= mip_gap <= 1, "mip_gap", f"must be a number within 0..1, got {mip_gap!r}")
 
 
 def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap=1e-4, out=None, write=True,
@@ -293,7 +307,8 @@ def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap
     existing one is replaced only with `overwrite` (as `build` replaces a model directory). Raises UsageError
     (exit 2) for bad input, StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
-    p, (path,) = _begin(dict(inputs, profile=profile, scores=scores), time_limit_s, out, write, overwrite, strategy)
+    p, (path,) = _begin(solve, dict(inputs, profile=profile, scores=scores), time_limit_s, mip_gap, out, write,
+                        overwrite, strategy)
     chosen, info = _assign(p, strategy, time_limit_s, mip_gap)
     plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": strategy, **info})
     if write:
@@ -308,7 +323,7 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
     Other keywords are those of `problem.prepare` (as in `solve`). Fewer plans come back when no more exist.
     """
     solutions = positive("solutions", solutions, integer=True)
-    p, paths = _begin(inputs, time_limit_s, out, write, overwrite,
+    p, paths = _begin(solve_many, inputs, time_limit_s, mip_gap, out, write, overwrite,
                       outputs=lambda path: [_ranked(path, rank) for rank in range(1, solutions + 1)])
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or not 1 <= min_distance <= p.num_layers:
         raise invalid("min_distance", f"must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
@@ -336,7 +351,7 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 def parse_sweep(text) -> list[float]:
     """'1.1:3.0:0.1' (start:stop:step, stop included) or a list of speedups."""
     if not isinstance(text, str):
-        return [positive("speedups", v) for v in text]
+        return [positive("speedups", v) for v in listed("speedups", text)]
     try:
         start, stop, step = (float(v) for v in text.split(":"))
     except ValueError:
@@ -363,7 +378,7 @@ def sweep(speedups="1.1:3.0:0.1", *, reserve=(), time_limit_s=60, mip_gap=1e-4, 
         if inputs.get(key) is not None:
             raise invalid("speedups", f"sets the speedup itself; drop `{key}` and narrow with `workloads` instead")
     values = parse_sweep(speedups)
-    p, written = _begin(inputs, time_limit_s, out, write, overwrite, strategy=None, name="pareto.json",
+    p, written = _begin(sweep, inputs, time_limit_s, mip_gap, out, write, overwrite, strategy=None, name="pareto.json",
                         outputs=lambda path: [path] + [path.with_suffix(x) for x in (".csv", *reserve)])
     points, start = [], None
     # Tightest first: each plan is feasible for the next, looser target and warm-starts it, so the

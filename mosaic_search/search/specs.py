@@ -3,9 +3,7 @@ counts of layers, positive numbers."""
 
 from __future__ import annotations
 
-import math
-
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, did_you_mean, invalid, listed, number
 from ..operators import REGISTRY, Candidate
 
 
@@ -43,7 +41,7 @@ def pairs(items, what: str) -> list[tuple[str, str]]:
     if isinstance(items, dict):
         return [(str(k), v) for k, v in items.items()]
     out = []
-    for item in items:
+    for item in listed(what, items):
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip() or not value.strip():
             raise invalid(what, f': cannot parse "{item}", expected KEY=VALUE')
@@ -69,10 +67,9 @@ def positive(name: str, value, integer: bool = False):
     """`value` as a positive float (or int), None for None; UsageError naming the parameter `name` otherwise."""
     if value is None:
         return None
-    try:
-        v = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        raise invalid(name, f"must be a positive number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0 or (integer and v != value):
+    if not number(value):  # a bool or a string is not a number, though float() takes both
+        raise invalid(name, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
+    v = int(value) if integer else float(value)
+    if v <= 0 or (integer and v != value):
         raise invalid(name, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
     return v
