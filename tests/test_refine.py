@@ -213,3 +213,15 @@ def test_rerank_refuses_calibration_windows_with_images():
     rerank.check_windows(SimpleNamespace(images=[None, None]))
     with pytest.raises(UsageError, match="image rows, which re-ranking after distillation does not measure"):
         rerank.check_windows(SimpleNamespace(images=[None, object()]))
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"resume": "no"}, "resume must be True or False"), ({"seed": 1.5}, "seed must be an integer"),
+    ({"time_limit_s": 0}, "time_limit_s must be a positive number"), ({"teacher": 5}, "teacher must be a path"),
+    ({"data": ["a"]}, "data must be a path"), ({"device": "tpu"}, "tpu"),
+    ({"rerank_steps": True}, "rerank_steps must be 0"), ({"seconds": float("nan")}, "seconds must be a positive"),
+])
+def test_bad_arguments_name_the_parameter_before_any_work(setup, tmp_path, kw, message):
+    with pytest.raises(UsageError, match=message):
+        _run(setup, tmp_path / "p.json", **kw)
+    assert list(tmp_path.iterdir()) == []

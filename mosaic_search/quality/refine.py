@@ -24,8 +24,8 @@ from ..artifacts.files import PLANS_DIR, append_line, check_not_input, check_out
 from ..artifacts.header import Header, check_same_model, save, sha256_json
 from ..artifacts.plan import LayerPlan, load_plan
 from ..artifacts.search_record import SearchRecord, save_search_record
-from ..errors import Interrupted, StaleInputError, UsageError, check
-from ..operators import pattern_string
+from ..errors import Interrupted, StaleInputError, UsageError, check, flags, integer, number, path_arg
+from ..operators import pattern_string, seen_as_full
 from ..search import repair
 from ..search.problem import check_keywords, predicted, prepare, read_paths
 from . import rerank as rerank_mod
@@ -94,25 +94,33 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     UsageError (exit 2), StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
     from ..hf import data as data_mod
+    from ..hf.device import check_device
     from ..hf.models import load_config, model_ref
     from . import fitness
     from .library import find_library, library_path
 
-    check(evaluations is None or (isinstance(evaluations, int) and evaluations >= 1), "evaluations",
+    check(evaluations is None or (integer(evaluations) and evaluations >= 1), "evaluations",
           f"must be a positive integer, got {evaluations!r}")
-    check(seconds is None or (isinstance(seconds, (int, float)) and seconds > 0), "seconds",
+    check(seconds is None or (number(seconds) and seconds > 0), "seconds",
           f"must be a positive number, got {seconds!r}")
     check(evaluations is not None or seconds is not None, "evaluations", "or seconds must be given: the budget")
     for name, value in (("solutions", solutions), ("low_windows", low_windows), ("high_windows", high_windows),
                         ("offspring", offspring), ("survivors", survivors), ("min_distance", min_distance),
                         ("rerank_finalists", rerank_finalists)):
-        check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-              f"must be a positive integer, got {value!r}")
+        check(integer(value) and value >= 1, name, f"must be a positive integer, got {value!r}")
     check(low_windows <= high_windows, "low_windows",
           f"must be at most high_windows ({high_windows}), got {low_windows}")
     check(survivors <= offspring, "survivors", f"must be at most offspring ({offspring}), got {survivors}")
-    check(isinstance(rerank_steps, int) and not isinstance(rerank_steps, bool) and rerank_steps >= 0, "rerank_steps",
+    check(integer(rerank_steps) and rerank_steps >= 0, "rerank_steps",
           f"must be 0 (off) or a positive integer, got {rerank_steps!r}")
+    check(integer(seed), "seed", f"must be an integer, got {seed!r}")
+    check(number(time_limit_s) and time_limit_s > 0, "time_limit_s", f"must be a positive number, got {time_limit_s!r}")
+    flags(resume=resume, overwrite=overwrite, write=write, allow_stale=allow_stale)
+    for name, value in (("teacher", teacher), ("library", library), ("data", data)):
+        path_arg(name, value, optional=True)
+    if not isinstance(plan, LayerPlan):
+        path_arg("plan", plan, optional=True, what="a plan file or a LayerPlan")
+    device = check_device(device)
     check_keywords(refine, inputs)
     if plan is not None:
         plan_obj = plan if isinstance(plan, LayerPlan) else load_plan(plan)
@@ -137,6 +145,10 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     seq_len = seq_len or int(p.scores.data.get("seq_len") or 512)
     check(isinstance(seq_len, int) and seq_len >= 2, "seq_len", f"must be an integer >= 2, got {seq_len!r}")
     windows = fitness.calibration_windows(teacher, source, seq_len, high_windows)  # exit 2 before any evaluation
+    if blind := seen_as_full([c for cs in p.allowed for c in cs], seq_len, p.profile.teacher):
+        logger.warning(f"warning: windows of {seq_len} tokens cannot tell {', '.join(blind)} from full attention (a "
+                       "window as long as the sequence sees all of it): refine measures each as gqa; give a longer "
+                       "seq_len to measure them")
     if rerank_steps:
         rerank_mod.check_windows(windows)
     starts = repair.seeds(p, solutions, min_distance, time_limit_s)  # exit 3 when nothing meets the budgets
