@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = (1.25, 1.5, 1.75)
 
@@ -111,26 +110,41 @@ def evopress(p, fit, budget_rows, low_n, survivors, seed):
     return best[1], rows
 
 
-def measure_heldout(plan_layers, library, evals, teacher_model, seed=0):
-    """`mosaic eval`'s numbers for a plan applied as `mosaic build` applies it."""
+def measure_heldout(plan_layers, library, ref, evals, teacher_model, seed=0):
+    """`mosaic eval`'s numbers for a plan applied as `mosaic build` applies it (the library's aligned mixers and
+    narrower MLPs' channels, `library.library_weights`; `ref`: the table's model)."""
     import torch
 
     from mosaic_search.hf import surgery
     from mosaic_search.hf.models import load_model
     from mosaic_search.quality.evaluation import measure
-    from mosaic_search.quality.library import load_library_entry
+    from mosaic_search.quality.library import library_weights
 
     model = load_model("tiny")
+    weights = library_weights(library, plan_layers, ref, False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, c in enumerate(plan_layers):
-            surgery.swap(model, i, c, weights=load_library_entry(library, i, c) if c.spec.aligned else None)
+            surgery.swap(model, i, c, weights=weights.get(i))
     return measure(model, teacher_model, evals)
+
+
+def distilled_quality(plan_path, library, out, seed=0):
+    """Build a plan with the library, `mosaic distill` it with its defaults, and return `mosaic eval`'s numbers of the
+    distilled model (held-out windows and probes, which distillation never reads)."""
+    from mosaic_search import builder
+    from mosaic_search.quality.evaluation import evaluate
+    from mosaic_search.recovery.distill import distill
+
+    built = builder.build(plan_path, library=library, out=out, seed=seed, overwrite=True)
+    distilled = distill(str(built), out=Path(f"{out}-distilled"), seed=seed, overwrite=True, quality=False)
+    return evaluate(str(distilled), teacher="tiny")
 
 
 def main():
     import torch
 
+    from mosaic_search.artifacts.header import save
     from mosaic_search.artifacts.profile import load_profile
     from mosaic_search.artifacts.sensitivity import load_sensitivity
     from mosaic_search.artifacts.search_record import load_search_record
@@ -150,6 +164,9 @@ def main():
     ap.add_argument("--evaluations", type=int, default=refine.DEFAULT_EVALUATIONS)
     ap.add_argument("--data", help="Calibration text of every search (default: the table's, as refine's default).")
     ap.add_argument("--tables", action="store_true", help="Only print the tables of every refine-*.json in --out.")
+    ap.add_argument("--rerank-steps", type=int, default=0, help="refine's re-ranking after distillation (0: off).")
+    ap.add_argument("--distill", action="store_true",
+                    help="Also distill the MIP and the refined plan with mosaic distill's defaults and evaluate both.")
     args = ap.parse_args()
     out = Path(args.out)
     if args.tables:
@@ -174,9 +191,8 @@ def main():
         plans = {"MIP": tuple(solver.solve(**inputs, write=False).layers),
                  "greedy": tuple(solver.solve(**inputs, strategy="greedy", write=False).layers)}
         began = time.perf_counter()
-        ref = refine.refine(**inputs, evaluations=args.evaluations, data=args.data,
-                            out=str(out / f"refined-{target}x.json"),
-                            overwrite=True)
+        ref = refine.refine(**inputs, evaluations=args.evaluations, data=args.data, rerank_steps=args.rerank_steps,
+                            out=str(out / f"refined-{target}x.json"), overwrite=True)
         refine_s = time.perf_counter() - began
         plans["refined"] = tuple(ref.layers)
         record = load_search_record(out / f"refined-{target}x.search.json")
@@ -207,17 +223,24 @@ def main():
             if layers is None:
                 results.append({"target": target, "strategy": name, "pattern": None})
                 continue
-            q = measure_heldout(layers, library, evals, teacher)
+            q = measure_heldout(layers, library, table.header.model, evals, teacher)
             speed = min(v["speedup"] for v in predicted(p, layers).values())
+            after = None
+            if args.distill and name in ("MIP", "refined"):
+                plan_file = out / f"{name.lower()}-{target}x.plan.json"
+                save(repair.plan_record(p, layers, {"name": name}), plan_file)
+                d = distilled_quality(plan_file, library, out / "models" / f"{name.lower()}-{target}x")
+                after = {k: d[k] for k in ("kl", "heldout_loss", "recall")}
             results.append({"target": target, "strategy": name, "pattern": pattern_string(layers),
+                            "layers": [c.label for c in layers], "distilled": after,
                             "predicted_speedup": speed, "predicted_kl": repair.predicted_loss(p, layers),
                             "heldout_kl": q["kl"], "heldout_loss": q["heldout_loss"], "recall": q["recall"],
                             **({"refine_seconds": refine_s, "measurements": len(rows), "tokens": tokens}
                                if name == "refined" else {})})
             print(json.dumps(results[-1]), flush=True)
-    machine["load_avg_end"] = os.getloadavg()
-    (out / f"refine-{args.targets}.json").write_text(json.dumps(
-        {"machine": machine, "command": sys.argv, "results": results, "searched": searched}, indent=2))
+        machine["load_avg_end"] = os.getloadavg()  # written after every target: a long run keeps what it finished
+        (out / f"refine-{args.targets}.json").write_text(json.dumps(
+            {"machine": machine, "command": sys.argv, "results": results, "searched": searched}, indent=2))
     _tables(results, searched)
 
 
@@ -237,9 +260,19 @@ def _tables(results, searched):
         if r["pattern"] is None:
             print(f"| {r['target']}x | {r['strategy']} | none reaches the target |" + " |" * (5 + len(keys)))
             continue
-        print(f"| {r['target']}x | {r['strategy']} | `{r['pattern']}` | {r['predicted_speedup']:.3f}x | "
+        plan = " ".join(r["layers"]) if any("+" in c for c in r.get("layers", ())) else r["pattern"]
+        print(f"| {r['target']}x | {r['strategy']} | `{plan}` | {r['predicted_speedup']:.3f}x | "
               f"{r['predicted_kl']:.4f} | {r['heldout_kl']:.4f} | {r['heldout_loss']:.4f} | "
               + " | ".join(f"{r['recall'][k]:.2f}" for k in keys) + " |")
+    distilled = [r for r in results if r.get("distilled")]
+    if distilled:
+        print("\n| target | strategy | held-out loss as built | after `mosaic distill` (defaults): KL | "
+              "held-out loss | " + " | ".join(f"recall {k}" for k in keys) + " |")
+        print("|---" * (5 + len(keys)) + "|")
+        for r in distilled:
+            d = r["distilled"]
+            print(f"| {r['target']}x | {r['strategy']} | {r['heldout_loss']:.4f} | {d['kl']:.4f} | "
+                  f"{d['heldout_loss']:.4f} | " + " | ".join(f"{d['recall'][k]:.2f}" for k in keys) + " |")
     print("\n| swapped layers | plans | mean predicted KL | mean measured KL | median measured / predicted |")
     print("|---|---|---|---|---|")
     by = {}

@@ -13,19 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
-from .artifacts.files import atomic_dir, check_output, output_path
+from .artifacts.files import atomic_dir, check_not_input, check_output, output_path
 from .artifacts.header import check_same_model, to_json
 from .artifacts.plan import PLAN_FILE, LayerPlan, load_plan
 from .assets import EMBEDDED, embedded_dir
-from .errors import UsageError, invalid
+from .errors import UsageError, check, flags, integer, invalid, path_arg
 from .hf import surgery
 from .hf.assembly import as_built, as_mosaic_model, mosaic_config
-from .hf.device import DTYPES
+from .hf.device import check_dtype
 from .hf.models import Resolved, load_model, resolve
-from .operators import Candidate, unbuildable
+from .operators import Candidate, pattern_string, unbuildable
 from .quality.library import find_library, library_weights
 
 logger = logging.getLogger(__name__)
@@ -48,10 +50,17 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
     """
     import torch
 
+    check_dtype(dtype)
+    check(integer(seed), "seed", f"must be an integer, got {seed!r}")
+    _check_shard_size(max_shard_size)
+    flags(overwrite=overwrite, allow_stale=allow_stale)
+    path_arg("teacher", teacher, optional=True, what="a model id or directory")
+    if not isinstance(plan, LayerPlan):
+        path_arg("plan", plan, what="a plan file or a LayerPlan")
+    check(library in (None, False) or isinstance(library, (str, os.PathLike)), "library",
+          f"must be a path, None (the plan's own) or False (none), got {library!r}")
     plan, plan_bytes, plan_name = _read_plan(plan)
     teacher = teacher or plan.header.model.id
-    if dtype not in DTYPES:
-        raise UsageError(f'unknown dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     resolved = resolve(teacher)  # once: every step below reads this record
     if resolved.built:
         raise UsageError(f"{teacher} is already a model built by mosaic; build from its teacher")
@@ -64,12 +73,13 @@ def build(plan, teacher: str | None = None, library=None, out=None, dtype: str =
         raise UsageError(f"{plan_name}: {why}")
     for candidate in plan.layers:
         candidate.check_fits(resolved.dims)  # before minutes of loading the teacher
-    out = output_path(out, _default_out(resolved, plan, plan_name), folder=True)
-    _check_out(out, overwrite)
+    out = output_path(out, default_out(resolved.slug, plan.layers), folder=True)
     if library is None:
         library = find_library(plan, None if plan_name.startswith("<") else Path(plan_name))
         if library is not None:
             logger.info(f"note: using {library}, the candidate library written with this plan's scores")
+    check_not_input([out], {"plan": plan_name, "teacher": teacher, "library": library})  # the one found too
+    _check_out(out, overwrite)
     weights = library_weights(library or None, plan.layers, ref, allow_stale, plan.header.inputs.get("scores"))
 
     model = load_model(resolved, dtype=dtype)
@@ -109,6 +119,8 @@ def check_generation(model_id: str, layer: int = 0, new_tokens: int = 8, candida
     own = resolved.teacher_ops
     for i, c in enumerate(own):  # every layer as the built class holds it (e.g. Phi-3's fused qkv split)
         surgery.swap(model, i, c)
+    # an MLP candidate is checked as a layer choice: under the teacher's own mixer
+    candidates = [c if c.spec.axis == "mixer" else own[layer].with_mlp(c) for c in candidates]
     results = []
     for cand in candidates:
         layers = list(own)
@@ -135,16 +147,33 @@ def _read_plan(plan) -> tuple[LayerPlan, bytes, str]:
     return loaded, path.read_bytes(), str(path)
 
 
-def _default_out(teacher: Resolved, plan: LayerPlan, plan_name: str) -> Path:
-    stem = "plan" if plan_name.startswith("<") else Path(plan_name).stem
-    name = plan.pattern if len(plan.pattern) <= 64 else stem
-    return Path("build") / f"{teacher.slug}-{name}"
+def default_out(teacher_slug: str, layers) -> Path:
+    """Where a plan of `layers` is built by default: build/<model>-<pattern> when the pattern's letters say every
+    layer's choice (operators without params, the teacher's MLP), else the pattern (its first 32 letters) and the
+    first 8 hex digits of the layers' sha256, so that plans differing only in a window, a rank, KV heads or an MLP
+    never share a folder."""
+    pattern = pattern_string(layers)
+    if len(pattern) <= 64 and not any(c.params or c.mlp for c in layers):
+        return Path("build") / f"{teacher_slug}-{pattern}"
+    digest = hashlib.sha256(json.dumps([c.to_json() for c in layers], sort_keys=True).encode()).hexdigest()
+    return Path("build") / f"{teacher_slug}-{pattern[:32]}-{digest[:8]}"
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     check_output(out, folder=True, overwrite=overwrite)  # refuses a file, and any existing out without overwrite
     if out.exists() and any(out.iterdir()) and not (out / PLAN_FILE).is_file():
         raise UsageError(f"{out} is not empty and is not a mosaic build (no {PLAN_FILE}); refusing to replace it")
+
+
+def _check_shard_size(value) -> None:
+    """Refuse a `max_shard_size` that save_pretrained would fail on only once the model is built: a positive number of
+    bytes, or a positive size with a unit, e.g. "5GB" (units KB, MB, GB, TB: powers of 1000, as the hub counts)."""
+    ok = integer(value) and value > 0
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(KB|MB|GB|TB)\s*", value, flags=re.IGNORECASE)
+        ok = m is not None and float(m.group(1)) > 0
+    check(ok, "max_shard_size", f'must be a positive number of bytes or a size such as "5GB" (KB, MB, GB, TB), got '
+                                f"{value!r}")
 
 
 # ---- output --------------------------------------------------------------------------------------

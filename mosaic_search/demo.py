@@ -1,9 +1,10 @@
 """`mosaic demo`: the whole pipeline on an embedded teacher (`tiny`, or `tiny-vl` to see what a plan keeps of what a
 VLM reads) on CPU, written up as a report folder.
 
-profile -> score -> solve (two TPOT targets, and the Pareto frontier) -> build -> distill -> bench, then
-`report.md` with the tables and three plots: the sensitivity heat map, the frontier (with each model's measured KL
-before and after recovery), and each plan per layer.
+profile -> score -> solve (two TPOT targets, and the Pareto frontier) -> refine (each target's plan checked against
+its true KL and searched around) -> build -> distill -> bench, then `report.md` with the tables and three plots: the
+sensitivity heat map, the frontier (with the MIP's and the refined plan's predicted and measured KL, and each built
+model's measured KL before and after recovery), and each plan per layer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ SWEEP = "1.05:2.0:0.05"
 # Recovery steps per distillation stage: fewer than `mosaic distill`'s default so that the whole demo, both
 # distillations included, stays within 8 minutes on 2 cores; BENCHMARKS.md "Recovery" measures the default budget.
 DISTILL_STEPS = 30
+# Plans refine measures per target (its default is refine.DEFAULT_EVALUATIONS): the MIP's diverse plans, greedy's and
+# a few moves, within the demo's 8 minutes; a real search runs `mosaic refine` with its default budget.
+REFINE_EVALUATIONS = 16
 HEARTBEAT_S = 30.0  # a silent stage still says it runs at least this often
 FAR_FROM_PREDICTION = 0.25  # a measured speedup off its prediction by more than this share is flagged with a cause
 NOISY = "⚠"  # marks a figure the timing noise affects
@@ -54,10 +58,11 @@ def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
     from .quality import scorer
     from .quality.evaluation import evaluate
     from .quality.library import library_path
+    from .quality.refine import refine
     from .recovery.distill import distill
     from .search import solver
 
-    steps = ["profile", "score", "solve", "build", "distill", "bench", "report"]
+    steps = ["profile", "score", "solve", "refine", "build", "distill", "bench", "report"]
     clock = {}
     report = _Stages(progress, len(steps))
 
@@ -78,19 +83,23 @@ def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
         plans = {t: solver.solve(tpot_speedup=t, workloads=decode, out=str(d / f"plan-tpot-{t}x.json"), **inputs)
                  for t in TARGETS}
         frontier = solver.sweep(SWEEP, reserve=(".png",), workloads=decode, out=str(d / "pareto.json"), **inputs)
-        stage(3, "build")
+        stage(3, "refine")  # what is built is the refined plan: the MIP's own, unless a measured plan beat it
+        refined = {t: refine(plan=str(d / f"plan-tpot-{t}x.json"), evaluations=REFINE_EVALUATIONS, seed=seed,
+                             out=str(d / f"plan-tpot-{t}x-refined.json"), progress=report.under(f"{t}x"), **inputs)
+                   for t in TARGETS}
+        stage(4, "build")
         built = {}
         for k, t in enumerate(TARGETS):
             report.tick(k, len(TARGETS), f"{teacher}-tpot-{t}x")
-            built[t] = builder.build(d / f"plan-tpot-{t}x.json", library=library_path(d / "sensitivity.json"),
+            built[t] = builder.build(d / f"plan-tpot-{t}x-refined.json", library=library_path(d / "sensitivity.json"),
                                      out=d / "models" / f"{teacher}-tpot-{t}x", seed=seed)
-        stage(4, "distill")
+        stage(5, "distill")
         distilled = {t: distill(str(built[t]), out=d / "models" / f"{teacher}-tpot-{t}x-distilled", steps=DISTILL_STEPS,
                                 seed=seed, progress=report.under(f"{teacher}-tpot-{t}x")) for t in TARGETS}
         quality = {t: load_distill_record(distilled[t]).quality for t in TARGETS}
         report.tick(0, 1, "the teacher's own quality")
         reference = evaluate(teacher, teacher=teacher)
-        stage(5, "bench")
+        stage(6, "bench")
         measured = {t: bench(str(built[t]), progress=report.under(f"{teacher}-tpot-{t}x")) for t in TARGETS}
         busy.append(timing.busy_machine("cpu"))
         contexts = [w.seq_len for w in prof.workloads if w.phase == "decode" and w.batch_size == 1]
@@ -98,15 +107,17 @@ def _run(d: Path, seed: int, progress, teacher: str = "tiny") -> None:
                                        progress=report.under(f"generate {teacher}-tpot-{t}x")) for t in TARGETS}
     finally:
         report.stop()
-    stage(6, "report")
+    stage(7, "report")
     plots.plot_sensitivity(table, d / "sensitivity.png")
-    plots.plot_savings(plans, next(w.name for w in prof.workloads if w.phase == "decode"), d / "plans.png")
-    plots.plot_frontier(frontier, d / "pareto.png", title=f"{teacher}: predicted loss vs TPOT target",
-                        measured={f"measured KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
-                                  for when, name in (("before", "built"), ("after", "distilled"))})
+    plots.plot_savings(refined, next(w.name for w in prof.workloads if w.phase == "decode"), d / "plans.png")
+    checked = {t: _checked(plans[t], refined[t]) for t in TARGETS}
+    plots.plot_frontier(frontier, d / "pareto.png", title=f"{teacher}: predicted loss vs TPOT target", measured={
+        **{label: [(t, checked[t][key]) for t in TARGETS] for label, key in CHECKED_MARKERS},
+        **{f"held-out KL, {name}": [(t, quality[t][when]["kl"]) for t in TARGETS]
+           for when, name in (("before", "built"), ("after", "distilled"))}})
     seconds = {name: clock[nxt] - clock[name] for name, nxt in zip(steps, steps[1:])}
-    write_text(d / "report.md", _report(prof, table, plans, frontier, built, measured, generated, seconds, d,
-                                        quality, reference, distilled, teacher, _noise(prof, busy)))
+    write_text(d / "report.md", _report(prof, table, refined, checked, frontier, built, measured, generated, seconds,
+                                        d, quality, reference, distilled, teacher, _noise(prof, busy)))
     progress(len(steps), len(steps), "done")
 
 
@@ -152,7 +163,24 @@ class _Stages:
         self.thread.join()
 
 
-def _report(prof, table, plans, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
+# the frontier plot's markers of each target's plans: (legend label, key of `_checked`)
+CHECKED_MARKERS = (("MIP plan, measured KL (calibration)", "mip_measured"),
+                   ("refined plan, predicted loss", "refined_predicted"),
+                   ("refined plan, measured KL (calibration)", "refined_measured"))
+
+
+def _checked(mip, refined) -> dict:
+    """What refine measured of a target's MIP plan and of the plan it hands over: patterns, the additive prediction
+    (sum of single-swap scores) and the true KL on its calibration windows (the MIP's own plan is refine's first
+    seed, `mip-1`)."""
+    info = refined.solver
+    return {"mip_pattern": mip.pattern, "mip_predicted": mip.objective, "mip_measured": info["seeds"]["mip-1"],
+            "refined_pattern": refined.pattern, "refined_predicted": refined.objective,
+            "refined_measured": info["measured"]["kl"], "origin": info["origin"], "evaluations": info["evaluations"],
+            "tokens": info["measured"]["tokens"]}
+
+
+def _report(prof, table, plans, checked, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
             distilled, name: str, noise: dict) -> str:
     env = prof.header.env
     lines = ["# mosaic demo report", "", *_noise_notice(noise),
@@ -175,10 +203,20 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
     lines += ["| layer | " + " | ".join(c.label for c in cands) + " |", "|---" * (len(cands) + 1) + "|"]
     for layer in range(table.header.model.num_hidden_layers):
         lines.append(f"| {layer} | " + " | ".join(f"{by.get((layer, c), float('nan')):.4f}" for c in cands) + " |")
-    lines += ["", "## Plans", ""]
+    lines += ["", "## Plans", "",
+              f"Each target's plan is solved by the MIP (least sum of single-swap scores), then checked and searched "
+              f"around by `mosaic refine` ({REFINE_EVALUATIONS} plans measured, every one within the budgets): the "
+              "true KL of whole plans on the calibration windows, which the sum of scores does not predict. The plan "
+              "built is refine's: the MIP's own unless a measured plan beat it.", ""]
     for t, plan in plans.items():
+        c = checked[t]
         lines += [f"### {t}x TPOT: `{plan.pattern}`", "",
-                  f"Predicted loss (sum of single-swap KL): {plan.objective:.4f}. Model: `{built[t].relative_to(d)}`.",
+                  "| plan | pattern | predicted loss (sum of scores) | measured KL (calibration) |",
+                  "|---|---|---|---|",
+                  f"| MIP | `{c['mip_pattern']}` | {c['mip_predicted']:.4f} | {c['mip_measured']:.4f} |",
+                  f"| refined (from {c['origin']}; built) | `{c['refined_pattern']}` | {c['refined_predicted']:.4f} | "
+                  f"{c['refined_measured']:.4f} |", "",
+                  f"Measured on {c['tokens']} calibration tokens. Model: `{built[t].relative_to(d)}`.",
                   "", "| workload | predicted speedup | measured speedup | error | note |", "|---|---|---|---|---|"]
         for r in measured[t]:
             lines.append(f"| {r['workload']} | {r['predicted_speedup']:.3f}x | {r['measured_speedup']:.3f}x | "
@@ -198,7 +236,9 @@ def _report(prof, table, plans, frontier, built, measured, generated, seconds, d
         lines.append("")
     lines += _quality_section(plans, quality, teacher, distilled, d)
     lines += ["![plans](plans.png)", "", "## Pareto frontier (predicted loss vs TPOT target)", "",
-              "Black markers: each plan's model measured (KL to the teacher) as built and after distillation.", "",
+              "Black markers: each target's MIP plan and refined plan as refine measured them (KL to the teacher on "
+              "the calibration windows), and the built model measured on held-out text as built and after "
+              "distillation.", "",
               "![frontier](pareto.png)", "", "| target | predicted loss | pattern |", "|---|---|---|"]
     for pt in frontier.points:
         loss = f"{pt['objective']:.4f}" if pt["feasible"] else "infeasible"

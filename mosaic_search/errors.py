@@ -8,6 +8,8 @@ malformed input files, an output location that cannot be written), 3 infeasible 
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 import re
 
 EXIT_OK = 0
@@ -89,7 +91,50 @@ def check(ok: bool, param: str, problem: str) -> None:
         raise invalid(param, problem)
 
 
+def integer(value) -> bool:
+    """Whether `value` is an integer argument: an int (numpy's too), never a bool, though Python counts it one."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def number(value) -> bool:
+    """Whether `value` is a finite number argument (an int or a float, not a bool, a string or NaN)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def flags(**values) -> None:
+    """Refuse any of `values` ({parameter: value}) that is neither True nor False (None passes: "not given"): a
+    flag given "no" or 0 would otherwise be read by its truth, `resume="no"` resuming."""
+    for param, value in values.items():
+        check(value is None or isinstance(value, bool), param, f"must be True or False, got {value!r}")
+
+
+def path_arg(param: str, value, optional: bool = False, what: str = "a path"):
+    """`value` as a path argument (a str or os.PathLike; None too when `optional`), else `invalid` naming `param`
+    and `what` it must be ("a model id or directory" for a model)."""
+    import os
+
+    check((optional and value is None) or isinstance(value, (str, os.PathLike)), param,
+          f"must be {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def listed(param: str, value) -> list | None:
+    """A list-valued argument as a list: a list or a tuple, or one string of comma-separated items as the command line
+    writes them ("gqa,swa", "decode:1k,prefill:4k"), a string in a list split likewise (a repeated flag given
+    "decode:1k,prefill:4k" once); None stays None. Anything else (a number, a mapping) is `invalid` naming `param`:
+    every list-valued parameter of the library reads its argument here."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise invalid(param, f"must be a list or a comma-separated string, got {type(value).__name__} {value!r}")
+    parts = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+    return [part.strip() if isinstance(part, str) else part for part in parts
+            if not isinstance(part, str) or part.strip()]
+
+
 def did_you_mean(word: str, choices) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f' (did you mean "{close[0]}"?)' if close else ""

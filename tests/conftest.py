@@ -86,10 +86,22 @@ ARCHS = ("qwen3", "llama", "qwen3_vl")
 FAMILIES = ("qwen2", "mistral", "phi3", "gemma3_text", "gemma3", "qwen2_5_vl")
 
 
-def every_operator(window: int = 4) -> list[Candidate]:
-    """One candidate per registered operator (small params), so new operators are tested automatically."""
-    params = {"window": window, "rank": 24}
-    return [Candidate.of(name, {p: params[p] for p in spec.params}) for name, spec in REGISTRY.items()]
+def every_operator(window: int = 4, width: int = 32) -> list[Candidate]:
+    """One layer choice per registered operator (small params), so new operators are tested automatically: every
+    mixer with the teacher's MLP, every MLP candidate under gqa (as `gqa+mlp:width=32`), and gqa with fewer KV heads
+    (`gqa:kv_heads=1`, of the test models' 2)."""
+    params = {"window": window, "rank": 24, "width": width}
+    cands = [Candidate.of(name, {p: params[p] for p in spec.params if p not in spec.optional})
+             for name, spec in REGISTRY.items()]
+    cands.append(Candidate.of("gqa", {"kv_heads": 1}))
+    gqa = Candidate.of("gqa")
+    return [c if c.spec.axis == "mixer" else gqa.with_mlp(c) for c in cands]
+
+
+def op_key(c: Candidate) -> str:
+    """A test's name for one of `every_operator`'s choices: the op, or the whole choice where it has an MLP or an
+    optional param."""
+    return str(c) if c.mlp or any(p in c.kwargs for p in c.spec.optional) else c.op
 
 
 def cache_for(model, cand, layer: int = 1):

@@ -52,6 +52,8 @@ def test_plan_is_timed_against_the_teacher_and_compared_with_prediction(tmp_path
     assert by["decode-b1-c64"]["measured_speedup"] == 2.0
     assert by["decode-b1-c64"]["error_pct"] == pytest.approx(25.0)
     assert by["prefill-b1-p32"]["error_pct"] == pytest.approx(-20.0)
+    # what bench discovered is named: the plan's teacher and its predicted workloads
+    assert {(r["teacher"], r["workloads_from"]) for r in rows} == {("tiny", "the plan's predictions")}
 
 
 def test_a_paired_timer_measures_the_speedup_through_a_drifting_machine(tmp_path):
@@ -72,6 +74,7 @@ def test_explicit_workloads_without_prediction(tmp_path):
     n = load_config("tiny").num_hidden_layers
     rows = bench(_plan(tmp_path, _layers(n), {}), workloads=["decode:32:b2"], timer=AlternatingTimer())
     assert rows[0]["workload"] == "decode-b2-c32" and rows[0]["predicted_speedup"] is None
+    assert rows[0]["workloads_from"] == "given"
 
 
 def test_bad_targets(tmp_path):

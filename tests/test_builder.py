@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,11 +25,11 @@ from mosaic_search.artifacts.sensitivity import SensitivityEntry, SensitivityTab
 from mosaic_search.errors import InfeasibleError, StaleInputError, UsageError
 from mosaic_search.hf import surgery
 from mosaic_search.hf.models import load_config, load_model, model_from_config, model_ref
-from mosaic_search.operators import REGISTRY, Candidate
+from mosaic_search.operators import REGISTRY, Candidate, pattern_string
 from mosaic_search.quality.library import find_library, library_key, load_library_entry
 
-LAYERS = len(REGISTRY)  # one layer per operator
 WINDOW = 4
+LAYERS = len(every_operator(window=WINDOW))  # one layer per operator (and per optional param, every_operator)
 PROMPT, NEW = 6, 10  # decoding runs well past the SWA window
 IMAGE_TOKENS = 4  # a 16x16 image: 4x4 patches of 4 pixels, merged 2x2
 
@@ -174,7 +175,8 @@ def test_remote_code_imports_every_mixer_file():
 
     modeling = Path(builder.__file__).parent / "modeling"
     copied = {Path(f).stem for f in get_relative_import_files(str(modeling / "modeling_mosaic.py"))}
-    assert {MIXERS[op].__module__.rsplit(".", 1)[-1] for op in REGISTRY} <= copied
+    assert {MIXERS[op].__module__.rsplit(".", 1)[-1] for op, spec in REGISTRY.items() if spec.axis == "mixer"} | {
+        "mlps"} <= copied
 
 
 # ---- parity ---------------------------------------------------------------------------------------
@@ -264,8 +266,8 @@ def test_one_cache_holds_what_each_operator_needs(built):
     for idx, c in enumerate(MIXED):
         slot = cache.layers[idx]
         keys = getattr(slot, "keys", None)
-        if c.op == "gqa":
-            assert keys.shape[-2] == total
+        if c.op == "gqa":  # its own KV heads: the teacher's 2, or fewer
+            assert keys.shape[-2] == total and keys.shape[1] == c.kwargs.get("kv_heads", 2)
         elif c.op == "swa":
             assert keys.shape[-2] < WINDOW  # the window's past; the new token completes it
         elif c.op == "mla":
@@ -559,11 +561,13 @@ def test_existing_output_needs_overwrite_and_is_replaced_only_when_complete(buil
 def test_default_output_path_and_bad_dtype(built, tmp_path, monkeypatch):
     t = built["qwen3"][0]
     plan = t.plan(MIXED, "mixed")
-    with pytest.raises(UsageError, match="unknown dtype"):
+    with pytest.raises(UsageError, match='^dtype must be one of float32, bfloat16, float16, got "float8"'):
         builder.build(plan, dtype="float8")
     monkeypatch.chdir(tmp_path)
     out = builder.build(plan)
-    assert out == Path("build") / f"teacher-qwen3-{''.join(REGISTRY[c.op].symbol for c in MIXED)}"
+    # the letters do not say MIXED's window, rank, KV heads and MLP width: a digest of the layers follows them
+    assert re.fullmatch(rf"teacher-qwen3-{pattern_string(MIXED)}-[0-9a-f]{{8}}", out.name)
+    assert out.parent == Path("build")
     assert (tmp_path / out / "config.json").is_file()
     loaded = load_plan(plan)
     again = builder.build(loaded, out=tmp_path / "from-object")  # a LayerPlan object, not a file
@@ -635,3 +639,18 @@ def test_distill_trains_every_operator_of_every_architecture(built, kind, tmp_pa
         for p in layer.self_attn.parameters())
     model = load_model(str(out))
     assert [c["op"] for c in model.config.mosaic["layers"]] == [c.op for c in MIXED]
+
+
+def test_default_folders_of_different_plans_differ():
+    """The letters of a pattern say the operator, not its window, rank, KV heads or MLP: a plan whose layers carry any
+    of those is named by a digest of its layers too, so no two plans share a default folder."""
+    parse = Candidate.parse
+    plans = [["gqa", "gqa", "drop"], ["gqa", "gqa+mlp:width=256", "drop"], ["gqa", "gqa+mlp:width=128", "drop"],
+             ["gqa", "gqa+nomlp", "drop"], ["gqa", "gqa:kv_heads=1", "drop"], ["gqa", "gqa:kv_heads=1+mlp:width=256",
+                                                                              "drop"],
+             ["gqa", "swa:window=4", "drop"], ["gqa", "swa:window=8", "drop"], ["gqa"] * 65, ["gqa"] * 64 + ["gdn"]]
+    names = [builder.default_out("m", [parse(c) for c in layers]) for layers in plans]
+    assert len(set(names)) == len(plans)
+    assert names[0] == Path("build") / "m-GGX"  # letters that say every choice stay the whole name
+    assert re.fullmatch(r"m-GgX-[0-9a-f]{8}", names[1].name) and re.fullmatch(r"m-G{32}-[0-9a-f]{8}", names[8].name)
+    assert builder.default_out("m", [parse(c) for c in plans[1]]) == names[1]  # the same plan, the same folder

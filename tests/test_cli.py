@@ -11,7 +11,7 @@ import pytest
 
 from mosaic_search import __version__
 from mosaic_search.cli import main
-from mosaic_search.operators import REGISTRY
+from mosaic_search.operators import REGISTRY, Candidate
 
 
 def _run(*args, env=None):
@@ -61,6 +61,9 @@ def test_ops_lists_every_operator():
     assert {"gqa", "swa", "gdn", "kda", "mla", "none", "drop"} <= {row["op"] for row in rows}
     gdn = next(row for row in rows if row["op"] == "gdn")
     assert gdn["layer_type"] == "linear_attention" and gdn["fast_path"] is False and gdn["fast_path_note"]
+    axes = {row["op"]: (row["axis"], row["params"]) for row in rows}
+    assert axes["mlp"] == ("mlp", ["width"]) and axes["nomlp"] == ("mlp", [])
+    assert axes["gqa"] == ("mixer", ["kv_heads?"]) and axes["swa"] == ("mixer", ["window", "kv_heads?"])
     table = _run("ops", env={"NO_COLOR": "1", "COLUMNS": "200"})
     assert table.returncode == 0 and all(op in table.stdout for op in REGISTRY)
 
@@ -93,7 +96,10 @@ def test_check_runs_every_operator_on_tiny():
     r = _run("check", "--json", "--tokens", "4")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert {row["candidate"].split(":")[0] for row in rows} == set(REGISTRY)
+    checked = [Candidate.parse(row["candidate"]) for row in rows]
+    # every registered operator, each MLP candidate as a layer choice under the teacher's gqa
+    assert {c.op for c in checked} | {c.mlp_candidate.op for c in checked if c.mlp} == set(REGISTRY)
+    assert all(c.op == "gqa" for c in checked if c.mlp)
     assert all(row["match"] for row in rows)
 
 

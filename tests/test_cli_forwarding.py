@@ -90,11 +90,11 @@ SOLVE_ARGV = ["--profile", "P", "--scores", "S", "--workload", "decode-b1-c32", 
               "--ttft-speedup", "1.1", "--tpot-speedup", "1.2", "--max-cache-bytes", "9", "--cache-batch", "2",
               "--cache-context", "32", "--ops", "gqa,swa", "--pin", "0=gqa", "--pin", "1=swa", "--min", "gqa=1",
               "--max", "swa=2", "--time-limit", "5", "--metric", "delta_loss", "--device", "cuda", "--allow-stale",
-              "--overwrite"]
+              "--overwrite", "--max-memory", "0.5"]
 SOLVE_KW = dict(profile="P", scores="S", workloads=["decode-b1-c32", "prefill-b1-p32"], ttft_speedup=1.1,
                 tpot_speedup=1.2, max_cache_bytes=9, cache_batch=2, cache_context=32, ops="gqa,swa",
                 pins=["0=gqa", "1=swa"], min_count=["gqa=1"], max_count=["swa=2"], metric="delta_loss", device="cuda",
-                allow_stale=True, time_limit_s=5.0, overwrite=True)
+                allow_stale=True, time_limit_s=5.0, overwrite=True, max_memory=0.5)
 
 
 def test_solve(artifacts, monkeypatch, tmp_path, capsys):
@@ -143,13 +143,14 @@ def test_refine(artifacts, monkeypatch, tmp_path, capsys):
     assert main(["refine", "--speedup", "1.1", *argv, "--plan", "PL", "--teacher", "T", "--library", "L",
                  "--data", "D", "--seq-len", "64", "--evaluations", "9", "--seconds", "30", "--solutions", "3",
                  "--min-distance", "2", "--low-windows", "1", "--high-windows", "4", "--offspring", "5",
-                 "--survivors", "2", "--resume", "--device", "cuda", "--seed", "7", "--out", str(out),
-                 "--table", str(tmp_path / "r.csv"), "--json"]) == EXIT_OK
-    kw = {k: v for k, v in SOLVE_KW.items() if k != "device"}
+                 "--survivors", "2", "--rerank-steps", "3", "--rerank-finalists", "2", "--resume", "--device", "cuda",
+                 "--seed", "7", "--out", str(out), "--table", str(tmp_path / "r.csv"), "--json"]) == EXIT_OK
+    kw = {k: v for k, v in SOLVE_KW.items() if k != "device"}  # refine keeps every bound solve takes, memory too
     assert _progress(seen) == dict(args=("P", "S"), speedup=1.1, plan="PL", teacher="T", library="L", data="D",
                                    seq_len=64, evaluations=9, seconds=30.0, solutions=3, min_distance=2, low_windows=1,
-                                   high_windows=4, offspring=5, survivors=2, seed=7, resume=True, out=str(out),
-                                   device="cuda", **{k: v for k, v in kw.items() if k not in ("profile", "scores")})
+                                   high_windows=4, offspring=5, survivors=2, rerank_steps=3, rerank_finalists=2,
+                                   seed=7, resume=True, out=str(out), device="cuda",
+                                   **{k: v for k, v in kw.items() if k not in ("profile", "scores")})
     got = _json(capsys)
     assert got["plan"]["path"] == str(out) and got["search_record"] == str(tmp_path / "r.search.json")
     assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("0,mip-1,")

@@ -14,7 +14,7 @@ import pytest
 from mosaic_search import demo
 from mosaic_search.cli import main
 from mosaic_search.demo import MARKER
-from mosaic_search.operators import plot_color
+from mosaic_search.operators import Candidate, plot_color
 from mosaic_search.quality import scorer
 
 UMASK = 0o027  # not the usual 022: every file of the report must follow the user's umask
@@ -51,11 +51,19 @@ def test_report_has_every_stage_and_plot(report):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (report / MARKER).is_file()
     for target in ("1.25x", "1.5x"):
-        plan = json.loads((report / f"plan-tpot-{target}.json").read_text())
-        assert plan["kind"] == "mosaic/layer-plan"
+        mip = json.loads((report / f"plan-tpot-{target}.json").read_text())
+        plan = json.loads((report / f"plan-tpot-{target}-refined.json").read_text())
+        assert mip["kind"] == plan["kind"] == "mosaic/layer-plan"
         model = report / "models" / f"tiny-tpot-{target}"
         assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
-        assert f"`{plan['pattern']}`" in text
+        # what is built is the refined plan, and the report puts both plans' predicted and measured KL side by side
+        assert json.loads((model / "mosaic_plan.json").read_text())["layers"] == plan["layers"]
+        seeds, measured = plan["solver"]["seeds"], plan["solver"]["measured"]
+        assert measured["kl"] <= seeds["mip-1"]  # never worse than the MIP's plan on the windows refine measures
+        assert f"| MIP | `{mip['pattern']}` | {mip['objective']:.4f} | {seeds['mip-1']:.4f} |" in text
+        assert (f"| refined (from {plan['solver']['origin']}; built) | `{plan['pattern']}` | "
+                f"{plan['objective']:.4f} | {measured['kl']:.4f} |") in text
+        assert plan["solver"]["evaluations"] <= demo.REFINE_EVALUATIONS
         record = json.loads((report / "models" / f"tiny-tpot-{target}-distilled" / "distill_record.json").read_text())
         q = record["quality"]
         assert len(record["losses"]) == 4 and q["before"]["kl"] > 0
@@ -79,8 +87,9 @@ def test_report_names_its_data_and_colours_each_operator_once(report):
         return {"#%02x%02x%02x" % tuple(p) for p in np.unique(rgb, axis=0)}
 
     planned = {c["op"] for t in ("1.25x", "1.5x")
-               for c in json.loads((report / f"plan-tpot-{t}.json").read_text())["layers"]}
-    swept = {c.split(":")[0] for pt in json.loads((report / "pareto.json").read_text())["points"]
+               for c in json.loads((report / f"plan-tpot-{t}-refined.json").read_text())["layers"]}
+    # a layer is drawn in its mixer's colour (a narrower MLP beside it is not a colour of its own)
+    swept = {Candidate.parse(c).op for pt in json.loads((report / "pareto.json").read_text())["points"]
              for c in pt.get("layers", [])}
     assert {plot_color(op) for op in planned} <= colours("plans.png")
     assert {plot_color(op) for op in swept} <= colours("pareto.png")

@@ -94,9 +94,10 @@ def test_assign_swaps_only_the_layers_that_change_and_builds_each_mixer_once(mon
     _, bench = load_bench("tiny", "cpu")
     built, installed = [], []
     real_build, real_install = surgery.build_mixer, surgery.install
-    monkeypatch.setattr(surgery, "build_mixer", lambda m, i, c: built.append((i, str(c))) or real_build(m, i, c))
-    monkeypatch.setattr(surgery, "install", lambda m, i, c, mod: installed.append((i, str(c))) or
-                        real_install(m, i, c, mod))
+    monkeypatch.setattr(surgery, "build_mixer", lambda m, i, c, *w: built.append((i, str(c))) or
+                        real_build(m, i, c, *w))
+    monkeypatch.setattr(surgery, "install", lambda m, i, c, *mods: installed.append((i, str(c))) or
+                        real_install(m, i, c, *mods))
     gdn, teacher = Candidate.of("gdn"), list(bench.teacher)
     bench.assign([gdn, gdn])
     assert installed == built == [(0, "gdn"), (1, "gdn")]

@@ -19,6 +19,9 @@ TORCH_INSIDE = {"mosaic_search.operators.teacher"}  # a mixer's initialisation f
 LONG_MODULES = {
     "mosaic_search.quality.scorer": "the teacher pass, the items and the table share one batch layout (`_Batch`, "
                                     "`_Context`) and one fingerprint scheme",
+    "mosaic_search.cli.commands": "every command's signature lists its flags (solve's serving regime adds four) and "
+                                  "forwards them in a few lines; split, a command's flags would sit apart from their "
+                                  "forwarding",
 }
 
 

@@ -12,7 +12,7 @@ from mosaic_search.artifacts.profile import load_profile, parse_workload, worklo
 from mosaic_search.cli import main
 from mosaic_search.errors import UsageError
 from mosaic_search.latency import harness, profiler
-from mosaic_search.operators import Candidate
+from mosaic_search.operators import REGISTRY, Candidate
 
 
 class ParamTimer:
@@ -109,7 +109,7 @@ def test_default_candidates_and_cpu_workloads(tmp_path):
     timer = ParamTimer()
     prof = profiler.profile("tiny", out=tmp_path / "p.json", timer=timer)
     ops = {e.candidate.op for e in prof.entries}
-    assert ops == {"gqa", "swa", "mla", "gdn", "kda", "none", "drop"}
+    assert ops == set(REGISTRY)  # every registered operator, both axes
     assert [w.name for w in prof.workloads] == [parse_workload(s).name for s in profiler.CPU_WORKLOADS]
 
 
@@ -276,3 +276,39 @@ def test_image_tokens_for_a_text_only_model_is_one_line_exit_2(tmp_path, capsys)
     assert main(["profile", "--image-tokens", "64", "--out", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "text-only" in err and not (tmp_path / "p.json").exists()
+
+
+def test_weight_bytes_are_counted_on_the_meta_device_exactly():
+    """tiny (hidden 128, 4 query / 2 KV heads of 32, MLP 384, vocab 259, tied head): every candidate's layer weights
+    and the fixed part, at bf16, are its parameter count x 2, and a float32 model built for real counts the same
+    parameters (x 4)."""
+    ops = "gqa,gqa:kv_heads=1,none,drop,nomlp,mlp:width=96"
+    weights, fixed = profiler.count_weight_bytes("tiny", ops, dtype="bfloat16")
+    attn = 128 * 128 + 2 * 128 * 64 + 128 * 128 + 2 * 32  # q, k, v, o, q/k norms
+    norms, mlp = 2 * 128, 3 * 128 * 384
+    params = {"gqa": attn + norms + mlp, "gqa:kv_heads=1": attn - 2 * 128 * 32 + norms + mlp, "none": norms + mlp,
+              "drop": 0, "nomlp": attn + norms, "mlp:width=96": attn + norms + 3 * 128 * 96}
+    assert {str(c): n for c, n in weights} == {k: 2 * v for k, v in params.items()}
+    assert fixed == 2 * (259 * 128 + 128)  # tied embedding once, final norm
+    _, bench = harness.load_bench("tiny", "cpu", "float32")
+    real, real_fixed = profiler.weight_bytes(bench, [c for c, _ in weights])
+    assert [2 * n for _, n in weights] == [n for _, n in real] and 2 * fixed == real_fixed
+
+
+def test_a_vlms_fixed_weight_bytes_hold_its_vision_tower(tmp_path):
+    from conftest import tiny_config
+
+    from mosaic_search.hf.models import model_from_config
+
+    model = model_from_config(tiny_config("qwen3_vl"))
+    model.save_pretrained(tmp_path / "vl")
+    layers = {id(p) for layer in model.model.language_model.layers for p in layer.parameters()}
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in layers)  # parameters() yields a tied one once
+    assert sum(p.numel() for p in model.model.visual.parameters()) > 0
+    assert profiler.count_weight_bytes(str(tmp_path / "vl"), "gqa")[1] == 2 * rest
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+def test_count_weight_bytes_refuses_an_unknown_dtype(dtype):
+    with pytest.raises(UsageError, match=f'^dtype must be one of float32, bfloat16, float16, got "{dtype}"'):
+        profiler.count_weight_bytes("tiny", "gqa", dtype=dtype)

@@ -36,3 +36,23 @@ def test_the_gpu_benchmarks_default_to_it():
 
 def test_the_three_example_plans_are_there():
     assert [p.stem for p in EXAMPLES] == ["tpot-1.5x-c96k", "tpot-2.5x-c96k", "ttft-1.5x-p32k"]
+
+
+DERIVED = ROOT / "benchmarks" / "results" / "serving-4b" / "profile-h100-with-weight-bytes.json"
+
+
+def test_the_derived_serving_profile_is_the_h100_profile_plus_computed_weight_bytes():
+    """benchmarks/serving_4b.py: every measured field as committed, the weight bytes computed (and said to be)."""
+    from mosaic_search.operators import Candidate
+
+    src, derived = load_profile(PROFILE), load_profile(DERIVED)
+    assert (derived.workloads, derived.entries, derived.baseline_ms, derived.fixed_ms, derived.header.model) == (
+        src.workloads, src.entries, src.baseline_ms, src.fixed_ms, src.header.model)
+    assert derived.header.inputs["profile"] == sha256_file(PROFILE)
+    assert derived.header.env["latencies_measured_at"] == src.header.created_at
+    assert "computed from the shipped config" in derived.header.env["derived"]
+    layer = dict(derived.weight_bytes)
+    # one decoder layer at bf16: q and o 2560x4096, k and v 2560x1024, q/k norms 128, two norms 2560, MLP 3x2560x9728
+    assert layer[Candidate.teacher()] == 2 * (2 * 2560 * 4096 + 2 * 2560 * 1024 + 2 * 128 + 2 * 2560 + 3 * 2560 * 9728)
+    assert layer[Candidate.of("none")] == 2 * (2 * 2560 + 3 * 2560 * 9728) and layer[Candidate.of("drop")] == 0
+    assert {c for c, _ in derived.weight_bytes} == {e.candidate for e in src.entries}

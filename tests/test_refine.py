@@ -180,3 +180,48 @@ def test_cli(setup, tmp_path, capsys):
     assert "largest reachable" in capsys.readouterr().err
     assert main(base + ["--tpot-speedup", "1.6", "--evaluations", "0", "--out", str(tmp_path / "r.json")]) == 2
     assert "--evaluations must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rerank_after_distillation_hands_over_the_best_distilled_finalist(setup, reference):
+    _, record, _ = reference
+    out = setup["dir"] / "rerank" / "plan.json"
+    plan = _run(setup, out, rerank_steps=2, rerank_finalists=2)
+    rows = load_search_record(out.with_name("plan.search.json"))
+    high = sorted((r for r in rows.evaluations if r["fidelity"] == "high"), key=lambda r: (r["measured_kl"], r["index"]))
+    info = plan.solver["rerank"]
+    assert info["steps"] == 2 and [f["index"] for f in info["finalists"]] == [r["index"] for r in high[:2]]
+    assert info["without"] == high[0]["index"]  # the plan refine hands over without re-ranking
+    chosen = min(info["finalists"], key=lambda f: f["distilled_kl"])
+    assert info["with"] == chosen["index"] == rows.best
+    assert [str(c) for c in plan.layers] == rows.evaluations[rows.best]["layers"]
+    for f in info["finalists"]:
+        # built as `mosaic build` builds it, measured as refine measured it: the same KL on the same windows
+        assert f["built_kl"] == pytest.approx(f["measured_kl"], rel=1e-4)
+        assert f["distilled_kl"] >= 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["plan.json", "plan.search.json"]  # no temporary models
+    with pytest.raises(UsageError, match="rerank_steps must be 0"):
+        _run(setup, setup["dir"] / "rerank-bad" / "plan.json", rerank_steps=-1)
+
+
+def test_rerank_refuses_calibration_windows_with_images():
+    from types import SimpleNamespace
+
+    from mosaic_search.quality import rerank
+
+    rerank.check_windows(SimpleNamespace(images=None))
+    rerank.check_windows(SimpleNamespace(images=[None, None]))
+    with pytest.raises(UsageError, match="image rows, which re-ranking after distillation does not measure"):
+        rerank.check_windows(SimpleNamespace(images=[None, object()]))
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"resume": "no"}, "resume must be True or False"), ({"seed": 1.5}, "seed must be an integer"),
+    ({"time_limit_s": 0}, "time_limit_s must be a positive number"), ({"teacher": 5}, "teacher must be a path"),
+    ({"data": ["a"]}, "data must be a path"), ({"device": "tpu"}, "tpu"),
+    ({"rerank_steps": True}, "rerank_steps must be 0"), ({"seconds": float("nan")}, "seconds must be a positive"),
+])
+def test_bad_arguments_name_the_parameter_before_any_work(setup, tmp_path, kw, message):
+    with pytest.raises(UsageError, match=message):
+        _run(setup, tmp_path / "p.json", **kw)
+    assert list(tmp_path.iterdir()) == []

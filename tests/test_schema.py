@@ -99,6 +99,15 @@ def test_plan_json_has_pattern_and_structured_candidates(tmp_path):
     assert obj["model"]["num_hidden_layers"] == 3 and obj["created_by"]
 
 
+def test_pattern_marks_a_changed_mlp_in_lower_case():
+    from mosaic_search.operators import pattern_string
+
+    g, s = Candidate.of("gqa"), Candidate.of("swa", {"window": 64})
+    narrow, none = Candidate.parse("mlp:width=32"), Candidate.of("nomlp")
+    assert pattern_string([g, g.with_mlp(narrow), s.with_mlp(none), s]) == "GgsS"
+    assert pattern_string([g, g.with_mlp(narrow)]) != pattern_string([g, g])
+
+
 def _write(tmp_path, obj, text=None):
     p = tmp_path / "x.json"
     p.write_text(text if text is not None else json.dumps(obj))
@@ -224,7 +233,7 @@ def test_a_version_1_profile_loads_with_its_teacher_all_gqa(tmp_path):
     loaded = load_profile(_write(tmp_path, old))
     assert loaded.teacher == (Candidate.of("gqa"),) * 3
     assert loaded == LatencyProfile(**{**vars(new), "teacher": (Candidate.of("gqa"),) * 3})
-    assert json.loads(save(loaded, tmp_path / "v2.json").read_text())["schema_version"] == 2
+    assert json.loads(save(loaded, tmp_path / "v3.json").read_text())["schema_version"] == 3
 
 
 def test_a_version_2_profile_must_list_every_layer_of_its_teacher(tmp_path):
@@ -234,6 +243,31 @@ def test_a_version_2_profile_must_list_every_layer_of_its_teacher(tmp_path):
         load_profile(_write(tmp_path, obj))
     del obj["teacher"]
     with pytest.raises(UsageError, match="teacher: missing field"):
+        load_profile(_write(tmp_path, obj))
+
+
+@pytest.mark.parametrize("make, old", [(_profile, 2), (_plan, 1)], ids=["profile", "plan"])
+def test_files_before_the_mlp_axis_load_as_they_are(tmp_path, make, old):
+    """Profile 3 and plan 2 added MLP candidates (and the profile its weight bytes); a file of the version before,
+    which has neither, loads unchanged and is written back at the current version."""
+    new = make()
+    loaded = load(type(new), _write(tmp_path, {**to_json(new), "schema_version": old}))
+    assert loaded == new
+    assert to_json(loaded)["schema_version"] == type(new).version == old + 1
+
+
+def test_a_layer_with_an_mlp_and_weight_bytes_round_trip(tmp_path):
+    mlp = Candidate.of("mlp", {"width": 96})
+    plan = _plan((Candidate.of("gqa").with_mlp(mlp), Candidate.of("gqa"), Candidate.of("gdn").with_mlp(
+        Candidate.of("nomlp"))))
+    assert to_json(plan)["layers"][0] == {"op": "gqa", "params": {}, "mlp": {"op": "mlp", "params": {"width": 96}}}
+    assert load_plan(save(plan, tmp_path / "plan.json")) == plan
+    prof = LatencyProfile(**{**vars(_profile()), "weight_bytes": ((Candidate.of("gqa"), 1000), (mlp, 600)),
+                             "fixed_weight_bytes": 5000})
+    assert load_profile(save(prof, tmp_path / "p.json")) == prof
+    obj = to_json(prof)
+    del obj["fixed_weight_bytes"]
+    with pytest.raises(UsageError, match="fixed_weight_bytes: missing field"):
         load_profile(_write(tmp_path, obj))
 
 

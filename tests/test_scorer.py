@@ -336,4 +336,6 @@ def test_default_windows_are_longer_than_every_scored_window():
     dims = surgery.dims_of(load_config("tiny"))
     assert scorer.default_seq_len(parse_candidates("gqa,gdn", dims), dims) == scorer.DEFAULT_SEQ_LEN
     assert scorer.default_seq_len(parse_candidates("swa:window=128,swa:window=512", dims), dims) == 1024
-    assert scorer.default_seq_len(parse_candidates("swa:window=8192", dims), dims) == dims.max_position
+    assert scorer.default_seq_len(parse_candidates("swa:window=4096", dims), dims) == dims.max_position
+    with pytest.raises(UsageError, match="swa:window=8192: window must be at most 4096 for this model"):
+        parse_candidates("swa:window=8192", dims)  # longer than the model's positions: full attention, mislabelled

@@ -12,6 +12,7 @@ from mosaic_search import builder, to_frame
 from mosaic_search.artifacts import frames
 from mosaic_search.artifacts.profile import Workload
 from mosaic_search.cli import main, terminal
+from mosaic_search.errors import UsageError
 from mosaic_search.latency import bench as bench_mod
 from mosaic_search.latency import profiler
 from mosaic_search.operators import Candidate
@@ -55,7 +56,8 @@ def _dtypes(frame) -> dict:
 def test_to_frame_of_every_artifact_kind(artifacts):
     prof, sens, plan, front = artifacts
     ws = [w.name for w in WORKLOADS]
-    candidate = {"candidate": "string", "op": "string", "window": "Int64", "rank": "Int64"}
+    candidate = {"candidate": "string", "op": "string", "mlp": "string", "window": "Int64", "kv_heads": "Int64",
+                 "rank": "Int64", "width": "Int64"}
 
     df = to_frame(prof)
     assert len(df) == LAYERS * len(CANDS) * len(WORKLOADS)
@@ -92,7 +94,8 @@ def test_to_frame_keeps_its_columns_when_empty_and_refuses_other_things():
     prof, _ = make(2, cands=[])
     df = to_frame(prof)
     assert df.empty and df.dtypes["latency_ms"] == "float64" and df.dtypes["window"] == "Int64"
-    with pytest.raises(TypeError, match="not an artifact: dict"):
+    with pytest.raises(UsageError, match=r"artifact must be a profile, sensitivity table, plan, sweep or search "
+                                         r"record \(or its file's path\), got dict"):
         to_frame({"kind": "mosaic/something-else"})
 
 
@@ -205,7 +208,7 @@ def test_bench_check_and_ops_tables_fit_80_columns(columns80, monkeypatch, capsy
     target = f"build/{MODEL.replace('/', '--')}-{'GSDK' * 9}"
     monkeypatch.setattr(bench_mod, "bench", lambda *a, **kw: [
         {"workload": w, "teacher_ms": 1635.7, "model_ms": 1001.25, "measured_speedup": 1.634, "predicted_speedup": 1.6,
-         "error_pct": -2.1} for w in GQA_MS])
+         "error_pct": -2.1, "teacher": MODEL, "workloads_from": "the plan's predictions"} for w in GQA_MS])
     out = _shown(capsys, ["bench", target])
     for text in (*GQA_MS, "1636", "1001", "1.63x", "-2.1"):
         assert text in out, text

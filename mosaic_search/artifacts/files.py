@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import UsageError, invalid
+from ..errors import UsageError, invalid, path_arg
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
 _WRITABLE_UNDER_DEV = ("/dev/shm",)  # tmpfs: ordinary files live there
@@ -269,6 +269,29 @@ def check_output(path: str | os.PathLike, param: str = "out", *, folder: bool = 
     return path
 
 
+def check_not_input(outputs, inputs: dict, param: str = "out") -> None:
+    """Refuse, before any work, an output that is one of the run's own inputs or would remove one: UsageError (exit 2)
+    naming the input, so that `overwrite` never replaces what the run reads (a plan written over its own profile).
+
+    `outputs`: the paths the run writes, files or folders (a folder is replaced whole, so an input inside it counts);
+    `inputs`: {library parameter: what it names} of what the run reads; those that are not on disk (None for a record
+    passed in memory, a hub id, "self") have nothing to replace. Paths compare as written and as resolved, so `./x`
+    and `x`, or a symlink and its target, are one file.
+    """
+    for out in map(Path, outputs):
+        written, real = os.path.abspath(out), os.path.realpath(out)
+        for name, given in inputs.items():
+            if not isinstance(given, (str, os.PathLike)) or not os.path.lexists(given):
+                continue
+            for a, b in ((written, os.path.abspath(given)), (real, os.path.realpath(given))):
+                if a == b:
+                    raise invalid(param, f"{out}: would replace the `{name}` input of this run ({given}); choose "
+                                         f"another `{param}`")
+                if b.startswith(a.rstrip(os.sep) + os.sep) and os.path.isdir(a):
+                    raise invalid(param, f"{out}: would remove the `{name}` input of this run ({given}), which is "
+                                         f"inside it; choose another `{param}`")
+
+
 def _json_kind(path: Path) -> str | None:
     """The `kind` of a JSON artifact file, or None for anything else."""
     try:
@@ -284,7 +307,7 @@ def output_path(out, default: str | os.PathLike, param: str = "out", *, folder: 
     drop the slash and write a file of the folder's name."""
     if out is None:
         return Path(default)
-    text = os.fspath(out)
+    text = os.fspath(path_arg(param, out))
     if not text.strip():
         raise invalid(param, ": empty path")
     if not folder and (text.endswith(("/", os.sep)) or Path(text).name in ("", ".", "..")):

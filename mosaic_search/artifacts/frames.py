@@ -33,11 +33,15 @@ def to_frame(artifact):
     its candidate, `<metric>_nats` and `saved_ms_<workload>`), SearchRecord (evaluated plan at one fidelity:
     `pattern`, `origin`, `fidelity`, `tokens`, `predicted_kl_nats`, `measured_kl_nats`, `speedup_<workload>`,
     `chosen`) or Pareto (target speedup: `<metric>_nats`, `speedup_<workload>`, `latency_ms_<workload>`). Every
-    frame has `candidate` (as in the artifact, e.g. swa:window=1024), `op` and one integer column per operator
-    param (`window`, `rank`; empty
-    where the operator has none), except the sweep's, whose rows are whole plans.
-    Raises TypeError for anything else.
+    frame has `candidate` (as in the artifact, e.g. swa:window=1024), `op`, `mlp` (the layer's MLP candidate, e.g.
+    mlp:width=256; empty: the teacher's) and one integer column per operator param (`window`, `rank`, `width`; empty
+    where the candidate has none), except the sweep's, whose rows are whole plans. A path is read as its file's kind
+    says (`kinds.load_any`); anything else is a UsageError naming `artifact`.
     """
+    if isinstance(artifact, (str, os.PathLike)):
+        from .kinds import load_any
+
+        artifact = load_any(artifact)
     if isinstance(artifact, LatencyProfile):
         return _profile(artifact)
     if isinstance(artifact, SensitivityTable):
@@ -48,7 +52,8 @@ def to_frame(artifact):
         return _pareto(artifact)
     if isinstance(artifact, SearchRecord):
         return _search(artifact)
-    raise TypeError(f"not an artifact: {type(artifact).__name__}")
+    raise invalid("artifact", f"must be a profile, sensitivity table, plan, sweep or search record (or its file's "
+                              f"path), got {type(artifact).__name__}")
 
 
 def check_table(path: str | os.PathLike, param: str = "path") -> Path:
@@ -88,9 +93,12 @@ def _frame(columns: dict):
 
 
 def _candidates(cands) -> dict:
-    columns = {"candidate": ("string", [str(c) for c in cands]), "op": ("string", [c.op for c in cands])}
+    mlps = [c.mlp_candidate for c in cands]
+    columns = {"candidate": ("string", [str(c) for c in cands]), "op": ("string", [c.op for c in cands]),
+               "mlp": ("string", [None if m is None else str(m) for m in mlps])}
+    params = [{**c.kwargs, **(m.kwargs if m is not None else {})} for c, m in zip(cands, mlps)]
     for param in PARAMS:
-        columns[param] = ("Int64", [c.kwargs.get(param) for c in cands])
+        columns[param] = ("Int64", [p.get(param) for p in params])
     return columns
 
 

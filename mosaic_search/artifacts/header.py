@@ -82,11 +82,13 @@ class Reader:
         return None if value is None else float(value)
 
     def candidate(self, obj: dict, where: str) -> Candidate:
-        """The structured candidate {op, params} of an entry."""
+        """The structured candidate {op, params} of an entry, with its layer's MLP candidate {op, params} under `mlp`
+        when it has one."""
         op = self.get(obj, "op", str, where)
         params = self.get(obj, "params", dict, where, optional=True, default={})
+        mlp = self.get(obj, "mlp", dict, where, optional=True)
         try:
-            return Candidate.of(op, params)
+            return Candidate.of(op, params, None if mlp is None else self.candidate(mlp, f"{where}.mlp"))
         except UsageError as e:
             self.fail(where, str(e))
 
@@ -155,6 +157,15 @@ class Header:
                    command=tuple(r.get(obj, "command", list, optional=True, default=[])),
                    created_by=r.get(obj, "created_by", str, optional=True, default=""),
                    created_at=r.get(obj, "created_at", str, optional=True, default=""))
+
+
+def renumbered(version: int):
+    """A migration to `version` for a format whose older files read as they are: the newer one only added what they
+    cannot hold (e.g. a candidate's MLP), and the version tells an older mosaic it cannot read the new files."""
+    def migrate(r: Reader, obj: dict) -> dict:
+        return {**obj, "schema_version": version}
+
+    return migrate
 
 
 def to_json(artifact) -> dict:

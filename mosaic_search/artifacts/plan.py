@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..operators import Candidate, pattern_string
-from .header import Header, Reader, load
+from .header import Header, Reader, load, renumbered
 
 PLAN_FILE = "mosaic_plan.json"  # the plan a built model directory carries beside its config
 
@@ -23,8 +23,9 @@ class LayerPlan:
     constraints: dict
     solver: dict
     kind: ClassVar[str] = "mosaic/layer-plan"
-    version: ClassVar[int] = 1
-    migrations: ClassVar[dict] = {}
+    # 2: a layer may carry an MLP (`mlp`), which a version-1 reader would drop; version-1 files read as they are
+    version: ClassVar[int] = 2
+    migrations: ClassVar[dict] = {1: renumbered(2)}
 
     @property
     def pattern(self) -> str:

@@ -1,7 +1,9 @@
 """`mosaic/latency-profile` (stage 1): workloads, per-layer per-candidate latency, and the additive latency model.
 
-Version 2 always records the teacher's own operator per layer (`teacher`); version 1 did not, and its teachers
-were all gqa (`_from_v1`).
+Version 3 may hold MLP candidates (`mlp:width=W`, `nomlp`) and mixers with fewer KV heads (`gqa:kv_heads=K`), and
+records the bytes of the layers' weights (`weight_bytes`, `fixed_weight_bytes`); version 2 files, which have none of
+these, read as they are. Version 2 always records the teacher's own operator per layer (`teacher`); version 1 did
+not, and its teachers were all gqa (`_from_v1`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from functools import cached_property
 from typing import ClassVar
 
 from ..errors import UsageError
-from ..operators import Candidate
-from .header import Header, Reader, load
+from ..operators import Candidate, compose
+from .header import Header, Reader, load, renumbered
 
 PHASES = ("prefill", "decode")
 STATUSES = ("ok", "oom", "unsupported")
@@ -113,7 +115,10 @@ class LatencyProfile:
 
     `teacher`: the teacher's own operator per layer (`surgery.teacher_ops`); `validation`: additivity measured
     in the same passes (`profile(validate=True)`): [{assignment, pattern, workload, predicted_ms, measured_ms,
-    error_pct}], predicted = fixed + sum of layers, measured = whole model.
+    error_pct}], predicted = fixed + sum of layers, measured = whole model. `weight_bytes`: ((candidate, bytes of
+    one decoder layer's weights with it), ...), every layer alike, and `fixed_weight_bytes` those of the rest of the
+    model (embeddings, head, norms, a vision tower): what serving holds besides the cache; empty / None when not
+    recorded.
     """
 
     header: Header
@@ -123,9 +128,11 @@ class LatencyProfile:
     entries: tuple[ProfileEntry, ...]
     teacher: tuple[Candidate, ...]
     validation: tuple[dict, ...] = ()
+    weight_bytes: tuple[tuple[Candidate, int], ...] = ()
+    fixed_weight_bytes: int | None = None
     kind: ClassVar[str] = "mosaic/latency-profile"
-    version: ClassVar[int] = 2
-    migrations: ClassVar[dict] = {1: _from_v1}
+    version: ClassVar[int] = 3
+    migrations: ClassVar[dict] = {1: _from_v1, 2: renumbered(3)}
 
     @cached_property
     def _by_key(self) -> dict:
@@ -136,9 +143,26 @@ class LatencyProfile:
         return self._by_key.get((layer, candidate, workload))
 
     def layer_ms(self, layer: int, candidate: Candidate, workload: str) -> float | None:
-        """The latency (ms) of one layer with one candidate for one workload; None unless its entry is ok."""
-        e = self._by_key.get((layer, candidate, workload))
-        return e.latency_ms if e is not None and e.status == "ok" else None
+        """The latency (ms) of one layer with one candidate for one workload (a mixer with an MLP: composed from
+        both axes' entries, `operators.compose`); None unless its entries are ok."""
+        def own(c):
+            e = self._by_key.get((layer, c, workload))
+            return e.latency_ms if e is not None and e.status == "ok" else None
+
+        return compose(own, candidate, self.teacher[layer])
+
+    def cache_bytes(self, layer: int, candidate: Candidate, workload: str) -> int | None:
+        """The cache (bytes per sequence) of one layer with one candidate at `workload`'s context (composed as
+        `layer_ms`; an MLP changes no cache); None without its entries."""
+        def own(c):
+            e = self._by_key.get((layer, c, workload))
+            return None if e is None else e.cache_bytes
+
+        return compose(own, candidate, self.teacher[layer])
+
+    def layer_weight_bytes(self, layer: int, candidate: Candidate) -> int | None:
+        """The bytes of one layer's weights with one candidate (composed as `layer_ms`); None when not recorded."""
+        return compose(dict(self.weight_bytes).get, candidate, self.teacher[layer])
 
     def predicted_ms(self, workload: str, layers) -> float | None:
         """The additive latency model (docs/design.md §3), in ms, of one candidate per layer: the fixed part plus
@@ -163,7 +187,9 @@ class LatencyProfile:
         """The profile's own JSON fields."""
         return {"workloads": [dataclasses.asdict(w) for w in self.workloads], "baseline_ms": dict(self.baseline_ms),
                 "fixed_ms": dict(self.fixed_ms), "entries": [e.to_json() for e in self.entries],
-                "validation": [dict(v) for v in self.validation], "teacher": [c.to_json() for c in self.teacher]}
+                "validation": [dict(v) for v in self.validation], "teacher": [c.to_json() for c in self.teacher],
+                **({"weight_bytes": [{**c.to_json(), "weight_bytes": n} for c, n in self.weight_bytes],
+                    "fixed_weight_bytes": self.fixed_weight_bytes} if self.weight_bytes else {})}
 
     @classmethod
     def read(cls, r: Reader, obj: dict, header: Header) -> "LatencyProfile":
@@ -199,10 +225,16 @@ class LatencyProfile:
                                          for k in ("predicted_ms", "measured_ms", "error_pct")}})
         teacher = [r.candidate(c, f"teacher[{i}]") for i, c in enumerate(r.get(obj, "teacher", list))]
         r.per_layer("teacher", len(teacher), header)
+        weights = tuple((r.candidate(w, f"weight_bytes[{i}]"), r.get(w, "weight_bytes", int, f"weight_bytes[{i}]"))
+                        for i, w in enumerate(r.get(obj, "weight_bytes", list, optional=True, default=[])))
+        fixed_weights = r.get(obj, "fixed_weight_bytes", int, optional=True)
+        if weights and fixed_weights is None:
+            r.fail("fixed_weight_bytes", "missing field (the profile records weight_bytes)")
         return cls(header=header, workloads=tuple(workloads), baseline_ms=ms["baseline_ms"], fixed_ms=ms["fixed_ms"],
-                   entries=tuple(entries), teacher=tuple(teacher), validation=tuple(validation))
+                   entries=tuple(entries), teacher=tuple(teacher), validation=tuple(validation), weight_bytes=weights,
+                   fixed_weight_bytes=fixed_weights)
 
 
 def load_profile(path: str | os.PathLike) -> LatencyProfile:
-    """Load and validate a `mosaic/latency-profile` (a version-1 file too)."""
+    """Load and validate a `mosaic/latency-profile` (a version-1 or -2 file too)."""
     return load(LatencyProfile, path)

@@ -9,7 +9,7 @@ from typing import ClassVar
 from ..operators import Candidate
 from .header import Header, Reader, load
 
-_FIELDS = {"layer", "op", "params", "kl", "delta_loss", "align_steps"}  # an entry's other keys are its `extra`
+_FIELDS = {"layer", "op", "params", "mlp", "kl", "delta_loss", "align_steps"}  # the other keys: `extra`
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,19 @@ import typer
 from .. import __version__, builder
 from .. import demo as demo_lib
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MosaicError, UsageError
+from ..hf.device import DTYPES
 from ..latency import bench as bench_lib
 from ..latency import profiler
 from ..quality import evaluation, scorer
 from ..quality import refine as refine_lib  # no torch at top level
 from ..recovery import distill as distill_lib
-from ..search import problem, solver
+from ..search import problem, serving, solver
 from . import views
-from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, DeviceOpt, EmbeddedOpt,
-                      ImageTokensOpt, JsonOpt, MaxOpt, MinOpt, ModelOpt, ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt,
-                      PinOpt, ProfileOpt, QuestionsOpt, ResumeOpt, ScoresOpt, SeedOpt, SpeedupOpt, TableOpt,
-                      TeacherOpt, TpotOpt, TtftOpt, WorkloadOpt, defaults)
+from .options import (AllowStaleOpt, CacheBatchOpt, CacheBytesOpt, CacheContextOpt, ContextOpt, DeviceOpt,
+                      EmbeddedOpt, ImageTokensOpt, JsonOpt, MaxMemoryOpt, MaxOpt, MemoryOpt, MinOpt, ModelOpt,
+                      ModelOutOpt, OpsOpt, OutOpt, OverwriteOpt, PinOpt, ProfileOpt, QuestionsOpt, ResumeOpt,
+                      ScoresOpt, SeedOpt, SpeedupOpt, TableOpt, TeacherOpt, ThroughputOpt, TpotOpt, TtftOpt,
+                      WorkloadOpt, defaults)
 from .terminal import NOTHING_WRITTEN, console, err, fail, interruptible, progress, rank0, show_notes
 
 
@@ -53,12 +55,14 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
     """Hardware-aware architecture search: profile -> score -> solve -> build -> distill."""
 
 
-def _table_writer(path):
-    """Check a --table path before any work; return what writes an artifact's rows there (nothing without one)."""
+def _table_writer(path, **inputs):
+    """Check a --table path before any work (writable, and none of the command's `inputs`, {parameter: path}); return
+    what writes an artifact's rows there (nothing without one)."""
     if not path:
         return lambda artifact: None
-    from ..artifacts import frames
+    from ..artifacts import files, frames
 
+    files.check_not_input([path], inputs, "table_out")
     frames.check_table(path, "table_out")
     return lambda artifact: frames.write_table(artifact, path)
 
@@ -76,7 +80,7 @@ def profile(model: ModelOpt = PROFILE["model"], device: DeviceOpt = PROFILE["dev
             image_tokens: ImageTokensOpt = PROFILE["image_tokens"], table_out: TableOpt = None,
             seed: SeedOpt = PROFILE["seed"], as_json: JsonOpt = False):
     """Stage 1: time every candidate mixer as a whole decoder layer on this device."""
-    save_table = _table_writer(table_out)  # a bad --table fails before the profile runs, not after
+    save_table = _table_writer(table_out, model=model)  # a bad --table fails before the profile runs, not after
     with interruptible(lambda: f"{NOTHING_WRITTEN}: a profile is saved only once complete"), \
             progress("profiling") as tick:
         prof = profiler.profile(model=model, device=device, ops=ops, workloads=workload, out=out, seed=seed,
@@ -106,7 +110,7 @@ def score(teacher: ModelOpt = SCORE["teacher"],
           = SCORE["device_map"],
           table_out: TableOpt = None, seed: SeedOpt = SCORE["seed"], as_json: JsonOpt = False):
     """Stage 2: KL to the teacher of every (layer, operator) swap, after local alignment (torchrun splits items)."""
-    save_table, show, start = _table_writer(table_out), rank0(), time.perf_counter()
+    save_table, show, start = _table_writer(table_out, data=data, teacher=teacher), rank0(), time.perf_counter()
     path = scorer.table_path(teacher, out)
     from ..quality.library import ItemStore
 
@@ -122,8 +126,10 @@ def score(teacher: ModelOpt = SCORE["teacher"],
         views.score(table, path, time.perf_counter() - start, table_out, as_json)
 
 
-def _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out) -> None:
+def _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out, serving=(None, None)) -> None:
     """The flag combinations `solve` refuses: each library function takes only its own keywords."""
+    if serving != (None, None) and (None in serving or strategy != "mip" or sweep or solutions != 1):
+        raise UsageError("--throughput-speedup and --memory go together, with the mip strategy, for one plan")
     if plot and not sweep:
         raise UsageError("--plot needs --sweep")
     if solutions != 1 and (sweep or strategy != "mip"):
@@ -141,6 +147,8 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
           max_cache_bytes: CacheBytesOpt = SOLVE["max_cache_bytes"], cache_batch: CacheBatchOpt = SOLVE["cache_batch"],
           cache_context: CacheContextOpt = SOLVE["cache_context"], ops: OpsOpt = SOLVE["ops"],
           pin: PinOpt = SOLVE["pins"], min_count: MinOpt = SOLVE["min_count"], max_count: MaxOpt = SOLVE["max_count"],
+          max_memory: MaxMemoryOpt = SOLVE["max_memory"], throughput_speedup: ThroughputOpt = None,
+          memory: MemoryOpt = None, context: ContextOpt = None,
           strategy: Annotated[str, typer.Option(help="mip, greedy or pattern:SYMBOLS (e.g. pattern:DDDG).")]
           = SOLVE["strategy"],
           sweep: Annotated[Optional[str], typer.Option(help="START:STOP:STEP: the Pareto frontier.")] = None,
@@ -155,12 +163,13 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
           allow_stale: AllowStaleOpt = SOLVE["allow_stale"], overwrite: OverwriteOpt = SOLVE["overwrite"],
           out: OutOpt = SOLVE["out"], table_out: TableOpt = None, as_json: JsonOpt = False):
     """Stage 3: the least predicted loss per layer assignment that meets the speedup targets (MIP)."""
-    _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out)
-    save_table = _table_writer(table_out)
+    _check_solve_flags(strategy, sweep, plot, solutions, min_distance, table_out, (throughput_speedup, memory))
+    save_table = _table_writer(table_out, profile=profile, scores=scores)
     kw = dict(speedup=speedup, profile=profile, scores=scores, workloads=workload, ttft_speedup=ttft_speedup,
               tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes, cache_batch=cache_batch,
               cache_context=cache_context, ops=ops, pins=pin, min_count=min_count, max_count=max_count, metric=metric,
-              device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite)
+              device=device, allow_stale=allow_stale, time_limit_s=time_limit, out=out, overwrite=overwrite,
+              max_memory=max_memory)
     if sweep:
         front = solver.sweep(sweep, reserve=(".png",) if plot else (), **kw)
         if plot:
@@ -169,7 +178,8 @@ def solve(speedup: SpeedupOpt = SOLVE["speedup"], profile: ProfileOpt = SOLVE["p
             plot_frontier(front, front.files[2])
         save_table(front)
         return views.sweep(front, table_out, as_json)
-    plans = (solver.solve_many(solutions, min_distance, **kw) if solutions != 1 else
+    plans = ([serving.solve_serving(throughput_speedup, memory, context, **kw)] if memory is not None else
+             solver.solve_many(solutions, min_distance, **kw) if solutions != 1 else
              [solver.solve(strategy=strategy, **kw)])
     save_table(plans[0])
     paths = [solver.plan_path(p.header.model.id, out, rank) for rank, p in enumerate(plans, 1)]
@@ -211,6 +221,12 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
            = REFINE["high_windows"],
            offspring: Annotated[int, typer.Option(help="Moves screened per generation.")] = REFINE["offspring"],
            survivors: Annotated[int, typer.Option(help="Of them, measured at full fidelity.")] = REFINE["survivors"],
+           rerank_steps: Annotated[int, typer.Option(
+               help="Distill the best few plans this many steps and hand over the best after it (0: off).")]
+           = REFINE["rerank_steps"],
+           rerank_finalists: Annotated[int, typer.Option(help="Plans re-ranked after distillation.")]
+           = REFINE["rerank_finalists"],
+           max_memory: MaxMemoryOpt = REFINE["max_memory"],
            resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress file.")]
            = REFINE["resume"],
            device: Annotated[str, typer.Option(help="Where plans are measured: cpu or cuda.")] = REFINE["device"],
@@ -220,13 +236,14 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
     """Between solve and build: search around the MIP's plans on the true KL to the teacher, every budget kept."""
     from ..artifacts.search_record import load_search_record
 
-    save_table = _table_writer(table_out)
+    save_table = _table_writer(table_out, plan=plan, profile=profile, scores=scores, library=library, data=data)
     with progress("refining") as tick:  # refine says itself what an interruption kept
         result = refine_lib.refine(profile, scores, plan=plan, teacher=teacher, library=library, data=data,
                                    seq_len=seq_len,
                             evaluations=evaluations, seconds=seconds, solutions=solutions, min_distance=min_distance,
                             low_windows=low_windows, high_windows=high_windows, offspring=offspring,
-                            survivors=survivors, seed=seed, resume=resume, out=out, overwrite=overwrite,
+                            survivors=survivors, rerank_steps=rerank_steps, rerank_finalists=rerank_finalists,
+                            seed=seed, resume=resume, out=out, overwrite=overwrite, max_memory=max_memory,
                             allow_stale=allow_stale, device=device, progress=tick, speedup=speedup, workloads=workload,
                             ttft_speedup=ttft_speedup, tpot_speedup=tpot_speedup, max_cache_bytes=max_cache_bytes,
                             cache_batch=cache_batch, cache_context=cache_context, ops=ops, pins=pin,
@@ -246,7 +263,7 @@ def build(plan: Annotated[str, typer.Argument(help="A mosaic/layer-plan JSON fil
           no_library: Annotated[bool, typer.Option(
               "--no-library", help="Build from the teacher initialisation, without aligned weights.")] = False,
           out: ModelOutOpt = BUILD["out"],
-          dtype: Annotated[str, typer.Option(help=", ".join(builder.DTYPES[:-1]) + " or " + builder.DTYPES[-1] + ".")]
+          dtype: Annotated[str, typer.Option(help=", ".join(DTYPES[:-1]) + " or " + DTYPES[-1] + ".")]
           = BUILD["dtype"],
           overwrite: OverwriteOpt = BUILD["overwrite"], allow_stale: AllowStaleOpt = BUILD["allow_stale"],
           seed: SeedOpt = BUILD["seed"], as_json: JsonOpt = False):
@@ -351,7 +368,8 @@ def bench(target: Annotated[str, typer.Argument(
               "--generate", help="Time model.generate end to end (TTFT, TPOT, tokens/s) against an all-gqa build and "
                                  "the stock teacher class, instead of the profiler's harness.")] = False,
           context: Annotated[Optional[list[str]], typer.Option(
-              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable.")]
+              help="--generate: prompt length, e.g. 16k (default: the plan's decode contexts); repeatable, or "
+                   "comma-separated.")]
           = BENCH["contexts"],
           new_tokens: Annotated[int, typer.Option(help="--generate: tokens generated per call.")]
           = BENCH["new_tokens"],
@@ -404,7 +422,9 @@ def check(model: ModelOpt = PROFILE["model"],
 FLAGS = {"as_json": "--json", "quality": "--eval", "workloads": "--workload", "pins": "--pin", "min_count": "--min",
          "max_count": "--max", "time_limit_s": "--time-limit", "speedups": "--sweep", "contexts": "--context",
          "table_out": "--table"}
-COMMAND_FLAGS = {"bench": {"batch_size": "--batch"}, "check": {"new_tokens": "--tokens"}}
+# (a command's positional argument is named as its help shows it: build's plan is PLAN)
+COMMAND_FLAGS = {"bench": {"batch_size": "--batch", "target": "TARGET"}, "check": {"new_tokens": "--tokens"},
+                 "build": {"plan": "PLAN"}, "distill": {"model": "MODEL"}, "eval": {"model": "MODEL"}}
 
 
 def flag(param: str, command: str | None = None) -> str:

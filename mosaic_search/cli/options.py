@@ -22,7 +22,7 @@ ModelOutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help=(
     "Model directory (default: build/<model>-<pattern> for build, <model>-distilled for distill)."))]
 OpsOpt = Annotated[Optional[str], typer.Option("--ops", help=OPS_HELP + " Default: every operator.")]
 WorkloadOpt = Annotated[Optional[list[str]], typer.Option(help=(
-    "A workload (repeatable). profile: phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (default: the device's "
+    "A workload (repeatable, or comma-separated). profile: phase:tokens[:bN], e.g. prefill:32k or decode:96k:b8 (default: the device's "
     "set); solve, refine: only this workload of the profile, by name, e.g. decode-b1-c96k; bench: a spec or name "
     "(default: those the plan predicts)."))]
 ImageTokensOpt = Annotated[int, typer.Option(
@@ -51,9 +51,20 @@ TpotOpt = Annotated[Optional[float], typer.Option(help="Target for decode worklo
 CacheBytesOpt = Annotated[Optional[int], typer.Option(help="Bound on the generation cache.")]
 CacheBatchOpt = Annotated[int, typer.Option(help="Sequences the cache bound holds.")]
 CacheContextOpt = Annotated[Optional[int], typer.Option(help="Context of the cache bound.")]
-PinOpt = Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable).")]
-MinOpt = Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers.")]
-MaxOpt = Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers.")]
+PinOpt = Annotated[Optional[list[str]], typer.Option(help="LAYER=OP, e.g. 0=gqa (repeatable, or comma-separated).")]
+MinOpt = Annotated[Optional[list[str]], typer.Option("--min", help="OP=N: at least N layers (repeatable, or "
+                                                                   "comma-separated).")]
+MaxOpt = Annotated[Optional[list[str]], typer.Option("--max", help="OP=N: at most N layers (repeatable, or "
+                                                                   "comma-separated).")]
+MaxMemoryOpt = Annotated[Optional[float], typer.Option(
+    help="Bound on weights + cache at --cache-batch and --cache-context: bytes, or at most 1 a fraction of the "
+         "teacher's.")]
+# the serving regime (`solve` only)
+ThroughputOpt = Annotated[Optional[float], typer.Option(
+    help="Serving: batch / TPOT at least this times the teacher's within --memory (chooses the batch).")]
+MemoryOpt = Annotated[Optional[float], typer.Option(
+    help="Serving: bytes for weights + cache (at most 1: a fraction of the teacher's).")]
+ContextOpt = Annotated[Optional[int], typer.Option(help="Serving: the context the cache holds.")]
 
 
 def defaults(*functions) -> dict:

@@ -4,6 +4,7 @@ is drawn; each operator has one colour in every plot (`operators.plot_color`).""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from ..artifacts.files import atomic_path
@@ -47,7 +48,7 @@ def plot_frontier(front, path, measured: dict | None = None, title: str | None =
     fig, (top, plans) = plt.subplots(2, 1, figsize=(7, 3 + 0.12 * num_layers), sharex=True,
                                      gridspec_kw={"height_ratios": [2, 1 + 0.06 * num_layers]})
     top.plot(xs, [pt["objective"] for pt in ok], "o-", color="black")  # black: no operator's colour
-    for (label, pts), marker in zip((measured or {}).items(), "xs^v"):
+    for (label, pts), marker in zip((measured or {}).items(), itertools.cycle("xs^vD+*")):  # "o": the line's
         top.plot([x for x, _ in pts], [y for _, y in pts], marker, linestyle="none", color="black", label=label)
     if measured:
         top.legend(fontsize=7, loc="upper left")

@@ -54,12 +54,15 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
     from ..artifacts.header import to_json
     from ..hf.data import SELF
     from ..quality import scorer
-    from ..quality.library import library_path
+    from ..quality.library import library_of, library_path
 
-    library, rho = library_path(path), scorer.proxy_agreement(table)
+    library, rho = library_of(path), scorer.proxy_agreement(table)
+    # a library beside the table that this run did not write (it scored no aligned candidate) is an earlier table's
+    kept = library_path(path) if library is None and library_path(path).is_file() else None
     if as_json:
         return emit_json({**to_json(table), "path": str(path), "seconds": seconds, "library": str(library)
-                          if library.is_file() else None, "block_influence_vs_drop": rho, "table": table_out})
+                          if library else None, "kept_library": str(kept) if kept else None,
+                          "block_influence_vs_drop": rho, "table": table_out})
     cands = list(dict.fromkeys(e.candidate for e in table.entries))
     cell = {(e.layer, e.candidate): e.kl for e in table.entries}
     top = max(cell.values()) or 1.0
@@ -77,7 +80,10 @@ def score(table, path, seconds: float, table_out=None, as_json: bool = False) ->
                 caption=f"work {c['done_full_forwards']:.1f} full-forward equivalents vs "
                         f"{c['naive_full_forwards']:.1f} naive ({c['ratio']:.0%}); {seconds:.0f} s"
                         + ("" if rho is None else f"\nBI (block influence) vs drop KL, rank correlation {rho:.2f}"))
-    _wrote(path, library if library.is_file() else None, table_out)
+    _wrote(path, library, table_out)
+    if kept:
+        console.print(f"kept {kept}: an earlier run's library, for another table (no candidate scored now needs "
+                      "aligned weights; plans solved on this table build without it)")
 
 
 def sweep(front, table=None, as_json: bool = False) -> None:
@@ -115,9 +121,22 @@ def plans(plans: list, paths: list, table=None, as_json: bool = False, many: boo
                     f"{s['seconds'] * 1000:.0f} ms, gap {gap}); ms saved per layer, by workload",
                     [("layer", "num"), ("operator", "label"), ("loss added", "num"), *((w, "num") for w in pred)],
                     rows, lead=2)
+        if serving := plan.constraints.get("serving"):
+            console.print(serving_line(serving), markup=False, highlight=False)
         for name, src in s.get("read", {}).items():
             console.print(f"{name}: {describe(src)}", markup=False, highlight=False)  # wrapped to the terminal
         _wrote(path, table)
+
+
+def serving_line(s: dict) -> str:
+    """What a serving plan (`solve --throughput-speedup`) serves: its batch, predicted throughput against the
+    teacher's at the teacher's own largest fitting batch, and its memory against the limit."""
+    teacher = (f"the teacher's {s['teacher_throughput_tokens_per_s']:.1f} at batch {s['teacher_batch']}"
+               if s["teacher_fits"] else f"the teacher's {s['teacher_throughput_tokens_per_s']:.1f} at batch "
+               f"{s['teacher_batch']}, which does not fit")
+    return (f"serving: batch {s['batch']} at context {s['context']}, {s['throughput_tokens_per_s']:.1f} tokens/s "
+            f"predicted, {s['throughput_tokens_per_s'] / s['teacher_throughput_tokens_per_s']:.2f}x {teacher}; "
+            f"memory {s['memory_bytes'] / 1e9:.2f} GB of {s['memory_bytes_limit'] / 1e9:.2f} GB")
 
 
 def model_dir(path, as_json: bool = False) -> None:
@@ -179,7 +198,7 @@ def bench(rows: list, target: str, device: str, as_json: bool = False) -> None:
     """`bench`: measured vs predicted speedup per workload."""
     if as_json:
         return emit_json(rows)
-    print_table(f"{target} vs teacher on {device}",
+    print_table(f"{target} vs {rows[0]['teacher']} on {device} (workloads: {rows[0]['workloads_from']})",
                 [("workload", "label"), *((col, "num") for col in ("teacher ms", "model ms", "measured", "predicted",
                                                                    "error %"))],
                 [(r["workload"], ms(r["teacher_ms"]), ms(r["model_ms"]), x(r["measured_speedup"]),
@@ -209,20 +228,22 @@ def demo(path) -> None:
 
 
 def ops(specs, as_json: bool = False) -> None:
-    """`ops`: every registered operator, its HF layer type and whether its fast path runs here."""
+    """`ops`: every registered operator, its axis (mixer or MLP), HF layer type, params (optional ones marked '?')
+    and whether its fast path runs here."""
     rows = []
     for spec in specs:
         ok, why = spec.fast_path()
-        rows.append({"op": spec.name, "symbol": spec.symbol, "layer_type": spec.layer_type,
-                     "params": list(spec.params), "fast_path": ok, "fast_path_note": why, "summary": spec.summary})
+        rows.append({"op": spec.name, "symbol": spec.symbol, "axis": spec.axis, "layer_type": spec.layer_type,
+                     "params": [p + "?" * (p in spec.optional) for p in spec.params], "fast_path": ok,
+                     "fast_path_note": why, "summary": spec.summary})
     if as_json:
         return emit_json(rows)
     # why a fast path does not run, once per distinct reason under the table: an install hint stays on one line
     notes = list(dict.fromkeys(r["fast_path_note"] for r in rows if not r["fast_path"]))
-    columns = [("op", "label"), ("sym", "label"), ("HF layer type", "label"), ("params", "label"),
+    columns = [("op", "label"), ("sym", "label"), ("axis", "label"), ("HF layer type", "label"), ("params", "label"),
                ("fast path", "label"), ("what", "text")]
     print_table("mosaic operators", columns, [
-        (r["op"], r["symbol"], r["layer_type"], ",".join(r["params"]) or "-",
+        (r["op"], r["symbol"], r["axis"], r["layer_type"] or "-", ",".join(r["params"]) or "-",
          "yes" if r["fast_path"] else f"no ({notes.index(r['fast_path_note']) + 1})", r["summary"]) for r in rows],
         lead=len(columns))
     for k, note in enumerate(notes, 1):

@@ -21,10 +21,10 @@ def as_built(model, layers, seed: int = 0):
 
 def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     """The built model's config: the teacher's, as `mosaic_<base>`, with the cache layout of its mixers
-    (`operators.cache_layout`), `auto_map` and the `mosaic` block of per-layer `{op, params}`."""
+    (`operators.cache_layout`), `auto_map` and the `mosaic` block of per-layer `{op, params}` (+ `mlp`)."""
     from .. import __version__
     from ..modeling.architectures import rope_layer_types
-    from ..modeling.configuration_mosaic import CONFIGS, rope_by_layer
+    from ..modeling.configuration_mosaic import CONFIGS, MOSAIC_FORMAT, rope_by_layer
     from ..modeling.modeling_mosaic import MODELS
 
     record = surgery.architecture(teacher_config).record
@@ -41,7 +41,8 @@ def mosaic_config(teacher_config, layers, plan_sha256: str, seed: int = 0):
     if kinds:
         text.update(rope_by_layer(text, kinds))
     obj["mosaic"] = {
-        "layers": [c.to_json() for c in layers],  # the remote code maps op -> mixer class (`modeling.mixers`)
+        # the remote code maps op -> mixer class (`modeling.mixers`) and mlp -> the layer's MLP (`modeling.mlps`)
+        "layers": [c.to_json() for c in layers], "format": MOSAIC_FORMAT,
         "plan_sha256": plan_sha256, "base_model_type": record.model_type, "mosaic_version": __version__,
         "seed": seed, **({"rope_layer_types": kinds} if kinds else {}),
     }

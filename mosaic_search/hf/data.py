@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..assets import TINY_DIR, embedded_dir
-from ..errors import UsageError, invalid
+from ..errors import UsageError, invalid, path_arg
 from ..modeling.architectures import image_architectures
 from . import distributed
 from .vision import ImageSample, Vision, image_tokens
@@ -50,7 +50,7 @@ def check_source(source: str, param: str = "data") -> str:
     """`self`, or an existing, non-empty file of a known kind; a one-line error naming parameter `param` otherwise."""
     if source == SELF:
         return source
-    path = Path(source)
+    path = Path(path_arg(param, source))
     if path.suffix.lower() not in SUFFIXES:
         raise invalid(param, f'{source}: expected "self" or a {", ".join(SUFFIXES)} file')
     if not path.is_file():

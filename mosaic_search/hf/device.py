@@ -6,11 +6,17 @@ from __future__ import annotations
 import platform
 import subprocess
 
-from ..errors import UsageError
+from ..errors import UsageError, check
 
 # the dtypes a model directory is written in (build, distill)
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def check_dtype(dtype: str | None) -> str | None:
+    """`dtype` if it is one of `DTYPES` (None, the device's default, passes); UsageError naming them otherwise."""
+    check(dtype is None or dtype in DTYPES, "dtype", f'must be one of {", ".join(DTYPES)}, got "{dtype}"')
+    return dtype
 
 
 def default_dtype(device: str) -> str:
@@ -57,7 +63,7 @@ def check_device(device: str) -> str:
 
     if device == "cpu":
         return device
-    if device.startswith("cuda"):
+    if isinstance(device, str) and device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"device {device} is not available on this machine (no CUDA device); use `device` cpu")
         return device

@@ -1,5 +1,5 @@
-"""The only place that knows Hugging Face decoder internals: find layers, read dims, swap mixers (how a VLM's image
-inputs are built is `vision.py`'s).
+"""The only place that knows Hugging Face decoder internals: find layers, read dims, swap mixers and MLPs (how a VLM's
+image inputs are built is `vision.py`'s).
 
 The scorer and the builder both call `swap`, so what is scored is exactly what is shipped.
 """
@@ -71,9 +71,11 @@ def teacher_ops(config) -> list[Candidate]:
 
 def candidates(ops, config) -> list[Candidate]:
     """The candidates a stage measures: each layer's own operator (`teacher_ops`: the reference every other is
-    measured against, always timed and scored), then `ops` parsed for this model's dimensions; one order for every
-    stage. Raises UsageError for bad `ops`."""
-    cands = parse_candidates(ops, dims_of(config))
+    measured against, always timed and scored), then `ops` parsed for this model's dimensions, a mixer with an MLP
+    (`gqa+mlp:width=256`) as its two parts, since profiles and tables hold each axis alone (`operators.compose`); one
+    order for every stage. Raises UsageError for bad `ops`."""
+    parts = [p for c in parse_candidates(ops, dims_of(config)) for p in (c.mixer, c.mlp_candidate) if p is not None]
+    cands = list(dict.fromkeys(parts))
     return [c for c in dict.fromkeys(teacher_ops(config)) if c not in cands] + cands
 
 
@@ -126,7 +128,8 @@ def _not_missing(module, incompatible_keys) -> None:
 
 
 def _kept(model, layer: int):
-    """What `install` kept of layer `layer` (a ModuleDict with the teacher's `layer` and `attention`), or None."""
+    """What `install` kept of layer `layer` (a ModuleDict with the teacher's `layer`, `attention` and `mlp`), or
+    None."""
     box = _originals(model)
     return box[str(layer)] if box is not None and str(layer) in box else None
 
@@ -143,12 +146,59 @@ def teacher_attention(model, layer: int):
     return decoder_layers(model)[layer].self_attn if kept is None else kept["attention"]
 
 
+def teacher_mlp(model, layer: int):
+    """The teacher's own MLP module of `layer`, even after swaps."""
+    kept = _kept(model, layer)
+    return decoder_layers(model)[layer].mlp if kept is None else kept["mlp"]
+
+
+MLP_PREFIX = "mlp/"  # a layer's weights hold its MLP's (an MLP candidate's library entry) under this prefix
+
+
+def split_weights(candidate: Candidate, weights: dict | None) -> tuple[dict | None, dict | None]:
+    """(mixer weights, MLP weights) of one layer's `weights`: an MLP candidate's are all its MLP's; a mixer with an
+    MLP keeps its MLP's under `MLP_PREFIX` (`library.library_weights` joins them so)."""
+    if weights is None:
+        return None, None
+    if candidate.spec.axis == "mlp":
+        return None, weights
+    mlp = {k[len(MLP_PREFIX):]: v for k, v in weights.items() if k.startswith(MLP_PREFIX)}
+    mixer = {k: v for k, v in weights.items() if not k.startswith(MLP_PREFIX)}
+    return mixer or None, mlp or None
+
+
+def build_mlp(model, layer: int, candidate: Candidate, weights: dict | None = None):
+    """The MLP of MLP candidate `candidate` for `layer` (nomlp, or mlp:width=W), on the teacher's device and dtype.
+
+    A narrower MLP keeps the teacher's channels `weights["channels"]` (the first W of the importance order the scorer
+    measured on calibration data, as its candidate library stores them); without them, the first W by a data-free
+    stand-in (`teacher.channel_importance`). Raises UsageError for channels of another width."""
+    from ..modeling.mlps import NoMLP, narrow_mlp
+    from ..operators.teacher import channel_importance, importance_order, narrow_from_teacher
+
+    candidate.check_fits(dims_of(model.config))
+    if candidate.op == "nomlp":
+        return NoMLP()
+    teacher = teacher_mlp(model, layer)
+    width = candidate.kwargs["width"]
+    channels = weights.get("channels") if weights else None
+    if channels is None:
+        channels = importance_order(channel_importance(teacher))[:width]
+    if channels.numel() != width:
+        raise UsageError(f"weights for layer {layer} {candidate}: {channels.numel()} channels, not {width}")
+    module = narrow_mlp(teacher, architecture(model.config).text(model.config), width)
+    narrow_from_teacher(module, teacher, channels)
+    return module
+
+
 def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = None):
     """A new mixer for `layer`, initialised from the teacher (or loaded from `weights`), on the teacher's
     device and dtype."""
     spec = candidate.spec
     dims = dims_of(model.config)
     candidate.check_fits(dims)
+    if spec.axis != "mixer":
+        raise UsageError(f"{candidate} is an MLP candidate, not a mixer")
     teacher = teacher_attention(model, layer)
     param = next(teacher.parameters())
     module = spec.build(dims, layer, **candidate.kwargs)
@@ -163,18 +213,30 @@ def build_mixer(model, layer: int, candidate: Candidate, weights: dict | None = 
 
 
 def swap(model, layer: int, candidate: Candidate, weights: dict | None = None):
-    """Replace layer `layer`'s attention (or, for `drop`, the whole decoder layer) with `candidate`; return
-    the new module. `weights` (a state dict) replaces the teacher initialisation, e.g. aligned weights."""
+    """Replace layer `layer`'s attention (or, for `drop`, the whole decoder layer) with `candidate`, and its MLP with
+    the candidate's (an MLP candidate alone keeps the teacher's mixer); return the new module (the MLP's for an MLP
+    candidate). `weights` replaces the teacher initialisation, e.g. aligned weights (see `split_weights`)."""
     layers = decoder_layers(model)
     if not 0 <= layer < len(layers):
         raise UsageError(f"layer {layer} is out of range: the model has {len(layers)} layers (0..{len(layers) - 1})")
-    module = build_mixer(model, layer, candidate, weights)
-    return install(model, layer, candidate, module)
+    return install(model, layer, candidate, *build_modules(model, layer, candidate, weights))
 
 
-def install(model, layer: int, candidate: Candidate, module):
-    """Put an already-built mixer of `candidate` into `layer`, keeping the teacher's layer for later restores;
-    return the module."""
+def build_modules(model, layer: int, candidate: Candidate, weights: dict | None = None) -> tuple:
+    """(module, mlp) of `candidate` at `layer`, initialised from the teacher or loaded from `weights`, for `install`:
+    a mixer candidate's mixer and MLP (None: the teacher's), or an MLP candidate's MLP and None."""
+    mixer_w, mlp_w = split_weights(candidate, weights)
+    mlp = candidate.mlp_candidate
+    mlp_module = None if mlp is None else build_mlp(model, layer, mlp, mlp_w)
+    if candidate.spec.axis == "mlp":
+        return mlp_module, None
+    return build_mixer(model, layer, candidate.mixer, mixer_w), mlp_module
+
+
+def install(model, layer: int, candidate: Candidate, module, mlp=None):
+    """Put already-built modules of `candidate` into `layer`, keeping the teacher's layer for later restores; return
+    `module`. For a mixer candidate `module` is its mixer and `mlp` its MLP (None: the teacher's); for an MLP
+    candidate `module` is the MLP and the layer keeps the teacher's mixer."""
     from torch import nn
 
     from ..modeling.mixers import replaces_layer, stand_in
@@ -182,14 +244,21 @@ def install(model, layer: int, candidate: Candidate, module):
     layers = decoder_layers(model)
     box = _originals(model, create=True)
     if str(layer) not in box:
-        # the teacher's attention too: the decoder layer object is reused for attention swaps
-        box[str(layer)] = nn.ModuleDict({"layer": layers[layer], "attention": layers[layer].self_attn})
-    original = box[str(layer)]["layer"]
-    if replaces_layer(module):
+        # the teacher's attention and MLP too: the decoder layer object is reused for attention and MLP swaps
+        box[str(layer)] = nn.ModuleDict({"layer": layers[layer], "attention": layers[layer].self_attn,
+                                         "mlp": layers[layer].mlp})
+    kept = box[str(layer)]
+    original = kept["layer"]
+    layers[layer] = original
+    original.self_attn, original.mlp = kept["attention"], kept["mlp"]
+    if candidate.spec.axis == "mlp":
+        original.mlp = module
+    elif replaces_layer(module):
         layers[layer] = stand_in(module, original)
     else:
-        layers[layer] = original
         original.self_attn = module
+        if mlp is not None:
+            original.mlp = mlp
     return module
 
 
@@ -198,7 +267,7 @@ def restore(model, layer: int) -> None:
     kept = _kept(model, layer)
     if kept is not None:
         del _originals(model)[str(layer)]
-        kept["layer"].self_attn = kept["attention"]
+        kept["layer"].self_attn, kept["layer"].mlp = kept["attention"], kept["mlp"]
         decoder_layers(model)[layer] = kept["layer"]
 
 

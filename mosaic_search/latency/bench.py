@@ -12,14 +12,14 @@ from pathlib import Path
 
 from ..artifacts import files
 from ..artifacts.plan import LayerPlan, load_plan
-from ..artifacts.profile import parse_workload, workload_from_name, workload_name
-from ..errors import MosaicError, UsageError, invalid
+from ..artifacts.profile import Workload, parse_workload, workload_from_name, workload_name
+from ..errors import MosaicError, UsageError, check, integer, invalid, listed, path_arg
 from ..hf import assembly, surgery
 from ..hf.device import check_device, default_dtype
 from ..hf.models import auto_class, model_from_config, resolve
 from ..operators import unbuildable
 from .harness import Bench, load_bench
-from .timing import Pool, busy_machine, default_rounds, default_timer
+from .timing import Pool, busy_machine, check_settings, default_rounds, default_timer
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +36,16 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
     `rounds` passes alternate teacher and model with samples pooled (`timing.default_rounds`), and a
     paired timer (CPU) times each model step right after a teacher step and reports their typical ratio;
     `image_tokens`: a VLM's prefill also encodes an image (use the profile's value, see `profiler.profile`).
-    Returns one row per workload.
+    Returns one row per workload, naming the teacher timed against and where the workloads came from.
     """
+    check_settings(rounds, dtype, image_tokens, seed)
+    path_arg("vs", vs, optional=True, what="a model id or directory")
+    names = listed("workloads", workloads)
     device = check_device(device)
     plan, model_dir = _resolve(target)
-    names = workloads or list(plan.predicted)
+    names = names or list(plan.predicted)
+    for w in names:
+        check(isinstance(w, (Workload, str)), "workloads", f"items must be specs or names of workloads, got {w!r}")
     if not names:
         raise UsageError("no workloads: the plan predicts none; pass `workloads`")
     wls = [w if not isinstance(w, str) else (parse_workload(w) if ":" in w else workload_from_name(w))
@@ -76,7 +81,9 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
         model_ms = stats["model", w.name].median_ms
         measured = teacher_ms / model_ms
         pred = plan.predicted.get(w.name, {}).get("speedup")
-        rows.append({"workload": w.name, "phase": w.phase, "batch_size": w.batch_size, "seq_len": w.seq_len,
+        # what was discovered is named in every row: the teacher (`vs` or the plan's) and where the workloads came from
+        rows.append({"teacher": teacher.id, "workloads_from": "given" if workloads else "the plan's predictions",
+                     "workload": w.name, "phase": w.phase, "batch_size": w.batch_size, "seq_len": w.seq_len,
                      "teacher_ms": teacher_ms, "model_ms": model_ms, "measured_speedup": measured,
                      "predicted_speedup": pred,
                      "error_pct": None if pred is None else 100 * (pred - measured) / measured})
@@ -84,7 +91,7 @@ def bench(target, vs: str | None = None, workloads=None, device: str = "cpu", dt
 
 
 def _resolve(target) -> tuple[LayerPlan, Path | None]:
-    path = Path(target)
+    path = Path(path_arg("target", target, what="a model directory or a plan file"))
     if path.is_dir():
         plan_file = path / "mosaic_plan.json"
         if not plan_file.is_file():
@@ -119,6 +126,8 @@ def bench_generate(model_dir, contexts=None, new_tokens: int = 32, batch_size: i
     the plan's decode workloads. Returns `time_generate`'s rows with, per row, the measured TPOT and TTFT speedups of
     the model over each reference and the plan's predicted TPOT speedup for the matching decode workload.
     """
+    check_settings(rounds, dtype, 0, seed)
+    contexts = listed("contexts", contexts)
     device = check_device(device)
     _check_generate_args(new_tokens, batch_size)  # before minutes of loading three models
     plan, path = _resolve(model_dir)
@@ -175,6 +184,8 @@ def stock_teacher(teacher, device: str, dtype: str, seed: int = 0):
 
 
 def _check_generate_args(new_tokens: int, batch_size: int) -> None:
+    check(integer(new_tokens), "new_tokens", f"must be an integer, got {new_tokens!r}")
+    check(integer(batch_size), "batch_size", f"must be an integer, got {batch_size!r}")
     if new_tokens < 2:
         raise invalid("new_tokens", f"must be 2 or more (TPOT needs a second token), got {new_tokens}")
     if batch_size < 1:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..artifacts.profile import Workload
 from ..errors import invalid
 from ..hf import surgery
-from ..hf.device import default_dtype
+from ..hf.device import check_dtype, default_dtype
 from ..hf.models import model_from_config, resolve
 from ..hf.vision import image_encoder, random_image
 from ..modeling.architectures import image_architectures
@@ -95,10 +95,13 @@ class Bench:
         the layers that change."""
         for i, c in enumerate(candidates):
             if self.current[i] != c:
-                if (i, c) not in self._built:
-                    self._built[i, c] = surgery.build_mixer(self.model, i, c)
-                surgery.install(self.model, i, c, self._built[i, c])
-                self.layer_types[i] = c.spec.layer_type
+                # an MLP candidate alone runs under the teacher's own operator (mosaic's mixer of it, as the teacher
+                # layers here are: a sliding teacher's window included), and takes its cache slot
+                choice = c if c.spec.axis == "mixer" else self.teacher[i].with_mlp(c)
+                if (i, choice) not in self._built:
+                    self._built[i, choice] = surgery.build_modules(self.model, i, choice)
+                surgery.install(self.model, i, choice, *self._built[i, choice])
+                self.layer_types[i] = choice.spec.layer_type
                 self.current[i] = c
 
     def prefill_caches(self):
@@ -260,7 +263,7 @@ def load_bench(model, device: str, dtype: str | None = None, seed: int = 0, comp
     prefill also encodes an image of `image_tokens` tokens (`Bench.vision_fn`)."""
     import torch
 
-    dtype = dtype or default_dtype(device)
+    dtype = check_dtype(dtype) or default_dtype(device)
     resolved = resolve(model, shipped_ok=True)
     config, model = resolved.config, resolved.id
     if image_tokens < 0:

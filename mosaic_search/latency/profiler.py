@@ -20,10 +20,10 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..artifacts.files import PROFILES_DIR, check_output, output_path
+from ..artifacts.files import PROFILES_DIR, check_not_input, check_output, output_path
 from ..artifacts.header import Header, save
 from ..artifacts.profile import LatencyProfile, ProfileEntry, Workload, parse_workload
-from ..errors import UsageError, invalid
+from ..errors import UsageError, check, flags, integer, invalid, listed, path_arg
 from ..hf import surgery
 from ..hf.device import DTYPE_BYTES, check_device, default_dtype, environment
 from ..hf.models import resolve, slug
@@ -64,12 +64,17 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     Bad input (device, workloads, ops, depth, an existing output of another kind) raises UsageError before any
     timing; an operator out of memory is recorded `status: oom` and profiling goes on.
     """
+    path_arg("model", model, what="a model id or directory")
+    timing.check_settings(rounds, dtype, image_tokens, seed)
+    flags(validate=validate, compile_decode=compile_decode)
     device = check_device(device)
     machine = environment(device)
     path = check_output(profile_path(model, machine, out), kind=LatencyProfile.kind)  # before minutes of measuring
+    check_not_input([path], {"model": model})
     wls = _workloads(workloads, device)
     resolved = resolve(model, shipped_ok=True)  # once: every step below reads this record
     cands = surgery.candidates(ops, resolved.config)  # bad ops fail here, before any work
+    depth = _depth(device, resolved.dims.num_layers, layers_per_sample)
     timer = timer or timing.default_timer(device)
     # before any allocation: the timed model, a paired timer's reference and the largest workload must fit
     check_fits(resolved.dims, wls, DTYPE_BYTES[dtype or default_dtype(device)], 2 if timing.is_paired(timer) else 1,
@@ -77,7 +82,6 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     _, bench = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)
     dims = resolved.dims
     rounds = rounds or timing.default_rounds(device)
-    depth = _depth(device, dims.num_layers, layers_per_sample)
     # a paired timer times every sample right after a whole step of this untouched teacher (see CpuTimer.pairs)
     reference = load_bench(resolved, device, dtype, seed, compile_decode, image_tokens)[1] \
         if timing.is_paired(timer) else None
@@ -92,13 +96,15 @@ def profile(model: str = "tiny", device: str = "cpu", ops=None, workloads=None, 
     median = lambda key: stats[key].median_ms if key in stats else None  # noqa: E731
     baseline = {w.name: median(("baseline", w.name)) for w in wls}
     fixed = {w.name: median(("fixed", w.name)) for w in wls}
-    entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size())
+    entries = _entries(schedule, stats, pool.failed, dims, bench.stack.embed.weight.element_size(), bench.teacher)
     header = Header.new(resolved.ref, env={
         **machine, "timer": type(timer).__name__, "cuda_graphs": bool(getattr(timer, "graphs", False)),
         "compiled_decode": bench.compile_decode, "compile_fallbacks": bench.fallbacks, "rounds": rounds,
         "layers_per_sample": depth, "paired": reference is not None, "image_tokens": image_tokens})
+    weights, fixed_weights = weight_bytes(bench, [c for c in cands if (c, wls[0].name) not in pool.failed])
     result = LatencyProfile(header=header, workloads=tuple(wls), baseline_ms=baseline, fixed_ms=fixed,
-                            entries=tuple(entries), teacher=tuple(bench.teacher))
+                            entries=tuple(entries), teacher=tuple(bench.teacher), weight_bytes=weights,
+                            fixed_weight_bytes=fixed_weights)
     measured = {(name, w.name): median(("whole", name, w.name)) for name in checks for w in wls}
     result = replace(result, validation=tuple(additivity(result, checks, measured)))
     save(result, path)
@@ -127,7 +133,7 @@ class _Schedule:
 def _depth(device: str, num_layers: int, layers_per_sample: int | None) -> int:
     """Layers per sample: as asked, or `default_layers_per_sample`; UsageError outside 1..num_layers."""
     depth = default_layers_per_sample(device, num_layers) if layers_per_sample is None else layers_per_sample
-    if not 1 <= depth <= num_layers:
+    if not integer(depth) or not 1 <= depth <= num_layers:
         raise invalid("layers_per_sample", f"must be 1..{num_layers} (the model's layers), got {depth}")
     return depth
 
@@ -146,7 +152,8 @@ def _same_as_gqa(cands, wls) -> set:
     """A window covering every token a query sees computes exactly what gqa does: it gets gqa's timing, not a second
     measurement of the same work that would differ only by noise (and win or lose a plan on it)."""
     gqa = Candidate.teacher()
-    return {(c, w.name) for c in cands for w in wls if gqa in cands and covers_context(c, w)}
+    return {(c, w.name) for c in cands for w in wls
+            if gqa in cands and covers_context(c, w) and "kv_heads" not in c.kwargs}
 
 
 def _measure(todo: _Schedule, bench: Bench, reference: Bench | None, pool, progress) -> None:
@@ -183,9 +190,9 @@ def _measure(todo: _Schedule, bench: Bench, reference: Bench | None, pool, progr
     bench.assign(bench.teacher)
 
 
-def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: int) -> list[ProfileEntry]:
+def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: int, teacher) -> list[ProfileEntry]:
     """One entry per (candidate, workload) for every layer: its timing (gqa's where `same_as_gqa`), status and
-    cache bytes."""
+    cache bytes (an MLP candidate's layer keeps the teacher's mixer `teacher[layer]`, and its cache)."""
     gqa = Candidate.teacher()
     entries = []
     for c in schedule.candidates:
@@ -193,11 +200,44 @@ def _entries(schedule: _Schedule, stats: dict, failed: dict, dims, dtype_bytes: 
             key = (gqa, w.name) if (c, w.name) in schedule.same_as_gqa else (c, w.name)
             st = stats.get(key)
             status, reason = failed.get(key, ("ok", ""))
-            cache_bytes = c.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **c.kwargs)
-            entries += [ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
-                                     p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
-                                     cache_bytes=cache_bytes, reason=reason) for layer in range(dims.num_layers)]
+            for layer in range(dims.num_layers):
+                mixer = c if c.spec.axis == "mixer" else teacher[layer]
+                cache_bytes = mixer.spec.cache_bytes(dims, w.seq_len, dtype_bytes, **mixer.kwargs)
+                entries.append(ProfileEntry(layer=layer, candidate=c, workload=w.name, latency_ms=st and st.median_ms,
+                                            p20_ms=st and st.p20_ms, p80_ms=st and st.p80_ms, status=status,
+                                            cache_bytes=cache_bytes, reason=reason))
     return entries
+
+
+def weight_bytes(bench: Bench, candidates) -> tuple[tuple, int]:
+    """((candidate, bytes of layer 0's weights with it installed), ...) and the bytes of every other weight of the
+    model (embeddings and a tied head once, norms, a vision tower), from the modules the profile timed."""
+    def nbytes(params) -> int:
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values())
+
+    out = []
+    for c in candidates:
+        bench.assign([c] + bench.teacher[1:])
+        out.append((c, nbytes(bench.stack.layers[0].parameters())))
+    bench.assign(bench.teacher)
+    inside = {id(p) for layer in bench.stack.layers for p in layer.parameters()}
+    kept = getattr(bench.model, surgery.ORIGINALS, None)
+    inside |= {id(p) for p in kept.parameters()} if kept is not None else set()
+    return tuple(out), nbytes(p for p in bench.model.parameters() if id(p) not in inside)
+
+
+def count_weight_bytes(model="tiny", ops=None, dtype: str = "bfloat16") -> tuple[tuple, int]:
+    """`weight_bytes` of `model` (an id, a directory, a shipped config or a `Resolved` record) for the candidates
+    `ops` (default: those `profile` times) at `dtype`, counted on the meta device: the profiler's own model and swaps,
+    shapes without values, so a real-size model costs no memory and nothing is timed. UsageError for an unknown dtype
+    or op."""
+    import torch
+
+    resolved = resolve(model, shipped_ok=True)
+    cands = surgery.candidates(ops, resolved.config)
+    with torch.device("meta"):  # every module the swaps build lands there too, not only the teacher's
+        _, bench = load_bench(resolved, "meta", dtype)
+        return weight_bytes(bench, cands)
 
 
 def _warn_if_noisy(result: LatencyProfile, device: str) -> None:
@@ -307,20 +347,27 @@ def layer_table(entries) -> dict:
 
 
 def default_assignments(candidates, num_layers: int, teacher=None) -> dict:
-    """The teacher (`teacher`: its own operator per layer, default gqa everywhere) and two mixes of the given
-    candidates (interleaved, and reversed)."""
+    """The teacher (`teacher`: its own operator per layer, default gqa everywhere), two mixes of the given mixer
+    candidates (interleaved, and reversed), and with MLP candidates a third whose mixers take them ("mix C": both
+    axes composed, as plans do)."""
     gqa = Candidate.teacher()
     teacher = list(teacher or [gqa] * num_layers)
-    others = [c for c in candidates if c != gqa] or [gqa]
+    others = [c for c in candidates if c != gqa and c.spec.axis == "mixer"] or [gqa]
+    mlps = [c for c in candidates if c.spec.axis == "mlp"]
     mix = [gqa if i % 3 == 0 else others[i % len(others)] for i in range(num_layers)]
     name = "teacher (all gqa)" if teacher == [gqa] * num_layers else "teacher"
-    return {name: teacher, "mix A": mix,
-            "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
+    out = {name: teacher, "mix A": mix,
+           "mix B": [others[(i * 7) % len(others)] if i % 4 else gqa for i in range(num_layers)]}
+    if mlps:
+        out["mix C"] = [c.with_mlp(mlps[i % len(mlps)]) if c.op != "drop" else c for i, c in enumerate(mix)]
+    return out
 
 
 def _workloads(workloads, device: str) -> list[Workload]:
     """Workload specs (or Workloads) parsed, the device's defaults when none; UsageError on a duplicate."""
-    specs = workloads or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    specs = listed("workloads", workloads) or (CUDA_WORKLOADS if device.startswith("cuda") else CPU_WORKLOADS)
+    for w in specs:
+        check(isinstance(w, (Workload, str)), "workloads", f"items must be specs such as decode:1k, got {w!r}")
     wls = [w if isinstance(w, Workload) else parse_workload(w) for w in specs]
     names = [w.name for w in wls]
     if len(set(names)) != len(names):

@@ -14,6 +14,9 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from ..errors import check, integer
+from ..hf.device import check_dtype
+
 # One-minute load average, in cores, above which a CPU measurement ran beside other jobs. Our own threads count
 # about one per core; more means threads took turns, which neither the spread nor the paired reference shows:
 # both models slow down, by different amounts (observed with another job on 2 cores: every time ~10x, ratios
@@ -257,3 +260,13 @@ def is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def check_settings(rounds, dtype, image_tokens, seed) -> None:
+    """Refuse, naming the parameter, what `profile` and `bench` cannot time with: rounds below 1 (no sample: latencies
+    None), an unknown dtype (`check_dtype`), a negative image size, a seed that is not an integer."""
+    check(rounds is None or (integer(rounds) and rounds >= 1), "rounds", f"must be an integer >= 1, got {rounds!r}")
+    check_dtype(dtype)
+    check(integer(image_tokens) and image_tokens >= 0, "image_tokens",
+          f"must be an integer >= 0, got {image_tokens!r}")
+    check(integer(seed), "seed", f"must be an integer, got {seed!r}")

@@ -125,24 +125,26 @@ def _flex_attention():
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with the teacher's projections; `window=None` is full attention."""
+    """Grouped-query attention with the teacher's projections; `window=None` is full attention; `kv_heads` (default
+    the teacher's) key/value heads, each serving num_heads / kv_heads query heads."""
 
     rolls_back = True  # a cache crop drops the last tokens' K/V
-    preallocatable = True  # transformers may pre-allocate its static slot from the config's K/V heads
     plain_kv_cache = True  # one K and one V per token: any transformers cache can hold it
 
-    def __init__(self, dims: ModelDims, layer_idx: int, window: int | None = None):
+    def __init__(self, dims: ModelDims, layer_idx: int, window: int | None = None, kv_heads: int | None = None):
         super().__init__()
         self.layer_idx, self.window, self.dims = layer_idx, window, dims
-        self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, kv_heads or dims.num_kv_heads, dims.head_dim
+        # transformers may pre-allocate a static slot from the config's K/V heads, which fewer heads do not fill
+        self.preallocatable = self.num_kv_heads == dims.num_kv_heads
         self.scaling = dims.softmax_scale
         bias = dims.attention_bias
         self.q_proj = nn.Linear(dims.hidden_size, dims.num_heads * dims.head_dim, bias=bias)
-        self.k_proj = nn.Linear(dims.hidden_size, dims.kv_dim, bias=bias)
-        self.v_proj = nn.Linear(dims.hidden_size, dims.kv_dim, bias=bias)
+        self.k_proj = nn.Linear(dims.hidden_size, self.num_kv_heads * dims.head_dim, bias=bias)
+        self.v_proj = nn.Linear(dims.hidden_size, self.num_kv_heads * dims.head_dim, bias=bias)
         self.o_proj = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=dims.out_bias)
         self.q_norm, self.k_norm = qk_norms(dims)
-        self.paged_width = 2 * dims.kv_dim  # one K and one V per token (`paged.check_servable`)
+        self.paged_width = 2 * self.num_kv_heads * dims.head_dim  # one K and one V per token (`paged.check_servable`)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, cache=None,
                 **kwargs):

@@ -22,6 +22,11 @@ from transformers import (
 )
 
 
+# the `mosaic` block's format: 2 adds a layer's "mlp" ({op, params}) and its mixer's "kv_heads" param; a block without
+# "format" is 1, which this code reads as it is
+MOSAIC_FORMAT = 2
+
+
 class FalseWarnings(logging.Filter):
     """transformers' warnings that are false for a mosaic model. A built config's windows differ per layer: it
     allows reading the global `sliding_window` (the largest, which is what the caches that read it need), yet

@@ -42,7 +42,8 @@ def generate_kwargs(model, mixers, args: tuple, kwargs: dict) -> dict:
         latent = next(((i, op) for i, op, m in mixers if not m.preallocatable), None)
         if latent:
             raise ValueError(f"prefill_chunk_size: chunked prefill pre-allocates static slots shaped as K/V heads, and "
-                             f"layer {latent[0]} ({latent[1]}) caches a latent instead; generate without it")
+                             f"layer {latent[0]} ({latent[1]}) caches a latent or fewer K/V heads instead; generate "
+                             "without it")
     assisted = next((key for key in ASSISTED if setting(key) is not None), None)
     if assisted:
         stuck = next(((i, op) for i, op, m in mixers if not m.rolls_back), None)

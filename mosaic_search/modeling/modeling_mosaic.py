@@ -24,6 +24,7 @@ from transformers import (
 
 from .architectures import BUILT_PREFIX, architecture_of, rope_layer_types, teacher_rotary, text_config
 from .configuration_mosaic import (
+    MOSAIC_FORMAT,
     FalseWarnings,
     MosaicGemma3Config,
     MosaicGemma3TextConfig,
@@ -38,25 +39,34 @@ from .configuration_mosaic import (
 from .dims import ModelDims
 from .generation import check_unpadded, generate_kwargs
 from .mixers import mixer_for, replaces_layer, stand_in
+from .mlps import mlp_for
 from .paged import check_servable, paged_slots, serving_config
 
 
 def install_mixers(model) -> None:
     """Replace each decoder layer's attention (or, for a mixer that `replaces_layer`, the whole layer) with the mixer
-    of its `config.mosaic["layers"]` entry ({op, params}; older entries' extra keys are ignored)."""
+    of its `config.mosaic["layers"]` entry ({op, params}; older entries' extra keys are ignored), and its MLP with the
+    entry's `mlp` where it has one (`mlps.mlp_for`)."""
     config = model.config
     record = architecture_of(config)
     dims = ModelDims.from_text_config(text_config(config, record), record)
     layers = record.decoder_layers(model)
     entries = config.mosaic["layers"]
+    if config.mosaic.get("format", 1) > MOSAIC_FORMAT:
+        raise ValueError(f"config.mosaic has format {config.mosaic['format']}, newer than this code reads "
+                         f"({MOSAIC_FORMAT}); load it with the remote code saved beside it")
     if len(entries) != len(layers):
         raise ValueError(f"config.mosaic lists {len(entries)} layers but the model has {len(layers)}")
+    text = text_config(config, record)
     for idx, entry in enumerate(entries):
         module = mixer_for(entry, dims, idx)
         if replaces_layer(module):
             layers[idx] = stand_in(module, layers[idx])
-        else:
-            layers[idx].self_attn = module
+            continue
+        layers[idx].self_attn = module
+        mlp = mlp_for(entry, layers[idx].mlp, text)
+        if mlp is not None:
+            layers[idx].mlp = mlp
 
 
 def install_teacher_rope(model) -> None:

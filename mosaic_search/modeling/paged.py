@@ -65,7 +65,9 @@ def check_servable(mixers, text_config) -> None:
     """Refuse, in one line naming the layer and its operator, a mix the paged cache cannot hold.
 
     `mixers`: (layer index, op, mixer module) per decoder layer; a mixer serves continuous batching when it has a
-    `paged_width` (numbers cached per token in the paged cache; 0 for none) that fits the two K/V pages of a token."""
+    `paged_width` (numbers cached per token in the paged cache; 0 for none) that fits the two K/V pages of a token,
+    and, for plain K/V (`plain_kv_cache`), fills them: the paged cache writes K/V heads as the config counts them, so
+    an attention with fewer KV heads is refused rather than served wrong."""
     heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     for i, op, mixer in mixers:
@@ -74,6 +76,9 @@ def check_servable(mixers, text_config) -> None:
             raise ValueError(f"continuous batching: layer {i} ({op}) keeps a recurrent state, which transformers' paged "
                              "cache cannot hold; serve this model with generate (e.g. `transformers serve` without "
                              "--continuous-batching)")
+        if getattr(mixer, "plain_kv_cache", False) and width != 2 * heads * head_dim:
+            raise ValueError(f"continuous batching: layer {i} ({op}) keeps {mixer.num_kv_heads} K/V heads, but "
+                             f"transformers' paged cache lays out {heads} per layer; serve this model with generate")
         if width > 2 * heads * head_dim:
             raise ValueError(f"continuous batching: layer {i} ({op}) caches {width} numbers per token, more than a "
                              f"paged K/V slot holds ({2 * heads * head_dim}); serve this model with generate")

@@ -1,4 +1,4 @@
-"""THE operator registry: one `OperatorSpec` per candidate token mixer, used by every stage.
+"""THE operator registry: one `OperatorSpec` per candidate (token mixers and MLPs), used by every stage.
 
 Adding an operator is one new file in this folder that calls `register(...)`, plus one import line at the
 bottom of this module. Nothing here imports torch: `mosaic solve` reads the registry without it.
@@ -6,14 +6,14 @@ bottom of this module. Nothing here imports torch: `mosaic solve` reads the regi
 
 from __future__ import annotations
 
-from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, OperatorSpec, cache_layout,
+from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, OperatorSpec, cache_layout, compose,
                        default_candidates, from_symbol, get, parse_candidates, pattern_string, plot_color, register,
-                       unbuildable)
+                       seen_as_full, unbuildable)
 
 # each file registers its operators; the import order is the registry's order (tables, profiles, plots, the MIP's
 # candidate order): not alphabetical, append new files at the end
-from . import attention, latent, delta, removal  # noqa: E402, F401, I001  # isort: skip
+from . import attention, latent, delta, removal, mlp  # noqa: E402, F401, I001  # isort: skip
 
-__all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout",
+__all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout", "compose",
            "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_string", "plot_color", "register",
-           "unbuildable"]
+           "seen_as_full", "unbuildable"]

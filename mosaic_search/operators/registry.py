@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, did_you_mean, invalid, listed
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class OperatorSpec:
     `teacher_layer_type`: the HF layer type of a teacher layer that is this operator as is (gqa: `full_attention`,
     swa: `sliding_attention`; see `Candidate.teacher`). `window(params)`: the tokens a query attends to at most
     (None: every token before it), which the cache layout and the profiler's equal-work check read.
+    `axis`: "mixer" (the layer's token mixer) or "mlp" (its MLP: a layer's choice is one of each, see `Candidate`).
+    `optional`: params that may be left out (the teacher's value). `check(dims, params)`: why these params do not
+    fit a model of `dims` (naming the valid values), or None.
     """
 
     name: str
@@ -38,6 +41,9 @@ class OperatorSpec:
     aligned: bool = False
     teacher_layer_type: str | None = None
     window: Callable[[dict], int | None] = lambda params: None
+    axis: str = "mixer"
+    optional: tuple[str, ...] = ()
+    check: Callable[[Any, dict], str | None] = lambda dims, params: None
 
     def build(self, dims, layer_idx: int, **params):
         """A fresh (randomly initialised) mixer module for one layer of a model of dimensions `dims` (`ModelDims`)."""
@@ -75,6 +81,9 @@ class OperatorSpec:
         return self.layer_type in COUNTING_LAYER_TYPES
 
 
+AXES = ("mixer", "mlp")
+
+
 # transformers' caches answer get_seq_length() from their attention slots only: a model without one cannot
 # generate with a cache (positions and masks come from that count).
 COUNTING_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -86,8 +95,10 @@ def register(spec: OperatorSpec) -> OperatorSpec:
     """Add an operator; names and symbols must be unique."""
     if spec.name in REGISTRY:
         raise ValueError(f"operator {spec.name} registered twice")
-    if any(s.symbol == spec.symbol for s in REGISTRY.values()):
+    if any(s.symbol.lower() == spec.symbol.lower() for s in REGISTRY.values()):  # `pattern_string` lowers them
         raise ValueError(f"symbol {spec.symbol} of {spec.name} is already taken")
+    if spec.axis not in AXES:
+        raise ValueError(f"operator {spec.name}: axis {spec.axis!r} is not one of {AXES}")
     REGISTRY[spec.name] = spec
     return spec
 
@@ -103,15 +114,28 @@ def get(name: str) -> OperatorSpec:
 
 @dataclass(frozen=True, order=True)
 class Candidate:
-    """An operator with its params, e.g. swa with window=1024; hashable, so it keys tables."""
+    """An operator with its params, e.g. swa with window=1024; hashable, so it keys tables.
+
+    A layer's choice has two axes (`OperatorSpec.axis`): its mixer and its MLP. A mixer candidate may carry an MLP
+    candidate in `mlp` (`(op, params)`, e.g. gqa with mlp:width=256, written 'gqa+mlp:width=256'); without one the
+    layer keeps the teacher's MLP. Tables (profile, scores) hold each axis alone: an MLP candidate by itself is that
+    MLP under the teacher's own mixer, which is how it is timed and scored (`compose` adds the two axes up).
+    """
 
     op: str
     params: tuple[tuple[str, Any], ...] = field(default=())
+    mlp: tuple = field(default=())
 
     @classmethod
-    def of(cls, op: str, params: dict | None = None) -> "Candidate":
-        """Validate `op` and `params` against the registry and build the candidate."""
+    def of(cls, op: str, params: dict | None = None, mlp: "Candidate | None" = None) -> "Candidate":
+        """Validate `op` and `params` against the registry and build the candidate; `mlp`: the MLP a mixer
+        candidate takes (None: the teacher's)."""
         spec = get(op)
+        if mlp is not None:
+            if spec.axis != "mixer" or mlp.spec.axis != "mlp" or mlp.mlp:
+                raise UsageError(f"{op}+{mlp}: a layer's choice is a mixer with an MLP (e.g. gqa+mlp:width=256)")
+            if spec.name == "drop":
+                raise UsageError(f"drop+{mlp}: drop skips the whole layer, its MLP too")
         params = dict(params or {})
         for key, value in params.items():
             if key not in spec.params:
@@ -119,10 +143,10 @@ class Candidate:
                 raise UsageError(f'{op}: unknown param "{key}"{did_you_mean(key, spec.params)}; allowed: {allowed}')
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"{op}: {key} must be a positive integer, got {value!r}")
-        missing = [p for p in spec.params if p not in params]
+        missing = [p for p in spec.params if p not in params and p not in spec.optional]
         if missing:
             raise UsageError(f"{op}: missing param {', '.join(missing)} (e.g. {op}:{missing[0]}=1024)")
-        return cls(op, tuple(sorted(params.items())))
+        return cls(op, tuple(sorted(params.items())), () if mlp is None else (mlp.op, mlp.params))
 
     @classmethod
     def teacher(cls, layer_type: str = "full_attention", window: int | None = None) -> "Candidate":
@@ -133,7 +157,7 @@ class Candidate:
             layer_type = "full_attention"
         for spec in REGISTRY.values():
             if spec.teacher_layer_type == layer_type:
-                return cls.of(spec.name, {p: window for p in spec.params})
+                return cls.of(spec.name, {p: window for p in spec.params if p not in spec.optional})
         known = " / ".join(s.teacher_layer_type for s in REGISTRY.values() if s.teacher_layer_type)
         raise UsageError(f'layer type "{layer_type}": mosaic starts from softmax-attention teachers '
                          f"(layer_types {known})")
@@ -141,7 +165,15 @@ class Candidate:
     @classmethod
     def parse(cls, text: str) -> "Candidate":
         """Parse 'op' or 'op:key=value[:key=value]', e.g. 'swa:window=1024', or the short form the tables show,
-        'swa:1024' (values in the operator's param order, see `label`)."""
+        'swa:1024' (values in the operator's param order, see `label`); a mixer with an MLP joins both with '+',
+        e.g. 'gqa+mlp:width=256'."""
+        mixer, plus, rest = text.strip().partition("+")
+        if plus:
+            return cls.of(*cls._parse_one(mixer), mlp=cls.parse(rest))
+        return cls.of(*cls._parse_one(text))
+
+    @staticmethod
+    def _parse_one(text: str) -> tuple[str, dict]:
         op, *parts = text.strip().split(":")
         names = get(op.strip()).params if parts else ()
         params = {}
@@ -151,11 +183,13 @@ class Candidate:
                 key, value = names[i], part
             elif not sep or not key:
                 raise UsageError(f'cannot parse candidate "{text}": expected op:key=value')
+            if key.strip() in params:  # last-wins would silently drop one of the two
+                raise UsageError(f'cannot parse candidate "{text}": {key.strip()} is given twice')
             try:
                 params[key.strip()] = int(value)
             except ValueError:
                 raise UsageError(f'{op}: {key} must be a positive integer, got "{value}"') from None
-        return cls.of(op.strip(), params)
+        return op.strip(), params
 
     @property
     def spec(self) -> OperatorSpec:
@@ -167,12 +201,38 @@ class Candidate:
         """The params as keyword arguments."""
         return dict(self.params)
 
+    @property
+    def aligned(self) -> bool:
+        """Whether this candidate is distilled locally before scoring (`OperatorSpec.aligned`, or a teacher operator
+        given fewer KV heads, whose pooled projections are no longer the teacher's)."""
+        return self.spec.aligned or "kv_heads" in self.kwargs
+
+    @property
+    def mlp_candidate(self) -> "Candidate | None":
+        """The MLP this layer choice takes (None: the teacher's); an MLP candidate by itself is its own."""
+        if self.spec.axis == "mlp":
+            return self
+        return Candidate(*self.mlp) if self.mlp else None
+
+    @property
+    def mixer(self) -> "Candidate | None":
+        """The mixer part of this choice (None for an MLP candidate by itself, which keeps the teacher's mixer)."""
+        return None if self.spec.axis == "mlp" else Candidate(self.op, self.params)
+
+    def with_mlp(self, mlp: "Candidate | None") -> "Candidate":
+        """This mixer with MLP `mlp` (None: the teacher's)."""
+        return Candidate.of(self.op, self.kwargs, mlp)
+
     def to_json(self) -> dict:
-        """The structured form written into artifacts: {"op": ..., "params": {...}}."""
-        return {"op": self.op, "params": dict(self.params)}
+        """The structured form written into artifacts: {"op": ..., "params": {...}} (+ "mlp": the same form)."""
+        out = {"op": self.op, "params": dict(self.params)}
+        if self.mlp:
+            out["mlp"] = {"op": self.mlp[0], "params": dict(self.mlp[1])}
+        return out
 
     def __str__(self) -> str:
-        return ":".join([self.op, *(f"{k}={v}" for k, v in self.params)])
+        text = ":".join([self.op, *(f"{k}={v}" for k, v in self.params)])
+        return f"{text}+{self.mlp_candidate}" if self.mlp else text
 
     @property
     def window(self) -> int | None:
@@ -185,22 +245,32 @@ class Candidate:
         return self.window is None or self.window >= tokens
 
     def check_fits(self, dims) -> "Candidate":
-        """Return self, or raise UsageError when a param exceeds what a model of `dims` allows (`max_params`)."""
+        """Return self, or raise UsageError when a param exceeds what a model of `dims` allows (`max_params`) or
+        breaks the operator's own rule (`OperatorSpec.check`, whose message names the valid values)."""
         for key, limit in self.spec.max_params(dims).items():
             if self.kwargs.get(key, 0) > limit:
                 raise UsageError(f"{self}: {key} must be at most {limit} for this model, got {self.kwargs[key]}")
+        if why := self.spec.check(dims, self.kwargs):
+            raise UsageError(f"{Candidate(self.op, self.params)}: {why}")
+        if self.mlp:
+            self.mlp_candidate.check_fits(dims)
         return self
 
     @property
     def label(self) -> str:
-        """The short name tables and plots show, e.g. 'swa:1024' for swa:window=1024 (`parse` reads it back)."""
+        """The short name tables and plots show, e.g. 'swa:1024' for swa:window=1024 (`parse` reads it back); an
+        optional param left out is not shown, one given is shown as key=value."""
         kw = self.kwargs
-        return ":".join([self.op, *(str(kw[p]) for p in self.spec.params)])
+        parts = [str(kw[p]) for p in self.spec.params if p not in self.spec.optional]
+        parts += [f"{p}={kw[p]}" for p in self.spec.optional if p in kw]
+        text = ":".join([self.op, *parts])
+        return f"{text}+{self.mlp_candidate.label}" if self.mlp else text
 
 
-OPS_HELP = ("Comma-separated candidates, e.g. gqa,swa,gdn or swa:window=1024,mla:rank=256. A bare operator with "
-            "params (swa, mla) means its default params for this model: every default window / rank (in solve: "
-            "every one the profile and scores hold).")
+OPS_HELP = ("Comma-separated candidates, e.g. gqa,swa,gdn or swa:window=1024,mla:rank=256,mlp:width=256,nomlp. A "
+            "bare operator with params (swa, mla, mlp) means its default params for this model: every default window "
+            "/ rank / width (in solve: every one the profile and scores hold). MLP candidates (mlp, nomlp) are a "
+            "second axis: each layer takes a mixer and an MLP.")
 
 
 def parse_candidates(ops, dims) -> list[Candidate]:
@@ -212,7 +282,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
     """
     if ops is None:
         return default_candidates(dims)
-    items = ops.split(",") if isinstance(ops, str) else list(ops)
+    items = listed("ops", ops)
     out: list[Candidate] = []
     try:
         for item in items:
@@ -220,7 +290,7 @@ def parse_candidates(ops, dims) -> list[Candidate]:
                 found = [item]
             elif not str(item).strip():
                 continue
-            elif ":" in str(item) or not get(str(item).strip()).params:
+            elif ":" in str(item) or "+" in str(item) or not _required(get(str(item).strip())):
                 found = [Candidate.parse(str(item))]
             else:
                 op = str(item).strip()
@@ -233,9 +303,33 @@ def parse_candidates(ops, dims) -> list[Candidate]:
         raise invalid("ops", f": {e}") from None
 
 
+def _required(spec: OperatorSpec) -> tuple:
+    """The params a candidate of `spec` must give: a bare operator whose params are all optional means itself."""
+    return tuple(p for p in spec.params if p not in spec.optional)
+
+
 def default_candidates(dims) -> list[Candidate]:
     """Every registered operator with its default params for a model of these dimensions."""
     return [Candidate.of(name, p) for name, spec in REGISTRY.items() for p in spec.defaults(dims)]
+
+
+def compose(value: Callable[[Candidate], float | None], candidate: Candidate, teacher: Candidate) -> float | None:
+    """A layer choice's value from the tables, which hold each axis alone: value(mixer) + value(MLP) - value(teacher)
+    for a mixer with an MLP (the MLP's entry was measured under the teacher's own mixer `teacher`, so the teacher's
+    part is counted once), else value(candidate). None when a part has no value. The one additive two-axis model:
+    latency, cache bytes and scores all compose through it."""
+    if not candidate.mlp:
+        return value(candidate)
+    parts = [value(candidate.mixer), value(candidate.mlp_candidate), value(teacher)]
+    return None if any(v is None for v in parts) else parts[0] + parts[1] - parts[2]
+
+
+def seen_as_full(candidates, tokens: int, teacher=()) -> list[str]:
+    """The windowed `candidates` that sequences of `tokens` tokens cannot tell from full attention (the window sees
+    all of them, so a measurement on them scores the window as it scores gqa), as strings without repeats; the
+    `teacher`'s own operators are left out: they are the teacher's math whatever the length."""
+    return list(dict.fromkeys(str(c) for c in candidates
+                              if c.window is not None and c.sees_all(tokens) and c not in set(teacher)))
 
 
 def unbuildable(layers) -> str | None:
@@ -244,6 +338,8 @@ def unbuildable(layers) -> str | None:
     The one validity rule: solve imposes it as a MIP constraint (so the sweep, the reachability report and
     solve_many do too), the baselines and the solver's re-check refuse it, build and bench refuse such a plan.
     """
+    if any(c.spec.axis != "mixer" for c in layers):
+        return "an MLP candidate alone is not a layer choice: give it a mixer (e.g. gqa+mlp:width=256)"
     if not any(REGISTRY[c.op].counts_tokens for c in layers):
         ops = ", ".join(sorted({c.op for c in layers}))
         return (f"only {ops} layers: a model needs at least one attention layer (an operator of layer type "
@@ -272,16 +368,18 @@ def cache_layout(layer_types: list, windows: list) -> dict:
 
 
 def pattern_string(candidates) -> str:
-    """One symbol per layer, e.g. 'GGSDG'."""
-    return "".join(REGISTRY[c.op].symbol for c in candidates)
+    """One symbol per layer, its mixer's, e.g. 'GGSDG'; lower case where the layer's MLP is narrower or removed
+    ('GgSdG': layers 1 and 3 changed their MLP too), so plans that differ on the MLP axis alone read differently (the
+    layers themselves say which MLP)."""
+    return "".join(REGISTRY[c.op].symbol.lower() if c.mlp else REGISTRY[c.op].symbol for c in candidates)
 
 
 def from_symbol(symbol: str) -> OperatorSpec:
     """The operator whose one-letter symbol this is."""
     for spec in REGISTRY.values():
-        if spec.symbol == symbol:
+        if spec.symbol == symbol and spec.axis == "mixer":
             return spec
-    symbols = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values())
+    symbols = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values() if s.axis == "mixer")
     raise UsageError(f'unknown pattern symbol "{symbol}"; known: {symbols}')
 
 

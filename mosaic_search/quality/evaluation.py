@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError, invalid
+from ..errors import UsageError, integer, invalid, path_arg
 from .questions import answer_accuracy, load_questions
 
 logger = logging.getLogger(__name__)
@@ -66,14 +66,17 @@ def eval_set(teacher: str, data: str | None = None, probes: str | None = None, w
     from ..hf.surgery import dims_of
     from ..operators import default_candidates
 
+    for name, value in ((param, data), ("probes", probes), ("questions", questions)):
+        path_arg(name, value, optional=True)
     embedded = teacher in EMBEDDED
     if data is None and not embedded:
         raise invalid(param, f": {teacher} has no default held-out text; pass a .txt/.jsonl/.parquet file")
     source = data_mod.check_source(data or str(data_mod.TINY_HELDOUT), param)
     if source == data_mod.SELF:
         raise invalid(param, "self: evaluation needs held-out text, not samples of the teacher")
-    if windows < 1 or seq_len < 2:
-        raise UsageError(f"`windows` and `seq_len` must be at least 1 and 2, got {windows} and {seq_len}")
+    if not (integer(windows) and integer(seq_len)) or windows < 1 or seq_len < 2:
+        raise UsageError(f"`windows` and `seq_len` must be integers of at least 1 and 2, got {windows!r} and "
+                         f"{seq_len!r}")
     tokenizer = tokenizer or data_mod.tokenizer_of(teacher)
     if tokenizer is None:
         raise UsageError(f"{teacher} has no tokenizer to read the evaluation text with")
@@ -145,12 +148,33 @@ def evaluate(model: str, teacher: str | None = None, data: str | None = None, pr
     from ..hf.device import check_device
     from ..hf.models import load_model
 
+    path_arg("model", model, what="a model directory")
+    path_arg("teacher", teacher, optional=True, what="a model id or directory")
     teacher = teacher or recorded_teacher(model)
     evals = eval_set(teacher, data, probes, windows, seq_len, questions=questions)
+    warn_if_blind(model, teacher, seq_len)
     check_device(device)
     student = load_model(model, device=device)
     reference = student if model == teacher else load_model(teacher, device=device)
     return {"model": model, "teacher": teacher, "eval": evals.describe(), **measure(student, reference, evals)}
+
+
+def warn_if_blind(model: str, teacher: str, seq_len: int) -> None:
+    """Warn when the model's plan has windows the held-out windows of `seq_len` tokens cannot tell from full
+    attention: its KL and loss then say nothing of what those layers lose on longer contexts."""
+    from ..artifacts.plan import PLAN_FILE, load_plan
+    from ..hf.models import load_config
+    from ..hf.surgery import teacher_ops
+    from ..operators import seen_as_full
+
+    if not (Path(model) / PLAN_FILE).is_file():
+        return
+    layers = load_plan(Path(model) / PLAN_FILE).layers
+    if blind := seen_as_full(layers, seq_len, teacher_ops(load_config(teacher))):
+        logger.warning(f"warning: held-out windows of {seq_len} tokens cannot tell {', '.join(blind)} from full "
+                       "attention (a window as long as the sequence sees all of it): the numbers say nothing of what "
+                       "those layers lose on longer contexts; evaluate on longer sequences (seq_len above the largest "
+                       "window)")
 
 
 def recorded_teacher(model: str) -> str:

@@ -1,4 +1,5 @@
-"""The candidate library: the aligned weights the scorer trained, which `mosaic build` ships, and the scorer's
+"""The candidate library: the aligned weights the scorer trained and the channels each narrower MLP it scored keeps
+(`channels`, int64, the first `width` of the layer's importance order), which `mosaic build` ships, and the scorer's
 per-item progress files they are merged from.
 
 Format: a safetensors file whose tensor keys are `layer{L}/{candidate}/{param}`, with `L` the 0-based decoder layer,
@@ -25,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from ..artifacts.files import PLANS_DIR, append_line, atomic_path
-from ..artifacts.header import Header, ModelRef, check_same_model, save
+from ..artifacts.header import Header, ModelRef, check_same_model, save, sha256_file
 from ..artifacts.library import CandidateLibrary, LibraryEntry, load_library_sidecar
 from ..artifacts.plan import LayerPlan
 from ..artifacts.sensitivity import load_sensitivity
@@ -39,6 +40,18 @@ logger = logging.getLogger(__name__)
 def library_path(table: str | os.PathLike) -> Path:
     """The candidate library written beside a sensitivity table (its JSON sidecar has the same stem)."""
     return Path(table).with_suffix(".library.safetensors")
+
+
+def library_of(table: str | os.PathLike) -> Path | None:
+    """The library beside a sensitivity table when it was written with that very table (its sidecar names the table
+    file's sha256), else None: a library an earlier run left beside a table re-scored without aligned candidates
+    belongs to the earlier table."""
+    path = library_path(table)
+    try:
+        return path if path.is_file() and load_library_sidecar(path.with_suffix(".json")).scores_sha256 == \
+            sha256_file(table) else None
+    except (UsageError, OSError):
+        return None
 
 
 def library_key(layer: int, candidate: Candidate, param: str) -> str:
@@ -86,28 +99,52 @@ def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
     return None
 
 
-def library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sha256: str | None = None) -> dict:
-    """{layer: aligned state dict} from `library` (a path, or None) for a plan's `layers` of model `ref`.
+def _stored(layers) -> list[tuple[int, Candidate, str]]:
+    """(layer, candidate part, prefix) of every part of a plan's layers whose weights the library holds: an aligned
+    mixer's (no prefix) and a narrower MLP's channels (under `surgery.MLP_PREFIX`, as `surgery.split_weights` reads)."""
+    from ..hf.surgery import MLP_PREFIX
 
-    None warns on stderr when some layer's operator is aligned and returns {}. Raises StaleInputError (exit 4) for
-    a library of another model unless `allow_stale`, UsageError (exit 2) for a broken sidecar or library and for
-    an aligned layer the library has no weights for; warns when the library was written with another table than
-    `scores_sha256`, the one the plan was solved on.
+    out = []
+    for i, c in enumerate(layers):
+        if c.mixer is not None and stores(c.mixer):
+            out.append((i, c.mixer, ""))
+        mlp = c.mlp_candidate
+        if mlp is not None and stores(mlp):
+            out.append((i, mlp, "" if c.mixer is None else MLP_PREFIX))
+    return out
+
+
+def library_weights(library, layers, ref: ModelRef, allow_stale: bool, scores_sha256: str | None = None) -> dict:
+    """{layer: state dict} from `library` (a path, or None) for a plan's `layers` of model `ref`: aligned mixer
+    weights, and the channels a narrower MLP keeps under `surgery.MLP_PREFIX`.
+
+    None warns on stderr when some layer's part is in the library (an aligned operator, a narrower MLP) and returns
+    {}. Raises StaleInputError (exit 4) for a library of another model unless `allow_stale`, UsageError (exit 2) for
+    a broken sidecar or library and for a part the library has no weights for; warns when the library was written
+    with another table than `scores_sha256`, the one the plan was solved on.
     """
-    aligned = [i for i, c in enumerate(layers) if c.spec.aligned]
+    stored = _stored(layers)
     if library is None:
-        if aligned:
-            ops = sorted({layers[i].op for i in aligned})
+        if stored:
+            ops = sorted({c.op for _, c, _ in stored})
+            mlp = " (narrower MLPs keep channels by weight norms, not by importance on calibration data)" \
+                if "mlp" in ops else ""
             logger.warning(f"warning: no candidate library (--library, or one written with this plan's scores): "
-                           f"{', '.join(ops)} layers start from the teacher initialisation, without aligned weights")
+                           f"{', '.join(ops)} layers start from the teacher initialisation, without aligned "
+                           f"weights{mlp}")
         return {}
     path = Path(library)
     written_with = _check_sidecar(path, ref, allow_stale)
     if written_with and scores_sha256 and written_with != scores_sha256:
         logger.warning(f"warning: {path} was written with another sensitivity table than the one the plan was solved "
                        "on; its weights were aligned for that table's data")
-    weights = {i: w for i, c in enumerate(layers) if (w := load_library_entry(path, i, c)) is not None}
-    missing = [f"layer {i} {layers[i]}" for i in aligned if i not in weights]
+    weights, missing = {}, []
+    for i, c, prefix in stored:
+        found = load_library_entry(path, i, c)
+        if found is None:
+            missing.append(f"layer {i} {c}")
+            continue
+        weights.setdefault(i, {}).update({prefix + k: v for k, v in found.items()})
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise UsageError(f"{path}: no aligned weights for {', '.join(missing[:3])}{more}; re-run score for these "
@@ -140,6 +177,10 @@ class ItemStore:
         self.table = table
         self.library = library_path(table)
         self.parts = table.with_suffix(".library.d")
+
+    def outputs(self) -> list[Path]:
+        """Every file and folder a scoring run writes for this table (rank 0's log standing for every rank's)."""
+        return [self.table, self.library, self.library.with_suffix(".json"), self.log(0), self.parts]
 
     def log(self, rank: int) -> Path:
         """The item log of one rank."""
@@ -206,10 +247,16 @@ class ItemStore:
         done = {}
         for key, fp in fps.items():
             for row in reversed(rows.get(key, [])):
-                if row.get("fingerprint") == fp and (not key[1].spec.aligned or self.weights_source(*key, row)):
+                if row.get("fingerprint") == fp and (not stores(key[1]) or self.weights_source(*key, row)):
                     done[key] = row
                     break
         return done
+
+
+def stores(candidate: Candidate) -> bool:
+    """Whether the scorer keeps this scored candidate's weights in the library: an aligned mixer's (fewer KV heads
+    included), or the channels of a narrower MLP (nomlp has none)."""
+    return candidate.aligned or (candidate.spec.axis == "mlp" and bool(candidate.params))
 
 
 def write_library(store: ItemStore, header: Header, items, scores_sha256: str) -> None:

@@ -9,7 +9,8 @@ re-check verifies. Fitness is the true KL(teacher || plan) on calibration window
 windows, the best `survivors` measured on all `high_windows`; the answer is the plan with the least high-fidelity KL,
 so it is never worse on the calibration windows than any seed. Deterministic for a seed under an evaluation budget;
 every measurement is one durable line of a progress file, and `resume` replays them, so an interrupted run finishes
-with the same answer.
+with the same answer. Optionally (`rerank_steps`) the best few plans are distilled briefly and ranked again by their KL
+after it (rerank.py).
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import random
 import time
 from pathlib import Path
 
-from ..artifacts.files import PLANS_DIR, append_line, check_output
+from ..artifacts.files import PLANS_DIR, append_line, check_not_input, check_output
 from ..artifacts.header import Header, check_same_model, save, sha256_json
 from ..artifacts.plan import LayerPlan, load_plan
 from ..artifacts.search_record import SearchRecord, save_search_record
-from ..errors import Interrupted, StaleInputError, UsageError, check
-from ..operators import pattern_string
+from ..errors import Interrupted, StaleInputError, UsageError, check, flags, integer, number, path_arg
+from ..operators import pattern_string, seen_as_full
 from ..search import repair
-from ..search.problem import predicted, prepare
+from ..search.problem import check_keywords, predicted, prepare, read_paths
+from . import rerank as rerank_mod
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +65,21 @@ def _from_plan(plan, inputs: dict) -> dict:
     got = {"workloads": c.get("workloads"), "speedup": c.get("speedup"), "ttft_speedup": c.get("ttft_speedup"),
            "tpot_speedup": c.get("tpot_speedup"), "max_cache_bytes": c.get("max_cache_bytes"),
            "cache_batch": c.get("cache_batch") or 1, "ops": c.get("ops"), "pins": c.get("pins"),
-           "min_count": c.get("min_count"), "max_count": c.get("max_count"), "metric": c.get("metric", "kl")}
-    if c.get("cache_workload"):
-        got["cache_context"] = workload_from_name(c["cache_workload"]).seq_len
+           "min_count": c.get("min_count"), "max_count": c.get("max_count"), "metric": c.get("metric", "kl"),
+           "max_memory": c.get("max_memory")}
+    # the cache bound and the memory bound share one batch and context (`problem.prepare`)
+    if c.get("cache_workload") or c.get("memory_workload"):
+        got["cache_context"] = workload_from_name(c.get("cache_workload") or c["memory_workload"]).seq_len
+    if c.get("memory_batch"):
+        got["cache_batch"] = c["memory_batch"]
     return {**{k: v for k, v in got.items() if v is not None}, **{k: v for k, v in inputs.items() if v is not None}}
 
 
 def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, data=None, seq_len=None,
            evaluations=DEFAULT_EVALUATIONS, seconds=None, solutions=DEFAULT_SOLUTIONS,
            min_distance=DEFAULT_MIN_DISTANCE, low_windows=DEFAULT_LOW_WINDOWS, high_windows=DEFAULT_HIGH_WINDOWS,
-           offspring=DEFAULT_OFFSPRING, survivors=DEFAULT_SURVIVORS, seed=0, resume=False, out=None, write=True,
+           offspring=DEFAULT_OFFSPRING, survivors=DEFAULT_SURVIVORS, rerank_steps=0,
+           rerank_finalists=rerank_mod.DEFAULT_FINALISTS, seed=0, resume=False, out=None, write=True,
            overwrite=False, allow_stale=False, device="cpu", time_limit_s=60, progress=None, **inputs) -> LayerPlan:
     """Search around the MIP's plans on the true KL and return (and write) the best plan found.
 
@@ -80,27 +87,41 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     wrote, whose constraints are reused (and whose profile and table must be these, else StaleInputError, exit 4,
     unless `allow_stale`). `teacher`: default the table's model; `library`: the candidate library (default: the
     one written with the table); `data` / `seq_len`: calibration text and window (default: the table's). Budget:
-    `evaluations` measurements and/or `seconds`. Writes the plan (`out`, default layer_plans/<model>/
+    `evaluations` measurements and/or `seconds`. `rerank_steps` > 0: the `rerank_finalists` best plans are built,
+    distilled that many steps by `mosaic distill` and the one with the least KL after it is handed over (rerank.py;
+    the plan records the ranking with and without it). Writes the plan (`out`, default layer_plans/<model>/
     plan-refined.json), its search record and, while running, a progress file `resume` continues from. Raises
     UsageError (exit 2), StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
     from ..hf import data as data_mod
+    from ..hf.device import check_device
     from ..hf.models import load_config, model_ref
     from . import fitness
     from .library import find_library, library_path
 
-    check(evaluations is None or (isinstance(evaluations, int) and evaluations >= 1), "evaluations",
+    check(evaluations is None or (integer(evaluations) and evaluations >= 1), "evaluations",
           f"must be a positive integer, got {evaluations!r}")
-    check(seconds is None or (isinstance(seconds, (int, float)) and seconds > 0), "seconds",
+    check(seconds is None or (number(seconds) and seconds > 0), "seconds",
           f"must be a positive number, got {seconds!r}")
     check(evaluations is not None or seconds is not None, "evaluations", "or seconds must be given: the budget")
     for name, value in (("solutions", solutions), ("low_windows", low_windows), ("high_windows", high_windows),
-                        ("offspring", offspring), ("survivors", survivors), ("min_distance", min_distance)):
-        check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-              f"must be a positive integer, got {value!r}")
+                        ("offspring", offspring), ("survivors", survivors), ("min_distance", min_distance),
+                        ("rerank_finalists", rerank_finalists)):
+        check(integer(value) and value >= 1, name, f"must be a positive integer, got {value!r}")
     check(low_windows <= high_windows, "low_windows",
           f"must be at most high_windows ({high_windows}), got {low_windows}")
     check(survivors <= offspring, "survivors", f"must be at most offspring ({offspring}), got {survivors}")
+    check(integer(rerank_steps) and rerank_steps >= 0, "rerank_steps",
+          f"must be 0 (off) or a positive integer, got {rerank_steps!r}")
+    check(integer(seed), "seed", f"must be an integer, got {seed!r}")
+    check(number(time_limit_s) and time_limit_s > 0, "time_limit_s", f"must be a positive number, got {time_limit_s!r}")
+    flags(resume=resume, overwrite=overwrite, write=write, allow_stale=allow_stale)
+    for name, value in (("teacher", teacher), ("library", library), ("data", data)):
+        path_arg(name, value, optional=True)
+    if not isinstance(plan, LayerPlan):
+        path_arg("plan", plan, optional=True, what="a plan file or a LayerPlan")
+    device = check_device(device)
+    check_keywords(refine, inputs)
     if plan is not None:
         plan_obj = plan if isinstance(plan, LayerPlan) else load_plan(plan)
         inputs = _from_plan(plan_obj, inputs)
@@ -116,6 +137,7 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     check_same_model(model_ref(teacher, load_config(teacher)), model, "sensitivity table", allow_stale)
     plan_out, record_out, log = refine_paths(model.id, out, inputs.get("plans_dir", PLANS_DIR))
     if write:
+        check_not_input((plan_out, record_out, log), {**read_paths(p), "plan": plan, "library": library, "data": data})
         for path in (plan_out, record_out):
             check_output(path, overwrite=overwrite)
     source = data or (p.scores.data.get("source") if Path(str(p.scores.data.get("source", ""))).is_file()
@@ -123,6 +145,12 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     seq_len = seq_len or int(p.scores.data.get("seq_len") or 512)
     check(isinstance(seq_len, int) and seq_len >= 2, "seq_len", f"must be an integer >= 2, got {seq_len!r}")
     windows = fitness.calibration_windows(teacher, source, seq_len, high_windows)  # exit 2 before any evaluation
+    if blind := seen_as_full([c for cs in p.allowed for c in cs], seq_len, p.profile.teacher):
+        logger.warning(f"warning: windows of {seq_len} tokens cannot tell {', '.join(blind)} from full attention (a "
+                       "window as long as the sequence sees all of it): refine measures each as gqa; give a longer "
+                       "seq_len to measure them")
+    if rerank_steps:
+        rerank_mod.check_windows(windows)
     starts = repair.seeds(p, solutions, min_distance, time_limit_s)  # exit 3 when nothing meets the budgets
     first = repair.plan_record(p, starts[0][1], {"name": "seed"})
     if library is None:
@@ -133,11 +161,13 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     settings = {"seed": seed, "evaluations": evaluations, "seconds": seconds, "solutions": solutions,
                 "min_distance": min_distance, "low_windows": low_windows, "high_windows": high_windows,
                 "offspring": offspring, "survivors": survivors, "elite": DEFAULT_ELITE, "max_changed": MAX_CHANGED,
+                "rerank": {"steps": rerank_steps, "finalists": rerank_finalists} if rerank_steps else None,
                 "data": {"source": data_mod.display_name(source), "seq_len": seq_len,
                          "sha256": sha256_json(windows.ids.tolist())},
                 "library": str(library) if library else None}
     fp = sha256_json({"version": PROGRESS_VERSION, "inputs": p.inputs, "constraints": p.constraints,
-                             **{k: v for k, v in settings.items() if k not in ("evaluations", "seconds", "library")}})
+                             **{k: v for k, v in settings.items()
+                                if k not in ("evaluations", "seconds", "library", "rerank")}})
     done = _replayed(log, fp) if resume else {}
     if not resume and write and log.exists():
         logger.info("note: starting afresh; %s of an unfinished run is discarded (--resume keeps it)", log)
@@ -151,14 +181,21 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
         raise Interrupted(f"interrupted after {len(search.rows)} measurements; " + (
             f"{kept} measured plans are kept in {log}; rerun with --resume to continue" if kept
             else "nothing was written")) from None
-    best = search.best()
+    best = reranked = search.best()
+    if rerank_steps:
+        finalists = sorted(search.high.values(), key=lambda r: (r["measured_kl"], r["index"]))[:rerank_finalists]
+        ranks = rerank_mod.rerank(p, finalists, teacher=teacher, library=library, windows=windows, steps=rerank_steps,
+                                  seed=seed, folder=plan_out.parent, progress=progress)
+        chosen = min(ranks, key=lambda r: (r["distilled_kl"], r["measured_kl"], r["index"]))
+        best = next(r for r in finalists if r["index"] == chosen["index"])
+        reranked = {"steps": rerank_steps, "finalists": ranks, "without": reranked["index"], "with": best["index"]}
     measured = {"kl": best["measured_kl"], "tokens": best["tokens"], "data": settings["data"],
                 "windows": high_windows}
     info = {"name": "refine", "strategy": "refine", "status": search.stopped, "mip_gap": None,
             "seconds": round(time.perf_counter() - search.began, 3), "measured": measured,
             "evaluations": len(search.rows), "origin": best["origin"],
             "seeds": {origin: search.high[layers]["measured_kl"] for origin, layers in starts if layers in search.high},
-            "search_record": record_out.name}
+            "search_record": record_out.name, **({"rerank": reranked} if rerank_steps else {})}
     result = repair.plan_record(p, best["layers_c"], info)
     header = Header.new(model, env=p.profile.header.env, inputs={**p.inputs, "data": settings["data"]["sha256"]})
     record = SearchRecord(header=header, constraints=p.constraints, settings=settings,

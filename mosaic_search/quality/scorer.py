@@ -10,7 +10,10 @@ embeddings with its 3-D mRoPE cos/sin, and every recompute adds DeepStack's visu
 take them, as the model itself does, swapped or not; its padding is never scored. Operators that cannot reuse the
 teacher's weights as they are (`spec.aligned`) are first distilled locally (align.py); their weights go into a
 candidate library (library.py) that `mosaic build` loads, and the module scored is rebuilt from exactly those tensors by
-`surgery.swap`, as the builder does.
+`surgery.swap`, as the builder does. MLP candidates are scored under the teacher's mixer: a narrower MLP keeps the
+first `width` channels of its layer's importance order, each channel's mean |activation| (down_proj's input) on the
+alignment windows times the norm of its down_proj column, measured in the teacher pass; the channels go into the
+library too.
 
 Durability (library.ItemStore): each finished item is one fsync'd line in `<table>.items*.jsonl` (one file per
 rank), its aligned weights written to `<table>.library.d/` before that line; `resume` reuses items whose
@@ -23,20 +26,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts.files import PLANS_DIR, check_output, claimed, json_text, output_path, write_text
+from ..artifacts.files import PLANS_DIR, check_not_input, check_output, claimed, json_text, output_path, write_text
 from ..artifacts.header import Header, sha256_file, sha256_json, to_json
 from ..artifacts.sensitivity import SensitivityEntry, SensitivityTable, load_sensitivity
-from ..errors import MosaicError, UsageError, check, invalid
+from ..errors import MosaicError, UsageError, check, flags, integer, invalid, path_arg
 from ..hf import distributed
 from ..hf.models import slug
-from ..operators import Candidate
+from ..operators import Candidate, seen_as_full
 from . import align as align_mod
 from . import library
+
+logger = logging.getLogger(__name__)
 
 SCORER_VERSION = 2  # in every item fingerprint: bump when a mixer's parameters or maths change (2: mla, gdn, kda)
 DEFAULT_TOKENS = 8192
@@ -76,22 +82,32 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
     """
     from ..hf import data as data_mod
     from ..hf import surgery
-    from ..hf.device import check_device, default_dtype, environment
+    from ..hf.device import check_device, check_dtype, default_dtype, environment
     from ..hf.models import resolve
 
     align_steps = _count("align_steps", DEFAULT_ALIGN_STEPS if align_steps is None else align_steps, 0)
+    path_arg("teacher", teacher, what="a model id or directory")
+    check(integer(seed), "seed", f"must be an integer, got {seed!r}")
+    flags(resume=resume)
+    check_dtype(dtype)
     source = data_mod.check_source(data or data_mod.default_source(teacher))
-    path = check_output(table_path(teacher, out), kind=SensitivityTable.kind)
+    path = table_path(teacher, out)
+    check_not_input(library.ItemStore(path).outputs(), {"data": source, "teacher": teacher})
+    check_output(path, kind=SensitivityTable.kind)
     resolved = resolve(teacher)  # once: every step below reads this record
     ref, dims = resolved.ref, resolved.dims
     teacher_ops = resolved.teacher_ops  # each layer's own operator: its reference row, scoring 0
     cands = surgery.candidates(ops, resolved.config)
     seq_len = _count("seq_len", default_seq_len(cands, dims) if seq_len is None else seq_len, 2)
     tokens = _count("tokens", max(DEFAULT_TOKENS, 2 * seq_len) if tokens is None else tokens, 1)
-    if tokens < seq_len:
-        raise invalid("tokens", f"{tokens} is less than one `seq_len` window ({seq_len})")
+    check(tokens >= 2 * seq_len, "tokens", f"{tokens} is less than two `seq_len` windows (2 x {seq_len}); the KL of a "
+                                             "swap is measured over two windows at least")
     if seq_len > dims.max_position:
         raise invalid("seq_len", f"{seq_len} exceeds the teacher's {dims.max_position} positions")
+    if blind := seen_as_full(cands, seq_len, teacher_ops):
+        logger.warning(f"warning: windows of {seq_len} tokens cannot tell {', '.join(blind)} from full attention (a "
+                       "window as long as the sequence sees all of it): each scores as gqa does; score on longer "
+                       "sequences (seq_len above the largest window) to measure them")
     n_score = tokens // seq_len
     windows = align_windows = None
     notes: dict = {}
@@ -117,7 +133,8 @@ def score(teacher: str = "tiny", data: str | None = None, ops=None, tokens: int 
             windows, align_windows = data_mod.Windows.of(sampled[:n_score]), data_mod.Windows.of(sampled[n_score:])
         info = {"source": source, "tokens": sum(windows.lengths), "seq_len": seq_len, "seed": seed,
                 "sha256": _sha_windows(windows, align_windows), "align_windows": len(align_windows), **notes}
-        ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None)
+        ctx = _teacher_pass(model, windows, align_windows, device, progress if rank == 0 else None,
+                            measure_mlp=any(library.stores(c) and c.spec.axis == "mlp" for c in cands))
         tfp = _weights_fingerprint(model, ref)
         fps = {(layer, c): _item_fingerprint(tfp, info["sha256"], layer, c, align_steps, seed)
                for layer in range(ctx.num_layers) for c in cands if c != teacher_ops[layer]}
@@ -168,8 +185,8 @@ def _finish(store: library.ItemStore, fps: dict, ref, env: dict, source: str, in
     work = cost(ctx.dims, cands, info["tokens"], info["seq_len"], steps)
     table = SensitivityTable(header=header, metric="kl", data={**info, "cost": work}, entries=tuple(entries))
     text = json_text(to_json(table))
-    if any(c.spec.aligned for c in cands):  # the library first: a table on disk always has its library
-        library.write_library(store, header, [(key, finished[key]) for key in fps if key[1].spec.aligned],
+    if any(library.stores(c) for c in cands):  # the library first: a table on disk always has its library
+        library.write_library(store, header, [(key, finished[key]) for key in fps if library.stores(key[1])],
                               hashlib.sha256(text.encode()).hexdigest())
     write_text(store.table, text)
     store.clear_progress()
@@ -190,7 +207,7 @@ def cost(dims, candidates, tokens: int, seq_len: int, align_steps: int) -> dict:
     head = dims.vocab_size * h
     full = L * layer + head
     scored = len(candidates) - 1  # per layer, every candidate but the teacher's own (`_candidates` includes it)
-    n_aligned = sum(c.spec.aligned for c in candidates)  # the teacher's own operators are never aligned
+    n_aligned = sum(c.aligned for c in candidates)  # the teacher's own operators are never aligned
     teacher = (full + head) / full
     items = scored * sum((L - i) * layer + head for i in range(L)) / full
     pool, step = ALIGN_WINDOWS * seq_len, align_mod.BATCH_ROWS * seq_len
@@ -254,6 +271,7 @@ class _Context:
     block_influence: list
     device: str
     head: tuple  # the LM head's weight and bias in float32
+    mlp_order: list = None  # per layer, the MLP's intermediate channels most important first (None: not measured)
 
     @property
     def num_layers(self) -> int:
@@ -270,7 +288,7 @@ def _rows_per_batch(seq_len: int, device: str) -> int:
     return max(1, (16384 if device.startswith("cuda") else 4096) // seq_len)
 
 
-def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Context:
+def _teacher_pass(model, windows, align_windows, device: str, progress, measure_mlp: bool = False) -> _Context:
     import torch
     import torch.nn.functional as F
 
@@ -278,6 +296,8 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
 
     stack = surgery.text_stack(model)
     L = len(stack.layers)
+    # the MLP channels' mean |activation| on the alignment windows (the scored ones when there are none)
+    activity = _MlpActivity(model, L) if measure_mlp else None
     T = windows.ids.shape[1]
     rows = _rows_per_batch(T, device)
     store = _store_device(device, (len(windows) + len(align_windows)) * T * L * stack.norm.weight.shape[0] * 4)
@@ -290,6 +310,8 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
         for k, (chunk, scored) in enumerate(groups):
             if progress:
                 progress(k, len(groups), "teacher pass")
+            if activity is not None:
+                activity.on = scored == (len(align_windows) == 0)
             x = chunk.ids.to(device)
             h, pe, deepstack = stack.inputs(x, chunk.images)
             keep = None
@@ -313,7 +335,37 @@ def _teacher_pass(model, windows, align_windows, device: str, progress) -> _Cont
             else:
                 aligned.append(batch)
     return _Context(model=model, stack=stack, batches=batches, align=aligned, device=device, head=head,
-                    block_influence=[b / sum(windows.lengths) for b in influence])
+                    block_influence=[b / sum(windows.lengths) for b in influence],
+                    mlp_order=None if activity is None else activity.orders())
+
+
+class _MlpActivity:
+    """Forward pre-hooks on every teacher MLP's down_proj summing |input| per channel while `on`; `orders()` removes
+    them and gives each layer's channels by contribution (`operators.teacher.channel_importance`), most first."""
+
+    def __init__(self, model, num_layers: int):
+        from ..hf import surgery
+
+        self.mlps = [surgery.teacher_mlp(model, i) for i in range(num_layers)]
+        self.sums, self.counts, self.on = [None] * num_layers, [0] * num_layers, False
+        self.handles = [mlp.down_proj.register_forward_pre_hook(self._hook(i)) for i, mlp in enumerate(self.mlps)]
+
+    def _hook(self, i: int):
+        def hook(module, args):
+            if self.on:
+                x = args[0].detach().abs().double()
+                x = x.reshape(-1, x.shape[-1])
+                self.sums[i] = x.sum(0) if self.sums[i] is None else self.sums[i] + x.sum(0)
+                self.counts[i] += x.shape[0]
+        return hook
+
+    def orders(self) -> list:
+        from ..operators.teacher import channel_importance, importance_order
+
+        for h in self.handles:
+            h.remove()
+        return [importance_order(channel_importance(mlp, s / max(1, n))) for mlp, s, n in
+                zip(self.mlps, self.sums, self.counts)]
 
 
 def _store_device(device: str, nbytes: int) -> str:
@@ -358,9 +410,12 @@ def _run_item(ctx: _Context, layer: int, cand: Candidate, steps: int, seed: int,
 
     from ..hf import surgery
 
-    steps = steps if cand.spec.aligned else 0
+    steps = steps if cand.aligned else 0
     extra, weights, part = {}, None, None
-    if cand.spec.aligned:
+    if library.stores(cand) and cand.spec.axis == "mlp":
+        weights = {"channels": ctx.mlp_order[layer][:cand.kwargs["width"]].clone()}
+        part = store.save_part(layer, cand, weights, fp)
+    elif cand.aligned:
         item_seed = int(hashlib.sha256(f"{seed}/{layer}/{cand}".encode()).hexdigest()[:8], 16)
         with _seeded(item_seed, ctx.device):
             mixer = surgery.build_mixer(ctx.model, layer, cand)
@@ -465,7 +520,7 @@ def _weights_fingerprint(model, ref) -> str:
 
 
 def _item_fingerprint(teacher_fp: str, data_sha: str, layer: int, cand: Candidate, steps: int, seed: int) -> str:
-    aligned = cand.spec.aligned
+    aligned = cand.aligned
     obj = {"version": SCORER_VERSION, "teacher": teacher_fp, "data": data_sha, "layer": layer, "candidate": str(cand),
            "seed": seed,
            "align": {"steps": steps, "lr": align_mod.LR, "rows": align_mod.BATCH_ROWS} if aligned else None}

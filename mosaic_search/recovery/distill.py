@@ -24,12 +24,12 @@ import shutil
 from pathlib import Path
 
 from ..artifacts.distill_record import DistillRecord
-from ..artifacts.files import check_output
+from ..artifacts.files import check_not_input, check_output
 from ..artifacts.header import Header
 from ..artifacts.plan import PLAN_FILE, load_plan
-from ..errors import UsageError, check, invalid
+from ..errors import UsageError, check, flags, invalid, path_arg
 from ..hf import distributed
-from ..hf.device import DTYPES
+from ..hf.device import check_dtype
 from . import checkpoint, loading
 from .batches import training_batches
 from .checkpoint import checkpoint_path  # noqa: F401  (the CLI's: where a run keeps its checkpoint)
@@ -82,21 +82,27 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
     from ..hf.device import check_device
     from ..hf.models import EMBEDDED, is_mosaic_dir
     from ..hf.surgery import decoder_layers
-    from ..quality.evaluation import eval_set, recorded_teacher
+    from ..quality.evaluation import eval_set, recorded_teacher, warn_if_blind
 
     s = settings
+    flags(resume=resume, overwrite=overwrite)
+    path_arg("model", model, what="a model directory")
     dtype = dtype or _saved_dtype(model)
-    check(dtype in DTYPES, "dtype", f'must be one of {", ".join(DTYPES)}, got "{dtype}"')
+    check_dtype(dtype)
     if not is_mosaic_dir(model):
         raise UsageError(f"{model}: " + ("not a model built by mosaic (mosaic build writes one)" if Path(model).is_dir()
                                          else "no such model directory"))
     s = dataclasses.replace(s, teacher=s.teacher or recorded_teacher(model))
     out = default_out(model, out)
+    check_not_input([out, checkpoint.checkpoint_path(out)], {"model": model, "teacher": s.teacher, "oracle": s.oracle,
+                                                             "data": s.data, "eval_data": s.eval_data})
     check_output(out, folder=True, overwrite=overwrite)
     tokenizer = loading.same_tokenizer(model, s.teacher, s.oracle)
     source = data_mod.check_source(s.data or data_mod.default_distill_source(s.teacher))
     evals = (eval_set(s.teacher, s.eval_data, tokenizer=tokenizer, param="eval_data")
              if s.quality and (s.eval_data or s.teacher in EMBEDDED) else None)
+    if evals is not None:  # the quality before and after is measured on these windows
+        warn_if_blind(model, s.teacher, int(evals.windows.shape[1]))
     check_device(device)
     ckpt = checkpoint.checkpoint_path(out)
     if resume and not checkpoint.exists(ckpt):

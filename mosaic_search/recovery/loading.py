@@ -58,15 +58,17 @@ def load(model: str, teacher: str, oracle: str | None, device: str):
 
 def trainable(student, ref, which: str) -> list:
     """(name, parameter) pairs that train, by the student's own parameter names, marked requires_grad; a one-line
-    error when there are none. `replaced`: the layers whose operator differs from the teacher's own there (`ref`'s);
-    `mixers`: every layer's token mixer; `all`: every parameter."""
+    error when there are none. `replaced`: the layers whose operator differs from the teacher's own there (`ref`'s),
+    their mixers and their narrower MLPs; `mixers`: every layer's token mixer; `all`: every parameter."""
     from ..hf import surgery
     from ..operators import Candidate
 
     if which == "all":
         chosen = {id(p) for p in student.parameters()}
     else:
-        ops = [Candidate.of(layer["op"], layer.get("params")) for layer in student.config.mosaic["layers"]]
+        ops = [Candidate.of(layer["op"], layer.get("params"),
+                            Candidate.of(layer["mlp"]["op"], layer["mlp"].get("params")) if layer.get("mlp") else None)
+               for layer in student.config.mosaic["layers"]]
         own = surgery.teacher_ops(ref.config)
         chosen = set()
         for i, layer in enumerate(surgery.decoder_layers(student)):
@@ -75,6 +77,8 @@ def trainable(student, ref, which: str) -> list:
             mixer = getattr(layer, "self_attn", None)
             if mixer is not None:
                 chosen.update(id(p) for p in mixer.parameters())
+            if which == "replaced" and ops[i].mlp:
+                chosen.update(id(p) for p in layer.mlp.parameters())
     named = sorted((n, p) for n, p in student.named_parameters() if id(p) in chosen)
     if not named:
         raise invalid("trainable", f"{which}: nothing to train (the plan's replaced layers have no parameters: none "

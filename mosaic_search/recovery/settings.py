@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from ..errors import UsageError, check, did_you_mean
+from ..errors import UsageError, check, did_you_mean, flags, integer, number, path_arg
 from ..hf.distributed import PARALLEL
 
 STAGES = ("offpolicy", "onpolicy", "both")
@@ -49,6 +49,20 @@ class DistillSettings:
         _choice("trainable", self.trainable, TRAINABLE)
         _choice("divergence", self.divergence, DIVERGENCES)
         _choice("parallel", self.parallel, PARALLEL)
+        # each type first: a bool or a string compared with a number would be accepted or raise a bare TypeError
+        for param, kind in (("lr", number), ("oracle_weight", number), ("hidden_weight", number),
+                            ("batch_size", integer), ("checkpoint_every", integer), ("seq_len", integer),
+                            ("seed", integer)):
+            value = getattr(self, param)
+            check(kind(value), param, f"must be {'a number' if kind is number else 'an integer'}, got {value!r}")
+        for param in ("steps", "tokens"):
+            value = getattr(self, param)
+            check(value is None or integer(value), param, f"must be an integer, got {value!r}")
+        flags(quality=self.quality)
+        for param in ("teacher", "oracle"):
+            path_arg(param, getattr(self, param), optional=True, what="a model id or directory")
+        for param in ("data", "eval_data"):
+            path_arg(param, getattr(self, param), optional=True)
         for param in ("lr", "batch_size", "checkpoint_every"):
             value = getattr(self, param)
             check(value > 0, param, f"must be positive, got {value}")
@@ -90,7 +104,8 @@ class DistillSettings:
 
 
 def _choice(param: str, value: str, choices) -> None:
-    check(value in choices, param, f'"{value}": choose one of {", ".join(choices)}{did_you_mean(value, choices)}')
+    check(isinstance(value, str) and value in choices, param,
+          f'"{value}": choose one of {", ".join(choices)}{did_you_mean(str(value), choices)}')
 
 
 DEFAULTS = DistillSettings()

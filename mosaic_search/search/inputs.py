@@ -11,7 +11,7 @@ from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.header import check_same_model, sha256_file, sha256_json, to_json
 from ..artifacts.profile import LatencyProfile, load_profile
 from ..artifacts.sensitivity import SensitivityTable, load_sensitivity
-from ..errors import StaleInputError, UsageError
+from ..errors import StaleInputError, UsageError, path_arg
 from .sources import describe, source
 from .specs import pairs
 
@@ -36,9 +36,10 @@ def _ranked(folder, kind: str, want=None) -> list[Path]:
     return [p for *_, p in sorted(found, reverse=True)]
 
 
-def _load(thing, loader):
+def _load(thing, loader, param: str):
     if thing is None or isinstance(thing, (LatencyProfile, SensitivityTable)):
         return thing, None
+    path_arg(param, thing, what="a path or a record")
     return loader(thing), Path(thing)
 
 
@@ -64,8 +65,8 @@ def load_inputs(profile=None, scores=None, *, allow_stale=False, device=None, ta
     another model, or a profile whose env lacks `device` / `target_env` ("KEY=VALUE"), unless `allow_stale`.
     """
     given_profile, given_scores = profile, scores
-    profile, ppath = _load(profile, load_profile)
-    scores, spath = _load(scores, load_sensitivity)
+    profile, ppath = _load(profile, load_profile, "profile")
+    scores, spath = _load(scores, load_sensitivity, "scores")
     if profile is None and scores is not None:
         ppath = next(iter(_ranked(profiles_dir, LatencyProfile.kind, scores.header.model)), None)
         if ppath is None:

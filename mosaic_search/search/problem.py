@@ -2,7 +2,8 @@
 predicted latency and the one constraint check that the solver, its baselines and its re-check share.
 
 `prepare` builds the complete, immutable Problem in steps: the inputs read (`inputs.load_inputs`), the workloads in
-scope, the cache bound, the candidates each layer allows (`options`), the pins, the counts, the speedup targets.
+scope, the cache bound, the candidates each layer allows (`options`, `choices.layer_choices`), the pins, the counts,
+the speedup targets, the memory bound (`memory.memory_bound`).
 """
 
 from __future__ import annotations
@@ -15,28 +16,14 @@ from typing import Callable
 from ..artifacts.files import PLANS_DIR, PROFILES_DIR
 from ..artifacts.profile import LatencyProfile, Workload
 from ..artifacts.sensitivity import SensitivityTable
-from ..errors import UsageError, check, did_you_mean, invalid
+from ..errors import UsageError, check, did_you_mean, flags, invalid, listed
 from ..operators import Candidate, unbuildable
+from .choices import Choice, layer_choices
 from .inputs import load_inputs
+from .memory import MemoryBound, memory_bound
 from .specs import counts, matches, pairs, parse_spec, positive
 
 METRICS = ("kl", "delta_loss")
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One candidate allowed at one layer and what taking it costs.
-
-    `loss`: its score under the problem's metric (nats); `latency_ms`: {workload in scope: ms of the whole
-    decoder layer}; `cache_bytes`: what it keeps for the cache bound's batch at the bound's context (0 when
-    the problem has no cache bound).
-    """
-
-    layer: int
-    candidate: Candidate
-    loss: float
-    latency_ms: dict
-    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,9 +67,10 @@ class Problem:
     """The solver's view of a profile and a sensitivity table: the choices at each layer, and the budgets.
 
     Complete when built (`prepare`) and immutable; each constraint is held once, as given: `speedups`, `cache`
-    (None: no bound), `min_count` / `max_count` ((op name or Candidate, layers), ...), `ops` (the operator specs
-    allowed; empty: all) and `pins` ((layer, spec), ...). `options[layer]`: the candidates the inputs allow there,
-    in Candidate order, before pins; `choices`: after them. `constraints` is the record a plan keeps of them.
+    and `memory` (None: no bound), `min_count` / `max_count` ((op name or Candidate, layers), ...), `ops` (the
+    operator specs allowed; empty: all) and `pins` ((layer, spec), ...). `options[layer]`: the candidates the inputs
+    allow there, in Candidate order, before pins; `choices`: after them. `constraints` is the record a plan keeps of
+    them.
     """
 
     profile: LatencyProfile
@@ -97,6 +85,7 @@ class Problem:
     cache: CacheBound | None = None
     min_count: tuple = ()
     max_count: tuple = ()
+    memory: MemoryBound | None = None
     sources: dict = field(default_factory=dict)  # what was read: `load_inputs`' sources, named in the plan
 
     @property
@@ -133,12 +122,14 @@ class Problem:
 
     def rows(self, latency: bool = True) -> list[Row]:
         """Every budget but one-candidate-per-layer as a linear row, in the order the MIP states them: each speedup
-        target (unless not `latency`), the cache bound, the operator counts (a min count as -count <= -n) and
-        `operators.unbuildable` (at least one attention layer, as -count <= -1)."""
+        target (unless not `latency`), the cache bound, the memory bound, the operator counts (a min count as
+        -count <= -n) and `operators.unbuildable` (at least one attention layer, as -count <= -1)."""
         out = [Row(lambda ch, w=w: ch.latency_ms[w], self.budget(w),
                    self.profile.teacher_ms(w) / self.targets[w]) for w in self.targets if latency]
         if self.cache is not None:
             out.append(Row(lambda ch: ch.cache_bytes, self.cache.limit_bytes, self.cache.limit_bytes))
+        if (m := self.memory) is not None:
+            out.append(Row(lambda ch: m.per_choice[ch.layer, ch.candidate], m.layer_limit, m.layer_limit))
         out += [Row(lambda ch, s=spec: -float(matches(s, ch.candidate)), -float(n))
                 for spec, n in self.min_count]
         out += [Row(lambda ch, s=spec: float(matches(s, ch.candidate)), float(n))
@@ -155,12 +146,13 @@ class Problem:
                 "cache_workload": c.workload if c else None, "ops": [str(s) for s in self.ops] or None,
                 "pins": {str(layer): str(spec) for layer, spec in self.pins} or None,
                 "min_count": {str(s): n for s, n in self.min_count} or None,
-                "max_count": {str(s): n for s, n in self.max_count} or None, **self.speedups.to_json()}
+                "max_count": {str(s): n for s, n in self.max_count} or None, **self.speedups.to_json(),
+                **(self.memory.to_json() if self.memory else {})}
 
-    def with_speedups(self, speedup=None, ttft_speedup=None, tpot_speedup=None) -> "Problem":
-        """The same problem under other speedup targets (as `prepare` takes them)."""
+    def with_speedups(self, speedup=None, ttft_speedup=None, tpot_speedup=None, floor: float = 1.0) -> "Problem":
+        """The same problem under other speedup targets (as `prepare` takes them; `floor`: as `speedup_targets`)."""
         return dataclasses.replace(self, speedups=speedup_targets(self.profile, self.workloads, speedup,
-                                                                   ttft_speedup, tpot_speedup))
+                                                                   ttft_speedup, tpot_speedup, floor))
 
     def with_pins(self, pins) -> "Problem":
         """The same problem with more layers pinned: `pins` as `prepare` takes them ({layer: Candidate or op} or
@@ -174,7 +166,7 @@ class Problem:
 def _scope(profile: LatencyProfile, workloads) -> tuple[Workload, ...]:
     """The workloads in scope (names; default: all the profile declares)."""
     by_name = {w.name: w for w in profile.workloads}
-    names = [workloads] if isinstance(workloads, str) else list(workloads or by_name)
+    names = listed("workloads", workloads) or list(by_name)
     for name in names:
         if name not in by_name:
             raise UsageError(f'unknown workload "{name}"{did_you_mean(name, by_name)}; the profile has: '
@@ -198,14 +190,15 @@ def _cache_workload(profile: LatencyProfile, context):
     return max(fits, key=lambda w: w.phase == "decode")
 
 
-def cache_bound(profile: LatencyProfile, max_cache_bytes=None, cache_batch=1,
-                cache_context=None) -> CacheBound | None:
+def cache_bound(profile: LatencyProfile, max_cache_bytes=None, cache_batch=1, cache_context=None,
+                max_memory=None) -> CacheBound | None:
     """The cache bound: `max_cache_bytes` for `cache_batch` sequences at context `cache_context` (default: the
-    longest profiled); None without `max_cache_bytes`."""
+    longest profiled); None without `max_cache_bytes`. `max_memory` may take the batch and context instead."""
     limit = positive("max_cache_bytes", max_cache_bytes)
     batch = positive("cache_batch", cache_batch, integer=True)
-    if limit is None and (cache_context is not None or batch != 1):
-        raise UsageError("`cache_context` and `cache_batch` describe the `max_cache_bytes` bound; give it too")
+    if limit is None and max_memory is None and (cache_context is not None or batch != 1):
+        raise UsageError("`cache_context` and `cache_batch` describe the `max_cache_bytes` bound; give it too (or "
+                         "`max_memory`)")
     return None if limit is None else CacheBound(limit, _cache_workload(profile, cache_context).name, batch)
 
 
@@ -225,8 +218,7 @@ def _measured(profile: LatencyProfile, scores: SensitivityTable, scope, metric: 
 
 def _ops(ops, held: set) -> tuple:
     """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs."""
-    items = (ops.split(",") if isinstance(ops, str) else ops) if ops is not None else []
-    keep = tuple(parse_spec(t, "ops") for t in items if str(t).strip())
+    keep = tuple(parse_spec(t, "ops") for t in listed("ops", ops) or [] if str(t).strip())
     if ops is not None and not keep:
         raise invalid("ops", ": empty operator list")
     for spec in keep:
@@ -239,18 +231,16 @@ def _ops(ops, held: set) -> tuple:
 def allowed_choices(profile: LatencyProfile, scores: SensitivityTable, scope, metric: str, ops=(),
                     cache=None) -> tuple:
     """The choices the inputs allow at each layer, in Candidate order: a candidate that ran ok on every workload in
-    `scope`, was scored, has a cache entry under the `cache` bound and is one of `ops` (empty: any)."""
+    `scope`, was scored, has a cache entry under the `cache` bound and is one of `ops` (empty: any); and each such
+    mixer with each such MLP candidate, costed from both axes' entries."""
     lat, failed, loss = _measured(profile, scores, scope, metric)
     kept = {}
     if cache is not None:
         kept = {(e.layer, e.candidate): cache.batch * e.cache_bytes for e in profile.entries
                 if e.workload == cache.workload}
-    out = [[] for _ in range(profile.header.model.num_hidden_layers)]
-    for key in sorted(lat):
-        if (len(lat[key]) == len(scope) and key not in failed and key in loss and (cache is None or key in kept)
-                and (not ops or any(matches(s, key[1]) for s in ops))):
-            out[key[0]].append(Choice(*key, loss=loss[key], latency_ms=lat[key], cache_bytes=kept.get(key, 0)))
-    return tuple(map(tuple, out))
+    ok = [key for key in sorted(lat) if len(lat[key]) == len(scope) and key not in failed and key in loss
+          and (cache is None or key in kept)]
+    return layer_choices(profile, ok, lat, loss, kept, ops)
 
 
 def pinned(options: tuple, pins) -> tuple:
@@ -289,14 +279,16 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
     return layer, spec
 
 
-def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=None, tpot_speedup=None) -> Speedups:
-    """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest."""
+def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=None, tpot_speedup=None,
+                    floor: float = 1.0) -> Speedups:
+    """Per-workload speedup targets: ttft_speedup for prefill, tpot_speedup for decode, speedup for the rest; each at
+    least `floor` (the serving solve lowers it: at a larger batch than the teacher's, a slower TPOT may still pay)."""
     speedup = positive("speedup", speedup)
     by_phase = {"prefill": positive("ttft_speedup", ttft_speedup),
                 "decode": positive("tpot_speedup", tpot_speedup)}
     for param, value in (("speedup", speedup), ("ttft_speedup", by_phase["prefill"]),
                          ("tpot_speedup", by_phase["decode"])):
-        check(value is None or value >= 1, param, f"must be at least 1 (a speedup over the teacher), got {value}: "
+        check(value is None or value >= floor, param, f"must be at least 1 (a speedup over the teacher), got {value}: "
                                                   "below 1 it would allow a model slower than the teacher")
     for phase, name in (("prefill", "ttft_speedup"), ("decode", "tpot_speedup")):
         if by_phase[phase] is not None and not any(w.phase == phase for w in scope):
@@ -314,24 +306,27 @@ def speedup_targets(profile: LatencyProfile, scope, speedup=None, ttft_speedup=N
 
 
 def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_speedup=None, tpot_speedup=None,
-            max_cache_bytes=None, cache_batch=1, cache_context=None, ops=None, pins=None, min_count=None,
-            max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
+            max_cache_bytes=None, cache_batch=1, cache_context=None, max_memory=None, ops=None, pins=None,
+            min_count=None, max_count=None, metric="kl", allow_stale=False, device=None, target_env=None,
             profiles_dir=PROFILES_DIR, plans_dir=PLANS_DIR) -> Problem:
     """Check every input and turn the profile and the sensitivity table into one Problem.
 
     `profile` / `scores`: records, paths, or None (see `load_inputs`); `workloads`: names in scope (default:
     all); speedups are targets over the teacher (`speedup_targets`); `max_cache_bytes` bounds the cache of
-    `cache_batch` sequences at context `cache_context` (default: the longest profiled); `ops`: "gqa,swa" or a
-    list, the candidates allowed; `pins`, `min_count`, `max_count`: "LAYER=OP" / "OP=N" strings or mappings.
+    `cache_batch` sequences at context `cache_context` (default: the longest profiled), `max_memory` the weights
+    and that cache together (bytes, or at most 1: a fraction of the teacher's, `memory.memory_bound`); `ops`:
+    "gqa,swa" or a list, the candidates allowed; `pins`, `min_count`, `max_count`: "LAYER=OP" / "OP=N" strings or
+    mappings.
     Raises UsageError (exit 2) for any bad value, StaleInputError (exit 4) as `load_inputs` does.
     """
+    flags(allow_stale=allow_stale)
     if metric not in METRICS:
-        raise UsageError(f'unknown metric "{metric}"{did_you_mean(metric, METRICS)}; known: {", ".join(METRICS)}')
+        raise UsageError(f'unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}; known: {", ".join(METRICS)}')
     profile, scores, inputs, sources = load_inputs(profile, scores, allow_stale=allow_stale, device=device,
                                                    target_env=target_env, profiles_dir=profiles_dir,
                                                    plans_dir=plans_dir)
     scope = _scope(profile, workloads)
-    cache = cache_bound(profile, max_cache_bytes, cache_batch, cache_context)
+    cache = cache_bound(profile, max_cache_bytes, cache_batch, cache_context, max_memory)
     lat, _, loss = _measured(profile, scores, scope, metric)
     keep = _ops(ops, {c for _, c in lat} & {c for _, c in loss})
     allowed = allowed_choices(profile, scores, scope, metric, keep, cache)
@@ -340,7 +335,34 @@ def prepare(profile=None, scores=None, *, speedup=None, workloads=None, ttft_spe
                    ops=keep, pins=check_pins(allowed, pins), min_count=tuple(counts(min_count, "min_count", layers)),
                    max_count=tuple(counts(max_count, "max_count", layers)),
                    speedups=speedup_targets(profile, scope, speedup, ttft_speedup, tpot_speedup), cache=cache,
-                   sources=sources)
+                   memory=_memory(profile, allowed, max_memory, cache_batch, cache_context), sources=sources)
+
+
+def read_paths(p: Problem) -> dict:
+    """{parameter: path} of the files a problem was read from (`prepare`'s `profile` and `scores`, given or
+    discovered; None for a record passed in memory): what no output of the run may replace."""
+    return {name: src["path"] for name, src in p.sources.items()}
+
+
+def check_keywords(caller, inputs: dict) -> None:
+    """Refuse a keyword that neither `caller` (a function that hands its other keywords to `prepare`) nor `prepare`
+    takes: a UsageError (exit 2) naming `caller`, where Python's TypeError would name `prepare`, which the caller
+    never called."""
+    import inspect
+
+    known = [name for fn in (caller, prepare) for name, p in inspect.signature(fn).parameters.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    for key in inputs:
+        if key not in known:
+            raise UsageError(f'{caller.__name__}() has no parameter "{key}"{did_you_mean(key, known)}')
+
+
+def _memory(profile: LatencyProfile, options: tuple, max_memory, cache_batch, cache_context) -> MemoryBound | None:
+    """The memory bound of `prepare` (None without `max_memory`), at the cache bound's batch and context."""
+    if (value := positive("max_memory", max_memory)) is None:
+        return None
+    return memory_bound(profile, options, value, positive("cache_batch", cache_batch, integer=True),
+                        _cache_workload(profile, cache_context))
 
 
 # ---- what an assignment costs, and which rules it breaks -----------------------------------------
@@ -370,13 +392,13 @@ def cache_bytes(p: Problem, layers) -> int | None:
     when the problem has no cache bound."""
     if p.cache is None:
         return None
-    return sum(p.cache.batch * p.profile.entry(l, c, p.cache.workload).cache_bytes for l, c in enumerate(layers))
+    return sum(p.cache.batch * p.profile.cache_bytes(l, c, p.cache.workload) for l, c in enumerate(layers))
 
 
 def violations(p: Problem, layers, tol: float) -> list[str]:
     """Every rule that one allowed candidate per layer breaks, one line each; empty when it meets them all.
 
-    The rules: an ok latency for each workload in scope, each speedup target, the cache bound, the operator
+    The rules: an ok latency for each workload in scope, each speedup target, the cache and memory bounds, the operator
     counts, and `operators.unbuildable`. `tol` is the relative slack on a budget (the MIP solver's own
     feasibility tolerance, or less for a heuristic that must stay inside what the re-check accepts).
     """
@@ -394,6 +416,9 @@ def violations(p: Problem, layers, tol: float) -> list[str]:
     cache = cache_bytes(p, layers)
     if cache is not None and cache > p.cache.limit_bytes * (1 + tol):
         out.append(f"cache {cache} bytes over the bound of {p.cache.limit_bytes:.0f}")
+    if p.memory is not None and (mem := sum(p.memory.per_choice[l, c] for l, c in enumerate(layers))) > (
+            p.memory.layer_limit * (1 + tol)):
+        out.append(f"layers' weights + cache {mem} bytes over the memory left them, {p.memory.layer_limit:.0f}")
     for specs, sense in ((p.min_count, 1), (p.max_count, -1)):
         for spec, n in specs:
             count = sum(matches(spec, c) for c in layers)

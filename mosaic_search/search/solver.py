@@ -6,6 +6,7 @@ solves it, re-checks the answer, and writes plans and the Pareto frontier (its p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -15,11 +16,12 @@ from ..artifacts.files import PLANS_DIR
 from ..artifacts.header import Header, save
 from ..artifacts.pareto import Pareto
 from ..artifacts.plan import LayerPlan
-from ..errors import InfeasibleError, MosaicError, UsageError, did_you_mean, invalid
+from ..errors import InfeasibleError, MosaicError, UsageError, check, did_you_mean, flags, invalid, listed, number
 from ..hf.models import slug
-from ..operators import pattern_string
+from ..operators import compose, pattern_string
 from . import baselines
-from .problem import Problem, cache_bytes, predicted, prepare, violations
+from .memory import MEMORY, memory_bytes
+from .problem import Problem, cache_bytes, check_keywords, predicted, prepare, read_paths, violations
 from .specs import positive
 
 STRATEGIES = "mip, greedy, pattern:SYMBOLS"
@@ -45,7 +47,8 @@ def _rows(p: Problem, columns: list, minimize, budgets: bool, avoid, min_distanc
     """Objective and every constraint but one-per-layer, as dense `A x <= b` rows over `columns` (Choices)."""
     import numpy as np
 
-    cost = [ch.loss if minimize is None else ch.latency_ms[minimize] for ch in columns]
+    cost = [ch.loss if minimize is None else p.memory.per_choice[ch.layer, ch.candidate] if minimize == MEMORY else
+            ch.latency_ms[minimize] for ch in columns]
     rows, rhs = [], []
     for row in p.rows(latency=budgets):
         rows.append([row.usage(ch) for ch in columns])
@@ -96,7 +99,8 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     """Solve the MIP: (chosen candidates per layer, solver info), or (None, info) when infeasible.
 
     `minimize=None` minimises the summed scores; a workload name minimises its latency instead (the best
-    reachable speedup). `avoid` lists assignments the answer must differ from in >= `min_distance` layers.
+    reachable speedup), `MEMORY` the layers' weights + cache (`memory`). `avoid` lists assignments the answer
+    must differ from in >= `min_distance` layers.
     `start` (one candidate per layer), if feasible, is a warm start: the answer is never worse than it.
     Exact speed-up, measured in benchmarks/bench_solver.py: the LP relaxation gives a bound and a rounded
     incumbent; a column whose LP reduced cost exceeds (incumbent - bound) cannot be in any optimum and is
@@ -150,6 +154,25 @@ def run_mip(p: Problem, minimize=None, budgets=True, avoid=(), min_distance=1, t
     return [[c for c in cs if (l, c) in picked] for l, cs in enumerate(p.allowed)], info
 
 
+def smallest_memory(p: Problem, time_limit_s=60) -> int | None:
+    """The least memory any buildable assignment allowed by `p` takes (its other budgets dropped), or None."""
+    # no bound: PuLP refuses an infinite right-hand side
+    free = dataclasses.replace(p, memory=dataclasses.replace(p.memory, layer_limit=1e300))
+    chosen, _ = run_mip(free, minimize=MEMORY, budgets=False, time_limit_s=time_limit_s)
+    return None if chosen is None else memory_bytes(p, [cs[0] for cs in chosen])
+
+
+def memory_note(p: Problem, time_limit_s=60) -> str | None:
+    """One line when a memory-bounded problem's bound is below every plan's memory (naming the smallest), else None."""
+    if (m := p.memory) is None:
+        return None
+    least = smallest_memory(p, time_limit_s)
+    if least is not None and least <= m.limit_bytes * (1 + 1e-9):
+        return None
+    return (f"memory limit {m.limit_bytes:.0f} bytes is below the smallest reachable memory, {least} bytes (weights + "
+            f"cache at batch {m.batch}, workload {m.workload})")
+
+
 def reachability(p: Problem, time_limit_s=60) -> str:
     """One line: the largest speedup each constrained workload reaches alone (its minimum-latency assignment)."""
     parts, reach_all = [], True
@@ -191,15 +214,16 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
     if broken := violations(p, layers, _TOL):
         fail(broken[0])
     # Read the artifacts again rather than the solver's tables, so a bug in building them shows up here.
-    scored = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
-    if any((l, c) not in scored for l, c in enumerate(layers)):
+    table = {(e.layer, e.candidate): getattr(e, p.metric) for e in p.scores.entries}
+    teacher = p.profile.teacher  # a mixer with an MLP is scored as both axes' entries compose
+    scored = {(l, c): compose(lambda x, l=l: table.get((l, x)), c, teacher[l]) for l, c in enumerate(layers)}
+    if any(v is None for v in scored.values()):
         fail("a chosen candidate has no score")
     objective = float(sum(scored[l, c] for l, c in enumerate(layers)))
     if claimed is not None and abs(claimed - objective) > _TOL * max(1.0, abs(objective)):
         fail(f"the solver's objective {claimed:.6g} differs from the recomputed {objective:.6g}")
     rows = predicted(p, layers)
-    per_layer = []
-    teacher = p.profile.teacher  # "latency saved" is measured from the teacher's own operator in the layer
+    per_layer = []  # "latency saved" is measured from the teacher's own operator in the layer
     for l, c in enumerate(layers):
         saved = {}
         for w in rows:
@@ -207,12 +231,13 @@ def verify(p: Problem, chosen, claimed=None) -> dict:
             saved[w] = t - p.profile.layer_ms(l, c, w) if t is not None else None
         per_layer.append({"layer": l, "candidate": str(c), "loss": float(scored[l, c]), "saved_ms": saved})
     return {"layers": layers, "predicted": rows, "objective": objective, "cache_bytes": cache_bytes(p, layers),
-            "per_layer": per_layer}
+            "memory_bytes": memory_bytes(p, layers), "per_layer": per_layer}
 
 
 def _plan(p: Problem, check: dict, info: dict) -> LayerPlan:
     header = Header.new(p.profile.header.model, env=p.profile.header.env, inputs=p.inputs)
-    solver = {**info, "cache_bytes": check["cache_bytes"], "per_layer": check["per_layer"], "read": p.sources}
+    solver = {**info, "cache_bytes": check["cache_bytes"], "memory_bytes": check["memory_bytes"],
+              "per_layer": check["per_layer"], "read": p.sources}
     return LayerPlan(header=header, layers=tuple(check["layers"]), predicted=check["predicted"],
                      objective=check["objective"], constraints=p.constraints, solver=solver)
 
@@ -230,7 +255,7 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     if strategy == "mip":
         chosen, info = run_mip(p, time_limit_s=time_limit_s, mip_gap=mip_gap)
         if chosen is None:
-            raise InfeasibleError(reachability(p, time_limit_s))
+            raise InfeasibleError(memory_note(p, time_limit_s) or reachability(p, time_limit_s))
         return chosen, info
     if strategy == "greedy":
         chosen, info = baselines.greedy(p)
@@ -242,11 +267,17 @@ def _assign(p: Problem, strategy: str, time_limit_s, mip_gap):
     raise UsageError(f'unknown strategy "{strategy}"{did_you_mean(strategy, ("mip", "greedy"))}; known: {STRATEGIES}')
 
 
-def _begin(inputs: dict, time_limit_s, out, write: bool, overwrite: bool, strategy: str | None = "mip",
-           name: str = "plan.json", outputs=lambda path: [path]) -> tuple[Problem, list[Path]]:
-    """Every entry's first steps, before any solving: the problem (`problem.prepare`'s keywords), something to trade
-    quality for (unless `strategy` is None: the sweep sets the speedups itself), the time limit, and the output
-    files (`outputs` of the first one's path, `name` under layer_plans/<model>/ or `out`), checked writable."""
+def _begin(caller, inputs: dict, time_limit_s, mip_gap, out, write: bool, overwrite: bool,
+           strategy: str | None = "mip", name: str = "plan.json",
+           outputs=lambda path: [path]) -> tuple[Problem, list[Path]]:
+    """Every entry's first steps, before any solving: the problem (`problem.prepare`'s keywords, any other refused
+    naming the entry, `caller`), something to trade quality for (unless `strategy` is None: the sweep sets the
+    speedups itself), the time limit, and the output files (`outputs` of the first one's path, `name` under
+    layer_plans/<model>/ or `out`), checked writable and none of them an input."""
+    check_keywords(caller, inputs)
+    check_gap(mip_gap)
+    flags(write=write, overwrite=overwrite)
+    check(strategy is None or isinstance(strategy, str), "strategy", f"must be one of {STRATEGIES}, got {strategy!r}")
     p = prepare(**inputs)
     if strategy is not None and not strategy.startswith("pattern:") and not (
             p.targets or p.cache or p.min_count or p.max_count):
@@ -254,9 +285,17 @@ def _begin(inputs: dict, time_limit_s, out, write: bool, overwrite: bool, strate
                          "`max_cache_bytes`")
     positive("time_limit_s", time_limit_s)
     paths = outputs(plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name=name))
-    for path in paths if write else ():
-        files.check_output(path, overwrite=overwrite)
+    if write:
+        files.check_not_input(paths, read_paths(p))
+        for path in paths:
+            files.check_output(path, overwrite=overwrite)
     return p, paths
+
+
+
+def check_gap(mip_gap) -> None:
+    """Refuse a relative MIP gap outside [0, 1] (0: proven optimal; HiGHS's own `mip_rel_gap`)."""
+    check(number(mip_gap) and 0 <= mip_gap <= 1, "mip_gap", f"must be a number within 0..1, got {mip_gap!r}")
 
 
 def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap=1e-4, out=None, write=True,
@@ -268,7 +307,8 @@ def solve(profile=None, scores=None, *, strategy="mip", time_limit_s=60, mip_gap
     existing one is replaced only with `overwrite` (as `build` replaces a model directory). Raises UsageError
     (exit 2) for bad input, StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
-    p, (path,) = _begin(dict(inputs, profile=profile, scores=scores), time_limit_s, out, write, overwrite, strategy)
+    p, (path,) = _begin(solve, dict(inputs, profile=profile, scores=scores), time_limit_s, mip_gap, out, write,
+                        overwrite, strategy)
     chosen, info = _assign(p, strategy, time_limit_s, mip_gap)
     plan = _plan(p, verify(p, chosen, info.get("objective")), {"strategy": strategy, **info})
     if write:
@@ -283,7 +323,7 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
     Other keywords are those of `problem.prepare` (as in `solve`). Fewer plans come back when no more exist.
     """
     solutions = positive("solutions", solutions, integer=True)
-    p, paths = _begin(inputs, time_limit_s, out, write, overwrite,
+    p, paths = _begin(solve_many, inputs, time_limit_s, mip_gap, out, write, overwrite,
                       outputs=lambda path: [_ranked(path, rank) for rank in range(1, solutions + 1)])
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or not 1 <= min_distance <= p.num_layers:
         raise invalid("min_distance", f"must be within 1..{p.num_layers} (the model's layers), got {min_distance}")
@@ -311,7 +351,7 @@ def solve_many(solutions=3, min_distance=1, *, time_limit_s=60, mip_gap=1e-4, ou
 def parse_sweep(text) -> list[float]:
     """'1.1:3.0:0.1' (start:stop:step, stop included) or a list of speedups."""
     if not isinstance(text, str):
-        return [positive("speedups", v) for v in text]
+        return [positive("speedups", v) for v in listed("speedups", text)]
     try:
         start, stop, step = (float(v) for v in text.split(":"))
     except ValueError:
@@ -338,7 +378,7 @@ def sweep(speedups="1.1:3.0:0.1", *, reserve=(), time_limit_s=60, mip_gap=1e-4, 
         if inputs.get(key) is not None:
             raise invalid("speedups", f"sets the speedup itself; drop `{key}` and narrow with `workloads` instead")
     values = parse_sweep(speedups)
-    p, written = _begin(inputs, time_limit_s, out, write, overwrite, strategy=None, name="pareto.json",
+    p, written = _begin(sweep, inputs, time_limit_s, mip_gap, out, write, overwrite, strategy=None, name="pareto.json",
                         outputs=lambda path: [path] + [path.with_suffix(x) for x in (".csv", *reserve)])
     points, start = [], None
     # Tightest first: each plan is feasible for the next, looser target and warm-starts it, so the

@@ -3,25 +3,28 @@ counts of layers, positive numbers."""
 
 from __future__ import annotations
 
-import math
-
-from ..errors import UsageError, did_you_mean, invalid
+from ..errors import UsageError, did_you_mean, invalid, listed, number
 from ..operators import REGISTRY, Candidate
 
 
 def matches(spec, c: Candidate) -> bool:
-    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself."""
-    return c == spec if isinstance(spec, Candidate) else c.op == spec
+    """Whether a candidate is `spec`: an op name matches every param choice, a Candidate only itself; an MLP spec
+    matches a layer choice by its MLP (`--max mlp=4`, `--pin 3=nomlp`)."""
+    mlp = c.mlp_candidate
+    if isinstance(spec, Candidate):
+        return c == spec or (spec.spec.axis == "mlp" and mlp == spec)
+    return c.op == spec or (mlp is not None and mlp.op == spec)
 
 
 def parse_spec(text, param: str | None = None, given: str = "") -> str | Candidate:
-    """'swa' (any window) or 'swa:window=1024' (that one); unknown ops fail with a suggestion, naming library
-    parameter `param` (and the `given` text of it, e.g. a pin's '0=gqa') when there is one."""
+    """'swa' (any window), 'swa:window=1024' (that one) or 'gqa+mlp:width=256' (a mixer with an MLP); unknown ops
+    fail with a suggestion, naming library parameter `param` (and the `given` text of it, e.g. a pin's '0=gqa') when
+    there is one."""
     if isinstance(text, Candidate):
         return text
     text = str(text).strip()
     try:
-        if ":" in text:
+        if ":" in text or "+" in text:
             return Candidate.parse(text)
         if text not in REGISTRY:
             raise UsageError(f'unknown operator "{text}"{did_you_mean(text, REGISTRY)}; known: {", ".join(REGISTRY)}')
@@ -38,7 +41,7 @@ def pairs(items, what: str) -> list[tuple[str, str]]:
     if isinstance(items, dict):
         return [(str(k), v) for k, v in items.items()]
     out = []
-    for item in items:
+    for item in listed(what, items):
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip() or not value.strip():
             raise invalid(what, f': cannot parse "{item}", expected KEY=VALUE')
@@ -64,10 +67,9 @@ def positive(name: str, value, integer: bool = False):
     """`value` as a positive float (or int), None for None; UsageError naming the parameter `name` otherwise."""
     if value is None:
         return None
-    try:
-        v = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        raise invalid(name, f"must be a positive number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0 or (integer and v != value):
+    if not number(value):  # a bool or a string is not a number, though float() takes both
+        raise invalid(name, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
+    v = int(value) if integer else float(value)
+    if v <= 0 or (integer and v != value):
         raise invalid(name, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
     return v
