@@ -378,7 +378,7 @@ rotates exactly as tiny's RoPE). Vision tower: {v.depth} blocks, hidden {v.hidde
 patch merger into the language model's width, DeepStack features from vision blocks {v.deepstack_visual_indexes}
 added to the hidden states of language layers 0 and 1. Vocabulary {t.vocab_size}: tiny's 259 (byte b is id b + 3)
 and {", ".join(f"`{x}`" for x in CHAT_TOKENS)} (ids 259-264). The processor files (tokenizer with Qwen's chat
-template, `preprocessor_config.json`: Qwen2-VL image processor, mean and std 0.5, {WIDTH * HEIGHT} to 16384 pixels)
+template, `preprocessor_config.json`: Qwen2-VL image processor, mean and std 0.5, {(PATCH * MERGE) ** 2} to 16384 pixels)
 ship beside the weights; generation stops at `<|im_end|>`.
 
 **Data, built on the machine.** Images: {WIDTH}x{HEIGHT} pixels, a string of {LENGTHS[0]}-{LENGTHS[-1]} characters
