@@ -378,16 +378,17 @@ rotates exactly as tiny's RoPE). Vision tower: {v.depth} blocks, hidden {v.hidde
 patch merger into the language model's width, DeepStack features from vision blocks {v.deepstack_visual_indexes}
 added to the hidden states of language layers 0 and 1. Vocabulary {t.vocab_size}: tiny's 259 (byte b is id b + 3)
 and {", ".join(f"`{x}`" for x in CHAT_TOKENS)} (ids 259-264). The processor files (tokenizer with Qwen's chat
-template, `preprocessor_config.json`: Qwen2-VL image processor, mean and std 0.5, {(PATCH * MERGE) ** 2} to 16384 pixels)
+template, `preprocessor_config.json`: Qwen2-VL image processor, mean and std 0.5,
+{(PATCH * MERGE) ** 2} to 16384 pixels)
 ship beside the weights; generation stops at `<|im_end|>`.
 
 **Data, built on the machine.** Images: {WIDTH}x{HEIGHT} pixels, a string of {LENGTHS[0]}-{LENGTHS[-1]} characters
-from `{ALPHABET}`, one character per {CELL}x{CELL} cell from the left (one image token per cell: {WIDTH // PATCH * HEIGHT //
-PATCH // MERGE ** 2} image tokens), each in Pillow's built-in font at its own size ({FONT_SIZES[0]}-{FONT_SIZES[-1]})
-and random place inside its cell, grey ink on grey paper. Questions, half each: "What is
-written?" (answer: the string) and "What is the <ordinal> character?" (answer: one character). Each training step
-has {a['chats']} conversations of 1-{MAX_TURNS} image turns (loss on the assistant's answers and `<|im_end|>`) and
-{a['text_rows']} 512-byte rows of `tiny`'s training text or recall (its data, its loss weights).
+from `{ALPHABET}`, one character per {CELL}x{CELL} cell from the left (one image token per cell:
+{WIDTH // PATCH * HEIGHT // PATCH // MERGE ** 2} image tokens), each in Pillow's built-in font at its own size
+({FONT_SIZES[0]}-{FONT_SIZES[-1]}) and random place inside its cell, grey ink on grey paper. Questions, half each:
+"What is written?" (answer: the string) and "What is the <ordinal> character?" (answer: one character). Each
+training step of stage 2 has {a['chats']} conversations of 1-{MAX_TURNS} image turns and {a['text_rows']} 512-byte
+rows of `tiny`'s training text or recall (below).
 `image_eval.jsonl`: {acc['n']} held-out single-turn questions on fresh images (`images/eval-*.png`, seed + 1):
 `{{"messages": [user turn with the image], "answer"}}`. `calibration.jsonl` (`mosaic score`'s default data for
 `tiny-vl`): {CALIBRATION_ROWS} conversations of {MAX_TURNS} image turns, each followed by a text row (a 512-byte
@@ -407,7 +408,8 @@ recall sequence then 512 bytes of text from the first half of tiny's `heldout.tx
 Why two stages (150-step probes of stage 2 alone, 8 conversations per step, no text rows; held-out image-answer loss
 at the end): trained end to end from scratch (vision lr 1e-3, language model 3e-4), 2.77, where guessing from the
 question alone puts it (the same with blank images); with the vision tower taught first but trained along at 1e-3
-(language model 1e-3), 2.63; taught first and frozen (language model 1e-3), 1.30. The language model cannot learn where to look while the image tokens change under it.
+(language model 1e-3), 2.63; taught first and frozen (language model 1e-3), 1.30. The language model cannot learn
+where to look while the image tokens change under it.
 
 **{m['train_seconds']} s wall, {m['train_cpu_seconds']} s CPU** in all on a {platform.machine()} CPU, {a['threads']}
 torch thread, shared with other jobs (load average {' / '.join(map(str, m['load']))} at the end; torch
