@@ -17,7 +17,7 @@ EMBEDDED = {TINY: (TINY_DIR, "train_tiny"), "tiny-vl": (TINY_VL_DIR, "train_tiny
 
 def embedded_dir(model_id: str) -> str | None:
     """The directory of an embedded teacher's alias (None for any other id), or a one-line MosaicError (exit 1)
-    naming the command that trains it when its weights are not there (`tiny-vl` ships untrained)."""
+    naming the command that trains it when its weights are not there (a checkout whose weights were removed)."""
     if model_id not in EMBEDDED:
         return None
     where, script = EMBEDDED[model_id]

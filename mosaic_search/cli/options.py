@@ -11,8 +11,8 @@ import typer
 from ..operators import OPS_HELP
 
 ModelOpt = Annotated[str, typer.Option("--model", "--teacher", "-m",
-                                       help="Hub id, local directory, or an embedded teacher ('tiny'; 'tiny-vl' "
-                                            "once trained).")]
+                                       help="Hub id, local directory, or an embedded teacher ('tiny'; 'tiny-vl', "
+                                            "a Qwen3-VL that reads its images).")]
 TeacherOpt = Annotated[Optional[str], typer.Option(help="Teacher (default: the one the plan records).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in outputs).")]
@@ -39,8 +39,8 @@ QuestionsOpt = Annotated[Optional[str], typer.Option(help=(
     "Questions with answers, JSON lines {messages, answer} (images for a VLM), scored by exact match of the greedy "
     "answer (default: tiny-vl's image_eval.jsonl for tiny-vl)."))]
 EmbeddedOpt = Annotated[str, typer.Option("--teacher", help=(
-    "The embedded teacher: 'tiny', or 'tiny-vl' (a VLM that reads its images, once trained with `python -m "
-    "mosaic_search.assets.train_tiny_vl`; the report adds image-question accuracy)."))]
+    "The embedded teacher: 'tiny', or 'tiny-vl' (a Qwen3-VL that reads short strings off its images; the report "
+    "adds image-question accuracy before and after distillation)."))]
 
 # the targets and constraints `solve` and `refine` both take
 SpeedupOpt = Annotated[Optional[float], typer.Option(help="Target speedup for every workload in scope.")]
