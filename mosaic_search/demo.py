@@ -176,8 +176,7 @@ def _checked(mip, refined) -> dict:
     info = refined.solver
     return {"mip_pattern": mip.pattern, "mip_predicted": mip.objective, "mip_measured": info["seeds"]["mip-1"],
             "refined_pattern": refined.pattern, "refined_predicted": refined.objective,
-            "refined_measured": info["measured"]["kl"], "origin": info["origin"], "evaluations": info["evaluations"],
-            "tokens": info["measured"]["tokens"]}
+            "refined_measured": info["measured"]["kl"], "origin": info["origin"], "tokens": info["measured"]["tokens"]}
 
 
 def _report(prof, table, plans, checked, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
