@@ -9,6 +9,7 @@ _LAZY = {
     "profile": ("latency.profiler", "profile"),
     "score": ("quality.scorer", "score"),
     "solve": ("search.solver", "solve"),
+    "solve_serving": ("search.serving", "solve_serving"),  # `solve --throughput-speedup X --memory M --context C`
     "refine": ("quality.refine", "refine"),
     "build": ("builder", "build"),
     "distill": ("recovery.distill", "distill"),

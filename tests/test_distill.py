@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -307,3 +308,24 @@ def test_torchrun_two_processes_follow_one_process(builds, one_process, tmp_path
     # summation order can flip that step's sign (0.02% of elements seen), so most, not all, agree closely
     close = sum(int(((x[k] - y[k]).abs() < 1e-5).sum()) for k in x) / sum(x[k].numel() for k in x)
     assert close > 0.999
+
+
+def test_trainable_replaced_takes_a_narrowed_mlp_but_not_the_teachers_mixer_beside_it(tmp_path):
+    """A layer that changed its MLP alone trains that MLP, not the teacher's attention it kept; a layer whose mixer
+    changed trains the mixer (and its MLP when narrowed too)."""
+    from mosaic_search.artifacts.header import save
+    from mosaic_search.artifacts.plan import load_plan
+    from mosaic_search.hf.models import load_model
+    from mosaic_search.operators import Candidate
+    from mosaic_search.recovery.loading import trainable
+
+    plan = load_plan(EXAMPLES / "plan-tpot-1.25x.json")
+    layers = list(plan.layers)
+    layers[1] = Candidate.parse("gqa+mlp:width=96")  # the teacher's mixer, a narrower MLP
+    layers[3] = Candidate.parse("swa:window=128+mlp:width=96")
+    path = save(dataclasses.replace(plan, layers=tuple(layers)), tmp_path / "plan.json")
+    student = load_model(str(builder.build(path, library=False, out=tmp_path / "b")))
+    names = {n for n, _ in trainable(student, load_model("tiny"), "replaced")}
+    by_layer = {(n.split(".")[2], n.split(".")[3]) for n in names}
+    assert ("1", "mlp") in by_layer and ("1", "self_attn") not in by_layer
+    assert {("3", "mlp"), ("3", "self_attn")} <= by_layer

@@ -168,7 +168,8 @@ def test_nonsensical_numbers_are_refused_naming_their_flag(tmp_path, monkeypatch
              (solve + ["--cache-batch", "0"], "--cache-batch must be a positive integer, got 0"),
              (solve + ["--max-cache-bytes", "0"], "--max-cache-bytes must be a positive"),
              (solve + ["--pin", "9=gqa"], "--pin 9=gqa: layer 9 is outside 0..3"),
-             (["solve", "--profile", p, "--scores", s], "give --speedup, --ttft-speedup, --tpot-speedup or"),
+             (["solve", "--profile", p, "--scores", s],
+              "give --speedup, --ttft-speedup, --tpot-speedup, --max-cache-bytes or --max-memory"),
              (["solve", "--profile", p, "--scores", s, "--speedup", "0.5"], "--speedup must be at least 1 (a "
                                                                               "speedup over the teacher), got 0.5"),
              (["solve", "--profile", p, "--scores", s, "--tpot-speedup", "0.9"], "--tpot-speedup must be at least 1"),

@@ -225,3 +225,19 @@ def test_bad_arguments_name_the_parameter_before_any_work(setup, tmp_path, kw, m
     with pytest.raises(UsageError, match=message):
         _run(setup, tmp_path / "p.json", **kw)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plans_own_bounds_survive_the_command_lines_defaults(reference):
+    import dataclasses
+
+    plan = dataclasses.replace(reference[0], constraints={
+        "tpot_speedup": 1.1, "workloads": ["decode-b8-c256"], "max_memory": 0.05, "memory_batch": 8,
+        "memory_workload": "decode-b8-c256", "cache_batch": None, "metric": "kl"})
+    # what the CLI passes for every option left out: prepare's defaults, which must not replace the plan's
+    got = lib._from_plan(plan, {"cache_batch": 1, "metric": "kl", "max_memory": None, "tpot_speedup": None})
+    assert (got["cache_batch"], got["cache_context"], got["max_memory"], got["tpot_speedup"]) == (8, 256, 0.05, 1.1)
+    assert lib._from_plan(plan, {"cache_batch": 2})["cache_batch"] == 2  # given ones win
+    assert lib._from_plan(plan, {"tpot_speedup": 1.3})["tpot_speedup"] == 1.3
+    serving = dataclasses.replace(plan, constraints={**plan.constraints, "serving": {"batch": 8}})
+    with pytest.raises(UsageError, match="plan was solved for a throughput target"):
+        lib._from_plan(serving, {})

@@ -604,3 +604,11 @@ def test_the_frontier_plot_keeps_every_label_inside_its_panel_and_the_figure(tmp
     label = front.yaxis.label.get_window_extent(renderer)
     assert label.y0 >= plans.get_window_extent(renderer).y1  # beside the top panel only
     assert saved["kwargs"].get("bbox_inches") == "tight"  # the saved image grows to hold labels and legend
+
+
+def test_counts_split_at_the_last_equals_so_a_candidate_keeps_its_params():
+    from mosaic_search.search.specs import counts, pairs
+
+    got = counts(["gqa:kv_heads=1=2", "mlp:width=96=0", "swa=3"], "max_count", 8)
+    assert [(str(spec), n) for spec, n in got] == [("gqa:kv_heads=1", 2), ("mlp:width=96", 0), ("swa", 3)]
+    assert pairs(["3=gqa:kv_heads=1"], "pins") == [("3", "gqa:kv_heads=1")]  # a pin splits at the first

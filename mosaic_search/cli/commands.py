@@ -295,7 +295,7 @@ def distill(model: Annotated[str, typer.Argument(help="A model directory written
             lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")]
             = DISTILL["lr"],
             trainable: Annotated[str, typer.Option(
-                help="all, mixers (every layer's token mixer) or replaced (the swapped-in mixers).")]
+                help="all, mixers (every layer's token mixer) or replaced (what the plan swapped in: mixers, MLPs).")]
             = DISTILL["trainable"],
             hidden_weight: Annotated[float, typer.Option(
                 help="Off-policy: weight of the per-layer hidden-state alignment term (0: off).")]

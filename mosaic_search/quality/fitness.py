@@ -13,19 +13,19 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from ..errors import UsageError
+from ..errors import invalid
 
 
-def calibration_windows(teacher: str, data: str, seq_len: int, windows: int, flag: str = "--data"):
+def calibration_windows(teacher: str, data: str, seq_len: int, windows: int, param: str = "data"):
     """`windows` text windows of `seq_len` tokens from the start of `data` (as the scorer cuts them); UsageError
     (exit 2) naming both numbers when the file holds fewer, before any evaluation."""
     from ..hf import data as data_mod
     from ..hf import surgery
     from ..hf.models import load_config
 
-    source = data_mod.check_source(data, flag)
+    source = data_mod.check_source(data, param)
     if source == data_mod.SELF:
-        raise UsageError(f"{flag} self: refine measures plans on text; give a .txt/.jsonl/.parquet file")
+        raise invalid(param, "self: refine measures plans on calibration text; give a .txt/.jsonl/.parquet file")
     config = load_config(teacher)
     vision = None
     if surgery.architecture(config).record.image_inputs:
@@ -39,7 +39,7 @@ def calibration_windows(teacher: str, data: str, seq_len: int, windows: int, fla
     if len(got) < windows:  # the file is short, so counting all of its tokens again is cheap
         have = sum(len(tok(d, add_special_tokens=False, verbose=False)["input_ids"]) if isinstance(d, str) else 0
                    for d in data_mod.documents(source, tok))
-        raise UsageError(f"{flag} {data_mod.display_name(source)}: {have} tokens, fewer than the {windows * seq_len} "
+        raise invalid(param, f"{data_mod.display_name(source)}: {have} tokens, fewer than the {windows * seq_len} "
                          f"the high fidelity needs ({windows} windows of {seq_len})")
     return got[:windows]
 

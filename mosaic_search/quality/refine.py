@@ -24,7 +24,7 @@ from ..artifacts.files import PLANS_DIR, append_line, check_not_input, check_out
 from ..artifacts.header import Header, check_same_model, save, sha256_json
 from ..artifacts.plan import LayerPlan, load_plan
 from ..artifacts.search_record import SearchRecord, save_search_record
-from ..errors import Interrupted, StaleInputError, UsageError, check, flags, integer, number, path_arg
+from ..errors import Interrupted, StaleInputError, UsageError, check, flags, integer, invalid, number, path_arg
 from ..operators import pattern_string, seen_as_full
 from ..search import repair
 from ..search.problem import check_keywords, predicted, prepare, read_paths
@@ -58,10 +58,19 @@ def refine_paths(model_id: str, out=None, plans_dir=PLANS_DIR) -> tuple[Path, Pa
 
 
 def _from_plan(plan, inputs: dict) -> dict:
-    """The targets and constraints a solve plan was solved under, as `problem.prepare` keywords (given ones win)."""
+    """The targets and constraints a solve plan was solved under, as `problem.prepare` keywords; a keyword given with
+    a value other than `prepare`'s default wins (the command line passes every default, which must not undo the
+    plan's own bounds). UsageError for a serving plan (`solve --throughput-speedup`), whose per-batch targets refine
+    does not search."""
+    import inspect
+
     from ..artifacts.profile import workload_from_name
 
     c = load_plan(plan).constraints if not isinstance(plan, LayerPlan) else plan.constraints
+    if c.get("serving"):
+        raise invalid("plan", "was solved for a throughput target (`solve --throughput-speedup`), which refine does "
+                              "not search; refine under its batch's bounds instead (`max_memory`, `cache_batch`, "
+                              "`cache_context` and a `tpot_speedup`)")
     got = {"workloads": c.get("workloads"), "speedup": c.get("speedup"), "ttft_speedup": c.get("ttft_speedup"),
            "tpot_speedup": c.get("tpot_speedup"), "max_cache_bytes": c.get("max_cache_bytes"),
            "cache_batch": c.get("cache_batch") or 1, "ops": c.get("ops"), "pins": c.get("pins"),
@@ -72,7 +81,9 @@ def _from_plan(plan, inputs: dict) -> dict:
         got["cache_context"] = workload_from_name(c.get("cache_workload") or c["memory_workload"]).seq_len
     if c.get("memory_batch"):
         got["cache_batch"] = c["memory_batch"]
-    return {**{k: v for k, v in got.items() if v is not None}, **{k: v for k, v in inputs.items() if v is not None}}
+    defaults = {k: q.default for k, q in inspect.signature(prepare).parameters.items()}
+    given = {k: v for k, v in inputs.items() if v is not None and (k not in got or v != defaults.get(k))}
+    return {**{k: v for k, v in got.items() if v is not None}, **given}
 
 
 def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, data=None, seq_len=None,
@@ -126,9 +137,9 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
         plan_obj = plan if isinstance(plan, LayerPlan) else load_plan(plan)
         inputs = _from_plan(plan_obj, inputs)
     p = prepare(profile, scores, allow_stale=allow_stale, **inputs)
-    if not (p.targets or p.cache or p.min_count or p.max_count):
+    if not (p.targets or p.cache or p.memory or p.min_count or p.max_count):
         raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup`, "
-                         "`max_cache_bytes` or `plan`")
+                         "`max_cache_bytes`, `max_memory` or `plan`")
     if plan is not None and not allow_stale and {k: plan_obj.header.inputs.get(k) for k in p.inputs} != p.inputs:
         raise StaleInputError("the plan was solved on another profile or sensitivity table than these; pass the "
                               "ones it was solved on (`profile`, `scores`) or `allow_stale`")
@@ -172,20 +183,24 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     if not resume and write and log.exists():
         logger.info("note: starting afresh; %s of an unfinished run is discarded (--resume keeps it)", log)
         log.unlink()
+    elif resume and not done and log.is_file() and log.stat().st_size:
+        logger.info("note: %s holds no measurement of this search (other targets, constraints or settings); "
+                    "starting afresh", log)
     fit = fitness.Fitness(teacher, windows, low_windows, weights, device, seed)
     search = _Search(p, fit, settings, fp, done, log if write else None, progress)
     try:
         search.run(starts)
-    except KeyboardInterrupt:
+        best = reranked = search.best()
+        if rerank_steps:
+            finalists = sorted(search.high.values(), key=lambda r: (r["measured_kl"], r["index"]))[:rerank_finalists]
+            ranks = rerank_mod.rerank(p, finalists, teacher=teacher, library=library, windows=windows,
+                                      steps=rerank_steps, seed=seed, folder=plan_out.parent, progress=progress)
+    except KeyboardInterrupt:  # in the search or in re-ranking: the measurements are kept either way
         kept = len(log.read_bytes().splitlines()) if write and log.is_file() else 0
         raise Interrupted(f"interrupted after {len(search.rows)} measurements; " + (
             f"{kept} measured plans are kept in {log}; rerun with --resume to continue" if kept
             else "nothing was written")) from None
-    best = reranked = search.best()
     if rerank_steps:
-        finalists = sorted(search.high.values(), key=lambda r: (r["measured_kl"], r["index"]))[:rerank_finalists]
-        ranks = rerank_mod.rerank(p, finalists, teacher=teacher, library=library, windows=windows, steps=rerank_steps,
-                                  seed=seed, folder=plan_out.parent, progress=progress)
         chosen = min(ranks, key=lambda r: (r["distilled_kl"], r["measured_kl"], r["index"]))
         best = next(r for r in finalists if r["index"] == chosen["index"])
         reranked = {"steps": rerank_steps, "finalists": ranks, "without": reranked["index"], "with": best["index"]}

@@ -57,7 +57,7 @@ def distill(model: str, teacher: str | None = D.teacher, oracle: str | None = D.
     `teacher` defaults to the one recorded in the model's plan; `data` to "self", sequences sampled from the teacher
     (a file: .txt/.jsonl/.parquet, for VLM image rows too; for `tiny-vl`, its calibration.jsonl of image and text
     rows); `trainable`: `all`, `mixers` (every layer's token mixer)
-    or `replaced` (the mixers the plan swapped in; nothing for a plan of none/drop layers). Errors before any
+    or `replaced` (the mixers and MLPs the plan swapped in; nothing for a plan of none/drop layers). Errors before any
     training: bad settings or data, a tokenizer or oracle vocabulary that differs from the teacher's, an existing
     `out` without `overwrite`. `quality`: measure the model before and after (`evaluate.measure`) on `eval_data`
     (for `tiny`: its default evaluation set; any other teacher: only when `eval_data` is given).

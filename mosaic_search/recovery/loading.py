@@ -58,8 +58,9 @@ def load(model: str, teacher: str, oracle: str | None, device: str):
 
 def trainable(student, ref, which: str) -> list:
     """(name, parameter) pairs that train, by the student's own parameter names, marked requires_grad; a one-line
-    error when there are none. `replaced`: the layers whose operator differs from the teacher's own there (`ref`'s),
-    their mixers and their narrower MLPs; `mixers`: every layer's token mixer; `all`: every parameter."""
+    error when there are none. `replaced`: what the plan swapped in where a layer differs from the teacher's own
+    (`ref`'s): its mixer where that differs, its narrower MLP where it has one; `mixers`: every layer's token mixer;
+    `all`: every parameter."""
     from ..hf import surgery
     from ..operators import Candidate
 
@@ -75,7 +76,8 @@ def trainable(student, ref, which: str) -> list:
             if which == "replaced" and ops[i] == own[i]:
                 continue
             mixer = getattr(layer, "self_attn", None)
-            if mixer is not None:
+            # replaced: only what the plan swapped in (a layer that narrowed its MLP alone keeps the teacher's mixer)
+            if mixer is not None and (which != "replaced" or ops[i].mixer != own[i]):
                 chosen.update(id(p) for p in mixer.parameters())
             if which == "replaced" and ops[i].mlp:
                 chosen.update(id(p) for p in layer.mlp.parameters())

@@ -167,7 +167,7 @@ def memory_note(p: Problem, time_limit_s=60) -> str | None:
     if (m := p.memory) is None:
         return None
     least = smallest_memory(p, time_limit_s)
-    if least is not None and least <= m.limit_bytes * (1 + 1e-9):
+    if least is None or least <= m.limit_bytes * (1 + 1e-9):  # None: the other rows (a cache bound) leave no plan
         return None
     return (f"memory limit {m.limit_bytes:.0f} bytes is below the smallest reachable memory, {least} bytes (weights + "
             f"cache at batch {m.batch}, workload {m.workload})")
@@ -280,9 +280,9 @@ def _begin(caller, inputs: dict, time_limit_s, mip_gap, out, write: bool, overwr
     check(strategy is None or isinstance(strategy, str), "strategy", f"must be one of {STRATEGIES}, got {strategy!r}")
     p = prepare(**inputs)
     if strategy is not None and not strategy.startswith("pattern:") and not (
-            p.targets or p.cache or p.min_count or p.max_count):
-        raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup` or "
-                         "`max_cache_bytes`")
+            p.targets or p.cache or p.memory or p.min_count or p.max_count):
+        raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup`, "
+                         "`max_cache_bytes` or `max_memory`")
     positive("time_limit_s", time_limit_s)
     paths = outputs(plan_path(p.profile.header.model.id, out, plans_dir=inputs.get("plans_dir", PLANS_DIR), name=name))
     if write:

@@ -33,16 +33,17 @@ def parse_spec(text, param: str | None = None, given: str = "") -> str | Candida
     return text
 
 
-def pairs(items, what: str) -> list[tuple[str, str]]:
-    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs; `what` names the library
-    parameter in the UsageError raised for a string without '=' or with an empty side."""
+def pairs(items, what: str, last: bool = False) -> list[tuple[str, str]]:
+    """A mapping, or 'KEY=VALUE' strings as the CLI gives them, as (key, value) pairs, split at the first '=' (pins:
+    `3=gqa:kv_heads=1`) or, with `last`, at the last (counts: `gqa:kv_heads=1=2`); `what` names the library parameter
+    in the UsageError raised for a string without '=' or with an empty side."""
     if not items:
         return []
     if isinstance(items, dict):
         return [(str(k), v) for k, v in items.items()]
     out = []
     for item in listed(what, items):
-        key, sep, value = str(item).partition("=")
+        key, sep, value = str(item).rpartition("=") if last else str(item).partition("=")
         if not sep or not key.strip() or not value.strip():
             raise invalid(what, f': cannot parse "{item}", expected KEY=VALUE')
         out.append((key.strip(), value.strip()))
@@ -52,7 +53,7 @@ def pairs(items, what: str) -> list[tuple[str, str]]:
 def counts(items, what: str, layers: int) -> list:
     """"OP=N" strings or {op: n} as [(spec, n)], each n a count of layers (`what` names the parameter in errors)."""
     out = []
-    for key, value in pairs(items, what):
+    for key, value in pairs(items, what, last=True):
         try:
             n = int(value)
         except (TypeError, ValueError):
