@@ -81,6 +81,9 @@ def test_a_real_sigint_during_score_keeps_the_finished_items_for_resume(tmp_path
         import os, signal, sys
         from mosaic_search.quality import library
         from mosaic_search.cli import main
+        # Ctrl-C as a terminal delivers it, even when this suite runs in the background (where the shell starts
+        # children with SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         real, n = library.append_item, [0]
         def append(path, row):  # Ctrl-C right after the second finished item
             real(path, row)
