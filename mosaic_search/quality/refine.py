@@ -32,7 +32,7 @@ from . import rerank as rerank_mod
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EVALUATIONS = 60  # measurements, screening and full together: about 1.5 minutes for tiny on 2 cores
+DEFAULT_EVALUATIONS = 60  # measurements, screening and full together: 48 s for tiny on 2 idle cores (BENCHMARKS)
 DEFAULT_SOLUTIONS = 4  # the MIP's pool of seeds
 DEFAULT_MIN_DISTANCE = 2
 DEFAULT_LOW_WINDOWS = 2
