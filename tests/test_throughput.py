@@ -121,6 +121,9 @@ def test_throughput_target_picks_the_plan_and_the_largest_fitting_batch():
         assert record["throughput_tokens_per_s"] >= x * record["teacher_throughput_tokens_per_s"] * (1 - 1e-9)
     with pytest.raises(InfeasibleError, match=r"throughput speedup 100.000x not reachable .* the best is"):
         serving.solve_serving(100, memory, 256, profile=prof, scores=sens, write=False)
+    with pytest.raises(UsageError, match=r"throughput_speedup must be at least 1 \(a speedup over the teacher\), "
+                                         r"got 0.5"):
+        serving.solve_serving(0.5, memory, 256, profile=prof, scores=sens, write=False)
 
 
 def test_serving_flags_on_the_command_line(tmp_path, capsys):

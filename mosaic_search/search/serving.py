@@ -15,7 +15,7 @@ from ..artifacts import files
 from ..artifacts.files import PLANS_DIR
 from ..artifacts.header import save
 from ..artifacts.plan import LayerPlan
-from ..errors import InfeasibleError, UsageError, invalid
+from ..errors import InfeasibleError, UsageError, check, invalid
 from .memory import memory_bytes, teacher_memory
 from .problem import _cache_workload, check_keywords, prepare, read_paths
 from .specs import positive
@@ -34,6 +34,8 @@ def solve_serving(throughput_speedup, memory, context=None, *, time_limit_s=60, 
     nothing fits, or the best reachable throughput speedup.
     """
     x = positive("throughput_speedup", throughput_speedup)
+    check(x >= 1, "throughput_speedup", f"must be at least 1 (a speedup over the teacher), got {throughput_speedup}: "
+                                        "below 1 it would allow serving slower than the teacher")
     positive("memory", memory)
     check_keywords(solve_serving, inputs)
     check_gap(mip_gap)
