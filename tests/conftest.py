@@ -191,3 +191,13 @@ class WorkTimer:
         speed, (ref, _), (work, names) = self._speed(), self._cost(reference), self._cost(fn)
         self.seen.append(names)
         return [(ref * speed, work * speed)] * 3
+
+
+@pytest.fixture
+def pair(tmp_path, monkeypatch):
+    """A small solved-for profile and sensitivity table (test_solver's `make(4, seed=5)`) saved in a fresh working
+    directory: (profile path, table path), for tests of argument and error handling."""
+    from test_solver import make, save_pair
+
+    monkeypatch.chdir(tmp_path)
+    return save_pair(tmp_path, *make(4, seed=5))

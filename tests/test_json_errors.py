@@ -3,16 +3,7 @@ and says itself as every error does, one line `error: ...` on stderr, with its d
 
 from __future__ import annotations
 
-import pytest
-from test_solver import make, save_pair
-
 from mosaic_search.cli import main
-
-
-@pytest.fixture
-def pair(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return save_pair(tmp_path, *make(4, seed=5))
 
 
 def _cases(p, s):

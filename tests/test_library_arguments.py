@@ -6,7 +6,6 @@ unknown keyword is named with the function the user called."""
 from __future__ import annotations
 
 import pytest
-from test_solver import make, save_pair
 
 import mosaic_search as mosaic
 from mosaic_search import builder
@@ -20,12 +19,6 @@ from mosaic_search.operators import Candidate
 from mosaic_search.quality import evaluation, refine
 from mosaic_search.recovery.settings import DistillSettings
 from mosaic_search.search import serving, solver
-
-
-@pytest.fixture
-def pair(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return save_pair(tmp_path, *make(4, seed=5))
 
 
 def _refused(call, message):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_solver import make, save_pair
 
 from mosaic_search import builder
 from mosaic_search.artifacts import files, frames
@@ -18,12 +17,6 @@ from mosaic_search.latency import bench
 from mosaic_search.quality import scorer
 from mosaic_search.quality.library import ItemStore
 from mosaic_search.search import solver
-
-
-@pytest.fixture
-def pair(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return save_pair(tmp_path, *make(4, seed=5))
 
 
 def _cases(p, s):
