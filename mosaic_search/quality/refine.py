@@ -193,8 +193,10 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
         best = reranked = search.best()
         if rerank_steps:
             finalists = sorted(search.high.values(), key=lambda r: (r["measured_kl"], r["index"]))[:rerank_finalists]
-            ranks = rerank_mod.rerank(p, finalists, teacher=teacher, library=library, windows=windows,
-                                      steps=rerank_steps, seed=seed, folder=plan_out.parent, progress=progress)
+            fit.assemble(fit.teacher_ops)  # the teacher again: the reference every finalist is measured against
+            ranks = rerank_mod.rerank(p, finalists, teacher=teacher, reference=fit.model, library=library,
+                                      windows=windows, steps=rerank_steps, seed=seed, folder=plan_out.parent,
+                                      progress=progress)
     except KeyboardInterrupt:  # in the search or in re-ranking: the measurements are kept either way
         kept = len(log.read_bytes().splitlines()) if write and log.is_file() else 0
         raise Interrupted(f"interrupted after {len(search.rows)} measurements; " + (

@@ -30,11 +30,12 @@ def check_windows(windows) -> None:
                          "does not measure; re-rank without them (`data`: a text file) or leave it off")
 
 
-def rerank(p, finalists: list[dict], *, teacher: str, library, windows, steps: int, seed: int, folder: Path,
-           progress=None) -> list[dict]:
+def rerank(p, finalists: list[dict], *, teacher: str, reference, library, windows, steps: int, seed: int,
+           folder: Path, progress=None) -> list[dict]:
     """Build, distill `steps` steps and measure each of `finalists` (refine's search rows, with `layers_c`); return
     one record per finalist: {"index", "pattern", "measured_kl" (refine's, as built), "built_kl", "distilled_kl"
-    (`evaluation.measure` on `windows` before and after distillation)}, in the order given."""
+    (`evaluation.measure` on `windows` before and after distillation)}, in the order given. `reference`: the teacher
+    `teacher` loaded (refine's fitness model with every layer restored), not loaded a second time."""
     from .. import builder
     from ..artifacts.header import save
     from ..hf.models import load_model
@@ -44,7 +45,6 @@ def rerank(p, finalists: list[dict], *, teacher: str, library, windows, steps: i
 
     progress = progress or (lambda *a: None)
     evals = EvalSet(windows=windows.ids, probes=(), split=windows.ids.shape[1], source="calibration")
-    reference = load_model(teacher)
     out = []
     with tempfile.TemporaryDirectory(prefix=".rerank-", dir=folder) as tmp:
         for k, row in enumerate(finalists):
