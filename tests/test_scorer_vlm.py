@@ -18,7 +18,7 @@ from mosaic_search.artifacts.header import Header, save
 from mosaic_search.artifacts.plan import LayerPlan
 from mosaic_search.cli import main
 from mosaic_search.hf import data, surgery
-from mosaic_search.hf.models import load_model, model_from_config
+from mosaic_search.hf.models import end_tokens, load_model, model_from_config
 from mosaic_search.operators import Candidate
 from mosaic_search.quality import scorer
 from mosaic_search.quality.library import library_path, load_library_entry
@@ -271,8 +271,8 @@ def test_onpolicy_samples_answer_image_questions_and_continue_text(vl_teacher, r
     again, _ = losses.sample(student, batch)
     assert torch.equal(gen.sequences.ids, again.sequences.ids)
     assert student.training and gen.image_token == IMAGE
-    eos = set(student.generation_config.eos_token_id if isinstance(student.generation_config.eos_token_id, list)
-              else [student.generation_config.eos_token_id])
+    eos = end_tokens(student)
+    assert eos
     for row, (ids, length, images) in enumerate(zip(gen.sequences.ids, gen.sequences.lengths, gen.sequences.images)):
         cut, source = cuts[row], batch.sequences
         assert ids[:cut].tolist() == source.ids[row, :cut].tolist()

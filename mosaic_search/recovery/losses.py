@@ -134,6 +134,7 @@ def sample(student, batch):
     import torch
 
     from ..hf.data import Windows
+    from ..hf.models import end_tokens
     from ..hf.vision import model_inputs
 
     seqs, image_token = batch.sequences, batch.image_token
@@ -147,8 +148,7 @@ def sample(student, batch):
     # a sampled image (or video) token would ask the forward passes for an image that no pixel values give
     vision = [t for t in (getattr(student.config, k, None) for k in ("image_token_id", "video_token_id"))
               if t is not None]
-    eos = student.generation_config.eos_token_id
-    ends = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    ends = end_tokens(student)
     rows: list = [None] * len(seqs)
     student.eval()
     with torch.no_grad():
