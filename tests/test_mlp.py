@@ -43,6 +43,9 @@ def test_grammar_defaults_and_bad_widths():
     assert widths(tiny) == [288, 192, 96]
     assert [str(c) for c in parse_candidates("mlp,nomlp", tiny)] == [
         "mlp:width=288", "mlp:width=192", "mlp:width=96", "nomlp"]
+    # a bare part of a composite is its defaults, every pairing of the two
+    assert [c.label for c in parse_candidates("gqa+mlp,swa:window=64+nomlp", tiny)] == [
+        "gqa+mlp:288", "gqa+mlp:192", "gqa+mlp:96", "swa:64+nomlp"]
     for text, why in (("mlp:width=512", "at most 384"), ("mlp:width=0", "positive integer"),
                       ("mlp:width=100", "multiple of 32 up to the teacher's 384 (e.g. 288, 192, 96)"),
                       ("drop+mlp:width=96", "drop skips the whole layer"), ("mlp+nomlp", "a mixer with an MLP")):
@@ -102,6 +105,12 @@ def test_choices_compose_both_axes_and_the_mip_is_exact():
     # a mixer with an MLP in --ops stands for its two parts, as in profile and score
     both = problem.prepare(prof, sens, speedup=1.0, ops="gdn+mlp:width=96,drop")
     assert [{ch.candidate for ch in cs} for cs in both.choices] == [{D, X, D.with_mlp(W)}] * 3
+    bare = problem.prepare(prof, sens, speedup=1.0, ops="gdn+mlp,drop")  # any width the inputs hold
+    assert [{ch.candidate for ch in cs} for cs in bare.choices] == [{D, X, D.with_mlp(W)}] * 3
+    for ops, why in (("drop+mlp", "drop skips the whole layer"), ("gqa+gdn", "a mixer with an MLP"),
+                     ("gdn+mlp:width=50", "mlp:width=50: not in both the profile and the sensitivity table")):
+        with pytest.raises(UsageError, match=why):
+            problem.prepare(prof, sens, speedup=1.0, ops=ops)
     plan = solver.solve(prof, sens, speedup=2.0, write=False)
     assert any(c.mlp for c in plan.layers) and to_json(plan)["layers"][0].keys() >= {"op", "params"}
 

@@ -6,7 +6,8 @@ bottom of this module. Nothing here imports torch: `mosaic solve` reads the regi
 
 from __future__ import annotations
 
-from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, OperatorSpec, cache_layout, compose,
+from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, OperatorSpec, cache_layout, check_pair,
+                       compose,
                        default_candidates, from_symbol, get, parse_candidates, pattern_string, plot_color, register,
                        seen_as_full, unbuildable)
 
@@ -14,6 +15,7 @@ from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, Oper
 # candidate order): not alphabetical, append new files at the end
 from . import attention, latent, delta, removal, mlp  # noqa: E402, F401, I001  # isort: skip
 
-__all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout", "compose",
+__all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout", "check_pair",
+           "compose",
            "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_string", "plot_color", "register",
            "seen_as_full", "unbuildable"]

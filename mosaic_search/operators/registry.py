@@ -132,10 +132,7 @@ class Candidate:
         candidate takes (None: the teacher's)."""
         spec = get(op)
         if mlp is not None:
-            if spec.axis != "mixer" or mlp.spec.axis != "mlp" or mlp.mlp:
-                raise UsageError(f"{op}+{mlp}: a layer's choice is a mixer with an MLP (e.g. gqa+mlp:width=256)")
-            if spec.name == "drop":
-                raise UsageError(f"drop+{mlp}: drop skips the whole layer, its MLP too")
+            check_pair(op, "+" if mlp.mlp else mlp.op, f"{op}+{mlp}")
         params = dict(params or {})
         for key, value in params.items():
             if key not in spec.params:
@@ -270,7 +267,8 @@ class Candidate:
 OPS_HELP = ("Comma-separated candidates, e.g. gqa,swa,gdn or swa:window=1024,mla:rank=256,mlp:width=256,nomlp. A "
             "bare operator with params (swa, mla, mlp) means its default params for this model: every default window "
             "/ rank / width (in solve: every one the profile and scores hold). MLP candidates (mlp, nomlp) are a "
-            "second axis: each layer takes a mixer and an MLP; gqa+mlp:width=256 stands for both parts.")
+            "second axis: each layer takes a mixer and an MLP; gqa+mlp:width=256 stands for both parts (swa+mlp: every "
+            "default of each).")
 
 
 def parse_candidates(ops, dims) -> list[Candidate]:
@@ -290,17 +288,33 @@ def parse_candidates(ops, dims) -> list[Candidate]:
                 found = [item]
             elif not str(item).strip():
                 continue
-            elif ":" in str(item) or "+" in str(item) or not _required(get(str(item).strip())):
-                found = [Candidate.parse(str(item))]
+            elif "+" in str(item):  # a mixer with an MLP: each part as one item, every pairing of the two
+                mixer, _, mlp = str(item).partition("+")
+                found = [Candidate.of(m.op, m.kwargs, p) for m in _one(mixer, dims) for p in _one(mlp, dims)]
             else:
-                op = str(item).strip()
-                found = [Candidate.of(op, p) for p in REGISTRY[op].defaults(dims)]
+                found = _one(str(item), dims)
             out += [c for c in found if c not in out]
         if not out:
             raise UsageError("empty operator list")
         return [c.check_fits(dims) for c in out]
     except UsageError as e:  # named as every stage names it
         raise invalid("ops", f": {e}") from None
+
+
+def check_pair(mixer: str, mlp: str, text: str) -> None:
+    """UsageError naming `text` unless operators `mixer` + `mlp` make a layer choice: a mixer other than drop with an
+    MLP candidate."""
+    if get(mixer).axis != "mixer" or mlp not in REGISTRY or get(mlp).axis != "mlp":
+        raise UsageError(f"{text}: a layer's choice is a mixer with an MLP (e.g. gqa+mlp:width=256)")
+    if mixer == "drop":
+        raise UsageError(f"{text}: drop skips the whole layer, its MLP too")
+
+
+def _one(text: str, dims) -> list[Candidate]:
+    """One item of `ops` without '+': itself, or for a bare operator with required params its defaults."""
+    if ":" in text or not _required(get(text.strip())):
+        return [Candidate.parse(text)]
+    return [Candidate.of(text.strip(), p) for p in REGISTRY[text.strip()].defaults(dims)]
 
 
 def _required(spec: OperatorSpec) -> tuple:

@@ -21,7 +21,7 @@ from ..operators import Candidate, unbuildable
 from .choices import Choice, layer_choices
 from .inputs import load_inputs
 from .memory import MemoryBound, memory_bound
-from .specs import counts, matches, pairs, parse_spec, positive
+from .specs import counts, matches, pairs, parse_parts, parse_spec, positive
 
 METRICS = ("kl", "delta_loss")
 
@@ -219,9 +219,7 @@ def _measured(profile: LatencyProfile, scores: SensitivityTable, scope, metric: 
 def _ops(ops, held: set) -> tuple:
     """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs; a mixer with an
     MLP (`gqa+mlp:width=256`) stands for its two parts, as in every stage's --ops (`surgery.candidates`)."""
-    specs = [parse_spec(t, "ops") for t in listed("ops", ops) or [] if str(t).strip()]
-    keep = tuple(dict.fromkeys(p for s in specs for p in ((s.mixer, s.mlp_candidate) if isinstance(s, Candidate)
-                                                            else (s,)) if p is not None))
+    keep = tuple(dict.fromkeys(p for t in listed("ops", ops) or [] if str(t).strip() for p in parse_parts(t, "ops")))
     if ops is not None and not keep:
         raise invalid("ops", ": empty operator list")
     for spec in keep:

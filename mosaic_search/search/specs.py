@@ -4,7 +4,7 @@ counts of layers, positive numbers."""
 from __future__ import annotations
 
 from ..errors import UsageError, did_you_mean, invalid, listed, number
-from ..operators import REGISTRY, Candidate
+from ..operators import REGISTRY, Candidate, check_pair
 
 
 def matches(spec, c: Candidate) -> bool:
@@ -31,6 +31,23 @@ def parse_spec(text, param: str | None = None, given: str = "") -> str | Candida
     except UsageError as e:
         raise (invalid(param, f"{given}: {e}") if param else UsageError(str(e))) from None
     return text
+
+
+def parse_parts(text, param: str) -> tuple:
+    """The specs an --ops item stands for: an operator or candidate alone, or a mixer with an MLP as its two parts,
+    each bare ('swa+mlp': any window, any width) or with params, checked to pair (`operators.check_pair`)."""
+    if isinstance(text, Candidate):
+        return tuple(p for p in (text.mixer, text.mlp_candidate) if p is not None)
+    mixer, plus, mlp = str(text).strip().partition("+")
+    if not plus:
+        spec = parse_spec(text, param)
+        return (spec,) if isinstance(spec, str) else tuple(p for p in (spec.mixer, spec.mlp_candidate) if p is not None)
+    parts = (parse_spec(mixer, param, text), parse_spec(mlp, param, text))
+    try:
+        check_pair(*(p.op if isinstance(p, Candidate) else p for p in parts), str(text).strip())
+    except UsageError as e:
+        raise invalid(param, f": {e}") from None
+    return parts
 
 
 def pairs(items, what: str, last: bool = False) -> list[tuple[str, str]]:
