@@ -190,7 +190,13 @@ def test_rerank_after_distillation_hands_over_the_best_distilled_finalist(setup,
     rows = load_search_record(out.with_name("plan.search.json"))
     high = sorted((r for r in rows.evaluations if r["fidelity"] == "high"), key=lambda r: (r["measured_kl"], r["index"]))
     info = plan.solver["rerank"]
-    assert info["steps"] == 2 and [f["index"] for f in info["finalists"]] == [r["index"] for r in high[:2]]
+    mip = next(r for r in high if r["origin"] == "mip-1")  # the plan `mosaic solve` hands over
+    added = mip["index"] not in [r["index"] for r in high[:2]]
+    assert info["mip"]["index"] == mip["index"] and info["mip"]["added"] is added
+    assert info["steps"] == 2 and [f["index"] for f in info["finalists"]] == [r["index"] for r in high[:2]] + (
+        [mip["index"]] if added else [])
+    assert [f["origin"] for f in info["finalists"]] == [rows.evaluations[f["index"]]["origin"]
+                                                        for f in info["finalists"]]
     assert info["without"] == high[0]["index"]  # the plan refine hands over without re-ranking
     chosen = min(info["finalists"], key=lambda f: f["distilled_kl"])
     assert info["with"] == chosen["index"] == rows.best
@@ -202,6 +208,27 @@ def test_rerank_after_distillation_hands_over_the_best_distilled_finalist(setup,
     assert sorted(p.name for p in out.parent.iterdir()) == ["plan.json", "plan.search.json"]  # no temporary models
     with pytest.raises(UsageError, match="rerank_steps must be 0"):
         _run(setup, setup["dir"] / "rerank-bad" / "plan.json", rerank_steps=-1)
+
+
+def test_rerank_finalists_are_the_best_plans_plus_the_mips_own_when_it_is_not_among_them():
+    from mosaic_search.quality import rerank
+
+    kls = {"mip-1": 0.5, "mip-2": 0.3, "greedy": 0.4, "move": 0.2}
+    rows = [{"index": i, "origin": o, "measured_kl": kl} for i, (o, kl) in enumerate(kls.items())]
+    rows.append({"index": 4, "origin": "move", "measured_kl": 0.3})  # ties go to the first measured
+    out, note = rerank.finalists(rows, 3, rows[0])
+    assert [r["index"] for r in out] == [3, 1, 4, 0]
+    assert note == {"index": 0, "origin": "mip-1", "added": True,
+                    "reason": "the MIP's own plan (rank 5 by measured KL) is not among the 3 best: re-ranked too, so "
+                              "that the plan handed over distills no worse than it"}
+    out, note = rerank.finalists(rows, 5, rows[0])
+    assert [r["index"] for r in out] == [3, 1, 4, 2, 0] and note["added"] is False
+    assert note["reason"] == "the MIP's own plan (rank 5 by measured KL) is among the 5 best"
+    rows[0]["measured_kl"] = 0.25  # now second: exactly the 3 best, once
+    out, note = rerank.finalists(rows, 3, rows[0])
+    assert [r["index"] for r in out] == [3, 0, 1] and note["added"] is False
+    out, note = rerank.finalists(rows, 1, rows[0])
+    assert [r["index"] for r in out] == [3, 0] and note["added"] is True
 
 
 def test_rerank_refuses_calibration_windows_with_images():
