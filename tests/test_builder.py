@@ -456,6 +456,13 @@ def test_library_missing_an_aligned_layer_is_one_line_error(built, tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
     with pytest.raises(UsageError, match="no such candidate library"):
         builder.build(plan, library=tmp_path / "nope.safetensors", out=tmp_path / "out")
+    from mosaic_search.quality.library import load_library_entry
+
+    sidecar = tmp_path / "library.json"  # the JSON beside a library, given in its place
+    sidecar.write_text("{}")
+    with pytest.raises(UsageError, match=r"library.json: not a readable safetensors library .*; the library is "
+                                         r"library.safetensors$"):
+        load_library_entry(sidecar, 0, Candidate.of("gqa"))
 
 
 # ---- bad input ------------------------------------------------------------------------------------

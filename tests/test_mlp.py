@@ -99,6 +99,9 @@ def test_choices_compose_both_axes_and_the_mip_is_exact():
         assert (chosen is None) == (best is None) and got["objective"] == pytest.approx(best, abs=1e-9)
     mixers = problem.prepare(prof, sens, speedup=1.0, ops="gqa,gdn,drop")
     assert all(ch.candidate.mlp_candidate is None for cs in mixers.choices for ch in cs)
+    # a mixer with an MLP in --ops stands for its two parts, as in profile and score
+    both = problem.prepare(prof, sens, speedup=1.0, ops="gdn+mlp:width=96,drop")
+    assert [{ch.candidate for ch in cs} for cs in both.choices] == [{D, X, D.with_mlp(W)}] * 3
     plan = solver.solve(prof, sens, speedup=2.0, write=False)
     assert any(c.mlp for c in plan.layers) and to_json(plan)["layers"][0].keys() >= {"op", "params"}
 

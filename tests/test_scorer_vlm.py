@@ -1,5 +1,6 @@
-"""`mosaic score` on chat rows with images for a Qwen3-VL teacher: the KL of a swap scored from the cached hidden
-states equals the swapped model's own forward on the images (mRoPE and DeepStack included); bad images."""
+"""`mosaic score` and `mosaic distill` on chat rows with images for a Qwen3-VL teacher: the KL of a swap scored from
+the cached hidden states equals the swapped model's own forward on the images (mRoPE and DeepStack included); bad
+images; distillation's on-policy samples of image rows and their loss."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from mosaic_search.artifacts.header import Header, save
 from mosaic_search.artifacts.plan import LayerPlan
 from mosaic_search.cli import main
 from mosaic_search.hf import data, surgery
-from mosaic_search.hf.models import load_model, model_from_config
+from mosaic_search.hf.models import end_tokens, load_model, model_from_config
 from mosaic_search.operators import Candidate
 from mosaic_search.quality import scorer
 from mosaic_search.quality.library import library_path, load_library_entry
@@ -221,23 +222,130 @@ def test_bad_images_are_one_line_exit_2_and_write_nothing(vl_teacher, tmp_path, 
         assert not out.parent.exists(), name
 
 
-def test_distill_trains_on_image_rows_and_prompts_on_text_rows(vl_teacher, image_data, tmp_path, capsys):
-    """Stage 5 on a Qwen3-VL build: image windows go through the vision tower (off-policy), text windows prompt the
-    on-policy samples; a data file of image rows only is refused for on-policy before any training."""
+def _reply_row(*parts, reply):
+    return json.dumps({"messages": [json.loads(_row(*parts))["messages"][0], {"role": "assistant", "content": reply}]})
+
+
+@pytest.fixture(scope="module")
+def reply_data(tmp_path_factory):
+    """Two image rows that end with the assistant's reply, one image row without a reply, one text window."""
+    d = tmp_path_factory.mktemp("replies")
+    a, b = _image(d / "a.png", 16, 16, 0), _image(d / "b.png", 24, 16, 1)
+    rows = [_reply_row(a, "w5 w6", reply="w7 w8"), _reply_row(b, "w9", reply="w4"), _row(a, "w5 w6 w7"),
+            json.dumps({"text": _words(45, 2)})]
+    (d / "chat.jsonl").write_text("\n".join(rows) + "\n")
+    return d / "chat.jsonl"
+
+
+def _built(vl_teacher, folder, layers=("gqa", "none", "gqa")):
     from mosaic_search.hf.models import load_config, model_ref
+
+    plan = LayerPlan(header=Header.new(model_ref(vl_teacher, load_config(vl_teacher))),
+                     layers=tuple(map(Candidate.of, layers)), predicted={}, objective=0.0, constraints={}, solver={})
+    return builder.build(save(plan, folder / "plan.json"), library=False, out=folder / "built")
+
+
+def test_an_image_rows_reply_starts_after_its_question(vl_teacher, reply_data):
+    """The prompt of an image row that ends with the assistant's turn is everything before that turn, its image
+    tokens expanded: 16x16 is 4 tokens, 24x16 is 6."""
+    windows, _, _ = data.tokenize_file(str(reply_data), data.tokenizer_of(vl_teacher), 8, 8, SEQ,
+                                       data.Vision(vl_teacher, IMAGE))
+    assert windows.replies == [2 + 4 + 2, 2 + 6 + 1, None, None]
+    assert windows.ids[0, 8:11].tolist() == [7, 8, 2] and windows.ids[1, 9:11].tolist() == [4, 2]
+    assert windows.select([3, 1]).replies == [None, 9] and windows[1:2].replies == [9]
+
+
+def test_onpolicy_samples_answer_image_questions_and_continue_text(vl_teacher, reply_data, tmp_path):
+    """An image row keeps its prompt (and its images) and gets the student's own reply, through its first end of
+    sequence; a text row is continued by exactly ONPOLICY_TOKENS sampled tokens; the same seed samples the same."""
+    from mosaic_search.recovery import batches, losses
+
+    student = load_model(str(_built(vl_teacher, tmp_path)))
+    b = batches.training_batches(str(reply_data), data.tokenizer_of(vl_teacher), vl_teacher, load_model(vl_teacher),
+                                 4, SEQ, 0, 1, False)
+    assert b.prompts == [0, 1, 3]
+    batch = b.batch(0, 3, 0, 1, prompts=True)
+    torch.manual_seed(0)
+    gen, cuts = losses.sample(student, batch)
+    torch.manual_seed(0)
+    again, _ = losses.sample(student, batch)
+    assert torch.equal(gen.sequences.ids, again.sequences.ids)
+    assert student.training and gen.image_token == IMAGE
+    eos = end_tokens(student)
+    assert eos
+    for row, (ids, length, images) in enumerate(zip(gen.sequences.ids, gen.sequences.lengths, gen.sequences.images)):
+        cut, source = cuts[row], batch.sequences
+        assert ids[:cut].tolist() == source.ids[row, :cut].tolist()
+        assert images is source.images[row]
+        if images is None:
+            assert (cut, length) == (SEQ - losses.ONPOLICY_TOKENS if SEQ > losses.ONPOLICY_TOKENS else 1, SEQ)
+        else:
+            assert cut == source.replies[row]
+            written = ids[cut:length].tolist()
+            assert 1 <= len(written) <= SEQ - cut and not (set(written[:-1]) & eos)
+            assert written[-1] in eos or len(written) == SEQ - cut
+    # the image token made far the likeliest: it is never sampled (a forward pass would look for its image)
+    hook = student.lm_head.register_forward_hook(lambda _m, _i, out: out.index_add(
+        -1, torch.tensor([IMAGE]), torch.full((*out.shape[:-1], 1), 1e4)))
+    gen, cuts = losses.sample(student, batch)
+    hook.remove()
+    assert all(IMAGE not in ids[cut:].tolist() for ids, cut in zip(gen.sequences.ids, cuts))
+    # every token an end of sequence: each reply is exactly its first token, and the rows are padded after it
+    student.generation_config.eos_token_id = list(range(student.config.get_text_config().vocab_size))
+    gen, cuts = losses.sample(student, batches.Batch(b.sequences.select([0, 1]), IMAGE))
+    assert cuts == [8, 9] and gen.sequences.lengths == [9, 10] and gen.sequences.ids.shape[1] == 10
+    assert gen.sequences.ids[0, 9] == 0
+
+
+def test_onpolicy_loss_of_padded_rows_equals_each_rows_own_forward(vl_teacher, reply_data, tmp_path, monkeypatch):
+    """With fixed samples, the batched loss (image rows padded) is the per-token mean over every row's unpadded
+    forwards: KL(teacher || student) on the prompt's tokens, the chosen divergence (here reverse KL) on the sampled."""
+    from mosaic_search.recovery import batches, losses
+    from mosaic_search.recovery.loading import Models
+
+    student, teacher = load_model(str(_built(vl_teacher, tmp_path))), load_model(vl_teacher)
+    b = batches.training_batches(str(reply_data), data.tokenizer_of(vl_teacher), vl_teacher, teacher, 4, SEQ, 0, 1,
+                                 False)
+    batch = b.batch(0, 3, 0, 1, prompts=True)
+    torch.manual_seed(1)
+    gen, cuts = losses.sample(student, batch)
+    # the image rows' replies cut to 3 tokens, as if each had ended there: the batch is padded after them
+    for row, cut in enumerate(cuts):
+        if gen.sequences.images[row] is not None:
+            gen.sequences.ids[row, cut + 3:] = 0
+            gen.sequences.lengths[row] = cut + 3
+    monkeypatch.setattr(losses, "sample", lambda *a: (gen, cuts))
+    with torch.no_grad():
+        loss = losses.onpolicy_loss(Models(student, student, teacher, None), batch, "reverse", 0.5, 0.0)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for ids, length, images, cut in zip(gen.sequences.ids, gen.sequences.lengths, gen.sequences.images, cuts):
+            ids = ids[None, :length]
+            kwargs = {} if images is None else {**images, "mm_token_type_ids": (ids == IMAGE).int()}
+            t, s = (torch.log_softmax(m(input_ids=ids, use_cache=False, **kwargs).logits[0, :-1].double(), -1)
+                    for m in (teacher, student))
+            forward_kl, reverse_kl = (t.exp() * (t - s)).sum(-1), (s.exp() * (s - t)).sum(-1)
+            total += float(forward_kl[:cut - 1].sum() + reverse_kl[cut - 1:].sum())
+            n += length - 1
+    assert float(loss) == pytest.approx(total / n, rel=1e-4)
+    assert float(loss) > 1e-4
+
+
+def test_distill_trains_on_image_rows_in_both_stages(vl_teacher, reply_data, tmp_path, capsys):
+    """Stage 5 on a Qwen3-VL build: image windows go through the vision tower off-policy; on-policy, the text
+    window is continued and the image rows with replies are answered anew; a file whose image rows have no reply
+    and no text is refused for on-policy before any training."""
     from mosaic_search.recovery import distill
 
-    ref = LayerPlan(header=Header.new(model_ref(vl_teacher, load_config(vl_teacher))),
-                    layers=(Candidate.of("gqa"), Candidate.of("none"), Candidate.of("gqa")), predicted={},
-                    objective=0.0, constraints={}, solver={})
-    built = builder.build(save(ref, tmp_path / "plan.json"), library=False, out=tmp_path / "built")
-    out = distill.distill(str(built), data=str(image_data), steps=2, batch_size=4, seq_len=SEQ, quality=False)
+    built = _built(vl_teacher, tmp_path)
+    out = distill.distill(str(built), data=str(reply_data), steps=2, batch_size=4, seq_len=SEQ, quality=False)
     record = load_distill_record(out)
-    assert record.settings["data"]["windows"] == 4 and record.settings["data"]["text_windows"] == 1
+    assert {k: record.settings["data"][k] for k in ("windows", "text_windows", "image_windows", "prompt_windows")} \
+        == {"windows": 4, "text_windows": 1, "image_windows": 3, "prompt_windows": 3}
     assert [r["stage"] for r in record.losses] == ["offpolicy"] * 2 + ["onpolicy"] * 2
     assert all(r["loss"] > 0 for r in record.losses)
     _, images_only, _ = _bad_image_rows(tmp_path)
     assert main(["distill", str(built), "--data", str(images_only), "--seq-len", str(SEQ), "--no-eval",
                  "--out", str(tmp_path / "x")]) == 2
-    assert "on-policy steps need text prompts" in capsys.readouterr().err
+    assert "no window can prompt on-policy steps" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -22,7 +22,7 @@ from ..assets import TINY_DIR, embedded_dir
 from ..errors import UsageError, invalid, path_arg
 from ..modeling.architectures import image_architectures
 from . import distributed
-from .vision import ImageSample, Vision, image_tokens
+from .vision import ImageSample, Vision, image_tokens, reply_start
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def default_source(teacher: str) -> str:
 
 def default_distill_source(teacher: str) -> str:
     """`distill`'s default data: samples of the teacher (`self`), except for an embedded teacher that reads images,
-    whose calibration file's image rows train off-policy and its text rows prompt on-policy."""
+    whose calibration file's image and text rows train both stages."""
     source = default_source(teacher)
     return source if source.endswith(".jsonl") else SELF
 
@@ -97,6 +97,13 @@ class Windows:
     ids: object
     lengths: list
     images: list
+    # per window: where the last reply of an image chat row starts (`vision.reply_start`), the prompt on-policy
+    # distillation has the model answer; None for every other window (None: all)
+    replies: list | None = None
+
+    def __post_init__(self):
+        if self.replies is None:
+            self.replies = [None] * len(self.lengths)
 
     @classmethod
     def of(cls, ids) -> "Windows":
@@ -107,11 +114,12 @@ class Windows:
         return len(self.ids)
 
     def __getitem__(self, rows: slice) -> "Windows":
-        return Windows(self.ids[rows], self.lengths[rows], self.images[rows])
+        return Windows(self.ids[rows], self.lengths[rows], self.images[rows], self.replies[rows])
 
     def select(self, rows: list) -> "Windows":
         """The windows at these indices, in this order (an index may repeat)."""
-        return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows])
+        return Windows(self.ids[rows], [self.lengths[i] for i in rows], [self.images[i] for i in rows],
+                       [self.replies[i] for i in rows])
 
 
 def documents(path: str | Path, tokenizer, vision: Vision | None = None, prompt: bool = False):
@@ -207,8 +215,11 @@ def _document(row, where: str, tokenizer, vision: Vision | None, base: Path, pro
     if images:
         if not getattr(tokenizer, "chat_template", None):
             raise UsageError(f"{where}: has an image but the teacher's tokenizer has no chat template to place it")
-        return ImageSample(where, tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt),
-                            images)
+        text = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
+        head = None
+        if not prompt and len(flat) > 1 and flat[-1]["role"] == "assistant":
+            head = tokenizer.apply_chat_template(flat[:-1], tokenize=False, add_generation_prompt=True)
+        return ImageSample(where, text, images, head if head and text.startswith(head) else None)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=prompt)
     else:
@@ -251,7 +262,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = next((t for t in (getattr(tokenizer, "pad_token_id", None), eos) if t is not None), 0)
     need = n_score + n_align
-    rows, lengths, images, stream, read = [], [], [], [], 0
+    rows, lengths, images, replies, stream, read = [], [], [], [], [], 0
     notes: dict = {}
     text = Path(source).suffix.lower() == ".txt"
     for doc in documents(source, tokenizer, vision):
@@ -263,6 +274,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
                 rows.append(window[0] + [pad] * (seq_len - len(window[0])))
                 lengths.append(len(window[0]))
                 images.append(window[1])
+                replies.append(window[2])
             continue
         piece = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
         if eos is not None and not text:  # a .txt file is one document, read in blocks
@@ -273,6 +285,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
             rows.append(stream[:seq_len])
             lengths.append(seq_len)
             images.append(None)
+            replies.append(None)
             stream = stream[seq_len:]
     if not rows:
         if notes.get("image_rows_skipped"):
@@ -280,7 +293,7 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
         if not read:
             raise invalid("data", f"{source}: no text in the file")
         raise invalid("data", f"{source}: {read} tokens, fewer than one `seq_len` window of {seq_len}")
-    windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need])
+    windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need], replies[:need])
     if len(windows) < n_score:
         logger.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
     score = windows[:n_score]
@@ -293,9 +306,11 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
 
 
 def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, eos, notes: dict):
-    """(token ids, image inputs) of one image sample, its text after the last image cut to `seq_len`; None (and a
-    note) when its images themselves do not fit."""
+    """(token ids, image inputs, where its last reply starts or None) of one image sample, its text after the last
+    image cut to `seq_len` (a reply that starts past the cut: None); None (and a note) when its images themselves do
+    not fit."""
     ids, inputs = image_tokens(sample, tokenizer, vision)
+    reply = reply_start(sample, ids, tokenizer, vision)
     ids = ids + ([] if eos is None else [eos])
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
@@ -305,7 +320,7 @@ def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, 
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
-    return ids[:seq_len], inputs
+    return ids[:seq_len], inputs, reply if reply is not None and reply < seq_len else None
 
 
 def shared_samples(model, n: int, seq_len: int, seed: int, world: int, every_rank: bool = False):

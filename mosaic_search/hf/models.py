@@ -141,6 +141,13 @@ def model_from_config(config, dtype: str = "float32", seed: int = 0):
     return auto_class(config).from_config(config, dtype=getattr(torch, dtype)).eval()
 
 
+def end_tokens(model) -> set:
+    """The token ids that end the model's generation: its generation config's `eos_token_id` (one id, a list, or
+    none)."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
 def config_sha256(config) -> str:
     """Fingerprint of what a config says about the model (not of how or when it was saved)."""
     obj = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE}

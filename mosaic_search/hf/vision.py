@@ -57,6 +57,9 @@ class ImageSample:
     where: str
     text: str  # the chat template's text: one image token per image
     images: list  # PIL images, in order
+    # the template's text of every turn before the last, then its generation prompt, when the row ends with the
+    # assistant's reply (on-policy distillation has the model write that reply itself); else None
+    prompt: str | None = None
 
 
 def image_tokens(sample: ImageSample, tokenizer, vision: Vision) -> tuple[list, dict]:
@@ -77,6 +80,21 @@ def image_tokens(sample: ImageSample, tokenizer, vision: Vision) -> tuple[list, 
     for tok in ids:
         expanded += [tok] * next(counts) if tok == vision.image_token_id else [tok]
     return expanded, {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+
+
+def reply_start(sample: ImageSample, ids: list, tokenizer, vision: Vision) -> int | None:
+    """Where the row's last reply starts in its expanded token ids `ids` (`image_tokens`): the length of its `prompt`
+    with each image token expanded as in `ids`; None when the row has no prompt, the prompt does not hold every
+    image, or its tokens are not a prefix of the row's (a tokenizer that merges across the turn boundary)."""
+    if sample.prompt is None:
+        return None
+    head = tokenizer(sample.prompt, add_special_tokens=False, verbose=False)["input_ids"]
+    token = vision.image_token_id
+    if head.count(token) != len(sample.images):
+        return None
+    start = len(head) + ids.count(token) - len(sample.images)
+    same = [t for t in ids[:start] if t != token] == [t for t in head if t != token]
+    return start if same and ids[:start].count(token) == ids.count(token) else None
 
 
 def image_tensors(images, device):

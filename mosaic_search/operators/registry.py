@@ -270,7 +270,7 @@ class Candidate:
 OPS_HELP = ("Comma-separated candidates, e.g. gqa,swa,gdn or swa:window=1024,mla:rank=256,mlp:width=256,nomlp. A "
             "bare operator with params (swa, mla, mlp) means its default params for this model: every default window "
             "/ rank / width (in solve: every one the profile and scores hold). MLP candidates (mlp, nomlp) are a "
-            "second axis: each layer takes a mixer and an MLP.")
+            "second axis: each layer takes a mixer and an MLP; gqa+mlp:width=256 stands for both parts.")
 
 
 def parse_candidates(ops, dims) -> list[Candidate]:

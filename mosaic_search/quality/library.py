@@ -73,7 +73,10 @@ def load_library_entry(path: str | os.PathLike, layer: int, candidate: Candidate
             keys = [k for k in f.keys() if k.startswith(prefix)]
             return {k[len(prefix):]: f.get_tensor(k) for k in keys} or None
     except (SafetensorError, OSError) as e:
-        raise UsageError(f"{path}: not a readable safetensors library ({str(e).splitlines()[0][:120]})") from None
+        beside = path.with_suffix(".safetensors")  # given the JSON sidecar, a user wants the library beside it
+        hint = f"; the library is {beside.name}" if path.suffix == ".json" and beside.is_file() else ""
+        raise UsageError(f"{path}: not a readable safetensors library ({str(e).splitlines()[0][:120]}){hint}") \
+            from None
 
 
 def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:

@@ -78,6 +78,7 @@ def answers(model, questions: list[Question], tokenizer=None, blank: bool = Fals
     every image replaced by plain mid-grey pixels (what the question alone gives)."""
     import torch
 
+    from ..hf.models import end_tokens
     from ..hf.vision import model_inputs
 
     tokenizer = tokenizer or _tokenizer_of(model)
@@ -101,13 +102,11 @@ def answers(model, questions: list[Question], tokenizer=None, blank: bool = Fals
                 new = model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]), do_sample=False,
                                      max_new_tokens=max_new_tokens)[:, ids.shape[1]:]
             for i, tokens in zip(group[start:start + QUESTION_BATCH], new.tolist()):
-                out[i] = tokenizer.decode(_until_end(tokens, model.generation_config.eos_token_id),
-                                          skip_special_tokens=True)
+                out[i] = tokenizer.decode(_until_end(tokens, end_tokens(model)), skip_special_tokens=True)
     return out
 
 
-def _until_end(tokens: list, eos) -> list:
-    ends = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+def _until_end(tokens: list, ends: set) -> list:
     return next((tokens[:i] for i, t in enumerate(tokens) if t in ends), tokens)
 
 

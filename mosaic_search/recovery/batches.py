@@ -35,26 +35,31 @@ class Batch:
 
 class Batches:
     """The training sequences and, per step, which of them each rank trains on: epochs are seeded permutations of
-    the sequences. On-policy steps draw from the text sequences only: a prompt must be plain tokens the model can
-    continue."""
+    the sequences. On-policy steps draw from the sequences that can prompt the model: text windows (continued after
+    their first part) and image chat rows that end with the assistant's reply (answered anew after their last
+    question, so that on-policy training also reads images); an image row without a reply is off-policy data only."""
 
     def __init__(self, sequences, source: str, seed: int, image_token: int | None):
         self.sequences, self.source, self.seed, self.image_token = sequences, source, seed, image_token
-        self.text = [i for i, im in enumerate(sequences.images) if im is None]
+        self.prompts = [i for i, (im, reply) in enumerate(zip(sequences.images, sequences.replies))
+                        if im is None or reply is not None]
 
     def describe(self) -> dict:
         """The data as the distill record states it (its keys name the sequences `windows`, as every record has)."""
         from ..hf.data import display_name
 
+        images = sum(im is not None for im in self.sequences.images)
         return {"source": display_name(self.source), "windows": len(self.sequences),
-                "text_windows": len(self.text), "seq_len": int(self.sequences.ids.shape[1]),
+                "text_windows": len(self.sequences) - images, "image_windows": images,
+                "prompt_windows": len(self.prompts), "seq_len": int(self.sequences.ids.shape[1]),
                 "tokens": int(sum(self.sequences.lengths))}
 
-    def batch(self, step: int, size: int, rank: int, world: int, text_only: bool = False) -> Batch:
-        """This rank's share of step `step`'s global batch of `size` sequences."""
+    def batch(self, step: int, size: int, rank: int, world: int, prompts: bool = False) -> Batch:
+        """This rank's share of step `step`'s global batch of `size` sequences (`prompts`: of those that can prompt
+        an on-policy step)."""
         import torch
 
-        pool = self.text if text_only else list(range(len(self.sequences)))
+        pool = self.prompts if prompts else list(range(len(self.sequences)))
         picked = []
         for pos in range(step * size, (step + 1) * size):
             epoch, k = divmod(pos, len(pool))

@@ -3,10 +3,11 @@
 Two stages, as MOSAIC-4B's recovery (off-policy realignment, then on-policy distillation):
 - `offpolicy`: teacher-forced on the data; loss = KL(teacher || student) per token, plus `hidden_weight` x the
   normalised MSE between the student's and the teacher's hidden states after every decoder layer.
-- `onpolicy`: generalized knowledge distillation (GKD): the student samples continuations of data prompts, the
-  teacher (and, with an oracle, a second teacher of the same vocabulary, mixed with weight `oracle_weight`) scores
-  them, loss = the chosen divergence on the student's own tokens, averaged with the stage-1 loss on the prompt's
-  tokens, so that the few sampled tokens per step do not pull the model off what stage 1 aligned (losses.py).
+- `onpolicy`: generalized knowledge distillation (GKD): the student samples continuations of data prompts (text
+  windows, and image chat rows answered anew after their last question), the teacher (and, with an oracle, a second
+  teacher of the same vocabulary, mixed with weight `oracle_weight`) scores them, loss = the chosen divergence on
+  the student's own tokens, averaged with the stage-1 loss on the prompt's tokens, so that the few sampled tokens
+  per step do not pull the model off what stage 1 aligned (losses.py).
 
 Durable and reproducible: every random choice of a step (its batch, its samples) is seeded from (seed, step, rank),
 so a checkpoint (checkpoint.py) is all `resume` needs to reach the weights an uninterrupted run reaches. Under
@@ -122,9 +123,9 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
         params = [(n, now[n]) for n, _ in params]
         batches = training_batches(source, tokenizer, s.teacher, ref, s.steps_per_stage * s.batch_size, s.seq_len,
                                    s.seed, world, sharded)
-        if "onpolicy" in s.stages and not batches.text:
-            raise invalid("data", f"{source}: every window holds images; on-policy steps need text prompts (use "
-                                  "stage offpolicy, or add text rows)")
+        if "onpolicy" in s.stages and not batches.prompts:
+            raise invalid("data", f"{source}: no window can prompt on-policy steps (they need text, or image chat "
+                                  "rows that end with the assistant's reply); use stage offpolicy, or add such rows")
         recorded = {**recorded, "data": batches.describe()}
         # rank 0 measures and checkpoints; a sharded model runs only with every process taking part (each gets the
         # same numbers)

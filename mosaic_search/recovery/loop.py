@@ -46,7 +46,7 @@ class Trainer:
 
         s, stage = self.settings, self.settings.step_stages[step]
         torch.manual_seed(step_seed(s.seed, step, self.rank))
-        batch = self.batches.batch(step, s.batch_size, self.rank, self.world, text_only=stage == "onpolicy")
+        batch = self.batches.batch(step, s.batch_size, self.rank, self.world, prompts=stage == "onpolicy")
         for group in self.opt.param_groups:  # the schedule restarts with each stage (they run one after the other)
             group["lr"] = s.lr * losses.schedule(step % s.steps_per_stage, s.steps_per_stage)
         if stage == "offpolicy":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from .batches import Batch
+
 WARMUP_FRACTION = 0.1
 FLOOR = 0.1  # the cosine decays to this fraction of the peak learning rate
 JSD_BETA = 0.5
@@ -85,40 +87,85 @@ def offpolicy_loss(wrapped, teacher, batch, hidden_weight: float):
 
 
 def onpolicy_loss(models, batch, kind: str, oracle_weight: float, hidden_weight: float):
-    """Stage 1's loss on each (text) row's prompt followed by the student's own continuation of it: a position that
-    predicts a sampled token gets divergence `kind` from the teacher (mixed with the oracle's, if `models` has one),
-    one that predicts a prompt token keeps the teacher-forced KL(teacher || student), all averaged per token; plus
-    the hidden-state term over the whole sequence. The prompt's positions come free with the forward passes the
-    sampled ones need; without them the few sampled tokens per step undid part of stage 1 on the embedded teacher
-    (GKD mixes fixed data with the student's samples for the same reason). `models`: a `loading.Models`."""
+    """Stage 1's loss on each row's prompt followed by the student's own continuation of it (`sample`): a position
+    that predicts a sampled token gets divergence `kind` from the teacher (mixed with the oracle's on the rows the
+    oracle reads: all, or text rows for an oracle without a vision tower), one that predicts a prompt token keeps
+    the teacher-forced KL(teacher || student), all averaged per real token; plus the hidden-state term over the real
+    tokens. The prompt's positions come free with the forward passes the sampled ones need; without them the few
+    sampled tokens per step undid part of stage 1 on the embedded teacher (GKD mixes fixed data with the student's
+    samples for the same reason). `models`: a `loading.Models`."""
     import torch
 
-    from ..hf.data import Windows
-    from .batches import Batch
-
-    student = models.student
-    device = next(student.parameters()).device
-    ids = batch.sequences.ids.to(device)
-    new = min(ONPOLICY_TOKENS, ids.shape[1] - 1)
-    prompt = ids.shape[1] - new
-    student.eval()
-    with torch.no_grad():
-        # exactly `new` tokens (EOS suppressed until then), so no row is ever padded
-        sampled = student.generate(ids[:, :prompt], attention_mask=torch.ones_like(ids[:, :prompt]), do_sample=True,
-                                   temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
-                                   pad_token_id=0, cache_implementation="dynamic")
-    student.train()
-    gen = Batch(Windows.of(sampled.cpu()))
+    gen, cuts = sample(models.student, batch)
+    device = next(models.student.parameters()).device
     hidden = hidden_weight > 0
     with torch.no_grad():
         t_all, t_hidden = forward(models.teacher, gen, hidden)
-        o_all = forward(models.oracle, gen, False)[0] if models.oracle is not None else None
     s_all, s_hidden = forward(models.wrapped, gen, hidden)
-    cut = prompt - 1  # positions before it predict prompt tokens, the rest the student's samples
-    own = divergence(t_all[:, cut:-1], s_all[:, cut:-1], kind)
-    if o_all is not None:
-        own = (1 - oracle_weight) * own + oracle_weight * divergence(o_all[:, cut:-1], s_all[:, cut:-1], kind)
-    loss = torch.cat([divergence(t_all[:, :cut], s_all[:, :cut], "forward"), own], 1).mean()
+    mask = gen.mask(device)
+    # position p predicts token p + 1: the prompt's own tokens before cut - 1, the student's samples from there
+    own = (torch.arange(mask.shape[1], device=device)[None] >= torch.tensor(cuts, device=device)[:, None] - 1).float()
+    forced = divergence(t_all, s_all, "forward")
+    sampled = forced if kind == "forward" else divergence(t_all, s_all, kind)
+    if models.oracle is not None:
+        reads = [i for i, im in enumerate(gen.sequences.images)
+                 if im is None or getattr(models.oracle.config, "vision_config", None) is not None]
+        if reads:
+            with torch.no_grad():
+                o_all = forward(models.oracle, Batch(gen.sequences.select(reads), gen.image_token), False)[0]
+            o_div, weight = torch.zeros_like(sampled), torch.zeros(len(sampled), 1, device=device)
+            o_div[reads], weight[reads] = divergence(o_all, s_all[reads], kind), oracle_weight
+            sampled = (1 - weight) * sampled + weight * o_div
+    per = own * sampled + (1 - own) * forced
+    real = mask[:, 1:]  # positions that predict a real token
+    loss = (per[:, :-1] * real).sum() / real.sum().clamp_min(1)
     if hidden:
-        loss = loss + hidden_weight * hidden_nmse(s_hidden, t_hidden, torch.ones_like(sampled, dtype=torch.float32))
+        loss = loss + hidden_weight * hidden_nmse(s_hidden, t_hidden, mask)
     return loss
+
+
+def sample(student, batch):
+    """(the student's continuations as a `Batch`, each row's prompt length): a text row is cut ONPOLICY_TOKENS
+    before its end (at most all but one token) and continued by exactly as many sampled tokens (end-of-sequence
+    suppressed, so no row is padded); an image chat row is cut where its last reply starts and the student writes
+    its own reply, up to ONPOLICY_TOKENS and through its first end-of-sequence token (then padded). Rows with one
+    prompt length and kind are sampled as one batch: a built model refuses padded prompts. Temperature 1, no
+    truncation, a VLM's image and video tokens never sampled; the student in eval mode while it samples."""
+    import torch
+
+    from ..hf.data import Windows
+    from ..hf.models import end_tokens
+    from ..hf.vision import model_inputs
+
+    seqs, image_token = batch.sequences, batch.image_token
+    device = next(student.parameters()).device
+    width = seqs.ids.shape[1]
+    prompts = [width - min(ONPOLICY_TOKENS, width - 1) if im is None else reply
+               for im, reply in zip(seqs.images, seqs.replies)]
+    groups: dict = {}
+    for i, (cut, im) in enumerate(zip(prompts, seqs.images)):
+        groups.setdefault((cut, im is None), []).append(i)
+    # a sampled image (or video) token would ask the forward passes for an image that no pixel values give
+    vision = [t for t in (getattr(student.config, k, None) for k in ("image_token_id", "video_token_id"))
+              if t is not None]
+    ends = end_tokens(student)
+    rows: list = [None] * len(seqs)
+    student.eval()
+    with torch.no_grad():
+        for (cut, text), members in groups.items():
+            ids = seqs.ids[members, :cut]
+            new = width - cut if text else min(ONPOLICY_TOKENS, width - cut)
+            inputs = model_inputs(ids, [seqs.images[i] for i in members], image_token, device)
+            out = student.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]), do_sample=True,
+                                   temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
+                                   min_new_tokens=new if text else 0, pad_token_id=0, suppress_tokens=vision or None,
+                                   cache_implementation="dynamic").cpu()
+            for i, row in zip(members, out):
+                written = row[cut:].tolist()
+                if not text:  # the reply ends with its end-of-sequence token
+                    written = written[:next((k + 1 for k, t in enumerate(written) if t in ends), len(written))]
+                rows[i] = torch.cat([row[:cut], torch.tensor(written, dtype=row.dtype)])
+    student.train()
+    longest = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, r.new_zeros(longest - len(r))]) for r in rows])
+    return Batch(Windows(ids, [len(r) for r in rows], list(seqs.images)), image_token), prompts

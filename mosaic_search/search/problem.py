@@ -217,8 +217,11 @@ def _measured(profile: LatencyProfile, scores: SensitivityTable, scope, metric: 
 
 
 def _ops(ops, held: set) -> tuple:
-    """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs."""
-    keep = tuple(parse_spec(t, "ops") for t in listed("ops", ops) or [] if str(t).strip())
+    """The operator specs of `ops` ("gqa,swa" or a list; None: every one), each held by both inputs; a mixer with an
+    MLP (`gqa+mlp:width=256`) stands for its two parts, as in every stage's --ops (`surgery.candidates`)."""
+    specs = [parse_spec(t, "ops") for t in listed("ops", ops) or [] if str(t).strip()]
+    keep = tuple(dict.fromkeys(p for s in specs for p in ((s.mixer, s.mlp_candidate) if isinstance(s, Candidate)
+                                                            else (s,)) if p is not None))
     if ops is not None and not keep:
         raise invalid("ops", ": empty operator list")
     for spec in keep:
