@@ -460,9 +460,17 @@ def test_library_missing_an_aligned_layer_is_one_line_error(built, tmp_path):
 
     sidecar = tmp_path / "library.json"  # the JSON beside a library, given in its place
     sidecar.write_text("{}")
-    with pytest.raises(UsageError, match=r"library.json: not a readable safetensors library .*; the library is "
-                                         r"library.safetensors$"):
+    with pytest.raises(UsageError, match=f"library.json: a JSON file, not a safetensors candidate library; the "
+                                         f"library is {lib}$"):
         load_library_entry(sidecar, 0, Candidate.of("gqa"))
+    lone = tmp_path / "lone.library.json"
+    lone.write_text("{}")
+    with pytest.raises(UsageError, match="lone.library.json: a JSON file, not a safetensors candidate library$"):
+        load_library_entry(lone, 0, Candidate.of("gqa"))
+    # a path that is no file is refused as such, not by a file its name's stem happens to share
+    (tmp_path / "table.json").write_text("{}")
+    with pytest.raises(UsageError, match="table.library: no such candidate library"):
+        builder.build(plan, library=tmp_path / "table.library", out=tmp_path / "out")
 
 
 # ---- bad input ------------------------------------------------------------------------------------

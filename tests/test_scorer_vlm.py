@@ -347,5 +347,21 @@ def test_distill_trains_on_image_rows_in_both_stages(vl_teacher, reply_data, tmp
     _, images_only, _ = _bad_image_rows(tmp_path)
     assert main(["distill", str(built), "--data", str(images_only), "--seq-len", str(SEQ), "--no-eval",
                  "--out", str(tmp_path / "x")]) == 2
-    assert "no window can prompt on-policy steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no window can prompt on-policy steps" in err and "replies start past" not in err
     assert not (tmp_path / "x").exists()
+    replies_only = tmp_path / "replies.jsonl"  # the two rows with replies, beside their images
+    replies_only.write_text("".join(reply_data.read_text().splitlines(keepends=True)[:2]))
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes((reply_data.parent / name).read_bytes())
+    assert main(["distill", str(built), "--data", str(replies_only), "--seq-len", "8", "--no-eval",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "2 rows' replies start past --seq-len 8" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # 9 tokens per window: the first row's reply starts at token 8, the second's at 9 (no room to answer), every
+    # image row is cut, and the text row's 46 tokens make 5 windows and leave 1 out
+    out = distill.distill(str(built), data=str(reply_data), steps=1, batch_size=16, seq_len=9, quality=False,
+                          stage="offpolicy", out=tmp_path / "short")
+    described = load_distill_record(out).settings["data"]
+    assert {k: v for k, v in described.items() if k not in ("source", "seq_len", "tokens")} == {
+        "windows": 8, "text_windows": 5, "image_windows": 3, "prompt_windows": 6, "replies_past_seq_len": 1,
+        "image_rows_cut": 3, "text_tokens_left_out": 1}

@@ -295,7 +295,12 @@ def tokenize_file(source: str, tokenizer, n_score: int, n_align: int, seq_len: i
         raise invalid("data", f"{source}: {read} tokens, fewer than one `seq_len` window of {seq_len}")
     windows = Windows(torch.tensor(rows[:need], dtype=torch.long), lengths[:need], images[:need], replies[:need])
     if len(windows) < n_score:
-        logger.info(f"note: {source} has {sum(windows.lengths)} tokens; {verb} all of them")
+        logger.info(f"note: {source} gives {len(windows)} windows ({sum(windows.lengths)} tokens), fewer than the "
+                    f"{n_score} asked; {verb} all of them")
+    if stream and len(rows) < need:  # the file ran out with a last piece of text shorter than a window
+        notes["text_tokens_left_out"] = len(stream)
+        logger.info(f"note: {source}: its last {len(stream)} text tokens fill less than one --seq-len window of "
+                    f"{seq_len} and are left out")
     score = windows[:n_score]
     align = windows[len(score): len(score) + n_align]
     if len(align) == 0:
@@ -320,7 +325,10 @@ def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, 
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
-    return ids[:seq_len], inputs, reply if reply is not None and reply < seq_len else None
+    if reply is not None and reply >= seq_len:  # the question fits, not the room for an answer
+        notes["replies_past_seq_len"] = notes.get("replies_past_seq_len", 0) + 1
+        reply = None
+    return ids[:seq_len], inputs, reply
 
 
 def shared_samples(model, n: int, seq_len: int, seed: int, world: int, every_rank: bool = False):

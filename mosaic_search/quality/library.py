@@ -73,10 +73,11 @@ def load_library_entry(path: str | os.PathLike, layer: int, candidate: Candidate
             keys = [k for k in f.keys() if k.startswith(prefix)]
             return {k[len(prefix):]: f.get_tensor(k) for k in keys} or None
     except (SafetensorError, OSError) as e:
-        beside = path.with_suffix(".safetensors")  # given the JSON sidecar, a user wants the library beside it
-        hint = f"; the library is {beside.name}" if path.suffix == ".json" and beside.is_file() else ""
-        raise UsageError(f"{path}: not a readable safetensors library ({str(e).splitlines()[0][:120]}){hint}") \
-            from None
+        if path.suffix == ".json":  # a library's JSON sidecar, given in its place
+            beside = path.with_suffix(".safetensors")
+            raise UsageError(f"{path}: a JSON file, not a safetensors candidate library"
+                             + (f"; the library is {beside}" if beside.is_file() else "")) from None
+        raise UsageError(f"{path}: not a readable safetensors library ({str(e).splitlines()[0][:120]})") from None
 
 
 def find_library(plan: LayerPlan, plan_path: Path | None = None) -> Path | None:
@@ -159,8 +160,8 @@ def _check_sidecar(path: Path, ref: ModelRef, allow_stale: bool) -> str | None:
     """Refuse a library made for another model (StaleInputError, exit 4) or a broken sidecar (exit 2); return the
     sha256 of the table it was written with, when its sidecar records one."""
     sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
+    if path.suffix != ".safetensors" or not path.is_file() or not sidecar.is_file():
+        return None  # no library there (the read says so), or none with a sidecar to check
     side = load_library_sidecar(sidecar)
     check_same_model(ref, side.header.model, f"library {path}", allow_stale)
     return side.scores_sha256 or None

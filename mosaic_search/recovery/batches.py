@@ -9,6 +9,8 @@ from ..errors import check
 # embedded teacher, 400 fresh samples recovered 80.5% of a plan's held-out gap where its 64 calibration sequences,
 # seen about 6 times each, recovered 21% (BENCHMARKS.md "Recovery").
 SELF_SEQUENCES = 1024
+# what reading a data file may leave out, kept in the record's data description
+READING_NOTES = ("image_rows_skipped", "image_rows_cut", "replies_past_seq_len", "text_tokens_left_out")
 
 
 class Batch:
@@ -39,8 +41,9 @@ class Batches:
     their first part) and image chat rows that end with the assistant's reply (answered anew after their last
     question, so that on-policy training also reads images); an image row without a reply is off-policy data only."""
 
-    def __init__(self, sequences, source: str, seed: int, image_token: int | None):
+    def __init__(self, sequences, source: str, seed: int, image_token: int | None, notes: dict | None = None):
         self.sequences, self.source, self.seed, self.image_token = sequences, source, seed, image_token
+        self.notes = notes or {}  # what reading the file noted (`hf.data.tokenize_file`)
         self.prompts = [i for i, (im, reply) in enumerate(zip(sequences.images, sequences.replies))
                         if im is None or reply is not None]
 
@@ -52,7 +55,8 @@ class Batches:
         return {"source": display_name(self.source), "windows": len(self.sequences),
                 "text_windows": len(self.sequences) - images, "image_windows": images,
                 "prompt_windows": len(self.prompts), "seq_len": int(self.sequences.ids.shape[1]),
-                "tokens": int(sum(self.sequences.lengths))}
+                "tokens": int(sum(self.sequences.lengths)),
+                **{k: v for k, v in self.notes.items() if k in READING_NOTES}}
 
     def batch(self, step: int, size: int, rank: int, world: int, prompts: bool = False) -> Batch:
         """This rank's share of step `step`'s global batch of `size` sequences (`prompts`: of those that can prompt
@@ -79,6 +83,7 @@ def training_batches(source: str, tokenizer, teacher: str, ref, want: int, seq_l
 
     positions = dims_of(ref.config).max_position
     check(seq_len <= positions, "seq_len", f"{seq_len} exceeds the teacher's {positions} positions")
+    notes: dict = {}
     if source == data_mod.SELF:
         sampled = data_mod.shared_samples(ref, min(want, SELF_SEQUENCES), seq_len, seed, world, every_rank=sharded)
         sequences = data_mod.Windows.of(sampled)
@@ -86,5 +91,5 @@ def training_batches(source: str, tokenizer, teacher: str, ref, want: int, seq_l
         vision = None
         if getattr(ref.config, "vision_config", None) is not None:
             vision = data_mod.Vision(str(teacher), ref.config.image_token_id)
-        sequences = data_mod.tokenize_file(source, tokenizer, want, 0, seq_len, vision, verb="training on")[0]
-    return Batches(sequences, source, seed, getattr(ref.config, "image_token_id", None))
+        sequences, _, notes = data_mod.tokenize_file(source, tokenizer, want, 0, seq_len, vision, verb="training on")
+    return Batches(sequences, source, seed, getattr(ref.config, "image_token_id", None), notes)

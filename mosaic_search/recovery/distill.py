@@ -124,8 +124,11 @@ def run(model: str, settings: DistillSettings, out=None, resume: bool = False, o
         batches = training_batches(source, tokenizer, s.teacher, ref, s.steps_per_stage * s.batch_size, s.seq_len,
                                    s.seed, world, sharded)
         if "onpolicy" in s.stages and not batches.prompts:
+            late = batches.notes.get("replies_past_seq_len")
             raise invalid("data", f"{source}: no window can prompt on-policy steps (they need text, or image chat "
-                                  "rows that end with the assistant's reply); use stage offpolicy, or add such rows")
+                                  "rows that end with the assistant's text reply within `seq_len`"
+                                  + (f"; {late} rows' replies start past `seq_len` {s.seq_len}" if late else "")
+                                  + "); use stage offpolicy, or add such rows")
         recorded = {**recorded, "data": batches.describe()}
         # rank 0 measures and checkpoints; a sharded model runs only with every process taking part (each gets the
         # same numbers)
