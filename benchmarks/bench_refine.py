@@ -11,7 +11,10 @@ measured (EvoPress-style: the same measurements at the same fidelities; random: 
 refine's tokens allow). Every plan is applied with the table's aligned weights as `mosaic build` applies them and
 measured as `mosaic eval` does: held-out KL and loss on the end of heldout.txt, recall on its probes. Also the
 additive prediction vs the measured calibration KL of every plan the searches measured on every window, by the
-number of swapped layers. Results: DIR/refine-<targets>.json and the tables on stdout
+number of swapped layers. `--rerank-steps N`: refine re-ranks its finalists (its best plans and the MIP's own) after N
+distillation steps; every finalist's calibration KL as built and after is recorded with the refined plan and printed.
+`--distill`: the MIP's and the refined plan distilled with `mosaic distill`'s defaults, then evaluated as above.
+Results: DIR/refine-<targets>.json and the tables on stdout
 (`--tables` prints them again for every results file in DIR, so targets can run as separate processes).
 """
 
@@ -197,6 +200,10 @@ def main():
         plans["refined"] = tuple(ref.layers)
         record = load_search_record(out / f"refined-{target}x.search.json")
         rows = record.evaluations
+        reranked = ref.solver.get("rerank")
+        if reranked:  # refine's MIP seed must be the plan `mosaic solve` hands over, the one distilled below
+            reranked = dict(reranked, mip_is_solve_plan=rows[reranked["mip"]["index"]]["layers"] == [
+                str(c) for c in plans["MIP"]])
         searched += [dict(r, target=target, search="refine") for r in rows if r["fidelity"] == "high"]
         s = record.settings
         windows = fitness.calibration_windows("tiny", args.data or _source(table), s["data"]["seq_len"],
@@ -235,8 +242,8 @@ def main():
                             "layers": [c.label for c in layers], "distilled": after,
                             "predicted_speedup": speed, "predicted_kl": repair.predicted_loss(p, layers),
                             "heldout_kl": q["kl"], "heldout_loss": q["heldout_loss"], "recall": q["recall"],
-                            **({"refine_seconds": refine_s, "measurements": len(rows), "tokens": tokens}
-                               if name == "refined" else {})})
+                            **({"refine_seconds": refine_s, "measurements": len(rows), "tokens": tokens,
+                                "rerank": reranked} if name == "refined" else {})})
             print(json.dumps(results[-1]), flush=True)
         machine["load_avg_end"] = os.getloadavg()  # written after every target: a long run keeps what it finished
         (out / f"refine-{args.targets}.json").write_text(json.dumps(
@@ -273,6 +280,20 @@ def _tables(results, searched):
             d = r["distilled"]
             print(f"| {r['target']}x | {r['strategy']} | {r['heldout_loss']:.4f} | {d['kl']:.4f} | "
                   f"{d['heldout_loss']:.4f} | " + " | ".join(f"{d['recall'][k]:.2f}" for k in keys) + " |")
+    reranked = [r for r in results if r.get("rerank")]
+    if reranked:
+        print("\n| target | finalist | origin | pattern | calibration KL as built | after N distillation steps | "
+              "handed over |")
+        print("|---" * 7 + "|")
+        for r in reranked:
+            k = r["rerank"]
+            for f in k["finalists"]:
+                mip = " (the MIP's plan" + (", added" if k["mip"]["added"] else "") + ")" \
+                    if f["index"] == k["mip"]["index"] else ""
+                print(f"| {r['target']}x | {f['index']} | {f['origin']}{mip} | `{f['pattern']}` | {f['built_kl']:.4f} "
+                      f"| {f['distilled_kl']:.4f} (N={k['steps']}) | {'yes' if f['index'] == k['with'] else ''} |")
+            print(f"| {r['target']}x | | refine's whole run, re-ranking included: {r['refine_seconds']:.0f} s wall | "
+                  "| | | |")
     print("\n| swapped layers | plans | mean predicted KL | mean measured KL | median measured / predicted |")
     print("|---|---|---|---|---|")
     by = {}

@@ -190,7 +190,12 @@ def test_rerank_after_distillation_hands_over_the_best_distilled_finalist(setup,
     rows = load_search_record(out.with_name("plan.search.json"))
     high = sorted((r for r in rows.evaluations if r["fidelity"] == "high"), key=lambda r: (r["measured_kl"], r["index"]))
     info = plan.solver["rerank"]
+    # here the MIP's own plan (the first measured) measures best: the finalists are exactly the 2 best, once
+    assert high[0]["origin"] == "mip-1" and high[0]["index"] == 0
+    assert info["mip"] == {"index": 0, "origin": "mip-1", "added": False,
+                           "reason": "the MIP's own plan (rank 1 by measured KL) is among the 2 best"}
     assert info["steps"] == 2 and [f["index"] for f in info["finalists"]] == [r["index"] for r in high[:2]]
+    assert [f["origin"] for f in info["finalists"]] == [r["origin"] for r in high[:2]]
     assert info["without"] == high[0]["index"]  # the plan refine hands over without re-ranking
     chosen = min(info["finalists"], key=lambda f: f["distilled_kl"])
     assert info["with"] == chosen["index"] == rows.best
@@ -202,6 +207,58 @@ def test_rerank_after_distillation_hands_over_the_best_distilled_finalist(setup,
     assert sorted(p.name for p in out.parent.iterdir()) == ["plan.json", "plan.search.json"]  # no temporary models
     with pytest.raises(UsageError, match="rerank_steps must be 0"):
         _run(setup, setup["dir"] / "rerank-bad" / "plan.json", rerank_steps=-1)
+
+
+@pytest.mark.slow
+def test_rerank_distills_the_mips_own_plan_when_it_measured_worse_than_the_finalists(setup, monkeypatch):
+    from mosaic_search.quality import fitness
+
+    measure, calls = fitness.Fitness.measure, []
+
+    def worse_first(self, layers, high):  # the first plan measured, the MIP's own, made to measure 1.0 worse
+        kl, tokens, secs = measure(self, layers, high)
+        calls.append(layers)
+        return kl + (1.0 if len(calls) == 1 else 0.0), tokens, secs
+
+    monkeypatch.setattr(fitness.Fitness, "measure", worse_first)
+    out = setup["dir"] / "rerank-mip" / "plan.json"
+    plan = _run(setup, out, rerank_steps=2, rerank_finalists=2)
+    rows = load_search_record(out.with_name("plan.search.json"))
+    high = sorted((r for r in rows.evaluations if r["fidelity"] == "high"),
+                  key=lambda r: (r["measured_kl"], r["index"]))
+    assert high[-1]["origin"] == "mip-1" and high[-1]["index"] == 0
+    info = plan.solver["rerank"]
+    assert [f["index"] for f in info["finalists"]] == [high[0]["index"], high[1]["index"], 0]
+    assert [f["origin"] for f in info["finalists"]][-1] == "mip-1"
+    assert info["mip"] == {"index": 0, "origin": "mip-1", "added": True,
+                           "reason": f"the MIP's own plan (rank {len(high)} by measured KL) is not among the 2 best: "
+                                     "re-ranked too, so that the plan handed over distills no worse than it"}
+    mip = info["finalists"][-1]
+    assert mip["built_kl"] == pytest.approx(mip["measured_kl"] - 1.0, rel=1e-4)  # built and measured honestly
+    chosen = min(info["finalists"], key=lambda f: (f["distilled_kl"], f["measured_kl"], f["index"]))
+    assert info["with"] == chosen["index"] == rows.best and chosen["distilled_kl"] <= mip["distilled_kl"]
+    assert info["without"] == high[0]["index"]
+
+
+def test_rerank_finalists_are_the_best_plans_plus_the_mips_own_when_it_is_not_among_them():
+    from mosaic_search.quality import rerank
+
+    kls = {"mip-1": 0.5, "mip-2": 0.3, "greedy": 0.4, "move": 0.2}
+    rows = [{"index": i, "origin": o, "measured_kl": kl} for i, (o, kl) in enumerate(kls.items())]
+    rows.append({"index": 4, "origin": "move", "measured_kl": 0.3})  # ties go to the first measured
+    out, note = rerank.finalists(rows, 3, rows[0])
+    assert [r["index"] for r in out] == [3, 1, 4, 0]
+    assert note == {"index": 0, "origin": "mip-1", "added": True,
+                    "reason": "the MIP's own plan (rank 5 by measured KL) is not among the 3 best: re-ranked too, so "
+                              "that the plan handed over distills no worse than it"}
+    out, note = rerank.finalists(rows, 5, rows[0])
+    assert [r["index"] for r in out] == [3, 1, 4, 2, 0] and note["added"] is False
+    assert note["reason"] == "the MIP's own plan (rank 5 by measured KL) is among the 5 best"
+    rows[0]["measured_kl"] = 0.25  # now second: exactly the 3 best, once
+    out, note = rerank.finalists(rows, 3, rows[0])
+    assert [r["index"] for r in out] == [3, 0, 1] and note["added"] is False
+    out, note = rerank.finalists(rows, 1, rows[0])
+    assert [r["index"] for r in out] == [3, 0] and note["added"] is True
 
 
 def test_rerank_refuses_calibration_windows_with_images():

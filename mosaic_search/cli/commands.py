@@ -224,7 +224,8 @@ def refine(speedup: SpeedupOpt = REFINE["speedup"],
            rerank_steps: Annotated[int, typer.Option(
                help="Distill the best few plans this many steps and hand over the best after it (0: off).")]
            = REFINE["rerank_steps"],
-           rerank_finalists: Annotated[int, typer.Option(help="Plans re-ranked after distillation.")]
+           rerank_finalists: Annotated[int, typer.Option(
+               help="Best plans re-ranked after distillation (and the MIP's own plan when not among them).")]
            = REFINE["rerank_finalists"],
            max_memory: MaxMemoryOpt = REFINE["max_memory"],
            resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress file.")]

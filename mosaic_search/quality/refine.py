@@ -9,8 +9,8 @@ re-check verifies. Fitness is the true KL(teacher || plan) on calibration window
 windows, the best `survivors` measured on all `high_windows`; the answer is the plan with the least high-fidelity KL,
 so it is never worse on the calibration windows than any seed. Deterministic for a seed under an evaluation budget;
 every measurement is one durable line of a progress file, and `resume` replays them, so an interrupted run finishes
-with the same answer. Optionally (`rerank_steps`) the best few plans are distilled briefly and ranked again by their KL
-after it (rerank.py).
+with the same answer. Optionally (`rerank_steps`) the best few plans and the MIP's own plan are distilled briefly and
+ranked again by their KL after it (rerank.py).
 """
 
 from __future__ import annotations
@@ -98,9 +98,10 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     wrote, whose constraints are reused (and whose profile and table must be these, else StaleInputError, exit 4,
     unless `allow_stale`). `teacher`: default the table's model; `library`: the candidate library (default: the
     one written with the table); `data` / `seq_len`: calibration text and window (default: the table's). Budget:
-    `evaluations` measurements and/or `seconds`. `rerank_steps` > 0: the `rerank_finalists` best plans are built,
-    distilled that many steps by `mosaic distill` and the one with the least KL after it is handed over (rerank.py;
-    the plan records the ranking with and without it). Writes the plan (`out`, default layer_plans/<model>/
+    `evaluations` measurements and/or `seconds`. `rerank_steps` > 0: the `rerank_finalists` best plans, and the MIP's
+    own plan when it is not among them, are built, distilled that many steps by `mosaic distill` and the one with the
+    least KL after it is handed over (rerank.py; the plan records the ranking with and without it and which finalist
+    was the MIP's plan, `solver.rerank.mip`). Writes the plan (`out`, default layer_plans/<model>/
     plan-refined.json), its search record and, while running, a progress file `resume` continues from. Raises
     UsageError (exit 2), StaleInputError (exit 4), InfeasibleError (exit 3, with the reachable speedups).
     """
@@ -192,7 +193,8 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
         search.run(starts)
         best = reranked = search.best()
         if rerank_steps:
-            finalists = sorted(search.high.values(), key=lambda r: (r["measured_kl"], r["index"]))[:rerank_finalists]
+            # starts[0] is the MIP's own plan ("mip-1"), always measured first: a re-ranked plan must beat it too
+            finalists, mip = rerank_mod.finalists(search.high.values(), rerank_finalists, search.high[starts[0][1]])
             fit.assemble(fit.teacher_ops)  # the teacher again: the reference every finalist is measured against
             ranks = rerank_mod.rerank(p, finalists, teacher=teacher, reference=fit.model, library=library,
                                       windows=windows, steps=rerank_steps, seed=seed, folder=plan_out.parent,
@@ -205,7 +207,8 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     if rerank_steps:
         chosen = min(ranks, key=lambda r: (r["distilled_kl"], r["measured_kl"], r["index"]))
         best = next(r for r in finalists if r["index"] == chosen["index"])
-        reranked = {"steps": rerank_steps, "finalists": ranks, "without": reranked["index"], "with": best["index"]}
+        reranked = {"steps": rerank_steps, "finalists": ranks, "mip": mip, "without": reranked["index"],
+                    "with": best["index"]}
     measured = {"kl": best["measured_kl"], "tokens": best["tokens"], "data": settings["data"],
                 "windows": high_windows}
     info = {"name": "refine", "strategy": "refine", "status": search.stopped, "mip_gap": None,
