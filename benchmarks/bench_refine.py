@@ -184,6 +184,8 @@ def main():
     print(f"machine: {machine}")
     prof, table = load_profile(args.profile), load_sensitivity(args.scores)
     library = library_path(args.scores)
+    if not library.is_file():  # without it every plan would be measured unaligned, and refine would only warn
+        ap.error(f"{library}: the table's candidate library is missing (bench_wide.py writes it with the table)")
     decode = [w.name for w in prof.workloads if w.phase == "decode"]
     evals = eval_set("tiny")
     teacher = load_model("tiny")
@@ -194,7 +196,8 @@ def main():
         plans = {"MIP": tuple(solver.solve(**inputs, write=False).layers),
                  "greedy": tuple(solver.solve(**inputs, strategy="greedy", write=False).layers)}
         began = time.perf_counter()
-        ref = refine.refine(**inputs, evaluations=args.evaluations, data=args.data, rerank_steps=args.rerank_steps,
+        ref = refine.refine(**inputs, library=library, evaluations=args.evaluations, data=args.data,
+                            rerank_steps=args.rerank_steps,
                             out=str(out / f"refined-{target}x.json"), overwrite=True)
         refine_s = time.perf_counter() - began
         plans["refined"] = tuple(ref.layers)
