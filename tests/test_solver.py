@@ -245,6 +245,8 @@ def test_infeasible_reports_the_best_reachable_speedup_and_writes_nothing(tmp_pa
     (dict(speedup=1.5, pins=["9=gqa"]), "pins 9=gqa: layer 9 is outside 0..3"),
     (dict(speedup=1.5, pins=["x=gqa"]), "the layer must be an integer"),
     (dict(speedup=1.5, pins=["1=mla:rank=64"]), "pins 1=mla:rank=64: not an allowed candidate at layer 1"),
+    (dict(speedup=1.5, pins=["1=gqa", "1=gdn"]), r"pins 1=gdn: not an allowed candidate at layer 1 \(after 1=gqa: "
+                                                 r"allowed: gqa\)"),
     (dict(speedup=1.5, max_count=["gdn=-1"]), "max_count gdn=-1: a count of layers must be within 0..4"),
     (dict(speedup=1.5, min_count=["gqa=5"]), "min_count gqa=5: a count of layers must be within 0..4"),
     (dict(strategy="pattern:GGDDG"), "pattern GGDDG: 5 symbols for a model of 4 layers"),

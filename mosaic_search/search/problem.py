@@ -257,7 +257,8 @@ def check_pins(options: tuple, pins, earlier=()) -> tuple:
     allows after the `earlier` pins and those before it; UsageError for a bad one or a layer left with nothing."""
     out = list(earlier)
     for layer_text, spec_text in pairs(pins, "pins"):
-        out.append(_pin([[ch.candidate for ch in cs] for cs in pinned(options, out)], str(layer_text), spec_text))
+        out.append(_pin([[ch.candidate for ch in cs] for cs in pinned(options, out)], str(layer_text), spec_text,
+                        out))
     for layer, cs in enumerate(pinned(options, out)):
         if not cs:
             raise UsageError(f"layer {layer} has no allowed candidate: none is profiled ok on every workload in "
@@ -265,8 +266,8 @@ def check_pins(options: tuple, pins, earlier=()) -> tuple:
     return tuple(out[len(earlier):])
 
 
-def _pin(allowed: list, layer_text: str, spec_text: str):
-    """Layer and spec of one of `pins`, checked against what that layer allows."""
+def _pin(allowed: list, layer_text: str, spec_text: str, earlier=()):
+    """Layer and spec of one of `pins`, checked against what that layer allows after the `earlier` pins."""
     try:
         layer = int(layer_text)
     except ValueError:
@@ -275,8 +276,10 @@ def _pin(allowed: list, layer_text: str, spec_text: str):
         raise invalid("pins", f"{layer}={spec_text}: layer {layer} is outside 0..{len(allowed) - 1}")
     spec = parse_spec(spec_text, "pins", f"{layer}={spec_text}")
     if not any(matches(spec, c) for c in allowed[layer]):
-        raise invalid("pins", f"{layer}={spec}: not an allowed candidate at layer {layer} (allowed: "
-                         f"{', '.join(map(str, allowed[layer])) or 'none'})")
+        before = [f"{layer}={s}" for at, s in earlier if at == layer]
+        raise invalid("pins", f"{layer}={spec}: not an allowed candidate at layer {layer} ("
+                      + (f"after {', '.join(before)}: " if before else "")
+                      + f"allowed: {', '.join(map(str, allowed[layer])) or 'none'})")
     return layer, spec
 
 

@@ -1,0 +1,1 @@
+"""Self-contained remote code copied into every built model: imports only torch and transformers."""
