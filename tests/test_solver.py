@@ -340,6 +340,9 @@ def test_pattern_tiles_symbols_and_takes_the_least_loss_window():
         solver.solve(prof, sens, strategy="pattern:GGGD", speedup=3, write=False)
     with pytest.raises(UsageError, match='unknown pattern symbol "Q"'):
         solver.solve(prof, sens, strategy="pattern:DQ", write=False)
+    with pytest.raises(UsageError, match='pattern symbol "d": a lower-case letter marks a plan\'s layer with a '
+                                         'changed MLP and does not say which'):
+        solver.solve(prof, sens, strategy="pattern:Dd", write=False)
 
 
 def test_no_strategy_returns_a_plan_without_an_attention_layer():

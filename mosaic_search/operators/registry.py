@@ -394,6 +394,9 @@ def from_symbol(symbol: str) -> OperatorSpec:
         if spec.symbol == symbol and spec.axis == "mixer":
             return spec
     symbols = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values() if s.axis == "mixer")
+    if any(s.symbol == symbol.upper() and s.axis == "mixer" for s in REGISTRY.values()):
+        raise UsageError(f'pattern symbol "{symbol}": a lower-case letter marks a plan\'s layer with a changed MLP and '
+                         f"does not say which; a pattern gives mixers only (known: {symbols})")
     raise UsageError(f'unknown pattern symbol "{symbol}"; known: {symbols}')
 
 
