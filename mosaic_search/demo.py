@@ -181,6 +181,8 @@ def _checked(mip, refined) -> dict:
 
 def _report(prof, table, plans, checked, frontier, built, measured, generated, seconds, d: Path, quality, teacher,
             distilled, name: str, noise: dict) -> str:
+    from .operators import pattern_legend
+
     env = prof.header.env
     lines = ["# mosaic demo report", "", *_noise_notice(noise),
              f"Teacher: embedded `{name}` ({table.header.model.num_hidden_layers} layers); device: CPU "
@@ -206,7 +208,11 @@ def _report(prof, table, plans, checked, frontier, built, measured, generated, s
               f"Each target's plan is solved by the MIP (least sum of single-swap scores), then checked and searched "
               f"around by `mosaic refine` ({REFINE_EVALUATIONS} plans measured, every one within the budgets): the "
               "true KL of whole plans on the calibration windows, which the sum of scores does not predict. The plan "
-              "built is refine's: the MIP's own unless a measured plan beat it.", ""]
+              "built is refine's: the MIP's own unless a measured plan beat it. Where refine's plan came from: "
+              "`mip-K`, the MIP's K-th most diverse plan; `greedy`, the greedy plan; `move`, a plan reached by "
+              "changing layers and solving the others again.", "",
+              f"Patterns: one letter per layer, its token mixer ({pattern_legend()}); lower case where the layer's MLP "
+              "is narrower or removed (the plan files say which). Two plans can share a pattern.", ""]
     for t, plan in plans.items():
         c = checked[t]
         lines += [f"### {t}x TPOT: `{plan.pattern}`", "",

@@ -46,6 +46,8 @@ def test_report_has_every_stage_and_plot(report):
                     "## Pareto frontier"):
         assert section in text
     assert text.count("Through `model.generate`") == 2  # each plan measured as a user runs it
+    assert ("Patterns: one letter per layer, its token mixer (G=gqa, S=swa, M=mla, D=gdn, K=kda, N=none, X=drop); "
+            "lower case where the layer's MLP is narrower or removed") in text
     assert len(re.findall(r"^\| 1024 \| ", text, flags=re.M)) == 2  # the batch-1 decode context, once per plan
     for png in ("sensitivity.png", "plans.png", "pareto.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

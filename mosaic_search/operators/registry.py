@@ -388,12 +388,17 @@ def pattern_string(candidates) -> str:
     return "".join(REGISTRY[c.op].symbol.lower() if c.mlp else REGISTRY[c.op].symbol for c in candidates)
 
 
+def pattern_legend() -> str:
+    """What each letter of a pattern means, e.g. 'G=gqa, S=swa, ..., X=drop' (`pattern_string`)."""
+    return ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values() if s.axis == "mixer")
+
+
 def from_symbol(symbol: str) -> OperatorSpec:
     """The operator whose one-letter symbol this is."""
     for spec in REGISTRY.values():
         if spec.symbol == symbol and spec.axis == "mixer":
             return spec
-    symbols = ", ".join(f"{s.symbol}={s.name}" for s in REGISTRY.values() if s.axis == "mixer")
+    symbols = pattern_legend()
     if any(s.symbol == symbol.upper() and s.axis == "mixer" for s in REGISTRY.values()):
         raise UsageError(f'pattern symbol "{symbol}": a lower-case letter marks a plan\'s layer with a changed MLP and '
                          f"does not say which; a pattern gives mixers only (known: {symbols})")
