@@ -125,6 +125,8 @@ def test_the_budget_per_stage():
     (dict(steps=0), "steps must give at least one step, got 0"),
     (dict(tokens=0), "tokens must give at least one step, got 0"),
     (dict(steps=2, tokens=9), "steps and tokens exclude each other"),
+    (dict(quality=False, eval_data="held.txt"), "eval_data is read only to measure quality; with `quality` off it "
+                                                "would be ignored"),
     (dict(divergence="revers"), 'divergence "revers": choose one of forward, reverse, jsd (did you mean "reverse"?)'),
     (dict(parallel="zero"), 'parallel "zero": choose one of ddp, fsdp'),
 ])

@@ -277,6 +277,8 @@ def test_rerank_refuses_calibration_windows_with_images():
     ({"time_limit_s": 0}, "time_limit_s must be a positive number"), ({"teacher": 5}, "teacher must be a path"),
     ({"data": ["a"]}, "data must be a path"), ({"device": "tpu"}, "tpu"),
     ({"rerank_steps": True}, "rerank_steps must be 0"), ({"seconds": float("nan")}, "seconds must be a positive"),
+    ({"rerank_finalists": 5}, "rerank_finalists counts the plans re-ranked after distillation; with `rerank_steps` 0 "
+                              r"\(off\) it would be ignored"),
 ])
 def test_bad_arguments_name_the_parameter_before_any_work(setup, tmp_path, kw, message):
     with pytest.raises(UsageError, match=message):

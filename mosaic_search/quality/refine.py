@@ -125,6 +125,8 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
     check(survivors <= offspring, "survivors", f"must be at most offspring ({offspring}), got {survivors}")
     check(integer(rerank_steps) and rerank_steps >= 0, "rerank_steps",
           f"must be 0 (off) or a positive integer, got {rerank_steps!r}")
+    check(rerank_steps or rerank_finalists == rerank_mod.DEFAULT_FINALISTS, "rerank_finalists",
+          "counts the plans re-ranked after distillation; with `rerank_steps` 0 (off) it would be ignored")
     check(integer(seed), "seed", f"must be an integer, got {seed!r}")
     check(number(time_limit_s) and time_limit_s > 0, "time_limit_s", f"must be a positive number, got {time_limit_s!r}")
     flags(resume=resume, overwrite=overwrite, write=write, allow_stale=allow_stale)

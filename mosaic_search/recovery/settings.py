@@ -71,6 +71,8 @@ class DistillSettings:
         check(self.hidden_weight >= 0, "hidden_weight", f"must be at least 0, got {self.hidden_weight}")
         if self.steps is not None and self.tokens is not None:
             raise UsageError("steps and tokens exclude each other")
+        check(self.quality or self.eval_data is None, "eval_data",
+              "is read only to measure quality; with `quality` off it would be ignored")
         if self.tokens is not None:
             check(self.steps_per_stage >= 1, "tokens", f"must give at least one step, got {self.tokens}")
         check(self.steps_per_stage >= 1, "steps", f"must give at least one step, got {self.steps}")
