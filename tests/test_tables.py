@@ -226,3 +226,5 @@ def test_bench_check_and_ops_tables_fit_80_columns(columns80, monkeypatch, capsy
         assert text in out, text
     out = _shown(capsys, ["ops"])
     assert "sliding_attention" in out and "linear_attention" in out
+    # at 80 columns each description is under the table, whole, not wrapped a word per line beside it
+    assert "\ngqa: the teacher's full grouped-query attention\n" in out

@@ -227,6 +227,9 @@ def demo(path) -> None:
     console.print(f"wrote {path / 'report.md'} (plots: sensitivity.png, pareto.png, plans.png)")
 
 
+OPS_WIDE = 120  # terminal columns from which `ops` shows each operator's description in its table
+
+
 def ops(specs, as_json: bool = False) -> None:
     """`ops`: every registered operator, its axis (mixer or MLP), HF layer type, params (optional ones marked '?')
     and whether its fast path runs here."""
@@ -240,12 +243,17 @@ def ops(specs, as_json: bool = False) -> None:
         return emit_json(rows)
     # why a fast path does not run, once per distinct reason under the table: an install hint stays on one line
     notes = list(dict.fromkeys(r["fast_path_note"] for r in rows if not r["fast_path"]))
+    # a terminal too narrow for the descriptions beside the table gets them under it, one per operator
+    beside = console.width >= OPS_WIDE
     columns = [("op", "label"), ("sym", "label"), ("axis", "label"), ("HF layer type", "label"), ("params", "label"),
-               ("fast path", "label"), ("what", "text")]
+               ("fast path", "label")] + [("what", "text")] * beside
     print_table("mosaic operators", columns, [
         (r["op"], r["symbol"], r["axis"], r["layer_type"] or "-", ",".join(r["params"]) or "-",
-         "yes" if r["fast_path"] else f"no ({notes.index(r['fast_path_note']) + 1})", r["summary"]) for r in rows],
-        lead=len(columns))
+         "yes" if r["fast_path"] else f"no ({notes.index(r['fast_path_note']) + 1})", r["summary"])[:len(columns)]
+        for r in rows], lead=len(columns))
+    if not beside:
+        for r in rows:
+            console.print(f"{r['op']}: {r['summary']}")
     for k, note in enumerate(notes, 1):
         console.print(f"({k}) {note}")
 
