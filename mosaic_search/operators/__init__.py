@@ -15,5 +15,5 @@ from .registry import (COUNTING_LAYER_TYPES, OPS_HELP, REGISTRY, Candidate, Oper
 from . import attention, latent, delta, removal, mlp  # noqa: E402, F401, I001  # isort: skip
 
 __all__ = ["COUNTING_LAYER_TYPES", "OPS_HELP", "REGISTRY", "Candidate", "OperatorSpec", "cache_layout", "check_pair",
-           "compose", "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_legend", "pattern_string",
-           "plot_color", "register", "seen_as_full", "unbuildable"]
+           "compose", "default_candidates", "from_symbol", "get", "parse_candidates", "pattern_legend",
+           "pattern_string", "plot_color", "register", "seen_as_full", "unbuildable"]
