@@ -315,7 +315,6 @@ def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, 
     image cut to `seq_len` (a reply that starts past the cut: None); None (and a note) when its images themselves do
     not fit."""
     ids, inputs = image_tokens(sample, tokenizer, vision)
-    reply = reply_start(sample, ids, tokenizer, vision)
     ids = ids + ([] if eos is None else [eos])
     last = max(i for i, t in enumerate(ids) if t == vision.image_token_id)
     if last >= seq_len:
@@ -325,6 +324,7 @@ def _image_window(sample: ImageSample, tokenizer, vision: Vision, seq_len: int, 
         return None
     if len(ids) > seq_len:
         notes["image_rows_cut"] = notes.get("image_rows_cut", 0) + 1
+    reply = reply_start(sample, ids, tokenizer, vision)
     if reply is not None and reply >= seq_len:  # the question fits, not the room for an answer
         notes["replies_past_seq_len"] = notes.get("replies_past_seq_len", 0) + 1
         reply = None

@@ -140,7 +140,7 @@ def refine(profile=None, scores=None, *, plan=None, teacher=None, library=None, 
         plan_obj = plan if isinstance(plan, LayerPlan) else load_plan(plan)
         inputs = _from_plan(plan_obj, inputs)
     p = prepare(profile, scores, allow_stale=allow_stale, **inputs)
-    if not (p.targets or p.cache or p.memory or p.min_count or p.max_count):
+    if not p.bounded:
         raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup`, "
                          "`max_cache_bytes`, `max_memory` or `plan`")
     if plan is not None and not allow_stale and {k: plan_obj.header.inputs.get(k) for k in p.inputs} != p.inputs:

@@ -93,6 +93,11 @@ class Problem:
         """Decoder layers in the model."""
         return len(self.options)
 
+    @property
+    def bounded(self) -> bool:
+        """Whether anything asks the plan to trade quality: a speedup target, a cache or memory bound, a count."""
+        return bool(self.targets or self.cache or self.memory or self.min_count or self.max_count)
+
     @cached_property
     def choices(self) -> tuple[tuple[Choice, ...], ...]:
         """The choices at each layer: its options, less those its pins exclude."""

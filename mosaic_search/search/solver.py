@@ -279,8 +279,7 @@ def _begin(caller, inputs: dict, time_limit_s, mip_gap, out, write: bool, overwr
     flags(write=write, overwrite=overwrite)
     check(strategy is None or isinstance(strategy, str), "strategy", f"must be one of {STRATEGIES}, got {strategy!r}")
     p = prepare(**inputs)
-    if strategy is not None and not strategy.startswith("pattern:") and not (
-            p.targets or p.cache or p.memory or p.min_count or p.max_count):
+    if strategy is not None and not strategy.startswith("pattern:") and not p.bounded:
         raise UsageError("nothing to trade quality for: give `speedup`, `ttft_speedup`, `tpot_speedup`, "
                          "`max_cache_bytes` or `max_memory`")
     positive("time_limit_s", time_limit_s)

@@ -36,11 +36,9 @@ def parse_spec(text, param: str | None = None, given: str = "") -> str | Candida
 def parse_parts(text, param: str) -> tuple:
     """The specs an --ops item stands for: an operator or candidate alone, or a mixer with an MLP as its two parts,
     each bare ('swa+mlp': any window, any width) or with params, checked to pair (`operators.check_pair`)."""
-    if isinstance(text, Candidate):
-        return tuple(p for p in (text.mixer, text.mlp_candidate) if p is not None)
-    mixer, plus, mlp = str(text).strip().partition("+")
+    mixer, plus, mlp = ("", "", "") if isinstance(text, Candidate) else str(text).strip().partition("+")
     if not plus:
-        spec = parse_spec(text, param)
+        spec = parse_spec(text, param)  # a Candidate comes back as it is
         return (spec,) if isinstance(spec, str) else tuple(p for p in (spec.mixer, spec.mlp_candidate) if p is not None)
     parts = (parse_spec(mixer, param, text), parse_spec(mlp, param, text))
     try:
